@@ -1,0 +1,93 @@
+//! `leashctl`: inspect and control leash.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use leash_cli::commands::{self, Ctx};
+use leash_cli::{EXIT_FAILURE, EXIT_USAGE};
+
+/// Inspect and control leash: the daemons, sessions and events.
+///
+/// leashctl talks to leashd on <runtime dir>/leashd.sock (LEASH_RUNTIME_DIR,
+/// default /run/leash). Reading needs membership of the `leash` group or
+/// root; changing needs root.
+///
+/// Exit codes: 0 success, 1 runtime failure (or, for `status`, a component
+/// that is not running), 64 usage or configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "leashctl", version, about, long_about)]
+struct Args {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show leashd, every component (state, pid, version, uptime, restarts,
+    /// socket), the number of sessions and the event hub's counters. Exits 1
+    /// when a component is not running.
+    Status,
+    /// Print recent events; with --follow, keep printing new ones.
+    Events {
+        /// Keep the stream open and print events as they happen.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print only the last N recent events first (0: all kept in memory).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        tail: u32,
+    },
+    /// Stop leash: every component, then leashd (root only).
+    Stop {
+        /// Stop everything (the only mode for now; required so that a bare
+        /// `stop` never stops everything by accident).
+        #[arg(long, required = true)]
+        all: bool,
+    },
+    /// Exchange versions with any leash daemon's socket and print its answer.
+    Hello {
+        /// The socket, e.g. /run/leash/policy.sock.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let layout = match leash_cli::daemon::layout() {
+        Ok(l) => l,
+        Err(e) => return fail(&e, EXIT_USAGE),
+    };
+    let ctx = Ctx { layout, json: args.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e.into(), EXIT_FAILURE),
+    };
+    let result = runtime.block_on(async {
+        match &args.command {
+            Command::Status => commands::status::run(&ctx).await,
+            Command::Events { follow, tail } => commands::events::run(&ctx, *follow, *tail).await,
+            Command::Stop { all: _ } => commands::stop::run(&ctx).await,
+            Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
+        }
+    });
+    result.unwrap_or_else(|e| fail(&e, EXIT_FAILURE))
+}
+
+fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
+    #[allow(clippy::print_stderr, reason = "the CLI's error line")]
+    {
+        eprintln!("leashctl: {}", leash_cli::output::error_chain(e));
+    }
+    ExitCode::from(code)
+}

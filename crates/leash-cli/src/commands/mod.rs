@@ -1,0 +1,17 @@
+//! One module per `leashctl` subcommand, each `run(args, &Ctx) -> ExitCode`.
+
+pub mod events;
+pub mod hello;
+pub mod status;
+pub mod stop;
+
+use leash_core::Layout;
+
+/// What every subcommand gets.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Where leashd's socket is.
+    pub layout: Layout,
+    /// Machine-readable output.
+    pub json: bool,
+}

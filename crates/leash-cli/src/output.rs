@@ -1,0 +1,396 @@
+//! What the CLI prints: tables for people, JSON for programs.
+#![allow(clippy::print_stdout, reason = "this module is the CLI's output")]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use leash_proto::v1 as pb;
+use serde::Serialize;
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// A duration as `1h02m03s`, `2m03s` or `4s`.
+pub fn duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The lower-case name of a component state.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::ComponentState::try_from(state).unwrap_or(pb::ComponentState::Unspecified) {
+        pb::ComponentState::Running => "running",
+        pb::ComponentState::Starting => "starting",
+        pb::ComponentState::Restarting => "restarting",
+        pb::ComponentState::Down => "down",
+        pb::ComponentState::Unhealthy => "unhealthy",
+        pb::ComponentState::Unspecified => "unknown",
+    }
+}
+
+/// `leashctl status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// leashd itself.
+    pub leashd: DaemonJson,
+    /// Supervised components.
+    pub components: Vec<ComponentJson>,
+    /// Sessions managed.
+    pub sessions: u32,
+    /// Event hub counters.
+    pub events: EventsJson,
+    /// Host facts (container engine).
+    pub host: BTreeMap<String, String>,
+}
+
+/// leashd in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct DaemonJson {
+    /// Version.
+    pub version: String,
+    /// Protocol.
+    pub protocol: u32,
+    /// Pid.
+    pub pid: u32,
+    /// Uptime.
+    pub uptime_secs: u64,
+    /// Instance.
+    pub instance: String,
+    /// Socket.
+    pub socket: String,
+    /// Runtime dir.
+    pub runtime_dir: String,
+    /// State dir.
+    pub state_dir: String,
+}
+
+/// A component in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct ComponentJson {
+    /// Name.
+    pub name: String,
+    /// running | starting | restarting | down | unhealthy.
+    pub state: &'static str,
+    /// Pid (null when not running).
+    pub pid: Option<u32>,
+    /// Version.
+    pub version: String,
+    /// Uptime.
+    pub uptime_secs: u64,
+    /// Restarts.
+    pub restarts: u32,
+    /// Socket.
+    pub socket: String,
+    /// Spawned by this leashd (else adopted).
+    pub spawned: bool,
+    /// Why it is not running.
+    pub detail: String,
+    /// What it reports about itself.
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Hub counters in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct EventsJson {
+    /// Published.
+    pub published: u64,
+    /// Dropped at full queues.
+    pub dropped: u64,
+    /// Live followers.
+    pub subscribers: u32,
+    /// Per-follower queue capacity.
+    pub queue_capacity: u32,
+}
+
+fn facts(f: &[pb::Fact]) -> BTreeMap<String, String> {
+    f.iter().map(|f| (f.name.clone(), f.value.clone())).collect()
+}
+
+impl StatusJson {
+    /// From the wire form.
+    pub fn from_proto(s: &pb::StatusResponse) -> StatusJson {
+        let hello = s.leashd.clone().unwrap_or_default();
+        let started = UNIX_EPOCH + Duration::from_millis(hello.started_unix_ms.max(0) as u64);
+        let hub = s.events.unwrap_or_default();
+        StatusJson {
+            leashd: DaemonJson {
+                version: hello.version,
+                protocol: hello.protocol,
+                pid: hello.pid,
+                uptime_secs: SystemTime::now().duration_since(started).map(|d| d.as_secs()).unwrap_or(0),
+                instance: hello.instance,
+                socket: s.socket.clone(),
+                runtime_dir: s.runtime_dir.clone(),
+                state_dir: s.state_dir.clone(),
+            },
+            components: s
+                .components
+                .iter()
+                .map(|c| ComponentJson {
+                    name: c.name.clone(),
+                    state: state_name(c.state),
+                    pid: (c.pid != 0).then_some(c.pid),
+                    version: c.version.clone(),
+                    uptime_secs: c.uptime_secs,
+                    restarts: c.restarts,
+                    socket: c.socket.clone(),
+                    spawned: c.spawned,
+                    detail: c.detail.clone(),
+                    facts: facts(&c.facts),
+                })
+                .collect(),
+            sessions: s.sessions,
+            events: EventsJson {
+                published: hub.published,
+                dropped: hub.dropped,
+                subscribers: hub.subscribers,
+                queue_capacity: hub.queue_capacity,
+            },
+            host: facts(&s.facts),
+        }
+    }
+
+    /// True when every component is running.
+    pub fn all_running(&self) -> bool {
+        self.components.iter().all(|c| c.state == "running")
+    }
+
+    /// The human form.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let d = &self.leashd;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "leashd {}  pid {}  up {}  instance {}",
+            d.version,
+            d.pid,
+            duration(d.uptime_secs),
+            d.instance
+        );
+        let _ = writeln!(out, "socket   {}", d.socket);
+        for (k, v) in &self.host {
+            let _ = writeln!(out, "{k:<8} {v}");
+        }
+        let _ = writeln!(out);
+        let rows: Vec<[String; 7]> = self
+            .components
+            .iter()
+            .map(|c| {
+                [
+                    c.name.clone(),
+                    c.state.to_owned(),
+                    c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".to_owned()),
+                    if c.version.is_empty() { "-".to_owned() } else { c.version.clone() },
+                    if c.pid.is_some() { duration(c.uptime_secs) } else { "-".to_owned() },
+                    c.restarts.to_string(),
+                    c.socket.clone(),
+                ]
+            })
+            .collect();
+        let header = ["COMPONENT", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "SOCKET"].map(str::to_owned);
+        let mut widths = header.clone().map(|h| h.len());
+        for r in &rows {
+            for (w, cell) in widths.iter_mut().zip(r) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        for r in std::iter::once(&header).chain(&rows) {
+            let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        for c in &self.components {
+            if !c.detail.is_empty() {
+                let _ = writeln!(out, "  {}: {}", c.name, c.detail);
+            }
+            if !c.facts.is_empty() {
+                let f: Vec<String> = c.facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(out, "  {}: {}", c.name, f.join(", "));
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "sessions {}", self.sessions);
+        let e = &self.events;
+        let _ = writeln!(
+            out,
+            "events   {} published, {} dropped, {} follower{} (queue {})",
+            e.published,
+            e.dropped,
+            e.subscribers,
+            if e.subscribers == 1 { "" } else { "s" },
+            e.queue_capacity
+        );
+        out
+    }
+}
+
+/// One event as JSON (`leashctl events --json`, one object per line).
+#[derive(Debug, Serialize)]
+pub struct EventJson {
+    /// Sequence number.
+    pub seq: u64,
+    /// RFC 3339 time.
+    pub time: String,
+    /// Session id.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// Actor pid.
+    pub pid: u32,
+    /// Actor executable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub executable: String,
+    /// file | exec | connect | http | mcp | policy | session | daemon.
+    pub kind: &'static str,
+    /// Action.
+    pub action: String,
+    /// Resource.
+    pub resource: String,
+    /// record | shadow | enforce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// allow | deny.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    /// The policy would deny.
+    pub would_deny: bool,
+    /// Deciding policies.
+    pub policy_ids: Vec<String>,
+    /// Details.
+    pub details: BTreeMap<String, String>,
+}
+
+impl EventJson {
+    /// From the wire form.
+    pub fn from_proto(e: &pb::Event) -> EventJson {
+        let time = UNIX_EPOCH + Duration::from_nanos(e.time_unix_nanos.max(0) as u64);
+        EventJson {
+            seq: e.seq,
+            time: rfc3339(time),
+            session: e.session.clone(),
+            pid: e.pid,
+            executable: e.executable.clone(),
+            kind: match pb::EventKind::try_from(e.kind).unwrap_or(pb::EventKind::Unspecified) {
+                pb::EventKind::File => "file",
+                pb::EventKind::Exec => "exec",
+                pb::EventKind::Connect => "connect",
+                pb::EventKind::Http => "http",
+                pb::EventKind::Mcp => "mcp",
+                pb::EventKind::Policy => "policy",
+                pb::EventKind::Session => "session",
+                pb::EventKind::Daemon => "daemon",
+                pb::EventKind::Unspecified => "unknown",
+            },
+            action: e.action.clone(),
+            resource: e.resource.clone(),
+            mode: match pb::Mode::try_from(e.mode).unwrap_or(pb::Mode::Unspecified) {
+                pb::Mode::Record => Some("record"),
+                pb::Mode::Shadow => Some("shadow"),
+                pb::Mode::Enforce => Some("enforce"),
+                pb::Mode::Unspecified => None,
+            },
+            decision: match pb::Decision::try_from(e.decision).unwrap_or(pb::Decision::Unspecified) {
+                pb::Decision::Allow => Some("allow"),
+                pb::Decision::Deny => Some("deny"),
+                pb::Decision::Unspecified => None,
+            },
+            would_deny: e.would_deny,
+            policy_ids: e.policy_ids.clone(),
+            details: e.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    /// The human form: one line.
+    pub fn render(&self) -> String {
+        let mut line = format!("{}  {:<7} {:<20} {}", self.time, self.kind, self.action, self.resource);
+        if self.pid != 0 {
+            line.push_str(&format!(" pid={}", self.pid));
+        }
+        if let Some(d) = self.decision {
+            line.push_str(&format!(" decision={d}"));
+        }
+        if self.would_deny {
+            line.push_str(" would_deny");
+        }
+        if !self.policy_ids.is_empty() {
+            line.push_str(&format!(" policies={}", self.policy_ids.join(",")));
+        }
+        for (k, v) in &self.details {
+            line.push_str(&format!(" {k}={v:?}"));
+        }
+        line
+    }
+}
+
+/// An error and its causes on one line, without repeating a cause that the
+/// message already contains.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
+/// Prints one line to stdout.
+pub fn line(s: &str) {
+    println!("{s}");
+}
+
+/// Prints text as is to stdout.
+pub fn text(s: &str) {
+    print!("{s}");
+}
+
+/// Prints a value as one line of JSON.
+pub fn json<T: Serialize>(v: &T) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => println!("{{\"error\":{:?}}}", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_durations() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_739_536_789)), "2026-11-27T00:32:16.789Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(duration(4), "4s");
+        assert_eq!(duration(123), "2m03s");
+        assert_eq!(duration(3723), "1h02m03s");
+    }
+}

@@ -1,0 +1,21 @@
+//! leash's domain types, shared by every process.
+//!
+//! Architecture invariant: this crate does no IO and knows nothing of gRPC,
+//! Docker, Cedar or BPF. It names things (components, paths, events) so that
+//! every other crate agrees on them.
+
+pub mod component;
+pub mod event;
+pub mod layout;
+
+pub use component::Component;
+pub use event::{Decision, Event, EventKind, Mode};
+pub use layout::Layout;
+
+/// The build version of every leash binary (one workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The wire protocol spoken over the Unix sockets. Bumped on any change that
+/// an older peer would misread; peers with different protocols refuse each
+/// other at the handshake with a message naming both versions.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,134 @@
+//! The `main` every daemon shares: environment, tracing, runtime, exit codes.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use leash_core::{Component, Layout};
+use tokio_util::sync::CancellationToken;
+
+use crate::{BindError, BoundSocket, DaemonInfo, ProcessEnv, SocketMode, env, runtime_dir, signals, trace};
+
+/// Exit code for usage and configuration errors.
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// What a daemon's `run` gets.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Where sockets and state live.
+    pub layout: Layout,
+    /// Who this daemon is.
+    pub info: DaemonInfo,
+    /// Cancelled on SIGTERM/SIGINT or a Shutdown call.
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// Prepares the runtime dir and binds `socket`; returns the `leash`
+    /// group id when there is one (for [`SocketMode::Group`]).
+    pub fn bind(&self, socket: &std::path::Path, mode: impl FnOnce(Option<u32>) -> SocketMode) -> anyhow::Result<BoundSocket> {
+        let group = runtime_dir::prepare(&self.layout.runtime_dir).map_err(|e| {
+            anyhow::anyhow!("cannot prepare runtime dir {}: {e}", self.layout.runtime_dir.display())
+        })?;
+        crate::bind(socket, mode(group)).map_err(|e: BindError| anyhow::Error::new(e))
+    }
+
+    /// Binds a component's private socket.
+    pub fn bind_component(&self, c: Component) -> anyhow::Result<BoundSocket> {
+        self.bind(&self.layout.component_socket(c), |_| SocketMode::Private)
+    }
+}
+
+/// Handles `--version` and `--help` for daemons that take no other
+/// arguments. Returns `Some(code)` when the process should exit now.
+pub fn simple_args(name: &str, about: &str) -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = |s: String| {
+        #[allow(clippy::print_stdout, reason = "the daemon's --help and --version output")]
+        {
+            println!("{s}");
+        }
+    };
+    match args.first().map(String::as_str) {
+        None => None,
+        Some("--version" | "-V") => {
+            out(format!("{name} {}", leash_core::VERSION));
+            Some(ExitCode::SUCCESS)
+        }
+        Some("--help" | "-h") => {
+            out(format!(
+                "{name} {}: {about}\n\nUsage: {name} [--version] [--help]\n\n\
+                 Normally started and supervised by leashd. Environment:\n  \
+                 LEASH_RUNTIME_DIR  sockets (default /run/leash)\n  \
+                 LEASH_STATE_DIR    state (default /var/lib/leash)\n  \
+                 LEASH_INSTANCE     instance name (default `default`)\n  \
+                 LEASH_LOG          log filter (default warn,leash=info)\n  \
+                 LEASH_LOG_FORMAT   plain or json",
+                leash_core::VERSION
+            ));
+            Some(ExitCode::SUCCESS)
+        }
+        Some(other) => {
+            error_line(name, &format!("unexpected argument {other:?} (see --help)"));
+            Some(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn error_line(name: &str, msg: &str) {
+    #[allow(clippy::print_stderr, reason = "errors before tracing is set up")]
+    {
+        eprintln!("{name}: {msg}");
+    }
+}
+
+/// Reads the environment, initialises tracing, builds a runtime and runs
+/// `run`. Configuration errors exit 64, runtime errors 1.
+pub fn run_main<F, Fut>(name: &'static str, multi_thread: bool, run: F) -> ExitCode
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let settings = match trace::settings(&ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            error_line(name, &e.to_string());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let layout = match env::layout(&ProcessEnv) {
+        Ok(l) => l,
+        Err(e) => {
+            error_line(name, &e.to_string());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    trace::init(settings);
+    let runtime = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            error_line(name, &format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        signals::cancel_on_signals(shutdown.clone())?;
+        let info = DaemonInfo::new(name, &layout.instance);
+        run(Ctx { layout, info, shutdown }).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            error_line(name, &format!("{e:#}"));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Tracing for binaries: `LEASH_LOG` filter (falling back to `RUST_LOG`),
+//! `LEASH_LOG_FORMAT=plain|json`, to stderr.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::env::{ConfigError, ENV_LOG, ENV_LOG_FORMAT, Env};
+
+/// The filter when neither `LEASH_LOG` nor `RUST_LOG` is set. Target
+/// matching is by prefix, so `leash` covers every leash crate.
+pub const DEFAULT_FILTER: &str = "warn,leash=info";
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings read from the environment, checked before anything starts.
+#[derive(Debug)]
+pub struct Settings {
+    filter: EnvFilter,
+    format: Format,
+}
+
+/// True for values that the Go leash would have taken as a file path.
+fn looks_like_path(value: &str) -> bool {
+    let v = value.trim();
+    v.starts_with('/')
+        || v.starts_with("./")
+        || v.starts_with("../")
+        || v.starts_with('~')
+        || v.contains('/')
+        || [".log", ".txt", ".json", ".jsonl"].iter().any(|ext| v.ends_with(ext))
+}
+
+/// Reads and checks the logging settings.
+pub fn settings(env: &dyn Env) -> Result<Settings, ConfigError> {
+    let (var, value) = match env.get(ENV_LOG).filter(|v| !v.trim().is_empty()) {
+        Some(v) => (ENV_LOG, v),
+        None => ("RUST_LOG", env.get("RUST_LOG").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_FILTER.to_owned())),
+    };
+    if var == ENV_LOG && looks_like_path(&value) {
+        return Err(ConfigError::LogIsPath(value));
+    }
+    let filter = EnvFilter::builder()
+        .parse(&value)
+        .map_err(|e| ConfigError::LogFilter { value: value.clone(), reason: e.to_string() })?;
+    let format = match env.get(ENV_LOG_FORMAT).as_deref().map(str::trim) {
+        None | Some("") | Some("plain") => Format::Plain,
+        Some("json") => Format::Json,
+        Some(other) => return Err(ConfigError::LogFormat(other.to_owned())),
+    };
+    Ok(Settings { filter, format })
+}
+
+/// Installs the global subscriber. Call once, from `main`.
+pub fn init(settings: Settings) {
+    let builder = tracing_subscriber::fmt().with_env_filter(settings.filter).with_writer(std::io::stderr);
+    match settings.format {
+        Format::Plain => builder.with_ansi(false).init(),
+        Format::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn paths_are_refused() {
+        for v in ["/log/events.log", "events.log", "./x", "~/leash", "logs/out"] {
+            let e = settings(&env(&[(ENV_LOG, v)])).unwrap_err();
+            assert!(matches!(e, ConfigError::LogIsPath(_)), "{v}: {e}");
+            assert!(e.to_string().contains("looks like a file path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn filters_and_formats() {
+        assert_eq!(settings(&env(&[])).unwrap().format, Format::Plain);
+        assert_eq!(settings(&env(&[(ENV_LOG, "leashd=debug,info")])).unwrap().format, Format::Plain);
+        assert_eq!(settings(&env(&[(ENV_LOG_FORMAT, "json")])).unwrap().format, Format::Json);
+        assert!(matches!(settings(&env(&[(ENV_LOG_FORMAT, "xml")])), Err(ConfigError::LogFormat(_))));
+        assert!(matches!(settings(&env(&[(ENV_LOG, "leashd=loud")])), Err(ConfigError::LogFilter { .. })));
+    }
+}

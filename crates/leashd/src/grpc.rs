@@ -1,0 +1,240 @@
+//! The Manager service: what `leash` and `leashctl` call. Proto types stop here.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use leash_core::{Decision, Event, EventKind, Mode};
+use leash_daemon::DaemonInfo;
+use leash_daemon::access::require_privileged;
+use leash_proto::v1 as pb;
+use leash_proto::v1::manager_server::Manager;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::hub::{Hub, Stamped};
+use crate::supervisor::{State, Supervisor, View};
+
+/// How long a status call waits for each component's own report.
+const COMPONENT_STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long `stop --all` waits for each component to exit before SIGKILL.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The Manager service.
+#[derive(Clone, Debug)]
+pub struct ManagerService {
+    /// leashd's identity.
+    pub info: DaemonInfo,
+    /// leashd's layout.
+    pub layout: leash_core::Layout,
+    /// The supervisor.
+    pub supervisor: Supervisor,
+    /// The event hub.
+    pub hub: Hub,
+    /// leashd's root token.
+    pub shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl Manager for ManagerService {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let views = self.supervisor.snapshot().await;
+        let (components, engine) = tokio::join!(
+            futures_join_all(views.into_iter().map(component_status)),
+            crate::engine::describe()
+        );
+        let stats = self.hub.stats();
+        Ok(Response::new(pb::StatusResponse {
+            leashd: Some(self.info.hello()),
+            socket: self.layout.manager_socket().display().to_string(),
+            runtime_dir: self.layout.runtime_dir.display().to_string(),
+            state_dir: self.layout.state_dir.display().to_string(),
+            components,
+            sessions: 0,
+            events: Some(pb::HubStatus {
+                published: stats.published,
+                dropped: stats.dropped,
+                subscribers: stats.subscribers,
+                queue_capacity: stats.queue_capacity,
+            }),
+            facts: vec![pb::Fact { name: "engine".to_owned(), value: engine }],
+        }))
+    }
+
+    type EventsStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let req = req.into_inner();
+        let (backlog, live) = self.hub.subscribe(req.tail as usize, req.follow);
+        let (tx, rx) = mpsc::channel(64);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            for e in backlog {
+                if tx.send(Ok(event_to_proto(&e))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut live) = live else { return };
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    e = live.recv() => match e {
+                        Some(e) => if tx.send(Ok(event_to_proto(&e))).await.is_err() { return },
+                        None => return,
+                    },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn stop_all(&self, req: Request<pb::StopAllRequest>) -> Result<Response<pb::StopAllResponse>, Status> {
+        let caller = require_privileged(&req, "stopping leash")?;
+        tracing::info!(uid = caller.uid, pid = ?caller.pid, "stop --all requested");
+        let views = self.supervisor.stop_all().await;
+        let stopped = futures_join_all(views.into_iter().filter(|v| v.pid.is_some()).map(stop_component)).await;
+        self.hub.publish(Event::daemon("daemon.stop", self.info.name, self.info.pid).with("reason", "stop --all"));
+        // Replying still works: the server drains in-flight calls.
+        self.shutdown.cancel();
+        Ok(Response::new(pb::StopAllResponse { stopped }))
+    }
+}
+
+/// Asks a component to stop, then waits for it; SIGKILL when it lingers.
+async fn stop_component(v: View) -> String {
+    let name = v.component.binary().to_owned();
+    let Some(pid) = v.pid else { return name };
+    let wait = crate::proc::wait_exit(pid);
+    tokio::pin!(wait);
+    let asked = match v.channel {
+        Some(ch) => {
+            let req = pb::ShutdownRequest { reason: "leashctl stop --all".to_owned() };
+            let call = async {
+                match v.component {
+                    leash_core::Component::Policy => pb::policy_client::PolicyClient::new(ch).shutdown(req).await.map(drop),
+                    leash_core::Component::Sensor => pb::sensor_client::SensorClient::new(ch).shutdown(req).await.map(drop),
+                    leash_core::Component::Proxy => pb::proxy_client::ProxyClient::new(ch).shutdown(req).await.map(drop),
+                }
+            };
+            matches!(tokio::time::timeout(Duration::from_secs(1), call).await, Ok(Ok(())))
+        }
+        None => false,
+    };
+    if !asked {
+        signal(pid, rustix::process::Signal::TERM);
+    }
+    if tokio::time::timeout(STOP_PATIENCE, &mut wait).await.is_err() {
+        tracing::warn!(component = %name, pid, "did not stop in time; killing it");
+        signal(pid, rustix::process::Signal::KILL);
+        let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+    }
+    name
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// A component's status: the supervisor's view plus its own report.
+async fn component_status(v: View) -> pb::ComponentStatus {
+    let mut facts = Vec::new();
+    if let (Some(ch), State::Running | State::Unhealthy) = (v.channel.clone(), v.state) {
+        let call = async {
+            match v.component {
+                leash_core::Component::Policy => {
+                    pb::policy_client::PolicyClient::new(ch).status(pb::PolicyStatusRequest {}).await
+                }
+                leash_core::Component::Sensor => {
+                    pb::sensor_client::SensorClient::new(ch).status(pb::SensorStatusRequest {}).await
+                }
+                leash_core::Component::Proxy => pb::proxy_client::ProxyClient::new(ch).status(pb::ProxyStatusRequest {}).await,
+            }
+        };
+        if let Ok(Ok(r)) = tokio::time::timeout(COMPONENT_STATUS_TIMEOUT, call).await {
+            facts = r.into_inner().facts;
+        }
+    }
+    let uptime = v.started.and_then(|s| SystemTime::now().duration_since(s).ok()).map(|d| d.as_secs()).unwrap_or(0);
+    pb::ComponentStatus {
+        name: v.component.binary().to_owned(),
+        state: state_to_proto(v.state) as i32,
+        pid: v.pid.unwrap_or(0),
+        version: v.version,
+        uptime_secs: if v.pid.is_some() { uptime } else { 0 },
+        restarts: v.restarts,
+        socket: v.socket.display().to_string(),
+        spawned: v.spawned,
+        detail: v.detail,
+        facts,
+    }
+}
+
+fn state_to_proto(s: State) -> pb::ComponentState {
+    match s {
+        State::Starting => pb::ComponentState::Starting,
+        State::Running => pb::ComponentState::Running,
+        State::Restarting => pb::ComponentState::Restarting,
+        State::Down => pb::ComponentState::Down,
+        State::Unhealthy => pb::ComponentState::Unhealthy,
+    }
+}
+
+/// The wire form of an event.
+pub fn event_to_proto(s: &Arc<Stamped>) -> pb::Event {
+    let e = &s.event;
+    pb::Event {
+        seq: s.seq,
+        time_unix_nanos: e
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+        session: e.session.clone().unwrap_or_default(),
+        pid: e.pid,
+        executable: e.executable.clone(),
+        kind: match e.kind {
+            EventKind::File => pb::EventKind::File,
+            EventKind::Exec => pb::EventKind::Exec,
+            EventKind::Connect => pb::EventKind::Connect,
+            EventKind::Http => pb::EventKind::Http,
+            EventKind::Mcp => pb::EventKind::Mcp,
+            EventKind::Policy => pb::EventKind::Policy,
+            EventKind::Session => pb::EventKind::Session,
+            EventKind::Daemon => pb::EventKind::Daemon,
+        } as i32,
+        action: e.action.clone(),
+        resource: e.resource.clone(),
+        mode: match e.mode {
+            None => pb::Mode::Unspecified,
+            Some(Mode::Record) => pb::Mode::Record,
+            Some(Mode::Shadow) => pb::Mode::Shadow,
+            Some(Mode::Enforce) => pb::Mode::Enforce,
+        } as i32,
+        decision: match e.decision {
+            None => pb::Decision::Unspecified,
+            Some(Decision::Allow) => pb::Decision::Allow,
+            Some(Decision::Deny) => pb::Decision::Deny,
+        } as i32,
+        would_deny: e.would_deny,
+        policy_ids: e.policy_ids.clone(),
+        details: e.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}

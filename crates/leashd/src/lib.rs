@@ -1,0 +1,60 @@
+//! leashd: the long-running manager.
+//!
+//! It serves the Manager API on `<runtime dir>/leashd.sock`, supervises
+//! leash-policy, leash-sensor and leash-proxy, and runs the event hub.
+//! Sessions, the audit store and the Control UI plug in here.
+
+pub mod config;
+pub mod engine;
+pub mod grpc;
+pub mod hub;
+pub mod proc;
+pub mod supervisor;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use leash_core::Event;
+use leash_daemon::SocketMode;
+use leash_daemon::access::Rule;
+use leash_daemon::process::Ctx;
+use leash_daemon::serve::MAX_MESSAGE_BYTES;
+use leash_proto::v1::manager_server::ManagerServer;
+use tonic::service::RoutesBuilder;
+
+pub use config::Config;
+
+/// Runs leashd until SIGTERM/SIGINT or `leashctl stop --all`.
+pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
+    let bound = ctx.bind(&ctx.layout.manager_socket(), SocketMode::Group)?;
+    if let Err(e) = std::fs::create_dir_all(&ctx.layout.state_dir) {
+        tracing::warn!(dir = %ctx.layout.state_dir.display(), error = %e, "cannot create the state directory");
+    }
+    let bin_dir = match config.bin_dir {
+        Some(dir) => dir,
+        None => own_dir().context("cannot find leashd's own directory to locate the component binaries")?,
+    };
+    let hub = hub::Hub::new(config.history_size, config.event_queue);
+    hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
+    let supervisor = supervisor::Supervisor::start(supervisor::Options {
+        bin_dir,
+        layout: ctx.layout.clone(),
+        hub: hub.clone(),
+    });
+    let manager = grpc::ManagerService {
+        info: ctx.info.clone(),
+        layout: ctx.layout.clone(),
+        supervisor,
+        hub,
+        shutdown: ctx.shutdown.clone(),
+    };
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(ManagerServer::new(manager).max_decoding_message_size(MAX_MESSAGE_BYTES));
+    leash_daemon::serve(bound, ctx.info, Rule::Connected, routes, ctx.shutdown).await?;
+    Ok(())
+}
+
+fn own_dir() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent().map(PathBuf::from).ok_or_else(|| std::io::Error::other("executable has no parent directory"))
+}

@@ -1,0 +1,25 @@
+//! Waiting for processes that are not our children.
+
+use std::io;
+
+use tokio::io::unix::AsyncFd;
+
+/// Resolves when process `pid` has exited (a zombie counts as exited).
+/// Uses a pidfd, so it works for adopted processes and cannot be fooled by
+/// pid reuse after it was opened.
+pub async fn wait_exit(pid: u32) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+    let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+        Ok(fd) => fd,
+        // Already gone.
+        Err(rustix::io::Errno::SRCH) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    #[allow(
+        deprecated,
+        reason = "sound here: the AsyncFd owns the OwnedFd, so the fd lives as long as its registration; the replacement is unsafe"
+    )]
+    let fd = AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)?;
+    let _ready = fd.readable().await?;
+    Ok(())
+}
