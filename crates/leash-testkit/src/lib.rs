@@ -1,2 +1,233 @@
-//! placeholder
+//! Test helpers: a private leash stack (runtime dir, state dir, instance)
+//! driven through the built binaries, polling with patience, process
+//! inspection. Dev-dependency only.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Patience multiplier for slow machines: `LEASH_TEST_PATIENCE=3` triples
+/// every wait.
+pub fn patience(d: Duration) -> Duration {
+    let k: u32 = std::env::var("LEASH_TEST_PATIENCE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    d * k.max(1)
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or panics with `what`
+/// after `limit` (scaled by [`patience`]).
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let limit = patience(limit);
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The directory holding the workspace's built binaries (the test
+/// executable lives in `<target>/<profile>/deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    for name in ["leashd", "leashctl", "leash", "leash-policy", "leash-sensor", "leash-proxy"] {
+        assert!(
+            dir.join(name).exists(),
+            "{} is missing: build the workspace's binaries first (`cargo test --workspace` does)",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+/// True when tests must not skip (in CI, or when asked).
+pub fn must_run() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("LEASH_REQUIRE_PRIVILEGED").is_some()
+}
+
+/// Returns false (after printing why) when the test cannot run here and
+/// may skip; panics instead when skipping is not allowed.
+pub fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(!must_run(), "{test} needs root, and CI must run it");
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// A private leash instance: its own runtime dir, state dir and instance
+/// name. Dropping it stops every process it started.
+#[derive(Debug)]
+pub struct Stack {
+    root: tempfile::TempDir,
+    /// Runtime dir (sockets).
+    pub runtime_dir: PathBuf,
+    /// State dir.
+    pub state_dir: PathBuf,
+    /// Instance name.
+    pub instance: String,
+    /// Where the binaries are.
+    pub bin_dir: PathBuf,
+    leashds: Vec<Child>,
+}
+
+impl Stack {
+    /// A fresh stack; nothing runs yet.
+    pub fn new() -> Stack {
+        let root = tempfile::Builder::new().prefix("leash-test-").tempdir().expect("tempdir");
+        // Other uids must be able to reach the runtime dir's parent for the
+        // permission tests; the runtime dir itself is locked down by leashd.
+        set_mode(root.path(), 0o755);
+        let instance = format!("t{}", root.path().file_name().unwrap().to_string_lossy().replace("leash-test-", ""));
+        let instance: String = instance.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+        Stack {
+            runtime_dir: root.path().join("run"),
+            state_dir: root.path().join("state"),
+            instance,
+            bin_dir: bin_dir(),
+            root,
+            leashds: Vec::new(),
+        }
+    }
+
+    /// The stack's root temp dir.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// A command for one of the binaries, with this stack's environment.
+    pub fn command(&self, bin: &str) -> Command {
+        let mut c = Command::new(self.bin_dir.join(bin));
+        c.env("LEASH_RUNTIME_DIR", &self.runtime_dir)
+            .env("LEASH_STATE_DIR", &self.state_dir)
+            .env("LEASH_INSTANCE", &self.instance)
+            .env_remove("NOTIFY_SOCKET")
+            .env("LEASH_LOG", std::env::var("LEASH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()));
+        c
+    }
+
+    /// Starts leashd (stderr to `<root>/leashd-N.log`); returns its pid.
+    pub fn start_leashd(&mut self) -> u32 {
+        self.start_leashd_with(|_| {})
+    }
+
+    /// Starts leashd after letting `f` adjust the command.
+    pub fn start_leashd_with(&mut self, f: impl FnOnce(&mut Command)) -> u32 {
+        let log = self.root().join(format!("leashd-{}.log", self.leashds.len()));
+        let mut c = self.command("leashd");
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        f(&mut c);
+        let child = c.spawn().expect("spawn leashd");
+        let pid = child.id();
+        self.leashds.push(child);
+        pid
+    }
+
+    /// Waits for the most recently started leashd to exit; its exit code.
+    pub fn wait_leashd(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.leashds.last_mut().expect("a leashd was started");
+        let status = eventually(limit, "leashd to exit", || child.try_wait().expect("try_wait"));
+        status.code()
+    }
+
+    /// Runs `leashctl` with `args`.
+    pub fn leashctl(&self, args: &[&str]) -> Output {
+        self.command("leashctl").args(args).output().expect("run leashctl")
+    }
+
+    /// `leashctl status --json`, parsed, when leashd answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.leashctl(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until leashd reports every component running; returns the status.
+    pub fn wait_healthy(&self, limit: Duration) -> serde_json::Value {
+        eventually(limit, "all components running", || {
+            self.status().filter(|s| {
+                s["components"].as_array().is_some_and(|cs| cs.len() == 3 && cs.iter().all(|c| c["state"] == "running"))
+            })
+        })
+    }
+
+    /// The pid of a component by binary name, from a status value.
+    pub fn component<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        status["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no component {name} in {status}"))
+    }
+
+    /// Live (non-zombie) processes of `bin` that belong to this stack.
+    pub fn processes(&self, bin: &str) -> Vec<u32> {
+        let exe = self.bin_dir.join(bin);
+        let marker = format!("LEASH_RUNTIME_DIR={}", self.runtime_dir.display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let dir = entry.path();
+            if std::fs::read_link(dir.join("exe")).ok().as_deref() != Some(exe.as_path()) || !alive(pid) {
+                continue;
+            }
+            let env = std::fs::read(dir.join("environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Every live process of this stack (leashd and components).
+    pub fn all_processes(&self) -> Vec<u32> {
+        ["leashd", "leash-policy", "leash-sensor", "leash-proxy"].iter().flat_map(|b| self.processes(b)).collect()
+    }
+}
+
+impl Default for Stack {
+    fn default() -> Stack {
+        Stack::new()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for pid in self.all_processes() {
+            kill(pid, rustix::process::Signal::KILL);
+        }
+        for mut c in self.leashds.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal; errors (already gone) are ignored.
+pub fn kill(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Sets a path's permission bits.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A path's permission bits.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}

@@ -25,7 +25,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(leashd::config::SYSTEM_CONFIG), false),

@@ -465,6 +465,9 @@ async fn bring_up(
     let bin = opts.bin_dir.join(c.binary());
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).process_group(0).kill_on_drop(false);
+    // systemd's notify socket is leashd's alone: a component that inherited
+    // it could claim to be the service's main process.
+    cmd.env_remove("NOTIFY_SOCKET");
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return failed(format!("cannot start {}: {e}", bin.display()), false),
