@@ -1,0 +1,75 @@
+//! The clients as users run them: help, exit codes, and `leash` starting
+//! leashd when nothing answers.
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use leash_testkit::{Stack, eventually, require_root};
+
+#[test]
+fn help_is_complete_and_usage_errors_have_the_right_codes() {
+    let stack = Stack::new();
+    let out = stack.leashctl(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["status", "events", "stop", "hello", "--json", "Exit codes"] {
+        assert!(help.contains(needle), "leashctl --help lacks {needle:?}:\n{help}");
+    }
+    let out = stack.leashctl(&["events", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--follow"));
+    let out = stack.leashctl(&["stop"]);
+    assert_eq!(out.status.code(), Some(64), "a bare `stop` is a usage error: {out:?}");
+
+    let out = stack.command("leash").arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["COMMAND", "leashd", "125"] {
+        assert!(help.contains(needle), "leash --help lacks {needle:?}:\n{help}");
+    }
+    let out = stack.command("leash").arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("leash {}", leash_core::VERSION));
+    let out = stack.command("leash").arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+}
+
+#[test]
+fn leash_as_root_starts_leashd_detached() {
+    if !require_root("leash_as_root_starts_leashd_detached") {
+        return;
+    }
+    let stack = Stack::new();
+    let out = stack.command("leash").args(["--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run sessions yet"), "{out:?}");
+    let pids = stack.processes("leashd");
+    assert_eq!(pids.len(), 1, "exactly one leashd: {pids:?}");
+    let pid = pids[0];
+    // Fully detached: its own session, not our child, logging to the state dir.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[3], pid.to_string(), "session id is its own pid: {stat}");
+    assert_ne!(fields[1], std::process::id().to_string(), "reparented away from leash");
+    let log = stack.state_dir.join("leashd.log");
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap(), log);
+    stack.wait_healthy(Duration::from_secs(10));
+    // A second `leash` finds it and starts nothing new.
+    let out = stack.command("leash").args(["--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(stack.processes("leashd"), vec![pid]);
+    let out = stack.leashctl(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(Duration::from_secs(5), "everything stopped", || stack.all_processes().is_empty().then_some(()));
+}
+
+#[test]
+fn leash_as_a_user_says_how_to_start_the_service() {
+    if !require_root("leash_as_a_user_says_how_to_start_the_service") {
+        return;
+    }
+    let stack = Stack::new();
+    let out = stack.command("leash").args(["--", "true"]).uid(65534).gid(65534).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("leashd is not running") && err.contains("systemctl start leashd"), "{err}");
+    assert!(stack.all_processes().is_empty(), "nothing was started");
+}
