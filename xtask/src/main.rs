@@ -1,2 +1,48 @@
-//! placeholder
-fn main(){}
+//! `cargo xtask`: leash's build tool.
+//!
+//! Verbs: `install`, `tidy`, `bench <what>`, `demo`. (`image` and `vmtest`
+//! arrive with the container images and the BPF LSM test VM.)
+
+mod bench;
+mod demo;
+mod install;
+mod tidy;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <verb> [options]
+
+verbs:
+  install [--prefix DIR] [--unit-dir DIR] [--debug]
+                  build the binaries (release unless --debug) and install them
+                  into DIR/bin (default /usr/local) with the systemd unit
+                  (default /etc/systemd/system)
+  tidy            check the dependency rules and file headers
+  bench startup   cold start to all-healthy, restart-to-healthy, idle RSS
+  demo            build, start leashd if needed, show `leashctl status` and events
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("install") => install::run(&args[1..]),
+        Some("tidy") => tidy::run(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            util::out(USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown verb {other:?}\n{USAGE}")),
+        None => Err(anyhow::anyhow!("a verb is required\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            util::err(&format!("xtask: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `cargo xtask install`: build and install the binaries and the systemd unit.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::util;
+
+/// The unit as shipped names this prefix; installing elsewhere rewrites it.
+const UNIT_PREFIX: &str = "/usr/local/bin/";
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut prefix = PathBuf::from("/usr/local");
+    let mut unit_dir = PathBuf::from("/etc/systemd/system");
+    let mut release = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--prefix" => prefix = it.next().context("--prefix needs a directory")?.into(),
+            "--unit-dir" => unit_dir = it.next().context("--unit-dir needs a directory")?.into(),
+            "--debug" => release = false,
+            other => bail!("install: unknown option {other:?} (--prefix DIR, --unit-dir DIR, --debug)"),
+        }
+    }
+    if !prefix.is_absolute() {
+        bail!("--prefix must be an absolute path, not {}", prefix.display());
+    }
+    let built = util::build_binaries(release)?;
+    let bin = prefix.join("bin");
+    fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    for name in util::BINARIES {
+        install_file(&built.join(name), &bin.join(name), 0o755)?;
+    }
+    let unit = fs::read_to_string(util::root().join("packaging/systemd/leashd.service"))?;
+    let unit = unit.replace(UNIT_PREFIX, &format!("{}/", bin.display()));
+    fs::create_dir_all(&unit_dir).with_context(|| format!("cannot create {}", unit_dir.display()))?;
+    let unit_path = unit_dir.join("leashd.service");
+    let tmp = unit_path.with_extension("service.tmp");
+    fs::write(&tmp, unit)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    fs::rename(&tmp, &unit_path)?;
+    util::out(&format!("installed {} binaries into {}", util::BINARIES.len(), bin.display()));
+    util::out(&format!("installed {}", unit_path.display()));
+    util::out("next: systemctl daemon-reload && systemctl enable --now leashd");
+    util::out("      (optional) groupadd --system leash, then add the users who may run sessions");
+    Ok(())
+}
+
+/// Copies atomically (temp file + rename), so a running binary is never
+/// overwritten in place.
+fn install_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    let tmp = to.with_extension("new");
+    fs::copy(from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, to).with_context(|| format!("cannot install {}", to.display()))?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Small helpers shared by the verbs.
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "xtask reports to the terminal")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is one level below the root").to_path_buf()
+}
+
+/// Prints to stdout.
+pub fn out(s: &str) {
+    println!("{s}");
+}
+
+/// Prints to stderr.
+pub fn err(s: &str) {
+    eprintln!("{s}");
+}
+
+/// The cargo that runs us.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn output(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
+}
+
+/// The binaries a leash installation consists of.
+pub const BINARIES: [&str; 7] = ["leash", "leashctl", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
+
+/// The packages that build [`BINARIES`].
+pub const BIN_PACKAGES: [&str; 6] = ["leash-cli", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
+
+/// Builds every binary; returns the directory holding them.
+pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
+    let mut c = cargo();
+    c.arg("build").arg("--bins");
+    for p in BIN_PACKAGES {
+        c.args(["--package", p]);
+    }
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(target_dir()?.join(if release { "release" } else { "debug" }))
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?)?;
+    Ok(PathBuf::from(meta["target_directory"].as_str().context("no target_directory in cargo metadata")?))
+}
