@@ -57,3 +57,33 @@ fn install_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     fs::rename(&tmp, to).with_context(|| format!("cannot install {}", to.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit passes `systemd-analyze verify` (packaging/systemd/verify.sh).
+    #[test]
+    fn the_systemd_unit_verifies() {
+        let script = util::root().join("packaging/systemd/verify.sh");
+        let out = std::process::Command::new("bash").arg(&script).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.code() == Some(77) && std::env::var_os("CI").is_none() {
+            util::err(&format!("skipping the_systemd_unit_verifies: {}", text.trim()));
+            return;
+        }
+        assert!(out.status.success(), "{text}");
+    }
+
+    /// Installing under another prefix rewrites every binary path in the unit.
+    #[test]
+    fn the_unit_names_binaries_only_under_the_rewritable_prefix() {
+        let unit = fs::read_to_string(util::root().join("packaging/systemd/leashd.service")).unwrap();
+        let exec: Vec<&str> = unit.lines().filter(|l| l.starts_with("Exec")).collect();
+        assert!(!exec.is_empty());
+        for line in exec {
+            let path = line.split_once('=').unwrap().1.split_whitespace().next().unwrap();
+            assert!(path.starts_with(UNIT_PREFIX), "{line}");
+        }
+    }
+}

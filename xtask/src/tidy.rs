@@ -14,7 +14,8 @@ const CLI_FORBIDDEN_ANYWHERE: [&str; 4] = ["bollard", "libbpf-rs", "libbpf-sys",
 /// Crates the CLI must not depend on directly.
 const CLI_FORBIDDEN_DIRECT: [&str; 4] = ["rustls", "rcgen", "axum", "rusqlite"];
 /// Heavy technologies and the only workspace crates that may use them.
-const OWNERS: [(&str, &[&str]); 7] = [
+const OWNERS: [(&str, &[&str]); 8] = [
+    ("hyper", &["leash-proxy", "leashd"]),
     ("bollard", &["leashd"]),
     ("libbpf-rs", &["leash-sensor"]),
     ("cedar-policy", &["leash-policy"]),
@@ -23,6 +24,9 @@ const OWNERS: [(&str, &[&str]); 7] = [
     ("axum", &["leashd"]),
     ("rusqlite", &["leashd"]),
 ];
+/// Crates that build a process: nothing may depend on them (they talk over
+/// sockets, never by linking each other).
+const PROCESS_CRATES: [&str; 6] = ["leash-cli", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
 /// The domain crate stays free of IO and RPC.
 const CORE_FORBIDDEN: [&str; 5] = ["tokio", "tonic", "prost", "bollard", "serde"];
 
@@ -120,6 +124,9 @@ pub fn dependency_problems(meta: &Value) -> anyhow::Result<Vec<String>> {
             {
                 problems.push(format!("{member} depends on {dep}, which only {} may use", owners.join(", ")));
             }
+            if PROCESS_CRATES.contains(&dep) {
+                problems.push(format!("{member} depends on {dep}; processes talk over sockets, never by linking"));
+            }
             if dep == "leash-testkit" && kinds.iter().any(|k| k != "dev") {
                 problems.push(format!("{member} depends on leash-testkit outside [dev-dependencies]"));
             }
@@ -203,7 +210,13 @@ mod tests {
             ]}
         });
         let problems = dependency_problems(&meta).unwrap();
-        assert!(problems.contains(&"the CLI's dependency graph contains cedar-policy: leash-cli -> leash-daemon -> cedar-policy".to_owned()), "{problems:#?}");
+        assert!(
+            problems.contains(
+                &"the CLI's dependency graph contains cedar-policy: leash-cli -> leash-daemon -> cedar-policy"
+                    .to_owned()
+            ),
+            "{problems:#?}"
+        );
         assert!(problems.contains(&"leash-cli depends directly on rustls".to_owned()), "{problems:#?}");
         assert!(problems.iter().any(|p| p.contains("leash-daemon depends on cedar-policy")), "{problems:#?}");
         assert!(problems.iter().any(|p| p.contains("leash-daemon depends on leash-testkit outside")), "{problems:#?}");

@@ -47,10 +47,12 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The binaries a leash installation consists of.
-pub const BINARIES: [&str; 7] = ["leash", "leashctl", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
+pub const BINARIES: [&str; 7] =
+    ["leash", "leashctl", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
 
 /// The packages that build [`BINARIES`].
-pub const BIN_PACKAGES: [&str; 6] = ["leash-cli", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
+pub const BIN_PACKAGES: [&str; 6] =
+    ["leash-cli", "leashd", "leash-policy", "leash-sensor", "leash-proxy", "leash-entry"];
 
 /// Builds every binary; returns the directory holding them.
 pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {

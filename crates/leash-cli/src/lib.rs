@@ -1,7 +1,8 @@
 //! The thin clients `leash` and `leashctl`.
 //!
-//! Architecture invariant: the CLI talks only to leashd, over
-//! `leashd.sock`, with the user's own rights. It never links Docker, BPF or
+//! Architecture invariant: the CLI talks to leashd, over `leashd.sock`,
+//! with the user's own rights (the diagnostic `leashctl hello --socket`
+//! only exchanges versions with any daemon). It never links Docker, BPF or
 //! Cedar code (a test in xtask reads `cargo metadata` to keep it so) and
 //! starts leashd by executing its binary, never by linking it.
 

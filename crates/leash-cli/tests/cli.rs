@@ -41,9 +41,10 @@ fn leash_as_root_starts_leashd_detached() {
     let out = stack.command("leash").args(["--", "true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run sessions yet"), "{out:?}");
-    let pids = stack.processes("leashd");
-    assert_eq!(pids.len(), 1, "exactly one leashd: {pids:?}");
-    let pid = pids[0];
+    let pid = eventually(Duration::from_secs(2), "exactly one leashd of this stack", || {
+        let pids = stack.processes("leashd");
+        (pids.len() == 1).then(|| pids[0])
+    });
     // Fully detached: its own session, not our child, logging to the state dir.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();

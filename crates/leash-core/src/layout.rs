@@ -32,11 +32,7 @@ pub struct InvalidInstance(pub String);
 
 impl std::fmt::Display for InvalidInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "invalid instance name {:?}: use 1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'",
-            self.0
-        )
+        write!(f, "invalid instance name {:?}: use 1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'", self.0)
     }
 }
 
@@ -103,11 +99,7 @@ mod tests {
 
     #[test]
     fn paths() {
-        let l = Layout {
-            runtime_dir: "/run/leash".into(),
-            state_dir: "/var/lib/leash".into(),
-            instance: "t1".into(),
-        };
+        let l = Layout { runtime_dir: "/run/leash".into(), state_dir: "/var/lib/leash".into(), instance: "t1".into() };
         assert_eq!(l.manager_socket(), Path::new("/run/leash/leashd.sock"));
         assert_eq!(l.component_socket(Component::Sensor), Path::new("/run/leash/sensor.sock"));
         assert_eq!(Layout::lock_for(&l.manager_socket()), Path::new("/run/leash/leashd.lock"));

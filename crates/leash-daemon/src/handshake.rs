@@ -40,7 +40,14 @@ impl DaemonInfo {
 }
 
 /// The message both sides print when protocols differ.
-pub fn mismatch(client: &str, client_version: &str, client_protocol: u32, daemon: &str, daemon_version: &str, daemon_protocol: u32) -> String {
+pub fn mismatch(
+    client: &str,
+    client_version: &str,
+    client_protocol: u32,
+    daemon: &str,
+    daemon_version: &str,
+    daemon_protocol: u32,
+) -> String {
     format!(
         "version mismatch: {client} {client_version} speaks protocol {client_protocol}, \
          but {daemon} {daemon_version} speaks protocol {daemon_protocol}; \

@@ -21,8 +21,3 @@ pub fn ready() {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
-
-/// A free-form status line (`systemctl status` shows it).
-pub fn status(line: &str) {
-    send(&[NotifyState::Status(line)]);
-}

@@ -27,10 +27,13 @@ pub struct Ctx {
 impl Ctx {
     /// Prepares the runtime dir and binds `socket`; returns the `leash`
     /// group id when there is one (for [`SocketMode::Group`]).
-    pub fn bind(&self, socket: &std::path::Path, mode: impl FnOnce(Option<u32>) -> SocketMode) -> anyhow::Result<BoundSocket> {
-        let group = runtime_dir::prepare(&self.layout.runtime_dir).map_err(|e| {
-            anyhow::anyhow!("cannot prepare runtime dir {}: {e}", self.layout.runtime_dir.display())
-        })?;
+    pub fn bind(
+        &self,
+        socket: &std::path::Path,
+        mode: impl FnOnce(Option<u32>) -> SocketMode,
+    ) -> anyhow::Result<BoundSocket> {
+        let group = runtime_dir::prepare(&self.layout.runtime_dir)
+            .map_err(|e| anyhow::anyhow!("cannot prepare runtime dir {}: {e}", self.layout.runtime_dir.display()))?;
         crate::bind(socket, mode(group)).map_err(|e: BindError| anyhow::Error::new(e))
     }
 

@@ -96,7 +96,10 @@ pub fn bind(socket: &Path, mode: SocketMode) -> Result<BoundSocket, BindError> {
         }
         Err(e) => return Err(BindError::Io { path: lock_path, source: e.into() }),
     }
-    lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| writeln!(lock, "{}", std::process::id())).map_err(io_err)?;
+    lock.set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| writeln!(lock, "{}", std::process::id()))
+        .map_err(io_err)?;
 
     match fs::symlink_metadata(socket) {
         Ok(m) if m.file_type().is_socket() => {

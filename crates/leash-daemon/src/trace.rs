@@ -40,7 +40,10 @@ fn looks_like_path(value: &str) -> bool {
 pub fn settings(env: &dyn Env) -> Result<Settings, ConfigError> {
     let (var, value) = match env.get(ENV_LOG).filter(|v| !v.trim().is_empty()) {
         Some(v) => (ENV_LOG, v),
-        None => ("RUST_LOG", env.get("RUST_LOG").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_FILTER.to_owned())),
+        None => (
+            "RUST_LOG",
+            env.get("RUST_LOG").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| DEFAULT_FILTER.to_owned()),
+        ),
     };
     if var == ENV_LOG && looks_like_path(&value) {
         return Err(ConfigError::LogIsPath(value));

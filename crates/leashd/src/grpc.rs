@@ -40,10 +40,8 @@ pub struct ManagerService {
 impl Manager for ManagerService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let views = self.supervisor.snapshot().await;
-        let (components, engine) = tokio::join!(
-            futures_join_all(views.into_iter().map(component_status)),
-            crate::engine::describe()
-        );
+        let (components, engine) =
+            tokio::join!(futures_join_all(views.into_iter().map(component_status)), crate::engine::describe());
         let stats = self.hub.stats();
         Ok(Response::new(pb::StatusResponse {
             leashd: Some(self.info.hello()),
@@ -113,9 +111,15 @@ async fn stop_component(v: View) -> String {
             let req = pb::ShutdownRequest { reason: "leashctl stop --all".to_owned() };
             let call = async {
                 match v.component {
-                    leash_core::Component::Policy => pb::policy_client::PolicyClient::new(ch).shutdown(req).await.map(drop),
-                    leash_core::Component::Sensor => pb::sensor_client::SensorClient::new(ch).shutdown(req).await.map(drop),
-                    leash_core::Component::Proxy => pb::proxy_client::ProxyClient::new(ch).shutdown(req).await.map(drop),
+                    leash_core::Component::Policy => {
+                        pb::policy_client::PolicyClient::new(ch).shutdown(req).await.map(drop)
+                    }
+                    leash_core::Component::Sensor => {
+                        pb::sensor_client::SensorClient::new(ch).shutdown(req).await.map(drop)
+                    }
+                    leash_core::Component::Proxy => {
+                        pb::proxy_client::ProxyClient::new(ch).shutdown(req).await.map(drop)
+                    }
                 }
             };
             matches!(tokio::time::timeout(Duration::from_secs(1), call).await, Ok(Ok(())))
@@ -165,7 +169,9 @@ async fn component_status(v: View) -> pb::ComponentStatus {
                 leash_core::Component::Sensor => {
                     pb::sensor_client::SensorClient::new(ch).status(pb::SensorStatusRequest {}).await
                 }
-                leash_core::Component::Proxy => pb::proxy_client::ProxyClient::new(ch).status(pb::ProxyStatusRequest {}).await,
+                leash_core::Component::Proxy => {
+                    pb::proxy_client::ProxyClient::new(ch).status(pb::ProxyStatusRequest {}).await
+                }
             }
         };
         if let Ok(Ok(r)) = tokio::time::timeout(COMPONENT_STATUS_TIMEOUT, call).await {
@@ -202,11 +208,7 @@ pub fn event_to_proto(s: &Arc<Stamped>) -> pb::Event {
     let e = &s.event;
     pb::Event {
         seq: s.seq,
-        time_unix_nanos: e
-            .time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0),
+        time_unix_nanos: e.time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
         session: e.session.clone().unwrap_or_default(),
         pid: e.pid,
         executable: e.executable.clone(),

@@ -36,11 +36,8 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     };
     let hub = hub::Hub::new(config.history_size, config.event_queue);
     hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
-    let supervisor = supervisor::Supervisor::start(supervisor::Options {
-        bin_dir,
-        layout: ctx.layout.clone(),
-        hub: hub.clone(),
-    });
+    let supervisor =
+        supervisor::Supervisor::start(supervisor::Options { bin_dir, layout: ctx.layout.clone(), hub: hub.clone() });
     let manager = grpc::ManagerService {
         info: ctx.info.clone(),
         layout: ctx.layout.clone(),

@@ -430,10 +430,7 @@ impl Sup {
 }
 
 fn load_restarts(layout: &Layout) -> BTreeMap<String, u32> {
-    std::fs::read(layout.supervisor_state())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    std::fs::read(layout.supervisor_state()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 /// Adopts the component answering on its socket, or spawns one and waits

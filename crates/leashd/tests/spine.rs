@@ -41,6 +41,11 @@ fn leashctl_status_lists_all_four_daemons_healthy() {
         assert!(c["socket"].as_str().unwrap().starts_with(stack.runtime_dir.to_str().unwrap()), "{c}");
     }
     assert_eq!(Stack::component(&status, "leash-policy")["facts"]["policies"], "3");
+    // leashd reaches the container engine (CI starts dockerd).
+    let engine = status["host"]["engine"].as_str().unwrap_or_default();
+    if leash_testkit::must_run() {
+        assert!(engine.contains("(API "), "engine: {engine}");
+    }
 
     let human = stack.leashctl(&["status"]);
     assert!(human.status.success());
@@ -104,7 +109,10 @@ fn a_restarted_leashd_adopts_running_components() {
     // Count a restart before leashd dies: the counter must survive it.
     kill(pids[0], Signal::KILL);
     let status = eventually(Duration::from_secs(2), "policy restarted", || {
-        stack.status().filter(|s| Stack::component(s, "leash-policy")["restarts"] == 1 && Stack::component(s, "leash-policy")["state"] == "running")
+        stack.status().filter(|s| {
+            Stack::component(s, "leash-policy")["restarts"] == 1
+                && Stack::component(s, "leash-policy")["state"] == "running"
+        })
     });
     let pids: Vec<u32> = COMPONENTS.iter().map(|n| pid_of(&status, n)).collect();
 

@@ -17,7 +17,10 @@ pub async fn run(ctx: &Ctx, socket: &Path) -> anyhow::Result<ExitCode> {
             "pid": h.pid, "instance": h.instance,
         }));
     } else {
-        output::line(&format!("{} {} (protocol {}) pid {} instance {}", h.daemon, h.version, h.protocol, h.pid, h.instance));
+        output::line(&format!(
+            "{} {} (protocol {}) pid {} instance {}",
+            h.daemon, h.version, h.protocol, h.pid, h.instance
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,4 @@
-//! One module per `leashctl` subcommand, each `run(args, &Ctx) -> ExitCode`.
+//! One module per `leashctl` subcommand, each `run(&Ctx, …) -> anyhow::Result<ExitCode>`.
 
 pub mod events;
 pub mod hello;

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian/Ubuntu machine to build, run and test leash:
+# installs the system packages (idempotent) and starts dockerd when nothing
+# answers. Run as root. Safe to run again.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (sudo $0)" >&2
+  exit 64
+fi
+
+packages=(
+  clang libelf-dev zlib1g-dev pkg-config make   # libbpf (sensor) and BPF programs
+  docker.io                                     # the container engine sessions run on
+  busybox-static                                # the offline test image
+  systemd                                       # systemd-analyze verify of the unit
+  iproute2 procps                               # network namespaces and process tools in tests
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup.sh: cargo is not on PATH; install the Rust toolchain named in rust-toolchain.toml" >&2
+  exit 1
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "setup.sh: starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { echo "setup.sh: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+fi
+echo "setup.sh: ready ($(docker version --format 'docker {{.Server.Version}}' 2>/dev/null))"
