@@ -31,18 +31,26 @@ pub async fn serve(
     routes.add_service(HandshakeServer::new(info.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES));
     routes.add_service(health);
     let incoming = UnixListenerStream::new(bound.take_listener()?);
+    // The server starts draining only once this resolves, so STOPPING=1 and
+    // NOT_SERVING always precede the drain.
+    let stop_signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            notify::stopping();
+            reporter.set_service_status("", ServingStatus::NotServing).await;
+        }
+    };
     let server = Server::builder()
         .layer(InterceptorLayer::new(access::interceptor(rule)))
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, stop_signal);
     tokio::pin!(server);
     tracing::info!(daemon = info.name, version = leash_core::VERSION, socket = %bound.path().display(), "serving");
     notify::ready();
 
     let deadline = async {
         shutdown.cancelled().await;
-        notify::stopping();
-        reporter.set_service_status("", ServingStatus::NotServing).await;
         tokio::time::sleep(DRAIN_DEADLINE).await;
     };
     tokio::select! {

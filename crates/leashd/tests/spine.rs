@@ -98,6 +98,49 @@ fn killed_components_restart_alone_and_are_counted() {
 }
 
 #[test]
+fn events_follow_streams_lifecycle_events_as_they_happen() {
+    if !require_root("events_follow_streams_lifecycle_events_as_they_happen") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let mut stack = Stack::new();
+    stack.start_leashd();
+    let status = stack.wait_healthy(Duration::from_secs(10));
+    let mut follower = stack
+        .command("leashctl")
+        .args(["events", "--follow", "--json", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    // The tail first: exactly one recent event.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    eventually(Duration::from_secs(2), "the follower to be counted", || {
+        stack.status().filter(|s| s["events"]["subscribers"] == 1)
+    });
+    let proxy = pid_of(&status, "leash-proxy");
+    kill(proxy, Signal::KILL);
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert!(e["seq"].as_u64() > first["seq"].as_u64(), "{e}");
+        assert_eq!(e["kind"], "daemon");
+        let done = e["action"] == "component.ready" && e["resource"] == "leash-proxy";
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(seen[0]["action"], "component.exit", "{seen:?}");
+    assert_eq!(seen[0]["pid"], proxy, "{seen:?}");
+    // leashd ends the stream when it stops.
+    let out = stack.leashctl(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let exit = eventually(Duration::from_secs(5), "the follower to end", || follower.try_wait().unwrap());
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
 fn a_restarted_leashd_adopts_running_components() {
     if !require_root("a_restarted_leashd_adopts_running_components") {
         return;
