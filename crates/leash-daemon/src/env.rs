@@ -88,13 +88,15 @@ pub fn layout(env: &dyn Env) -> Result<Layout, ConfigError> {
     })
 }
 
+/// An environment made of `pairs`, for tests.
+#[cfg(test)]
+pub(crate) fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
 
     #[test]
     fn defaults() {

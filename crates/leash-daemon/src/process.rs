@@ -43,6 +43,17 @@ impl Ctx {
     }
 }
 
+/// Parses the command line; help and version go to stdout with exit 0,
+/// errors to stderr with `usage_code` (64 for leashctl and daemons, 125 for
+/// leash), instead of clap's own exit code 2.
+pub fn parse_args<T: clap::Parser>(usage_code: u8) -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        let code = if e.use_stderr() { usage_code } else { 0 };
+        let _ = e.print();
+        ExitCode::from(code)
+    })
+}
+
 /// Handles `--version` and `--help` for daemons that take no other
 /// arguments. Returns `Some(code)` when the process should exit now.
 pub fn simple_args(name: &str, about: &str) -> Option<ExitCode> {

@@ -25,13 +25,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match leash_daemon::process::parse_args(EXIT_USAGE) {
         Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),

@@ -23,13 +23,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match leash_daemon::process::parse_args(EXIT_LEASH_FAILURE) {
         Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_LEASH_FAILURE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
