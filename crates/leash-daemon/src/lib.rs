@@ -11,6 +11,7 @@ pub mod client;
 pub mod component;
 pub mod env;
 pub mod handshake;
+pub mod log_failures;
 pub mod notify;
 pub mod process;
 pub mod runtime_dir;

@@ -42,7 +42,11 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
-        .layer(InterceptorLayer::new(access::interceptor(rule)))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::log_failures::LogFailuresLayer)
+                .layer(InterceptorLayer::new(access::interceptor(rule))),
+        )
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, stop_signal);
     tokio::pin!(server);

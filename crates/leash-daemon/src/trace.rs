@@ -7,7 +7,7 @@ use crate::env::{ConfigError, ENV_LOG, ENV_LOG_FORMAT, Env};
 
 /// The filter when neither `LEASH_LOG` nor `RUST_LOG` is set. Target
 /// matching is by prefix, so `leash` covers every leash crate.
-pub const DEFAULT_FILTER: &str = "warn,leash=info";
+pub const DEFAULT_FILTER: &str = "warn,leash=info,tonic::transport::server=debug,h2::server=debug";
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -108,7 +108,11 @@ impl Stack {
             .env("LEASH_STATE_DIR", &self.state_dir)
             .env("LEASH_INSTANCE", &self.instance)
             .env_remove("NOTIFY_SOCKET")
-            .env("LEASH_LOG", std::env::var("LEASH_TEST_LOG").unwrap_or_else(|_| "info".to_owned()));
+            .env_remove("LEASH_LOG");
+        // The daemons' default filter unless the test run asks for another.
+        if let Ok(filter) = std::env::var("LEASH_TEST_LOG") {
+            c.env("LEASH_LOG", filter);
+        }
         c
     }
 
@@ -134,6 +138,11 @@ impl Stack {
         let child = self.leashds.last_mut().expect("a leashd was started");
         let status = eventually(limit, "leashd to exit", || child.try_wait().expect("try_wait"));
         status.code()
+    }
+
+    /// What the `n`th leashd (and the components it spawned) logged.
+    pub fn leashd_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.root().join(format!("leashd-{n}.log"))).unwrap_or_default()
     }
 
     /// Runs `leashctl` with `args`.

@@ -318,6 +318,14 @@ fn malformed_input_is_refused_and_the_daemons_keep_serving() {
         });
     }
     let after = stack.wait_healthy(Duration::from_secs(5));
+    // Each refusal left a trace in the log (components log to leashd's stderr).
+    let log = stack.leashd_log(0);
+    assert_eq!(log.matches("invalid preface").count(), 2, "{log}");
+    assert!(log.contains("call failed path=\"/leash.v1.Policy/Status\" code=Unimplemented"), "{log}");
+    assert!(
+        log.matches("call failed path=\"/leash.v1.Handshake/Hello\" code=FailedPrecondition").count() == 2,
+        "{log}"
+    );
     for name in COMPONENTS {
         assert_eq!(pid_of(&after, name), pid_of(&before, name));
         assert_eq!(Stack::component(&after, name)["restarts"], 0);
