@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod install;
 mod tidy;
 mod util;
@@ -20,6 +21,9 @@ verbs:
                   into DIR/bin (default /usr/local) with the systemd unit
                   (default /etc/systemd/system)
   tidy            check the dependency rules and file headers
+  image <name>    build images/<name> as leash-<name>:latest (available: test)
+  entry [--release]
+                  build the static leash-entry and print its path
   bench startup   cold start to all-healthy, restart-to-healthy, idle RSS
   demo            build, start leashd if needed, show `leashctl status` and events
 ";
@@ -31,6 +35,10 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("image") => image::run(&args[1..]),
+        Some("entry") => util::build_static_entry(args.get(1).is_some_and(|a| a == "--release")).map(|p| {
+            util::out(&p.display().to_string());
+        }),
         Some("-h" | "--help" | "help") => {
             util::out(USAGE);
             return ExitCode::SUCCESS;

@@ -68,6 +68,33 @@ pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
     Ok(target_dir()?.join(if release { "release" } else { "debug" }))
 }
 
+/// Builds leash-entry statically linked (glibc `crt-static`), so it runs in
+/// any image. A separate target dir keeps the flag away from the rest of the
+/// workspace (proc macros cannot be static) and from its build lock.
+pub fn build_static_entry(release: bool) -> anyhow::Result<PathBuf> {
+    let target = target_dir()?.join("static");
+    let triple = host_triple()?;
+    let mut c = cargo();
+    c.args(["build", "--package", "leash-entry", "--target", &triple])
+        .arg("--target-dir")
+        .arg(&target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    Ok(target.join(&triple).join(if release { "release" } else { "debug" }).join("leash-entry"))
+}
+
+/// The host's target triple, from `rustc -vV`.
+pub fn host_triple() -> anyhow::Result<String> {
+    let out = output(Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())).arg("-vV"))?;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .context("rustc -vV printed no host line")
+}
+
 /// Cargo's target directory.
 pub fn target_dir() -> anyhow::Result<PathBuf> {
     let meta: serde_json::Value =

@@ -1,34 +1,141 @@
-//! `leash-entry`: the init inside a session's container (std only, so it
-//! links statically and runs in any image).
+//! `leash-entry`: PID 1 inside a session's container.
 //!
-//! At this stage it replaces itself with the command it is given and
-//! reports failures the way shells do (127 not found, 126 not executable).
-//! Trust installation, the release channel, dropping to the target user,
-//! signal forwarding and reaping arrive with sessions.
+//! Statically linked (see `cargo xtask entry`) so it runs in any image, even
+//! one without a libc. In order it:
+//! 1. installs trust for the session CA (`--ca`): a full bundle of the
+//!    image's system roots plus the CA, for the system store and the
+//!    variables Node, OpenSSL, Python and curl read; never through a bind mount;
+//! 2. prepares the target user (`--user UID:GID`): passwd and group entries
+//!    and a HOME;
+//! 3. waits on leashd's one-shot release channel (`--release SOCKET`): a
+//!    Unix socket on which leashd writes `go` once every admission step has
+//!    passed, or anything else to abort; the channel is closed before the
+//!    command starts;
+//! 4. starts the command as the target user, in its own process group and
+//!    in the terminal's foreground, forwards signals to it, reaps every
+//!    zombie, and exits with its status: the command's code, 128+n when a
+//!    signal ended it, 127 when it is not found, 126 when it cannot run.
+//!
+//! Errors print `leash-entry: …` on stderr and exit 125.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode};
+mod init;
+mod setup;
 
-fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1).peekable();
-    if args.peek().is_some_and(|a| a == "--") {
-        args.next();
-    }
-    let Some(program) = args.next() else {
-        return fail(2, "usage: leash-entry [--] COMMAND [ARG...]");
-    };
-    let err = Command::new(&program).args(args).exec();
-    let code = match err.kind() {
-        std::io::ErrorKind::NotFound => 127,
-        _ => 126,
-    };
-    fail(code, &format!("cannot run {}: {err}", program.to_string_lossy()))
+use std::process::ExitCode;
+
+/// Exit code for leash-entry's own failures (as leash's).
+const EXIT_OWN_FAILURE: u8 = 125;
+
+/// What leashd asks of leash-entry.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    /// Target uid and gid.
+    user: Option<(u32, u32)>,
+    /// User name for the passwd entry.
+    name: Option<String>,
+    /// HOME for the target user.
+    home: Option<String>,
+    /// The session CA certificate (PEM).
+    ca: Option<String>,
+    /// The release socket.
+    release: Option<String>,
+    /// The command.
+    command: Vec<String>,
 }
 
-fn fail(code: u8, msg: &str) -> ExitCode {
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--user" => {
+                let v = value("--user")?;
+                let (u, g) = v.split_once(':').ok_or_else(|| format!("--user {v:?}: expected UID:GID"))?;
+                let num = |s: &str| s.parse::<u32>().map_err(|_| format!("--user {v:?}: {s:?} is not a number"));
+                a.user = Some((num(u)?, num(g)?));
+            }
+            "--name" => a.name = Some(value("--name")?),
+            "--home" => a.home = Some(value("--home")?),
+            "--ca" => a.ca = Some(value("--ca")?),
+            "--release" => a.release = Some(value("--release")?),
+            "--" => {
+                a.command = it.collect();
+                break;
+            }
+            other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
+            _ => {
+                a.command = std::iter::once(arg).chain(it).collect();
+                break;
+            }
+        }
+    }
+    if a.command.is_empty() {
+        return Err("usage: leash-entry [--user UID:GID] [--name NAME] [--home DIR] [--ca PEM] [--release SOCKET] [--] COMMAND [ARG...]".into());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some(ca) = &args.ca {
+        match setup::install_trust(ca) {
+            Ok(vars) => env.extend(vars),
+            Err(e) => return fail(&format!("cannot install the session CA: {e}")),
+        }
+    }
+    if let Some((uid, gid)) = args.user {
+        let name = args.name.as_deref().unwrap_or("leash");
+        let home = args.home.clone().unwrap_or_else(|| if uid == 0 { "/root".into() } else { format!("/home/{name}") });
+        if let Err(e) = setup::prepare_user(uid, gid, name, &home) {
+            return fail(&format!("cannot prepare user {uid}:{gid}: {e}"));
+        }
+        env.push(("HOME".into(), home));
+        env.push(("USER".into(), name.into()));
+        env.push(("LOGNAME".into(), name.into()));
+    }
+    if let Some(sock) = &args.release
+        && let Err(e) = setup::await_release(sock)
+    {
+        return fail(&e);
+    }
+    init::run(&args.command, args.user, &env)
+}
+
+fn fail(msg: &str) -> ExitCode {
     #[allow(clippy::print_stderr, reason = "leash-entry reports on stderr; it has no logger")]
     {
         eprintln!("leash-entry: {msg}");
     }
-    ExitCode::from(code)
+    ExitCode::from(EXIT_OWN_FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Args, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_options_and_command() {
+        let a = p(&["--user", "1000:100", "--release", "/leash/release.sock", "--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(a.user, Some((1000, 100)));
+        assert_eq!(a.release.as_deref(), Some("/leash/release.sock"));
+        assert_eq!(a.command, ["sh", "-c", "exit 3"]);
+        assert_eq!(p(&["true", "--user"]).unwrap().command, ["true", "--user"]);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert!(p(&[]).unwrap_err().starts_with("usage"));
+        assert_eq!(p(&["--user", "x:1", "true"]).unwrap_err(), "--user \"x:1\": \"x\" is not a number");
+        assert_eq!(p(&["--bogus", "true"]).unwrap_err(), "unknown option \"--bogus\"");
+        assert_eq!(p(&["--home"]).unwrap_err(), "--home needs a value");
+    }
 }

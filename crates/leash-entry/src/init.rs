@@ -1,0 +1,86 @@
+//! The init loop: start the command, forward signals, reap zombies.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
+
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Signals passed on to the command rather than acted on.
+const FORWARDED: [Signal; 10] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+    Signal::SIGTSTP,
+    Signal::SIGALRM,
+];
+
+/// Runs `command` and returns its status as an exit code.
+pub fn run(command: &[String], user: Option<(u32, u32)>, env: &[(String, String)]) -> ExitCode {
+    // Take every signal synchronously; the child gets a clean mask (std
+    // resets it between fork and exec).
+    let mut all = SigSet::all();
+    for s in [Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGILL, Signal::SIGFPE] {
+        all.remove(s);
+    }
+    if let Err(e) = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None) {
+        return crate::fail(&format!("cannot block signals: {e}"));
+    }
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).envs(env.iter().map(|(k, v)| (k, v))).process_group(0);
+    if let Some((uid, gid)) = user {
+        // As root, std also drops supplementary groups before setuid.
+        cmd.gid(gid).uid(uid);
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound { 127 } else { 126 };
+            #[allow(clippy::print_stderr, reason = "leash-entry reports on stderr")]
+            {
+                eprintln!("leash-entry: cannot run {}: {e}", command[0]);
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    // Give the terminal (if any) to the command's process group, so that
+    // Ctrl-C and Ctrl-Z reach it and not us. SIGTTOU is blocked, so this
+    // works from the background.
+    if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), pid);
+    }
+    loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig == Signal::SIGCHLD {
+            if let Some(code) = reap(pid) {
+                return ExitCode::from(code);
+            }
+        } else if FORWARDED.contains(&sig) || sig == Signal::SIGPIPE {
+            let _ = signal::kill(pid, sig);
+        }
+    }
+}
+
+/// Reaps every exited child; returns the exit code once `main` has exited.
+fn reap(main: Pid) -> Option<u8> {
+    let mut code = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, status)) if p == main => code = Some(status as u8),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == main => code = Some(128u8.wrapping_add(sig as u8)),
+            Ok(WaitStatus::StillAlive) | Err(_) => return code,
+            Ok(_) => {}
+        }
+    }
+}
