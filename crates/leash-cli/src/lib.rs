@@ -6,9 +6,11 @@
 //! Cedar code (a test in xtask reads `cargo metadata` to keep it so) and
 //! starts leashd by executing its binary, never by linking it.
 
+pub mod args;
 pub mod commands;
 pub mod daemon;
 pub mod output;
+pub mod session;
 
 /// `leash`'s exit code for its own failures (as `docker run`).
 pub const EXIT_LEASH_FAILURE: u8 = 125;

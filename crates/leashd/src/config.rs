@@ -19,11 +19,14 @@ pub struct Config {
     pub event_queue: usize,
     /// Where the component binaries are; defaults to leashd's own directory.
     pub bin_dir: Option<PathBuf>,
+    /// The static leash-entry to mount into sessions; defaults to
+    /// `LEASH_ENTRY_BIN`, else `leash-entry` beside leashd.
+    pub entry_bin: Option<PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { history_size: 25_000, event_queue: 4096, bin_dir: None }
+        Config { history_size: 25_000, event_queue: 4096, bin_dir: None, entry_bin: None }
     }
 }
 
@@ -41,6 +44,7 @@ struct Section {
     history_size: Option<usize>,
     event_queue: Option<usize>,
     bin_dir: Option<PathBuf>,
+    entry_bin: Option<PathBuf>,
 }
 
 /// A configuration error, naming the file and the problem.
@@ -75,6 +79,7 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         history_size: file.leashd.history_size.unwrap_or(d.history_size),
         event_queue: file.leashd.event_queue.unwrap_or(d.event_queue).max(1),
         bin_dir: file.leashd.bin_dir,
+        entry_bin: file.leashd.entry_bin,
     })
 }
 

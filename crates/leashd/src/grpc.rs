@@ -34,6 +34,8 @@ pub struct ManagerService {
     pub hub: Hub,
     /// leashd's root token.
     pub shutdown: CancellationToken,
+    /// Sessions.
+    pub sessions: crate::session::Sessions,
 }
 
 #[tonic::async_trait]
@@ -49,7 +51,7 @@ impl Manager for ManagerService {
             runtime_dir: self.layout.runtime_dir.display().to_string(),
             state_dir: self.layout.state_dir.display().to_string(),
             components,
-            sessions: 0,
+            sessions: self.sessions.count() as u32,
             events: Some(pb::HubStatus {
                 published: stats.published,
                 dropped: stats.dropped,
@@ -97,6 +99,45 @@ impl Manager for ManagerService {
         // Replying still works: the server drains in-flight calls.
         self.shutdown.cancel();
         Ok(Response::new(pb::StopAllResponse { stopped }))
+    }
+
+    type SessionStream = ReceiverStream<Result<pb::SessionOutput, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<tonic::Streaming<pb::SessionInput>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = leash_daemon::access::peer(&req)
+            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let mut input = req.into_inner();
+        let start = match input.message().await? {
+            Some(pb::SessionInput { input: Some(pb::session_input::Input::Start(s)) }) => s,
+            _ => return Err(Status::invalid_argument("a session starts with a SessionStart message")),
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let sessions = self.sessions.clone();
+        tokio::spawn(sessions.run(caller, start, input, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = leash_daemon::access::peer(&req)
+            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let sessions = self.sessions.list(&caller).iter().map(crate::session::info_to_proto).collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn stop_session(
+        &self,
+        req: Request<pb::StopSessionRequest>,
+    ) -> Result<Response<pb::StopSessionResponse>, Status> {
+        let caller = leash_daemon::access::peer(&req)
+            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let id = self.sessions.stop(&caller, &req.get_ref().id).await?;
+        Ok(Response::new(pb::StopSessionResponse { id }))
     }
 }
 

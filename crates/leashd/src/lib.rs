@@ -9,6 +9,7 @@ pub mod engine;
 pub mod grpc;
 pub mod hub;
 pub mod proc;
+pub mod session;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -30,12 +31,21 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     if let Err(e) = std::fs::create_dir_all(&ctx.layout.state_dir) {
         tracing::warn!(dir = %ctx.layout.state_dir.display(), error = %e, "cannot create the state directory");
     }
-    let bin_dir = match config.bin_dir {
+    let bin_dir = match config.bin_dir.clone() {
         Some(dir) => dir,
         None => own_dir().context("cannot find leashd's own directory to locate the component binaries")?,
     };
     let hub = hub::Hub::new(config.history_size, config.event_queue);
     hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
+    let sessions = session::Sessions::new(session::Ctx {
+        layout: ctx.layout.clone(),
+        hub: hub.clone(),
+        entry_bin: config.entry_bin.clone().unwrap_or_else(|| session::plan::entry_bin(&bin_dir)),
+    });
+    tokio::spawn({
+        let sessions = sessions.clone();
+        async move { sessions.recover().await }
+    });
     let supervisor =
         supervisor::Supervisor::start(supervisor::Options { bin_dir, layout: ctx.layout.clone(), hub: hub.clone() });
     let manager = grpc::ManagerService {
@@ -44,6 +54,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         supervisor,
         hub,
         shutdown: ctx.shutdown.clone(),
+        sessions,
     };
     let mut routes = RoutesBuilder::default();
     routes.add_service(ManagerServer::new(manager).max_decoding_message_size(MAX_MESSAGE_BYTES));

@@ -4,29 +4,25 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use leash_cli::EXIT_LEASH_FAILURE;
-
-/// Run an AI coding agent (claude, codex, gemini, qwen, opencode) or any
-/// command in a container, with every file open, exec, connection, HTTP
-/// request and MCP call decided by Cedar policy.
-///
-/// leash is a thin client of leashd (the background daemon). When leashd is
-/// not running, leash starts it in the background if run as root; otherwise
-/// it says how to start the service.
-///
-/// Exit codes: the command's own exit code; 125 when leash itself fails.
-#[derive(Debug, Parser)]
-#[command(name = "leash", version, about, long_about, trailing_var_arg = true)]
-struct Args {
-    /// The command to run, e.g. `claude` or `-- make test`.
-    #[arg(value_name = "COMMAND", allow_hyphen_values = true, num_args = 0..)]
-    command: Vec<String>,
-}
+use leash_cli::args::{Args, fix_up};
 
 fn main() -> ExitCode {
-    let args: Args = match leash_daemon::process::parse_args(EXIT_LEASH_FAILURE) {
+    let args = match Args::try_parse_from(fix_up(std::env::args().collect())) {
         Ok(a) => a,
-        Err(code) => return code,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_LEASH_FAILURE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
     };
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let (start, warnings) = match leash_cli::session::start_message(&args, &env) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    for w in warnings {
+        eprintln_line(&format!("leash: {w}"));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&e.into()),
@@ -34,24 +30,25 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let layout = leash_cli::daemon::layout()?;
         let conn = leash_cli::daemon::connect_or_start(&layout, "leash").await?;
-        if args.command.is_empty() {
-            anyhow::bail!("a command is required; provide one after '--' (leashd {} is running)", conn.hello.version);
-        }
-        anyhow::bail!(
-            "leashd {} cannot run sessions yet: this build provides the daemons, `leashctl status` and `leashctl events`",
-            conn.hello.version
-        )
+        leash_cli::session::run(conn.channel, start, args.verbose).await
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
+    };
+    // The stdin reader may be blocked in read(2); do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+fn eprintln_line(s: &str) {
+    #[allow(clippy::print_stderr, reason = "the CLI's messages")]
+    {
+        eprintln!("{s}");
     }
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    #[allow(clippy::print_stderr, reason = "the CLI's error line")]
-    {
-        eprintln!("leash: {}", leash_cli::output::error_chain(e));
-    }
+    eprintln_line(&format!("leash: {}", leash_cli::output::error_chain(e)));
     ExitCode::from(EXIT_LEASH_FAILURE)
 }

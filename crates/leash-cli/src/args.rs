@@ -1,0 +1,166 @@
+//! `leash`'s command line: the Go leash's flags, parsed with clap after one
+//! fix-up for `-v`, which is a volume when followed by `src:dst` and
+//! verbose otherwise (as in the Go leash).
+
+use clap::Parser;
+
+/// Run an AI coding agent (claude, codex, gemini, qwen, opencode) or any
+/// command in a container, with every file open, exec, connection, HTTP
+/// request and MCP call decided by Cedar policy.
+///
+/// The current directory is mounted at the same path and the command runs
+/// there, as you, with your terminal. leash is a thin client of leashd (the
+/// background daemon): as root it starts leashd when nothing answers;
+/// otherwise it says how to start the service.
+///
+/// Exit codes: the command's own exit code; 125 when leash itself fails.
+#[derive(Debug, Parser)]
+#[command(name = "leash", version, about, long_about, trailing_var_arg = true, disable_version_flag = true)]
+pub struct Args {
+    /// Print the version.
+    #[arg(long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// Never allocate a terminal (stdin and stdout are piped) and never prompt.
+    #[arg(short = 'I', long)]
+    pub no_interactive: bool,
+    /// Cedar policy file for this session (LEASH_POLICY_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<String>,
+    /// Bind mount SRC:DST[:ro|rw] (repeatable). `-v` without SRC:DST means --verbose.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:MODE]")]
+    pub volumes: Vec<String>,
+    /// Set KEY=VALUE in the container, or pass KEY from your environment (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]", allow_hyphen_values = true)]
+    pub env: Vec<String>,
+    /// Publish a container port: [IP:][HOST:]CONTAINER[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish", visible_alias = "port-forward", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes.
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
+    /// The image to run the command in (LEASH_TARGET_IMAGE, TARGET_IMAGE).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Accepted for compatibility and ignored: leash runs no manager container.
+    #[arg(long, value_name = "IMAGE")]
+    pub leash_image: Option<String>,
+    /// Control UI address; not available yet.
+    #[arg(short = 'l', long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Open the Control UI in a browser; not available yet (also OPEN=1).
+    #[arg(short = 'o', long)]
+    pub open: bool,
+    /// Show what leash does.
+    #[arg(short = 'V', long)]
+    pub verbose: bool,
+    /// Memory limit, e.g. 512m or 2g.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit, e.g. 1.5.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Process limit.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Run the command as root in the container (only when you are root).
+    #[arg(long)]
+    pub root: bool,
+    /// Run even when an enforcement layer cannot be set up; every event says so.
+    #[arg(long)]
+    pub degraded: bool,
+    /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
+    #[arg(value_name = "COMMAND", allow_hyphen_values = true, num_args = 0..)]
+    pub command: Vec<String>,
+}
+
+/// Flags of `leash` that take a value, so the `-v` fix-up knows where the
+/// command starts.
+const TAKES_VALUE: [&str; 15] = [
+    "--policy",
+    "-v",
+    "--volume",
+    "-e",
+    "--env",
+    "-p",
+    "--publish",
+    "--port-forward",
+    "--image",
+    "--leash-image",
+    "-l",
+    "--listen",
+    "--memory",
+    "--cpus",
+    "--pids-limit",
+];
+
+/// Rewrites a `-v` that is not followed by `SRC:DST` into `--verbose`.
+/// Flags end at `--` or at the first argument that is not a flag (the command).
+pub fn fix_up(args: Vec<String>) -> Vec<String> {
+    let mut it = args.into_iter();
+    let mut out: Vec<String> = it.next().into_iter().collect();
+    let rest: Vec<String> = it.collect();
+    let mut i = 0;
+    while i < rest.len() {
+        let a = &rest[i];
+        if a == "--" || !a.starts_with('-') {
+            out.extend(rest[i..].iter().cloned());
+            break;
+        }
+        if a == "-v" {
+            match rest.get(i + 1) {
+                Some(next) if !next.starts_with('-') && next.contains(':') => {
+                    out.extend([a.clone(), next.clone()]);
+                    i += 2;
+                }
+                _ => {
+                    out.push("--verbose".into());
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        out.push(a.clone());
+        i += 1;
+        if TAKES_VALUE.contains(&a.as_str())
+            && let Some(v) = rest.get(i)
+        {
+            out.push(v.clone());
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fx(s: &str) -> Vec<String> {
+        fix_up(s.split_whitespace().map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn dash_v_is_a_volume_or_verbose() {
+        assert_eq!(fx("leash -v a:/b true"), ["leash", "-v", "a:/b", "true"]);
+        assert_eq!(fx("leash -v true"), ["leash", "--verbose", "true"]);
+        assert_eq!(fx("leash -v -e A=1 true"), ["leash", "--verbose", "-e", "A=1", "true"]);
+        assert_eq!(fx("leash -e -v true"), ["leash", "-e", "-v", "true"]);
+        assert_eq!(fx("leash -- ls -v x:y"), ["leash", "--", "ls", "-v", "x:y"]);
+        assert_eq!(fx("leash claude -v"), ["leash", "claude", "-v"]);
+    }
+
+    #[test]
+    fn parses_the_go_surface() {
+        let a = Args::try_parse_from(fx("leash -I -e A=1 --env B -v /x:/y:ro --image img -p 8080:80 -- sh -c true"))
+            .unwrap();
+        assert!(a.no_interactive);
+        assert_eq!(a.env, ["A=1", "B"]);
+        assert_eq!(a.volumes, ["/x:/y:ro"]);
+        assert_eq!(a.image.as_deref(), Some("img"));
+        assert_eq!(a.publish, ["8080:80"]);
+        assert_eq!(a.command, ["sh", "-c", "true"]);
+        let a = Args::try_parse_from(fx("leash claude --resume")).unwrap();
+        assert_eq!(a.command, ["claude", "--resume"]);
+        assert!(Args::try_parse_from(fx("leash --bogus true")).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! `leash <command>`: a session through leashd, with the user's terminal.
+#![allow(clippy::print_stderr, reason = "leash's own messages go to stderr")]
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+
+use anyhow::{Context, bail};
+use leash_proto::v1 as pb;
+use leash_proto::v1::manager_client::ManagerClient;
+use leash_proto::v1::session_input::Input;
+use leash_proto::v1::session_output::Output;
+use tokio::sync::mpsc;
+
+use crate::args::Args;
+
+/// Variables of the user's environment that configure a session.
+const FORWARDED_ENV: [&str; 9] = [
+    "LEASH_TARGET_IMAGE",
+    "TARGET_IMAGE",
+    "TERM",
+    "ANTHROPIC_API_KEY",
+    "IS_SANDBOX",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "DASHSCOPE_API_KEY",
+    "COLORTERM",
+];
+
+/// Go leash variables that mean nothing here: accepted with a warning.
+const IGNORED_ENV: [&str; 9] = [
+    "LEASH_IMAGE",
+    "LEASH_WORK_DIR",
+    "LEASH_SHARE_DIR",
+    "LEASH_LOG_DIR",
+    "LEASH_CFG_DIR",
+    "LEASH_WORKSPACE_DIR",
+    "LEASH_BOOTSTRAP_TIMEOUT",
+    "LEASH_EXTRA_ARGS",
+    "LEASH_PROXY_PORT",
+];
+
+fn truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "t" | "true")
+}
+
+/// Checks the flags and builds the start message. Fails before anything
+/// is contacted.
+pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Result<(pb::SessionStart, Vec<String>)> {
+    let mut warnings = Vec::new();
+    if args.listen.is_some() {
+        bail!("--listen: the Control UI is not available in this version of leash");
+    }
+    if args.open || env.get("OPEN").is_some_and(|v| truthy(v)) {
+        bail!("--open (or OPEN=1): the Control UI is not available in this version of leash");
+    }
+    if args.leash_image.is_some() {
+        warnings.push("ignored: --leash-image (leash runs no manager container)".to_owned());
+    }
+    for k in IGNORED_ENV {
+        if env.contains_key(k) {
+            warnings.push(format!("ignored: {k} (it has no meaning for this leash)"));
+        }
+    }
+    if args.command.is_empty() {
+        bail!("a command is required; provide one after '--'");
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut resolved_env = Vec::new();
+    for spec in &args.env {
+        if spec.is_empty() {
+            bail!("environment variable specification cannot be empty");
+        }
+        if spec.starts_with('-') {
+            bail!("environment variable {spec:?} must not start with '-'; did you forget the value?");
+        }
+        if spec.starts_with('=') {
+            bail!("environment variable name is required in {spec:?}");
+        }
+        match spec.split_once('=') {
+            Some(_) => resolved_env.push(spec.clone()),
+            // KEY alone passes your value, and nothing when unset (as docker does).
+            None => {
+                if let Some(v) = env.get(spec) {
+                    resolved_env.push(format!("{spec}={v}"));
+                }
+            }
+        }
+    }
+    for v in &args.volumes {
+        if !v.contains(':') {
+            bail!("invalid volume mount {v:?}; expected src:dst[:ro]");
+        }
+    }
+    let policy_path = args.policy.clone().or_else(|| env.get("LEASH_POLICY_FILE").cloned());
+    let policy = match &policy_path {
+        Some(p) => {
+            let path = expand_home(p, env);
+            std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => anyhow::anyhow!("Cedar policy file not found: {}", path.display()),
+                _ => anyhow::anyhow!("cannot read the Cedar policy file {}: {e}", path.display()),
+            })?
+        }
+        None => String::new(),
+    };
+    let tty = !args.no_interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let size = tty.then(|| rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()).flatten();
+    let client_env = FORWARDED_ENV.iter().filter_map(|k| env.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect();
+    Ok((
+        pb::SessionStart {
+            command: args.command.clone(),
+            cwd: cwd.display().to_string(),
+            tty,
+            size: size.map(|s| pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() }),
+            env: resolved_env,
+            volumes: args.volumes.clone(),
+            image: args.image.clone().unwrap_or_default(),
+            policy,
+            policy_path: policy_path.unwrap_or_default(),
+            publish: args.publish.clone(),
+            publish_all: args.publish_all,
+            client_env,
+            memory: args.memory.clone().unwrap_or_default(),
+            cpus: args.cpus.clone().unwrap_or_default(),
+            pids_limit: args.pids_limit.unwrap_or(0),
+            root: args.root,
+            no_interactive: args.no_interactive,
+            degraded: args.degraded,
+        },
+        warnings,
+    ))
+}
+
+fn expand_home(p: &str, env: &HashMap<String, String>) -> std::path::PathBuf {
+    match (p.strip_prefix("~/").or((p == "~").then_some("")), env.get("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(home).join(rest),
+        _ => std::path::PathBuf::from(p),
+    }
+}
+
+/// Puts the terminal in raw mode until dropped.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> anyhow::Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(stdin.as_fd()).context("cannot read the terminal's mode")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(stdin.as_fd(), rustix::termios::OptionalActions::Now, &raw)
+            .context("cannot set the terminal's mode")?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ =
+            rustix::termios::tcsetattr(std::io::stdin().as_fd(), rustix::termios::OptionalActions::Now, &self.saved);
+    }
+}
+
+/// Runs the session; returns the exit code for `leash`.
+pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, verbose: bool) -> anyhow::Result<u8> {
+    let tty = start.tty;
+    let (tx, rx) = mpsc::channel::<pb::SessionInput>(64);
+    tx.send(pb::SessionInput { input: Some(Input::Start(start)) }).await?;
+    let mut stream = ManagerClient::new(channel)
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .context("leashd refused the session")?
+        .into_inner();
+
+    let raw = if tty { Some(RawMode::enter()?) } else { None };
+    // stdin: a plain thread, so a blocked read never holds up the exit.
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.blocking_send(pb::SessionInput { input: Some(Input::StdinEof(true)) });
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.blocking_send(pb::SessionInput { input: Some(Input::Stdin(buf[..n].to_vec())) }).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    // Signals: resize, and (without a terminal) Ctrl-C and SIGTERM go to the command.
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut winch = signal(SignalKind::window_change())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = winch.recv() => match rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
+                        Ok(s) => Input::Resize(pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() }),
+                        Err(_) => continue,
+                    },
+                    _ = int.recv() => Input::Signal(2),
+                    _ = term.recv() => Input::Signal(15),
+                    _ = hup.recv() => Input::Signal(1),
+                };
+                if tx.send(pb::SessionInput { input: Some(msg) }).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut session_id = String::new();
+    loop {
+        let msg = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => {
+                drop(raw);
+                let what = if session_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (session {session_id} may still be running: `leashctl sessions`)")
+                };
+                eprintln!("leash: lost the connection to leashd{what}");
+                return Ok(crate::EXIT_LEASH_FAILURE);
+            }
+        };
+        match msg.output {
+            Some(Output::Stdout(b)) => {
+                let _ = stdout.write_all(&b);
+                let _ = stdout.flush();
+            }
+            Some(Output::Stderr(b)) => {
+                let _ = stderr.write_all(&b);
+                let _ = stderr.flush();
+            }
+            Some(Output::Notice(n)) => {
+                let nl = if tty { "\r\n" } else { "\n" };
+                let _ = write!(stderr, "leash: {n}{nl}");
+            }
+            Some(Output::Started(s)) => {
+                session_id = s.id.clone();
+                if verbose {
+                    let nl = if tty { "\r\n" } else { "\n" };
+                    let _ = write!(stderr, "leash: session {} in container {} ({}){nl}", s.id, s.container, s.image);
+                }
+            }
+            Some(Output::Prompt(p)) => {
+                // Prompts arrive with configuration; answer with the default meanwhile.
+                let choice = p.choices.first().cloned().unwrap_or_default();
+                let _ = tx
+                    .send(pb::SessionInput { input: Some(Input::Answer(pb::PromptAnswer { id: p.id, choice })) })
+                    .await;
+            }
+            Some(Output::Exit(e)) => {
+                drop(raw);
+                if !e.error.is_empty() {
+                    eprintln!("leash: {}", e.error);
+                    return Ok(crate::EXIT_LEASH_FAILURE);
+                }
+                if e.denied > 0 || (tty && !session_id.is_empty()) || verbose {
+                    eprintln!(
+                        "leash: {} operation{} denied; see them with `leashctl events --session {}`",
+                        e.denied,
+                        if e.denied == 1 { "" } else { "s" },
+                        session_id
+                    );
+                }
+                return Ok(u8::try_from(e.code).unwrap_or(crate::EXIT_LEASH_FAILURE));
+            }
+            None => {}
+        }
+    }
+}

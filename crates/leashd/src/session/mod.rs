@@ -1,0 +1,420 @@
+//! Sessions: a command in a container, through leashd.
+//!
+//! A session is created from a `SessionStart` on the Session stream, runs
+//! with the caller's identity (from the socket), and is torn down when its
+//! command exits. Architecture invariant: no instruction of the command runs
+//! before leashd releases leash-entry, and leashd releases it only after every
+//! admission step has passed.
+
+pub mod engine;
+pub mod mounts;
+pub mod names;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use leash_core::{Event, EventKind, Layout};
+use leash_daemon::access::Peer;
+use leash_proto::v1 as pb;
+use leash_proto::v1::session_input::Input;
+use leash_proto::v1::session_output::Output;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::hub::Hub;
+use engine::{Engine, LogOutput};
+
+/// How long leash-entry may take to reach the release channel.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(15);
+/// Between SIGTERM and SIGKILL when a session is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What every session needs from leashd.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Sockets and state.
+    pub layout: Layout,
+    /// Events.
+    pub hub: Hub,
+    /// The static leash-entry binary.
+    pub entry_bin: PathBuf,
+}
+
+/// A session as listed.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// Id.
+    pub id: String,
+    /// Owner uid.
+    pub owner: u32,
+    /// Project dir.
+    pub project: String,
+    /// Command.
+    pub command: Vec<String>,
+    /// Image.
+    pub image: String,
+    /// Container name.
+    pub container: String,
+    /// Container id.
+    pub container_id: String,
+    /// Start.
+    pub started: SystemTime,
+    /// created | running | exited.
+    pub state: &'static str,
+}
+
+/// The registry of sessions.
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    ctx: Ctx,
+    inner: Arc<Mutex<BTreeMap<String, Info>>>,
+}
+
+impl Sessions {
+    /// An empty registry.
+    pub fn new(ctx: Ctx) -> Sessions {
+        Sessions { ctx, inner: Arc::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Info>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many sessions exist.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The sessions `caller` may see.
+    pub fn list(&self, caller: &Peer) -> Vec<Info> {
+        let mut v: Vec<Info> =
+            self.lock().values().filter(|i| caller.uid == 0 || i.owner == caller.uid).cloned().collect();
+        v.sort_by_key(|i| i.started);
+        v
+    }
+
+    /// Stops a session the caller owns (root: any). `id` may be a unique prefix.
+    pub async fn stop(&self, caller: &Peer, id: &str) -> Result<String, Status> {
+        let found: Vec<Info> =
+            self.list(caller).into_iter().filter(|i| !id.is_empty() && i.id.starts_with(id)).collect();
+        let info = match found.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(Status::not_found(format!("no session {id:?} of yours"))),
+            _ => return Err(Status::invalid_argument(format!("{id:?} matches several sessions; give more of the id"))),
+        };
+        let engine = Engine::connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        engine.signal(&info.container_id, "SIGTERM").await.map_err(|e| Status::internal(e.to_string()))?;
+        let cid = info.container_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_GRACE).await;
+            if matches!(engine.inspect(&cid).await, Ok((_, _, true))) {
+                let _ = engine.signal(&cid, "SIGKILL").await;
+            }
+        });
+        Ok(info.id)
+    }
+
+    fn publish(&self, action: &str, info: &Info, details: &[(&str, String)]) {
+        let mut e = Event::daemon(action, &info.container, 0);
+        e.kind = EventKind::Session;
+        e.session = Some(info.id.clone());
+        e.resource = info.project.clone();
+        for (k, v) in details {
+            e.details.insert((*k).to_owned(), v.clone());
+        }
+        self.ctx.hub.publish(e);
+    }
+
+    /// Finds the session containers of this instance left by an earlier
+    /// leashd, lists them again and tears each down when it exits.
+    pub async fn recover(&self) {
+        let Ok(engine) = Engine::connect().await else { return };
+        let Ok(found) = engine.list_labelled(engine::LABEL_INSTANCE, &self.ctx.layout.instance).await else { return };
+        for (cid, labels, running) in found {
+            let Some(id) = labels.get(engine::LABEL_SESSION).cloned() else { continue };
+            let info = Info {
+                id: id.clone(),
+                owner: labels.get(engine::LABEL_OWNER).and_then(|u| u.parse().ok()).unwrap_or(0),
+                project: labels.get(engine::LABEL_PROJECT).cloned().unwrap_or_default(),
+                command: labels
+                    .get(engine::LABEL_COMMAND)
+                    .and_then(|c| serde_json::from_str(c).ok())
+                    .unwrap_or_default(),
+                image: String::new(),
+                container: labels.get("leash.name").cloned().unwrap_or_else(|| cid.chars().take(12).collect()),
+                container_id: cid.clone(),
+                started: SystemTime::now(),
+                state: if running { "running" } else { "exited" },
+            };
+            tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
+            self.lock().insert(id.clone(), info.clone());
+            self.publish("session.recover", &info, &[]);
+            let this = self.clone();
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let code = engine.wait(&cid).await.unwrap_or(125);
+                this.publish("session.exit", &info, &[("code", code.to_string())]);
+                this.teardown(&engine, &info).await;
+            });
+        }
+    }
+
+    async fn teardown(&self, engine: &Engine, info: &Info) {
+        if let Err(e) = engine.remove(&info.container_id).await {
+            tracing::warn!(session_id = %info.id, error = %e, "cannot remove the container");
+        }
+        let dir = self.session_dir(&info.id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(session_id = %info.id, dir = %dir.display(), error = %e, "cannot remove the session dir");
+        }
+        let (_, below_root) = engine.cgroup_parent(&self.ctx.layout.instance, &info.id);
+        remove_cgroup_dirs(&below_root);
+        self.lock().remove(&info.id);
+        self.publish("session.remove", info, &[]);
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
+        self.ctx.layout.state_dir.join("sessions").join(id)
+    }
+
+    /// Runs one session to its end, talking to the client over `input` and
+    /// `out`. Always ends with an Exit message.
+    pub async fn run(
+        self,
+        caller: Peer,
+        start: pb::SessionStart,
+        input: Streaming<pb::SessionInput>,
+        out: mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) {
+        let exit = match self.run_inner(&caller, start, input, &out).await {
+            Ok(code) => pb::SessionExit { code, error: String::new(), denied: 0 },
+            Err(error) => pb::SessionExit { code: 125, error, denied: 0 },
+        };
+        let _ = out.send(Ok(pb::SessionOutput { output: Some(Output::Exit(exit)) })).await;
+    }
+
+    async fn run_inner(
+        &self,
+        caller: &Peer,
+        start: pb::SessionStart,
+        mut input: Streaming<pb::SessionInput>,
+        out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) -> Result<i32, String> {
+        let send = |o: Output| {
+            let out = out.clone();
+            async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
+        };
+        let plan = plan::plan(&self.ctx, caller, &start)?;
+        for w in &plan.warnings {
+            send(Output::Notice(w.clone())).await;
+        }
+        let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
+        let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
+        let base = names::sanitize_project(&plan.cwd);
+        let mut name = base.clone();
+        for n in 1.. {
+            if !engine.name_taken(&name).await.map_err(|e| e.to_string())? {
+                break;
+            }
+            name = format!("{base}{n}");
+        }
+
+        // The session dir holds the release socket; the container sees it read-only.
+        let dir = self.session_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let release_path = dir.join("release.sock");
+        let release = tokio::net::UnixListener::bind(&release_path)
+            .map_err(|e| format!("cannot bind {}: {e}", release_path.display()))?;
+
+        let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout.instance, &id);
+        let spec = plan.spec(&self.ctx, &id, &name, &dir, cgroup_parent);
+        let info = Info {
+            id: id.clone(),
+            owner: caller.uid,
+            project: plan.cwd.clone(),
+            command: plan.command.clone(),
+            image: plan.image.clone(),
+            container: name.clone(),
+            container_id: String::new(),
+            started: SystemTime::now(),
+            state: "created",
+        };
+        let cid = match engine.create(&spec).await {
+            Ok(cid) => cid,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.to_string());
+            }
+        };
+        let info = Info { container_id: cid.clone(), ..info };
+        self.lock().insert(id.clone(), info.clone());
+        self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", name.clone())]);
+        let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out).await;
+        let code = match &result {
+            Ok(code) => *code,
+            Err(_) => 125,
+        };
+        self.publish("session.exit", &info, &[("code", code.to_string())]);
+        self.teardown(&engine, &info).await;
+        result
+    }
+
+    /// Attach, start, release, relay, wait.
+    #[allow(clippy::too_many_arguments, reason = "the session's parts, passed once")]
+    async fn drive(
+        &self,
+        engine: &Engine,
+        info: &Info,
+        plan: &plan::Plan,
+        release: tokio::net::UnixListener,
+        release_path: &std::path::Path,
+        input: &mut Streaming<pb::SessionInput>,
+        out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) -> Result<i32, String> {
+        let send = |o: Output| {
+            let out = out.clone();
+            async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
+        };
+        let cid = info.container_id.as_str();
+        let attach = engine.attach(cid).await.map_err(|e| e.to_string())?;
+        let mut output = attach.output;
+        let mut stdin = attach.input;
+        engine.start(cid).await.map_err(|e| e.to_string())?;
+        if let Some(size) = plan.size {
+            let _ = engine.resize(cid, size.0, size.1).await;
+        }
+        self.set_state(&info.id, "running");
+
+        // Admission steps run here, each with a timeout, before the release.
+        let conn = tokio::time::timeout(RELEASE_PATIENCE, release.accept()).await;
+        let _ = std::fs::remove_file(release_path);
+        drop(release);
+        let mut conn = match conn {
+            Ok(Ok((conn, _))) => conn,
+            Ok(Err(e)) => return Err(format!("release channel: {e}")),
+            Err(_) => {
+                // Show what leash-entry said before giving up.
+                while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_millis(200), output.next()).await {
+                    relay(&send, chunk).await;
+                }
+                return Err(format!("leash-entry did not reach the release channel within {RELEASE_PATIENCE:?}"));
+            }
+        };
+        conn.write_all(b"go\n").await.map_err(|e| format!("release channel: {e}"))?;
+        drop(conn);
+        self.publish("session.release", info, &[]);
+        send(Output::Started(pb::SessionStarted {
+            id: info.id.clone(),
+            container: info.container.clone(),
+            image: info.image.clone(),
+        }))
+        .await;
+
+        let mut client_gone = false;
+        loop {
+            tokio::select! {
+                chunk = output.next() => match chunk {
+                    Some(Ok(chunk)) => {
+                        if !relay(&send, chunk).await {
+                            client_gone = true;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(session_id = %info.id, error = %e, "output stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+                msg = input.message(), if !client_gone => match msg {
+                    Ok(Some(pb::SessionInput { input: Some(i) })) => match i {
+                        Input::Stdin(bytes) => {
+                            let _ = stdin.write_all(&bytes).await;
+                            let _ = stdin.flush().await;
+                        }
+                        Input::StdinEof(_) => {
+                            let _ = stdin.shutdown().await;
+                        }
+                        Input::Resize(s) => {
+                            let _ = engine.resize(cid, s.rows, s.cols).await;
+                        }
+                        Input::Signal(n) => {
+                            let _ = engine.signal(cid, &n.to_string()).await;
+                        }
+                        Input::Start(_) | Input::Answer(_) => {}
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // The client went away: stop the command like Ctrl-C would.
+                        client_gone = true;
+                        tracing::info!(session_id = %info.id, "client disconnected; stopping the session");
+                        let _ = engine.signal(cid, "SIGTERM").await;
+                        let engine = engine.clone();
+                        let cid = cid.to_owned();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(STOP_GRACE).await;
+                            let _ = engine.signal(&cid, "SIGKILL").await;
+                        });
+                    }
+                },
+            }
+        }
+        let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
+        self.set_state(&info.id, "exited");
+        Ok(code as i32)
+    }
+
+    fn set_state(&self, id: &str, state: &'static str) {
+        if let Some(i) = self.lock().get_mut(id) {
+            i.state = state;
+        }
+    }
+}
+
+/// Passes one chunk of output to the client; false when it is gone.
+async fn relay<F, Fut>(send: &F, chunk: LogOutput) -> bool
+where
+    F: Fn(Output) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    match chunk {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => send(Output::Stdout(message.to_vec())).await,
+        LogOutput::StdErr { message } => send(Output::Stderr(message.to_vec())).await,
+        LogOutput::StdIn { .. } => true,
+    }
+}
+
+/// Removes a session's cgroup parent from every hierarchy (best effort: the
+/// engine removes the container's own cgroup, not its parents).
+fn remove_cgroup_dirs(below_root: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        let dir = root.join(below_root);
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// The wire form of a session.
+pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
+    pb::SessionInfo {
+        id: i.id.clone(),
+        owner_uid: i.owner,
+        project: i.project.clone(),
+        command: i.command.clone(),
+        image: i.image.clone(),
+        container: i.container.clone(),
+        started_unix_ms: leash_daemon::unix_ms(i.started),
+        state: i.state.to_owned(),
+    }
+}

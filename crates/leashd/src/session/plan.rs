@@ -1,0 +1,394 @@
+//! From what the client sent and who the caller is, to what the container
+//! will be. Every input is checked here, before anything is created.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use leash_daemon::access::Peer;
+use leash_proto::v1 as pb;
+
+use super::Ctx;
+use super::engine::{self, Spec};
+use super::mounts::{self, Bind};
+
+/// Where leash-entry appears in the container.
+pub const ENTRY_PATH: &str = "/leash/leash-entry";
+/// Where the session dir appears in the container (read-only).
+pub const SESSION_DIR: &str = "/leash/session";
+/// The image when nothing names one.
+pub const DEFAULT_IMAGE: &str = "leash-coder:latest";
+
+/// The agents whose API keys are forwarded automatically.
+const AGENT_KEYS: [(&str, &[&str]); 5] = [
+    ("claude", &["ANTHROPIC_API_KEY", "IS_SANDBOX"]),
+    ("codex", &["OPENAI_API_KEY"]),
+    ("gemini", &["GEMINI_API_KEY"]),
+    ("qwen", &["DASHSCOPE_API_KEY"]),
+    ("opencode", &["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DASHSCOPE_API_KEY"]),
+];
+
+/// Daemon-wide settings a client may not change.
+const DAEMON_WIDE: [&str; 6] =
+    ["LEASH_RUNTIME_DIR", "LEASH_STATE_DIR", "LEASH_INSTANCE", "LEASH_LOG", "LEASH_LOG_FORMAT", "LEASH_LISTEN"];
+
+/// A checked session plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The command.
+    pub command: Vec<String>,
+    /// Working directory (host and container).
+    pub cwd: String,
+    /// Image.
+    pub image: String,
+    /// KEY=VALUE.
+    pub env: Vec<String>,
+    /// Extra binds (after the cwd).
+    pub binds: Vec<Bind>,
+    /// Terminal.
+    pub tty: bool,
+    /// Initial terminal size (rows, cols).
+    pub size: Option<(u32, u32)>,
+    /// Target uid, gid.
+    pub user: (u32, u32),
+    /// Target user name.
+    pub user_name: String,
+    /// Target HOME.
+    pub home: String,
+    /// Published ports.
+    pub ports: HashMap<String, Vec<(String, String)>>,
+    /// Limits.
+    pub memory: Option<i64>,
+    /// CPU limit.
+    pub nano_cpus: Option<i64>,
+    /// Process limit.
+    pub pids_limit: Option<i64>,
+    /// Printed to the user before the session starts.
+    pub warnings: Vec<String>,
+}
+
+/// Checks and resolves a start request.
+pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, String> {
+    if start.command.is_empty() || start.command[0].is_empty() {
+        return Err("a command is required; provide one after '--'".into());
+    }
+    let mut warnings = Vec::new();
+    check_static(&ctx.entry_bin)?;
+    let gids = caller_groups(caller);
+    let (user_name, host_home) = passwd_entry(caller.uid);
+
+    // The working directory: absolute, existing, readable by the caller, and
+    // nothing that exposes leash.
+    let cwd = Path::new(&start.cwd);
+    if !cwd.is_absolute() {
+        return Err(format!("working directory {:?} is not absolute", start.cwd));
+    }
+    if !cwd.is_dir() {
+        return Err(format!("working directory {} does not exist", cwd.display()));
+    }
+    let forbidden = mounts::forbidden_sources(&ctx.layout.runtime_dir, &ctx.layout.state_dir);
+    let cwd = mounts::check_source(cwd, &forbidden).map_err(|e| format!("cannot mount the working directory: {e}"))?;
+    mounts::caller_may_read(&cwd, caller.uid, &gids).map_err(|e| format!("cannot mount the working directory: {e}"))?;
+    let cwd_s = cwd.display().to_string();
+
+    let mut binds = Vec::new();
+    for spec in &start.volumes {
+        let mut b = mounts::parse_volume(spec, &cwd, host_home.as_deref().map(Path::new))?;
+        b.source = mounts::check_source(&b.source, &forbidden).map_err(|e| format!("volume {spec:?}: {e}"))?;
+        mounts::caller_may_read(&b.source, caller.uid, &gids).map_err(|e| format!("volume {spec:?}: {e}"))?;
+        if b.target.starts_with("/leash/") || b.target == "/leash" {
+            return Err(format!("volume {spec:?}: /leash is reserved for leash"));
+        }
+        binds.push(b);
+    }
+
+    for key in start.client_env.keys() {
+        if DAEMON_WIDE.contains(&key.as_str()) {
+            warnings.push(format!(
+                "ignored: {key} from the client; it is a daemon-wide setting (set it in leashd's environment)"
+            ));
+        }
+    }
+    let client = |k: &str| start.client_env.get(k).filter(|v| !v.is_empty()).cloned();
+    let image =
+        [Some(start.image.clone()).filter(|s| !s.is_empty()), client("LEASH_TARGET_IMAGE"), client("TARGET_IMAGE")]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+
+    // Environment: the agent's API keys from the caller's environment, then
+    // -e (which wins).
+    let mut env: Vec<(String, String)> = Vec::new();
+    let agent = Path::new(&start.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if let Some((_, keys)) = AGENT_KEYS.iter().find(|(a, _)| *a == agent) {
+        for k in *keys {
+            if let Some(v) = client(k) {
+                env.push(((*k).to_owned(), v));
+            }
+        }
+    }
+    for spec in &start.env {
+        let (k, v) = parse_env(spec)?;
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    if start.tty {
+        let term = client("TERM").unwrap_or_else(|| "xterm".to_owned());
+        env.retain(|(k, _)| k != "TERM");
+        env.push(("TERM".into(), term));
+    }
+
+    let user = if start.root {
+        if caller.uid != 0 {
+            return Err("--root is only for callers who are root".into());
+        }
+        (0, 0)
+    } else {
+        (caller.uid, caller.gid)
+    };
+    let home = if user.0 == 0 { "/root".to_owned() } else { host_home.unwrap_or_else(|| format!("/home/{user_name}")) };
+
+    let mut ports = HashMap::new();
+    for p in &start.publish {
+        let (key, binding) = parse_publish(p)?;
+        ports.entry(key).or_insert_with(Vec::new).push(binding);
+    }
+    if start.publish_all {
+        warnings.push("ignored: --publish-all (publish the ports you need with -p)".into());
+    }
+    let memory = (!start.memory.is_empty()).then(|| parse_bytes(&start.memory)).transpose()?;
+    let nano_cpus = (!start.cpus.is_empty())
+        .then(|| {
+            start
+                .cpus
+                .parse::<f64>()
+                .ok()
+                .filter(|c| *c > 0.0)
+                .map(|c| (c * 1e9) as i64)
+                .ok_or_else(|| format!("--cpus {:?}: expected a positive number", start.cpus))
+        })
+        .transpose()?;
+    let pids_limit = (start.pids_limit != 0).then_some(start.pids_limit);
+    if start.pids_limit < 0 {
+        return Err(format!("--pids-limit {}: expected a positive number", start.pids_limit));
+    }
+    let size = start.size.filter(|s| start.tty && s.rows > 0 && s.cols > 0).map(|s| (s.rows, s.cols));
+    Ok(Plan {
+        command: start.command.clone(),
+        cwd: cwd_s,
+        image,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        binds,
+        tty: start.tty,
+        size,
+        user,
+        user_name,
+        home,
+        ports,
+        memory,
+        nano_cpus,
+        pids_limit,
+        warnings,
+    })
+}
+
+impl Plan {
+    /// The container spec for this plan.
+    pub fn spec(&self, ctx: &Ctx, id: &str, name: &str, session_dir: &Path, cgroup_parent: String) -> Spec {
+        let mut binds = vec![
+            format!("{}:{}", self.cwd, self.cwd),
+            format!("{}:{ENTRY_PATH}:ro", ctx.entry_bin.display()),
+            format!("{}:{SESSION_DIR}:ro", session_dir.display()),
+        ];
+        binds.extend(self.binds.iter().map(Bind::spec));
+        let mut entrypoint = vec![
+            ENTRY_PATH.to_owned(),
+            "--user".into(),
+            format!("{}:{}", self.user.0, self.user.1),
+            "--name".into(),
+            self.user_name.clone(),
+            "--home".into(),
+            self.home.clone(),
+            "--release".into(),
+            format!("{SESSION_DIR}/release.sock"),
+            "--".into(),
+        ];
+        entrypoint.extend(self.command.iter().cloned());
+        let labels = HashMap::from([
+            (engine::LABEL_SESSION.to_owned(), id.to_owned()),
+            (engine::LABEL_INSTANCE.to_owned(), ctx.layout.instance.clone()),
+            (engine::LABEL_OWNER.to_owned(), self.user.0.to_string()),
+            (engine::LABEL_VERSION.to_owned(), leash_core::VERSION.to_owned()),
+            (engine::LABEL_PROJECT.to_owned(), self.cwd.clone()),
+            (engine::LABEL_COMMAND.to_owned(), serde_json::to_string(&self.command).unwrap_or_default()),
+            ("leash.name".to_owned(), name.to_owned()),
+        ]);
+        Spec {
+            name: name.to_owned(),
+            image: self.image.clone(),
+            entrypoint,
+            env: self.env.clone(),
+            workdir: self.cwd.clone(),
+            binds,
+            labels,
+            tty: self.tty,
+            // Without a terminal, the client's EOF must reach the command.
+            stdin_once: !self.tty,
+            cgroup_parent: Some(cgroup_parent),
+            ports: self.ports.clone(),
+            memory: self.memory,
+            nano_cpus: self.nano_cpus,
+            pids_limit: self.pids_limit,
+        }
+    }
+}
+
+/// `KEY=VALUE` as the CLI sends it.
+pub fn parse_env(spec: &str) -> Result<(String, String), String> {
+    if spec.is_empty() {
+        return Err("environment variable specification cannot be empty".into());
+    }
+    if spec.starts_with('-') {
+        return Err(format!("environment variable {spec:?} must not start with '-'; did you forget the value?"));
+    }
+    match spec.split_once('=') {
+        Some(("", _)) => Err(format!("environment variable name is required in {spec:?}")),
+        Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+        None => Err(format!("environment variable {spec:?} has no value")),
+    }
+}
+
+/// `[ip:][host:]container[/tcp|udp]` → ("container/proto", (ip, host port)).
+pub fn parse_publish(spec: &str) -> Result<(String, (String, String)), String> {
+    let (addr, proto) = match spec.rsplit_once('/') {
+        Some((a, p @ ("tcp" | "udp"))) => (a, p),
+        Some((_, p)) => return Err(format!("--publish {spec:?}: unknown protocol {p:?}")),
+        None => (spec, "tcp"),
+    };
+    let parts: Vec<&str> = addr.split(':').collect();
+    let (ip, host, ctr) = match parts.as_slice() {
+        [c] => ("127.0.0.1", "", *c),
+        [h, c] => ("127.0.0.1", *h, *c),
+        [i, h, c] => (*i, *h, *c),
+        _ => return Err(format!("--publish {spec:?}: invalid publish format")),
+    };
+    let port = |s: &str| {
+        s.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("--publish {spec:?}: invalid port {s:?}"))
+    };
+    port(ctr)?;
+    if !host.is_empty() {
+        port(host)?;
+    }
+    let ip = if ip.is_empty() { "127.0.0.1" } else { ip };
+    Ok((format!("{ctr}/{proto}"), (ip.to_owned(), host.to_owned())))
+}
+
+/// `512m`, `2g`, `1048576` → bytes.
+pub fn parse_bytes(s: &str) -> Result<i64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = match lower.char_indices().last() {
+        Some((i, 'k')) => (&lower[..i], 1i64 << 10),
+        Some((i, 'm')) => (&lower[..i], 1 << 20),
+        Some((i, 'g')) => (&lower[..i], 1 << 30),
+        Some((i, 'b')) => (&lower[..i], 1),
+        _ => (lower.as_str(), 1),
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .map(|n| (n * mult as f64) as i64)
+        .ok_or_else(|| format!("--memory {s:?}: expected a size such as 512m or 2g"))
+}
+
+/// Refuses a leash-entry that needs a dynamic loader: it must run in any image.
+pub fn check_static(bin: &Path) -> Result<(), String> {
+    let data = std::fs::read(bin).map_err(|e| format!("cannot read leash-entry at {}: {e}", bin.display()))?;
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    if data.get(..4) != Some(b"\x7fELF") || data.get(4) != Some(&2) {
+        return Err(format!("{} is not a 64-bit ELF executable", bin.display()));
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return Err(format!("{} has a truncated ELF header", bin.display()));
+    };
+    for i in 0..phnum {
+        let off = phoff + i * phentsize;
+        if data.get(off..off + 4) == Some(&3u32.to_le_bytes()) {
+            return Err(format!(
+                "leash-entry at {} is dynamically linked, so it cannot run in every image; \
+                 install a static one (`cargo xtask install`, or `cargo xtask entry` for LEASH_ENTRY_BIN)",
+                bin.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The caller's supplementary groups, from /proc (the kernel's view).
+fn caller_groups(caller: &Peer) -> Vec<u32> {
+    let mut gids = vec![caller.gid];
+    if let Some(pid) = caller.pid
+        && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        && let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:"))
+    {
+        gids.extend(line.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+    }
+    gids
+}
+
+/// The caller's user name and home directory from the host's passwd.
+fn passwd_entry(uid: u32) -> (String, Option<String>) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 6 && f[2] == uid.to_string() {
+            return (f[0].to_owned(), Some(f[5].to_owned()).filter(|h| !h.is_empty()));
+        }
+    }
+    (format!("user{uid}"), None)
+}
+
+/// The static leash-entry leashd mounts: `LEASH_ENTRY_BIN`, else beside leashd.
+pub fn entry_bin(bin_dir: &Path) -> PathBuf {
+    std::env::var_os("LEASH_ENTRY_BIN").map(PathBuf::from).unwrap_or_else(|| bin_dir.join("leash-entry"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_specs() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_env("A=").unwrap(), ("A".into(), "".into()));
+        assert!(parse_env("").unwrap_err().contains("cannot be empty"));
+        assert!(parse_env("-x").unwrap_err().contains("did you forget"));
+        assert!(parse_env("=v").unwrap_err().contains("name is required"));
+    }
+
+    #[test]
+    fn publish_specs() {
+        assert_eq!(parse_publish("3000").unwrap(), ("3000/tcp".into(), ("127.0.0.1".into(), "".into())));
+        assert_eq!(parse_publish("8080:80").unwrap(), ("80/tcp".into(), ("127.0.0.1".into(), "8080".into())));
+        assert_eq!(parse_publish("0.0.0.0::53/udp").unwrap(), ("53/udp".into(), ("0.0.0.0".into(), "".into())));
+        assert!(parse_publish("80/sctp").unwrap_err().contains("unknown protocol"));
+        assert!(parse_publish("1:2:3:4").unwrap_err().contains("invalid publish format"));
+        assert!(parse_publish("99999").unwrap_err().contains("invalid port"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn dynamic_entry_is_refused() {
+        // The test binary itself is dynamically linked.
+        let me = std::env::current_exe().unwrap();
+        assert!(check_static(&me).unwrap_err().contains("dynamically linked"));
+        assert!(check_static(Path::new("/nonexistent")).unwrap_err().contains("cannot read"));
+    }
+}
