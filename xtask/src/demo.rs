@@ -1,12 +1,14 @@
-//! `cargo xtask demo`: build, start leashd if nothing answers, and show
-//! what it runs.
+//! `cargo xtask demo`: build leash and the test image, start leashd if
+//! nothing answers, run a scripted session, and show its events.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use crate::util;
+
+/// What the scripted session does: what an agent would, in small.
+const SCRIPT: &str = "echo \"hello from $(hostname) as $(id -un) in $(pwd)\"; ls; echo demo > leash-demo.txt; cat leash-demo.txt; rm leash-demo.txt";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(a) = args.first() {
@@ -16,27 +18,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("the demo starts leashd, which needs root (run it with sudo)");
     }
     let bin = util::build_binaries(false)?;
+    let entry = util::build_static_entry(false)?;
+    crate::image::run(&["test".to_owned()])?;
     let leashctl = || Command::new(bin.join("leashctl"));
-    let running = leashctl().arg("status").output()?.stdout.starts_with(b"leashd");
-    if !running {
-        util::out("leashd is not running; starting it in the background");
-        // leashd detaches itself and logs to the state dir.
-        let leash = Command::new(bin.join("leash")).output()?;
-        if !String::from_utf8_lossy(&leash.stderr).contains("a command is required") {
-            bail!("starting leashd failed: {}", String::from_utf8_lossy(&leash.stderr));
-        }
-        let start = Instant::now();
-        while leashctl().arg("status").output()?.status.code() != Some(0) {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("leashd did not become healthy within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+
+    util::out(&format!("\n$ leash --image {} -- sh -c '...'", crate::image::tag("test")));
+    // leash starts leashd in the background when nothing answers; that
+    // leashd mounts this static leash-entry into sessions.
+    util::run(
+        Command::new(bin.join("leash"))
+            .args(["--verbose", "--image", &crate::image::tag("test"), "--", "sh", "-c", SCRIPT])
+            .env("LEASH_ENTRY_BIN", &entry),
+    )?;
     util::out("\n$ leashctl status");
-    util::run(leashctl().arg("status"))?;
-    util::out("\n$ leashctl events --tail 10");
-    util::run(leashctl().args(["events", "--tail", "10"]))?;
+    let _ = leashctl().arg("status").status()?;
+    util::out("\n$ leashctl events --tail 12");
+    util::run(leashctl().args(["events", "--tail", "12"]))?;
     util::out(&format!("\nleashd keeps running; stop everything with: {} stop --all", bin.join("leashctl").display()));
     Ok(())
 }

@@ -21,15 +21,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let context = tempfile::Builder::new().prefix("leash-image-").tempdir()?;
     copy_dir(&dir, context.path())?;
-    match name.as_str() {
-        "test" => {
-            let busybox = Path::new("/bin/busybox");
-            if !busybox.exists() {
-                bail!("/bin/busybox is missing: install busybox-static (scripts/setup.sh does)");
-            }
-            std::fs::copy(busybox, context.path().join("busybox")).context("cannot copy /bin/busybox")?;
+    if name == "test" {
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.exists() {
+            bail!("/bin/busybox is missing: install busybox-static (scripts/setup.sh does)");
         }
-        _ => {}
+        std::fs::copy(busybox, context.path().join("busybox")).context("cannot copy /bin/busybox")?;
     }
     let tag = tag(name);
     util::out(&format!("building {tag} from {}", dir.display()));

@@ -28,10 +28,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("--prefix must be an absolute path, not {}", prefix.display());
     }
     let built = util::build_binaries(release)?;
+    // leash-entry runs inside arbitrary images, so it is the static build.
+    let entry = util::build_static_entry(release)?;
     let bin = prefix.join("bin");
     fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     for name in util::BINARIES {
-        install_file(&built.join(name), &bin.join(name), 0o755)?;
+        let from = if name == "leash-entry" { entry.clone() } else { built.join(name) };
+        install_file(&from, &bin.join(name), 0o755)?;
     }
     let unit = fs::read_to_string(util::root().join("packaging/systemd/leashd.service"))?;
     let unit = unit.replace(UNIT_PREFIX, &format!("{}/", bin.display()));

@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long)]
     pub degraded: bool,
     /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
-    #[arg(value_name = "COMMAND", allow_hyphen_values = true, num_args = 0..)]
+    #[arg(value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<String>,
 }
 

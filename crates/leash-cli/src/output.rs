@@ -216,16 +216,7 @@ impl StatusJson {
             })
             .collect();
         let header = ["COMPONENT", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "SOCKET"].map(str::to_owned);
-        let mut widths = header.clone().map(|h| h.len());
-        for r in &rows {
-            for (w, cell) in widths.iter_mut().zip(r) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        for r in std::iter::once(&header).chain(&rows) {
-            let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        }
+        out.push_str(&table(&std::iter::once(header).chain(rows).collect::<Vec<_>>()));
         for c in &self.components {
             if !c.detail.is_empty() {
                 let _ = writeln!(out, "  {}: {}", c.name, c.detail);
@@ -249,6 +240,23 @@ impl StatusJson {
         );
         out
     }
+}
+
+/// Left-aligned columns separated by two spaces, trailing blanks trimmed.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// One event as JSON (`leashctl events --json`, one object per line).
@@ -329,6 +337,9 @@ impl EventJson {
     /// The human form: one line.
     pub fn render(&self) -> String {
         let mut line = format!("{}  {:<7} {:<20} {}", self.time, self.kind, self.action, self.resource);
+        if !self.session.is_empty() {
+            line.push_str(&format!(" session={}", self.session));
+        }
         if self.pid != 0 {
             line.push_str(&format!(" pid={}", self.pid));
         }

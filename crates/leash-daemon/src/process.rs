@@ -47,10 +47,22 @@ impl Ctx {
 /// errors to stderr with `usage_code` (64 for leashctl and daemons, 125 for
 /// leash), instead of clap's own exit code 2.
 pub fn parse_args<T: clap::Parser>(usage_code: u8) -> Result<T, ExitCode> {
-    T::try_parse().map_err(|e| {
-        let code = if e.use_stderr() { usage_code } else { 0 };
-        let _ = e.print();
-        ExitCode::from(code)
+    parse_args_from(std::env::args(), usage_code)
+}
+
+/// [`parse_args`] over given arguments. Usage errors are one line:
+/// `prog: what is wrong (see prog --help)`.
+pub fn parse_args_from<T: clap::Parser>(args: impl IntoIterator<Item = String>, usage_code: u8) -> Result<T, ExitCode> {
+    T::try_parse_from(args).map_err(|e| {
+        if !e.use_stderr() {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        let prog = T::command().get_name().to_owned();
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_owned();
+        error_line(&prog, &format!("{first} (see {prog} --help)"));
+        ExitCode::from(usage_code)
     })
 }
 

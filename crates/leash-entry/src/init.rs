@@ -24,15 +24,6 @@ const FORWARDED: [Signal; 10] = [
 
 /// Runs `command` and returns its status as an exit code.
 pub fn run(command: &[String], user: Option<(u32, u32)>, env: &[(String, String)]) -> ExitCode {
-    // Take every signal synchronously; the child gets a clean mask (std
-    // resets it between fork and exec).
-    let mut all = SigSet::all();
-    for s in [Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGILL, Signal::SIGFPE] {
-        all.remove(s);
-    }
-    if let Err(e) = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None) {
-        return crate::fail(&format!("cannot block signals: {e}"));
-    }
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]).envs(env.iter().map(|(k, v)| (k, v))).process_group(0);
     if let Some((uid, gid)) = user {
@@ -51,6 +42,21 @@ pub fn run(command: &[String], user: Option<(u32, u32)>, env: &[(String, String)
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
+    // Only now take every signal synchronously, so the command started with
+    // the default mask. A child that exited meanwhile is found by the first
+    // reap below; other signals in between reach PID 1 with their default
+    // disposition, which the kernel ignores for init.
+    let mut all = SigSet::all();
+    for s in [Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGILL, Signal::SIGFPE] {
+        all.remove(s);
+    }
+    if let Err(e) = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None) {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+        return crate::fail(&format!("cannot block signals: {e}"));
+    }
+    if let Some(code) = reap(pid) {
+        return ExitCode::from(code);
+    }
     // Give the terminal (if any) to the command's process group, so that
     // Ctrl-C and Ctrl-Z reach it and not us. SIGTTOU is blocked, so this
     // works from the background.

@@ -42,6 +42,62 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// The static leash-entry, built once per test process into
+/// `<target>/static` (a target dir of its own, so this works while the outer
+/// cargo holds the main one).
+pub fn static_entry() -> PathBuf {
+    static ENTRY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ENTRY
+        .get_or_init(|| {
+            let target = bin_dir().parent().expect("target dir").to_path_buf();
+            let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".to_owned());
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "--quiet", "--package", "leash-entry", "--target", &triple, "--target-dir"])
+                .arg(target.join("static"))
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .status()
+                .expect("run cargo to build the static leash-entry");
+            assert!(status.success(), "building the static leash-entry failed");
+            target.join("static").join(triple).join("debug").join("leash-entry")
+        })
+        .clone()
+}
+
+/// The image most session tests run in (`cargo xtask image test`).
+pub const TEST_IMAGE: &str = "leash-test:latest";
+
+/// Returns false (after printing why) when Docker or the test image is
+/// missing and the test may skip; panics instead in CI.
+pub fn require_docker(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    let ok = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let why = if !ok(&["info"]) {
+        "the Docker engine is not running (scripts/setup.sh starts it)"
+    } else if !ok(&["image", "inspect", TEST_IMAGE]) {
+        "the test image is missing (cargo xtask image test builds it)"
+    } else {
+        return true;
+    };
+    assert!(!must_run(), "{test}: {why}, and CI must run it");
+    #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
+    {
+        eprintln!("skipping {test}: {why}");
+    }
+    false
+}
+
 /// True when tests must not skip (in CI, or when asked).
 pub fn must_run() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("LEASH_REQUIRE_PRIVILEGED").is_some()
@@ -101,19 +157,50 @@ impl Stack {
         self.root.path()
     }
 
-    /// A command for one of the binaries, with this stack's environment.
+    /// A command with this stack's environment.
+    /// Names of the workspace's binaries resolve to the built ones; anything
+    /// else (`sh`) is looked up on PATH.
     pub fn command(&self, bin: &str) -> Command {
-        let mut c = Command::new(self.bin_dir.join(bin));
+        let built = self.bin_dir.join(bin);
+        let mut c = Command::new(if built.exists() { built } else { PathBuf::from(bin) });
         c.env("LEASH_RUNTIME_DIR", &self.runtime_dir)
             .env("LEASH_STATE_DIR", &self.state_dir)
             .env("LEASH_INSTANCE", &self.instance)
             .env_remove("NOTIFY_SOCKET")
-            .env_remove("LEASH_LOG");
+            .env_remove("LEASH_LOG")
+            .env_remove("LEASH_TARGET_IMAGE")
+            .env_remove("TARGET_IMAGE")
+            .env_remove("LEASH_POLICY_FILE")
+            .env_remove("OPEN");
         // The daemons' default filter unless the test run asks for another.
         if let Ok(filter) = std::env::var("LEASH_TEST_LOG") {
             c.env("LEASH_LOG", filter);
         }
         c
+    }
+
+    /// A project directory for sessions (outside the runtime and state
+    /// dirs, which sessions may not mount).
+    pub fn project(&self) -> PathBuf {
+        // Named after the instance, so container names differ between stacks.
+        let p = self.root().join(format!("proj-{}", self.instance.to_lowercase()));
+        std::fs::create_dir_all(&p).expect("project dir");
+        p
+    }
+
+    /// `leash ARGS` in the project dir, with the static entry; stdin null.
+    pub fn leash(&self, args: &[&str]) -> Command {
+        let mut c = self.command("leash");
+        c.args(args).current_dir(self.project()).stdin(Stdio::null());
+        c
+    }
+
+    /// Starts leashd with the static leash-entry for sessions.
+    pub fn start_leashd_for_sessions(&mut self) -> u32 {
+        let entry = static_entry();
+        self.start_leashd_with(|c| {
+            c.env("LEASH_ENTRY_BIN", &entry);
+        })
     }
 
     /// Starts leashd (stderr to `<root>/leashd-N.log`); returns its pid.
@@ -192,6 +279,15 @@ impl Stack {
         pids
     }
 
+    /// Session containers of this stack's instance (any state).
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", self.instance)])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
+
     /// Every live process of this stack (leashd and components).
     pub fn all_processes(&self) -> Vec<u32> {
         ["leashd", "leash-policy", "leash-sensor", "leash-proxy"].iter().flat_map(|b| self.processes(b)).collect()
@@ -206,6 +302,16 @@ impl Default for Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Session containers of this instance, if a test left any.
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", self.instance)])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            }
+        }
         for pid in self.all_processes() {
             kill(pid, rustix::process::Signal::KILL);
         }

@@ -11,7 +11,7 @@ pub async fn describe() -> String {
     match tokio::time::timeout(Duration::from_secs(1), docker.version()).await {
         Ok(Ok(v)) => format!(
             "{} {} (API {})",
-            v.platform.map(|p| p.name).unwrap_or_else(|| "engine".to_owned()),
+            v.platform.map(|p| p.name).filter(|n| !n.is_empty()).unwrap_or_else(|| "Docker Engine".to_owned()),
             v.version.unwrap_or_default(),
             v.api_version.unwrap_or_default()
         ),

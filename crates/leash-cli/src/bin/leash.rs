@@ -2,19 +2,15 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use leash_cli::EXIT_LEASH_FAILURE;
 use leash_cli::args::{Args, fix_up};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse_from(fix_up(std::env::args().collect())) {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_LEASH_FAILURE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
+    let args: Args =
+        match leash_daemon::process::parse_args_from(fix_up(std::env::args().collect()), EXIT_LEASH_FAILURE) {
+            Ok(a) => a,
+            Err(code) => return code,
+        };
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let (start, warnings) = match leash_cli::session::start_message(&args, &env) {
         Ok(s) => s,

@@ -39,6 +39,14 @@ enum Command {
         /// Print only the last N recent events first (0: all kept in memory).
         #[arg(long, value_name = "N", default_value_t = 0)]
         tail: u32,
+        /// Only the events of this session (an id or a unique prefix).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
+    /// List your sessions (root: all), or stop one.
+    Sessions {
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
     },
     /// Stop leash: every component, then leashd (root only).
     Stop {
@@ -52,6 +60,15 @@ enum Command {
         /// The socket, e.g. /run/leash/policy.sock.
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsAction {
+    /// Stop a session: SIGTERM to its command, SIGKILL after 10 s.
+    Stop {
+        /// The session id (a unique prefix is enough).
+        id: String,
     },
 }
 
@@ -72,8 +89,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &args.command {
             Command::Status => commands::status::run(&ctx).await,
-            Command::Events { follow, tail } => commands::events::run(&ctx, *follow, *tail).await,
+            Command::Events { follow, tail, session } => {
+                commands::events::run(&ctx, *follow, *tail, session.as_deref()).await
+            }
             Command::Stop { all: _ } => commands::stop::run(&ctx).await,
+            Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
+            Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
         }
     });

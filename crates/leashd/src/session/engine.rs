@@ -50,6 +50,16 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// The engine refused because a name is taken.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Api { source: bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }, .. }
+        )
+    }
+}
+
 fn api(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> EngineError {
     let what = what.into();
     move |source| EngineError::Api { what, source }

@@ -219,13 +219,6 @@ impl Sessions {
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
         let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
         let base = names::sanitize_project(&plan.cwd);
-        let mut name = base.clone();
-        for n in 1.. {
-            if !engine.name_taken(&name).await.map_err(|e| e.to_string())? {
-                break;
-            }
-            name = format!("{base}{n}");
-        }
 
         // The session dir holds the release socket; the container sees it read-only.
         let dir = self.session_dir(&id);
@@ -235,28 +228,44 @@ impl Sessions {
             .map_err(|e| format!("cannot bind {}: {e}", release_path.display()))?;
 
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout.instance, &id);
-        let spec = plan.spec(&self.ctx, &id, &name, &dir, cgroup_parent);
+        let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
+        // The first free name of base, base1, base2, …; a name taken between
+        // the look and the create (a concurrent session) moves on to the next.
+        let mut n = 0;
+        let cid = loop {
+            spec.name = if n == 0 { base.clone() } else { format!("{base}{n}") };
+            n += 1;
+            let taken = engine.name_taken(&spec.name).await;
+            if taken.as_ref().is_ok_and(|t| *t) && n < 1000 {
+                continue;
+            }
+            spec.labels.insert("leash.name".into(), spec.name.clone());
+            let created = match taken {
+                Ok(_) => engine.create(&spec).await,
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(cid) => break cid,
+                Err(e) if e.is_conflict() && n < 1000 => {}
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.to_string());
+                }
+            }
+        };
         let info = Info {
             id: id.clone(),
             owner: caller.uid,
             project: plan.cwd.clone(),
             command: plan.command.clone(),
             image: plan.image.clone(),
-            container: name.clone(),
-            container_id: String::new(),
+            container: spec.name.clone(),
+            container_id: cid,
             started: SystemTime::now(),
             state: "created",
         };
-        let cid = match engine.create(&spec).await {
-            Ok(cid) => cid,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e.to_string());
-            }
-        };
-        let info = Info { container_id: cid.clone(), ..info };
         self.lock().insert(id.clone(), info.clone());
-        self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", name.clone())]);
+        self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
         let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out).await;
         let code = match &result {
             Ok(code) => *code,

@@ -1,0 +1,75 @@
+//! `leashctl sessions [stop ID]`: the caller's sessions (root: all).
+
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use leash_proto::v1::manager_client::ManagerClient;
+use leash_proto::v1::{ListSessionsRequest, StopSessionRequest};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::output;
+
+/// A session in `sessions --json`.
+#[derive(Debug, Serialize)]
+struct SessionJson {
+    id: String,
+    owner_uid: u32,
+    project: String,
+    command: Vec<String>,
+    image: String,
+    container: String,
+    started: String,
+    state: String,
+}
+
+/// Lists sessions.
+pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let list = ManagerClient::new(conn.channel).list_sessions(ListSessionsRequest {}).await?.into_inner();
+    let rows: Vec<SessionJson> = list
+        .sessions
+        .into_iter()
+        .map(|s| SessionJson {
+            id: s.id,
+            owner_uid: s.owner_uid,
+            project: s.project,
+            command: s.command,
+            image: s.image,
+            container: s.container,
+            started: output::rfc3339(UNIX_EPOCH + Duration::from_millis(s.started_unix_ms.max(0) as u64)),
+            state: s.state,
+        })
+        .collect();
+    if ctx.json {
+        output::json(&rows);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = vec![["ID", "STATE", "PROJECT", "COMMAND", "IMAGE", "CONTAINER", "STARTED"].map(str::to_owned)];
+    for s in &rows {
+        table.push([
+            s.id.clone(),
+            s.state.clone(),
+            s.project.clone(),
+            s.command.join(" "),
+            if s.image.is_empty() { "-".into() } else { s.image.clone() },
+            s.container.clone(),
+            s.started.clone(),
+        ]);
+    }
+    output::text(&output::table(&table));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops one session.
+pub async fn stop(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel).stop_session(StopSessionRequest { id: id.to_owned() }).await;
+    let r = r.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+    if ctx.json {
+        output::json(&serde_json::json!({ "stopped": r.id }));
+    } else {
+        output::line(&format!("stopping session {}", r.id));
+    }
+    Ok(ExitCode::SUCCESS)
+}

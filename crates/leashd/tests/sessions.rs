@@ -1,0 +1,333 @@
+//! Sessions, end to end: real Docker, the test image, the static
+//! leash-entry, driven through `leash` as a user would.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use leash_testkit::{Stack, TEST_IMAGE, eventually, require_docker, set_mode};
+
+fn stack() -> Stack {
+    let mut s = Stack::new();
+    s.start_leashd_for_sessions();
+    s.wait_healthy(Duration::from_secs(10));
+    s
+}
+
+fn run(stack: &Stack, args: &[&str]) -> Output {
+    let mut full = vec!["--image", TEST_IMAGE];
+    full.extend_from_slice(args);
+    stack.leash(&full).output().expect("run leash")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn nothing_left(stack: &Stack) {
+    eventually(Duration::from_secs(10), "containers removed", || stack.containers().is_empty().then_some(()));
+    let sessions = stack.state_dir.join("sessions");
+    let left: Vec<_> =
+        std::fs::read_dir(&sessions).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "session dirs left: {left:?}");
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    if !require_docker("exit_codes_pass_through") {
+        return;
+    }
+    let stack = stack();
+    for (script, code) in [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137), ("kill -TERM $$", 143)] {
+        let out = run(&stack, &["--", "sh", "-c", script]);
+        assert_eq!(out.status.code(), Some(code), "{script}: {out:?}");
+    }
+    let out = run(&stack, &["--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(text(&out.stderr).contains("leash-entry: cannot run no-such-command"), "{out:?}");
+    // A file that is not executable.
+    std::fs::write(stack.project().join("data.txt"), "x").unwrap();
+    let out = run(&stack, &["--", "./data.txt"]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    nothing_left(&stack);
+}
+
+#[test]
+fn stdout_stderr_and_stdin_are_relayed() {
+    if !require_docker("stdout_stderr_and_stdin_are_relayed") {
+        return;
+    }
+    let stack = stack();
+    let out = run(&stack, &["--", "sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "to-out\nmore-out\n");
+    assert_eq!(text(&out.stderr), "to-err\n");
+
+    let mut child = stack
+        .command("leash")
+        .args(["--image", TEST_IMAGE, "--", "sh", "-c", "cat; echo done"])
+        .current_dir(stack.project())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\nworld\n").unwrap();
+    drop(stdin); // EOF reaches cat, so it ends.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "hello\nworld\ndone\n");
+    nothing_left(&stack);
+}
+
+#[test]
+fn files_written_in_the_project_belong_to_the_caller() {
+    if !require_docker("files_written_in_the_project_belong_to_the_caller") {
+        return;
+    }
+    let stack = stack();
+    // Let uid 4321 reach leashd (as a member of the leash group would).
+    set_mode(&stack.runtime_dir, 0o755);
+    set_mode(&stack.runtime_dir.join("leashd.sock"), 0o666);
+    let project = stack.project();
+    std::os::unix::fs::chown(&project, Some(4321), Some(4321)).unwrap();
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "id -u; id -g; echo $HOME; echo hi > made-here.txt"])
+        .uid(4321)
+        .gid(4321)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), "4321\n4321\n/home/user4321\n");
+    let meta = std::fs::metadata(project.join("made-here.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4321, 4321));
+    // --root is for root only.
+    let out = stack.leash(&["--image", TEST_IMAGE, "--root", "--", "true"]).uid(4321).gid(4321).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("--root is only for callers who are root"), "{out:?}");
+    nothing_left(&stack);
+}
+
+#[test]
+fn env_volumes_and_image_flags() {
+    if !require_docker("env_volumes_and_image_flags") {
+        return;
+    }
+    let stack = stack();
+    let data = stack.root().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f.txt"), "from-host\n").unwrap();
+    let vol = format!("{}:/data:ro", data.display());
+    let out = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "-e",
+            "FOO=bar",
+            "-e",
+            "FROM_HOST",
+            "-v",
+            &vol,
+            "--",
+            "sh",
+            "-c",
+            "echo $FOO $FROM_HOST; cat /data/f.txt; touch /data/x",
+        ])
+        .env("FROM_HOST", "passed")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the read-only mount refuses writes: {out:?}");
+    assert_eq!(text(&out.stdout), "bar passed\nfrom-host\n");
+    assert!(text(&out.stderr).contains("Read-only file system"), "{out:?}");
+
+    // LEASH_TARGET_IMAGE names the image; --image wins over it.
+    let out = stack.leash(&["--", "true"]).env("LEASH_TARGET_IMAGE", TEST_IMAGE).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = stack
+        .leash(&["--image", "leash-no-such-image:latest", "--", "true"])
+        .env("LEASH_TARGET_IMAGE", TEST_IMAGE)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("image leash-no-such-image:latest not found locally")
+            && err.contains("cargo xtask image no-such-image"),
+        "{err}"
+    );
+    nothing_left(&stack);
+}
+
+#[test]
+fn api_keys_are_forwarded_per_agent_and_env_overrides() {
+    if !require_docker("api_keys_are_forwarded_per_agent_and_env_overrides") {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    let keys = ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DASHSCOPE_API_KEY"];
+    for agent in ["claude", "codex", "gemini", "qwen", "opencode", "other"] {
+        let script = project.join(agent);
+        std::fs::write(&script, format!("#!/bin/sh\necho {}\n", keys.map(|k| format!("{k}=${k}")).join(" "))).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run_agent = |agent: &str, extra: &[&str]| {
+        let cmd = format!("./{agent}");
+        let mut args = vec!["--image", TEST_IMAGE];
+        args.extend_from_slice(extra);
+        args.extend(["--", cmd.as_str()]);
+        let out =
+            stack.leash(&args).envs(keys.iter().map(|k| (*k, format!("{}-value", k.to_lowercase())))).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        text(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        run_agent("claude", &[]),
+        "ANTHROPIC_API_KEY=anthropic_api_key-value OPENAI_API_KEY= GEMINI_API_KEY= DASHSCOPE_API_KEY="
+    );
+    assert_eq!(
+        run_agent("codex", &[]),
+        "ANTHROPIC_API_KEY= OPENAI_API_KEY=openai_api_key-value GEMINI_API_KEY= DASHSCOPE_API_KEY="
+    );
+    assert_eq!(
+        run_agent("gemini", &[]),
+        "ANTHROPIC_API_KEY= OPENAI_API_KEY= GEMINI_API_KEY=gemini_api_key-value DASHSCOPE_API_KEY="
+    );
+    assert_eq!(
+        run_agent("qwen", &[]),
+        "ANTHROPIC_API_KEY= OPENAI_API_KEY= GEMINI_API_KEY= DASHSCOPE_API_KEY=dashscope_api_key-value"
+    );
+    assert_eq!(
+        run_agent("opencode", &[]),
+        "ANTHROPIC_API_KEY=anthropic_api_key-value OPENAI_API_KEY=openai_api_key-value GEMINI_API_KEY=gemini_api_key-value DASHSCOPE_API_KEY=dashscope_api_key-value"
+    );
+    assert_eq!(run_agent("other", &[]), "ANTHROPIC_API_KEY= OPENAI_API_KEY= GEMINI_API_KEY= DASHSCOPE_API_KEY=");
+    assert_eq!(
+        run_agent("claude", &["-e", "ANTHROPIC_API_KEY=override"]),
+        "ANTHROPIC_API_KEY=override OPENAI_API_KEY= GEMINI_API_KEY= DASHSCOPE_API_KEY="
+    );
+    nothing_left(&stack);
+}
+
+#[test]
+fn three_sessions_at_once() {
+    if !require_docker("three_sessions_at_once") {
+        return;
+    }
+    let stack = stack();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            stack
+                .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", &format!("sleep 1; echo session-{i}; exit {i}")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let listed = eventually(Duration::from_secs(10), "three sessions listed", || {
+        let out = stack.leashctl(&["sessions", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v.as_array()?.len() == 3).then_some(v)
+    });
+    let names: std::collections::BTreeSet<&str> =
+        listed.as_array().unwrap().iter().map(|s| s["container"].as_str().unwrap()).collect();
+    let base = format!("proj-{}", stack.instance.to_lowercase());
+    assert_eq!(
+        names,
+        [base.clone(), format!("{base}1"), format!("{base}2")].iter().map(String::as_str).collect(),
+        "{listed}"
+    );
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(i as i32));
+        assert_eq!(text(&out.stdout), format!("session-{i}\n"));
+    }
+    nothing_left(&stack);
+}
+
+#[test]
+fn a_session_survives_a_leashd_restart_and_is_listed() {
+    if !require_docker("a_session_survives_a_leashd_restart_and_is_listed") {
+        return;
+    }
+    let mut stack = stack();
+    let marker = stack.project().join("finished");
+    let leash = stack
+        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "sleep 3; touch finished"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        (v.as_array()?.first()?["state"] == "running").then_some(())
+    });
+    let leashd = stack.processes("leashd")[0];
+    leash_testkit::kill(leashd, rustix::process::Signal::KILL);
+    stack.wait_leashd(Duration::from_secs(2));
+    let out = leash.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("lost the connection to leashd"), "{out:?}");
+
+    stack.start_leashd_for_sessions();
+    stack.wait_healthy(Duration::from_secs(10));
+    let out = stack.leashctl(&["sessions"]);
+    assert!(text(&out.stdout).contains("running"), "{out:?}");
+    // It keeps running to its end, then is torn down.
+    eventually(Duration::from_secs(15), "the command to finish", || marker.exists().then_some(()));
+    nothing_left(&stack);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_125_with_nothing_left() {
+    if !require_docker("bad_input_is_one_line_and_exit_125_with_nothing_left") {
+        return;
+    }
+    let stack = stack();
+    let one_line = |out: &Output, needle: &str| {
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    };
+    one_line(&run(&stack, &["--bogus", "true"]), "--bogus");
+    one_line(&run(&stack, &[]), "a command is required");
+    one_line(&run(&stack, &["-e", "=x", "--", "true"]), "environment variable name is required");
+    one_line(&run(&stack, &["--volume", "nocolon", "--", "true"]), "expected src:dst");
+    one_line(&run(&stack, &["-v", "/nonexistent-dir:/x", "--", "true"]), "/nonexistent-dir");
+    one_line(&run(&stack, &["-v", "/:/host", "--", "true"]), "root directory");
+    let rt = format!("{}:/x", stack.runtime_dir.display());
+    one_line(&run(&stack, &["-v", &rt, "--", "true"]), "leash does not mount it");
+    one_line(
+        &run(&stack, &["--policy", "/nonexistent.cedar", "--", "true"]),
+        "Cedar policy file not found: /nonexistent.cedar",
+    );
+    one_line(&run(&stack, &["--listen", ":18080", "--", "true"]), "Control UI is not available");
+
+    // A working directory that no longer exists.
+    let leash_bin = stack.bin_dir.join("leash");
+    let out = stack
+        .command("sh")
+        .args([
+            "-c",
+            &format!(
+                "mkdir gone && cd gone && rmdir ../gone && exec {} --image {TEST_IMAGE} -- true",
+                leash_bin.display()
+            ),
+        ])
+        .current_dir(stack.project())
+        .output()
+        .unwrap();
+    one_line(&out, "cannot read the current directory");
+
+    // Docker not reachable: leashd says so.
+    let mut other = Stack::new();
+    other.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", leash_testkit::static_entry()).env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    });
+    other.wait_healthy(Duration::from_secs(10));
+    let out = other.leash(&["--image", TEST_IMAGE, "--", "true"]).output().unwrap();
+    one_line(&out, "container engine is not reachable");
+    nothing_left(&stack);
+}
