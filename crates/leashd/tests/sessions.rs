@@ -331,3 +331,71 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_left() {
     one_line(&out, "container engine is not reachable");
     nothing_left(&stack);
 }
+
+#[test]
+fn a_terminal_session_gets_size_resize_and_ctrl_c() {
+    if !require_docker("a_terminal_session_gets_size_resize_and_ctrl_c") {
+        return;
+    }
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use rustix::termios::{Winsize, tcgetattr, tcsetwinsize};
+
+    let stack = stack();
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
+    let size = |rows, cols| Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    tcsetwinsize(&master, size(24, 80)).unwrap();
+    let before = tcgetattr(&slave).unwrap();
+
+    let script = "stty size; trap 'echo got-winch; stty size' WINCH; trap 'echo got-int; exit 42' INT; \
+                  echo ready; while true; do sleep 0.1; done";
+    let mut child = stack
+        .command("leash")
+        .args(["--image", TEST_IMAGE, "--", "sh", "-c", script])
+        .current_dir(stack.project())
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    {
+        let seen = seen.clone();
+        let mut reader = std::fs::File::from(master.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    let wait_for = |needle: &str| {
+        eventually(Duration::from_secs(15), needle, || seen.lock().unwrap().contains(needle).then_some(()));
+    };
+    wait_for("ready");
+    assert!(seen.lock().unwrap().contains("24 80"), "initial size: {:?}", seen.lock().unwrap());
+
+    tcsetwinsize(&master, size(30, 100)).unwrap();
+    leash_testkit::kill(child.id(), rustix::process::Signal::WINCH);
+    wait_for("30 100");
+
+    let mut writer = std::fs::File::from(master.try_clone().unwrap());
+    writer.write_all(&[0x03]).unwrap();
+    let status = eventually(Duration::from_secs(15), "leash to exit", || child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(42), "{:?}", seen.lock().unwrap());
+    wait_for("got-int");
+    // The terminal is as it was.
+    let after = tcgetattr(&slave).unwrap();
+    assert_eq!(after.local_modes, before.local_modes);
+    assert_eq!(after.input_modes, before.input_modes);
+    nothing_left(&stack);
+}
