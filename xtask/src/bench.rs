@@ -21,8 +21,9 @@ const DAEMONS: [&str; 4] = ["leashd", "leash-policy", "leash-sensor", "leash-pro
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("startup") => startup(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: startup"),
-        None => bail!("which benchmark? available: startup"),
+        Some("session-start") => session_start(),
+        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start"),
+        None => bail!("which benchmark? available: startup, session-start"),
     }
 }
 
@@ -47,6 +48,12 @@ impl Instance {
             .env("LEASH_LOG", "warn")
             .env_remove("NOTIFY_SOCKET");
         c
+    }
+
+    fn project(&self) -> anyhow::Result<PathBuf> {
+        let p = self.runtime.with_file_name("project");
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
     }
 
     fn status(&self) -> Option<Value> {
@@ -174,5 +181,93 @@ fn startup() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("startup.json"), serde_json::to_vec_pretty(&report)?)?;
     util::out(&format!("  written to {}", dir.join("startup.json").display()));
+    Ok(())
+}
+
+/// `leash -- true` against `docker run --rm <same image> true`, warm.
+fn session_start() -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("bench session-start runs leashd and Docker and needs root");
+    }
+    let bin = util::build_binaries(true)?;
+    let entry = util::build_static_entry(true)?;
+    crate::image::run(&["test".to_owned()])?;
+    let image = crate::image::tag("test");
+    let mut inst = Instance::new(&bin)?;
+    inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
+    inst.wait(Duration::from_secs(20), all_running)?;
+    let project = inst.project()?;
+    let leash = || -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let out = inst
+            .command("leash")
+            .args(["--image", &image, "--", "true"])
+            .current_dir(&project)
+            .stdin(Stdio::null())
+            .output()?;
+        let d = t.elapsed();
+        if !out.status.success() {
+            bail!("leash -- true failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(d)
+    };
+    let docker = || -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        util::output(Command::new("docker").args(["run", "--rm", &image, "true"]))?;
+        Ok(t.elapsed())
+    };
+    // Warm both paths (page cache, image layers, the engine's caches).
+    for _ in 0..2 {
+        leash()?;
+        docker()?;
+    }
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        ours.push(leash()?);
+        base.push(docker()?);
+    }
+    // leashd's own breakdown, from the sessions' remove events.
+    let out = util::output(inst.command("leashctl").args(["events", "--json"]))?;
+    let mut phases: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in String::from_utf8_lossy(&out).lines() {
+        let e: Value = serde_json::from_str(line)?;
+        if e["action"] == "session.remove" {
+            for (k, v) in e["details"].as_object().into_iter().flatten() {
+                if let Some(ms) = v.as_str().and_then(|s| s.parse::<f64>().ok()) {
+                    phases.entry(k.clone()).or_default().push(ms);
+                }
+            }
+        }
+    }
+    inst.stop()?;
+    let (o, b) = (median(ours), median(base));
+    util::out(&format!("session-start (release, warm, medians of {RUNS} runs)"));
+    util::out(&format!("  baseline: docker run --rm {image} true   {}", ms(b)));
+    util::out(&format!(
+        "  leash --image {image} -- true         {}  ({:.2}x baseline)",
+        ms(o),
+        o.as_secs_f64() / b.as_secs_f64()
+    ));
+    util::out("  leashd's breakdown (medians over all sessions, ms):");
+    let mut report_phases = serde_json::Map::new();
+    for name in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
+        if let Some(mut v) = phases.remove(name) {
+            v.sort_by(f64::total_cmp);
+            let m = v[v.len() / 2];
+            util::out(&format!("    {:<11} {m:>7.1}", name.trim_end_matches("_ms")));
+            report_phases.insert(name.to_owned(), m.into());
+        }
+    }
+    let report = serde_json::json!({
+        "runs": RUNS,
+        "docker_run_ms": b.as_secs_f64() * 1e3,
+        "leash_ms": o.as_secs_f64() * 1e3,
+        "ratio": o.as_secs_f64() / b.as_secs_f64(),
+        "phases_ms": report_phases,
+    });
+    let dir = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("session-start.json"), serde_json::to_vec_pretty(&report)?)?;
+    util::out(&format!("  written to {}", dir.join("session-start.json").display()));
     Ok(())
 }

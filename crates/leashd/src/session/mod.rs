@@ -34,6 +34,31 @@ const RELEASE_PATIENCE: Duration = Duration::from_secs(15);
 /// Between SIGTERM and SIGKILL when a session is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Where a session's time went, published with its `session.remove` event
+/// (`cargo xtask bench session-start` reports them).
+#[derive(Debug)]
+struct Timings {
+    mark: tokio::time::Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    fn new() -> Timings {
+        Timings { mark: tokio::time::Instant::now(), phases: Vec::new() }
+    }
+
+    /// Ends the current phase, named `name`.
+    fn lap(&mut self, name: &'static str) {
+        let now = tokio::time::Instant::now();
+        self.phases.push((name, now - self.mark));
+        self.mark = now;
+    }
+
+    fn details(&self) -> Vec<(&str, String)> {
+        self.phases.iter().map(|(k, d)| (*k, format!("{:.1}", d.as_secs_f64() * 1e3))).collect()
+    }
+}
+
 /// What every session needs from leashd.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -159,12 +184,12 @@ impl Sessions {
             tokio::spawn(async move {
                 let code = engine.wait(&cid).await.unwrap_or(125);
                 this.publish("session.exit", &info, &[("code", code.to_string())]);
-                this.teardown(&engine, &info).await;
+                this.teardown(&engine, &info, &mut Timings::new()).await;
             });
         }
     }
 
-    async fn teardown(&self, engine: &Engine, info: &Info) {
+    async fn teardown(&self, engine: &Engine, info: &Info, timings: &mut Timings) {
         if let Err(e) = engine.remove(&info.container_id).await {
             tracing::warn!(session_id = %info.id, error = %e, "cannot remove the container");
         }
@@ -177,7 +202,8 @@ impl Sessions {
         let (_, below_root) = engine.cgroup_parent(&self.ctx.layout.instance, &info.id);
         remove_cgroup_dirs(&below_root);
         self.lock().remove(&info.id);
-        self.publish("session.remove", info, &[]);
+        timings.lap("remove_ms");
+        self.publish("session.remove", info, &timings.details());
     }
 
     fn session_dir(&self, id: &str) -> PathBuf {
@@ -211,12 +237,14 @@ impl Sessions {
             let out = out.clone();
             async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
         };
+        let mut timings = Timings::new();
         let plan = plan::plan(&self.ctx, caller, &start)?;
         for w in &plan.warnings {
             send(Output::Notice(w.clone())).await;
         }
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
+        timings.lap("prepare_ms");
         let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
         let base = names::sanitize_project(&plan.cwd);
 
@@ -266,13 +294,14 @@ impl Sessions {
         };
         self.lock().insert(id.clone(), info.clone());
         self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
-        let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out).await;
+        timings.lap("create_ms");
+        let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out, &mut timings).await;
         let code = match &result {
             Ok(code) => *code,
             Err(_) => 125,
         };
         self.publish("session.exit", &info, &[("code", code.to_string())]);
-        self.teardown(&engine, &info).await;
+        self.teardown(&engine, &info, &mut timings).await;
         result
     }
 
@@ -287,6 +316,7 @@ impl Sessions {
         release_path: &std::path::Path,
         input: &mut Streaming<pb::SessionInput>,
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+        timings: &mut Timings,
     ) -> Result<i32, String> {
         let send = |o: Output| {
             let out = out.clone();
@@ -297,6 +327,7 @@ impl Sessions {
         let mut output = attach.output;
         let mut stdin = attach.input;
         engine.start(cid).await.map_err(|e| e.to_string())?;
+        timings.lap("start_ms");
         if let Some(size) = plan.size {
             let _ = engine.resize(cid, size.0, size.1).await;
         }
@@ -319,6 +350,7 @@ impl Sessions {
         };
         conn.write_all(b"go\n").await.map_err(|e| format!("release channel: {e}"))?;
         drop(conn);
+        timings.lap("release_ms");
         self.publish("session.release", info, &[]);
         send(Output::Started(pb::SessionStarted {
             id: info.id.clone(),
@@ -376,6 +408,7 @@ impl Sessions {
             }
         }
         let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
+        timings.lap("run_ms");
         self.set_state(&info.id, "exited");
         Ok(code as i32)
     }
