@@ -15,9 +15,14 @@ use tokio::sync::mpsc;
 use crate::args::Args;
 
 /// Variables of the user's environment that configure a session.
-const FORWARDED_ENV: [&str; 9] = [
+const FORWARDED_ENV: [&str; 14] = [
     "LEASH_TARGET_IMAGE",
     "TARGET_IMAGE",
+    "LEASH_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_STATE_HOME",
+    "XDG_DATA_HOME",
+    "CLAUDE_CONFIG_DIR",
     "TERM",
     "ANTHROPIC_API_KEY",
     "IS_SANDBOX",
@@ -174,10 +179,10 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
         .context("leashd refused the session")?
         .into_inner();
 
-    let raw = if tty { Some(RawMode::enter()?) } else { None };
-    // stdin: a plain thread, so a blocked read never holds up the exit.
-    {
-        let tx = tx.clone();
+    let mut raw: Option<RawMode> = None;
+    // stdin: a plain thread, started once the session runs (prompts read
+    // stdin before that), so a blocked read never holds up the exit.
+    let start_stdin = |tx: mpsc::Sender<pb::SessionInput>| {
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             let mut stdin = std::io::stdin().lock();
@@ -196,7 +201,7 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
                 }
             }
         });
-    }
+    };
     // Signals: resize, and (without a terminal) Ctrl-C and SIGTERM go to the command.
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -254,17 +259,19 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
             }
             Some(Output::Started(s)) => {
                 session_id = s.id.clone();
+                if tty {
+                    raw = Some(RawMode::enter()?);
+                }
+                start_stdin(tx.clone());
                 if verbose {
                     let nl = if tty { "\r\n" } else { "\n" };
                     let _ = write!(stderr, "leash: session {} in container {} ({}){nl}", s.id, s.container, s.image);
                 }
             }
             Some(Output::Prompt(p)) => {
-                // Prompts arrive with configuration; answer with the default meanwhile.
-                let choice = p.choices.first().cloned().unwrap_or_default();
-                let _ = tx
-                    .send(pb::SessionInput { input: Some(Input::Answer(pb::PromptAnswer { id: p.id, choice })) })
-                    .await;
+                let id = p.id.clone();
+                let choice = tokio::task::spawn_blocking(move || ask(&p)).await?;
+                let _ = tx.send(pb::SessionInput { input: Some(Input::Answer(pb::PromptAnswer { id, choice })) }).await;
             }
             Some(Output::Exit(e)) => {
                 drop(raw);
@@ -284,5 +291,62 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
             }
             None => {}
         }
+    }
+}
+
+/// Asks a prompt's question on the terminal; returns the chosen answer.
+fn ask(p: &pb::Prompt) -> String {
+    let default = p.choices.get(p.default_choice as usize).cloned().unwrap_or_default();
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "leash: {}", p.question);
+    for (i, c) in p.choices.iter().enumerate() {
+        let _ = writeln!(err, "  {}) {c}", i + 1);
+    }
+    let _ = write!(err, "Choose 1-{} [{}]: ", p.choices.len(), p.default_choice + 1);
+    let _ = err.flush();
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        return default;
+    }
+    choose(p, line.trim(), &default)
+}
+
+/// Maps what the user typed to a choice: a number, a choice's name, `n`
+/// (the last choice, skip), or nothing (the default).
+fn choose(p: &pb::Prompt, typed: &str, default: &str) -> String {
+    let lower = typed.to_ascii_lowercase();
+    if let Ok(n) = lower.parse::<usize>()
+        && (1..=p.choices.len()).contains(&n)
+    {
+        return p.choices[n - 1].clone();
+    }
+    if let Some(c) = p.choices.iter().find(|c| c.to_ascii_lowercase() == lower) {
+        return c.clone();
+    }
+    match lower.as_str() {
+        "n" | "no" => p.choices.last().cloned().unwrap_or_default(),
+        _ => default.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_answers() {
+        let p = pb::Prompt {
+            id: "x".into(),
+            question: "?".into(),
+            choices: ["Always", "This project only", "Just this once", "Skip"].map(String::from).to_vec(),
+            default_choice: 2,
+        };
+        let d = "Just this once";
+        assert_eq!(choose(&p, "", d), "Just this once");
+        assert_eq!(choose(&p, "1", d), "Always");
+        assert_eq!(choose(&p, "4", d), "Skip");
+        assert_eq!(choose(&p, "n", d), "Skip");
+        assert_eq!(choose(&p, "always", d), "Always");
+        assert_eq!(choose(&p, "9", d), "Just this once");
     }
 }

@@ -349,3 +349,94 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
 }
+
+/// A pseudo-terminal driving a child process, as a person at a terminal.
+pub mod pty {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::process::{Child, Command};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use rustix::termios::{Winsize, tcsetwinsize};
+
+    /// The terminal, its child, and everything the child wrote.
+    #[derive(Debug)]
+    pub struct Pty {
+        master: OwnedFd,
+        /// The terminal side the child has (for checking its modes).
+        pub slave: File,
+        /// The child.
+        pub child: Child,
+        seen: Arc<Mutex<String>>,
+    }
+
+    fn winsize(rows: u16, cols: u16) -> Winsize {
+        Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 }
+    }
+
+    impl Pty {
+        /// Spawns `cmd` with a `rows`×`cols` terminal as stdin, stdout and stderr.
+        pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> Pty {
+            let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
+            grantpt(&master).expect("grantpt");
+            unlockpt(&master).expect("unlockpt");
+            let name = ptsname(&master, Vec::new()).expect("ptsname");
+            let slave = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(name.to_str().expect("utf-8 pty name"))
+                .expect("open the pty");
+            tcsetwinsize(&master, winsize(rows, cols)).expect("set the size");
+            let child = cmd
+                .stdin(slave.try_clone().expect("dup"))
+                .stdout(slave.try_clone().expect("dup"))
+                .stderr(slave.try_clone().expect("dup"))
+                .spawn()
+                .expect("spawn on the pty");
+            let seen = Arc::new(Mutex::new(String::new()));
+            let mut reader = File::from(master.try_clone().expect("dup"));
+            let sink = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            Pty { master, slave, child, seen }
+        }
+
+        /// Everything written so far.
+        pub fn seen(&self) -> String {
+            self.seen.lock().expect("lock").clone()
+        }
+
+        /// Waits until the output contains `needle`.
+        pub fn wait_for(&self, needle: &str, limit: Duration) {
+            crate::eventually(limit, &format!("{needle:?} on the terminal (so far: {:?})", self.seen()), || {
+                self.seen().contains(needle).then_some(())
+            });
+        }
+
+        /// Types bytes.
+        pub fn write(&self, bytes: &[u8]) {
+            File::from(self.master.try_clone().expect("dup")).write_all(bytes).expect("write to the pty");
+        }
+
+        /// Resizes the terminal (the child learns by SIGWINCH, sent separately).
+        pub fn resize(&self, rows: u16, cols: u16) {
+            tcsetwinsize(&self.master, winsize(rows, cols)).expect("resize");
+        }
+
+        /// Waits for the child to exit; its code.
+        pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+            let child = &mut self.child;
+            crate::eventually(limit, "the child to exit", || child.try_wait().expect("try_wait")).code()
+        }
+    }
+}

@@ -19,6 +19,8 @@ pub struct Config {
     pub event_queue: usize,
     /// Where the component binaries are; defaults to leashd's own directory.
     pub bin_dir: Option<PathBuf>,
+    /// The file this came from; its session tables apply to every session.
+    pub path: PathBuf,
     /// The static leash-entry to mount into sessions; defaults to
     /// `LEASH_ENTRY_BIN`, else `leash-entry` beside leashd.
     pub entry_bin: Option<PathBuf>,
@@ -26,7 +28,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { history_size: 25_000, event_queue: 4096, bin_dir: None, entry_bin: None }
+        Config {
+            history_size: 25_000,
+            event_queue: 4096,
+            bin_dir: None,
+            entry_bin: None,
+            path: PathBuf::from(SYSTEM_CONFIG),
+        }
     }
 }
 
@@ -61,7 +69,11 @@ pub enum ConfigError {
 /// Loads the file at `path` (required when `explicit`, optional otherwise).
 pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
     if !path.exists() {
-        return if explicit { Err(ConfigError::Missing(path.to_owned())) } else { Ok(Config::default()) };
+        return if explicit {
+            Err(ConfigError::Missing(path.to_owned()))
+        } else {
+            Ok(Config { path: path.to_owned(), ..Config::default() })
+        };
     }
     // file_exact: a daemon must not search parent directories.
     let file: File = Figment::from(Toml::file_exact(path)).extract().map_err(|e| {
@@ -80,6 +92,7 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         event_queue: file.leashd.event_queue.unwrap_or(d.event_queue).max(1),
         bin_dir: file.leashd.bin_dir,
         entry_bin: file.leashd.entry_bin,
+        path: path.to_owned(),
     })
 }
 

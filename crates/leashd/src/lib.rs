@@ -41,6 +41,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         layout: ctx.layout.clone(),
         hub: hub.clone(),
         entry_bin: config.entry_bin.clone().unwrap_or_else(|| session::plan::entry_bin(&bin_dir)),
+        system_config: config.path.clone(),
     });
     tokio::spawn({
         let sessions = sessions.clone();

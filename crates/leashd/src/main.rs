@@ -22,6 +22,16 @@ struct Args {
     /// when it starts leashd in the background).
     #[arg(long)]
     detach: bool,
+    /// Internal: remember an agent-mount answer in this user config file
+    /// (leashd runs this as the session's user).
+    #[arg(long, hide = true, value_name = "FILE", requires = "toggle")]
+    write_user_config: Option<PathBuf>,
+    /// Internal, with --write-user-config: the agent whose mount to enable.
+    #[arg(long, hide = true)]
+    toggle: Option<String>,
+    /// Internal, with --write-user-config: only for this project directory.
+    #[arg(long, hide = true)]
+    project: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -29,6 +39,18 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if let (Some(path), Some(agent)) = (&args.write_user_config, &args.toggle) {
+        return match leashd::session::config::write_toggle(path, agent, args.project.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                #[allow(clippy::print_stderr, reason = "the helper reports to leashd through stderr")]
+                {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(leash_daemon::process::EXIT_FAILURE)
+            }
+        };
+    }
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(leashd::config::SYSTEM_CONFIG), false),

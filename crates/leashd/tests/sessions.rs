@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use leash_testkit::pty::Pty;
 use leash_testkit::{Stack, TEST_IMAGE, eventually, require_docker, set_mode};
 
 fn stack() -> Stack {
@@ -337,65 +338,151 @@ fn a_terminal_session_gets_size_resize_and_ctrl_c() {
     if !require_docker("a_terminal_session_gets_size_resize_and_ctrl_c") {
         return;
     }
-    use std::io::Read;
-    use std::sync::{Arc, Mutex};
-
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    use rustix::termios::{Winsize, tcgetattr, tcsetwinsize};
-
     let stack = stack();
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
-    grantpt(&master).unwrap();
-    unlockpt(&master).unwrap();
-    let name = ptsname(&master, Vec::new()).unwrap();
-    let slave = std::fs::OpenOptions::new().read(true).write(true).open(name.to_str().unwrap()).unwrap();
-    let size = |rows, cols| Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    tcsetwinsize(&master, size(24, 80)).unwrap();
-    let before = tcgetattr(&slave).unwrap();
-
     let script = "stty size; trap 'echo got-winch; stty size' WINCH; trap 'echo got-int; exit 42' INT; \
                   echo ready; while true; do sleep 0.1; done";
-    let mut child = stack
-        .command("leash")
-        .args(["--image", TEST_IMAGE, "--", "sh", "-c", script])
-        .current_dir(stack.project())
-        .stdin(slave.try_clone().unwrap())
-        .stdout(slave.try_clone().unwrap())
-        .stderr(slave.try_clone().unwrap())
-        .spawn()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    {
-        let seen = seen.clone();
-        let mut reader = std::fs::File::from(master.try_clone().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-    }
-    let wait_for = |needle: &str| {
-        eventually(Duration::from_secs(15), needle, || seen.lock().unwrap().contains(needle).then_some(()));
-    };
-    wait_for("ready");
-    assert!(seen.lock().unwrap().contains("24 80"), "initial size: {:?}", seen.lock().unwrap());
+    let mut cmd = stack.command("leash");
+    cmd.args(["--image", TEST_IMAGE, "--", "sh", "-c", script]).current_dir(stack.project());
+    let mut term = Pty::spawn(cmd, 24, 80);
+    let before = rustix::termios::tcgetattr(&term.slave).unwrap();
+    term.wait_for("ready", Duration::from_secs(15));
+    assert!(term.seen().contains("24 80"), "initial size: {:?}", term.seen());
 
-    tcsetwinsize(&master, size(30, 100)).unwrap();
-    leash_testkit::kill(child.id(), rustix::process::Signal::WINCH);
-    wait_for("30 100");
+    term.resize(30, 100);
+    leash_testkit::kill(term.child.id(), rustix::process::Signal::WINCH);
+    term.wait_for("30 100", Duration::from_secs(15));
 
-    let mut writer = std::fs::File::from(master.try_clone().unwrap());
-    writer.write_all(&[0x03]).unwrap();
-    let status = eventually(Duration::from_secs(15), "leash to exit", || child.try_wait().unwrap());
-    assert_eq!(status.code(), Some(42), "{:?}", seen.lock().unwrap());
-    wait_for("got-int");
+    term.write(&[0x03]);
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(42), "{:?}", term.seen());
+    term.wait_for("got-int", Duration::from_secs(5));
     // The terminal is as it was.
-    let after = tcgetattr(&slave).unwrap();
+    let after = rustix::termios::tcgetattr(&term.slave).unwrap();
     assert_eq!(after.local_modes, before.local_modes);
     assert_eq!(after.input_modes, before.input_modes);
+    nothing_left(&stack);
+}
+
+/// Writes `text` as `<dir>/config.toml` and returns the dir (for LEASH_HOME).
+fn user_config(stack: &Stack, text: &str) -> std::path::PathBuf {
+    let dir = stack.root().join("leash-home");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+    dir
+}
+
+#[test]
+fn configuration_files_layer_as_documented() {
+    if !require_docker("configuration_files_layer_as_documented") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let system = stack.root().join("system.toml");
+    std::fs::write(
+        &system,
+        "[leash]\ntarget_image = \"leash-nonexistent:1\"\n[leash.envvars]\nS = \"system\"\nA = \"system\"\n",
+    )
+    .unwrap();
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).arg("--config").arg(&system);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    let data = stack.root().join("cfgdata");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "mounted-by-config\n").unwrap();
+    let project = stack.project();
+    let home = user_config(
+        &stack,
+        &format!(
+            "[leash]\ntarget_image = \"{TEST_IMAGE}\"\n[leash.envvars]\nA = \"user\"\nB = \"user\"\n\
+             [volumes]\n\"{}\" = \"/cfg:ro\"\n\
+             [projects.\"{}\".envvars]\nB = \"project\"\n",
+            data.display(),
+            project.display()
+        ),
+    );
+    let out = stack
+        .leash(&["-e", "C=flag", "--", "sh", "-c", "echo $S $A $B $C; cat /cfg/f"])
+        .env("LEASH_HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), "system user project flag\nmounted-by-config\n");
+
+    // A malformed file: one line naming file, line and key; nothing created.
+    std::fs::write(home.join("config.toml"), "[volumes]\ncodex = \"yes\"\n").unwrap();
+    let out = stack.leash(&["--", "true"]).env("LEASH_HOME", &home).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2: volumes.codex: expected true or false", home.join("config.toml").display())),
+        "{err}"
+    );
+    std::fs::write(home.join("config.toml"), "[leash\n").unwrap();
+    let out = stack.leash(&["--", "true"]).env("LEASH_HOME", &home).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("config.toml") && text(&out.stderr).contains("line 1"), "{out:?}");
+    nothing_left(&stack);
+}
+
+#[test]
+fn the_agent_mount_prompt_is_asked_remembered_and_honoured() {
+    if !require_docker("the_agent_mount_prompt_is_asked_remembered_and_honoured") {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    let agent = project.join("claude");
+    std::fs::write(&agent, "#!/bin/sh\ncat \"$HOME/.claude/marker\" 2>/dev/null || echo not-mounted\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let claude_dir = stack.root().join("claude-config");
+    std::fs::create_dir_all(&claude_dir).unwrap();
+    std::fs::write(claude_dir.join("marker"), "mounted\n").unwrap();
+    let home = user_config(&stack, "");
+    let leash = |tty: bool| {
+        let mut c = stack.command("leash");
+        c.args(["--image", TEST_IMAGE, "--", "./claude"])
+            .current_dir(&project)
+            .env("LEASH_HOME", &home)
+            .env("CLAUDE_CONFIG_DIR", &claude_dir);
+        if !tty {
+            c.stdin(Stdio::null());
+        }
+        c
+    };
+    // Without a terminal: no prompt, and no mount (the documented default).
+    let out = leash(false).output().unwrap();
+    assert_eq!(text(&out.stdout), "not-mounted\n", "{out:?}");
+
+    // With a terminal: asked; "Just this once" mounts without remembering.
+    let mut term = Pty::spawn(leash(true), 24, 80);
+    term.wait_for("Choose 1-4 [3]:", Duration::from_secs(15));
+    assert!(term.seen().contains(&format!("Mount {} (claude's settings)", claude_dir.display())), "{}", term.seen());
+    term.write(b"\r");
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0));
+    assert!(term.seen().contains("mounted\r\n") && !term.seen().contains("not-mounted"), "{:?}", term.seen());
+    assert_eq!(std::fs::read_to_string(home.join("config.toml")).unwrap(), "");
+
+    // "Always" is remembered in the user's config file, then asked no more.
+    let mut term = Pty::spawn(leash(true), 24, 80);
+    term.wait_for("Choose 1-4 [3]:", Duration::from_secs(15));
+    term.write(b"1\r");
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0));
+    let cfg = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert!(cfg.contains("claude = true"), "{cfg}");
+    let mut term = Pty::spawn(leash(true), 24, 80);
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0));
+    assert!(!term.seen().contains("Choose"), "{:?}", term.seen());
+    assert!(term.seen().contains("mounted"), "{:?}", term.seen());
+
+    // A remembered false is honoured: no prompt, no mount.
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[projects.\"{}\"]\nclaude = false\n[volumes]\nclaude = true\n", project.display()),
+    )
+    .unwrap();
+    let mut term = Pty::spawn(leash(true), 24, 80);
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0));
+    assert!(!term.seen().contains("Choose") && term.seen().contains("not-mounted"), "{:?}", term.seen());
     nothing_left(&stack);
 }

@@ -6,6 +6,7 @@
 //! before leashd releases leash-entry, and leashd releases it only after every
 //! admission step has passed.
 
+pub mod config;
 pub mod engine;
 pub mod mounts;
 pub mod names;
@@ -68,6 +69,8 @@ pub struct Ctx {
     pub hub: Hub,
     /// The static leash-entry binary.
     pub entry_bin: PathBuf,
+    /// The system-wide configuration file (`/etc/leash/config.toml`).
+    pub system_config: PathBuf,
 }
 
 /// A session as listed.
@@ -238,7 +241,8 @@ impl Sessions {
             async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
         };
         let mut timings = Timings::new();
-        let plan = plan::plan(&self.ctx, caller, &start)?;
+        let mut plan = plan::plan(&self.ctx, caller, &start)?;
+        self.ask_about_agent_mount(caller, &mut plan, &mut input, out).await?;
         for w in &plan.warnings {
             send(Output::Notice(w.clone())).await;
         }
@@ -413,11 +417,80 @@ impl Sessions {
         Ok(code as i32)
     }
 
+    /// Asks whether to mount the agent's host config when no configuration
+    /// decided it and prompts are allowed; remembers Always and This project
+    /// in the caller's config file (written as the caller).
+    async fn ask_about_agent_mount(
+        &self,
+        caller: &Peer,
+        plan: &mut plan::Plan,
+        input: &mut Streaming<pb::SessionInput>,
+        out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) -> Result<(), String> {
+        let Some(m) = plan.agent_mount.clone() else { return Ok(()) };
+        if m.decision.is_some() || !plan.interactive {
+            // Decided by configuration; or no prompts (documented default: no mount).
+            return Ok(());
+        }
+        let dirs: Vec<String> = m.binds.iter().map(|b| b.source.display().to_string()).collect();
+        let prompt = pb::Prompt {
+            id: "agent-mount".to_owned(),
+            question: format!("Mount {} ({}'s settings) into the container?", dirs.join(" and "), m.agent),
+            choices: MOUNT_CHOICES.iter().map(|c| (*c).to_owned()).collect(),
+            default_choice: 2,
+        };
+        if out.send(Ok(pb::SessionOutput { output: Some(Output::Prompt(prompt)) })).await.is_err() {
+            return Err("the client went away".into());
+        }
+        let answer = loop {
+            match input.message().await {
+                Ok(Some(pb::SessionInput { input: Some(Input::Answer(a)) })) if a.id == "agent-mount" => {
+                    break a.choice;
+                }
+                Ok(Some(_)) => continue,
+                _ => return Err("the client went away during the mount prompt".into()),
+            }
+        };
+        let scope = match answer.as_str() {
+            "Always" => Some(None),
+            "This project only" => Some(Some(plan.cwd.clone())),
+            "Just this once" => None,
+            _ => return Ok(()),
+        };
+        if let (Some(project), Some(path)) = (scope, &m.user_config)
+            && let Err(e) = remember(caller, path, &m.agent, project.as_deref()).await
+        {
+            plan.warnings.push(format!("Warning: failed to persist {} mount preference: {e}", m.agent));
+        }
+        plan.mount_agent();
+        Ok(())
+    }
+
     fn set_state(&self, id: &str, state: &'static str) {
         if let Some(i) = self.lock().get_mut(id) {
             i.state = state;
         }
     }
+}
+
+/// The answers to the agent-mount prompt.
+pub const MOUNT_CHOICES: [&str; 4] = ["Always", "This project only", "Just this once", "Skip"];
+
+/// Writes a toggle into the caller's config file through a helper process
+/// running as the caller: root never writes through a user-controlled path.
+async fn remember(caller: &Peer, path: &std::path::Path, agent: &str, project: Option<&str>) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--write-user-config").arg(path).args(["--toggle", agent]);
+    if let Some(p) = project {
+        cmd.args(["--project", p]);
+    }
+    cmd.env_clear().uid(caller.uid).gid(caller.gid).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .map_err(|_| "the config writer did not finish".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) }
 }
 
 /// Passes one chunk of output to the client; false when it is gone.

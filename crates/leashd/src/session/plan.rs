@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use leash_daemon::access::Peer;
 use leash_proto::v1 as pb;
 
-use super::Ctx;
 use super::engine::{self, Spec};
 use super::mounts::{self, Bind};
+use super::{Ctx, config};
 
 /// Where leash-entry appears in the container.
 pub const ENTRY_PATH: &str = "/leash/leash-entry";
@@ -64,6 +64,43 @@ pub struct Plan {
     pub pids_limit: Option<i64>,
     /// Printed to the user before the session starts.
     pub warnings: Vec<String>,
+    /// The agent's host config dirs, when the command is an agent that has some.
+    pub agent_mount: Option<AgentMount>,
+    /// Prompts are allowed (a terminal, not -I).
+    pub interactive: bool,
+}
+
+/// An agent's host config to mount into the session.
+#[derive(Clone, Debug)]
+pub struct AgentMount {
+    /// The agent, e.g. `claude`.
+    pub agent: String,
+    /// What to bind when mounted.
+    pub binds: Vec<Bind>,
+    /// What the config files decided, if anything.
+    pub decision: Option<(bool, config::Scope)>,
+    /// The caller's config file, where an answer is remembered.
+    pub user_config: Option<PathBuf>,
+}
+
+impl Plan {
+    /// Adds the agent's mounts (after a yes).
+    pub fn mount_agent(&mut self) {
+        if let Some(m) = &self.agent_mount {
+            let taken: Vec<String> = self.binds.iter().map(|b| b.target.clone()).collect();
+            for b in &m.binds {
+                if taken.contains(&b.target) {
+                    self.warnings.push(format!(
+                        "Mount {} -> {} already configured; skipping duplicate.",
+                        b.source.display(),
+                        b.target
+                    ));
+                } else {
+                    self.binds.insert(0, b.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Checks and resolves a start request.
@@ -90,8 +127,21 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
     mounts::caller_may_read(&cwd, caller.uid, &gids).map_err(|e| format!("cannot mount the working directory: {e}"))?;
     let cwd_s = cwd.display().to_string();
 
+    // Configuration files: the system's, then the caller's (own files only).
+    let home = host_home.as_deref().map(Path::new);
+    let system = config::load(&ctx.system_config, None)?;
+    let client_env: std::collections::BTreeMap<String, String> = start.client_env.clone().into_iter().collect();
+    let user_path = config::user_config_path(home, &client_env);
+    let user_file = match &user_path {
+        Some(p) => config::load(p, Some(caller.uid))?,
+        None => config::File::default(),
+    };
+    let agent = Path::new(&start.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+    let agent_name = config::AGENTS.contains(&agent.as_str()).then_some(agent.as_str());
+    let resolved = config::resolve(&[(&system, Path::new("/")), (&user_file, Path::new("/"))], &cwd, agent_name);
+
     let mut binds = Vec::new();
-    for spec in &start.volumes {
+    for spec in resolved.volumes.iter().chain(&start.volumes) {
         let mut b = mounts::parse_volume(spec, &cwd, host_home.as_deref().map(Path::new))?;
         b.source = mounts::check_source(&b.source, &forbidden).map_err(|e| format!("volume {spec:?}: {e}"))?;
         mounts::caller_may_read(&b.source, caller.uid, &gids).map_err(|e| format!("volume {spec:?}: {e}"))?;
@@ -109,23 +159,30 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         }
     }
     let client = |k: &str| start.client_env.get(k).filter(|v| !v.is_empty()).cloned();
-    let image =
-        [Some(start.image.clone()).filter(|s| !s.is_empty()), client("LEASH_TARGET_IMAGE"), client("TARGET_IMAGE")]
-            .into_iter()
-            .flatten()
-            .next()
-            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+    let image = [
+        Some(start.image.clone()).filter(|s| !s.is_empty()),
+        client("LEASH_TARGET_IMAGE"),
+        client("TARGET_IMAGE"),
+        resolved.target_image.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
 
     // Environment: the agent's API keys from the caller's environment, then
-    // -e (which wins).
+    // the config files' envvars, then -e (which wins).
     let mut env: Vec<(String, String)> = Vec::new();
-    let agent = Path::new(&start.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("");
     if let Some((_, keys)) = AGENT_KEYS.iter().find(|(a, _)| *a == agent) {
         for k in *keys {
             if let Some(v) = client(k) {
                 env.push(((*k).to_owned(), v));
             }
         }
+    }
+    for (k, v) in &resolved.envvars {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
     }
     for spec in &start.env {
         let (k, v) = parse_env(spec)?;
@@ -146,7 +203,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
     } else {
         (caller.uid, caller.gid)
     };
-    let home = if user.0 == 0 { "/root".to_owned() } else { host_home.unwrap_or_else(|| format!("/home/{user_name}")) };
+    let home = home_in_container(user, &host_home, &user_name);
 
     let mut ports = HashMap::new();
     for p in &start.publish {
@@ -173,7 +230,25 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         return Err(format!("--pids-limit {}: expected a positive number", start.pids_limit));
     }
     let size = start.size.filter(|s| start.tty && s.rows > 0 && s.cols > 0).map(|s| (s.rows, s.cols));
-    Ok(Plan {
+    let agent_mount = agent_name.and_then(|a| {
+        let container_home = home.clone();
+        let binds = agent_binds(
+            a,
+            host_home.as_deref().map(Path::new),
+            &start.client_env,
+            &forbidden,
+            caller.uid,
+            &gids,
+            &container_home,
+        );
+        (!binds.is_empty()).then(|| AgentMount {
+            agent: a.to_owned(),
+            binds,
+            decision: resolved.toggle,
+            user_config: user_path.clone(),
+        })
+    });
+    let mut plan = Plan {
         command: start.command.clone(),
         cwd: cwd_s,
         image,
@@ -189,7 +264,56 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         nano_cpus,
         pids_limit,
         warnings,
-    })
+        agent_mount,
+        interactive: start.tty && !start.no_interactive,
+    };
+    if plan.agent_mount.as_ref().is_some_and(|m| m.decision.is_some_and(|(yes, _)| yes)) {
+        plan.mount_agent();
+    }
+    Ok(plan)
+}
+
+/// The container HOME of the target user.
+fn home_in_container(user: (u32, u32), host_home: &Option<String>, name: &str) -> String {
+    if user.0 == 0 { "/root".to_owned() } else { host_home.clone().unwrap_or_else(|| format!("/home/{name}")) }
+}
+
+/// The agent's host config dirs that exist and may be mounted, each at the
+/// same place under the container HOME.
+fn agent_binds(
+    agent: &str,
+    home: Option<&Path>,
+    client_env: &HashMap<String, String>,
+    forbidden: &[PathBuf],
+    uid: u32,
+    gids: &[u32],
+    container_home: &str,
+) -> Vec<Bind> {
+    let env_dir = |k: &str| client_env.get(k).filter(|v| v.starts_with('/')).map(PathBuf::from);
+    let in_home = |rel: &str| home.map(|h| h.join(rel));
+    let mut candidates: Vec<(Option<PathBuf>, String)> = Vec::new();
+    match agent {
+        "claude" => {
+            let dir = env_dir("CLAUDE_CONFIG_DIR").or_else(|| in_home(".claude"));
+            candidates.push((dir, format!("{container_home}/.claude")));
+            candidates.push((in_home(".claude.json"), format!("{container_home}/.claude.json")));
+        }
+        "opencode" => {
+            let config = env_dir("XDG_CONFIG_HOME").or_else(|| in_home(".config")).map(|c| c.join("opencode"));
+            candidates.push((config, format!("{container_home}/.config/opencode")));
+            candidates.push((in_home(".opencode"), format!("{container_home}/.opencode")));
+        }
+        other => candidates.push((in_home(&format!(".{other}")), format!("{container_home}/.{other}"))),
+    }
+    let candidates = candidates.into_iter().filter_map(|(src, target)| Some((src?, target)));
+    candidates
+        .filter(|(src, _)| src.exists())
+        .filter_map(|(src, target)| {
+            let source = mounts::check_source(&src, forbidden).ok()?;
+            mounts::caller_may_read(&source, uid, gids).ok()?;
+            Some(Bind { source, target, read_only: false })
+        })
+        .collect()
 }
 
 impl Plan {
