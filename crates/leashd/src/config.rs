@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn missing_optional_is_default_and_missing_explicit_is_an_error() {
         let p = Path::new("/nonexistent/leash.toml");
-        assert_eq!(load(p, false).unwrap(), Config::default());
+        assert_eq!(load(p, false).unwrap(), Config { path: p.to_owned(), ..Config::default() });
         assert!(matches!(load(p, true), Err(ConfigError::Missing(_))));
     }
 

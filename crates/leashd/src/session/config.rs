@@ -135,7 +135,7 @@ fn parse(dict: &Dict, _text: &str) -> Result<File, KeyError> {
         for (dir, v) in d {
             // Non-table values under [projects] are ignored, as in the Go leash.
             let Some(pd) = v.as_dict() else { continue };
-            let path = vec!["projects".to_owned(), format!("\"{dir}\"")];
+            let path = ["projects".to_owned(), format!("\"{dir}\"")];
             let p: Vec<&str> = path.iter().map(String::as_str).collect();
             let mut proj = Project::default();
             for (k, v) in pd {
