@@ -486,3 +486,62 @@ fn the_agent_mount_prompt_is_asked_remembered_and_honoured() {
     assert!(!term.seen().contains("Choose") && term.seen().contains("not-mounted"), "{:?}", term.seen());
     nothing_left(&stack);
 }
+
+#[test]
+fn ctrl_c_without_a_terminal_and_sessions_stop_reach_the_command() {
+    if !require_docker("ctrl_c_without_a_terminal_and_sessions_stop_reach_the_command") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let stack = stack();
+    let spawn = |script: &str| {
+        let mut child =
+            stack.leash(&["--image", TEST_IMAGE, "--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        child
+    };
+    // SIGINT to leash (Ctrl-C in a pipeline) is delivered to the command.
+    let child = spawn("trap 'exit 5' INT; echo ready; sleep 30 & wait");
+    leash_testkit::kill(child.id(), rustix::process::Signal::INT);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+
+    // `leashctl sessions stop` sends SIGTERM to the command.
+    let child = spawn("trap 'exit 6' TERM; echo ready; sleep 30 & wait");
+    let list: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let out = stack.leashctl(&["sessions", "stop", &id[..6]]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim(), format!("stopping session {id}"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    // Another user's sessions are not theirs to see or stop.
+    let out = stack.leashctl(&["sessions", "stop", "ffff"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no session"), "{out:?}");
+    nothing_left(&stack);
+}
+
+#[test]
+fn session_lifecycle_events_are_published_with_timings() {
+    if !require_docker("session_lifecycle_events_are_published_with_timings") {
+        return;
+    }
+    let stack = stack();
+    let out = run(&stack, &["--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = stack.leashctl(&["events", "--json"]);
+    let events: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let sessions: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "session").collect();
+    let actions: Vec<&str> = sessions.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["session.create", "session.release", "session.exit", "session.remove"]);
+    let id = sessions[0]["session"].as_str().unwrap();
+    assert!(sessions.iter().all(|e| e["session"] == id));
+    assert_eq!(sessions[1]["details"]["admission"], "leashd:mounts");
+    assert_eq!(sessions[2]["details"]["code"], "0");
+    for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
+        let ms: f64 = sessions[3]["details"][phase].as_str().unwrap().parse().unwrap();
+        assert!(ms >= 0.0, "{phase}");
+    }
+}

@@ -6,6 +6,7 @@
 //! before leashd releases leash-entry, and leashd releases it only after every
 //! admission step has passed.
 
+pub mod admission;
 pub mod config;
 pub mod engine;
 pub mod mounts;
@@ -337,7 +338,19 @@ impl Sessions {
         }
         self.set_state(&info.id, "running");
 
-        // Admission steps run here, each with a timeout, before the release.
+        // Admission: every step passes, or the command never runs.
+        let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
+        let mounts = plan.mounts(&self.ctx);
+        let steps = vec![admission::Step {
+            component: "leashd",
+            what: "mounts",
+            timeout: Duration::from_secs(5),
+            run: Box::pin(async move { admission::verify_mounts(pid.unwrap_or(0), &mounts) }),
+        }];
+        let skipped = admission::admit(steps, plan.degraded).await?;
+        for layer in &skipped {
+            send(Output::Notice(format!("degraded: running without {layer}"))).await;
+        }
         let conn = tokio::time::timeout(RELEASE_PATIENCE, release.accept()).await;
         let _ = std::fs::remove_file(release_path);
         drop(release);
@@ -355,7 +368,11 @@ impl Sessions {
         conn.write_all(b"go\n").await.map_err(|e| format!("release channel: {e}"))?;
         drop(conn);
         timings.lap("release_ms");
-        self.publish("session.release", info, &[]);
+        let mut release_details = vec![("admission", "leashd:mounts".to_owned())];
+        if !skipped.is_empty() {
+            release_details.push(("degraded", skipped.join(", ")));
+        }
+        self.publish("session.release", info, &release_details);
         send(Output::Started(pb::SessionStarted {
             id: info.id.clone(),
             container: info.container.clone(),

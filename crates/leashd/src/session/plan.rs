@@ -68,6 +68,8 @@ pub struct Plan {
     pub agent_mount: Option<AgentMount>,
     /// Prompts are allowed (a terminal, not -I).
     pub interactive: bool,
+    /// Run even when an enforcement layer cannot be set up.
+    pub degraded: bool,
 }
 
 /// An agent's host config to mount into the session.
@@ -84,6 +86,13 @@ pub struct AgentMount {
 }
 
 impl Plan {
+    /// Every bind as (host source, container target), for verification.
+    pub fn mounts(&self, ctx: &Ctx) -> Vec<(PathBuf, String)> {
+        let mut v = vec![(PathBuf::from(&self.cwd), self.cwd.clone()), (ctx.entry_bin.clone(), ENTRY_PATH.to_owned())];
+        v.extend(self.binds.iter().map(|b| (b.source.clone(), b.target.clone())));
+        v
+    }
+
     /// Adds the agent's mounts (after a yes).
     pub fn mount_agent(&mut self) {
         if let Some(m) = &self.agent_mount {
@@ -266,6 +275,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         warnings,
         agent_mount,
         interactive: start.tty && !start.no_interactive,
+        degraded: start.degraded,
     };
     if plan.agent_mount.as_ref().is_some_and(|m| m.decision.is_some_and(|(yes, _)| yes)) {
         plan.mount_agent();

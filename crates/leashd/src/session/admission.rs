@@ -1,0 +1,116 @@
+//! Admission: the ordered steps that must pass between the container's
+//! start and leash-entry's release. A failure ends the session before the
+//! command runs (exit 125, naming the component); only `--degraded` lets a
+//! session run without a layer, and then its events say so.
+//!
+//! leashd's own step verifies the mounts. The policy service, the sensor and
+//! the proxy add theirs (open the session's policy, attach the cgroup, start
+//! the listener) as they gain session methods.
+
+use std::future::Future;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// One step.
+pub struct Step<'a> {
+    /// The component that performs it (`leashd`, `leash-policy`, …).
+    pub component: &'static str,
+    /// What it does, for messages.
+    pub what: &'static str,
+    /// How long it may take.
+    pub timeout: Duration,
+    /// The work.
+    pub run: Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>,
+}
+
+impl std::fmt::Debug for Step<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step").field("component", &self.component).field("what", &self.what).finish()
+    }
+}
+
+/// Runs the steps in order. Returns the layers skipped under `degraded`.
+pub async fn admit(steps: Vec<Step<'_>>, degraded: bool) -> Result<Vec<String>, String> {
+    let mut skipped = Vec::new();
+    for step in steps {
+        let outcome = match tokio::time::timeout(step.timeout, step.run).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", step.timeout)),
+        };
+        if let Err(e) = outcome {
+            // leashd's own checks protect the host; they are never skipped.
+            if degraded && step.component != "leashd" {
+                skipped.push(format!("{} ({})", step.component, step.what));
+                continue;
+            }
+            return Err(format!("admission failed at {} ({}): {e}", step.component, step.what));
+        }
+    }
+    Ok(skipped)
+}
+
+/// Checks that each mount shows the container the same file as the one
+/// checked on the host: (device, inode) of the source against the target
+/// as seen through `/proc/<pid>/root`. Catches a source swapped (say, for a
+/// symlink to somewhere forbidden) between the check and the mount.
+pub fn verify_mounts(pid: i64, mounts: &[(std::path::PathBuf, String)]) -> Result<(), String> {
+    let root = Path::new("/proc").join(pid.to_string()).join("root");
+    for (source, target) in mounts {
+        let host = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        let seen_path = root.join(target.trim_start_matches('/'));
+        let seen = std::fs::metadata(&seen_path).map_err(|e| format!("{target} in the container: {e}"))?;
+        if (host.dev(), host.ino()) != (seen.dev(), seen.ino()) {
+            return Err(format!("{target} in the container is not {} as checked", source.display()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(component: &'static str, r: Result<(), String>) -> Step<'static> {
+        Step { component, what: "test", timeout: Duration::from_secs(1), run: Box::pin(async move { r }) }
+    }
+
+    #[tokio::test]
+    async fn a_failure_names_the_component_unless_degraded() {
+        let e =
+            admit(vec![step("leashd", Ok(())), step("leash-sensor", Err("no BPF".into()))], false).await.unwrap_err();
+        assert_eq!(e, "admission failed at leash-sensor (test): no BPF");
+        let skipped = admit(vec![step("leash-sensor", Err("no BPF".into()))], true).await.unwrap();
+        assert_eq!(skipped, ["leash-sensor (test)"]);
+        assert!(admit(vec![step("leashd", Err("mount moved".into()))], true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_slow_step_times_out() {
+        let slow = Step {
+            component: "leash-proxy",
+            what: "listener",
+            timeout: Duration::from_millis(20),
+            run: Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(())
+            }),
+        };
+        let e = admit(vec![slow], false).await.unwrap_err();
+        assert!(e.contains("leash-proxy (listener): no answer within"), "{e}");
+    }
+
+    #[test]
+    fn mounts_are_compared_by_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        std::fs::create_dir(&a).unwrap();
+        let me = std::process::id() as i64;
+        // Our own root is the host's: a path is itself...
+        verify_mounts(me, &[(a.clone(), a.display().to_string())]).unwrap();
+        // ...and not another directory.
+        let e = verify_mounts(me, &[(a.clone(), tmp.path().display().to_string())]).unwrap_err();
+        assert!(e.contains("is not"), "{e}");
+    }
+}
