@@ -13,6 +13,7 @@ packages=(
   clang libelf-dev zlib1g-dev pkg-config make   # libbpf (sensor) and BPF programs
   docker.io                                     # the container engine sessions run on
   busybox-static                                # the offline test image
+  debootstrap                                   # the Debian base of the larger images
   systemd                                       # systemd-analyze verify of the unit
   iproute2 procps                               # network namespaces and process tools in tests
 )
