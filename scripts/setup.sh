@@ -16,6 +16,7 @@ packages=(
   debootstrap                                   # the Debian base of the larger images
   systemd                                       # systemd-analyze verify of the unit
   iproute2 procps                               # network namespaces and process tools in tests
+  openssl                                       # test certificates
 )
 missing=()
 for p in "${packages[@]}"; do

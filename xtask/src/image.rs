@@ -68,11 +68,14 @@ fn ensure_debian_base() -> anyhow::Result<()> {
     let root = tempfile::Builder::new().prefix("leash-debian-").tempdir()?;
     util::out(&format!("making {DEBIAN_BASE} with debootstrap from {mirror} (about a minute)"));
     util::run(Command::new("debootstrap").args(["--variant=minbase", "bookworm"]).arg(root.path()).arg(&mirror))?;
-    let tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(std::process::Stdio::piped()).spawn()?;
-    let status = Command::new("docker")
-        .args(["import", "-", DEBIAN_BASE])
-        .stdin(tar.stdout.context("tar stdout")?)
-        .status()?;
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let status =
+        Command::new("docker").args(["import", "-", DEBIAN_BASE]).stdin(tar.stdout.context("tar stdout")?).status()?;
     if !status.success() {
         bail!("docker import of the Debian base failed");
     }
@@ -88,7 +91,10 @@ fn host_mirror() -> Option<String> {
     texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
     texts.iter().flat_map(|t| t.lines()).find_map(|l| {
         let l = l.trim();
-        let url = l.strip_prefix("URIs:").map(str::trim).or_else(|| l.strip_prefix("deb ").and_then(|r| r.split_whitespace().find(|w| w.starts_with("http"))))?;
+        let url = l
+            .strip_prefix("URIs:")
+            .map(str::trim)
+            .or_else(|| l.strip_prefix("deb ").and_then(|r| r.split_whitespace().find(|w| w.starts_with("http"))))?;
         (url.ends_with("/debian") || url.ends_with("/debian/")).then(|| url.to_owned())
     })
 }
