@@ -91,6 +91,16 @@ fn component<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["components"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
 }
 
+/// Writes a benchmark's figures to `<target>/bench/<name>.json`.
+fn write_report(name: &str, report: &Value) -> anyhow::Result<()> {
+    let dir = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(report)?)?;
+    util::out(&format!("  written to {}", path.display()));
+    Ok(())
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -177,11 +187,7 @@ fn startup() -> anyhow::Result<()> {
         "restart_ms": r.as_secs_f64() * 1e3,
         "rss_kib": rss.iter().map(|(n, k)| (n.clone(), *k)).collect::<std::collections::BTreeMap<_, _>>(),
     });
-    let dir = util::target_dir()?.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("startup.json"), serde_json::to_vec_pretty(&report)?)?;
-    util::out(&format!("  written to {}", dir.join("startup.json").display()));
-    Ok(())
+    write_report("startup", &report)
 }
 
 /// `leash -- true` against `docker run --rm <same image> true`, warm.
@@ -265,9 +271,5 @@ fn session_start() -> anyhow::Result<()> {
         "ratio": o.as_secs_f64() / b.as_secs_f64(),
         "phases_ms": report_phases,
     });
-    let dir = util::target_dir()?.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("session-start.json"), serde_json::to_vec_pretty(&report)?)?;
-    util::out(&format!("  written to {}", dir.join("session-start.json").display()));
-    Ok(())
+    write_report("session-start", &report)
 }

@@ -55,6 +55,11 @@ pub fn interceptor(rule: Rule) -> impl FnMut(Request<()>) -> Result<Request<()>,
     }
 }
 
+/// The caller, or PERMISSION_DENIED when the kernel reported no credentials.
+pub fn require_peer<T>(req: &Request<T>) -> Result<Peer, Status> {
+    peer(req).ok_or_else(|| Status::permission_denied("caller credentials unavailable"))
+}
+
 /// Refuses a state-changing call from an unprivileged caller.
 pub fn require_privileged<T>(req: &Request<T>, what: &str) -> Result<Peer, Status> {
     match peer(req) {

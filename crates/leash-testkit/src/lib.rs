@@ -237,6 +237,13 @@ impl Stack {
         self.command("leashctl").args(args).output().expect("run leashctl")
     }
 
+    /// Every event leashd keeps (`leashctl events --json`), parsed.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let out = self.leashctl(&["events", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json event")).collect()
+    }
+
     /// `leashctl status --json`, parsed, when leashd answers.
     pub fn status(&self) -> Option<serde_json::Value> {
         let out = self.leashctl(&["status", "--json"]);

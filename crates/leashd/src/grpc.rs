@@ -107,8 +107,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<tonic::Streaming<pb::SessionInput>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let caller = leash_daemon::access::peer(&req)
-            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let caller = leash_daemon::access::require_peer(&req)?;
         let mut input = req.into_inner();
         let start = match input.message().await? {
             Some(pb::SessionInput { input: Some(pb::session_input::Input::Start(s)) }) => s,
@@ -124,8 +123,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = leash_daemon::access::peer(&req)
-            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let caller = leash_daemon::access::require_peer(&req)?;
         let sessions = self.sessions.list(&caller).iter().map(crate::session::info_to_proto).collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
@@ -134,8 +132,7 @@ impl Manager for ManagerService {
         &self,
         req: Request<pb::StopSessionRequest>,
     ) -> Result<Response<pb::StopSessionResponse>, Status> {
-        let caller = leash_daemon::access::peer(&req)
-            .ok_or_else(|| Status::permission_denied("caller credentials unavailable"))?;
+        let caller = leash_daemon::access::require_peer(&req)?;
         let id = self.sessions.stop(&caller, &req.get_ref().id).await?;
         Ok(Response::new(pb::StopSessionResponse { id }))
     }

@@ -531,8 +531,7 @@ fn session_lifecycle_events_are_published_with_timings() {
     let stack = stack();
     let out = run(&stack, &["--", "true"]);
     assert_eq!(out.status.code(), Some(0));
-    let out = stack.leashctl(&["events", "--json"]);
-    let events: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events = stack.events();
     let sessions: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "session").collect();
     let actions: Vec<&str> = sessions.iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["session.create", "session.release", "session.exit", "session.remove"]);

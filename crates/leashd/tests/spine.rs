@@ -14,12 +14,6 @@ fn pid_of(status: &Value, name: &str) -> u32 {
     Stack::component(status, name)["pid"].as_u64().expect("pid") as u32
 }
 
-fn events(stack: &Stack) -> Vec<Value> {
-    let out = stack.leashctl(&["events", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json event")).collect()
-}
-
 #[test]
 fn leashctl_status_lists_all_four_daemons_healthy() {
     if !require_root("leashctl_status_lists_all_four_daemons_healthy") {
@@ -54,7 +48,7 @@ fn leashctl_status_lists_all_four_daemons_healthy() {
         assert!(text.contains(needle), "status output lacks {needle:?}:\n{text}");
     }
     // Lifecycle events are in the hub.
-    let evs = events(&stack);
+    let evs = stack.events();
     assert_eq!(evs[0]["action"], "daemon.start", "{evs:?}");
     for name in COMPONENTS {
         assert!(evs.iter().any(|e| e["action"] == "component.ready" && e["resource"] == name), "{evs:?}");
@@ -86,7 +80,7 @@ fn killed_components_restart_alone_and_are_counted() {
         }
         assert_eq!(stack.processes(victim).len(), 1, "exactly one {victim}");
         // The supervisor went through exit → restart, and said so.
-        let evs = events(&stack);
+        let evs = stack.events();
         let exit = evs.iter().position(|e| e["action"] == "component.exit" && e["resource"] == *victim);
         let exit = exit.unwrap_or_else(|| panic!("no exit event for {victim}: {evs:?}"));
         assert_eq!(evs[exit]["pid"], before[i]);
