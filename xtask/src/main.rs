@@ -1,7 +1,7 @@
 //! `cargo xtask`: leash's build tool.
 //!
-//! Verbs: `install`, `tidy`, `bench <what>`, `demo`. (`image` and `vmtest`
-//! arrive with the container images and the BPF LSM test VM.)
+//! Verbs: `install`, `tidy`, `image <name>`, `entry`, `bench <what>`,
+//! `demo`. (`vmtest` arrives with the BPF LSM test VM.)
 
 mod bench;
 mod demo;
@@ -21,11 +21,13 @@ verbs:
                   into DIR/bin (default /usr/local) with the systemd unit
                   (default /etc/systemd/system)
   tidy            check the dependency rules and file headers
-  image <name>    build images/<name> as leash-<name>:latest (available: test)
+  image <name>    build images/<name> as leash-<name>:latest (test, test-debian, coder)
   entry [--release]
                   build the static leash-entry and print its path
   bench startup   cold start to all-healthy, restart-to-healthy, idle RSS
-  demo            build, start leashd if needed, show `leashctl status` and events
+  bench session-start
+                  `leash -- true` against `docker run --rm`, with leashd's breakdown
+  demo            build, start leashd if needed, run a scripted session, show its events
 ";
 
 fn main() -> ExitCode {

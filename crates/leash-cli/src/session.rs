@@ -33,7 +33,10 @@ const FORWARDED_ENV: [&str; 14] = [
 ];
 
 /// Go leash variables that mean nothing here: accepted with a warning.
-const IGNORED_ENV: [&str; 9] = [
+const IGNORED_ENV: [&str; 12] = [
+    "LEASH_LISTEN",
+    "TARGET_CONTAINER",
+    "LEASH_CONTAINER",
     "LEASH_IMAGE",
     "LEASH_WORK_DIR",
     "LEASH_SHARE_DIR",
@@ -311,8 +314,9 @@ fn ask(p: &pb::Prompt) -> String {
     choose(p, line.trim(), &default)
 }
 
-/// Maps what the user typed to a choice: a number, a choice's name, `n`
-/// (the last choice, skip), or nothing (the default).
+/// Maps what the user typed to a choice: a number, a choice's name, or
+/// nothing (the default). Anything else is the last choice (skip), so a typo
+/// never mounts anything.
 fn choose(p: &pb::Prompt, typed: &str, default: &str) -> String {
     let lower = typed.to_ascii_lowercase();
     if let Ok(n) = lower.parse::<usize>()
@@ -323,10 +327,7 @@ fn choose(p: &pb::Prompt, typed: &str, default: &str) -> String {
     if let Some(c) = p.choices.iter().find(|c| c.to_ascii_lowercase() == lower) {
         return c.clone();
     }
-    match lower.as_str() {
-        "n" | "no" => p.choices.last().cloned().unwrap_or_default(),
-        _ => default.to_owned(),
-    }
+    if lower.is_empty() { default.to_owned() } else { p.choices.last().cloned().unwrap_or_default() }
 }
 
 #[cfg(test)]
@@ -347,6 +348,7 @@ mod tests {
         assert_eq!(choose(&p, "4", d), "Skip");
         assert_eq!(choose(&p, "n", d), "Skip");
         assert_eq!(choose(&p, "always", d), "Always");
-        assert_eq!(choose(&p, "9", d), "Just this once");
+        assert_eq!(choose(&p, "9", d), "Skip");
+        assert_eq!(choose(&p, "yse", d), "Skip");
     }
 }

@@ -22,14 +22,21 @@ const FORWARDED: [Signal; 10] = [
     Signal::SIGALRM,
 ];
 
+/// Becomes the target user for good: groups, then gid, then uid. leash-entry
+/// itself then runs as that user too, so the command inherits exactly these
+/// credentials (supplementary groups included) and PID 1 holds no root.
+pub fn drop_privileges(uid: u32, gid: u32, groups: &[u32]) -> nix::Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups)?;
+    setgid(Gid::from_raw(gid))?;
+    setuid(Uid::from_raw(uid))
+}
+
 /// Runs `command` and returns its status as an exit code.
-pub fn run(command: &[String], user: Option<(u32, u32)>, env: &[(String, String)]) -> ExitCode {
+pub fn run(command: &[String], env: &[(String, String)]) -> ExitCode {
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]).envs(env.iter().map(|(k, v)| (k, v))).process_group(0);
-    if let Some((uid, gid)) = user {
-        // As root, std also drops supplementary groups before setuid.
-        cmd.gid(gid).uid(uid);
-    }
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -31,6 +31,8 @@ const EXIT_OWN_FAILURE: u8 = 125;
 struct Args {
     /// Target uid and gid.
     user: Option<(u32, u32)>,
+    /// Supplementary groups of the target user.
+    groups: Vec<u32>,
     /// User name for the passwd entry.
     name: Option<String>,
     /// HOME for the target user.
@@ -54,6 +56,14 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 let (u, g) = v.split_once(':').ok_or_else(|| format!("--user {v:?}: expected UID:GID"))?;
                 let num = |s: &str| s.parse::<u32>().map_err(|_| format!("--user {v:?}: {s:?} is not a number"));
                 a.user = Some((num(u)?, num(g)?));
+            }
+            "--groups" => {
+                let v = value("--groups")?;
+                a.groups = v
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(|g| g.parse::<u32>().map_err(|_| format!("--groups {v:?}: {g:?} is not a number")))
+                    .collect::<Result<_, _>>()?;
             }
             "--name" => a.name = Some(value("--name")?),
             "--home" => a.home = Some(value("--home")?),
@@ -95,15 +105,24 @@ fn main() -> ExitCode {
             return fail(&format!("cannot prepare user {uid}:{gid}: {e}"));
         }
         env.push(("HOME".into(), home));
-        env.push(("USER".into(), name.into()));
-        env.push(("LOGNAME".into(), name.into()));
+        // USER and LOGNAME as given with -e win.
+        for var in ["USER", "LOGNAME"] {
+            if std::env::var_os(var).is_none() {
+                env.push((var.into(), name.into()));
+            }
+        }
     }
     if let Some(sock) = &args.release
         && let Err(e) = setup::await_release(sock)
     {
         return fail(&e);
     }
-    init::run(&args.command, args.user, &env)
+    if let Some((uid, gid)) = args.user
+        && let Err(e) = init::drop_privileges(uid, gid, &args.groups)
+    {
+        return fail(&format!("cannot become {uid}:{gid}: {e}"));
+    }
+    init::run(&args.command, &env)
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -124,8 +143,21 @@ mod tests {
 
     #[test]
     fn parses_options_and_command() {
-        let a = p(&["--user", "1000:100", "--release", "/leash/release.sock", "--", "sh", "-c", "exit 3"]).unwrap();
+        let a = p(&[
+            "--user",
+            "1000:100",
+            "--groups",
+            "5,27",
+            "--release",
+            "/leash/release.sock",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
         assert_eq!(a.user, Some((1000, 100)));
+        assert_eq!(a.groups, [5, 27]);
         assert_eq!(a.release.as_deref(), Some("/leash/release.sock"));
         assert_eq!(a.command, ["sh", "-c", "exit 3"]);
         assert_eq!(p(&["true", "--user"]).unwrap().command, ["true", "--user"]);

@@ -48,6 +48,13 @@ pub fn install_trust(ca_path: &str) -> io::Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// True when `dir` is itself a mount point.
+fn is_mount_point(dir: &Path) -> io::Result<bool> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let dir = dir.to_string_lossy();
+    Ok(mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).any(|mount_point| mount_point == dir))
+}
+
 /// True when `dir` (or the mount holding it) is a mount point other than
 /// the container's root, i.e. something the host bind-mounted.
 fn is_bind_mounted(dir: &Path) -> io::Result<bool> {
@@ -76,10 +83,22 @@ pub fn prepare_user(uid: u32, gid: u32, name: &str, home: &str) -> io::Result<()
         let gname = if taken { format!("{name}{gid}") } else { name.to_owned() };
         append_line("/etc/group", &group, &format!("{gname}:x:{gid}:"))?;
     }
+    let chown = |p: &str| {
+        nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(io::Error::from)
+    };
     if !Path::new(home).exists() {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(home)?;
-        nix::unistd::chown(home, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(io::Error::from)?;
+        chown(home)?;
+    } else if uid != 0 {
+        // The engine creates the parents of bind targets (the project under
+        // HOME, the agent's dirs) as root: hand HOME itself to the user,
+        // unless it is a mount from the host, which stays as it is.
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(home)?;
+        if meta.uid() == 0 && !is_mount_point(Path::new(home))? {
+            chown(home)?;
+        }
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         hub: hub.clone(),
         entry_bin: config.entry_bin.clone().unwrap_or_else(|| session::plan::entry_bin(&bin_dir)),
         system_config: config.path.clone(),
+        shutdown: ctx.shutdown.clone(),
     });
     tokio::spawn({
         let sessions = sessions.clone();

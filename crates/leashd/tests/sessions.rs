@@ -94,14 +94,24 @@ fn files_written_in_the_project_belong_to_the_caller() {
     set_mode(&stack.runtime_dir.join("leashd.sock"), 0o666);
     let project = stack.project();
     std::os::unix::fs::chown(&project, Some(4321), Some(4321)).unwrap();
+    // A mount below HOME makes the engine create HOME as root: leash-entry
+    // hands it to the user. Supplementary groups come along.
+    let data = stack.root().join("home-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let vol = format!("{}:/home/user4321/data", data.display());
+    let leash_bin = stack.bin_dir.join("leash");
+    let script = "id -u; id -G; echo $HOME; echo hi > made-here.txt; touch $HOME/ok && echo home-writable";
     let out = stack
-        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "id -u; id -g; echo $HOME; echo hi > made-here.txt"])
-        .uid(4321)
-        .gid(4321)
+        .command("setpriv")
+        .args(["--reuid=4321", "--regid=4321", "--groups=4321,777", "--"])
+        .arg(&leash_bin)
+        .args(["--image", TEST_IMAGE, "-v", &vol, "--", "sh", "-c", script])
+        .current_dir(&project)
+        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(text(&out.stdout), "4321\n4321\n/home/user4321\n");
+    assert_eq!(text(&out.stdout), "4321\n4321 777\n/home/user4321\nhome-writable\n");
     let meta = std::fs::metadata(project.join("made-here.txt")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (4321, 4321));
     // --root is for root only.
@@ -276,6 +286,29 @@ fn a_session_survives_a_leashd_restart_and_is_listed() {
     let out = stack.leashctl(&["sessions"]);
     assert!(text(&out.stdout).contains("running"), "{out:?}");
     // It keeps running to its end, then is torn down.
+    eventually(Duration::from_secs(15), "the command to finish", || marker.exists().then_some(()));
+    nothing_left(&stack);
+
+    // A graceful stop of leashd (SIGTERM, as `systemctl restart leashd`)
+    // leaves the session running too, and says so.
+    std::fs::remove_file(&marker).unwrap();
+    let leash = stack
+        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "sleep 3; touch finished"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        (v.as_array()?.first()?["state"] == "running").then_some(())
+    });
+    let leashd = stack.processes("leashd")[0];
+    leash_testkit::kill(leashd, rustix::process::Signal::TERM);
+    assert_eq!(stack.wait_leashd(Duration::from_secs(8)), Some(0));
+    let out = leash.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("keeps running"), "{out:?}");
+    assert_eq!(stack.containers().len(), 1, "the container was left running");
+    stack.start_leashd_for_sessions();
     eventually(Duration::from_secs(15), "the command to finish", || marker.exists().then_some(()));
     nothing_left(&stack);
 }

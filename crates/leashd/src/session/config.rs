@@ -82,18 +82,21 @@ pub fn user_config_path(home: Option<&Path>, client_env: &BTreeMap<String, Strin
     Some(home?.join(".config/leash/config.toml"))
 }
 
-/// Reads a config file. A missing file is empty; a file owned by someone
-/// other than `owner` (or root) is refused; errors name the file, the line
-/// and the key.
-pub fn load(path: &Path, owner: Option<u32>) -> Result<File, String> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+/// Reads a config file. A missing file is empty; with `owner`, a file not
+/// owned by exactly that uid is refused (so a caller cannot make leashd read
+/// someone else's file), and the ownership is checked on the descriptor
+/// that is read (no swap in between). `~` in project keys is `home`. Errors
+/// name the file, the line and the key.
+pub fn load(path: &Path, owner: Option<u32>, home: Option<&Path>) -> Result<File, String> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(File::default()),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
+    let meta = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(uid) = owner
         && meta.uid() != uid
-        && meta.uid() != 0
     {
         return Err(format!(
             "{}: owned by uid {}, not by you (uid {uid}); leash does not read it",
@@ -101,11 +104,15 @@ pub fn load(path: &Path, owner: Option<u32>) -> Result<File, String> {
             meta.uid()
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let dict: Dict = Figment::from(Toml::file_exact(path))
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dict: Dict = Figment::from(Toml::string(&text))
         .extract()
         .map_err(|e| e.into_iter().map(|e| format!("{}: {e}", path.display())).collect::<Vec<_>>().join("; "))?;
-    parse(&dict, &text).map_err(|(key, msg)| {
+    parse(&dict, home).map_err(|(key, msg)| {
         let line = line_of(&text, &key).map(|l| format!(":{l}")).unwrap_or_default();
         format!("{}{line}: {}: {msg}", path.display(), key.join("."))
     })
@@ -113,7 +120,7 @@ pub fn load(path: &Path, owner: Option<u32>) -> Result<File, String> {
 
 type KeyError = (Vec<String>, String);
 
-fn parse(dict: &Dict, _text: &str) -> Result<File, KeyError> {
+fn parse(dict: &Dict, home: Option<&Path>) -> Result<File, KeyError> {
     let mut f = File::default();
     if let Some(v) = dict.get("volumes") {
         let d = table(v, &["volumes"])?;
@@ -151,7 +158,7 @@ fn parse(dict: &Dict, _text: &str) -> Result<File, KeyError> {
                     }
                 }
             }
-            f.projects.insert(normalize_dir(dir), proj);
+            f.projects.insert(normalize_dir(dir, home), proj);
         }
     }
     Ok(f)
@@ -211,9 +218,13 @@ fn parse_volumes(
     Ok(())
 }
 
-/// A project key as an absolute path (symlinks resolved when it exists).
-pub fn normalize_dir(dir: &str) -> PathBuf {
-    let p = PathBuf::from(dir);
+/// A project key as an absolute path: `~` is the caller's home; symlinks
+/// are resolved when it exists.
+pub fn normalize_dir(dir: &str, home: Option<&Path>) -> PathBuf {
+    let p = match (dir.strip_prefix("~/").or((dir == "~").then_some("")), home) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => PathBuf::from(dir),
+    };
     std::fs::canonicalize(&p).unwrap_or_else(|_| super::mounts::normalize(&p))
 }
 
@@ -323,7 +334,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("config.toml");
         std::fs::write(&p, text).unwrap();
-        load(&p, None).map_err(|e| e.replace(&tmp.path().display().to_string(), "DIR"))
+        load(&p, None, None).map_err(|e| e.replace(&tmp.path().display().to_string(), "DIR"))
     }
 
     const SAMPLE: &str = r#"
@@ -400,8 +411,9 @@ B = "project"
         std::fs::write(&p, "").unwrap();
         std::os::unix::fs::chown(&p, Some(4242), None).unwrap_or(());
         if std::fs::metadata(&p).unwrap().uid() == 4242 {
-            assert!(load(&p, Some(1000)).unwrap_err().contains("not by you"));
-            assert!(load(&p, Some(4242)).is_ok());
+            assert!(load(&p, Some(1000), None).unwrap_err().contains("not by you"));
+            assert!(load(&p, Some(0), None).unwrap_err().contains("not by you"), "root's uid is not enough");
+            assert!(load(&p, Some(4242), None).is_ok());
         }
     }
 
@@ -414,7 +426,7 @@ B = "project"
         write_toggle(&p, "claude", Some("/work/p")).unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(p.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
-        let f = load(&p, None).unwrap();
+        let f = load(&p, None, None).unwrap();
         assert_eq!(f.toggles.get("codex"), Some(&true));
         assert_eq!(f.projects[Path::new("/work/p")].toggles.get("claude"), Some(&true));
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();

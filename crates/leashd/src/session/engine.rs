@@ -32,11 +32,11 @@ pub enum EngineError {
     #[error("the container engine is not reachable ({0}); start it (e.g. `systemctl start docker`)")]
     Unreachable(String),
     /// The image is not present locally.
-    #[error("image {image} not found locally; build it with `cargo xtask image {hint}` or pass --image")]
+    #[error("image {image} not found locally; {hint}")]
     ImageMissing {
         /// The image.
         image: String,
-        /// The images/ directory that builds it.
+        /// How to get it.
         hint: String,
     },
     /// Anything the engine refused.
@@ -98,6 +98,21 @@ pub struct Spec {
     pub pids_limit: Option<i64>,
 }
 
+/// A container found by label.
+#[derive(Clone, Debug)]
+pub struct Labelled {
+    /// Container id.
+    pub id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Running now.
+    pub running: bool,
+    /// Its image.
+    pub image: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: i64,
+}
+
 /// A connected engine.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -135,8 +150,11 @@ impl Engine {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                let hint = image.strip_prefix("leash-").and_then(|r| r.split(':').next()).unwrap_or("<name>");
-                Err(EngineError::ImageMissing { image: image.to_owned(), hint: hint.to_owned() })
+                let hint = match image.strip_prefix("leash-").and_then(|r| r.split(':').next()) {
+                    Some(name) => format!("build it with `cargo xtask image {name}`, or pass --image"),
+                    None => format!("leash never pulls: `docker pull {image}` or build it, or pass --image"),
+                };
+                Err(EngineError::ImageMissing { image: image.to_owned(), hint })
             }
             Err(e) => Err(api(format!("inspecting image {image}"))(e)),
         }
@@ -149,20 +167,19 @@ impl Engine {
         Ok(!self.docker.list_containers(Some(opts)).await.map_err(api("listing containers"))?.is_empty())
     }
 
-    /// Containers carrying `label=value`, as (id, labels, running).
-    pub async fn list_labelled(
-        &self,
-        label: &str,
-        value: &str,
-    ) -> Result<Vec<(String, HashMap<String, String>, bool)>, EngineError> {
+    /// Containers carrying `label=value`.
+    pub async fn list_labelled(&self, label: &str, value: &str) -> Result<Vec<Labelled>, EngineError> {
         let filters = HashMap::from([("label".to_owned(), vec![format!("{label}={value}")])]);
         let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(api("listing containers"))?;
         Ok(list
             .into_iter()
-            .map(|c| {
-                let running = c.state.is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
-                (c.id.unwrap_or_default(), c.labels.unwrap_or_default(), running)
+            .map(|c| Labelled {
+                running: c.state.is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING),
+                id: c.id.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                created: c.created.unwrap_or(0),
             })
             .collect())
     }

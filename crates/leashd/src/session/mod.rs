@@ -72,6 +72,8 @@ pub struct Ctx {
     pub entry_bin: PathBuf,
     /// The system-wide configuration file (`/etc/leash/config.toml`).
     pub system_config: PathBuf,
+    /// leashd's root token: when leashd stops, sessions keep running.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A session as listed.
@@ -164,7 +166,8 @@ impl Sessions {
     pub async fn recover(&self) {
         let Ok(engine) = Engine::connect().await else { return };
         let Ok(found) = engine.list_labelled(engine::LABEL_INSTANCE, &self.ctx.layout.instance).await else { return };
-        for (cid, labels, running) in found {
+        for c in found {
+            let (cid, labels, running) = (c.id, c.labels, c.running);
             let Some(id) = labels.get(engine::LABEL_SESSION).cloned() else { continue };
             let info = Info {
                 id: id.clone(),
@@ -174,10 +177,10 @@ impl Sessions {
                     .get(engine::LABEL_COMMAND)
                     .and_then(|c| serde_json::from_str(c).ok())
                     .unwrap_or_default(),
-                image: String::new(),
+                image: c.image,
                 container: labels.get("leash.name").cloned().unwrap_or_else(|| cid.chars().take(12).collect()),
                 container_id: cid.clone(),
-                started: SystemTime::now(),
+                started: std::time::UNIX_EPOCH + Duration::from_secs(c.created.max(0) as u64),
                 state: if running { "running" } else { "exited" },
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
@@ -301,6 +304,17 @@ impl Sessions {
         self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
         timings.lap("create_ms");
         let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out, &mut timings).await;
+        let result = match result {
+            Ok(Some(code)) => Ok(code),
+            // leashd is stopping: the container runs on and the next leashd lists it.
+            Ok(None) => {
+                return Err(format!(
+                    "leashd is stopping; session {} keeps running (see `leashctl sessions` once leashd is back)",
+                    info.id
+                ));
+            }
+            Err(e) => Err(e),
+        };
         let code = match &result {
             Ok(code) => *code,
             Err(_) => 125,
@@ -310,7 +324,8 @@ impl Sessions {
         result
     }
 
-    /// Attach, start, release, relay, wait.
+    /// Attach, start, release, relay, wait. `Ok(None)` when leashd stops
+    /// while the command runs.
     #[allow(clippy::too_many_arguments, reason = "the session's parts, passed once")]
     async fn drive(
         &self,
@@ -322,7 +337,7 @@ impl Sessions {
         input: &mut Streaming<pb::SessionInput>,
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
         timings: &mut Timings,
-    ) -> Result<i32, String> {
+    ) -> Result<Option<i32>, String> {
         let send = |o: Output| {
             let out = out.clone();
             async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
@@ -340,7 +355,7 @@ impl Sessions {
 
         // Admission: every step passes, or the command never runs.
         let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
-        let mounts = plan.mounts(&self.ctx);
+        let mounts = plan.mounts(&self.ctx, &self.session_dir(&info.id));
         let steps = vec![admission::Step {
             component: "leashd",
             what: "mounts",
@@ -383,6 +398,7 @@ impl Sessions {
         let mut client_gone = false;
         loop {
             tokio::select! {
+                () = self.ctx.shutdown.cancelled() => return Ok(None),
                 chunk = output.next() => match chunk {
                     Some(Ok(chunk)) => {
                         if !relay(&send, chunk).await {
@@ -431,7 +447,7 @@ impl Sessions {
         let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
         timings.lap("run_ms");
         self.set_state(&info.id, "exited");
-        Ok(code as i32)
+        Ok(Some(code as i32))
     }
 
     /// Asks whether to mount the agent's host config when no configuration

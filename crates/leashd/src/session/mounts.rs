@@ -78,8 +78,24 @@ pub fn forbidden_sources(runtime_dir: &Path, state_dir: &Path) -> Vec<PathBuf> {
         PathBuf::from("/run/containerd"),
         PathBuf::from("/run/podman"),
         PathBuf::from("/var/lib/docker"),
+        PathBuf::from("/var/lib/containerd"),
+        PathBuf::from("/var/lib/containers"),
         PathBuf::from("/etc/leash"),
     ];
+    // The engine leashd talks to, wherever DOCKER_HOST puts its socket.
+    if let Some(sock) = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)) {
+        v.push(sock);
+    }
+    // Rootless engines' sockets live in each user's runtime dir.
+    for entry in std::fs::read_dir("/run/user").into_iter().flatten().flatten() {
+        for sock in ["docker.sock", "podman/podman.sock"] {
+            let p = entry.path().join(sock);
+            if p.exists() {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
     v.dedup();
     v
 }

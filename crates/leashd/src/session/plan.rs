@@ -50,6 +50,8 @@ pub struct Plan {
     pub size: Option<(u32, u32)>,
     /// Target uid, gid.
     pub user: (u32, u32),
+    /// Target supplementary groups (the caller's).
+    pub groups: Vec<u32>,
     /// Target user name.
     pub user_name: String,
     /// Target HOME.
@@ -87,8 +89,12 @@ pub struct AgentMount {
 
 impl Plan {
     /// Every bind as (host source, container target), for verification.
-    pub fn mounts(&self, ctx: &Ctx) -> Vec<(PathBuf, String)> {
-        let mut v = vec![(PathBuf::from(&self.cwd), self.cwd.clone()), (ctx.entry_bin.clone(), ENTRY_PATH.to_owned())];
+    pub fn mounts(&self, ctx: &Ctx, session_dir: &Path) -> Vec<(PathBuf, String)> {
+        let mut v = vec![
+            (PathBuf::from(&self.cwd), self.cwd.clone()),
+            (ctx.entry_bin.clone(), ENTRY_PATH.to_owned()),
+            (session_dir.to_owned(), SESSION_DIR.to_owned()),
+        ];
         v.extend(self.binds.iter().map(|b| (b.source.clone(), b.target.clone())));
         v
     }
@@ -138,11 +144,11 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
 
     // Configuration files: the system's, then the caller's (own files only).
     let home = host_home.as_deref().map(Path::new);
-    let system = config::load(&ctx.system_config, None)?;
+    let system = config::load(&ctx.system_config, None, None)?;
     let client_env: std::collections::BTreeMap<String, String> = start.client_env.clone().into_iter().collect();
     let user_path = config::user_config_path(home, &client_env);
     let user_file = match &user_path {
-        Some(p) => config::load(p, Some(caller.uid))?,
+        Some(p) => config::load(p, Some(caller.uid), home)?,
         None => config::File::default(),
     };
     let agent = Path::new(&start.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
@@ -198,10 +204,9 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         env.retain(|(ek, _)| *ek != k);
         env.push((k, v));
     }
-    if start.tty {
-        let term = client("TERM").unwrap_or_else(|| "xterm".to_owned());
-        env.retain(|(k, _)| k != "TERM");
-        env.push(("TERM".into(), term));
+    // With a terminal, TERM is the caller's unless -e set it.
+    if start.tty && !env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), client("TERM").unwrap_or_else(|| "xterm".to_owned())));
     }
 
     let user = if start.root {
@@ -212,7 +217,14 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
     } else {
         (caller.uid, caller.gid)
     };
-    let home = home_in_container(user, &host_home, &user_name);
+    // HOME as given with -e wins.
+    let home = env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| home_in_container(user, &host_home, &user_name));
+    let groups: Vec<u32> =
+        if user == (caller.uid, caller.gid) { gids.iter().skip(1).copied().collect() } else { Vec::new() };
 
     let mut ports = HashMap::new();
     for p in &start.publish {
@@ -266,6 +278,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         tty: start.tty,
         size,
         user,
+        groups,
         user_name,
         home,
         ports,
@@ -339,6 +352,8 @@ impl Plan {
             ENTRY_PATH.to_owned(),
             "--user".into(),
             format!("{}:{}", self.user.0, self.user.1),
+            "--groups".into(),
+            self.groups.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
             "--name".into(),
             self.user_name.clone(),
             "--home".into(),
