@@ -12,6 +12,7 @@ fi
 packages=(
   clang libelf-dev zlib1g-dev pkg-config make   # libbpf (sensor) and BPF programs
   docker.io                                     # the container engine sessions run on
+  podman                                        # the other engine (its Docker-compatible API)
   busybox-static                                # the offline test image
   debootstrap                                   # the Debian base of the larger images
   systemd                                       # systemd-analyze verify of the unit
@@ -44,4 +45,19 @@ if ! docker info >/dev/null 2>&1; then
   done
   docker info >/dev/null 2>&1 || { echo "setup.sh: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
 fi
-echo "setup.sh: ready ($(docker version --format 'docker {{.Server.Version}}' 2>/dev/null))"
+# Podman serves a Docker-compatible API on its own socket. Root here may
+# lack CAP_SYS_RESOURCE, so lower Podman's default ulimits once.
+if ! grep -qs default_ulimits /etc/containers/containers.conf; then
+  mkdir -p /etc/containers
+  printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n' >> /etc/containers/containers.conf
+fi
+if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; then
+  echo "setup.sh: starting podman's API service"
+  mkdir -p /run/podman
+  nohup podman system service --time=0 unix:///run/podman/podman.sock >/var/log/podman-service.log 2>&1 &
+  for _ in $(seq 1 40); do
+    DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1 && break
+    sleep 0.25
+  done
+fi
+echo "setup.sh: ready ($(docker version --format 'docker {{.Server.Version}}' 2>/dev/null), podman $(podman version --format '{{.Server.Version}}' 2>/dev/null))"

@@ -98,6 +98,46 @@ pub fn require_docker(test: &str) -> bool {
     false
 }
 
+/// Podman's Docker-compatible API socket (scripts/setup.sh starts it).
+pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// Returns false (after printing why) when Podman's API is not served and
+/// the test may skip; panics instead in CI. Loads the test image into Podman
+/// from Docker when it is missing there.
+pub fn require_podman(test: &str) -> bool {
+    if !require_docker(test) {
+        return false;
+    }
+    let host = format!("unix://{PODMAN_SOCKET}");
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .env("DOCKER_HOST", &host)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !docker(&["version"]) {
+        let why = "Podman's API service is not running (scripts/setup.sh starts it)";
+        assert!(!must_run(), "{test}: {why}, and CI must run it");
+        #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
+        {
+            eprintln!("skipping {test}: {why}");
+        }
+        return false;
+    }
+    if !docker(&["image", "inspect", TEST_IMAGE]) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("docker save {TEST_IMAGE} | podman load")])
+            .stdout(Stdio::null())
+            .status()
+            .expect("load the test image into podman");
+        assert!(status.success(), "loading {TEST_IMAGE} into podman failed");
+    }
+    true
+}
+
 /// True when tests must not skip (in CI, or when asked).
 pub fn must_run() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("LEASH_REQUIRE_PRIVILEGED").is_some()

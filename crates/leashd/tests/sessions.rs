@@ -577,3 +577,36 @@ fn session_lifecycle_events_are_published_with_timings() {
         assert!(ms >= 0.0, "{phase}");
     }
 }
+
+#[test]
+fn sessions_run_on_podman_through_its_docker_api() {
+    if !leash_testkit::require_podman("sessions_run_on_podman_through_its_docker_api") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).env("DOCKER_HOST", format!("unix://{}", leash_testkit::PODMAN_SOCKET));
+    });
+    let status = stack.wait_healthy(Duration::from_secs(10));
+    assert!(status["host"]["engine"].as_str().unwrap().contains("(API "), "{status}");
+    let out = run(&stack, &["--", "sh", "-c", "echo via-podman; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(text(&out.stdout), "via-podman\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let mut child = stack
+        .leash(&["--image", TEST_IMAGE, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "piped\n".to_owned()));
+    // Nothing left in Podman.
+    let ps = std::process::Command::new("podman")
+        .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", stack.instance)])
+        .output()
+        .unwrap();
+    assert!(ps.stdout.is_empty(), "{ps:?}");
+}
