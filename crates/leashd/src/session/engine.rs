@@ -135,12 +135,15 @@ impl Engine {
     /// one per instance, so programs can be attached to it before the
     /// container's first instruction. Returns (engine spelling, path below
     /// each cgroup hierarchy root).
-    pub fn cgroup_parent(&self, instance: &str, session: &str) -> (String, String) {
+    pub fn cgroup_parent(&self, layout: &leash_core::Layout, session: &str) -> (String, String) {
+        let parent = layout.cgroup_parent();
         if self.systemd_cgroups {
-            let slice = format!("leash-{instance}-{session}.slice");
-            (slice.clone(), format!("leash.slice/leash-{instance}.slice/{slice}"))
+            // A `-` in a slice name means nesting; keep the instance one level.
+            let parent = parent.replace('-', "_");
+            let slice = format!("{parent}-{session}.slice");
+            (slice.clone(), format!("{parent}.slice/{slice}"))
         } else {
-            let path = format!("/leash-{instance}/{session}");
+            let path = format!("/{parent}/{session}");
             (path.clone(), path.trim_start_matches('/').to_owned())
         }
     }

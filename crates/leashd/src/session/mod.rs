@@ -206,7 +206,7 @@ impl Sessions {
         {
             tracing::warn!(session_id = %info.id, dir = %dir.display(), error = %e, "cannot remove the session dir");
         }
-        let (_, below_root) = engine.cgroup_parent(&self.ctx.layout.instance, &info.id);
+        let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
         remove_cgroup_dirs(&below_root);
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
@@ -263,7 +263,7 @@ impl Sessions {
         let release = tokio::net::UnixListener::bind(&release_path)
             .map_err(|e| format!("cannot bind {}: {e}", release_path.display()))?;
 
-        let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout.instance, &id);
+        let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between
         // the look and the create (a concurrent session) moves on to the next.
