@@ -1,0 +1,639 @@
+//! A loaded policy set: parsed, normalized, validated against the schema,
+//! and the authorizer that decides requests with reasons.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
+};
+use serde_json::Value;
+
+use crate::resource::{self, IpRange, Resource};
+
+/// The vocabulary's schema.
+pub const SCHEMA: &str = include_str!("../../../policies/leash.cedarschema");
+
+/// The actions of the vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Open a file (any mode).
+    FileOpen,
+    /// Open a file for reading.
+    FileOpenReadOnly,
+    /// Open a file for writing.
+    FileOpenReadWrite,
+    /// Execute a program.
+    ProcessExec,
+    /// Connect to a host.
+    NetworkConnect,
+    /// Inject a header.
+    HttpRewrite,
+    /// Call an MCP tool.
+    McpCall,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 7] = [
+        Action::FileOpen,
+        Action::FileOpenReadOnly,
+        Action::FileOpenReadWrite,
+        Action::ProcessExec,
+        Action::NetworkConnect,
+        Action::HttpRewrite,
+        Action::McpCall,
+    ];
+
+    /// The Cedar action id.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::FileOpen => "FileOpen",
+            Action::FileOpenReadOnly => "FileOpenReadOnly",
+            Action::FileOpenReadWrite => "FileOpenReadWrite",
+            Action::ProcessExec => "ProcessExec",
+            Action::NetworkConnect => "NetworkConnect",
+            Action::HttpRewrite => "HttpRewrite",
+            Action::McpCall => "McpCall",
+        }
+    }
+
+    /// Looks an action up by name, ignoring case (the Go leash did).
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// How serious a lint is: errors reject the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Worth knowing.
+    Warning,
+    /// The policy is rejected.
+    Error,
+}
+
+/// Something about a policy that parses but may not do what its author thinks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lint {
+    /// Machine-readable code, e.g. `dir_missing_trailing_slash`.
+    pub code: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// The policy's id.
+    pub policy: String,
+    /// Where: `file:line`.
+    pub location: String,
+    /// What, and what was done about it.
+    pub message: String,
+}
+
+/// A policy that cannot be loaded, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The source's name (a file path, or `default`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: usize,
+    /// 1-based column, when known.
+    pub column: usize,
+    /// The source line.
+    pub snippet: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub suggestion: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        if !self.snippet.is_empty() {
+            write!(
+                f,
+                "\n  {} | {}\n  {}   {}^",
+                self.line,
+                self.snippet,
+                " ".repeat(self.line.to_string().len()),
+                " ".repeat(self.column.saturating_sub(1))
+            )?;
+        }
+        if !self.suggestion.is_empty() {
+            write!(f, "\n  hint: {}", self.suggestion)?;
+        }
+        Ok(())
+    }
+}
+
+/// One policy text and its name.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// A file path, or a name such as `default`.
+    pub name: String,
+    /// The Cedar text.
+    pub text: String,
+}
+
+/// A decision, with the policies that determined it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed.
+    pub allow: bool,
+    /// Ids of the determining policies (the forbids that denied, or the
+    /// permits that allowed; empty when nothing permitted).
+    pub reasons: Vec<String>,
+    /// Evaluation errors (a policy that errors is skipped, as Cedar does).
+    pub errors: Vec<String>,
+}
+
+/// A loaded, validated policy set.
+#[derive(Debug)]
+pub struct Engine {
+    schema: Schema,
+    set: PolicySet,
+    ranges: Vec<(String, IpRange)>,
+    lints: Vec<Lint>,
+    /// Policy id → its source and line.
+    origins: BTreeMap<String, String>,
+    authorizer: Authorizer,
+}
+
+/// The schema, parsed once.
+pub fn schema() -> Schema {
+    Schema::from_cedarschema_str(SCHEMA).map(|(s, _)| s).expect("the built-in schema parses")
+}
+
+impl Engine {
+    /// Loads the sources in order (ids must be unique across them).
+    /// Returns every error found, not just the first.
+    pub fn load(sources: &[Source]) -> Result<Engine, Vec<LoadError>> {
+        let schema = schema();
+        let mut errors = Vec::new();
+        let mut lints = Vec::new();
+        let mut policies = Vec::new();
+        let mut origins = BTreeMap::new();
+        let mut ranges = BTreeSet::new();
+        for src in sources {
+            let parsed = match PolicySet::from_str(&src.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.extend(parse_errors(src, &e));
+                    continue;
+                }
+            };
+            let starts = statement_starts(&src.text);
+            // Cedar numbers policies policy0, policy1, … in source order.
+            let mut parsed: Vec<_> = parsed.policies().cloned().collect();
+            parsed.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
+            for (n, p) in parsed.into_iter().enumerate() {
+                let line = starts.get(n).map(|o| line_col(&src.text, *o).0).unwrap_or(1);
+                let location = format!("{}:{line}", src.name);
+                let id =
+                    p.annotation("id").map(str::to_owned).unwrap_or_else(|| format!("{}#{n}", short_name(&src.name)));
+                if origins.insert(id.clone(), location.clone()).is_some() {
+                    errors.push(LoadError {
+                        file: src.name.clone(),
+                        line,
+                        column: 1,
+                        snippet: src.text.lines().nth(line - 1).unwrap_or("").to_owned(),
+                        message: format!("policy id {id:?} is used twice"),
+                        suggestion: "give every @id annotation a unique value".into(),
+                    });
+                    continue;
+                }
+                let mut json = match p.to_json() {
+                    Ok(j) => j,
+                    Err(e) => {
+                        errors.push(LoadError::at(src, line, e.to_string()));
+                        continue;
+                    }
+                };
+                let mut found = Vec::new();
+                normalize(&mut json, &mut found);
+                for (code, message) in found {
+                    lints.push(Lint {
+                        code,
+                        severity: Severity::Warning,
+                        policy: id.clone(),
+                        location: location.clone(),
+                        message,
+                    });
+                }
+                collect_ranges(&json, &mut ranges);
+                lints.extend(shape_lints(&json, &id, &location));
+                match cedar_policy::Policy::from_json(Some(PolicyId::new(&id)), json) {
+                    Ok(p) => policies.push(p),
+                    Err(e) => errors.push(LoadError::at(src, line, e.to_string())),
+                }
+            }
+        }
+        let set = match PolicySet::from_policies(policies) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(LoadError {
+                    file: String::new(),
+                    line: 0,
+                    column: 0,
+                    snippet: String::new(),
+                    message: e.to_string(),
+                    suggestion: String::new(),
+                });
+                return Err(errors);
+            }
+        };
+        let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        for e in validation.validation_errors() {
+            let id = e.policy_id().to_string();
+            let (file, line) = origins
+                .get(&id)
+                .and_then(|o| o.rsplit_once(':'))
+                .map(|(f, l)| (f.to_owned(), l.parse().unwrap_or(1)))
+                .unwrap_or_default();
+            let text = sources.iter().find(|s| s.name == file).map(|s| s.text.as_str()).unwrap_or("");
+            errors.push(LoadError {
+                file,
+                line,
+                column: 1,
+                snippet: text.lines().nth(line.saturating_sub(1)).unwrap_or("").to_owned(),
+                message: format!("policy {id}: {e}"),
+                suggestion: suggestion(&e.to_string()),
+            });
+        }
+        if lints.iter().any(|l| l.severity == Severity::Error) {
+            for l in lints.iter().filter(|l| l.severity == Severity::Error) {
+                let (file, line) = l
+                    .location
+                    .rsplit_once(':')
+                    .map(|(f, n)| (f.to_owned(), n.parse().unwrap_or(1)))
+                    .unwrap_or_default();
+                errors.push(LoadError {
+                    file,
+                    line,
+                    column: 1,
+                    snippet: String::new(),
+                    message: format!("{} ({}): {}", l.policy, l.code, l.message),
+                    suggestion: String::new(),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        lints.sort();
+        lints.dedup();
+        let ranges = ranges.into_iter().filter_map(|r| IpRange::parse(&r).map(|p| (r, p))).collect();
+        Ok(Engine { schema, set, ranges, lints, origins, authorizer: Authorizer::new() })
+    }
+
+    /// The lints of the loaded set.
+    pub fn lints(&self) -> &[Lint] {
+        &self.lints
+    }
+
+    /// The policy set.
+    pub fn policies(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// Where each policy was defined (`file:line`).
+    pub fn origin(&self, id: &str) -> Option<&str> {
+        self.origins.get(id).map(String::as_str)
+    }
+
+    /// The IP ranges the policy names.
+    pub fn ranges(&self) -> &[(String, IpRange)] {
+        &self.ranges
+    }
+
+    /// Decides one Cedar action on a resource.
+    pub fn authorize_one(
+        &self,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+        context: &BTreeMap<String, String>,
+    ) -> Decision {
+        self.authorize_in(&self.set, principal, action, resource, context)
+    }
+
+    /// Decides against a given slice of this engine's policies.
+    pub fn authorize_in(
+        &self,
+        set: &PolicySet,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+        context: &BTreeMap<String, String>,
+    ) -> Decision {
+        let (resource_uid, mut entities) = resource::entities(resource, &self.ranges);
+        entities.push(cedar_policy::Entity::new_no_attrs(
+            resource::uid(resource::types::USER, principal),
+            Default::default(),
+        ));
+        let entities = match Entities::from_entities(entities, Some(&self.schema)) {
+            Ok(e) => e,
+            Err(e) => return Decision { allow: false, reasons: Vec::new(), errors: vec![format!("entities: {e}")] },
+        };
+        let pairs = context.iter().map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        let request = Context::from_pairs(pairs).map_err(|e| e.to_string()).and_then(|ctx| {
+            Request::new(
+                resource::uid(resource::types::USER, principal),
+                resource::uid("Action", action.name()),
+                resource_uid,
+                ctx,
+                Some(&self.schema),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Decision { allow: false, reasons: Vec::new(), errors: vec![format!("request: {e}")] },
+        };
+        let r = self.authorizer.is_authorized(&request, set, &entities);
+        let mut reasons: Vec<String> = r.diagnostics().reason().map(|id| id.to_string()).collect();
+        reasons.sort();
+        Decision {
+            allow: r.decision() == CedarDecision::Allow,
+            reasons,
+            errors: r.diagnostics().errors().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// Decides a request as leash means it: an open for reading is
+    /// `FileOpen` and `FileOpenReadOnly`, for writing `FileOpen` and
+    /// `FileOpenReadWrite`; a forbid on either denies, a permit on either
+    /// allows.
+    pub fn authorize(
+        &self,
+        principal: &str,
+        action: Action,
+        resource: &Resource,
+        context: &BTreeMap<String, String>,
+    ) -> Decision {
+        let pair = match action {
+            Action::FileOpenReadOnly | Action::FileOpenReadWrite => Some(Action::FileOpen),
+            _ => None,
+        };
+        let first = self.authorize_one(principal, action, resource, context);
+        let Some(other) = pair else { return first };
+        let second = self.authorize_one(principal, other, resource, context);
+        combine(first, second)
+    }
+}
+
+/// Combines the two halves of a file open: a forbid on either denies, else
+/// a permit on either allows.
+pub fn combine(a: Decision, b: Decision) -> Decision {
+    let forbidden = |d: &Decision| !d.allow && !d.reasons.is_empty();
+    let mut errors = a.errors.clone();
+    errors.extend(b.errors.clone());
+    let (allow, mut reasons) = if forbidden(&a) || forbidden(&b) {
+        (false, [a, b].into_iter().filter(forbidden).flat_map(|d| d.reasons).collect::<Vec<_>>())
+    } else if a.allow || b.allow {
+        (true, [a, b].into_iter().filter(|d| d.allow).flat_map(|d| d.reasons).collect())
+    } else {
+        (false, Vec::new())
+    };
+    reasons.sort();
+    reasons.dedup();
+    Decision { allow, reasons, errors }
+}
+
+impl LoadError {
+    fn at(src: &Source, line: usize, message: String) -> LoadError {
+        LoadError {
+            file: src.name.clone(),
+            line,
+            column: 1,
+            snippet: src.text.lines().nth(line.saturating_sub(1)).unwrap_or("").to_owned(),
+            message,
+            suggestion: String::new(),
+        }
+    }
+}
+
+fn short_name(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    base.strip_suffix(".cedar").unwrap_or(base).to_owned()
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn parse_errors(src: &Source, e: &cedar_policy::ParseErrors) -> Vec<LoadError> {
+    use miette::Diagnostic;
+    let mut out = Vec::new();
+    for err in e.iter() {
+        let offset = err.labels().and_then(|mut l| l.next()).map(|l| l.offset()).unwrap_or(0);
+        let (line, column) = line_col(&src.text, offset);
+        let message = err.to_string();
+        let help = err.help().map(|h| h.to_string()).unwrap_or_else(|| suggestion(&message));
+        out.push(LoadError {
+            file: src.name.clone(),
+            line,
+            column,
+            snippet: src.text.lines().nth(line - 1).unwrap_or("").to_owned(),
+            message,
+            suggestion: help,
+        });
+    }
+    out
+}
+
+fn suggestion(message: &str) -> String {
+    let m = message.to_ascii_lowercase();
+    if m.contains("unrecognized action") || m.contains("unknown action") {
+        "actions are FileOpen, FileOpenReadOnly, FileOpenReadWrite, ProcessExec, NetworkConnect, HttpRewrite, McpCall"
+            .into()
+    } else if m.contains("entity type") {
+        "entity types are File, Dir, Host, Net::IpRange, Net::DnsZone, MCP::Server, MCP::Tool and User".into()
+    } else if m.contains("comma") {
+        "add a comma between list elements".into()
+    } else {
+        "review the Cedar syntax near the highlighted column".into()
+    }
+}
+
+/// Byte offsets where each top-level statement starts (its annotations
+/// included), skipping strings and comments.
+fn statement_starts(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut starts = Vec::new();
+    let mut i = 0;
+    let mut at_start = true;
+    let mut depth = 0i32;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                if at_start {
+                    at_start = false;
+                }
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b';' if depth == 0 => at_start = true,
+            b'(' | b'{' | b'[' => {
+                if at_start {
+                    starts.push(i);
+                    at_start = false;
+                }
+                depth += 1;
+            }
+            b')' | b'}' | b']' => depth -= 1,
+            c if c.is_ascii_whitespace() => {}
+            _ => {
+                if at_start {
+                    starts.push(i);
+                    at_start = false;
+                }
+            }
+        }
+        i += 1;
+    }
+    starts
+}
+
+/// Rewrites Go-leash spellings real Cedar would never match: type aliases,
+/// `Dir` ids without a trailing slash, action ids in another case, IPv6
+/// hosts without brackets. Says what it did.
+fn normalize(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(ty)), Some(Value::String(id))) =
+                (map.get("type").cloned(), map.get("id").cloned())
+                && map.len() == 2
+            {
+                let canonical = canonical_type(&ty);
+                if let Some(c) = canonical
+                    && c != ty
+                {
+                    found.push(("type_alias_normalized", format!("{ty}::{id:?} is read as {c}::{id:?}")));
+                    map.insert("type".into(), Value::String(c.to_owned()));
+                }
+                let ty = canonical.unwrap_or(&ty).to_owned();
+                if ty == "Dir" && !id.ends_with('/') {
+                    found.push(("dir_missing_trailing_slash", format!("Dir::{id:?} is read as Dir::\"{id}/\"")));
+                    map.insert("id".into(), Value::String(format!("{id}/")));
+                }
+                if ty == "Action"
+                    && let Some(a) = Action::from_name(&id)
+                    && a.name() != id
+                {
+                    found.push(("action_case_normalized", format!("Action::{id:?} is read as Action::{:?}", a.name())));
+                    map.insert("id".into(), Value::String(a.name().to_owned()));
+                }
+                if ty == "Host"
+                    && let Ok(h) = resource::Host::parse(&id)
+                    && matches!(h, resource::Host::Ip(std::net::IpAddr::V6(_), _) | resource::Host::Ip(_, _))
+                    && h.id() != id
+                {
+                    found.push(("ip_host_normalized", format!("Host::{id:?} is read as Host::{:?}", h.id())));
+                    map.insert("id".into(), Value::String(h.id()));
+                }
+                return;
+            }
+            for child in map.values_mut() {
+                normalize(child, found);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| normalize(c, found)),
+        _ => {}
+    }
+}
+
+/// The vocabulary's name for a type the Go leash accepted.
+fn canonical_type(ty: &str) -> Option<&'static str> {
+    let last = ty.rsplit([':', '.']).next().unwrap_or(ty);
+    Some(match last {
+        "File" => "File",
+        "Dir" | "Directory" => "Dir",
+        "Host" | "Hostname" | "Endpoint" => "Host",
+        "IpRange" => "Net::IpRange",
+        "DnsZone" => "Net::DnsZone",
+        "Server" => "MCP::Server",
+        "Tool" => "MCP::Tool",
+        "User" => "User",
+        "Action" => "Action",
+        _ => return None,
+    })
+}
+
+fn collect_ranges(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("Net::IpRange")
+                && let Some(id) = map.get("id").and_then(Value::as_str)
+            {
+                out.insert(id.to_owned());
+            }
+            map.values().for_each(|c| collect_ranges(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| collect_ranges(c, out)),
+        _ => {}
+    }
+}
+
+/// Lints about a policy's shape: `unless` on a resource (the Go leash read
+/// it as `when`), HttpRewrite permits not of the one data shape, bad ranges.
+fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
+    let mut out = Vec::new();
+    let lint = |code, severity, message: String| Lint {
+        code,
+        severity,
+        policy: id.to_owned(),
+        location: location.to_owned(),
+        message,
+    };
+    let text = json.to_string();
+    if let Some(conds) = json.get("conditions").and_then(Value::as_array) {
+        for c in conds {
+            if c.get("kind").and_then(Value::as_str) == Some("unless") && c.to_string().contains("\"resource\"") {
+                out.push(lint(
+                    "unless_on_resource",
+                    Severity::Warning,
+                    "`unless` on the resource excludes it (Cedar's meaning); the Go leash read it as `when`".into(),
+                ));
+            }
+        }
+    }
+    let mut ranges = BTreeSet::new();
+    collect_ranges(json, &mut ranges);
+    for r in ranges {
+        if IpRange::parse(&r).is_none() {
+            out.push(lint(
+                "invalid_ip_range",
+                Severity::Error,
+                format!("Net::IpRange::{r:?} is not a CIDR range such as \"10.0.0.0/8\""),
+            ));
+        }
+    }
+    let rewrite = text.contains("\"HttpRewrite\"");
+    if rewrite
+        && json.get("effect").and_then(Value::as_str) == Some("permit")
+        && !(text.contains("\"header\"") && text.contains("\"value\""))
+    {
+        out.push(lint(
+            "http_rewrite_shape",
+            Severity::Error,
+            "an HttpRewrite permit must read `resource == Host::\"…\"` with `context.header == \"…\" && context.value == \"…\"`".into(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

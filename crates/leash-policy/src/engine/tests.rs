@@ -1,0 +1,194 @@
+//! Policy semantics, case by case: Cedar's meaning, and where it differs
+//! from the Go leash's.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::resource::{Host, Resource};
+
+fn load(text: &str) -> Engine {
+    Engine::load(&[Source { name: "test.cedar".into(), text: text.into() }])
+        .unwrap_or_else(|e| panic!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
+}
+
+fn file(p: &str) -> Resource {
+    Resource::File(p.into())
+}
+
+fn host(h: &str) -> Resource {
+    Resource::Host(Host::parse(h).unwrap())
+}
+
+fn decide(e: &Engine, action: Action, r: &Resource) -> (bool, Vec<String>) {
+    let d = e.authorize("claude", action, r, &BTreeMap::new());
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    (d.allow, d.reasons)
+}
+
+fn allowed(e: &Engine, action: Action, r: &Resource) -> bool {
+    decide(e, action, r).0
+}
+
+#[test]
+fn write_protect_a_subtree() {
+    let e = load(
+        r#"@id("all") permit (principal, action in [Action::"FileOpen", Action::"FileOpenReadOnly", Action::"FileOpenReadWrite"], resource) when { resource in [ Dir::"/" ] };
+           @id("secrets") forbid (principal, action == Action::"FileOpenReadWrite", resource) when { resource in [ Dir::"/var/app/secrets/" ] };"#,
+    );
+    assert_eq!(decide(&e, Action::FileOpenReadWrite, &file("/var/app/secrets/k")), (false, vec!["secrets".into()]));
+    assert_eq!(decide(&e, Action::FileOpenReadOnly, &file("/var/app/secrets/k")), (true, vec!["all".into()]));
+    assert!(allowed(&e, Action::FileOpenReadWrite, &file("/var/app/other")));
+}
+
+#[test]
+fn forbid_beats_a_longer_permit_unlike_the_go_leash() {
+    // The Go leash's "longest prefix wins" allowed /tmp/ok/a here.
+    let e = load(
+        r#"@id("no-tmp") forbid (principal, action == Action::"FileOpen", resource) when { resource in [ Dir::"/tmp/" ] };
+           @id("ok") permit (principal, action == Action::"FileOpen", resource) when { resource in [ Dir::"/tmp/ok/", Dir::"/" ] };"#,
+    );
+    assert_eq!(decide(&e, Action::FileOpenReadOnly, &file("/tmp/ok/a")), (false, vec!["no-tmp".into()]));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/tmp/b")));
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/etc/hosts")));
+    // The directory itself is in its Dir.
+    assert!(!allowed(&e, Action::FileOpen, &Resource::Dir("/tmp/".into())));
+}
+
+#[test]
+fn exec_forbid_is_exact_not_a_prefix() {
+    let e = load(
+        r#"permit (principal, action == Action::"ProcessExec", resource) when { resource in [ Dir::"/" ] };
+           @id("no-nmap") forbid (principal, action == Action::"ProcessExec", resource == File::"/usr/bin/nmap");"#,
+    );
+    assert_eq!(decide(&e, Action::ProcessExec, &file("/usr/bin/nmap")), (false, vec!["no-nmap".into()]));
+    // The Go leash's prefix match also denied this one.
+    assert!(allowed(&e, Action::ProcessExec, &file("/usr/bin/nmap-helper")));
+}
+
+#[test]
+fn host_wildcards_respect_dot_boundaries() {
+    let e = load(
+        r#"@id("any") permit (principal, action == Action::"NetworkConnect", resource) when { resource in [ Host::"*" ] };
+           @id("no-fb") forbid (principal, action == Action::"NetworkConnect", resource) when { resource in [ Host::"*.facebook.com" ] };"#,
+    );
+    assert_eq!(decide(&e, Action::NetworkConnect, &host("www.facebook.com:443")), (false, vec!["no-fb".into()]));
+    assert!(allowed(&e, Action::NetworkConnect, &host("badfacebook.com:443")), "no dot boundary in the Go leash");
+    assert!(allowed(&e, Action::NetworkConnect, &host("facebook.com:443")), "the apex is not in its wildcard");
+}
+
+#[test]
+fn an_allow_list_and_deny_all() {
+    let e = load(
+        r#"permit (principal, action == Action::"NetworkConnect", resource) when { resource in [ Host::"api.internal", Host::"*.corp.example" ] };"#,
+    );
+    assert!(allowed(&e, Action::NetworkConnect, &host("foo.corp.example:443")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("api.internal:443")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("corp.example:443")));
+    let e = load(
+        r#"@id("deny-all") forbid (principal, action == Action::"NetworkConnect", resource == Host::"*");
+           permit (principal, action == Action::"NetworkConnect", resource == Host::"api.example.com");"#,
+    );
+    // `resource == Host::"*"` is that entity only; `in` would cover everything.
+    assert!(allowed(&e, Action::NetworkConnect, &host("api.example.com")));
+    let e = load(
+        r#"@id("deny-all") forbid (principal, action == Action::"NetworkConnect", resource in Host::"*");
+           permit (principal, action == Action::"NetworkConnect", resource in Host::"api.example.com");"#,
+    );
+    assert_eq!(decide(&e, Action::NetworkConnect, &host("api.example.com:443")), (false, vec!["deny-all".into()]));
+}
+
+#[test]
+fn ports_zones_ipv6_and_ranges() {
+    let e = load(
+        r#"permit (principal, action == Action::"NetworkConnect", resource in Host::"db.internal:5432");
+           permit (principal, action == Action::"NetworkConnect", resource in Net::DnsZone::"example.com");
+           permit (principal, action == Action::"NetworkConnect", resource in Net::IpRange::"10.0.0.0/8");
+           permit (principal, action == Action::"NetworkConnect", resource in Net::IpRange::"2001:db8::/32");
+           forbid (principal, action == Action::"NetworkConnect", resource in Net::IpRange::"10.9.0.0/16");"#,
+    );
+    assert!(allowed(&e, Action::NetworkConnect, &host("db.internal:5432")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("db.internal:5433")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("svc.example.com:443")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("example.com:443")), "a zone excludes its apex");
+    assert!(allowed(&e, Action::NetworkConnect, &host("10.1.2.3:443")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("[::ffff:10.1.2.3]:443")), "IPv4-mapped is IPv4");
+    assert!(!allowed(&e, Action::NetworkConnect, &host("10.9.1.1:443")), "the narrower forbid wins");
+    assert!(!allowed(&e, Action::NetworkConnect, &host("11.0.0.1:443")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("[2001:db8::1]:443")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("[2001:db9::1]:443")));
+}
+
+#[test]
+fn unless_means_except() {
+    let e =
+        load(r#"permit (principal, action == Action::"FileOpen", resource) unless { resource in [ Dir::"/tmp/" ] };"#);
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/tmp/x")), "the Go leash allowed /tmp here");
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/etc/x")));
+    assert!(e.lints().iter().any(|l| l.code == "unless_on_resource"), "{:?}", e.lints());
+}
+
+#[test]
+fn go_spellings_are_normalized_with_a_lint() {
+    let e = load(
+        r#"permit (principal == User::"claude", action == Action::"fileopen", resource == Directory::"/tmp");
+           permit (principal, action == Action::"NetworkConnect", resource == Hostname::"2001:db8::1");"#,
+    );
+    let codes: Vec<&str> = e.lints().iter().map(|l| l.code).collect();
+    for c in ["action_case_normalized", "type_alias_normalized", "dir_missing_trailing_slash", "ip_host_normalized"] {
+        assert!(codes.contains(&c), "{c} missing from {codes:?}");
+    }
+    assert!(allowed(&e, Action::FileOpen, &Resource::Dir("/tmp/".into())));
+    // The principal is the session's agent.
+    let d = e.authorize("codex", Action::FileOpen, &Resource::Dir("/tmp/".into()), &BTreeMap::new());
+    assert!(!d.allow);
+    assert!(allowed(&e, Action::NetworkConnect, &host("[2001:db8::1]")));
+}
+
+#[test]
+fn reads_and_writes_are_authorized_twice() {
+    let e = load(
+        r#"@id("ro") permit (principal, action == Action::"FileOpenReadOnly", resource in Dir::"/etc/");
+           @id("any") permit (principal, action == Action::"FileOpen", resource in Dir::"/srv/");
+           @id("no-rw") forbid (principal, action == Action::"FileOpenReadWrite", resource in Dir::"/srv/locked/");"#,
+    );
+    assert_eq!(decide(&e, Action::FileOpenReadOnly, &file("/etc/hosts")), (true, vec!["ro".into()]));
+    assert!(!allowed(&e, Action::FileOpenReadWrite, &file("/etc/hosts")), "read-only means read only");
+    assert!(allowed(&e, Action::FileOpenReadWrite, &file("/srv/data")), "a permit on FileOpen allows a write");
+    assert_eq!(decide(&e, Action::FileOpenReadWrite, &file("/srv/locked/x")), (false, vec!["no-rw".into()]));
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/srv/locked/x")));
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let err = Engine::load(&[Source {
+        name: "p.cedar".into(),
+        text: "permit (principal, action, resource);\nforbid (principal action, resource);\n".into(),
+    }])
+    .unwrap_err();
+    assert_eq!((err[0].file.as_str(), err[0].line), ("p.cedar", 2), "{err:?}");
+    assert!(err[0].column > 1, "{err:?}");
+    assert!(err[0].to_string().contains("forbid (principal action"), "{}", err[0]);
+
+    let err = Engine::load(&[Source {
+        name: "p.cedar".into(),
+        text: "\n\npermit (principal, action == Action::\"Teleport\", resource);".into(),
+    }])
+    .unwrap_err();
+    assert!(err.iter().any(|e| e.line == 3 && e.message.contains("Teleport")), "{err:?}");
+    let err = Engine::load(&[Source {
+        name: "p.cedar".into(),
+        text: "permit (principal, action, resource == Planet::\"x\");".into(),
+    }])
+    .unwrap_err();
+    assert!(err.iter().any(|e| e.message.contains("Planet")), "{err:?}");
+}
+
+#[test]
+fn http_rewrite_has_one_shape() {
+    let err = Engine::load(&[Source {
+        name: "r.cedar".into(),
+        text: r#"permit (principal, action == Action::"HttpRewrite", resource == Host::"api.example.com");"#.into(),
+    }])
+    .unwrap_err();
+    assert!(err.iter().any(|e| e.message.contains("http_rewrite_shape")), "{err:?}");
+}
