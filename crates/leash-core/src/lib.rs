@@ -7,6 +7,7 @@
 pub mod component;
 pub mod event;
 pub mod layout;
+pub mod tables;
 
 pub use component::Component;
 pub use event::{Decision, Event, EventKind, Mode};

@@ -1,0 +1,159 @@
+//! Table lookup equals the authorizer: a property test over random policies
+//! and paths drawn from their own entities, and deliberately broken
+//! compilers that it must catch.
+
+use std::collections::BTreeMap;
+
+use leash_core::tables::{FileAction, Lookup};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use super::*;
+use crate::engine::Source;
+
+const DIRS: [&str; 8] = ["/", "/a/", "/a/b/", "/a/b/c/", "/tmp/", "/tmp/ok/", "/w/p/", "/w/p/.git/"];
+const FILES: [&str; 5] = ["/a/x", "/a/b/y", "/tmp/ok/z", "/w/p/.envrc", "/usr/bin/nmap"];
+const ACTIONS: [&str; 4] = ["FileOpen", "FileOpenReadOnly", "FileOpenReadWrite", "ProcessExec"];
+
+fn statement() -> impl Strategy<Value = String> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let actions = prop::sample::subsequence(ACTIONS.to_vec(), 1..=2);
+    let scope = prop_oneof![
+        Just(String::new()),
+        prop::sample::select(DIRS.to_vec()).prop_map(|d| format!("in Dir::\"{d}\"")),
+        prop::sample::select(FILES.to_vec()).prop_map(|f| format!("== File::\"{f}\"")),
+    ];
+    let condition = prop_oneof![
+        4 => Just(String::new()),
+        1 => prop::sample::select(DIRS.to_vec()).prop_map(|d| format!(" unless {{ resource in Dir::\"{d}\" }}")),
+        1 => prop::sample::select(DIRS.to_vec()).prop_map(|d| format!(" when {{ resource in [Dir::\"{d}\", Dir::\"/a/b/\"] }}")),
+        1 => Just(" when { resource.path like \"*/.git/*\" }".to_owned()),
+        1 => Just(" when { resource is File && resource.name == \".envrc\" }".to_owned()),
+    ];
+    (effect, actions, scope, condition).prop_map(|(e, a, s, c)| {
+        let actions = a.iter().map(|a| format!("Action::\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let resource = if s.is_empty() { "resource".to_owned() } else { format!("resource {s}") };
+        format!("{e} (principal, action in [{actions}], {resource}){c};")
+    })
+}
+
+/// Paths from the policy's own entities, one segment either side, and the edges.
+fn path() -> impl Strategy<Value = String> {
+    let base = prop::sample::select(DIRS.iter().chain(FILES.iter()).copied().collect::<Vec<_>>());
+    let edit = prop_oneof![
+        Just(0u8), // as is
+        Just(1),   // one segment below
+        Just(2),   // the parent
+        Just(3),   // trailing slash toggled
+        Just(4),   // a sibling sharing the prefix
+        Just(5),   // into .git
+    ];
+    let seg = prop::sample::select(vec!["q", "x", ".envrc", "hooks", "nmap", "z"]);
+    (base, edit, seg).prop_map(|(b, e, s)| {
+        let b = b.to_owned();
+        let p = match e {
+            0 => b,
+            1 => format!("{}/{s}", b.trim_end_matches('/')),
+            2 => dir_ancestors(&b).first().cloned().unwrap_or(b),
+            3 => {
+                if b.ends_with('/') && b.len() > 1 {
+                    b.trim_end_matches('/').to_owned()
+                } else {
+                    format!("{b}/")
+                }
+            }
+            4 => format!("{}x", b.trim_end_matches('/')),
+            _ => format!("{}/.git/{s}", b.trim_end_matches('/')),
+        };
+        if p.is_empty() { "/".to_owned() } else { p }
+    })
+}
+
+fn engine_for(statements: &[String]) -> Engine {
+    Engine::load(&[Source { name: "random".into(), text: statements.join("\n") }]).expect("generated policies load")
+}
+
+fn cedar(engine: &Engine, action: FileAction, path: &str) -> Decision {
+    let r = Resource::File(path.to_owned());
+    let ctx = BTreeMap::new();
+    match action {
+        FileAction::Open => engine.authorize_one("claude", Action::FileOpen, &r, &ctx),
+        FileAction::Read => engine.authorize("claude", Action::FileOpenReadOnly, &r, &ctx),
+        FileAction::Write => engine.authorize("claude", Action::FileOpenReadWrite, &r, &ctx),
+        FileAction::Exec => engine.authorize_one("claude", Action::ProcessExec, &r, &ctx),
+    }
+}
+
+/// Runs the property; `Err` carries the first counterexample.
+fn check(mutation: Mutation, cases: u32) -> Result<(), String> {
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let strategy = (prop::collection::vec(statement(), 1..7), prop::collection::vec(path(), 1..12));
+    runner
+        .run(&strategy, |(statements, paths)| {
+            let engine = engine_for(&statements);
+            let tables = compile_with(&engine, "claude", 1, mutation, true);
+            for p in &paths {
+                for action in FileAction::ALL {
+                    let expected = cedar(&engine, action, p);
+                    match tables.lookup(action, p) {
+                        Lookup::Final(v) => {
+                            if v.allow != expected.allow || tables.reasons(v) != expected.reasons.as_slice() {
+                                return Err(TestCaseError::fail(format!(
+                                    "{action:?} {p}: tables say {} {:?}, Cedar says {} {:?}\n{}",
+                                    v.allow,
+                                    tables.reasons(v),
+                                    expected.allow,
+                                    expected.reasons,
+                                    statements.join("\n")
+                                )));
+                            }
+                        }
+                        Lookup::Evaluate => {}
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn table_lookup_equals_the_authorizer() {
+    check(Mutation::None, 400).unwrap();
+}
+
+#[test]
+fn broken_compilers_are_caught() {
+    for m in [Mutation::PermitOverForbid, Mutation::OffByOnePrefix] {
+        assert!(check(m, 400).is_err(), "{m:?} was not caught");
+    }
+}
+
+#[test]
+fn patterns_evaluate_and_everything_else_is_final() {
+    let engine = Engine::load(&crate::default_sources()).unwrap();
+    let tables = compile(&engine, "claude", 7);
+    assert_eq!(tables.generation, 7);
+    assert_eq!(tables.lookup(FileAction::Write, "/w/p/.git/hooks/pre-commit"), Lookup::Evaluate);
+    assert_eq!(tables.lookup(FileAction::Write, "/w/p/.envrc"), Lookup::Evaluate);
+    let Lookup::Final(v) = tables.lookup(FileAction::Write, "/w/p/src/main.rs") else { panic!("not final") };
+    assert!(v.allow);
+    assert_eq!(tables.reasons(v), ["default-files"]);
+}
+
+#[test]
+fn slicing_changes_nothing() {
+    let statements: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                "{} (principal, action == Action::\"FileOpen\", resource in Dir::\"/d{i}/\");",
+                if i % 3 == 0 { "forbid" } else { "permit" }
+            )
+        })
+        .collect();
+    let engine = engine_for(&statements);
+    assert_eq!(
+        compile_with(&engine, "claude", 1, Mutation::None, true),
+        compile_with(&engine, "claude", 1, Mutation::None, false)
+    );
+}
