@@ -12,6 +12,17 @@ use serde_json::Value;
 
 use crate::resource::{self, IpRange, Resource};
 
+/// The largest policy source accepted (documented limit).
+pub const MAX_SOURCE_BYTES: usize = 4 << 20;
+/// The most statements accepted across all sources (documented limit).
+pub const MAX_STATEMENTS: usize = 20_000;
+/// The deepest nesting of brackets accepted (documented limit): Cedar's
+/// parser recurses per level, and a deep enough nest overflows a stack.
+pub const MAX_NESTING: usize = 64;
+
+/// The loader thread's stack.
+const LOAD_STACK_BYTES: usize = 256 << 20;
+
 /// The vocabulary's schema.
 pub const SCHEMA: &str = include_str!("../../../policies/leash.cedarschema");
 
@@ -166,15 +177,73 @@ pub fn schema() -> Schema {
 
 impl Engine {
     /// Loads the sources in order (ids must be unique across them).
-    /// Returns every error found, not just the first.
+    /// Returns every error found, not just the first. Parsing runs on a
+    /// thread of its own with a large stack: Cedar's parser recurses per
+    /// nesting level.
     pub fn load(sources: &[Source]) -> Result<Engine, Vec<LoadError>> {
+        let sources = sources.to_vec();
+        let worker = std::thread::Builder::new()
+            .name("policy-load".into())
+            .stack_size(LOAD_STACK_BYTES)
+            .spawn(move || Engine::load_here(&sources));
+        match worker.map(|h| h.join()) {
+            Ok(Ok(result)) => result,
+            _ => Err(vec![LoadError {
+                file: String::new(),
+                line: 0,
+                column: 0,
+                snippet: String::new(),
+                message: "the policy could not be loaded (the loader failed)".into(),
+                suggestion: String::new(),
+            }]),
+        }
+    }
+
+    fn load_here(sources: &[Source]) -> Result<Engine, Vec<LoadError>> {
         let schema = schema();
         let mut errors = Vec::new();
         let mut lints = Vec::new();
         let mut policies = Vec::new();
         let mut origins = BTreeMap::new();
         let mut ranges = BTreeSet::new();
+        let mut statements = 0;
         for src in sources {
+            let limit = |message: String| LoadError {
+                file: src.name.clone(),
+                line: 1,
+                column: 1,
+                snippet: String::new(),
+                message,
+                suggestion: "split the policy, or express it with fewer, broader statements (`resource in Dir::...`)"
+                    .into(),
+            };
+            if src.text.len() > MAX_SOURCE_BYTES {
+                errors.push(limit(format!(
+                    "the policy is {:.1} MiB; leash accepts at most {} MiB per file",
+                    src.text.len() as f64 / (1 << 20) as f64,
+                    MAX_SOURCE_BYTES >> 20
+                )));
+                continue;
+            }
+            if let Some(offset) = too_deep(&src.text, MAX_NESTING) {
+                let (line, column) = line_col(&src.text, offset);
+                errors.push(LoadError {
+                    line,
+                    column,
+                    snippet: src.text.lines().nth(line - 1).unwrap_or("").chars().take(200).collect(),
+                    ..limit(format!(
+                        "brackets nest deeper than {MAX_NESTING} levels; leash accepts at most {MAX_NESTING}"
+                    ))
+                });
+                continue;
+            }
+            statements += statement_starts(&src.text).len();
+            if statements > MAX_STATEMENTS {
+                errors.push(limit(format!(
+                    "more than {MAX_STATEMENTS} statements; leash accepts at most {MAX_STATEMENTS} statements"
+                )));
+                return Err(errors);
+            }
             let parsed = match PolicySet::from_str(&src.text) {
                 Ok(p) => p,
                 Err(e) => {
@@ -458,6 +527,39 @@ fn suggestion(message: &str) -> String {
     } else {
         "review the Cedar syntax near the highlighted column".into()
     }
+}
+
+/// The offset where brackets first nest deeper than `max`, outside strings
+/// and comments.
+fn too_deep(text: &str, max: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Byte offsets where each top-level statement starts (its annotations

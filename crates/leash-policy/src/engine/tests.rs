@@ -192,3 +192,30 @@ fn http_rewrite_has_one_shape() {
     .unwrap_err();
     assert!(err.iter().any(|e| e.message.contains("http_rewrite_shape")), "{err:?}");
 }
+
+#[test]
+fn bad_input_is_an_error_or_a_documented_limit() {
+    let load = |text: String| Engine::load(&[Source { name: "bad.cedar".into(), text }]);
+    let big = "// padding\n".repeat(1 << 20);
+    let e = load(big).unwrap_err();
+    assert!(e[0].message.contains("leash accepts at most 4 MiB"), "{:?}", e[0]);
+    let many = "permit (principal, action, resource);\n".repeat(100_000);
+    let e = load(many).unwrap_err();
+    assert!(e[0].message.contains("at most 20000 statements"), "{:?}", e[0]);
+    let garbage: String = (0..4096u32).map(|i| char::from_u32((i * 7919) % 0xD7FF).unwrap_or('?')).collect();
+    assert!(load(garbage).is_err());
+    let deep =
+        format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(20_000), ")".repeat(20_000));
+    let e = load(deep).unwrap_err();
+    assert!(e[0].message.contains("nest deeper than 64"), "{:?}", e[0]);
+    // The deepest accepted nest parses on a test thread's stack.
+    let ok = format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(62), ")".repeat(62));
+    let e = load(ok).unwrap();
+    // ... and evaluates on an ordinary thread's stack too.
+    assert!(allowed(&e, Action::FileOpen, &file("/x")));
+    // The largest accepted set still loads.
+    let many: String = (0..2000)
+        .map(|i| format!("permit (principal, action == Action::\"FileOpen\", resource in Dir::\"/d{i}/\");\n"))
+        .collect();
+    assert_eq!(load(many).unwrap().policies().policies().count(), 2000);
+}
