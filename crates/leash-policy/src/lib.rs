@@ -11,6 +11,7 @@ use leash_core::Component;
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
 use leash_daemon::process::Ctx;
+use leash_proto::v1 as pb;
 use leash_proto::v1::policy_server::{Policy, PolicyServer};
 use leash_proto::v1::{ComponentReport, PolicyStatusRequest, ShutdownRequest, ShutdownResponse};
 use tonic::service::RoutesBuilder;
@@ -32,6 +33,94 @@ pub fn default_sources() -> Vec<engine::Source> {
 struct Service {
     core: ComponentCore,
     policies: usize,
+    default: std::sync::Arc<engine::Engine>,
+}
+
+/// The wire form of a load error.
+fn error_to_proto(e: &engine::LoadError) -> pb::PolicyError {
+    pb::PolicyError {
+        file: e.file.clone(),
+        line: e.line as u32,
+        column: e.column as u32,
+        snippet: e.snippet.clone(),
+        message: e.message.clone(),
+        suggestion: e.suggestion.clone(),
+    }
+}
+
+/// The wire form of a lint.
+fn lint_to_proto(l: &engine::Lint) -> pb::PolicyLint {
+    pb::PolicyLint {
+        code: l.code.to_owned(),
+        severity: match l.severity {
+            engine::Severity::Warning => "warning".into(),
+            engine::Severity::Error => "error".into(),
+        },
+        policy: l.policy.clone(),
+        location: l.location.clone(),
+        message: l.message.clone(),
+    }
+}
+
+/// Validates sources on a blocking thread (loading parses; parsing is CPU work).
+pub async fn validate(sources: Vec<engine::Source>) -> pb::ValidateResponse {
+    let loaded = tokio::task::spawn_blocking(move || engine::Engine::load(&sources)).await;
+    match loaded {
+        Ok(Ok(e)) => pb::ValidateResponse {
+            valid: true,
+            errors: Vec::new(),
+            lints: e.lints().iter().map(lint_to_proto).collect(),
+            policies: e.policies().policies().count() as u32,
+        },
+        Ok(Err(errors)) => pb::ValidateResponse {
+            valid: false,
+            errors: errors.iter().map(error_to_proto).collect(),
+            lints: Vec::new(),
+            policies: 0,
+        },
+        Err(e) => pb::ValidateResponse {
+            valid: false,
+            errors: vec![pb::PolicyError { message: format!("validation failed: {e}"), ..Default::default() }],
+            lints: Vec::new(),
+            policies: 0,
+        },
+    }
+}
+
+/// Decides a check request against an engine.
+pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::CheckResponse, String> {
+    let action = engine::Action::from_name(&req.action).ok_or_else(|| {
+        format!(
+            "unknown action {:?}: use one of {}",
+            req.action,
+            engine::Action::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let resource = resource::parse_for(action, &req.resource)?;
+    let principal = if req.principal.is_empty() { "claude" } else { req.principal.as_str() };
+    let context = req.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let d = engine.authorize(principal, action, &resource, &context);
+    let file_action = match action {
+        engine::Action::FileOpen => Some(leash_core::tables::FileAction::Open),
+        engine::Action::FileOpenReadOnly => Some(leash_core::tables::FileAction::Read),
+        engine::Action::FileOpenReadWrite => Some(leash_core::tables::FileAction::Write),
+        engine::Action::ProcessExec => Some(leash_core::tables::FileAction::Exec),
+        _ => None,
+    };
+    let tables = match (file_action, &resource) {
+        (Some(fa), resource::Resource::File(path)) => match compile::compile(engine, principal, 0).lookup(fa, path) {
+            leash_core::tables::Lookup::Final(_) => "final".to_owned(),
+            leash_core::tables::Lookup::Evaluate => "evaluate".to_owned(),
+        },
+        _ => String::new(),
+    };
+    Ok(pb::CheckResponse {
+        allow: d.allow,
+        reasons: d.reasons,
+        errors: d.errors,
+        resource: resource::display(&resource),
+        tables,
+    })
 }
 
 #[tonic::async_trait]
@@ -42,6 +131,21 @@ impl Policy for Service {
 
     async fn shutdown(&self, req: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
         self.core.shutdown(req)
+    }
+
+    async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
+        let sources =
+            req.into_inner().sources.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect();
+        Ok(Response::new(validate(sources).await))
+    }
+
+    async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let engine = self.default.clone();
+        let req = req.into_inner();
+        let r = tokio::task::spawn_blocking(move || check(&engine, &req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        r.map(Response::new).map_err(Status::invalid_argument)
     }
 }
 
@@ -56,7 +160,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let bound = ctx.bind_component(Component::Policy)?;
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };
     let mut routes = RoutesBuilder::default();
-    routes.add_service(PolicyServer::new(Service { core, policies: defaults.policies().policies().count() }));
+    let policies = defaults.policies().policies().count();
+    let service = Service { core, policies, default: std::sync::Arc::new(defaults) };
+    routes.add_service(PolicyServer::new(service).max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES));
     leash_daemon::serve(bound, ctx.info, Rule::Privileged, routes, ctx.shutdown).await?;
     Ok(())
 }

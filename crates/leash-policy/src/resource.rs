@@ -136,6 +136,47 @@ fn parse_port(whole: &str, p: &str) -> Result<u16, String> {
     p.parse::<u16>().map_err(|_| format!("{whole:?}: invalid port {p:?}"))
 }
 
+/// Reads a resource as people write it for `action`: a path for file
+/// actions (a trailing `/` names the directory), `host[:port]` for network
+/// actions, `tool@server` for MCP, or Cedar's `Type::"id"`.
+pub fn parse_for(action: crate::engine::Action, s: &str) -> Result<Resource, String> {
+    use crate::engine::Action;
+    let s = s.trim();
+    if let Some((ty, rest)) = s.split_once("::\"") {
+        let id = rest.strip_suffix('"').ok_or_else(|| format!("{s:?}: missing closing quote"))?;
+        return match ty {
+            "File" => Ok(Resource::File(id.to_owned())),
+            "Dir" => Ok(Resource::Dir(id.to_owned())),
+            "Host" => Host::parse(id).map(Resource::Host),
+            "MCP::Tool" => Ok(Resource::McpTool { server: String::new(), tool: id.to_ascii_lowercase() }),
+            other => Err(format!("{s:?}: requests name File, Dir, Host or MCP::Tool resources, not {other}")),
+        };
+    }
+    match action {
+        Action::FileOpen | Action::FileOpenReadOnly | Action::FileOpenReadWrite | Action::ProcessExec => {
+            if !s.starts_with('/') {
+                return Err(format!("{s:?}: a file is an absolute path"));
+            }
+            Ok(if s.ends_with('/') { Resource::Dir(s.to_owned()) } else { Resource::File(s.to_owned()) })
+        }
+        Action::NetworkConnect | Action::HttpRewrite => Host::parse(s).map(Resource::Host),
+        Action::McpCall => {
+            let (tool, server) = s.split_once('@').ok_or_else(|| format!("{s:?}: write an MCP tool as tool@server"))?;
+            Ok(Resource::McpTool { server: server.to_ascii_lowercase(), tool: tool.to_ascii_lowercase() })
+        }
+    }
+}
+
+/// The resource as Cedar names it: `File::"/etc/hosts"`.
+pub fn display(r: &Resource) -> String {
+    match r {
+        Resource::File(p) => format!("File::{p:?}"),
+        Resource::Dir(p) => format!("Dir::{p:?}"),
+        Resource::Host(h) => format!("Host::{:?}", h.id()),
+        Resource::McpTool { server, tool } => format!("MCP::Tool::{tool:?} in MCP::Server::{server:?}"),
+    }
+}
+
 /// Entity type names of the vocabulary.
 pub mod types {
     /// `User`.

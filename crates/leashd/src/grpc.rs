@@ -128,6 +128,17 @@ impl Manager for ManagerService {
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
+    async fn policy_validate(
+        &self,
+        req: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        self.policy().await?.validate(req.into_inner()).await
+    }
+
+    async fn policy_check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        self.policy().await?.check(req.into_inner()).await
+    }
+
     async fn stop_session(
         &self,
         req: Request<pb::StopSessionRequest>,
@@ -135,6 +146,20 @@ impl Manager for ManagerService {
         let caller = leash_daemon::access::require_peer(&req)?;
         let id = self.sessions.stop(&caller, &req.get_ref().id).await?;
         Ok(Response::new(pb::StopSessionResponse { id }))
+    }
+}
+
+impl ManagerService {
+    /// A client of the running policy service.
+    async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
+        let views = self.supervisor.snapshot().await;
+        let channel = views
+            .into_iter()
+            .find(|v| v.component == leash_core::Component::Policy)
+            .and_then(|v| v.channel)
+            .ok_or_else(|| Status::unavailable("leash-policy is not running (see `leashctl status`)"))?;
+        Ok(pb::policy_client::PolicyClient::new(channel)
+            .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES))
     }
 }
 

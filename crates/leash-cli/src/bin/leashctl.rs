@@ -43,6 +43,11 @@ enum Command {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
+    /// Cedar policies: validate files, decide a request.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// List your sessions (root: all), or stop one.
     Sessions {
         #[command(subcommand)]
@@ -60,6 +65,29 @@ enum Command {
         /// The socket, e.g. /run/leash/policy.sock.
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyAction {
+    /// Parse, validate against the leash schema and lint; exits 1 when invalid.
+    Validate {
+        /// Cedar files, loaded together in this order.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// Decide one request against the default policy and say which policies decided.
+    Check {
+        /// FileOpen, FileOpenReadOnly, FileOpenReadWrite, ProcessExec, NetworkConnect, HttpRewrite or McpCall.
+        action: String,
+        /// A path, host[:port], tool@server, or Type::"id".
+        resource: String,
+        /// Context attributes, KEY=VALUE (repeatable).
+        #[arg(long, value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// The agent making the request.
+        #[arg(long, default_value = "claude")]
+        principal: String,
     },
 }
 
@@ -93,6 +121,12 @@ fn main() -> ExitCode {
                 commands::events::run(&ctx, *follow, *tail, session.as_deref()).await
             }
             Command::Stop { all: _ } => commands::stop::run(&ctx).await,
+            Command::Policy { action: PolicyAction::Validate { files } } => {
+                commands::policy::validate(&ctx, files).await
+            }
+            Command::Policy { action: PolicyAction::Check { action, resource, context, principal } } => {
+                commands::policy::check(&ctx, principal, action, resource, context).await
+            }
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,

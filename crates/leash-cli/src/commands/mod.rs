@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod hello;
+pub mod policy;
 pub mod sessions;
 pub mod status;
 pub mod stop;

@@ -1,0 +1,117 @@
+//! `leashctl policy validate FILE…` and `leashctl policy check ACTION RESOURCE`.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use leash_proto::v1 as pb;
+use leash_proto::v1::manager_client::ManagerClient;
+
+use super::Ctx;
+use crate::output;
+
+/// Validates files (read with the caller's rights); exits 1 when invalid.
+pub async fn validate(ctx: &Ctx, files: &[String]) -> anyhow::Result<ExitCode> {
+    let mut sources = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {f}"))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| anyhow::anyhow!("{f}: not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
+        sources.push(pb::PolicySource { name: f.clone(), text });
+    }
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .policy_validate(pb::ValidateRequest { sources })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "valid": r.valid,
+            "policies": r.policies,
+            "errors": r.errors.iter().map(|e| serde_json::json!({
+                "file": e.file, "line": e.line, "column": e.column, "snippet": e.snippet,
+                "message": e.message, "suggestion": e.suggestion,
+            })).collect::<Vec<_>>(),
+            "lints": r.lints.iter().map(|l| serde_json::json!({
+                "code": l.code, "severity": l.severity, "policy": l.policy, "location": l.location, "message": l.message,
+            })).collect::<Vec<_>>(),
+        }));
+    } else {
+        for e in &r.errors {
+            output::text(&render_error(e));
+        }
+        for l in &r.lints {
+            output::line(&format!("{}: {} [{}] {}: {}", l.location, l.severity, l.code, l.policy, l.message));
+        }
+        if r.valid {
+            output::line(&format!("valid: {} polic{}", r.policies, if r.policies == 1 { "y" } else { "ies" }));
+        }
+    }
+    Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILURE) })
+}
+
+/// The Go leash's error rendering: file, line, snippet with a caret, hint.
+pub fn render_error(e: &pb::PolicyError) -> String {
+    let mut s = format!("error: invalid Cedar policy\nfile: {}:{}:{}\n", e.file, e.line, e.column);
+    if !e.snippet.is_empty() {
+        let n = e.line.to_string();
+        s.push_str(&format!(
+            "{n} | {}\n{} | {}^ {}\n",
+            e.snippet,
+            " ".repeat(n.len()),
+            " ".repeat(e.column.saturating_sub(1) as usize),
+            e.message
+        ));
+    } else {
+        s.push_str(&format!("{}\n", e.message));
+    }
+    if !e.suggestion.is_empty() {
+        s.push_str(&format!("hint: {}\n", e.suggestion));
+    }
+    s
+}
+
+/// Decides one request against the default policy.
+pub async fn check(
+    ctx: &Ctx,
+    principal: &str,
+    action: &str,
+    resource: &str,
+    context: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut ctx_map = std::collections::HashMap::new();
+    for kv in context {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--context {kv:?}: expected KEY=VALUE"))?;
+        ctx_map.insert(k.to_owned(), v.to_owned());
+    }
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let req = pb::CheckRequest {
+        principal: principal.to_owned(),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        context: ctx_map,
+    };
+    let r = ManagerClient::new(conn.channel)
+        .policy_check(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "decision": if r.allow { "allow" } else { "deny" },
+            "policies": r.reasons, "errors": r.errors, "resource": r.resource, "tables": r.tables,
+        }));
+    } else {
+        let why = if r.reasons.is_empty() {
+            if r.allow { String::new() } else { " (no policy permits it)".to_owned() }
+        } else {
+            format!(" by {}", r.reasons.join(", "))
+        };
+        output::line(&format!("{} {action} {}{why}", if r.allow { "allow" } else { "deny" }, r.resource));
+        for e in &r.errors {
+            output::line(&format!("  error: {e}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
