@@ -22,8 +22,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("startup") => startup(),
         Some("session-start") => session_start(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start"),
-        None => bail!("which benchmark? available: startup, session-start"),
+        // Criterion benchmarks of the policy service (medians, with their spread).
+        Some("policy") => util::run(util::cargo().args(["bench", "--package", "leash-policy", "--bench", "policy"])),
+        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy"),
+        None => bail!("which benchmark? available: startup, session-start, policy"),
     }
 }
 

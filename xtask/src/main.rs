@@ -25,6 +25,7 @@ verbs:
   entry [--release]
                   build the static leash-entry and print its path
   bench startup   cold start to all-healthy, restart-to-healthy, idle RSS
+  bench policy     the authorizer at 10/100/1000 statements; compiling 1000 to tables
   bench session-start
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
   demo            build, start leashd if needed, run a scripted session, show its events
