@@ -39,7 +39,9 @@ fn compile(c: &mut Criterion) {
     let mut group = c.benchmark_group("compile 1000 statements");
     group.sample_size(10);
     group.bench_function("sliced", |b| b.iter(|| black_box(compile_with(&engine, "claude", 1, Mutation::None, true))));
-    group.bench_function("unsliced", |b| b.iter(|| black_box(compile_with(&engine, "claude", 1, Mutation::None, false))));
+    group.bench_function("unsliced", |b| {
+        b.iter(|| black_box(compile_with(&engine, "claude", 1, Mutation::None, false)))
+    });
     group.finish();
 }
 

@@ -34,6 +34,90 @@ struct Service {
     core: ComponentCore,
     policies: usize,
     default: std::sync::Arc<engine::Engine>,
+    sessions: Sessions,
+}
+
+/// The sessions' policies, kept on disk so a restart restores them.
+#[derive(Clone, Debug)]
+struct Sessions {
+    dir: std::path::PathBuf,
+    loaded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, SessionPolicy>>>,
+}
+
+#[derive(Debug)]
+struct SessionPolicy {
+    engine: std::sync::Arc<engine::Engine>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SessionPolicy>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn file(&self, session: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{session}.json"))
+    }
+
+    /// Restores every session saved by an earlier run.
+    fn restore(&self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Some(session) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+            let saved: Option<serde_json::Value> =
+                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let sources = saved.as_ref().and_then(|v| v["sources"].as_array()).map(|list| {
+                list.iter()
+                    .map(|s| engine::Source {
+                        name: s["name"].as_str().unwrap_or_default().to_owned(),
+                        text: s["text"].as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+            });
+            match sources.map(|s| engine::Engine::load(&s)) {
+                Some(Ok(e)) => {
+                    tracing::info!(session_id = %session, "restored the session's policy");
+                    self.lock().insert(session, SessionPolicy { engine: std::sync::Arc::new(e) });
+                }
+                _ => tracing::warn!(path = %path.display(), "cannot restore a session's policy"),
+            }
+        }
+    }
+
+    /// Loads and saves a session's policy.
+    fn open(
+        &self,
+        session: &str,
+        sources: Vec<engine::Source>,
+    ) -> Result<std::sync::Arc<engine::Engine>, Vec<engine::LoadError>> {
+        let engine = std::sync::Arc::new(engine::Engine::load(&sources)?);
+        let saved = serde_json::json!({
+            "sources": sources.iter().map(|s| serde_json::json!({"name": s.name, "text": s.text})).collect::<Vec<_>>(),
+        });
+        let write = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            let tmp = self.file(session).with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&saved).unwrap_or_default())?;
+            std::fs::rename(&tmp, self.file(session))
+        });
+        if let Err(e) = write {
+            tracing::warn!(session_id = %session, error = %e, "cannot save the session's policy");
+        }
+        self.lock().insert(session.to_owned(), SessionPolicy { engine: engine.clone() });
+        Ok(engine)
+    }
+
+    fn close(&self, session: &str) {
+        self.lock().remove(session);
+        let _ = std::fs::remove_file(self.file(session));
+    }
+
+    fn get(&self, session: &str) -> Option<std::sync::Arc<engine::Engine>> {
+        self.lock().get(session).map(|s| s.engine.clone())
+    }
+}
+
+/// A session id safe as a file name.
+fn valid_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The wire form of a load error.
@@ -126,7 +210,11 @@ pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::Chec
 #[tonic::async_trait]
 impl Policy for Service {
     async fn status(&self, _: Request<PolicyStatusRequest>) -> Result<Response<ComponentReport>, Status> {
-        Ok(self.core.report(vec![("policy", "default (embedded)".to_owned()), ("policies", self.policies.to_string())]))
+        Ok(self.core.report(vec![
+            ("policy", "default (embedded)".to_owned()),
+            ("policies", self.policies.to_string()),
+            ("sessions", self.sessions.lock().len().to_string()),
+        ]))
     }
 
     async fn shutdown(&self, req: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
@@ -140,12 +228,68 @@ impl Policy for Service {
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let engine = self.default.clone();
         let req = req.into_inner();
+        let engine = if req.session.is_empty() {
+            self.default.clone()
+        } else {
+            self.sessions
+                .get(&req.session)
+                .ok_or_else(|| Status::not_found(format!("no policy for session {:?}", req.session)))?
+        };
         let r = tokio::task::spawn_blocking(move || check(&engine, &req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         r.map(Response::new).map_err(Status::invalid_argument)
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let req = req.into_inner();
+        if !valid_session_id(&req.session) {
+            return Err(Status::invalid_argument(format!("invalid session id {:?}", req.session)));
+        }
+        let sources: Vec<engine::Source> = if req.sources.is_empty() {
+            default_sources()
+        } else {
+            req.sources.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect()
+        };
+        let sessions = self.sessions.clone();
+        let session = req.session.clone();
+        let opened = tokio::task::spawn_blocking(move || sessions.open(&session, sources))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match opened {
+            Ok(e) => {
+                tracing::info!(session_id = %req.session, principal = %req.principal, policies = e.policies().policies().count(), "opened the session's policy");
+                pb::OpenSessionResponse {
+                    valid: true,
+                    errors: Vec::new(),
+                    lints: e.lints().iter().map(lint_to_proto).collect(),
+                    policies: e.policies().policies().count() as u32,
+                    generation: 1,
+                }
+            }
+            Err(errors) => pb::OpenSessionResponse {
+                valid: false,
+                errors: errors.iter().map(error_to_proto).collect(),
+                lints: Vec::new(),
+                policies: 0,
+                generation: 0,
+            },
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session = req.into_inner().session;
+        if valid_session_id(&session) {
+            self.sessions.close(&session);
+        }
+        Ok(Response::new(pb::CloseSessionResponse {}))
     }
 }
 
@@ -161,7 +305,9 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };
     let mut routes = RoutesBuilder::default();
     let policies = defaults.policies().policies().count();
-    let service = Service { core, policies, default: std::sync::Arc::new(defaults) };
+    let sessions = Sessions { dir: ctx.layout.state_dir.join("policy/sessions"), loaded: Default::default() };
+    sessions.restore();
+    let service = Service { core, policies, default: std::sync::Arc::new(defaults), sessions };
     routes.add_service(PolicyServer::new(service).max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES));
     leash_daemon::serve(bound, ctx.info, Rule::Privileged, routes, ctx.shutdown).await?;
     Ok(())

@@ -152,11 +152,10 @@ impl Manager for ManagerService {
 impl ManagerService {
     /// A client of the running policy service.
     async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
-        let views = self.supervisor.snapshot().await;
-        let channel = views
-            .into_iter()
-            .find(|v| v.component == leash_core::Component::Policy)
-            .and_then(|v| v.channel)
+        let channel = self
+            .supervisor
+            .channel(leash_core::Component::Policy)
+            .await
             .ok_or_else(|| Status::unavailable("leash-policy is not running (see `leashctl status`)"))?;
         Ok(pb::policy_client::PolicyClient::new(channel)
             .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES))

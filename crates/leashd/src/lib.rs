@@ -37,19 +37,24 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     };
     let hub = hub::Hub::new(config.history_size, config.event_queue);
     hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
+    let supervisor = supervisor::Supervisor::start(supervisor::Options {
+        bin_dir: bin_dir.clone(),
+        layout: ctx.layout.clone(),
+        hub: hub.clone(),
+    });
     let sessions = session::Sessions::new(session::Ctx {
         layout: ctx.layout.clone(),
         hub: hub.clone(),
         entry_bin: config.entry_bin.clone().unwrap_or_else(|| session::plan::entry_bin(&bin_dir)),
         system_config: config.path.clone(),
         shutdown: ctx.shutdown.clone(),
+        supervisor: supervisor.clone(),
     });
-    tokio::spawn({
-        let sessions = sessions.clone();
-        async move { sessions.recover().await }
-    });
-    let supervisor =
-        supervisor::Supervisor::start(supervisor::Options { bin_dir, layout: ctx.layout.clone(), hub: hub.clone() });
+    // Sessions left by an earlier leashd are listed from the first answer on
+    // (bounded: a slow engine must not hold up the manager).
+    if tokio::time::timeout(std::time::Duration::from_secs(3), sessions.recover()).await.is_err() {
+        tracing::warn!("the container engine did not answer within 3 s; earlier sessions are not listed");
+    }
     let manager = grpc::ManagerService {
         info: ctx.info.clone(),
         layout: ctx.layout.clone(),

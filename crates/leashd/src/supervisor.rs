@@ -179,6 +179,11 @@ impl Supervisor {
         rx.await.unwrap_or_default()
     }
 
+    /// A channel to a running component.
+    pub async fn channel(&self, c: Component) -> Option<Channel> {
+        self.snapshot().await.into_iter().find(|v| v.component == c).and_then(|v| v.channel)
+    }
+
     /// Stops supervising: no more restarts. Returns the components, so the
     /// caller can ask the running ones to stop.
     pub async fn stop_all(&self) -> Vec<View> {

@@ -570,7 +570,7 @@ fn session_lifecycle_events_are_published_with_timings() {
     assert_eq!(actions, ["session.create", "session.release", "session.exit", "session.remove"]);
     let id = sessions[0]["session"].as_str().unwrap();
     assert!(sessions.iter().all(|e| e["session"] == id));
-    assert_eq!(sessions[1]["details"]["admission"], "leashd:mounts");
+    assert_eq!(sessions[1]["details"]["admission"], "leashd: mounts, leash-policy: open the session's policy");
     assert_eq!(sessions[2]["details"]["code"], "0");
     for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
         let ms: f64 = sessions[3]["details"][phase].as_str().unwrap().parse().unwrap();
@@ -609,4 +609,54 @@ fn sessions_run_on_podman_through_its_docker_api() {
         .output()
         .unwrap();
     assert!(ps.stdout.is_empty(), "{ps:?}");
+}
+
+#[test]
+fn a_session_opens_its_policy_before_the_command_runs() {
+    if !require_docker("a_session_opens_its_policy_before_the_command_runs") {
+        return;
+    }
+    let stack = stack();
+    let bad = stack.root().join("bad.cedar");
+    std::fs::write(&bad, "permit (principal, action, resource);\nforbid (principal action, resource);\n").unwrap();
+    let marker = stack.project().join("ran");
+    let out = run(&stack, &["--policy", bad.to_str().unwrap(), "--", "touch", "ran"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("admission failed at leash-policy (open the session's policy): invalid policy:")
+            && err.contains(&format!("{}:2:19", bad.display())),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!marker.exists(), "the command must not have run");
+    nothing_left(&stack);
+
+    // A valid policy is the session's while it runs, survives a restart of
+    // leash-policy, and is forgotten when the session ends.
+    let good = stack.root().join("good.cedar");
+    std::fs::write(&good, "@id(\"all\") permit (principal, action, resource);\n@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/secret/\");\n").unwrap();
+    let leash =
+        stack.leash(&["--image", TEST_IMAGE, "--policy", good.to_str().unwrap(), "--", "sleep", "4"]).spawn().unwrap();
+    let id = eventually(Duration::from_secs(10), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
+    });
+    let check = || {
+        text(&stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", "/secret/key"]).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret");
+    let policy_pid = Stack::component(&stack.status().unwrap(), "leash-policy")["pid"].as_u64().unwrap() as u32;
+    leash_testkit::kill(policy_pid, rustix::process::Signal::KILL);
+    stack.wait_healthy(Duration::from_secs(5));
+    assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret", "restored after a restart");
+    let out = leash.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    nothing_left(&stack);
+    let out = stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", "/secret/key"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no policy for session"), "{out:?}");
 }

@@ -88,6 +88,9 @@ enum PolicyAction {
         /// The agent making the request.
         #[arg(long, default_value = "claude")]
         principal: String,
+        /// Decide against this session's policy instead of the default.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
     },
 }
 
@@ -124,8 +127,8 @@ fn main() -> ExitCode {
             Command::Policy { action: PolicyAction::Validate { files } } => {
                 commands::policy::validate(&ctx, files).await
             }
-            Command::Policy { action: PolicyAction::Check { action, resource, context, principal } } => {
-                commands::policy::check(&ctx, principal, action, resource, context).await
+            Command::Policy { action: PolicyAction::Check { action, resource, context, principal, session } } => {
+                commands::policy::check(&ctx, session.as_deref(), principal, action, resource, context).await
             }
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,

@@ -72,9 +72,10 @@ pub fn render_error(e: &pb::PolicyError) -> String {
     s
 }
 
-/// Decides one request against the default policy.
+/// Decides one request against a session's policy, or the default.
 pub async fn check(
     ctx: &Ctx,
+    session: Option<&str>,
     principal: &str,
     action: &str,
     resource: &str,
@@ -91,6 +92,7 @@ pub async fn check(
         action: action.to_owned(),
         resource: resource.to_owned(),
         context: ctx_map,
+        session: session.unwrap_or_default().to_owned(),
     };
     let r = ManagerClient::new(conn.channel)
         .policy_check(req)

@@ -74,6 +74,8 @@ pub struct Ctx {
     pub system_config: PathBuf,
     /// leashd's root token: when leashd stops, sessions keep running.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The components, for admission steps.
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// A session as listed.
@@ -208,6 +210,7 @@ impl Sessions {
         }
         let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
         remove_cgroup_dirs(&below_root);
+        self.close_policy(&info.id).await;
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
         self.publish("session.remove", info, &timings.details());
@@ -351,18 +354,30 @@ impl Sessions {
         if let Some(size) = plan.size {
             let _ = engine.resize(cid, size.0, size.1).await;
         }
-        self.set_state(&info.id, "running");
 
         // Admission: every step passes, or the command never runs.
         let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
         let mounts = plan.mounts(&self.ctx, &self.session_dir(&info.id));
-        let steps = vec![admission::Step {
-            component: "leashd",
-            what: "mounts",
-            timeout: Duration::from_secs(5),
-            run: Box::pin(async move { admission::verify_mounts(pid.unwrap_or(0), &mounts) }),
-        }];
+        let steps = vec![
+            admission::Step {
+                component: "leashd",
+                what: "mounts",
+                timeout: Duration::from_secs(5),
+                run: Box::pin(async move { admission::verify_mounts(pid.unwrap_or(0), &mounts) }),
+            },
+            admission::Step {
+                component: "leash-policy",
+                what: "open the session's policy",
+                timeout: Duration::from_secs(10),
+                run: Box::pin(self.open_policy(info, plan)),
+            },
+        ];
+        let passed: Vec<String> = steps.iter().map(|s| format!("{}: {}", s.component, s.what)).collect();
         let skipped = admission::admit(steps, plan.degraded).await?;
+        let passed: Vec<String> = passed
+            .into_iter()
+            .filter(|p| !skipped.iter().any(|s| p.starts_with(s.split(' ').next().unwrap_or(""))))
+            .collect();
         for layer in &skipped {
             send(Output::Notice(format!("degraded: running without {layer}"))).await;
         }
@@ -383,11 +398,13 @@ impl Sessions {
         conn.write_all(b"go\n").await.map_err(|e| format!("release channel: {e}"))?;
         drop(conn);
         timings.lap("release_ms");
-        let mut release_details = vec![("admission", "leashd:mounts".to_owned())];
+        let mut release_details = vec![("admission", passed.join(", "))];
         if !skipped.is_empty() {
             release_details.push(("degraded", skipped.join(", ")));
         }
         self.publish("session.release", info, &release_details);
+        // Running means released: admission passed and the command started.
+        self.set_state(&info.id, "running");
         send(Output::Started(pb::SessionStarted {
             id: info.id.clone(),
             container: info.container.clone(),
@@ -497,6 +514,45 @@ impl Sessions {
         }
         plan.mount_agent();
         Ok(())
+    }
+
+    /// Loads the session's policy in leash-policy: the `--policy` file the
+    /// client sent, else the default.
+    async fn open_policy(&self, info: &Info, plan: &plan::Plan) -> Result<(), String> {
+        let channel =
+            self.ctx.supervisor.channel(leash_core::Component::Policy).await.ok_or("leash-policy is not running")?;
+        let sources = plan
+            .policy
+            .iter()
+            .map(|(name, text)| pb::PolicySource { name: name.clone(), text: text.clone() })
+            .collect();
+        let principal =
+            std::path::Path::new(&plan.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("agent").to_owned();
+        let r = pb::policy_client::PolicyClient::new(channel)
+            .open_session(pb::OpenSessionRequest { session: info.id.clone(), principal, sources })
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        if r.valid {
+            return Ok(());
+        }
+        let first =
+            r.errors.first().map(|e| format!("{}:{}:{}: {}", e.file, e.line, e.column, e.message)).unwrap_or_default();
+        let more = if r.errors.len() > 1 {
+            format!(" (and {} more; `leashctl policy validate` lists them)", r.errors.len() - 1)
+        } else {
+            String::new()
+        };
+        Err(format!("invalid policy: {first}{more}"))
+    }
+
+    /// Forgets the session's policy (best effort: leash-policy may be down).
+    async fn close_policy(&self, id: &str) {
+        if let Some(channel) = self.ctx.supervisor.channel(leash_core::Component::Policy).await {
+            let _ = pb::policy_client::PolicyClient::new(channel)
+                .close_session(pb::CloseSessionRequest { session: id.to_owned() })
+                .await;
+        }
     }
 
     fn set_state(&self, id: &str, state: &'static str) {

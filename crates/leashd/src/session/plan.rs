@@ -72,6 +72,8 @@ pub struct Plan {
     pub interactive: bool,
     /// Run even when an enforcement layer cannot be set up.
     pub degraded: bool,
+    /// The `--policy` file (name, contents) the client sent, if any.
+    pub policy: Option<(String, String)>,
 }
 
 /// An agent's host config to mount into the session.
@@ -289,6 +291,12 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         agent_mount,
         interactive: start.tty && !start.no_interactive,
         degraded: start.degraded,
+        policy: (!start.policy.is_empty()).then(|| {
+            (
+                if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
+                start.policy.clone(),
+            )
+        }),
     };
     if plan.agent_mount.as_ref().is_some_and(|m| m.decision.is_some_and(|(yes, _)| yes)) {
         plan.mount_agent();
