@@ -47,6 +47,45 @@ struct Sessions {
 #[derive(Debug)]
 struct SessionPolicy {
     engine: std::sync::Arc<engine::Engine>,
+    mode: leash_core::Mode,
+}
+
+/// A mode's name.
+pub fn mode_name(m: leash_core::Mode) -> &'static str {
+    match m {
+        leash_core::Mode::Record => "record",
+        leash_core::Mode::Shadow => "shadow",
+        leash_core::Mode::Enforce => "enforce",
+    }
+}
+
+/// A mode by name.
+pub fn parse_mode(s: &str) -> Option<leash_core::Mode> {
+    match s {
+        "record" => Some(leash_core::Mode::Record),
+        "shadow" => Some(leash_core::Mode::Shadow),
+        "enforce" => Some(leash_core::Mode::Enforce),
+        _ => None,
+    }
+}
+
+/// Applies a mode to a decision: record allows without evaluating, shadow
+/// allows and flags what the policy would deny, enforce is the decision.
+pub fn apply_mode(mode: leash_core::Mode, mut r: pb::CheckResponse) -> pb::CheckResponse {
+    r.mode = mode_name(mode).to_owned();
+    match mode {
+        leash_core::Mode::Enforce => {}
+        leash_core::Mode::Shadow => {
+            r.would_deny = !r.allow;
+            r.allow = true;
+        }
+        leash_core::Mode::Record => {
+            r.allow = true;
+            r.reasons.clear();
+            r.errors.clear();
+        }
+    }
+    r
 }
 
 impl Sessions {
@@ -65,6 +104,11 @@ impl Sessions {
             let Some(session) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
             let saved: Option<serde_json::Value> =
                 std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let mode = saved
+                .as_ref()
+                .and_then(|v| v["mode"].as_str())
+                .and_then(parse_mode)
+                .unwrap_or(leash_core::Mode::Enforce);
             let sources = saved.as_ref().and_then(|v| v["sources"].as_array()).map(|list| {
                 list.iter()
                     .map(|s| engine::Source {
@@ -76,42 +120,67 @@ impl Sessions {
             match sources.map(|s| engine::Engine::load(&s)) {
                 Some(Ok(e)) => {
                     tracing::info!(session_id = %session, "restored the session's policy");
-                    self.lock().insert(session, SessionPolicy { engine: std::sync::Arc::new(e) });
+                    self.lock().insert(session, SessionPolicy { engine: std::sync::Arc::new(e), mode });
                 }
                 _ => tracing::warn!(path = %path.display(), "cannot restore a session's policy"),
             }
         }
     }
 
-    /// Loads and saves a session's policy.
+    /// Loads and saves a session's policy; a session starts in enforce.
     fn open(
         &self,
         session: &str,
         sources: Vec<engine::Source>,
     ) -> Result<std::sync::Arc<engine::Engine>, Vec<engine::LoadError>> {
         let engine = std::sync::Arc::new(engine::Engine::load(&sources)?);
+        self.save(session, &sources, leash_core::Mode::Enforce);
+        self.lock()
+            .insert(session.to_owned(), SessionPolicy { engine: engine.clone(), mode: leash_core::Mode::Enforce });
+        Ok(engine)
+    }
+
+    fn save(&self, session: &str, sources: &[engine::Source], mode: leash_core::Mode) {
         let saved = serde_json::json!({
             "sources": sources.iter().map(|s| serde_json::json!({"name": s.name, "text": s.text})).collect::<Vec<_>>(),
+            "mode": mode_name(mode),
         });
+        self.write(session, &saved);
+    }
+
+    fn write(&self, session: &str, saved: &serde_json::Value) {
         let write = std::fs::create_dir_all(&self.dir).and_then(|()| {
             let tmp = self.file(session).with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&saved).unwrap_or_default())?;
+            std::fs::write(&tmp, serde_json::to_vec(saved).unwrap_or_default())?;
             std::fs::rename(&tmp, self.file(session))
         });
         if let Err(e) = write {
             tracing::warn!(session_id = %session, error = %e, "cannot save the session's policy");
         }
-        self.lock().insert(session.to_owned(), SessionPolicy { engine: engine.clone() });
-        Ok(engine)
     }
 
+    /// Switches a session's mode and saves it; returns the previous mode.
+    fn set_mode(&self, session: &str, mode: leash_core::Mode) -> Option<leash_core::Mode> {
+        let previous = {
+            let mut loaded = self.lock();
+            let s = loaded.get_mut(session)?;
+            std::mem::replace(&mut s.mode, mode)
+        };
+        if let Some(mut saved) =
+            std::fs::read(self.file(session)).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
+            saved["mode"] = serde_json::Value::String(mode_name(mode).to_owned());
+            self.write(session, &saved);
+        }
+        Some(previous)
+    }
     fn close(&self, session: &str) {
         self.lock().remove(session);
         let _ = std::fs::remove_file(self.file(session));
     }
 
-    fn get(&self, session: &str) -> Option<std::sync::Arc<engine::Engine>> {
-        self.lock().get(session).map(|s| s.engine.clone())
+    fn get(&self, session: &str) -> Option<(std::sync::Arc<engine::Engine>, leash_core::Mode)> {
+        self.lock().get(session).map(|s| (s.engine.clone(), s.mode))
     }
 }
 
@@ -204,6 +273,8 @@ pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::Chec
         errors: d.errors,
         resource: resource::display(&resource),
         tables,
+        mode: String::new(),
+        would_deny: false,
     })
 }
 
@@ -229,8 +300,8 @@ impl Policy for Service {
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let req = req.into_inner();
-        let engine = if req.session.is_empty() {
-            self.default.clone()
+        let (engine, mode) = if req.session.is_empty() {
+            (self.default.clone(), leash_core::Mode::Enforce)
         } else {
             self.sessions
                 .get(&req.session)
@@ -239,7 +310,24 @@ impl Policy for Service {
         let r = tokio::task::spawn_blocking(move || check(&engine, &req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        r.map(Response::new).map_err(Status::invalid_argument)
+        r.map(|r| Response::new(apply_mode(mode, r))).map_err(Status::invalid_argument)
+    }
+
+    async fn set_mode(&self, req: Request<pb::SetModeRequest>) -> Result<Response<pb::SetModeResponse>, Status> {
+        let req = req.into_inner();
+        let mode = parse_mode(&req.mode).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown mode {:?}: use record, shadow or enforce", req.mode))
+        })?;
+        let previous = self
+            .sessions
+            .set_mode(&req.session, mode)
+            .ok_or_else(|| Status::not_found(format!("no policy for session {:?}", req.session)))?;
+        tracing::info!(session_id = %req.session, mode = mode_name(mode), previous = mode_name(previous), "mode switched");
+        Ok(Response::new(pb::SetModeResponse {
+            mode: mode_name(mode).to_owned(),
+            previous: mode_name(previous).to_owned(),
+            session: req.session.clone(),
+        }))
     }
 
     async fn open_session(

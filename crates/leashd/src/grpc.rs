@@ -136,7 +136,27 @@ impl Manager for ManagerService {
     }
 
     async fn policy_check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        self.policy().await?.check(req.into_inner()).await
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        if !req.session.is_empty() {
+            req.session = self.sessions.resolve(&caller, &req.session)?;
+        }
+        self.policy().await?.check(req).await
+    }
+
+    async fn policy_set_mode(&self, req: Request<pb::SetModeRequest>) -> Result<Response<pb::SetModeResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        // Only the session's owner (or root) may change it.
+        req.session = self.sessions.resolve(&caller, &req.session)?;
+        let r = self.policy().await?.set_mode(req.clone()).await?;
+        let mut e = leash_core::Event::daemon("policy.mode", "leash-policy", 0)
+            .with("mode", req.mode)
+            .with("previous", r.get_ref().previous.clone());
+        e.kind = leash_core::EventKind::Policy;
+        e.session = Some(req.session);
+        self.hub.publish(e);
+        Ok(r)
     }
 
     async fn stop_session(

@@ -649,14 +649,26 @@ fn a_session_opens_its_policy_before_the_command_runs() {
             .to_owned()
     };
     assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret");
+    // Modes switch live and visibly.
+    let out = stack.leashctl(&["policy", "mode", "shadow", "--session", &id[..8]]);
+    assert_eq!(text(&out.stdout).trim(), format!("session {id}: enforce -> shadow"), "{out:?}");
+    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" (shadow mode: would deny by no-secret)");
+    stack.leashctl(&["policy", "mode", "record", "--session", &id]);
+    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" (record mode: not evaluated)");
+    let out = stack.leashctl(&["policy", "mode", "enforce", "--session", "ffffffff"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stack.events().iter().any(|e| e["action"] == "policy.mode" && e["session"] == id.as_str()));
     let policy_pid = Stack::component(&stack.status().unwrap(), "leash-policy")["pid"].as_u64().unwrap() as u32;
     leash_testkit::kill(policy_pid, rustix::process::Signal::KILL);
     stack.wait_healthy(Duration::from_secs(5));
-    assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret", "restored after a restart");
+    // Policy and mode are restored after a restart of leash-policy.
+    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" (record mode: not evaluated)", "mode restored");
+    stack.leashctl(&["policy", "mode", "enforce", "--session", &id]);
+    assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret", "policy restored");
     let out = leash.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     nothing_left(&stack);
     let out = stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", "/secret/key"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no policy for session"), "{out:?}");
+    assert!(text(&out.stderr).contains("no session"), "{out:?}");
 }

@@ -92,6 +92,25 @@ enum PolicyAction {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
+    /// Switch a session's mode live (a session starts in enforce).
+    Mode {
+        /// record, shadow or enforce.
+        #[arg(value_enum)]
+        mode: ModeArg,
+        /// The session (an id or a unique prefix).
+        #[arg(long, value_name = "ID", required = true)]
+        session: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// Observe only: everything allowed and recorded, nothing evaluated.
+    Record,
+    /// Evaluate and record would-deny, but allow.
+    Shadow,
+    /// Deny what the policy denies.
+    Enforce,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +148,14 @@ fn main() -> ExitCode {
             }
             Command::Policy { action: PolicyAction::Check { action, resource, context, principal, session } } => {
                 commands::policy::check(&ctx, session.as_deref(), principal, action, resource, context).await
+            }
+            Command::Policy { action: PolicyAction::Mode { mode, session } } => {
+                let mode = match mode {
+                    ModeArg::Record => "record",
+                    ModeArg::Shadow => "shadow",
+                    ModeArg::Enforce => "enforce",
+                };
+                commands::policy::mode(&ctx, session, mode).await
             }
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,

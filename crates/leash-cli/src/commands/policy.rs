@@ -103,17 +103,44 @@ pub async fn check(
         output::json(&serde_json::json!({
             "decision": if r.allow { "allow" } else { "deny" },
             "policies": r.reasons, "errors": r.errors, "resource": r.resource, "tables": r.tables,
+            "mode": r.mode, "would_deny": r.would_deny,
         }));
     } else {
-        let why = if r.reasons.is_empty() {
-            if r.allow { String::new() } else { " (no policy permits it)".to_owned() }
-        } else {
-            format!(" by {}", r.reasons.join(", "))
+        let why = match (r.mode.as_str(), r.would_deny) {
+            ("record", _) => " (record mode: not evaluated)".to_owned(),
+            ("shadow", true) => format!(
+                " (shadow mode: would deny by {})",
+                if r.reasons.is_empty() { "default".to_owned() } else { r.reasons.join(", ") }
+            ),
+            _ if r.reasons.is_empty() => {
+                if r.allow {
+                    String::new()
+                } else {
+                    " (no policy permits it)".to_owned()
+                }
+            }
+            _ => format!(" by {}", r.reasons.join(", ")),
         };
         output::line(&format!("{} {action} {}{why}", if r.allow { "allow" } else { "deny" }, r.resource));
         for e in &r.errors {
             output::line(&format!("  error: {e}"));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Switches a session's mode.
+pub async fn mode(ctx: &Ctx, session: &str, mode: &str) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .policy_set_mode(pb::SetModeRequest { session: session.to_owned(), mode: mode.to_owned() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if ctx.json {
+        output::json(&serde_json::json!({ "session": r.session, "mode": r.mode, "previous": r.previous }));
+    } else {
+        output::line(&format!("session {}: {} -> {}", r.session, r.previous, r.mode));
     }
     Ok(ExitCode::SUCCESS)
 }

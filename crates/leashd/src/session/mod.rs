@@ -131,15 +131,25 @@ impl Sessions {
         v
     }
 
-    /// Stops a session the caller owns (root: any). `id` may be a unique prefix.
-    pub async fn stop(&self, caller: &Peer, id: &str) -> Result<String, Status> {
+    /// The full id of a session the caller owns (root: any); `id` may be a
+    /// unique prefix.
+    pub fn resolve(&self, caller: &Peer, id: &str) -> Result<String, Status> {
+        self.find(caller, id).map(|i| i.id)
+    }
+
+    fn find(&self, caller: &Peer, id: &str) -> Result<Info, Status> {
         let found: Vec<Info> =
             self.list(caller).into_iter().filter(|i| !id.is_empty() && i.id.starts_with(id)).collect();
-        let info = match found.as_slice() {
-            [one] => one.clone(),
-            [] => return Err(Status::not_found(format!("no session {id:?} of yours"))),
-            _ => return Err(Status::invalid_argument(format!("{id:?} matches several sessions; give more of the id"))),
-        };
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Status::not_found(format!("no session {id:?} of yours"))),
+            _ => Err(Status::invalid_argument(format!("{id:?} matches several sessions; give more of the id"))),
+        }
+    }
+
+    /// Stops a session the caller owns (root: any). `id` may be a unique prefix.
+    pub async fn stop(&self, caller: &Peer, id: &str) -> Result<String, Status> {
+        let info = self.find(caller, id)?;
         let engine = Engine::connect().await.map_err(|e| Status::unavailable(e.to_string()))?;
         engine.signal(&info.container_id, "SIGTERM").await.map_err(|e| Status::internal(e.to_string()))?;
         let cid = info.container_id.clone();
