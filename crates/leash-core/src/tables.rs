@@ -66,6 +66,8 @@ pub struct Tables {
     pub generation: u64,
     /// Per action.
     pub files: BTreeMap<FileAction, PathTable>,
+    /// `NetworkConnect` by address.
+    pub net: NetTable,
     /// Reason sets: the ids of the policies that decided.
     pub reasons: Vec<Vec<String>>,
 }
@@ -164,5 +166,57 @@ mod tests {
         assert_eq!(tables.lookup(FileAction::Read, "/tmpfoo"), Lookup::Final(v(true, 0)));
         assert_eq!(tables.lookup(FileAction::Read, "/p/.envrc"), Lookup::Evaluate);
         assert_eq!(tables.lookup(FileAction::Write, "/x"), Lookup::Evaluate);
+    }
+}
+
+/// The network table of `NetworkConnect` for the kernel: destinations by
+/// IP address (and port), never by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetTable {
+    /// `(address, port)` named exactly by the policy.
+    pub exact_port: BTreeMap<(std::net::IpAddr, u16), Verdict>,
+    /// Addresses named exactly, any port.
+    pub exact: BTreeMap<std::net::IpAddr, Verdict>,
+    /// CIDR ranges (network address, prefix length); the smallest containing one decides.
+    pub ranges: Vec<(std::net::IpAddr, u8, Verdict)>,
+    /// When nothing else matches: IPv4, IPv6.
+    pub default_v4: Option<Verdict>,
+    /// See `default_v4`.
+    pub default_v6: Option<Verdict>,
+    /// A condition the table cannot carve: every lookup needs evaluation.
+    pub evaluate_all: bool,
+}
+
+/// Whether `ip` is in `addr/prefix`.
+pub fn in_range(addr: std::net::IpAddr, prefix: u8, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match (addr, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+impl NetTable {
+    /// Looks a destination up (an IPv4-mapped address must be given as IPv4).
+    pub fn lookup(&self, ip: std::net::IpAddr, port: u16) -> Lookup {
+        if self.evaluate_all {
+            return Lookup::Evaluate;
+        }
+        if let Some(v) = self.exact_port.get(&(ip, port)).or_else(|| self.exact.get(&ip)) {
+            return Lookup::Final(*v);
+        }
+        let smallest = self.ranges.iter().filter(|(a, p, _)| in_range(*a, *p, ip)).max_by_key(|(_, p, _)| *p);
+        if let Some((_, _, v)) = smallest {
+            return Lookup::Final(*v);
+        }
+        let default = if ip.is_ipv4() { self.default_v4 } else { self.default_v6 };
+        default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
     }
 }

@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cedar_policy::{Policy, PolicySet};
-use leash_core::tables::{FileAction, PathTable, Tables, Verdict};
+use std::net::IpAddr;
+
+use leash_core::tables::{FileAction, NetTable, PathTable, Tables, Verdict, in_range};
 use serde_json::Value;
 
 use crate::engine::{Action, Decision, Engine, combine};
@@ -57,7 +59,9 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
     carving.dirs.insert("/".to_owned());
     let policies: Vec<(Policy, Value)> =
         engine.policies().policies().map(|p| (p.clone(), p.to_json().unwrap_or(Value::Null))).collect();
-    for (_, json) in &policies {
+    // Only policies that can decide a file action carve the file tables.
+    let file_actions = [Action::FileOpen, Action::FileOpenReadOnly, Action::FileOpenReadWrite, Action::ProcessExec];
+    for (_, json) in policies.iter().filter(|(_, j)| file_actions.iter().any(|a| applies_to(j, *a))) {
         carve(json, &mut carving);
     }
     let sliced = Slices::new(&policies);
@@ -114,7 +118,161 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
         table.default = table.prefixes.get("/").copied();
         files.insert(action, table);
     }
-    Tables { generation, files, reasons }
+    let net = compile_net(engine, principal, &policies, &sliced, slice, &mut verdict);
+    Tables { generation, files, net, reasons }
+}
+
+/// The `NetworkConnect` table: exact addresses (with and without port),
+/// CIDR ranges, and a default per family, each decided on a representative.
+fn compile_net(
+    engine: &Engine,
+    principal: &str,
+    policies: &[(Policy, Value)],
+    sliced: &Slices,
+    slice: bool,
+    verdict: &mut impl FnMut(Decision) -> Verdict,
+) -> NetTable {
+    let mut literals: BTreeSet<(IpAddr, Option<u16>)> = BTreeSet::new();
+    let mut ranges: BTreeSet<(IpAddr, u8)> = BTreeSet::new();
+    let mut evaluate_all = false;
+    for (_, json) in policies.iter().filter(|(_, j)| applies_to(j, Action::NetworkConnect)) {
+        net_carve(json, &mut literals, &mut ranges, &mut evaluate_all);
+    }
+    let set = if slice {
+        PolicySet::from_policies(
+            sliced.by_action.get(&Action::NetworkConnect).into_iter().flatten().map(|(p, _)| p.clone()),
+        )
+        .expect("a subset of a valid set")
+    } else {
+        engine.policies().clone()
+    };
+    let mut decide = |ip: IpAddr, port: u16| {
+        let r = Resource::Host(crate::resource::Host::Ip(ip, Some(port)));
+        verdict(engine.authorize_in(&set, principal, Action::NetworkConnect, &r, &BTreeMap::new()))
+    };
+    let ports: BTreeSet<u16> = literals.iter().filter_map(|(_, p)| *p).collect();
+    let free_port = (1..=u16::MAX).rev().find(|p| !ports.contains(p)).unwrap_or(1);
+    let mentioned = |ip: IpAddr| literals.iter().any(|(a, _)| *a == ip);
+    // An address in `(addr, prefix)` that no narrower range and no literal claims.
+    let free_in = |addr: IpAddr, prefix: u8| -> Option<IpAddr> {
+        candidates(addr, prefix)
+            .into_iter()
+            .find(|c| !mentioned(*c) && !ranges.iter().any(|(a, p)| *p > prefix && in_range(*a, *p, *c)))
+    };
+    let mut table = NetTable { evaluate_all, ..Default::default() };
+    for (ip, port) in &literals {
+        match port {
+            Some(p) => {
+                table.exact_port.insert((*ip, *p), decide(*ip, *p));
+            }
+            None => {
+                table.exact.insert(*ip, decide(*ip, free_port));
+            }
+        }
+    }
+    for (addr, prefix) in &ranges {
+        // A range whose every address narrower entries claim never decides.
+        if let Some(rep) = free_in(*addr, *prefix) {
+            table.ranges.push((*addr, *prefix, decide(rep, free_port)));
+        }
+    }
+    let outside = |family: IpAddr| -> Option<IpAddr> {
+        default_candidates(family)
+            .into_iter()
+            .find(|c| !mentioned(*c) && !ranges.iter().any(|(a, p)| in_range(*a, *p, *c)))
+    };
+    table.default_v4 = outside(IpAddr::from([0, 0, 0, 0])).map(|ip| decide(ip, free_port));
+    table.default_v6 = outside(IpAddr::from([0u16; 8])).map(|ip| decide(ip, free_port));
+    table
+}
+
+/// Addresses to try inside a range: its ends, its middle and quarters, and
+/// a spread of others.
+fn candidates(addr: IpAddr, prefix: u8) -> Vec<IpAddr> {
+    let (bits, base) = match addr {
+        IpAddr::V4(a) => (32u32, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (128u32, u128::from(a)),
+    };
+    let host_bits = bits - u32::from(prefix);
+    let size: u128 = if host_bits >= 128 { u128::MAX } else { 1u128 << host_bits };
+    let mask = if host_bits >= 128 { 0 } else { !(size - 1) };
+    let base = base & mask;
+    let last = base | (size - 1);
+    let mut out = vec![
+        base,
+        last,
+        base.wrapping_add(size / 2),
+        base.wrapping_add(1),
+        base.wrapping_add(size / 4),
+        base.wrapping_add(size / 4 * 3),
+    ];
+    let mut x: u128 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        out.push(base | (x % size.max(1)));
+    }
+    out.into_iter()
+        .map(|v| match addr {
+            IpAddr::V4(_) => IpAddr::from((v as u32).to_be_bytes()),
+            IpAddr::V6(_) => IpAddr::from(v.to_be_bytes()),
+        })
+        .collect()
+}
+
+/// Addresses outside most private and documentation ranges, per family.
+fn default_candidates(family: IpAddr) -> Vec<IpAddr> {
+    let list: &[&str] = if family.is_ipv4() {
+        &[
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "100.64.0.1",
+            "1.2.3.4",
+            "8.8.4.4",
+            "172.31.255.254",
+            "127.0.0.2",
+            "255.255.255.254",
+        ]
+    } else {
+        &["2001:db8:ffff::1", "3fff::1", "2606:4700::1", "fd00::1", "::2", "ffff::1"]
+    };
+    list.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// Collects the IP literals and ranges a `NetworkConnect` policy names.
+fn net_carve(
+    v: &Value,
+    literals: &mut BTreeSet<(IpAddr, Option<u16>)>,
+    ranges: &mut BTreeSet<(IpAddr, u8)>,
+    evaluate_all: &mut bool,
+) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(ty)), Some(Value::String(id)), 2) = (map.get("type"), map.get("id"), map.len()) {
+                match ty.as_str() {
+                    "Host" => {
+                        if let Ok(crate::resource::Host::Ip(ip, port)) = crate::resource::Host::parse(id) {
+                            literals.insert((ip, port));
+                        }
+                    }
+                    "Net::IpRange" => {
+                        if let Some(r) = crate::resource::IpRange::parse(id) {
+                            ranges.insert((r.addr, r.prefix));
+                        }
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            if map.get("Var").and_then(Value::as_str) == Some("context") || resource_attr(Some(v)).is_some() {
+                *evaluate_all = true;
+                return;
+            }
+            map.values().for_each(|c| net_carve(c, literals, ranges, evaluate_all));
+        }
+        Value::Array(items) => items.iter().for_each(|c| net_carve(c, literals, ranges, evaluate_all)),
+        _ => {}
+    }
 }
 
 /// Policies per action, with the head constraints that allow slicing by

@@ -3,6 +3,7 @@
 //! compilers that it must catch.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use leash_core::tables::{FileAction, Lookup};
 use proptest::prelude::*;
@@ -156,4 +157,94 @@ fn slicing_changes_nothing() {
         compile_with(&engine, "claude", 1, Mutation::None, true),
         compile_with(&engine, "claude", 1, Mutation::None, false)
     );
+}
+
+const RANGES: [&str; 6] = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0/0", "2001:db8::/32", "2001:db8:1::/48"];
+const LITERALS: [&str; 5] = ["10.1.2.3", "10.1.2.3:443", "[2001:db8::1]:443", "192.168.1.1", "[2001:db8:1::5]"];
+
+fn net_statement() -> impl Strategy<Value = String> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let scope = prop_oneof![
+        prop::sample::select(RANGES.to_vec()).prop_map(|r| format!("resource in Net::IpRange::\"{r}\"")),
+        prop::sample::select(LITERALS.to_vec()).prop_map(|l| format!("resource in Host::\"{l}\"")),
+        prop::sample::select(LITERALS.to_vec()).prop_map(|l| format!("resource == Host::\"{l}\"")),
+        Just("resource in Host::\"*\"".to_owned()),
+        Just("resource in Host::\"*.example.com\"".to_owned()),
+    ];
+    (effect, scope).prop_map(|(e, s)| format!("{e} (principal, action == Action::\"NetworkConnect\", {s});"))
+}
+
+fn destination() -> impl Strategy<Value = (IpAddr, u16)> {
+    let ips: Vec<IpAddr> = [
+        "10.1.2.3",
+        "10.1.2.4",
+        "10.1.3.3",
+        "10.2.0.1",
+        "11.0.0.1",
+        "192.168.1.1",
+        "192.168.1.2",
+        "8.8.8.8",
+        "0.0.0.1",
+        "2001:db8::1",
+        "2001:db8::2",
+        "2001:db8:1::5",
+        "2001:db8:1::6",
+        "2001:db9::1",
+        "::1",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    (prop::sample::select(ips), prop::sample::select(vec![443u16, 80, 22]))
+}
+
+fn check_net(cases: u32) -> Result<(), String> {
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let strategy = (prop::collection::vec(net_statement(), 1..7), prop::collection::vec(destination(), 1..12));
+    runner
+        .run(&strategy, |(statements, dests)| {
+            let engine = engine_for(&statements);
+            let tables = compile(&engine, "claude", 1);
+            for (ip, port) in &dests {
+                let r = Resource::Host(crate::resource::Host::Ip(*ip, Some(*port)));
+                let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &BTreeMap::new());
+                if let Lookup::Final(v) = tables.net.lookup(*ip, *port)
+                    && (v.allow != expected.allow || tables.reasons(v) != expected.reasons.as_slice())
+                {
+                    return Err(TestCaseError::fail(format!(
+                        "{ip}:{port}: tables say {} {:?}, Cedar says {} {:?}\n{}",
+                        v.allow,
+                        tables.reasons(v),
+                        expected.allow,
+                        expected.reasons,
+                        statements.join("\n")
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn net_table_lookup_equals_the_authorizer() {
+    check_net(400).unwrap();
+}
+
+#[test]
+fn net_table_basics() {
+    let engine = engine_for(&[
+        "@id(\"lan\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.0.0.0/8\");".into(),
+        "@id(\"db\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"10.1.2.3:5432\");".into(),
+    ]);
+    let t = compile(&engine, "claude", 1);
+    let verdict = |ip: &str, port| match t.net.lookup(ip.parse().unwrap(), port) {
+        Lookup::Final(v) => (v.allow, t.reasons(v).to_vec()),
+        Lookup::Evaluate => panic!("not final"),
+    };
+    assert_eq!(verdict("10.9.9.9", 443), (true, vec!["lan".to_owned()]));
+    assert_eq!(verdict("10.1.2.3", 5432), (false, vec!["db".to_owned()]));
+    assert_eq!(verdict("10.1.2.3", 22), (true, vec!["lan".to_owned()]));
+    assert_eq!(verdict("11.0.0.1", 443), (false, vec![]));
+    assert_eq!(verdict("2001:db8::1", 443), (false, vec![]));
 }
