@@ -225,7 +225,8 @@ impl Engine {
                 )));
                 continue;
             }
-            if let Some(offset) = too_deep(&src.text, MAX_NESTING) {
+            let scanned = scan(&src.text, MAX_NESTING);
+            if let Some(offset) = scanned.too_deep {
                 let (line, column) = line_col(&src.text, offset);
                 errors.push(LoadError {
                     line,
@@ -237,7 +238,7 @@ impl Engine {
                 });
                 continue;
             }
-            statements += statement_starts(&src.text).len();
+            statements += scanned.starts.len();
             if statements > MAX_STATEMENTS {
                 errors.push(limit(format!(
                     "more than {MAX_STATEMENTS} statements; leash accepts at most {MAX_STATEMENTS} statements"
@@ -251,7 +252,7 @@ impl Engine {
                     continue;
                 }
             };
-            let starts = statement_starts(&src.text);
+            let starts = scanned.starts;
             // Cedar numbers policies policy0, policy1, … in source order.
             let mut parsed: Vec<_> = parsed.policies().cloned().collect();
             parsed.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(0));
@@ -529,47 +530,25 @@ fn suggestion(message: &str) -> String {
     }
 }
 
-/// The offset where brackets first nest deeper than `max`, outside strings
-/// and comments.
-fn too_deep(text: &str, max: usize) -> Option<usize> {
-    let b = text.as_bytes();
-    let (mut i, mut depth) = (0, 0usize);
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return Some(i);
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
+/// What a scan of a policy's text finds, outside strings and comments.
+struct Scan {
+    /// Byte offsets where each top-level statement starts (annotations included).
+    starts: Vec<usize>,
+    /// The offset where brackets first nest deeper than the limit.
+    too_deep: Option<usize>,
 }
 
-/// Byte offsets where each top-level statement starts (its annotations
-/// included), skipping strings and comments.
-fn statement_starts(text: &str) -> Vec<usize> {
+/// Scans a policy's text once: statement starts and nesting depth.
+fn scan(text: &str, max_depth: usize) -> Scan {
     let b = text.as_bytes();
-    let mut starts = Vec::new();
-    let mut i = 0;
-    let mut at_start = true;
-    let mut depth = 0i32;
+    let mut out = Scan { starts: Vec::new(), too_deep: None };
+    let (mut i, mut depth, mut at_start) = (0, 0usize, true);
+    let start_here = |i: usize, at_start: &mut bool, starts: &mut Vec<usize>| {
+        if *at_start {
+            starts.push(i);
+            *at_start = false;
+        }
+    };
     while i < b.len() {
         match b[i] {
             b'/' if b.get(i + 1) == Some(&b'/') => {
@@ -579,34 +558,27 @@ fn statement_starts(text: &str) -> Vec<usize> {
                 continue;
             }
             b'"' => {
-                if at_start {
-                    at_start = false;
-                }
+                at_start = false;
                 i += 1;
                 while i < b.len() && b[i] != b'"' {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
             }
             b';' if depth == 0 => at_start = true,
-            b'(' | b'{' | b'[' => {
-                if at_start {
-                    starts.push(i);
-                    at_start = false;
-                }
+            b'(' | b'[' | b'{' => {
+                start_here(i, &mut at_start, &mut out.starts);
                 depth += 1;
-            }
-            b')' | b'}' | b']' => depth -= 1,
-            c if c.is_ascii_whitespace() => {}
-            _ => {
-                if at_start {
-                    starts.push(i);
-                    at_start = false;
+                if depth > max_depth && out.too_deep.is_none() {
+                    out.too_deep = Some(i);
                 }
             }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            c if c.is_ascii_whitespace() => {}
+            _ => start_here(i, &mut at_start, &mut out.starts),
         }
         i += 1;
     }
-    starts
+    out
 }
 
 /// Rewrites Go-leash spellings real Cedar would never match: type aliases,
