@@ -23,7 +23,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("startup") => startup(),
         Some("session-start") => session_start(),
         // Criterion benchmarks of the policy service (medians, with their spread).
-        Some("policy") => util::run(util::cargo().args(["bench", "--package", "leash-policy", "--bench", "policy"])),
+        Some("policy") => util::run(util::cargo().args([
+            "bench",
+            "--package",
+            "leash-policy",
+            "--bench",
+            "policy",
+            "--bench",
+            "cache",
+        ])),
         Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy"),
         None => bail!("which benchmark? available: startup, session-start, policy"),
     }

@@ -3,6 +3,7 @@
 //! At this stage it loads the embedded default policy and serves its status;
 //! loading, authorizing and compiling arrive with their own methods.
 
+pub mod cache;
 pub mod compile;
 pub mod engine;
 pub mod resource;
