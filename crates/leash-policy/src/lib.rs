@@ -339,11 +339,12 @@ impl Policy for Service {
         if !valid_session_id(&req.session) {
             return Err(Status::invalid_argument(format!("invalid session id {:?}", req.session)));
         }
-        let sources: Vec<engine::Source> = if req.sources.is_empty() {
+        let mut sources: Vec<engine::Source> = if req.sources.is_empty() {
             default_sources()
         } else {
             req.sources.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect()
         };
+        sources.extend(req.admin.into_iter().map(|s| engine::Source { name: s.name, text: s.text }));
         let sessions = self.sessions.clone();
         let session = req.session.clone();
         let opened = tokio::task::spawn_blocking(move || sessions.open(&session, sources))

@@ -672,3 +672,47 @@ fn a_session_opens_its_policy_before_the_command_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no session"), "{out:?}");
 }
+
+#[test]
+fn the_administrators_policies_are_added_to_every_session() {
+    if !require_docker("the_administrators_policies_are_added_to_every_session") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let system = stack.root().join("etc/config.toml");
+    std::fs::create_dir_all(stack.root().join("etc/policy.d")).unwrap();
+    std::fs::write(&system, "").unwrap();
+    std::fs::write(
+        stack.root().join("etc/policy.d/10-admin.cedar"),
+        "@id(\"admin-no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/admin-secret/\");\n",
+    )
+    .unwrap();
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).arg("--config").arg(&system);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    let user = stack.root().join("user.cedar");
+    std::fs::write(&user, "@id(\"everything\") permit (principal, action, resource);\n").unwrap();
+    let leash =
+        stack.leash(&["--image", TEST_IMAGE, "--policy", user.to_str().unwrap(), "--", "sleep", "3"]).spawn().unwrap();
+    let id = eventually(Duration::from_secs(10), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
+    });
+    let check = |path: &str| {
+        text(&stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", path]).stdout).trim().to_owned()
+    };
+    assert_eq!(check("/admin-secret/k"), "deny FileOpen File::\"/admin-secret/k\" by admin-no-secret");
+    assert_eq!(check("/etc/hosts"), "allow FileOpen File::\"/etc/hosts\" by everything");
+    assert_eq!(leash.wait_with_output().unwrap().status.code(), Some(0));
+
+    // A broken administrator's policy fails every session closed.
+    std::fs::write(stack.root().join("etc/policy.d/20-broken.cedar"), "forbid (principal action, resource);\n")
+        .unwrap();
+    let out = run(&stack, &["--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("20-broken.cedar:1:"), "{out:?}");
+    nothing_left(&stack);
+}

@@ -536,10 +536,11 @@ impl Sessions {
             .iter()
             .map(|(name, text)| pb::PolicySource { name: name.clone(), text: text.clone() })
             .collect();
+        let admin = admin_policies(&self.ctx.system_config);
         let principal =
             std::path::Path::new(&plan.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("agent").to_owned();
         let r = pb::policy_client::PolicyClient::new(channel)
-            .open_session(pb::OpenSessionRequest { session: info.id.clone(), principal, sources })
+            .open_session(pb::OpenSessionRequest { session: info.id.clone(), principal, sources, admin })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
@@ -570,6 +571,29 @@ impl Sessions {
             i.state = state;
         }
     }
+}
+
+/// The administrator's policies: `policy.d/*.cedar` beside the system
+/// configuration file (`/etc/leash/policy.d/`), in name order.
+fn admin_policies(system_config: &std::path::Path) -> Vec<pb::PolicySource> {
+    let dir = system_config.parent().map(|d| d.join("policy.d")).unwrap_or_default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "cannot read an administrator's policy"))
+                .ok()?;
+            Some(pb::PolicySource { name: p.display().to_string(), text })
+        })
+        .collect()
 }
 
 /// The answers to the agent-mount prompt.
