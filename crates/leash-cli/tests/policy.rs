@@ -57,6 +57,22 @@ fn validate_and_check_through_the_daemons() {
         check(&["McpCall", "search@mcp.example.com"]),
         "deny McpCall MCP::Tool::\"search\" in MCP::Server::\"mcp.example.com\" (no policy permits it)"
     );
+    let out = stack.leashctl(&["policy", "lines"]);
+    assert_eq!(
+        text(&out.stdout),
+        "Allow open files, read files, write files directory / [default-files]\n\
+         Allow run processes directory / [default-exec]\n\
+         Allow network connect any host [default-network]\n\
+         Deny write files any file (with conditions) [protect-host]\n"
+    );
+    let out = stack.leashctl(&["policy", "show", "--sources"]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.starts_with("mode: enforce\n")
+            && shown.contains("// protect-host")
+            && shown.contains("resource.name == \".envrc\""),
+        "{shown}"
+    );
     let out = stack.leashctl(&["policy", "check", "Teleport", "/x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown action \"Teleport\""), "{out:?}");

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod compile;
 pub mod engine;
+pub mod humanize;
 pub mod resource;
 
 use leash_core::Component;
@@ -49,6 +50,27 @@ struct Sessions {
 struct SessionPolicy {
     engine: std::sync::Arc<engine::Engine>,
     mode: leash_core::Mode,
+    sources: Vec<engine::Source>,
+}
+
+/// The policy's lines for people, in source order.
+pub fn lines(e: &engine::Engine) -> Vec<String> {
+    let mut v: Vec<(String, String)> = e
+        .policies()
+        .policies()
+        .map(|p| {
+            let id = p.id().to_string();
+            let origin = e.origin(&id).unwrap_or("").to_owned();
+            (origin, humanize::line(&id, &p.to_json().unwrap_or_default()))
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        let key = |o: &str| {
+            o.rsplit_once(':').map(|(f, l)| (f.to_owned(), l.parse::<usize>().unwrap_or(0))).unwrap_or_default()
+        };
+        key(&a.0).cmp(&key(&b.0))
+    });
+    v.into_iter().map(|(_, l)| l).collect()
 }
 
 /// A mode's name.
@@ -118,10 +140,12 @@ impl Sessions {
                     })
                     .collect::<Vec<_>>()
             });
+            let s_sources = sources.clone().unwrap_or_default();
             match sources.map(|s| engine::Engine::load(&s)) {
                 Some(Ok(e)) => {
                     tracing::info!(session_id = %session, "restored the session's policy");
-                    self.lock().insert(session, SessionPolicy { engine: std::sync::Arc::new(e), mode });
+                    self.lock()
+                        .insert(session, SessionPolicy { engine: std::sync::Arc::new(e), mode, sources: s_sources });
                 }
                 _ => tracing::warn!(path = %path.display(), "cannot restore a session's policy"),
             }
@@ -136,8 +160,8 @@ impl Sessions {
     ) -> Result<std::sync::Arc<engine::Engine>, Vec<engine::LoadError>> {
         let engine = std::sync::Arc::new(engine::Engine::load(&sources)?);
         self.save(session, &sources, leash_core::Mode::Enforce);
-        self.lock()
-            .insert(session.to_owned(), SessionPolicy { engine: engine.clone(), mode: leash_core::Mode::Enforce });
+        let policy = SessionPolicy { engine: engine.clone(), mode: leash_core::Mode::Enforce, sources };
+        self.lock().insert(session.to_owned(), policy);
         Ok(engine)
     }
 
@@ -178,6 +202,10 @@ impl Sessions {
     fn close(&self, session: &str) {
         self.lock().remove(session);
         let _ = std::fs::remove_file(self.file(session));
+    }
+
+    fn sources(&self, session: &str) -> Option<Vec<engine::Source>> {
+        self.lock().get(session).map(|s| s.sources.clone())
     }
 
     fn get(&self, session: &str) -> Option<(std::sync::Arc<engine::Engine>, leash_core::Mode)> {
@@ -312,6 +340,25 @@ impl Policy for Service {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         r.map(|r| Response::new(apply_mode(mode, r))).map_err(Status::invalid_argument)
+    }
+
+    async fn show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
+        let session = req.into_inner().session;
+        let (engine, mode, sources) = if session.is_empty() {
+            (self.default.clone(), leash_core::Mode::Enforce, default_sources())
+        } else {
+            let (e, m) = self
+                .sessions
+                .get(&session)
+                .ok_or_else(|| Status::not_found(format!("no policy for session {session:?}")))?;
+            (e, m, self.sessions.sources(&session).unwrap_or_default())
+        };
+        Ok(Response::new(pb::ShowResponse {
+            sources: sources.into_iter().map(|s| pb::PolicySource { name: s.name, text: s.text }).collect(),
+            lines: lines(&engine),
+            mode: mode_name(mode).to_owned(),
+            lints: engine.lints().iter().map(lint_to_proto).collect(),
+        }))
     }
 
     async fn set_mode(&self, req: Request<pb::SetModeRequest>) -> Result<Response<pb::SetModeResponse>, Status> {

@@ -144,6 +144,15 @@ impl Manager for ManagerService {
         self.policy().await?.check(req).await
     }
 
+    async fn policy_show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        if !req.session.is_empty() {
+            req.session = self.sessions.resolve(&caller, &req.session)?;
+        }
+        self.policy().await?.show(req).await
+    }
+
     async fn policy_set_mode(&self, req: Request<pb::SetModeRequest>) -> Result<Response<pb::SetModeResponse>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
         let mut req = req.into_inner();

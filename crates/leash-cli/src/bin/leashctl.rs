@@ -92,6 +92,21 @@ enum PolicyAction {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
+    /// Show a session's policy (or the default): its mode, one line per policy, lints.
+    Show {
+        /// The session (an id or a unique prefix); the default policy when absent.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Print the Cedar sources too.
+        #[arg(long)]
+        sources: bool,
+    },
+    /// One line per policy, in the Go leash's words.
+    Lines {
+        /// The session (an id or a unique prefix); the default policy when absent.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
     /// Switch a session's mode live (a session starts in enforce).
     Mode {
         /// record, shadow or enforce.
@@ -148,6 +163,12 @@ fn main() -> ExitCode {
             }
             Command::Policy { action: PolicyAction::Check { action, resource, context, principal, session } } => {
                 commands::policy::check(&ctx, session.as_deref(), principal, action, resource, context).await
+            }
+            Command::Policy { action: PolicyAction::Show { session, sources } } => {
+                commands::policy::show(&ctx, session.as_deref(), *sources, false).await
+            }
+            Command::Policy { action: PolicyAction::Lines { session } } => {
+                commands::policy::show(&ctx, session.as_deref(), false, true).await
             }
             Command::Policy { action: PolicyAction::Mode { mode, session } } => {
                 let mode = match mode {

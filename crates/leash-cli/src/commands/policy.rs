@@ -144,3 +144,42 @@ pub async fn mode(ctx: &Ctx, session: &str, mode: &str) -> anyhow::Result<ExitCo
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Shows a session's policy (or the default): mode, one line per policy,
+/// lints; with `sources`, the Cedar text too.
+pub async fn show(ctx: &Ctx, session: Option<&str>, sources: bool, lines_only: bool) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .policy_show(pb::ShowRequest { session: session.unwrap_or_default().to_owned() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "mode": r.mode,
+            "lines": r.lines,
+            "sources": r.sources.iter().map(|s| serde_json::json!({"name": s.name, "text": s.text})).collect::<Vec<_>>(),
+            "lints": r.lints.iter().map(|l| serde_json::json!({"code": l.code, "severity": l.severity, "policy": l.policy, "location": l.location, "message": l.message})).collect::<Vec<_>>(),
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !lines_only {
+        output::line(&format!("mode: {}", r.mode));
+    }
+    for l in &r.lines {
+        output::line(l);
+    }
+    if lines_only {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in &r.lints {
+        output::line(&format!("{}: {} [{}] {}: {}", l.location, l.severity, l.code, l.policy, l.message));
+    }
+    if sources {
+        for s in &r.sources {
+            output::line(&format!("\n// {}\n{}", s.name, s.text.trim_end()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
