@@ -144,6 +144,30 @@ impl Manager for ManagerService {
         self.policy().await?.check(req).await
     }
 
+    async fn policy_set(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        req.session = self.sessions.resolve(&caller, &req.session)?;
+        if req.sources.is_empty() {
+            return Err(Status::invalid_argument("no policy given"));
+        }
+        // The administrator's policies stay part of every session's policy.
+        req.admin = crate::session::admin_policies(&self.sessions.system_config());
+        let session = req.session.clone();
+        let r = self.policy().await?.open_session(req).await?;
+        if r.get_ref().valid {
+            let mut e = leash_core::Event::daemon("policy.set", "leash-policy", 0)
+                .with("policies", r.get_ref().policies.to_string());
+            e.kind = leash_core::EventKind::Policy;
+            e.session = Some(session);
+            self.hub.publish(e);
+        }
+        Ok(r)
+    }
+
     async fn policy_show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
         let mut req = req.into_inner();

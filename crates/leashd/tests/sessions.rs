@@ -637,7 +637,7 @@ fn a_session_opens_its_policy_before_the_command_runs() {
     let good = stack.root().join("good.cedar");
     std::fs::write(&good, "@id(\"all\") permit (principal, action, resource);\n@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/secret/\");\n").unwrap();
     let leash =
-        stack.leash(&["--image", TEST_IMAGE, "--policy", good.to_str().unwrap(), "--", "sleep", "4"]).spawn().unwrap();
+        stack.leash(&["--image", TEST_IMAGE, "--policy", good.to_str().unwrap(), "--", "sleep", "8"]).spawn().unwrap();
     let id = eventually(Duration::from_secs(10), "the session running", || {
         let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
         let s = v.as_array()?.first()?.clone();
@@ -665,6 +665,17 @@ fn a_session_opens_its_policy_before_the_command_runs() {
     assert_eq!(check(), "allow FileOpen File::\"/secret/key\" (record mode: not evaluated)", "mode restored");
     stack.leashctl(&["policy", "mode", "enforce", "--session", &id]);
     assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret", "policy restored");
+    // A live replacement; an invalid one is refused and the previous stays.
+    let replacement = stack.root().join("replacement.cedar");
+    std::fs::write(&replacement, "@id(\"open\") permit (principal, action, resource);\n").unwrap();
+    let out = stack.leashctl(&["policy", "set", replacement.to_str().unwrap(), "--session", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" by open");
+    let out = stack.leashctl(&["policy", "set", bad.to_str().unwrap(), "--session", &id]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("the previous policy stays in force"), "{out:?}");
+    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" by open");
+    assert!(stack.events().iter().any(|e| e["action"] == "policy.set" && e["session"] == id.as_str()));
     let out = leash.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     nothing_left(&stack);

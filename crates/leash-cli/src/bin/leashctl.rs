@@ -107,6 +107,16 @@ enum PolicyAction {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
+    /// Replace a running session's policy live; an invalid policy is refused
+    /// and the previous one stays in force.
+    Set {
+        /// Cedar files, loaded together in this order.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// The session (an id or a unique prefix).
+        #[arg(long, value_name = "ID", required = true)]
+        session: String,
+    },
     /// Switch a session's mode live (a session starts in enforce).
     Mode {
         /// record, shadow or enforce.
@@ -166,6 +176,9 @@ fn main() -> ExitCode {
             }
             Command::Policy { action: PolicyAction::Show { session, sources } } => {
                 commands::policy::show(&ctx, session.as_deref(), *sources, false).await
+            }
+            Command::Policy { action: PolicyAction::Set { files, session } } => {
+                commands::policy::set(&ctx, session, files).await
             }
             Command::Policy { action: PolicyAction::Lines { session } } => {
                 commands::policy::show(&ctx, session.as_deref(), false, true).await

@@ -11,13 +11,7 @@ use crate::output;
 
 /// Validates files (read with the caller's rights); exits 1 when invalid.
 pub async fn validate(ctx: &Ctx, files: &[String]) -> anyhow::Result<ExitCode> {
-    let mut sources = Vec::new();
-    for f in files {
-        let bytes = std::fs::read(f).with_context(|| format!("cannot read {f}"))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| anyhow::anyhow!("{f}: not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
-        sources.push(pb::PolicySource { name: f.clone(), text });
-    }
+    let sources = read_sources(files)?;
     let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
     let r = ManagerClient::new(conn.channel)
         .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
@@ -182,4 +176,48 @@ pub async fn show(ctx: &Ctx, session: Option<&str>, sources: bool, lines_only: b
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces a running session's policy with files (read with the caller's
+/// rights); an invalid policy is refused and the previous one stays.
+pub async fn set(ctx: &Ctx, session: &str, files: &[String]) -> anyhow::Result<ExitCode> {
+    let sources = read_sources(files)?;
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .policy_set(pb::OpenSessionRequest {
+            session: session.to_owned(),
+            principal: String::new(),
+            sources,
+            admin: Vec::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    for e in &r.errors {
+        output::text(&render_error(e));
+    }
+    if r.valid {
+        output::line(&format!(
+            "session {session}: {} polic{} in force",
+            r.policies,
+            if r.policies == 1 { "y" } else { "ies" }
+        ));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        output::line("refused: the previous policy stays in force");
+        Ok(ExitCode::from(crate::EXIT_FAILURE))
+    }
+}
+
+/// Reads policy files as UTF-8 text.
+fn read_sources(files: &[String]) -> anyhow::Result<Vec<pb::PolicySource>> {
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).with_context(|| format!("cannot read {f}"))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|e| anyhow::anyhow!("{f}: not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
+            Ok(pb::PolicySource { name: f.clone(), text })
+        })
+        .collect()
 }

@@ -118,6 +118,11 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The system configuration file (its directory holds `policy.d/`).
+    pub fn system_config(&self) -> PathBuf {
+        self.ctx.system_config.clone()
+    }
+
     /// How many sessions exist.
     pub fn count(&self) -> usize {
         self.lock().len()
@@ -575,7 +580,7 @@ impl Sessions {
 
 /// The administrator's policies: `policy.d/*.cedar` beside the system
 /// configuration file (`/etc/leash/policy.d/`), in name order.
-fn admin_policies(system_config: &std::path::Path) -> Vec<pb::PolicySource> {
+pub fn admin_policies(system_config: &std::path::Path) -> Vec<pb::PolicySource> {
     let dir = system_config.parent().map(|d| d.join("policy.d")).unwrap_or_default();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .into_iter()
