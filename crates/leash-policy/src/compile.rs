@@ -282,6 +282,7 @@ struct Slices {
 }
 
 /// A head constraint that limits which resources a policy can match.
+#[derive(Clone)]
 enum Head {
     /// `resource in Dir::"d"`: only resources under d.
     InDir(String),
@@ -296,11 +297,7 @@ impl Slices {
             let head = head_constraint(json);
             for a in Action::ALL {
                 if applies_to(json, a) {
-                    let head = head.as_ref().map(|h| match h {
-                        Head::InDir(d) => Head::InDir(d.clone()),
-                        Head::IsFile(f) => Head::IsFile(f.clone()),
-                    });
-                    by_action.entry(a).or_default().push((p.clone(), head));
+                    by_action.entry(a).or_default().push((p.clone(), head.clone()));
                 }
             }
         }

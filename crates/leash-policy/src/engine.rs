@@ -168,6 +168,8 @@ pub struct Engine {
     /// Policy id → its source and line.
     origins: BTreeMap<String, String>,
     authorizer: Authorizer,
+    /// Compiled tables per principal, built on first use: an engine never changes.
+    tables: std::sync::Mutex<BTreeMap<String, std::sync::Arc<leash_core::tables::Tables>>>,
 }
 
 /// The schema, parsed once.
@@ -353,7 +355,7 @@ impl Engine {
         lints.sort();
         lints.dedup();
         let ranges = ranges.into_iter().filter_map(|r| IpRange::parse(&r).map(|p| (r, p))).collect();
-        Ok(Engine { schema, set, ranges, lints, origins, authorizer: Authorizer::new() })
+        Ok(Engine { schema, set, ranges, lints, origins, authorizer: Authorizer::new(), tables: Default::default() })
     }
 
     /// The lints of the loaded set.
@@ -374,6 +376,15 @@ impl Engine {
     /// The IP ranges the policy names.
     pub fn ranges(&self) -> &[(String, IpRange)] {
         &self.ranges
+    }
+
+    /// The tables for sessions of `principal`, compiled once per engine.
+    pub fn tables(&self, principal: &str) -> std::sync::Arc<leash_core::tables::Tables> {
+        let mut cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(principal.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(crate::compile::compile(self, principal, 0)))
+            .clone()
     }
 
     /// Decides one Cedar action on a resource.

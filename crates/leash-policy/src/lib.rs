@@ -290,7 +290,7 @@ pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::Chec
         _ => None,
     };
     let tables = match (file_action, &resource) {
-        (Some(fa), resource::Resource::File(path)) => match compile::compile(engine, principal, 0).lookup(fa, path) {
+        (Some(fa), resource::Resource::File(path)) => match engine.tables(principal).lookup(fa, path) {
             leash_core::tables::Lookup::Final(_) => "final".to_owned(),
             leash_core::tables::Lookup::Evaluate => "evaluate".to_owned(),
         },

@@ -27,6 +27,15 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Waits until the stack's first session runs (released); its id.
+fn running_session(stack: &Stack) -> String {
+    eventually(Duration::from_secs(10), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
+    })
+}
+
 fn nothing_left(stack: &Stack) {
     eventually(Duration::from_secs(10), "containers removed", || stack.containers().is_empty().then_some(()));
     let sessions = stack.state_dir.join("sessions");
@@ -270,10 +279,7 @@ fn a_session_survives_a_leashd_restart_and_is_listed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        (v.as_array()?.first()?["state"] == "running").then_some(())
-    });
+    running_session(&stack);
     let leashd = stack.processes("leashd")[0];
     leash_testkit::kill(leashd, rustix::process::Signal::KILL);
     stack.wait_leashd(Duration::from_secs(2));
@@ -297,10 +303,7 @@ fn a_session_survives_a_leashd_restart_and_is_listed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        (v.as_array()?.first()?["state"] == "running").then_some(())
-    });
+    running_session(&stack);
     let leashd = stack.processes("leashd")[0];
     leash_testkit::kill(leashd, rustix::process::Signal::TERM);
     assert_eq!(stack.wait_leashd(Duration::from_secs(8)), Some(0));
@@ -638,11 +641,7 @@ fn a_session_opens_its_policy_before_the_command_runs() {
     std::fs::write(&good, "@id(\"all\") permit (principal, action, resource);\n@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/secret/\");\n").unwrap();
     let leash =
         stack.leash(&["--image", TEST_IMAGE, "--policy", good.to_str().unwrap(), "--", "sleep", "8"]).spawn().unwrap();
-    let id = eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
-    });
+    let id = running_session(&stack);
     let check = || {
         text(&stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", "/secret/key"]).stdout)
             .trim()
@@ -707,11 +706,7 @@ fn the_administrators_policies_are_added_to_every_session() {
     std::fs::write(&user, "@id(\"everything\") permit (principal, action, resource);\n").unwrap();
     let leash =
         stack.leash(&["--image", TEST_IMAGE, "--policy", user.to_str().unwrap(), "--", "sleep", "3"]).spawn().unwrap();
-    let id = eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
-    });
+    let id = running_session(&stack);
     let check = |path: &str| {
         text(&stack.leashctl(&["policy", "check", "--session", &id, "FileOpen", path]).stdout).trim().to_owned()
     };

@@ -248,7 +248,7 @@ impl Sessions {
             Ok(code) => pb::SessionExit { code, error: String::new(), denied: 0 },
             Err(error) => pb::SessionExit { code: 125, error, denied: 0 },
         };
-        let _ = out.send(Ok(pb::SessionOutput { output: Some(Output::Exit(exit)) })).await;
+        emit(&out, Output::Exit(exit)).await;
     }
 
     async fn run_inner(
@@ -258,15 +258,11 @@ impl Sessions {
         mut input: Streaming<pb::SessionInput>,
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
     ) -> Result<i32, String> {
-        let send = |o: Output| {
-            let out = out.clone();
-            async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
-        };
         let mut timings = Timings::new();
         let mut plan = plan::plan(&self.ctx, caller, &start)?;
         self.ask_about_agent_mount(caller, &mut plan, &mut input, out).await?;
         for w in &plan.warnings {
-            send(Output::Notice(w.clone())).await;
+            emit(out, Output::Notice(w.clone())).await;
         }
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
@@ -356,10 +352,6 @@ impl Sessions {
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
         timings: &mut Timings,
     ) -> Result<Option<i32>, String> {
-        let send = |o: Output| {
-            let out = out.clone();
-            async move { out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok() }
-        };
         let cid = info.container_id.as_str();
         let attach = engine.attach(cid).await.map_err(|e| e.to_string())?;
         let mut output = attach.output;
@@ -394,7 +386,7 @@ impl Sessions {
             .filter(|p| !skipped.iter().any(|s| p.starts_with(s.split(' ').next().unwrap_or(""))))
             .collect();
         for layer in &skipped {
-            send(Output::Notice(format!("degraded: running without {layer}"))).await;
+            emit(out, Output::Notice(format!("degraded: running without {layer}"))).await;
         }
         let conn = tokio::time::timeout(RELEASE_PATIENCE, release.accept()).await;
         let _ = std::fs::remove_file(release_path);
@@ -405,7 +397,7 @@ impl Sessions {
             Err(_) => {
                 // Show what leash-entry said before giving up.
                 while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_millis(200), output.next()).await {
-                    relay(&send, chunk).await;
+                    relay(out, chunk).await;
                 }
                 return Err(format!("leash-entry did not reach the release channel within {RELEASE_PATIENCE:?}"));
             }
@@ -420,11 +412,14 @@ impl Sessions {
         self.publish("session.release", info, &release_details);
         // Running means released: admission passed and the command started.
         self.set_state(&info.id, "running");
-        send(Output::Started(pb::SessionStarted {
-            id: info.id.clone(),
-            container: info.container.clone(),
-            image: info.image.clone(),
-        }))
+        emit(
+            out,
+            Output::Started(pb::SessionStarted {
+                id: info.id.clone(),
+                container: info.container.clone(),
+                image: info.image.clone(),
+            }),
+        )
         .await;
 
         let mut client_gone = false;
@@ -433,7 +428,7 @@ impl Sessions {
                 () = self.ctx.shutdown.cancelled() => return Ok(None),
                 chunk = output.next() => match chunk {
                     Some(Ok(chunk)) => {
-                        if !relay(&send, chunk).await {
+                        if !relay(out, chunk).await {
                             client_gone = true;
                         }
                     }
@@ -504,7 +499,7 @@ impl Sessions {
             choices: MOUNT_CHOICES.iter().map(|c| (*c).to_owned()).collect(),
             default_choice: 2,
         };
-        if out.send(Ok(pb::SessionOutput { output: Some(Output::Prompt(prompt)) })).await.is_err() {
+        if !emit(out, Output::Prompt(prompt)).await {
             return Err("the client went away".into());
         }
         let answer = loop {
@@ -621,15 +616,18 @@ async fn remember(caller: &Peer, path: &std::path::Path, agent: &str, project: O
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) }
 }
 
+/// Sends one message to the client; false when it is gone.
+async fn emit(out: &mpsc::Sender<Result<pb::SessionOutput, Status>>, o: Output) -> bool {
+    out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok()
+}
+
 /// Passes one chunk of output to the client; false when it is gone.
-async fn relay<F, Fut>(send: &F, chunk: LogOutput) -> bool
-where
-    F: Fn(Output) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+async fn relay(out: &mpsc::Sender<Result<pb::SessionOutput, Status>>, chunk: LogOutput) -> bool {
     match chunk {
-        LogOutput::StdOut { message } | LogOutput::Console { message } => send(Output::Stdout(message.to_vec())).await,
-        LogOutput::StdErr { message } => send(Output::Stderr(message.to_vec())).await,
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            emit(out, Output::Stdout(message.to_vec())).await
+        }
+        LogOutput::StdErr { message } => emit(out, Output::Stderr(message.to_vec())).await,
         LogOutput::StdIn { .. } => true,
     }
 }
