@@ -124,7 +124,14 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             volumes: args.volumes.clone(),
             image: args.image.clone().unwrap_or_default(),
             policy,
-            policy_path: policy_path.unwrap_or_default(),
+            // Absolute, so leashd can tell whether the file lies under a
+            // writable mount and leash-policy can watch it.
+            policy_path: policy_path
+                .map(|p| {
+                    let p = expand_home(&p, env);
+                    std::path::absolute(&p).unwrap_or(p).display().to_string()
+                })
+                .unwrap_or_default(),
             publish: args.publish.clone(),
             publish_all: args.publish_all,
             client_env,

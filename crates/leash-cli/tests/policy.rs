@@ -77,3 +77,86 @@ fn validate_and_check_through_the_daemons() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown action \"Teleport\""), "{out:?}");
 }
+
+#[test]
+fn the_default_policy_is_edited_live_persisted_and_reloaded_from_its_file() {
+    if !require_root("the_default_policy_is_edited_live_persisted_and_reloaded_from_its_file") {
+        return;
+    }
+    let mut stack = Stack::new();
+    stack.start_leashd();
+    stack.wait_healthy(Duration::from_secs(10));
+    let check = |path: &str| text(&stack.leashctl(&["policy", "check", "FileOpen", path]).stdout).trim().to_owned();
+    let no_tmp = r#"@id("no-tmp") forbid (principal, action, resource in Dir::"/tmp/")"#;
+
+    // Runtime edits: add, then remove by id.
+    let out = stack.leashctl(&["policy", "add", no_tmp]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("default policy (new sessions): 5 policies in force"), "{out:?}");
+    assert_eq!(check("/tmp/x"), "deny FileOpen File::\"/tmp/x\" by no-tmp");
+    let out = stack.leashctl(&["policy", "remove", "no-tmp"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(check("/tmp/x"), "allow FileOpen File::\"/tmp/x\" by default-files");
+    let out = stack.leashctl(&["policy", "remove", "no-such-policy"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("\"no-such-policy\" not found"), "{out:?}");
+
+    // A policy file: set, then edited on disk and reloaded (inotify).
+    let file = stack.root().join("default.cedar");
+    std::fs::write(&file, "@id(\"all\") permit (principal, action, resource);\n").unwrap();
+    let out = stack.leashctl(&["policy", "set", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(check("/tmp/x"), "allow FileOpen File::\"/tmp/x\" by all");
+    std::fs::write(&file, format!("@id(\"all\") permit (principal, action, resource);\n{no_tmp};\n")).unwrap();
+    leash_testkit::eventually(Duration::from_secs(5), "the edited file reloaded", || {
+        (check("/tmp/x") == "deny FileOpen File::\"/tmp/x\" by no-tmp").then_some(())
+    });
+    leash_testkit::eventually(Duration::from_secs(5), "a policy.reload event", || {
+        stack.events().into_iter().find(|e| e["action"] == "policy.reload")
+    });
+    // An invalid edit is refused and the previous policy stays in force.
+    std::fs::write(&file, "permit (principal, action, resource").unwrap();
+    let invalid = leash_testkit::eventually(Duration::from_secs(5), "the invalid file reported", || {
+        stack.events().into_iter().find(|e| e["action"] == "policy.invalid")
+    });
+    assert!(invalid["details"]["error"].as_str().unwrap().contains("default.cedar:1:"), "{invalid}");
+    assert_eq!(check("/tmp/x"), "deny FileOpen File::\"/tmp/x\" by no-tmp");
+
+    // Persist folds the runtime layer into the file layer; --write-back
+    // writes the file, with the caller's rights.
+    std::fs::write(&file, "@id(\"all\") permit (principal, action, resource);\n").unwrap();
+    leash_testkit::eventually(Duration::from_secs(5), "the fixed file reloaded", || {
+        (check("/tmp/x") == "allow FileOpen File::\"/tmp/x\" by all").then_some(())
+    });
+    stack.leashctl(&["policy", "add", no_tmp]);
+    let out = stack.leashctl(&["policy", "persist", "--write-back", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["written_back"], true, "{v}");
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.contains("@id(\"all\")") && written.contains("@id(\"no-tmp\")"), "{written}");
+    assert_eq!(std::fs::read_to_string(v["saved"].as_str().unwrap()).unwrap(), written);
+
+    // The tables of the policy in force carry its generation and reasons.
+    let out = stack.leashctl(&["policy", "tables", "--json"]);
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generation = t["generation"].as_u64().unwrap();
+    assert!(generation >= 6, "{t}");
+    let open = t["files"].as_array().unwrap().iter().find(|f| f["action"] == "open").unwrap().clone();
+    let tmp = open["prefixes"].as_array().unwrap().iter().find(|p| p["key"] == "/tmp/").unwrap().clone();
+    assert_eq!((tmp["allow"].as_bool(), tmp["reasons"][0].as_str()), (Some(false), Some("no-tmp")), "{t}");
+
+    // All of it survives a restart of leash-policy.
+    let pid = Stack::component(&stack.status().unwrap(), "leash-policy")["pid"].as_u64().unwrap() as u32;
+    leash_testkit::kill(pid, rustix::process::Signal::KILL);
+    leash_testkit::eventually(Duration::from_secs(5), "leash-policy back with the edits", || {
+        (check("/tmp/x") == "deny FileOpen File::\"/tmp/x\" by no-tmp").then_some(())
+    });
+    let t: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["policy", "tables", "--json"]).stdout).unwrap();
+    assert_eq!(t["generation"].as_u64(), Some(generation));
+    // And the file is still watched after the restart.
+    std::fs::write(&file, "@id(\"all\") permit (principal, action, resource);\n").unwrap();
+    leash_testkit::eventually(Duration::from_secs(5), "reloaded after a restart", || {
+        (check("/tmp/x") == "allow FileOpen File::\"/tmp/x\" by all").then_some(())
+    });
+}

@@ -68,6 +68,8 @@ pub struct Tables {
     pub files: BTreeMap<FileAction, PathTable>,
     /// `NetworkConnect` by address.
     pub net: NetTable,
+    /// `NetworkConnect` by host name (for the proxy; the kernel sees addresses).
+    pub hosts: HostTable,
     /// Reason sets: the ids of the policies that decided.
     pub reasons: Vec<Vec<String>>,
 }
@@ -218,5 +220,68 @@ impl NetTable {
         }
         let default = if ip.is_ipv4() { self.default_v4 } else { self.default_v6 };
         default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+    }
+}
+
+/// The `NetworkConnect` table by host name: what the proxy decides on the
+/// name a client asked for (SNI, `Host:`), where the kernel only sees an
+/// address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostTable {
+    /// `(name, port)` named exactly by the policy; port 0 is a request
+    /// without a port (which `resource == Host::"name"` matches, and
+    /// `name:443` does not).
+    pub exact_port: BTreeMap<(String, u16), Verdict>,
+    /// Names named exactly, any other port.
+    pub exact: BTreeMap<String, Verdict>,
+    /// Dot-boundary wildcards by suffix (`*.example.com` under `example.com`):
+    /// the longest suffix strictly above the name decides. The apex is not
+    /// in its own wildcard.
+    pub wildcards: BTreeMap<String, Verdict>,
+    /// When nothing else matches.
+    pub default: Option<Verdict>,
+    /// A condition the table cannot carve: every lookup needs evaluation.
+    pub evaluate_all: bool,
+}
+
+impl HostTable {
+    /// Looks a host name up (lower case, no trailing dot).
+    pub fn lookup(&self, name: &str, port: Option<u16>) -> Lookup {
+        if self.evaluate_all {
+            return Lookup::Evaluate;
+        }
+        let exact = self.exact_port.get(&(name.to_owned(), port.unwrap_or(0))).or_else(|| self.exact.get(name));
+        if let Some(v) = exact {
+            return Lookup::Final(*v);
+        }
+        let mut rest = name;
+        while let Some(i) = rest.find('.') {
+            rest = &rest[i + 1..];
+            if let Some(v) = self.wildcards.get(rest) {
+                return Lookup::Final(*v);
+            }
+        }
+        self.default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn exact_then_longest_wildcard_then_default() {
+        let v = |allow, reason| Verdict { allow, reason };
+        let mut t = HostTable { default: Some(v(false, 0)), ..Default::default() };
+        t.wildcards.insert("example.com".into(), v(true, 1));
+        t.wildcards.insert("com".into(), v(false, 2));
+        t.exact.insert("bad.example.com".into(), v(false, 3));
+        t.exact_port.insert(("api.example.com".into(), 8443), v(false, 4));
+        assert_eq!(t.lookup("api.example.com", Some(443)), Lookup::Final(v(true, 1)));
+        assert_eq!(t.lookup("api.example.com", Some(8443)), Lookup::Final(v(false, 4)));
+        assert_eq!(t.lookup("bad.example.com", None), Lookup::Final(v(false, 3)));
+        assert_eq!(t.lookup("example.com", Some(443)), Lookup::Final(v(false, 2)), "the apex is not in *.example.com");
+        assert_eq!(t.lookup("badexample.com", Some(443)), Lookup::Final(v(false, 2)));
+        assert_eq!(t.lookup("localhost", None), Lookup::Final(v(false, 0)));
     }
 }

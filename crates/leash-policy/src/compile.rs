@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use cedar_policy::{Policy, PolicySet};
 use std::net::IpAddr;
 
-use leash_core::tables::{FileAction, NetTable, PathTable, Tables, Verdict, in_range};
+use leash_core::tables::{FileAction, HostTable, NetTable, PathTable, Tables, Verdict, in_range};
 use serde_json::Value;
 
 use crate::engine::{Action, Decision, Engine, combine};
@@ -35,7 +35,12 @@ pub enum Mutation {
     PermitOverForbid,
     /// Each directory's region is decided at its parent.
     OffByOnePrefix,
+    /// A wildcard's apex is decided as if it were inside it.
+    ApexInWildcard,
 }
+
+/// A label no real host has, for wildcard representatives.
+const HOST_REPRESENTATIVE: &str = "leash-region-representative";
 
 /// What a policy's JSON says about the file tables.
 #[derive(Debug, Default)]
@@ -119,7 +124,8 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
         files.insert(action, table);
     }
     let net = compile_net(engine, principal, &policies, &sliced, slice, &mut verdict);
-    Tables { generation, files, net, reasons }
+    let hosts = compile_hosts(engine, principal, &policies, &sliced, slice, mutation, &mut verdict);
+    Tables { generation, files, net, hosts, reasons }
 }
 
 /// The `NetworkConnect` table: exact addresses (with and without port),
@@ -138,14 +144,7 @@ fn compile_net(
     for (_, json) in policies.iter().filter(|(_, j)| applies_to(j, Action::NetworkConnect)) {
         net_carve(json, &mut literals, &mut ranges, &mut evaluate_all);
     }
-    let set = if slice {
-        PolicySet::from_policies(
-            sliced.by_action.get(&Action::NetworkConnect).into_iter().flatten().map(|(p, _)| p.clone()),
-        )
-        .expect("a subset of a valid set")
-    } else {
-        engine.policies().clone()
-    };
+    let set = net_slice(engine, sliced, slice);
     let mut decide = |ip: IpAddr, port: u16| {
         let r = Resource::Host(crate::resource::Host::Ip(ip, Some(port)));
         verdict(engine.authorize_in(&set, principal, Action::NetworkConnect, &r, &BTreeMap::new()))
@@ -184,6 +183,110 @@ fn compile_net(
     table.default_v4 = outside(IpAddr::from([0, 0, 0, 0])).map(|ip| decide(ip, free_port));
     table.default_v6 = outside(IpAddr::from([0u16; 8])).map(|ip| decide(ip, free_port));
     table
+}
+
+/// The `NetworkConnect` table by name: every name the policy mentions (with
+/// and without its port), every wildcard and DNS zone, and the default, each
+/// decided on a representative (a name a label below a wildcard, a port no
+/// policy mentions).
+fn compile_hosts(
+    engine: &Engine,
+    principal: &str,
+    policies: &[(Policy, Value)],
+    sliced: &Slices,
+    slice: bool,
+    mutation: Mutation,
+    verdict: &mut impl FnMut(Decision) -> Verdict,
+) -> HostTable {
+    let mut names: BTreeSet<(String, Option<u16>)> = BTreeSet::new();
+    let mut suffixes: BTreeSet<String> = BTreeSet::new();
+    let mut evaluate_all = false;
+    for (_, json) in policies.iter().filter(|(_, j)| applies_to(j, Action::NetworkConnect)) {
+        host_carve(json, &mut names, &mut suffixes, &mut evaluate_all);
+    }
+    let set = net_slice(engine, sliced, slice);
+    let ports: BTreeSet<u16> = names.iter().filter_map(|(_, p)| *p).collect();
+    let free_port = (1..=u16::MAX).rev().find(|p| !ports.contains(p)).unwrap_or(1);
+    let mut decide = |name: &str, port: u16| {
+        let r = Resource::Host(crate::resource::Host::Name(name.to_owned(), (port != 0).then_some(port)));
+        verdict(engine.authorize_in(&set, principal, Action::NetworkConnect, &r, &BTreeMap::new()))
+    };
+    let mut table = HostTable { evaluate_all, ..Default::default() };
+    for (name, port) in &names {
+        match port {
+            Some(p) => {
+                table.exact_port.insert((name.clone(), *p), decide(name, *p));
+            }
+            None => {
+                table.exact.insert(name.clone(), decide(name, free_port));
+            }
+        }
+        // Without a port, the request is the bare name itself.
+        let bare = decide(name, 0);
+        table.exact_port.insert((name.clone(), 0), bare);
+    }
+    for suffix in &suffixes {
+        let v = decide(&format!("{HOST_REPRESENTATIVE}.{suffix}"), free_port);
+        table.wildcards.insert(suffix.clone(), v);
+        if mutation == Mutation::ApexInWildcard {
+            table.exact.entry(suffix.clone()).or_insert(v);
+        }
+    }
+    table.default = Some(decide(HOST_REPRESENTATIVE, free_port));
+    table
+}
+
+/// The `NetworkConnect` policies (all of them when not slicing).
+fn net_slice(engine: &Engine, sliced: &Slices, slice: bool) -> PolicySet {
+    if !slice {
+        return engine.policies().clone();
+    }
+    PolicySet::from_policies(
+        sliced.by_action.get(&Action::NetworkConnect).into_iter().flatten().map(|(p, _)| p.clone()),
+    )
+    .expect("a subset of a valid set")
+}
+
+/// Collects the host names, wildcards and zones a `NetworkConnect` policy names.
+fn host_carve(
+    v: &Value,
+    names: &mut BTreeSet<(String, Option<u16>)>,
+    suffixes: &mut BTreeSet<String>,
+    evaluate_all: &mut bool,
+) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(ty)), Some(Value::String(id)), 2) = (map.get("type"), map.get("id"), map.len()) {
+                match ty.as_str() {
+                    "Host" if id == "*" => {}
+                    "Host" => match id.strip_prefix("*.") {
+                        Some(suffix) => {
+                            suffixes.insert(suffix.to_ascii_lowercase());
+                        }
+                        None => {
+                            if let Ok(crate::resource::Host::Name(n, p)) = crate::resource::Host::parse(id)
+                                && !n.contains('*')
+                            {
+                                names.insert((n, p));
+                            }
+                        }
+                    },
+                    "Net::DnsZone" => {
+                        suffixes.insert(id.trim_end_matches('.').to_ascii_lowercase());
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            if map.get("Var").and_then(Value::as_str) == Some("context") || resource_attr(Some(v)).is_some() {
+                *evaluate_all = true;
+                return;
+            }
+            map.values().for_each(|c| host_carve(c, names, suffixes, evaluate_all));
+        }
+        Value::Array(items) => items.iter().for_each(|c| host_carve(c, names, suffixes, evaluate_all)),
+        _ => {}
+    }
 }
 
 /// Addresses to try inside a range: its ends, its middle and quarters, and

@@ -138,7 +138,7 @@ impl std::fmt::Display for LoadError {
 }
 
 /// One policy text and its name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// A file path, or a name such as `default`.
     pub name: String,
@@ -283,6 +283,7 @@ impl Engine {
                 };
                 let mut found = Vec::new();
                 normalize(&mut json, &mut found);
+                normalize_host_head(&mut json, &mut found);
                 for (code, message) in found {
                     lints.push(Lint {
                         code,
@@ -541,10 +542,19 @@ fn suggestion(message: &str) -> String {
     }
 }
 
+/// The byte spans of a text's top-level statements (annotations included,
+/// through the closing `;`), in Cedar's order.
+pub fn statement_spans(text: &str) -> Vec<(usize, usize)> {
+    let s = scan(text, usize::MAX);
+    s.starts.into_iter().zip(s.ends.into_iter().chain(std::iter::repeat(text.len()))).collect()
+}
+
 /// What a scan of a policy's text finds, outside strings and comments.
 struct Scan {
     /// Byte offsets where each top-level statement starts (annotations included).
     starts: Vec<usize>,
+    /// Byte offsets just past each top-level statement's `;`.
+    ends: Vec<usize>,
     /// The offset where brackets first nest deeper than the limit.
     too_deep: Option<usize>,
 }
@@ -552,7 +562,7 @@ struct Scan {
 /// Scans a policy's text once: statement starts and nesting depth.
 fn scan(text: &str, max_depth: usize) -> Scan {
     let b = text.as_bytes();
-    let mut out = Scan { starts: Vec::new(), too_deep: None };
+    let mut out = Scan { starts: Vec::new(), ends: Vec::new(), too_deep: None };
     let (mut i, mut depth, mut at_start) = (0, 0usize, true);
     let start_here = |i: usize, at_start: &mut bool, starts: &mut Vec<usize>| {
         if *at_start {
@@ -575,7 +585,12 @@ fn scan(text: &str, max_depth: usize) -> Scan {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
             }
-            b';' if depth == 0 => at_start = true,
+            b';' if depth == 0 => {
+                if !at_start {
+                    out.ends.push(i + 1);
+                }
+                at_start = true;
+            }
             b'(' | b'[' | b'{' => {
                 start_here(i, &mut at_start, &mut out.starts);
                 depth += 1;
@@ -637,6 +652,53 @@ fn normalize(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
         }
         Value::Array(items) => items.iter_mut().for_each(|c| normalize(c, found)),
         _ => {}
+    }
+}
+
+/// `resource == Host::"name"` on `NetworkConnect` names the bare host
+/// entity, which no connection is (it always has a port): the Go leash
+/// meant every port, so it is read as `resource in Host::"name"` (and
+/// `== Host::"*"` as every destination). Policies that may decide
+/// `HttpRewrite` keep `==`: that is its data shape.
+fn normalize_host_head(json: &mut Value, found: &mut Vec<(&'static str, String)>) {
+    let connect_only = |a: &Value| {
+        let named = |e: &Value| {
+            let e = e.get("entity").or_else(|| e.get("__entity")).unwrap_or(e);
+            e.get("id").and_then(Value::as_str).map(str::to_owned)
+        };
+        match a.get("op").and_then(Value::as_str) {
+            Some("==") => named(a).as_deref() == Some(Action::NetworkConnect.name()),
+            Some("in") => a.get("entities").and_then(Value::as_array).is_some_and(|l| {
+                l.iter().all(|e| named(e).as_deref() != Some(Action::HttpRewrite.name()))
+                    && l.iter().any(|e| named(e).as_deref() == Some(Action::NetworkConnect.name()))
+            }),
+            _ => false,
+        }
+    };
+    if !json.get("action").is_some_and(connect_only) {
+        return;
+    }
+    let Some(r) = json.get_mut("resource") else { return };
+    if r.get("op").and_then(Value::as_str) != Some("==") {
+        return;
+    }
+    let entity = r.get("entity").cloned().unwrap_or(Value::Null);
+    let (Some(ty), Some(id)) = (entity.get("type").and_then(Value::as_str), entity.get("id").and_then(Value::as_str))
+    else {
+        return;
+    };
+    let portless = match resource::Host::parse(id) {
+        Ok(resource::Host::Name(_, None) | resource::Host::Ip(_, None)) => true,
+        _ => id == "*",
+    };
+    if ty == "Host" && portless {
+        found.push((
+            "host_equality_normalized",
+            format!(
+                "`resource == Host::{id:?}` is read as `resource in Host::{id:?}`: a connection always has a port, so == would never match one"
+            ),
+        ));
+        r["op"] = Value::String("in".into());
     }
 }
 

@@ -1,13 +1,19 @@
 //! The policy service: Cedar policies, decisions and kernel tables.
 //!
-//! At this stage it loads the embedded default policy and serves its status;
-//! loading, authorizing and compiling arrive with their own methods.
+//! It holds the default policy (for sessions opened without one) and each
+//! session's policy in a [`store::Store`], decides requests through a
+//! decision cache, compiles kernel tables, reloads policy files on change,
+//! and streams every change with its generation.
 
 pub mod cache;
 pub mod compile;
 pub mod engine;
 pub mod humanize;
 pub mod resource;
+pub mod store;
+pub mod watch;
+
+use std::collections::BTreeMap;
 
 use leash_core::Component;
 use leash_daemon::access::Rule;
@@ -34,23 +40,7 @@ pub fn default_sources() -> Vec<engine::Source> {
 
 struct Service {
     core: ComponentCore,
-    policies: usize,
-    default: std::sync::Arc<engine::Engine>,
-    sessions: Sessions,
-}
-
-/// The sessions' policies, kept on disk so a restart restores them.
-#[derive(Clone, Debug)]
-struct Sessions {
-    dir: std::path::PathBuf,
-    loaded: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, SessionPolicy>>>,
-}
-
-#[derive(Debug)]
-struct SessionPolicy {
-    engine: std::sync::Arc<engine::Engine>,
-    mode: leash_core::Mode,
-    sources: Vec<engine::Source>,
+    store: std::sync::Arc<store::Store>,
 }
 
 /// The policy's lines for people, in source order.
@@ -111,108 +101,6 @@ pub fn apply_mode(mode: leash_core::Mode, mut r: pb::CheckResponse) -> pb::Check
     r
 }
 
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SessionPolicy>> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn file(&self, session: &str) -> std::path::PathBuf {
-        self.dir.join(format!("{session}.json"))
-    }
-
-    /// Restores every session saved by an earlier run.
-    fn restore(&self) {
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            let Some(session) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
-            let saved: Option<serde_json::Value> =
-                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            let mode = saved
-                .as_ref()
-                .and_then(|v| v["mode"].as_str())
-                .and_then(parse_mode)
-                .unwrap_or(leash_core::Mode::Enforce);
-            let sources = saved.as_ref().and_then(|v| v["sources"].as_array()).map(|list| {
-                list.iter()
-                    .map(|s| engine::Source {
-                        name: s["name"].as_str().unwrap_or_default().to_owned(),
-                        text: s["text"].as_str().unwrap_or_default().to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-            });
-            let s_sources = sources.clone().unwrap_or_default();
-            match sources.map(|s| engine::Engine::load(&s)) {
-                Some(Ok(e)) => {
-                    tracing::info!(session_id = %session, "restored the session's policy");
-                    self.lock()
-                        .insert(session, SessionPolicy { engine: std::sync::Arc::new(e), mode, sources: s_sources });
-                }
-                _ => tracing::warn!(path = %path.display(), "cannot restore a session's policy"),
-            }
-        }
-    }
-
-    /// Loads and saves a session's policy; a session starts in enforce.
-    fn open(
-        &self,
-        session: &str,
-        sources: Vec<engine::Source>,
-    ) -> Result<std::sync::Arc<engine::Engine>, Vec<engine::LoadError>> {
-        let engine = std::sync::Arc::new(engine::Engine::load(&sources)?);
-        self.save(session, &sources, leash_core::Mode::Enforce);
-        let policy = SessionPolicy { engine: engine.clone(), mode: leash_core::Mode::Enforce, sources };
-        self.lock().insert(session.to_owned(), policy);
-        Ok(engine)
-    }
-
-    fn save(&self, session: &str, sources: &[engine::Source], mode: leash_core::Mode) {
-        let saved = serde_json::json!({
-            "sources": sources.iter().map(|s| serde_json::json!({"name": s.name, "text": s.text})).collect::<Vec<_>>(),
-            "mode": mode_name(mode),
-        });
-        self.write(session, &saved);
-    }
-
-    fn write(&self, session: &str, saved: &serde_json::Value) {
-        let write = std::fs::create_dir_all(&self.dir).and_then(|()| {
-            let tmp = self.file(session).with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(saved).unwrap_or_default())?;
-            std::fs::rename(&tmp, self.file(session))
-        });
-        if let Err(e) = write {
-            tracing::warn!(session_id = %session, error = %e, "cannot save the session's policy");
-        }
-    }
-
-    /// Switches a session's mode and saves it; returns the previous mode.
-    fn set_mode(&self, session: &str, mode: leash_core::Mode) -> Option<leash_core::Mode> {
-        let previous = {
-            let mut loaded = self.lock();
-            let s = loaded.get_mut(session)?;
-            std::mem::replace(&mut s.mode, mode)
-        };
-        if let Some(mut saved) =
-            std::fs::read(self.file(session)).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        {
-            saved["mode"] = serde_json::Value::String(mode_name(mode).to_owned());
-            self.write(session, &saved);
-        }
-        Some(previous)
-    }
-    fn close(&self, session: &str) {
-        self.lock().remove(session);
-        let _ = std::fs::remove_file(self.file(session));
-    }
-
-    fn sources(&self, session: &str) -> Option<Vec<engine::Source>> {
-        self.lock().get(session).map(|s| s.sources.clone())
-    }
-
-    fn get(&self, session: &str) -> Option<(std::sync::Arc<engine::Engine>, leash_core::Mode)> {
-        self.lock().get(session).map(|s| (s.engine.clone(), s.mode))
-    }
-}
-
 /// A session id safe as a file name.
 fn valid_session_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -271,6 +159,15 @@ pub async fn validate(sources: Vec<engine::Source>) -> pb::ValidateResponse {
 
 /// Decides a check request against an engine.
 pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::CheckResponse, String> {
+    check_with(engine, req, |p, a, r, c| engine.authorize(p, a, r, c))
+}
+
+/// [`check`], deciding through `decide` (a decision cache).
+pub fn check_with(
+    engine: &engine::Engine,
+    req: &pb::CheckRequest,
+    decide: impl FnOnce(&str, engine::Action, &resource::Resource, &BTreeMap<String, String>) -> engine::Decision,
+) -> Result<pb::CheckResponse, String> {
     let action = engine::Action::from_name(&req.action).ok_or_else(|| {
         format!(
             "unknown action {:?}: use one of {}",
@@ -279,9 +176,9 @@ pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::Chec
         )
     })?;
     let resource = resource::parse_for(action, &req.resource)?;
-    let principal = if req.principal.is_empty() { "claude" } else { req.principal.as_str() };
-    let context = req.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let d = engine.authorize(principal, action, &resource, &context);
+    let principal = if req.principal.is_empty() { store::DEFAULT_PRINCIPAL } else { req.principal.as_str() };
+    let context: BTreeMap<String, String> = req.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let d = decide(principal, action, &resource, &context);
     let file_action = match action {
         engine::Action::FileOpen => Some(leash_core::tables::FileAction::Open),
         engine::Action::FileOpenReadOnly => Some(leash_core::tables::FileAction::Read),
@@ -307,13 +204,81 @@ pub fn check(engine: &engine::Engine, req: &pb::CheckRequest) -> Result<pb::Chec
     })
 }
 
+fn sources_of(list: Vec<pb::PolicySource>) -> Vec<engine::Source> {
+    list.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect()
+}
+
+/// The wire form of an applied change, or of why it was refused.
+fn edit_response(session: &str, r: Result<store::Applied, Vec<engine::LoadError>>) -> pb::EditResponse {
+    match r {
+        Ok(a) => pb::EditResponse {
+            valid: true,
+            errors: Vec::new(),
+            lints: a.engine.lints().iter().map(lint_to_proto).collect(),
+            policies: a.engine.policies().policies().count() as u32,
+            generation: a.generation,
+            session: session.to_owned(),
+            added: a.added,
+            removed: a.removed,
+        },
+        Err(errors) => pb::EditResponse {
+            valid: false,
+            errors: errors.iter().map(error_to_proto).collect(),
+            session: session.to_owned(),
+            ..Default::default()
+        },
+    }
+}
+
+/// The wire form of a change.
+pub fn change_to_proto(c: &store::Change) -> pb::PolicyChange {
+    pb::PolicyChange {
+        session: c.session.clone(),
+        generation: c.generation,
+        kind: c.kind.to_owned(),
+        mode: mode_name(c.mode).to_owned(),
+        policies: c.policies,
+        errors: c.errors.clone(),
+        path: c.path.clone(),
+        missed: 0,
+    }
+}
+
+impl Service {
+    fn current(&self, session: &str) -> Result<store::Current, Status> {
+        self.store.get(session).ok_or_else(|| Status::not_found(format!("no policy for session {session:?}")))
+    }
+
+    fn key(session: &str) -> Result<&str, Status> {
+        if session.is_empty() || valid_session_id(session) {
+            Ok(session)
+        } else {
+            Err(Status::invalid_argument(format!("invalid session id {session:?}")))
+        }
+    }
+
+    /// Runs a store change on a blocking thread (loading is CPU work).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&store::Store) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+type WatchStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::PolicyChange, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Policy for Service {
+    type WatchStream = WatchStream;
+
     async fn status(&self, _: Request<PolicyStatusRequest>) -> Result<Response<ComponentReport>, Status> {
+        let default = self.current(store::DEFAULT)?;
         Ok(self.core.report(vec![
-            ("policy", "default (embedded)".to_owned()),
-            ("policies", self.policies.to_string()),
-            ("sessions", self.sessions.lock().len().to_string()),
+            ("policy", format!("default, generation {}", default.generation)),
+            ("policies", default.engine.policies().policies().count().to_string()),
+            ("sessions", self.store.sessions().to_string()),
         ]))
     }
 
@@ -322,42 +287,37 @@ impl Policy for Service {
     }
 
     async fn validate(&self, req: Request<pb::ValidateRequest>) -> Result<Response<pb::ValidateResponse>, Status> {
-        let sources =
-            req.into_inner().sources.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect();
-        Ok(Response::new(validate(sources).await))
+        Ok(Response::new(validate(sources_of(req.into_inner().sources)).await))
     }
 
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let req = req.into_inner();
-        let (engine, mode) = if req.session.is_empty() {
-            (self.default.clone(), leash_core::Mode::Enforce)
-        } else {
-            self.sessions
-                .get(&req.session)
-                .ok_or_else(|| Status::not_found(format!("no policy for session {:?}", req.session)))?
-        };
-        let r = tokio::task::spawn_blocking(move || check(&engine, &req))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let current = self.current(Self::key(&req.session)?)?;
+        let mode = current.mode;
+        let r = tokio::task::spawn_blocking(move || {
+            let engine = current.engine.clone();
+            check_with(&engine, &req, |principal, action, resource, context| {
+                if principal == current.principal {
+                    let mut cache = current.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    cache.decide(action, resource, context)
+                } else {
+                    engine.authorize(principal, action, resource, context)
+                }
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         r.map(|r| Response::new(apply_mode(mode, r))).map_err(Status::invalid_argument)
     }
 
     async fn show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
         let session = req.into_inner().session;
-        let (engine, mode, sources) = if session.is_empty() {
-            (self.default.clone(), leash_core::Mode::Enforce, default_sources())
-        } else {
-            let (e, m) = self
-                .sessions
-                .get(&session)
-                .ok_or_else(|| Status::not_found(format!("no policy for session {session:?}")))?;
-            (e, m, self.sessions.sources(&session).unwrap_or_default())
-        };
+        let c = self.current(Self::key(&session)?)?;
         Ok(Response::new(pb::ShowResponse {
-            sources: sources.into_iter().map(|s| pb::PolicySource { name: s.name, text: s.text }).collect(),
-            lines: lines(&engine),
-            mode: mode_name(mode).to_owned(),
-            lints: engine.lints().iter().map(lint_to_proto).collect(),
+            sources: c.sources.into_iter().map(|s| pb::PolicySource { name: s.name, text: s.text }).collect(),
+            lines: lines(&c.engine),
+            mode: mode_name(c.mode).to_owned(),
+            lints: c.engine.lints().iter().map(lint_to_proto).collect(),
         }))
     }
 
@@ -367,8 +327,8 @@ impl Policy for Service {
             Status::invalid_argument(format!("unknown mode {:?}: use record, shadow or enforce", req.mode))
         })?;
         let previous = self
-            .sessions
-            .set_mode(&req.session, mode)
+            .store
+            .set_mode(Self::key(&req.session)?, mode)
             .ok_or_else(|| Status::not_found(format!("no policy for session {:?}", req.session)))?;
         tracing::info!(session_id = %req.session, mode = mode_name(mode), previous = mode_name(previous), "mode switched");
         Ok(Response::new(pb::SetModeResponse {
@@ -386,34 +346,34 @@ impl Policy for Service {
         if !valid_session_id(&req.session) {
             return Err(Status::invalid_argument(format!("invalid session id {:?}", req.session)));
         }
-        let mut sources: Vec<engine::Source> = if req.sources.is_empty() {
-            default_sources()
-        } else {
-            req.sources.into_iter().map(|s| engine::Source { name: s.name, text: s.text }).collect()
+        let opening = store::Opening {
+            principal: req.principal.clone(),
+            sources: sources_of(req.sources),
+            admin: sources_of(req.admin),
+            file: (!req.watch_path.is_empty()).then(|| std::path::PathBuf::from(&req.watch_path)),
+            owner: req.owner,
+            writable: req.writable_mounts.iter().map(std::path::PathBuf::from).collect(),
         };
-        sources.extend(req.admin.into_iter().map(|s| engine::Source { name: s.name, text: s.text }));
-        let sessions = self.sessions.clone();
         let session = req.session.clone();
-        let opened = tokio::task::spawn_blocking(move || sessions.open(&session, sources))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let opened = self.blocking(move |s| s.open_session(&session, opening)).await?;
         Ok(Response::new(match opened {
-            Ok(e) => {
-                tracing::info!(session_id = %req.session, principal = %req.principal, policies = e.policies().policies().count(), "opened the session's policy");
+            Ok(a) => {
+                let policies = a.engine.policies().policies().count();
+                tracing::info!(session_id = %req.session, principal = %req.principal, policies, watched = a.watched, "opened the session's policy");
                 pb::OpenSessionResponse {
                     valid: true,
                     errors: Vec::new(),
-                    lints: e.lints().iter().map(lint_to_proto).collect(),
-                    policies: e.policies().policies().count() as u32,
-                    generation: 1,
+                    lints: a.engine.lints().iter().map(lint_to_proto).collect(),
+                    policies: policies as u32,
+                    generation: a.generation,
+                    watched: a.watched,
+                    watch_note: a.watch_note,
                 }
             }
             Err(errors) => pb::OpenSessionResponse {
                 valid: false,
                 errors: errors.iter().map(error_to_proto).collect(),
-                lints: Vec::new(),
-                policies: 0,
-                generation: 0,
+                ..Default::default()
             },
         }))
     }
@@ -424,27 +384,120 @@ impl Policy for Service {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let session = req.into_inner().session;
         if valid_session_id(&session) {
-            self.sessions.close(&session);
+            self.store.close(&session);
         }
         Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+
+    async fn set_layer(&self, req: Request<pb::SetLayerRequest>) -> Result<Response<pb::EditResponse>, Status> {
+        let req = req.into_inner();
+        let key = Self::key(&req.session)?.to_owned();
+        let layer = match pb::Layer::try_from(req.layer) {
+            Ok(pb::Layer::File) => store::Layer::File,
+            Ok(pb::Layer::Runtime) => store::Layer::Runtime,
+            _ => return Err(Status::invalid_argument("name the layer: file or runtime")),
+        };
+        let file = (!req.watch_path.is_empty()).then(|| std::path::PathBuf::from(&req.watch_path));
+        let sources = sources_of(req.sources);
+        let k = key.clone();
+        let r = self.blocking(move |s| s.set_layer(&k, layer, sources, file)).await?;
+        Ok(Response::new(edit_response(&key, r)))
+    }
+
+    async fn edit(&self, req: Request<pb::EditRequest>) -> Result<Response<pb::EditResponse>, Status> {
+        let req = req.into_inner();
+        let key = Self::key(&req.session)?.to_owned();
+        let k = key.clone();
+        let r = self.blocking(move |s| s.edit(&k, &req.add, &req.remove)).await?;
+        Ok(Response::new(edit_response(&key, r)))
+    }
+
+    async fn persist(&self, req: Request<pb::PersistRequest>) -> Result<Response<pb::PersistResponse>, Status> {
+        let key = Self::key(&req.get_ref().session)?.to_owned();
+        let k = key.clone();
+        let r = self.blocking(move |s| s.persist(&k)).await?;
+        Ok(Response::new(match r {
+            Ok((applied, text, file, saved)) => pb::PersistResponse {
+                result: Some(edit_response(&key, Ok(applied))),
+                text,
+                path: file.map(|f| f.display().to_string()).unwrap_or_default(),
+                saved: saved.display().to_string(),
+            },
+            Err(e) => pb::PersistResponse { result: Some(edit_response(&key, Err(e))), ..Default::default() },
+        }))
+    }
+
+    async fn tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::DecisionTables>, Status> {
+        let req = req.into_inner();
+        let c = self.current(Self::key(&req.session)?)?;
+        let principal = if req.principal.is_empty() { c.principal.clone() } else { req.principal };
+        let t = tokio::task::spawn_blocking(move || {
+            let mut t = (*c.engine.tables(&principal)).clone();
+            t.generation = c.generation;
+            leash_proto::tables::to_proto(&t, mode_name(c.mode))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(t))
+    }
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let session = req.into_inner().session;
+        let filter = (!session.is_empty()).then(|| session.clone());
+        if let Some(s) = &filter {
+            self.current(Self::key(s)?)?;
+        }
+        let mut rx = self.store.subscribe();
+        let store = self.store.clone();
+        let shutdown = self.core.shutdown.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let snapshot = |missed: u64| {
+                store
+                    .snapshot(filter.as_deref())
+                    .iter()
+                    .map(|c| pb::PolicyChange { missed, ..change_to_proto(c) })
+                    .collect::<Vec<_>>()
+            };
+            for c in snapshot(0) {
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    n = rx.recv() => n,
+                };
+                let batch: Vec<pb::PolicyChange> = match next {
+                    Ok(c) if filter.as_ref().is_none_or(|s| *s == c.session) => vec![change_to_proto(&c)],
+                    Ok(_) => continue,
+                    // Fell behind: say how much was missed and send the state now.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => snapshot(n),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for c in batch {
+                    if tx.send(Ok(c)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
     }
 }
 
 /// Runs the policy service until shutdown.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let defaults = engine::Engine::load(&default_sources()).map_err(|e| {
-        anyhow::anyhow!(
-            "the built-in default policy does not load: {}",
-            e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-        )
-    })?;
+    let store = store::Store::open(ctx.layout.state_dir.join("policy"), default_sources())?;
     let bound = ctx.bind_component(Component::Policy)?;
+    if let Err(e) = store.start_watching() {
+        tracing::warn!(error = %e, "cannot watch policy files (inotify); policy files will not reload");
+    }
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };
     let mut routes = RoutesBuilder::default();
-    let policies = defaults.policies().policies().count();
-    let sessions = Sessions { dir: ctx.layout.state_dir.join("policy/sessions"), loaded: Default::default() };
-    sessions.restore();
-    let service = Service { core, policies, default: std::sync::Arc::new(defaults), sessions };
+    let service = Service { core, store };
     routes.add_service(PolicyServer::new(service).max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES));
     leash_daemon::serve(bound, ctx.info, Rule::Privileged, routes, ctx.shutdown).await?;
     Ok(())

@@ -11,3 +11,5 @@ pub mod v1 {
     #![allow(clippy::allow_attributes_without_reason, reason = "generated code")]
     tonic::include_proto!("leash.v1");
 }
+
+pub mod tables;

@@ -144,28 +144,47 @@ impl Manager for ManagerService {
         self.policy().await?.check(req).await
     }
 
-    async fn policy_set(
-        &self,
-        req: Request<pb::OpenSessionRequest>,
-    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+    async fn policy_set(&self, req: Request<pb::SetLayerRequest>) -> Result<Response<pb::EditResponse>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
         let mut req = req.into_inner();
-        req.session = self.sessions.resolve(&caller, &req.session)?;
+        req.session = self.policy_key(&caller, &req.session)?;
         if req.sources.is_empty() {
             return Err(Status::invalid_argument("no policy given"));
         }
-        // The administrator's policies stay part of every session's policy.
-        req.admin = crate::session::admin_policies(&self.sessions.system_config());
-        let session = req.session.clone();
-        let r = self.policy().await?.open_session(req).await?;
-        if r.get_ref().valid {
-            let mut e = leash_core::Event::daemon("policy.set", "leash-policy", 0)
-                .with("policies", r.get_ref().policies.to_string());
-            e.kind = leash_core::EventKind::Policy;
-            e.session = Some(session);
-            self.hub.publish(e);
+        // A watched file must stay the caller's.
+        req.owner = caller.uid;
+        let r = self.policy().await?.set_layer(req.clone()).await?;
+        self.publish_policy("policy.set", &req.session, r.get_ref());
+        Ok(r)
+    }
+
+    async fn policy_edit(&self, req: Request<pb::EditRequest>) -> Result<Response<pb::EditResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        req.session = self.policy_key(&caller, &req.session)?;
+        let r = self.policy().await?.edit(req.clone()).await?;
+        self.publish_policy("policy.edit", &req.session, r.get_ref());
+        Ok(r)
+    }
+
+    async fn policy_persist(&self, req: Request<pb::PersistRequest>) -> Result<Response<pb::PersistResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        req.session = self.policy_key(&caller, &req.session)?;
+        let r = self.policy().await?.persist(req.clone()).await?;
+        if let Some(result) = &r.get_ref().result {
+            self.publish_policy("policy.persist", &req.session, result);
         }
         Ok(r)
+    }
+
+    async fn policy_tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::DecisionTables>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let mut req = req.into_inner();
+        if !req.session.is_empty() {
+            req.session = self.sessions.resolve(&caller, &req.session)?;
+        }
+        self.policy().await?.tables(req).await
     }
 
     async fn policy_show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
@@ -203,6 +222,33 @@ impl Manager for ManagerService {
 }
 
 impl ManagerService {
+    /// The policy a change names: a session the caller owns (or any, for
+    /// root), or the default for new sessions, which only root may change.
+    fn policy_key(&self, caller: &leash_daemon::access::Peer, session: &str) -> Result<String, Status> {
+        if session.is_empty() {
+            if caller.uid != 0 {
+                return Err(Status::permission_denied(
+                    "only root may change the default policy for new sessions; name a session with --session",
+                ));
+            }
+            return Ok(String::new());
+        }
+        self.sessions.resolve(caller, session)
+    }
+
+    /// Publishes an applied policy change as an event.
+    fn publish_policy(&self, name: &str, session: &str, r: &pb::EditResponse) {
+        if !r.valid {
+            return;
+        }
+        let mut e = leash_core::Event::daemon(name, "leash-policy", 0)
+            .with("policies", r.policies.to_string())
+            .with("generation", r.generation.to_string());
+        e.kind = leash_core::EventKind::Policy;
+        e.session = (!session.is_empty()).then(|| session.to_owned());
+        self.hub.publish(e);
+    }
+
     /// A client of the running policy service.
     async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
         let channel = self

@@ -659,9 +659,10 @@ fn a_session_opens_its_policy_before_the_command_runs() {
     assert!(stack.events().iter().any(|e| e["action"] == "policy.mode" && e["session"] == id.as_str()));
     let policy_pid = Stack::component(&stack.status().unwrap(), "leash-policy")["pid"].as_u64().unwrap() as u32;
     leash_testkit::kill(policy_pid, rustix::process::Signal::KILL);
-    stack.wait_healthy(Duration::from_secs(5));
     // Policy and mode are restored after a restart of leash-policy.
-    assert_eq!(check(), "allow FileOpen File::\"/secret/key\" (record mode: not evaluated)", "mode restored");
+    eventually(Duration::from_secs(5), "leash-policy back, mode restored", || {
+        (check() == "allow FileOpen File::\"/secret/key\" (record mode: not evaluated)").then_some(())
+    });
     stack.leashctl(&["policy", "mode", "enforce", "--session", &id]);
     assert_eq!(check(), "deny FileOpen File::\"/secret/key\" by no-secret", "policy restored");
     // A live replacement; an invalid one is refused and the previous stays.
@@ -720,5 +721,60 @@ fn the_administrators_policies_are_added_to_every_session() {
     let out = run(&stack, &["--", "true"]);
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     assert!(text(&out.stderr).contains("20-broken.cedar:1:"), "{out:?}");
+    nothing_left(&stack);
+}
+
+#[test]
+fn a_policy_file_reloads_unless_the_agent_can_write_it() {
+    if !require_docker("a_policy_file_reloads_unless_the_agent_can_write_it") {
+        return;
+    }
+    let stack = stack();
+    let no_secret = "@id(\"all\") permit (principal, action, resource);\n@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/secret/\");\n";
+    let check = |id: &str| {
+        text(&stack.leashctl(&["policy", "check", "--session", id, "FileOpen", "/secret/key"]).stdout).trim().to_owned()
+    };
+    // Outside every writable mount: watched, and an edit is in force at once.
+    let outside = stack.root().join("outside.cedar");
+    std::fs::write(&outside, no_secret).unwrap();
+    let first = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", outside.to_str().unwrap(), "--", "sleep", "6"])
+        .spawn()
+        .unwrap();
+    let id = running_session(&stack);
+    assert_eq!(check(&id), "deny FileOpen File::\"/secret/key\" by no-secret");
+    std::fs::write(&outside, "@id(\"opened\") permit (principal, action, resource);\n").unwrap();
+    eventually(Duration::from_secs(5), "the edit in force", || {
+        (check(&id) == "allow FileOpen File::\"/secret/key\" by opened").then_some(())
+    });
+    assert!(stack.events().iter().any(|e| e["action"] == "policy.reload" && e["session"] == id.as_str()));
+    assert!(first.wait_with_output().unwrap().status.success());
+    nothing_left(&stack);
+
+    // In the project, which the agent can write: read once, never watched,
+    // so the agent cannot loosen its own policy.
+    let inside = stack.project().join("leash.cedar");
+    std::fs::write(&inside, no_secret).unwrap();
+    let agent = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "--policy",
+            inside.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo '@id(\"agent\") permit (principal, action, resource);' > leash.cedar; sleep 4",
+        ])
+        .spawn()
+        .unwrap();
+    let id = running_session(&stack);
+    eventually(Duration::from_secs(10), "the agent rewrote its policy file", || {
+        std::fs::read_to_string(&inside).ok()?.contains("agent").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(check(&id), "deny FileOpen File::\"/secret/key\" by no-secret", "the agent's edit is not read");
+    assert!(!stack.events().iter().any(|e| e["action"] == "policy.reload" && e["session"] == id.as_str()));
+    assert!(agent.wait_with_output().unwrap().status.success());
     nothing_left(&stack);
 }

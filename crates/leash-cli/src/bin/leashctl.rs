@@ -107,15 +107,53 @@ enum PolicyAction {
         #[arg(long, value_name = "ID")]
         session: Option<String>,
     },
-    /// Replace a running session's policy live; an invalid policy is refused
-    /// and the previous one stays in force.
+    /// Replace the file layer (or with --runtime the runtime layer) of a
+    /// running session's policy live, or of the default for new sessions; an
+    /// invalid policy is refused and the previous one stays in force. A
+    /// single file is watched and reloaded on change.
     Set {
         /// Cedar files, loaded together in this order.
         #[arg(required = true)]
         files: Vec<String>,
-        /// The session (an id or a unique prefix).
-        #[arg(long, value_name = "ID", required = true)]
-        session: String,
+        /// The session (an id or a unique prefix); the default for new sessions when absent (root).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Replace the runtime layer instead of the file layer.
+        #[arg(long)]
+        runtime: bool,
+    },
+    /// Add statements to the runtime layer.
+    Add {
+        /// Cedar statements.
+        #[arg(required = true)]
+        statements: Vec<String>,
+        /// The session (an id or a unique prefix); the default for new sessions when absent (root).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
+    /// Remove statements, by policy id (as `policy lines` shows) or by text.
+    Remove {
+        /// Policy ids or statements.
+        #[arg(required = true)]
+        policies: Vec<String>,
+        /// The session (an id or a unique prefix); the default for new sessions when absent (root).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+    },
+    /// Fold the runtime layer into the file layer and keep a copy in the state dir.
+    Persist {
+        /// The session (an id or a unique prefix); the default for new sessions when absent (root).
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
+        /// Also write the result back to the policy file (with your rights).
+        #[arg(long)]
+        write_back: bool,
+    },
+    /// The compiled decision tables of a session's policy (or the default).
+    Tables {
+        /// The session (an id or a unique prefix); the default policy when absent.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
     },
     /// Switch a session's mode live (a session starts in enforce).
     Mode {
@@ -177,8 +215,20 @@ fn main() -> ExitCode {
             Command::Policy { action: PolicyAction::Show { session, sources } } => {
                 commands::policy::show(&ctx, session.as_deref(), *sources, false).await
             }
-            Command::Policy { action: PolicyAction::Set { files, session } } => {
-                commands::policy::set(&ctx, session, files).await
+            Command::Policy { action: PolicyAction::Set { files, session, runtime } } => {
+                commands::policy::set(&ctx, session.as_deref(), files, *runtime).await
+            }
+            Command::Policy { action: PolicyAction::Add { statements, session } } => {
+                commands::policy::edit(&ctx, session.as_deref(), statements, &[]).await
+            }
+            Command::Policy { action: PolicyAction::Remove { policies, session } } => {
+                commands::policy::edit(&ctx, session.as_deref(), &[], policies).await
+            }
+            Command::Policy { action: PolicyAction::Persist { session, write_back } } => {
+                commands::policy::persist(&ctx, session.as_deref(), *write_back).await
+            }
+            Command::Policy { action: PolicyAction::Tables { session } } => {
+                commands::policy::tables(&ctx, session.as_deref()).await
             }
             Command::Policy { action: PolicyAction::Lines { session } } => {
                 commands::policy::show(&ctx, session.as_deref(), false, true).await

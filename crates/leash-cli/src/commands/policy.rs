@@ -178,35 +178,205 @@ pub async fn show(ctx: &Ctx, session: Option<&str>, sources: bool, lines_only: b
     Ok(ExitCode::SUCCESS)
 }
 
-/// Replaces a running session's policy with files (read with the caller's
-/// rights); an invalid policy is refused and the previous one stays.
-pub async fn set(ctx: &Ctx, session: &str, files: &[String]) -> anyhow::Result<ExitCode> {
+/// Replaces a layer of a running session's policy (or the default's) with
+/// files read with the caller's rights; an invalid policy is refused and the
+/// previous one stays.
+pub async fn set(ctx: &Ctx, session: Option<&str>, files: &[String], runtime: bool) -> anyhow::Result<ExitCode> {
     let sources = read_sources(files)?;
+    // One file is the policy file: leash-policy watches it (unless it lies
+    // under a session's writable mount).
+    let watch_path = match (runtime, files) {
+        (false, [one]) => std::path::absolute(one).map(|p| p.display().to_string()).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let layer = if runtime { pb::Layer::Runtime } else { pb::Layer::File };
     let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
     let r = ManagerClient::new(conn.channel)
-        .policy_set(pb::OpenSessionRequest {
-            session: session.to_owned(),
-            principal: String::new(),
+        .policy_set(pb::SetLayerRequest {
+            session: session.unwrap_or_default().to_owned(),
+            layer: layer as i32,
             sources,
-            admin: Vec::new(),
+            watch_path,
+            owner: 0,
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    for e in &r.errors {
-        output::text(&render_error(e));
-    }
-    if r.valid {
-        output::line(&format!(
-            "session {session}: {} polic{} in force",
-            r.policies,
-            if r.policies == 1 { "y" } else { "ies" }
-        ));
-        Ok(ExitCode::SUCCESS)
+    report_edit(ctx, &r)
+}
+
+/// Adds or removes statements of the runtime layer.
+pub async fn edit(ctx: &Ctx, session: Option<&str>, add: &[String], remove: &[String]) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .policy_edit(pb::EditRequest {
+            session: session.unwrap_or_default().to_owned(),
+            add: add.to_vec(),
+            remove: remove.to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    report_edit(ctx, &r)
+}
+
+fn whose(session: &str) -> String {
+    if session.is_empty() { "default policy (new sessions)".to_owned() } else { format!("session {session}") }
+}
+
+fn edit_json(r: &pb::EditResponse) -> serde_json::Value {
+    serde_json::json!({
+        "valid": r.valid,
+        "session": r.session,
+        "generation": r.generation,
+        "policies": r.policies,
+        "added": r.added,
+        "removed": r.removed,
+        "errors": r.errors.iter().map(|e| serde_json::json!({
+            "file": e.file, "line": e.line, "column": e.column, "snippet": e.snippet,
+            "message": e.message, "suggestion": e.suggestion,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Prints a change's outcome; exits 1 when it was refused.
+fn report_edit(ctx: &Ctx, r: &pb::EditResponse) -> anyhow::Result<ExitCode> {
+    if ctx.json {
+        output::json(&edit_json(r));
     } else {
-        output::line("refused: the previous policy stays in force");
-        Ok(ExitCode::from(crate::EXIT_FAILURE))
+        for e in &r.errors {
+            output::text(&render_error(e));
+        }
+        if r.valid {
+            let mut line = format!(
+                "{}: {} polic{} in force, generation {}",
+                whose(&r.session),
+                r.policies,
+                if r.policies == 1 { "y" } else { "ies" },
+                r.generation
+            );
+            if r.added + r.removed > 0 {
+                line.push_str(&format!(" ({} added, {} removed)", r.added, r.removed));
+            }
+            output::line(&line);
+        } else {
+            output::line("refused: the previous policy stays in force");
+        }
     }
+    Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILURE) })
+}
+
+/// Folds the runtime layer into the file layer; with `write_back`, writes
+/// the policy file (as the caller, atomically).
+pub async fn persist(ctx: &Ctx, session: Option<&str>, write_back: bool) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .policy_persist(pb::PersistRequest { session: session.unwrap_or_default().to_owned() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let result = r.result.clone().unwrap_or_default();
+    if !result.valid {
+        return report_edit(ctx, &result);
+    }
+    let mut written = None;
+    if write_back {
+        if r.path.is_empty() {
+            anyhow::bail!(
+                "persisted to {}, but the policy has no file to write back to (it did not come from one)",
+                r.saved
+            );
+        }
+        let path = std::path::Path::new(&r.path);
+        let tmp = path.with_extension("cedar.leash-tmp");
+        std::fs::write(&tmp, &r.text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("persisted to {}, but cannot write {}", r.saved, r.path))?;
+        written = Some(r.path.clone());
+    }
+    if ctx.json {
+        let mut v = edit_json(&result);
+        v["saved"] = r.saved.clone().into();
+        v["path"] = r.path.clone().into();
+        v["written_back"] = written.is_some().into();
+        output::json(&v);
+    } else {
+        output::line(&format!(
+            "{}: persisted to {}, generation {}",
+            whose(&result.session),
+            r.saved,
+            result.generation
+        ));
+        if let Some(p) = written {
+            output::line(&format!("written back to {p}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the compiled decision tables.
+pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let t = ManagerClient::new(conn.channel)
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .policy_tables(pb::TablesRequest { session: session.unwrap_or_default().to_owned(), principal: String::new() })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let tables = leash_proto::tables::from_proto(&t).map_err(|e| anyhow::anyhow!("malformed tables: {e}"))?;
+    let verdict = |v: &leash_core::tables::Verdict| {
+        format!("{} [{}]", if v.allow { "allow" } else { "deny" }, tables.reasons(*v).join(", "))
+    };
+    if ctx.json {
+        let entries = |m: &std::collections::BTreeMap<String, leash_core::tables::Verdict>| {
+            m.iter()
+                .map(|(k, v)| serde_json::json!({"key": k, "allow": v.allow, "reasons": tables.reasons(*v)}))
+                .collect::<Vec<_>>()
+        };
+        output::json(&serde_json::json!({
+            "generation": tables.generation,
+            "mode": t.mode,
+            "files": tables.files.iter().map(|(a, p)| serde_json::json!({
+                "action": leash_proto::tables::action_name(*a),
+                "exact": entries(&p.exact),
+                "prefixes": entries(&p.prefixes),
+                "evaluate": p.path_patterns.iter().chain(p.names.iter()).collect::<Vec<_>>(),
+                "evaluate_all": p.evaluate_all,
+            })).collect::<Vec<_>>(),
+            "hosts": {
+                "exact": entries(&tables.hosts.exact),
+                "wildcards": entries(&tables.hosts.wildcards),
+                "evaluate_all": tables.hosts.evaluate_all,
+            },
+            "reasons": tables.reasons,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::line(&format!("generation {}, mode {}", tables.generation, t.mode));
+    for (a, p) in &tables.files {
+        output::line(&format!("{}:", leash_proto::tables::action_name(*a)));
+        for (k, v) in p.prefixes.iter().chain(p.exact.iter()) {
+            output::line(&format!("  {k:<40} {}", verdict(v)));
+        }
+        for k in p.path_patterns.iter().chain(p.names.iter()) {
+            output::line(&format!("  {k:<40} evaluate"));
+        }
+        if p.evaluate_all {
+            output::line("  (every lookup evaluates: a condition the tables cannot carve)");
+        }
+    }
+    output::line("connect by name:");
+    for (k, v) in &tables.hosts.exact {
+        output::line(&format!("  {k:<40} {}", verdict(v)));
+    }
+    for (k, v) in &tables.hosts.wildcards {
+        output::line(&format!("  {:<40} {}", format!("*.{k}"), verdict(v)));
+    }
+    if let Some(v) = &tables.hosts.default {
+        output::line(&format!("  {:<40} {}", "(default)", verdict(v)));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads policy files as UTF-8 text.

@@ -198,6 +198,29 @@ fn destination() -> impl Strategy<Value = (IpAddr, u16)> {
     (prop::sample::select(ips), prop::sample::select(vec![443u16, 80, 22]))
 }
 
+/// A final lookup must say what Cedar says, reasons included.
+fn agree(
+    tables: &Tables,
+    lookup: Lookup,
+    expected: &Decision,
+    what: &str,
+    statements: &[String],
+) -> Result<(), TestCaseError> {
+    match lookup {
+        Lookup::Final(v) if v.allow != expected.allow || tables.reasons(v) != expected.reasons.as_slice() => {
+            Err(TestCaseError::fail(format!(
+                "{what}: tables say {} {:?}, Cedar says {} {:?}\n{}",
+                v.allow,
+                tables.reasons(v),
+                expected.allow,
+                expected.reasons,
+                statements.join("\n")
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_net(cases: u32) -> Result<(), String> {
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     let strategy = (prop::collection::vec(net_statement(), 1..7), prop::collection::vec(destination(), 1..12));
@@ -208,18 +231,7 @@ fn check_net(cases: u32) -> Result<(), String> {
             for (ip, port) in &dests {
                 let r = Resource::Host(crate::resource::Host::Ip(*ip, Some(*port)));
                 let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &BTreeMap::new());
-                if let Lookup::Final(v) = tables.net.lookup(*ip, *port)
-                    && (v.allow != expected.allow || tables.reasons(v) != expected.reasons.as_slice())
-                {
-                    return Err(TestCaseError::fail(format!(
-                        "{ip}:{port}: tables say {} {:?}, Cedar says {} {:?}\n{}",
-                        v.allow,
-                        tables.reasons(v),
-                        expected.allow,
-                        expected.reasons,
-                        statements.join("\n")
-                    )));
-                }
+                agree(&tables, tables.net.lookup(*ip, *port), &expected, &format!("{ip}:{port}"), &statements)?;
             }
             Ok(())
         })
@@ -247,4 +259,103 @@ fn net_table_basics() {
     assert_eq!(verdict("10.1.2.3", 22), (true, vec!["lan".to_owned()]));
     assert_eq!(verdict("11.0.0.1", 443), (false, vec![]));
     assert_eq!(verdict("2001:db8::1", 443), (false, vec![]));
+}
+
+const HOSTS: [&str; 9] = [
+    "Host::\"example.com\"",
+    "Host::\"*.example.com\"",
+    "Host::\"api.example.com\"",
+    "Host::\"api.example.com:443\"",
+    "Net::DnsZone::\"example.com\"",
+    "Host::\"*.com\"",
+    "Host::\"badexample.com\"",
+    "Host::\"*.api.example.com\"",
+    "Host::\"*\"",
+];
+
+fn host_statement() -> impl Strategy<Value = String> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let one = prop::sample::select(HOSTS.to_vec());
+    let scope = prop_oneof![
+        one.clone().prop_map(|h| format!("resource in {h}")),
+        one.clone().prop_filter("== needs a Host", |h| h.starts_with("Host")).prop_map(|h| format!("resource == {h}")),
+        Just("resource".to_owned()),
+    ];
+    let hosts_only = one.clone().prop_filter("a set holds one type", |h| h.starts_with("Host"));
+    let condition = prop_oneof![
+        3 => Just(String::new()),
+        1 => one.clone().prop_map(|h| format!(" unless {{ resource in {h} }}")),
+        1 => (hosts_only.clone(), hosts_only).prop_map(|(a, b)| format!(" when {{ resource in [{a}, {b}] }}")),
+        1 => one.prop_filter("== needs a Host", |h| h.starts_with("Host")).prop_map(|h| format!(" when {{ resource == {h} }}")),
+    ];
+    (effect, scope, condition)
+        .prop_map(|(e, s, c)| format!("{e} (principal, action == Action::\"NetworkConnect\", {s}){c};"))
+}
+
+/// Names from the policy's own entities, a label either side, and the apex.
+fn host_name() -> impl Strategy<Value = (String, Option<u16>)> {
+    let base = prop::sample::select(vec![
+        "example.com",
+        "api.example.com",
+        "badexample.com",
+        "x.api.example.com",
+        "com",
+        "localhost",
+    ]);
+    let edit = prop_oneof![Just(0u8), Just(1), Just(2)];
+    let port = prop::sample::select(vec![None, Some(443u16), Some(80)]);
+    (base, edit, port).prop_map(|(b, e, p)| {
+        let name = match e {
+            0 => b.to_owned(),
+            1 => format!("q.{b}"),
+            _ => b.split_once('.').map(|(_, rest)| rest.to_owned()).unwrap_or_else(|| b.to_owned()),
+        };
+        (name, p)
+    })
+}
+
+fn check_hosts(mutation: Mutation, cases: u32) -> Result<(), String> {
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let strategy = (prop::collection::vec(host_statement(), 1..7), prop::collection::vec(host_name(), 1..12));
+    runner
+        .run(&strategy, |(statements, names)| {
+            let engine = engine_for(&statements);
+            let tables = compile_with(&engine, "claude", 1, mutation, true);
+            for (name, port) in &names {
+                let r = Resource::Host(crate::resource::Host::Name(name.clone(), *port));
+                let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &BTreeMap::new());
+                let lookup = tables.hosts.lookup(name, *port);
+                agree(&tables, lookup, &expected, &format!("{name}:{port:?}"), &statements)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn host_table_lookup_equals_the_authorizer() {
+    check_hosts(Mutation::None, 600).unwrap();
+}
+
+#[test]
+fn apex_inside_its_wildcard_is_caught() {
+    assert!(check_hosts(Mutation::ApexInWildcard, 600).is_err(), "the apex inside its wildcard was not caught");
+}
+
+#[test]
+fn host_table_basics() {
+    let engine = engine_for(&[
+        "@id(\"wild\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"*.facebook.com\");"
+            .into(),
+        "@id(\"apex\") forbid (principal, action == Action::\"NetworkConnect\", resource == Host::\"facebook.com\");"
+            .into(),
+    ]);
+    let t = compile(&engine, "claude", 1);
+    let verdict = |name: &str| match t.hosts.lookup(name, Some(443)) {
+        Lookup::Final(v) => (v.allow, t.reasons(v).to_vec()),
+        Lookup::Evaluate => panic!("not final"),
+    };
+    assert_eq!(verdict("www.facebook.com"), (true, vec!["wild".to_owned()]));
+    assert_eq!(verdict("facebook.com"), (false, vec!["apex".to_owned()]));
+    assert_eq!(verdict("badfacebook.com"), (false, vec![]));
 }

@@ -88,8 +88,10 @@ fn an_allow_list_and_deny_all() {
         r#"@id("deny-all") forbid (principal, action == Action::"NetworkConnect", resource == Host::"*");
            permit (principal, action == Action::"NetworkConnect", resource == Host::"api.example.com");"#,
     );
-    // `resource == Host::"*"` is that entity only; `in` would cover everything.
-    assert!(allowed(&e, Action::NetworkConnect, &host("api.example.com")));
+    // A connection always has a port, so `==` on a port-less host is read as
+    // `in`, as the Go leash meant it: the forbid covers every destination.
+    assert_eq!(decide(&e, Action::NetworkConnect, &host("api.example.com:443")), (false, vec!["deny-all".into()]));
+    assert_eq!(e.lints().iter().filter(|l| l.code == "host_equality_normalized").count(), 2);
     let e = load(
         r#"@id("deny-all") forbid (principal, action == Action::"NetworkConnect", resource in Host::"*");
            permit (principal, action == Action::"NetworkConnect", resource in Host::"api.example.com");"#,

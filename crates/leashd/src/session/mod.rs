@@ -539,12 +539,35 @@ impl Sessions {
         let admin = admin_policies(&self.ctx.system_config);
         let principal =
             std::path::Path::new(&plan.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("agent").to_owned();
+        // The `--policy` file is watched unless it lies under a writable
+        // mount of this or any session (leash-policy decides; it knows them all).
+        let watch_path = plan
+            .policy
+            .as_ref()
+            .map(|(name, _)| std::path::Path::new(name))
+            .filter(|p| p.is_absolute())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut writable_mounts = vec![plan.cwd.clone()];
+        writable_mounts.extend(plan.binds.iter().filter(|b| !b.read_only).map(|b| b.source.display().to_string()));
+        let request = pb::OpenSessionRequest {
+            session: info.id.clone(),
+            principal,
+            sources,
+            admin,
+            watch_path,
+            owner: info.owner,
+            writable_mounts,
+        };
         let r = pb::policy_client::PolicyClient::new(channel)
-            .open_session(pb::OpenSessionRequest { session: info.id.clone(), principal, sources, admin })
+            .open_session(request)
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
         if r.valid {
+            if !r.watch_note.is_empty() {
+                tracing::info!(session_id = %info.id, "{}", r.watch_note);
+            }
             return Ok(());
         }
         let first =
