@@ -31,6 +31,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "policy",
             "--bench",
             "cache",
+            "--bench",
+            "reload",
         ])),
         Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy"),
         None => bail!("which benchmark? available: startup, session-start, policy"),

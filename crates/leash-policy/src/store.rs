@@ -399,6 +399,7 @@ impl Store {
             Layers { file: o.sources, runtime: String::new(), admin: o.admin }
         };
         let engine = load(&layers)?;
+        let _ = engine.tables(if o.principal.is_empty() { DEFAULT_PRINCIPAL } else { o.principal.as_str() });
         let writable: Vec<PathBuf> =
             o.writable.iter().map(|m| m.canonicalize().unwrap_or_else(|_| m.clone())).collect();
         let generation = self.lock().get(session).map_or(0, |e| e.saved.generation) + 1;
@@ -511,6 +512,9 @@ impl Store {
         let before = self.lock().get(key).map(|e| e.saved.clone()).ok_or_else(|| not_found(key))?;
         let (mut saved, added, removed) = change(&before)?;
         let engine = load(&saved.layers)?;
+        // Compile before publishing: a published generation's tables are ready.
+        let principal = if saved.principal.is_empty() { DEFAULT_PRINCIPAL } else { saved.principal.as_str() };
+        let _ = engine.tables(principal);
         let applied = {
             let mut entries = self.lock();
             let current = entries.get(key).ok_or_else(|| not_found(key))?;
@@ -716,9 +720,6 @@ impl Store {
             });
             match r {
                 Ok(a) => {
-                    // Compile now, so the new tables are ready before anyone asks.
-                    let principal = self.get(&key).map(|c| c.principal).unwrap_or_default();
-                    let _ = a.engine.tables(&principal);
                     tracing::info!(session_id = %key, path = %path.display(), generation = a.generation,
                         ms = started.elapsed().as_secs_f64() * 1e3, "policy file reloaded");
                 }
