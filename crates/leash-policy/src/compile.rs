@@ -433,7 +433,8 @@ fn head_constraint(json: &Value) -> Option<Head> {
     }
 }
 
-fn applies_to(json: &Value, action: Action) -> bool {
+/// Whether a policy (as EST JSON) can decide `action`.
+pub(crate) fn applies_to(json: &Value, action: Action) -> bool {
     let Some(a) = json.get("action") else { return true };
     let named = |e: &Value| entity_of(e).is_some_and(|(t, id)| t == "Action" && id == action.name());
     match a.get("op").and_then(Value::as_str) {

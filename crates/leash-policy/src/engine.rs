@@ -353,6 +353,7 @@ impl Engine {
         if !errors.is_empty() {
             return Err(errors);
         }
+        lints.extend(shadow_lints(&set, &origins));
         lints.sort();
         lints.dedup();
         let ranges = ranges.into_iter().filter_map(|r| IpRange::parse(&r).map(|p| (r, p))).collect();
@@ -768,6 +769,58 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
             ));
         }
     }
+    let mut hosts = BTreeSet::new();
+    collect_hosts(json, &mut hosts);
+    let connect = crate::compile::applies_to(json, Action::NetworkConnect);
+    for h in &hosts {
+        let wildcard = h.strip_prefix("*.").unwrap_or(h);
+        if h == "*" {
+            continue;
+        }
+        match resource::Host::parse(wildcard) {
+            Ok(_) if wildcard.contains('*') => out.push(lint(
+                "unsupported_wildcard",
+                Severity::Error,
+                format!("Host::{h:?}: `*` may only stand alone or lead as `*.`"),
+            )),
+            Err(e) => out.push(lint("invalid_host", Severity::Error, format!("Host::{h:?} is not a host: {e}"))),
+            Ok(resource::Host::Name(..)) if connect => out.push(lint(
+                "enforced_by_proxy",
+                Severity::Warning,
+                format!(
+                    "Host::{h:?} is a name: leash-proxy decides it for the HTTP and HTTPS it intercepts (by SNI and Host); the kernel sees only addresses, so other connections are decided by the address table (IP literals, Net::IpRange, the default)"
+                ),
+            )),
+            Ok(_) => {}
+        }
+    }
+    if text.contains("\"Net::DnsZone\"") {
+        out.push(lint(
+            "dnszone_apex_excluded",
+            Severity::Warning,
+            "a Net::DnsZone covers the names below it, not the zone's own name: add Host::\"<zone>\" for the apex"
+                .into(),
+        ));
+    }
+    let file_action = [Action::FileOpen, Action::FileOpenReadOnly, Action::FileOpenReadWrite, Action::ProcessExec]
+        .into_iter()
+        .any(|a| crate::compile::applies_to(json, a));
+    if file_action && let Some(conds) = json.get("conditions") {
+        let c = conds.to_string();
+        if c.contains("{\"Var\":\"context\"}") {
+            out.push(lint(
+                "enforced_in_user_space",
+                Severity::Warning,
+                "a condition on the context: the kernel tables cannot see it, so this action is decided in user space by leash-policy for every open or exec".into(),
+            ));
+        } else if c.contains("\"like\"") || c.contains("\"attr\":\"name\"") || c.contains("\"attr\":\"path\"") {
+            out.push(lint(
+                "enforced_in_user_space",
+                Severity::Warning,
+                "a condition on the path or name: the paths it may match are decided in user space by leash-policy; every other path by the kernel tables".into(),
+            ));
+        }
+    }
     let rewrite = text.contains("\"HttpRewrite\"");
     if rewrite
         && json.get("effect").and_then(Value::as_str) == Some("permit")
@@ -778,6 +831,105 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
             Severity::Error,
             "an HttpRewrite permit must read `resource == Host::\"…\"` with `context.header == \"…\" && context.value == \"…\"`".into(),
         ));
+    }
+    out
+}
+
+/// The `Host` ids a policy names.
+fn collect_hosts(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(ty)), Some(Value::String(id)), 2) = (map.get("type"), map.get("id"), map.len()) {
+                if ty == "Host" {
+                    out.insert(id.clone());
+                }
+                return;
+            }
+            map.values().for_each(|c| collect_hosts(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| collect_hosts(c, out)),
+        _ => {}
+    }
+}
+
+/// A head's resource constraint: operator, entity type, entity id.
+type ResourceHead = (String, String, String);
+
+/// What a policy's head covers, for shadowing: the actions (None: all) and
+/// the resource (None: all).
+fn head_of(json: &Value) -> (Option<BTreeSet<String>>, Option<ResourceHead>) {
+    let entity = |e: &Value| -> Option<(String, String)> {
+        let e = e.get("entity").or_else(|| e.get("__entity")).unwrap_or(e);
+        Some((e.get("type")?.as_str()?.to_owned(), e.get("id")?.as_str()?.to_owned()))
+    };
+    let actions = json.get("action").and_then(|a| match a.get("op").and_then(Value::as_str) {
+        Some("==") => entity(a).map(|(_, id)| [id].into_iter().collect()),
+        Some("in") => {
+            a.get("entities").and_then(Value::as_array).map(|l| l.iter().filter_map(entity).map(|(_, id)| id).collect())
+        }
+        _ => None,
+    });
+    let resource = json.get("resource").and_then(|r| {
+        let op = r.get("op")?.as_str()?;
+        if op == "All" {
+            return None;
+        }
+        // Anything but a plain entity (`is`, …) covers only what names its type.
+        let (ty, id) = entity(r)
+            .unwrap_or_else(|| (r.get("entity_type").and_then(Value::as_str).unwrap_or("?").to_owned(), String::new()));
+        Some((op.to_owned(), ty, id))
+    });
+    (actions, resource)
+}
+
+/// `shadowed_permit`: a permit every request of which an unconditional
+/// forbid also matches — in Cedar the forbid wins, so the permit never
+/// allows anything.
+fn shadow_lints(set: &PolicySet, origins: &BTreeMap<String, String>) -> Vec<Lint> {
+    let heads: Vec<(String, bool, bool, Value)> = set
+        .policies()
+        .filter_map(|p| {
+            let json = p.to_json().ok()?;
+            let permit = p.effect() == cedar_policy::Effect::Permit;
+            let conditional = json.get("conditions").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+            let any_principal = json.get("principal").and_then(|x| x.get("op")).and_then(Value::as_str) == Some("All");
+            (permit || (!conditional && any_principal)).then(|| (p.id().to_string(), permit, conditional, json))
+        })
+        .collect();
+    let covers = |f: &Value, p: &Value| -> bool {
+        let ((fa, fr), (pa, pr)) = (head_of(f), head_of(p));
+        let actions = match (fa, pa) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(f), Some(p)) => p.is_subset(&f),
+        };
+        let resource = match (fr, pr) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((fop, fty, fid)), Some((pop, pty, pid))) => match (fop.as_str(), fty.as_str(), pty.as_str()) {
+                ("is", _, _) => fty == pty,
+                ("in", "Dir", "Dir" | "File") if pop != "is" => pid.starts_with(&fid),
+                ("in", "Host", "Host" | "Net::IpRange" | "Net::DnsZone") if fid == "*" => true,
+                ("in" | "==", _, _) => pop != "is" && fty == pty && fid == pid && (fop == "in" || pop == "=="),
+                _ => false,
+            },
+        };
+        actions && resource
+    };
+    let mut out = Vec::new();
+    for (pid, permit, _, pjson) in heads.iter().filter(|h| h.1) {
+        debug_assert!(*permit);
+        if let Some((fid, ..)) =
+            heads.iter().find(|(_, permit, conditional, f)| !permit && !conditional && covers(f, pjson))
+        {
+            out.push(Lint {
+                code: "shadowed_permit",
+                severity: Severity::Warning,
+                policy: pid.clone(),
+                location: origins.get(pid).cloned().unwrap_or_default(),
+                message: format!("every request this permit matches, forbid {fid} forbids too (a forbid wins in Cedar): it never allows anything"),
+            });
+        }
     }
     out
 }

@@ -221,3 +221,35 @@ fn bad_input_is_an_error_or_a_documented_limit() {
         .collect();
     assert_eq!(load(many).unwrap().policies().policies().count(), 2000);
 }
+
+fn codes(e: &Engine) -> Vec<(&'static str, String)> {
+    e.lints().iter().map(|l| (l.code, l.policy.clone())).collect()
+}
+
+#[test]
+fn lints_say_what_will_not_do_what_the_author_thinks() {
+    let e = load(
+        r#"@id("tmp-ok") permit (principal, action == Action::"FileOpen", resource in Dir::"/tmp/ok/");
+           @id("no-tmp") forbid (principal, action in [Action::"FileOpen", Action::"ProcessExec"], resource in Dir::"/tmp/");
+           @id("other") permit (principal, action == Action::"FileOpen", resource in Dir::"/srv/");
+           @id("api") permit (principal, action == Action::"NetworkConnect", resource in Host::"api.example.com");
+           @id("zone") permit (principal, action == Action::"NetworkConnect", resource in Net::DnsZone::"example.org");
+           @id("ctx") permit (principal, action == Action::"FileOpen", resource) when { context has pid };"#,
+    );
+    let found = codes(&e);
+    assert!(found.contains(&("shadowed_permit", "tmp-ok".into())), "{found:?}");
+    assert!(!found.iter().any(|(c, p)| *c == "shadowed_permit" && p == "other"), "{found:?}");
+    assert!(found.contains(&("enforced_by_proxy", "api".into())), "{found:?}");
+    assert!(found.contains(&("dnszone_apex_excluded", "zone".into())), "{found:?}");
+    assert!(found.contains(&("enforced_in_user_space", "ctx".into())), "{found:?}");
+    let bad = Engine::load(&[Source {
+        name: "bad.cedar".into(),
+        text: r#"permit (principal, action == Action::"NetworkConnect", resource in Host::"a*b.example.com");
+                 permit (principal, action == Action::"NetworkConnect", resource in Host::"x.com:99999");"#
+            .into(),
+    }])
+    .unwrap_err();
+    let messages: Vec<String> = bad.iter().map(|e| e.message.clone()).collect();
+    assert!(messages.iter().any(|m| m.contains("unsupported_wildcard")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("invalid_host") && m.contains("invalid port")), "{messages:?}");
+}
