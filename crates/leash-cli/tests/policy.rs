@@ -73,6 +73,29 @@ fn validate_and_check_through_the_daemons() {
             && shown.contains("resource.name == \".envrc\""),
         "{shown}"
     );
+    // A decision records what was authorized, for replay.
+    let out = stack.leashctl(&[
+        "policy",
+        "check",
+        "--json",
+        "--context",
+        "hostname=api.example.com",
+        "NetworkConnect",
+        "93.184.216.34:443",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["decision"], &v["action"], &v["resource"], &v["context"]["hostname"], &v["policies"][0]),
+        (
+            &serde_json::json!("allow"),
+            &serde_json::json!("NetworkConnect"),
+            &serde_json::json!("Host::\"93.184.216.34:443\""),
+            &serde_json::json!("api.example.com"),
+            &serde_json::json!("default-network")
+        ),
+        "{v}"
+    );
+    assert_eq!(v["generation"], 1, "{v}");
     let out = stack.leashctl(&["policy", "check", "Teleport", "/x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("unknown action \"Teleport\""), "{out:?}");

@@ -201,6 +201,9 @@ pub fn check_with(
         tables,
         mode: String::new(),
         would_deny: false,
+        action: action.name().to_owned(),
+        context: context.into_iter().collect(),
+        generation: 0,
     })
 }
 
@@ -293,7 +296,7 @@ impl Policy for Service {
     async fn check(&self, req: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let req = req.into_inner();
         let current = self.current(Self::key(&req.session)?)?;
-        let mode = current.mode;
+        let (mode, generation) = (current.mode, current.generation);
         let r = tokio::task::spawn_blocking(move || {
             let engine = current.engine.clone();
             check_with(&engine, &req, |principal, action, resource, context| {
@@ -307,7 +310,8 @@ impl Policy for Service {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        r.map(|r| Response::new(apply_mode(mode, r))).map_err(Status::invalid_argument)
+        r.map(|r| Response::new(apply_mode(mode, pb::CheckResponse { generation, ..r })))
+            .map_err(Status::invalid_argument)
     }
 
     async fn show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {

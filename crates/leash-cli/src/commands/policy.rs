@@ -97,7 +97,8 @@ pub async fn check(
         output::json(&serde_json::json!({
             "decision": if r.allow { "allow" } else { "deny" },
             "policies": r.reasons, "errors": r.errors, "resource": r.resource, "tables": r.tables,
-            "mode": r.mode, "would_deny": r.would_deny,
+            "mode": r.mode, "would_deny": r.would_deny, "action": r.action, "context": r.context,
+            "generation": r.generation,
         }));
     } else {
         let why = match (r.mode.as_str(), r.would_deny) {
