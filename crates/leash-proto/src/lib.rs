@@ -12,4 +12,5 @@ pub mod v1 {
     tonic::include_proto!("leash.v1");
 }
 
+pub mod event;
 pub mod tables;

@@ -1,43 +1,542 @@
 //! The sensor: kernel programs that observe and enforce per session.
 //!
-//! At this stage it serves its status; programs, capability probes and
-//! session attachment arrive with their own methods. It reports no
-//! enforcement it does not perform.
+//! At start it probes what this kernel allows and loads the fallback tier
+//! (cgroup sock programs for connect/sendmsg, tracepoints for open flags and
+//! execs) attached to the instance's cgroup parent. A session registers
+//! (an admission step, before its command runs): its cgroup joins the
+//! governed set, its address table goes into the kernel's maps, and a
+//! fanotify decider governs its files; both follow the policy service's
+//! changes. Decisions stream to leashd as events. It reports no enforcement
+//! it does not perform.
 
-use leash_core::Component;
+pub mod bpf;
+pub mod event;
+pub mod fan;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use leash_core::tables::{FileAction, Tables};
+use leash_core::{Component, Decision, Event, EventKind, Mode};
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
 use leash_daemon::process::Ctx;
+use leash_proto::v1 as pb;
 use leash_proto::v1::sensor_server::{Sensor, SensorServer};
 use leash_proto::v1::{ComponentReport, SensorStatusRequest, ShutdownRequest, ShutdownResponse};
+use tokio::sync::broadcast;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
+/// A governed session.
+struct Session {
+    cgroup_id: u64,
+    slot: u32,
+    written: bpf::Written,
+    governed: Arc<RwLock<fan::Governed>>,
+    generation: u64,
+    decider: Option<fan::Decider>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("cgroup_id", &self.cgroup_id).field("slot", &self.slot).finish()
+    }
+}
+
+/// What the ring-buffer reader needs to name a session and its reasons.
+#[derive(Clone, Debug)]
+struct Known {
+    session: String,
+    governed: Arc<RwLock<fan::Governed>>,
+}
+
+struct Shared {
+    kernel: Option<bpf::Kernel>,
+    caps: probe::Report,
+    sessions: Mutex<HashMap<String, Session>>,
+    by_cgroup: RwLock<HashMap<u64, Known>>,
+    next_slot: AtomicU32,
+    events: broadcast::Sender<pb::Event>,
+    dropped: AtomicU64,
+    policy_socket: PathBuf,
+    file_tx: std::sync::mpsc::SyncSender<fan::FileDecision>,
+    runtime: tokio::runtime::Handle,
+}
+
 struct Service {
     core: ComponentCore,
-    cpus: String,
+    shared: Arc<Shared>,
 }
+
+fn mode_of(name: &str) -> Mode {
+    match name {
+        "record" => Mode::Record,
+        "shadow" => Mode::Shadow,
+        _ => Mode::Enforce,
+    }
+}
+
+fn file_action_name(a: FileAction) -> &'static str {
+    match a {
+        FileAction::Open => "FileOpen",
+        FileAction::Read => "FileOpenReadOnly",
+        FileAction::Write => "FileOpenReadWrite",
+        FileAction::Exec => "ProcessExec",
+    }
+}
+
+/// The executable of a process, as the kernel knows it.
+fn executable(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+impl Shared {
+    fn publish(&self, e: Event) {
+        // No subscriber yet (leashd reconnecting) is not a drop: nobody is listening.
+        if self.events.receiver_count() > 0 && self.events.send(leash_proto::event::to_proto(&e, 0)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, String> {
+        let conn = leash_daemon::client::connect(&self.policy_socket, "leash-sensor")
+            .await
+            .map_err(|e| format!("leash-policy: {e}"))?;
+        Ok(pb::policy_client::PolicyClient::new(conn.channel)
+            .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES))
+    }
+
+    async fn tables(&self, session: &str) -> Result<(Tables, Mode), String> {
+        let t = self
+            .policy()
+            .await?
+            .tables(pb::TablesRequest { session: session.to_owned(), principal: String::new() })
+            .await
+            .map_err(|s| format!("leash-policy: {}", s.message()))?
+            .into_inner();
+        let mode = mode_of(&t.mode);
+        Ok((leash_proto::tables::from_proto(&t).map_err(|e| format!("malformed tables: {e}"))?, mode))
+    }
+
+    /// Writes a session's tables into the kernel under a fresh slot, then
+    /// flips the session to it (one map update), then removes the old ones.
+    fn apply(&self, cgroup_id: u64, tables: &Tables, mode: Mode) -> Result<(u32, bpf::Written), String> {
+        let kernel = self.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
+        let entry = bpf::SessionEntry {
+            slot,
+            mode: bpf::mode_number(mode),
+            default4: bpf::default_verdict(tables.net.default_v4),
+            default6: bpf::default_verdict(tables.net.default_v6),
+            evaluate: u32::from(tables.net.evaluate_all),
+            generation: tables.generation as u32,
+        };
+        if let Err(e) = kernel.maps.set_session(cgroup_id, &entry) {
+            kernel.maps.clear(&written);
+            return Err(format!("{e:#}"));
+        }
+        Ok((slot, written))
+    }
+
+    /// Follows a changed policy into the kernel and the file decider.
+    async fn refresh(&self, session: &str) {
+        let Some(cgroup_id) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| s.cgroup_id)
+        else {
+            return;
+        };
+        let (tables, mode) = match self.tables(session).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(session_id = %session, error = %e, "cannot load the session's new tables; the previous stay");
+                return;
+            }
+        };
+        let generation = tables.generation;
+        let tables = Arc::new(tables);
+        match self.apply(cgroup_id, &tables, mode) {
+            Ok((slot, written)) => {
+                let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(s) = sessions.get_mut(session) {
+                    if let Some(k) = &self.kernel {
+                        k.maps.clear(&s.written);
+                    }
+                    s.slot = slot;
+                    s.written = written;
+                    s.generation = generation;
+                    *s.governed.write().unwrap_or_else(|p| p.into_inner()) = fan::Governed { tables, mode };
+                    tracing::info!(session_id = %session, generation, mode = ?mode, "tables applied");
+                }
+            }
+            Err(e) => tracing::warn!(session_id = %session, error = %e, "cannot apply the session's new tables"),
+        }
+    }
+
+    /// A kernel event as a leash event.
+    fn kernel_event(&self, raw: &event::RawEvent) -> Option<Event> {
+        let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner()).get(&raw.cgroup_id).cloned()?;
+        let (kind, action, resource) = match raw.kind {
+            event::KIND_CONNECT | event::KIND_SENDMSG => {
+                let addr = raw.addr?;
+                let resource = match addr {
+                    std::net::IpAddr::V4(a) => format!("{a}:{}", raw.port),
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{}", raw.port),
+                };
+                (EventKind::Connect, "NetworkConnect", resource)
+            }
+            event::KIND_EXEC => (EventKind::Exec, "ProcessExec", raw.path.clone()),
+            _ => return None,
+        };
+        let mode = match raw.mode {
+            0 => Mode::Record,
+            1 => Mode::Shadow,
+            _ => Mode::Enforce,
+        };
+        let (allow, reason) = bpf::decode(raw.verdict);
+        let reasons = reason
+            .map(|r| {
+                let g = known.governed.read().unwrap_or_else(|p| p.into_inner());
+                g.tables.reasons.get(r as usize).cloned().unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let observed = raw.kind == event::KIND_EXEC;
+        let denied = !allow && mode == Mode::Enforce && !observed;
+        let mut e = Event::daemon(action, "", raw.pid);
+        e.kind = kind;
+        e.resource = resource;
+        e.session = Some(known.session);
+        e.executable = executable(raw.pid);
+        e.mode = Some(mode);
+        e.decision = Some(if denied { Decision::Deny } else { Decision::Allow });
+        e.would_deny = !allow && mode == Mode::Shadow && !observed;
+        e.policy_ids = reasons;
+        e = e
+            .with("pid", raw.pid.to_string())
+            .with("tid", raw.tid.to_string())
+            .with("ppid", raw.ppid.to_string())
+            .with("uid", raw.uid.to_string())
+            .with("comm", raw.comm.clone());
+        e = match raw.kind {
+            event::KIND_EXEC => e.with("mechanism", "tracepoint (observed; execs are decided by fanotify)"),
+            event::KIND_SENDMSG => e.with("mechanism", "cgroup-sock").with("syscall", "sendmsg"),
+            _ => e.with("mechanism", "cgroup-sock").with("syscall", "connect"),
+        };
+        Some(e)
+    }
+
+    fn file_event(&self, d: fan::FileDecision) -> Event {
+        let pid = std::fs::read_to_string(format!("/proc/{}/status", d.tid))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().parse().unwrap_or(d.tid))))
+            .unwrap_or(d.tid);
+        let mut e = Event::daemon(file_action_name(d.action), "", pid);
+        e.kind = if d.action == FileAction::Exec { EventKind::Exec } else { EventKind::File };
+        e.resource = d.path;
+        e.session = Some(d.session);
+        e.executable = executable(pid);
+        e.mode = Some(d.mode);
+        e.decision = Some(if d.allow || d.mode != Mode::Enforce { Decision::Allow } else { Decision::Deny });
+        e.would_deny = d.would_deny;
+        e.policy_ids = d.reasons;
+        e.with("tid", d.tid.to_string())
+            .with("mechanism", "fanotify")
+            .with("path_source", "kernel-resolved (the opened file)")
+            .with("open_flags", if d.flags_known { "from the open tracepoint" } else { "unknown: decided as a write" })
+    }
+}
+
+fn capability_to_proto(c: &probe::Capability) -> pb::Capability {
+    pb::Capability { action: c.action.to_owned(), mechanism: c.mechanism.to_owned(), reason: c.reason.clone() }
+}
+
+/// The container's cgroup (relative to the v2 root) and its id.
+fn cgroup_of(pid: u32) -> Result<(String, u64), String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| format!("process {pid}: {e}"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| format!("process {pid} has no cgroup v2 membership"))?
+        .to_owned();
+    let root = bpf::cgroup2_root().map_err(|e| format!("{e:#}"))?;
+    let dir = root.join(rel.trim_start_matches('/'));
+    let id = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?.ino();
+    Ok((rel, id))
+}
+
+type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Sensor for Service {
+    type EventsStream = EventStream;
+
     async fn status(&self, _: Request<SensorStatusRequest>) -> Result<Response<ComponentReport>, Status> {
-        Ok(self.core.report(vec![("programs", "none loaded".to_owned()), ("possible_cpus", self.cpus.clone())]))
+        let s = &self.shared;
+        let programs = match &s.kernel {
+            Some(k) => format!("{} attached ({})", k.links.len(), k.cgroup.display()),
+            None => "none loaded".to_owned(),
+        };
+        let dropped = s.dropped.load(Ordering::Relaxed) + s.kernel.as_ref().map_or(0, |k| k.maps.dropped());
+        Ok(self.core.report(vec![
+            ("tier", s.caps.tier.clone()),
+            ("programs", programs),
+            ("sessions", s.sessions.lock().unwrap_or_else(|p| p.into_inner()).len().to_string()),
+            ("dropped_events", dropped.to_string()),
+        ]))
     }
 
     async fn shutdown(&self, req: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
         self.core.shutdown(req)
     }
+
+    async fn capabilities(
+        &self,
+        _: Request<pb::CapabilitiesRequest>,
+    ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
+        let caps = &self.shared.caps;
+        Ok(Response::new(pb::CapabilitiesResponse {
+            capabilities: caps.capabilities.iter().map(capability_to_proto).collect(),
+            tier: caps.tier.clone(),
+            probes: caps.probes.iter().map(|(n, v)| pb::Fact { name: n.clone(), value: v.clone() }).collect(),
+        }))
+    }
+
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let s = self.shared.clone();
+        if s.kernel.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "the kernel programs are not loaded: {}",
+                s.caps.probes.iter().find(|(n, _)| n == "programs").map(|(_, v)| v.as_str()).unwrap_or("unknown")
+            )));
+        }
+        let (rel, cgroup_id) = cgroup_of(req.pid).map_err(Status::failed_precondition)?;
+        let (tables, mode) = s.tables(&req.session).await.map_err(Status::unavailable)?;
+        let generation = tables.generation;
+        let tables = Arc::new(tables);
+        let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode }));
+        let (slot, written) = s.apply(cgroup_id, &tables, mode).map_err(Status::internal)?;
+        s.by_cgroup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cgroup_id, Known { session: req.session.clone(), governed: governed.clone() });
+        let maps_for_flags = s.clone();
+        let open_flags: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync> =
+            Arc::new(move |tid| maps_for_flags.kernel.as_ref().and_then(|k| k.maps.open_flags(tid)));
+        let for_eval = s.clone();
+        let session_for_eval = req.session.clone();
+        let evaluate: fan::Evaluate = Arc::new(move |action, path| {
+            let req = pb::CheckRequest {
+                principal: String::new(),
+                action: file_action_name(action).to_owned(),
+                resource: path.to_owned(),
+                context: Default::default(),
+                session: session_for_eval.clone(),
+            };
+            let shared = for_eval.clone();
+            for_eval.runtime.block_on(async move {
+                let r = tokio::time::timeout(Duration::from_secs(2), async {
+                    shared.policy().await.ok()?.check(req).await.ok()
+                })
+                .await
+                .ok()
+                .flatten()?
+                .into_inner();
+                // The session's mode is applied here, not by the service.
+                Some((r.allow && !r.would_deny, r.reasons))
+            })
+        });
+        let decider =
+            fan::start(req.session.clone(), req.pid, rel, governed.clone(), open_flags, evaluate, s.file_tx.clone());
+        let decider = match decider {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(k) = &s.kernel {
+                    k.maps.remove_session(cgroup_id);
+                    k.maps.clear(&written);
+                }
+                s.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).remove(&cgroup_id);
+                return Err(Status::failed_precondition(format!("cannot govern the session's files: {e:#}")));
+            }
+        };
+        let response = pb::RegisterResponse {
+            capabilities: s.caps.capabilities.iter().map(capability_to_proto).collect(),
+            marked: decider.marked.len() as u32,
+            unmarked: decider.unmarked.clone(),
+            generation,
+        };
+        tracing::info!(session_id = %req.session, cgroup_id, marked = decider.marked.len(), unmarked = ?decider.unmarked, "governing the session");
+        s.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.session, Session { cgroup_id, slot, written, governed, generation, decider: Some(decider) });
+        Ok(Response::new(response))
+    }
+
+    async fn unregister(
+        &self,
+        req: Request<pb::UnregisterRequest>,
+    ) -> Result<Response<pb::UnregisterResponse>, Status> {
+        let session = req.into_inner().session;
+        let removed = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+        if let Some(mut s) = removed {
+            if let Some(k) = &self.shared.kernel {
+                k.maps.remove_session(s.cgroup_id);
+                k.maps.clear(&s.written);
+            }
+            self.shared.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).remove(&s.cgroup_id);
+            // Joining the decider's thread can take a poll interval.
+            let decider = s.decider.take();
+            tokio::task::spawn_blocking(move || drop(decider));
+            tracing::info!(session_id = %session, "no longer governing the session");
+        }
+        Ok(Response::new(pb::UnregisterResponse {}))
+    }
+
+    async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let mut rx = self.shared.events.subscribe();
+        let shared = self.shared.clone();
+        let shutdown = self.core.shutdown.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    n = rx.recv() => n,
+                };
+                match next {
+                    Ok(e) => {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        shared.dropped.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+}
+
+/// Reads the ring buffer on a thread of its own.
+fn read_ring(shared: Arc<Shared>) {
+    let Some(kernel) = shared.kernel.as_ref() else { return };
+    let reader = shared.clone();
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    let added = builder.add(&kernel.maps.events, move |data: &[u8]| {
+        if let Some(raw) = event::RawEvent::parse(data)
+            && let Some(e) = reader.kernel_event(&raw)
+        {
+            reader.publish(e);
+        }
+        0
+    });
+    if let Err(e) = added {
+        tracing::error!(error = %e, "cannot read the kernel's events");
+        return;
+    }
+    let ring = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the kernel's events");
+            return;
+        }
+    };
+    loop {
+        // Wakeups are batched in the kernel; polling at least every 50 ms
+        // bounds how long an event waits.
+        if let Err(e) = ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
+            tracing::error!(error = %e, "reading the kernel's events failed");
+            return;
+        }
+    }
+}
+
+/// Follows the policy service's changes into the governed sessions.
+async fn follow_policy(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let follow = async {
+            let Ok(mut client) = shared.policy().await else { return };
+            let Ok(stream) = client.watch(pb::WatchRequest { session: String::new() }).await else { return };
+            let mut stream = stream.into_inner();
+            // After a reconnect, every session is refreshed (changes may have been missed).
+            let ids: Vec<String> = shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            for id in ids {
+                shared.refresh(&id).await;
+            }
+            while let Ok(Some(c)) = stream.message().await {
+                if c.kind == "current" || c.kind == "close" || c.kind == "invalid" || c.kind == "unwatched" {
+                    continue;
+                }
+                let known =
+                    shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&c.session).map(|s| s.generation);
+                if known.is_some_and(|g| g < c.generation) {
+                    shared.refresh(&c.session).await;
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = follow => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
 }
 
 /// Runs the sensor until shutdown.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    // libbpf sizes per-CPU maps from this; reading it now fails early on a
-    // host without sysfs.
-    let cpus = libbpf_rs::num_possible_cpus().map(|n| n.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
+    // libbpf's own messages go to the log, not to stderr (the probe's
+    // expected refusals would read as errors there).
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Info, |level, msg| match level {
+        libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{}", msg.trim_end()),
+        _ => tracing::trace!(target: "libbpf", "{}", msg.trim_end()),
+    })));
     let bound = ctx.bind_component(Component::Sensor)?;
+    let cgroup = bpf::cgroup2_root().map(|r| r.join(ctx.layout.cgroup_parent()));
+    let kernel = cgroup.and_then(|c| bpf::load(&c));
+    let caps = probe::run(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()));
+    for c in &caps.capabilities {
+        tracing::info!(action = c.action, mechanism = c.mechanism, reason = %c.reason, "capability");
+    }
+    let (events, _) = broadcast::channel(16_384);
+    let (file_tx, file_rx) = std::sync::mpsc::sync_channel(16_384);
+    let shared = Arc::new(Shared {
+        kernel: kernel.ok(),
+        caps,
+        sessions: Mutex::default(),
+        by_cgroup: RwLock::default(),
+        next_slot: AtomicU32::new(1),
+        events,
+        dropped: AtomicU64::new(0),
+        policy_socket: ctx.layout.component_socket(Component::Policy),
+        file_tx,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let ring = shared.clone();
+    std::thread::Builder::new().name("ringbuf".into()).spawn(move || read_ring(ring))?;
+    let files = shared.clone();
+    std::thread::Builder::new().name("file-events".into()).spawn(move || {
+        for d in file_rx {
+            let e = files.file_event(d);
+            files.publish(e);
+        }
+    })?;
+    tokio::spawn(follow_policy(shared.clone(), ctx.shutdown.clone()));
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };
     let mut routes = RoutesBuilder::default();
-    routes.add_service(SensorServer::new(Service { core, cpus }));
+    routes.add_service(SensorServer::new(Service { core, shared }));
     leash_daemon::serve(bound, ctx.info, Rule::Privileged, routes, ctx.shutdown).await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use leash_core::{Decision, Event, EventKind, Mode};
+use leash_core::Event;
 use leash_daemon::DaemonInfo;
 use leash_daemon::access::require_privileged;
 use leash_proto::v1 as pb;
@@ -366,38 +366,5 @@ fn state_to_proto(s: State) -> pb::ComponentState {
 
 /// The wire form of an event.
 pub fn event_to_proto(s: &Arc<Stamped>) -> pb::Event {
-    let e = &s.event;
-    pb::Event {
-        seq: s.seq,
-        time_unix_nanos: e.time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
-        session: e.session.clone().unwrap_or_default(),
-        pid: e.pid,
-        executable: e.executable.clone(),
-        kind: match e.kind {
-            EventKind::File => pb::EventKind::File,
-            EventKind::Exec => pb::EventKind::Exec,
-            EventKind::Connect => pb::EventKind::Connect,
-            EventKind::Http => pb::EventKind::Http,
-            EventKind::Mcp => pb::EventKind::Mcp,
-            EventKind::Policy => pb::EventKind::Policy,
-            EventKind::Session => pb::EventKind::Session,
-            EventKind::Daemon => pb::EventKind::Daemon,
-        } as i32,
-        action: e.action.clone(),
-        resource: e.resource.clone(),
-        mode: match e.mode {
-            None => pb::Mode::Unspecified,
-            Some(Mode::Record) => pb::Mode::Record,
-            Some(Mode::Shadow) => pb::Mode::Shadow,
-            Some(Mode::Enforce) => pb::Mode::Enforce,
-        } as i32,
-        decision: match e.decision {
-            None => pb::Decision::Unspecified,
-            Some(Decision::Allow) => pb::Decision::Allow,
-            Some(Decision::Deny) => pb::Decision::Deny,
-        } as i32,
-        would_deny: e.would_deny,
-        policy_ids: e.policy_ids.clone(),
-        details: e.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }
+    leash_proto::event::to_proto(&s.event, s.seq)
 }

@@ -6,9 +6,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod follow;
 pub mod grpc;
 pub mod hub;
-pub mod policy_watch;
 pub mod proc;
 pub mod session;
 pub mod supervisor;
@@ -56,7 +56,8 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(std::time::Duration::from_secs(3), sessions.recover()).await.is_err() {
         tracing::warn!("the container engine did not answer within 3 s; earlier sessions are not listed");
     }
-    tokio::spawn(policy_watch::run(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
+    tokio::spawn(follow::policy(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
+    tokio::spawn(follow::sensor(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
     let manager = grpc::ManagerService {
         info: ctx.info.clone(),
         layout: ctx.layout.clone(),

@@ -99,6 +99,8 @@ pub struct Info {
     pub started: SystemTime,
     /// created | running | exited.
     pub state: &'static str,
+    /// How the sensor governs it, per action (`file-read=fanotify …`).
+    pub enforcement: String,
 }
 
 /// The registry of sessions.
@@ -199,6 +201,7 @@ impl Sessions {
                 container_id: cid.clone(),
                 started: std::time::UNIX_EPOCH + Duration::from_secs(c.created.max(0) as u64),
                 state: if running { "running" } else { "exited" },
+                enforcement: String::new(),
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
             self.lock().insert(id.clone(), info.clone());
@@ -225,6 +228,7 @@ impl Sessions {
         }
         let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
         remove_cgroup_dirs(&below_root);
+        self.unregister_sensor(&info.id).await;
         self.close_policy(&info.id).await;
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
@@ -313,6 +317,7 @@ impl Sessions {
             container_id: cid,
             started: SystemTime::now(),
             state: "created",
+            enforcement: String::new(),
         };
         self.lock().insert(id.clone(), info.clone());
         self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
@@ -377,6 +382,12 @@ impl Sessions {
                 what: "open the session's policy",
                 timeout: Duration::from_secs(10),
                 run: Box::pin(self.open_policy(info, plan)),
+            },
+            admission::Step {
+                component: "leash-sensor",
+                what: "govern the session's cgroup and files",
+                timeout: Duration::from_secs(10),
+                run: Box::pin(self.register_sensor(info, pid.unwrap_or(0))),
             },
         ];
         let passed: Vec<String> = steps.iter().map(|s| format!("{}: {}", s.component, s.what)).collect();
@@ -580,6 +591,33 @@ impl Sessions {
         Err(format!("invalid policy: {first}{more}"))
     }
 
+    /// Has leash-sensor govern the session's container (its cgroup, its
+    /// mounts) before the command runs.
+    async fn register_sensor(&self, info: &Info, pid: i64) -> Result<(), String> {
+        let channel =
+            self.ctx.supervisor.channel(leash_core::Component::Sensor).await.ok_or("leash-sensor is not running")?;
+        let r = pb::sensor_client::SensorClient::new(channel)
+            .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32 })
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        let tiers: Vec<String> = r.capabilities.iter().map(|c| format!("{}={}", c.action, c.mechanism)).collect();
+        if let Some(i) = self.lock().get_mut(&info.id) {
+            i.enforcement = tiers.join(" ");
+        }
+        tracing::info!(session_id = %info.id, marked = r.marked, unmarked = ?r.unmarked, enforcement = %tiers.join(" "), "the sensor governs the session");
+        Ok(())
+    }
+
+    /// Stops leash-sensor governing the session (best effort).
+    async fn unregister_sensor(&self, id: &str) {
+        if let Some(channel) = self.ctx.supervisor.channel(leash_core::Component::Sensor).await {
+            let _ = pb::sensor_client::SensorClient::new(channel)
+                .unregister(pb::UnregisterRequest { session: id.to_owned() })
+                .await;
+        }
+    }
+
     /// Forgets the session's policy (best effort: leash-policy may be down).
     async fn close_policy(&self, id: &str) {
         if let Some(channel) = self.ctx.supervisor.channel(leash_core::Component::Policy).await {
@@ -680,5 +718,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         container: i.container.clone(),
         started_unix_ms: leash_daemon::unix_ms(i.started),
         state: i.state.to_owned(),
+        enforcement: i.enforcement.clone(),
     }
 }

@@ -1,0 +1,83 @@
+/* Shared between the sensor's BPF programs and its user space (the Rust
+ * side mirrors these layouts in crates/leash-sensor/src/maps.rs; a test
+ * checks the sizes). */
+#ifndef LEASH_COMMON_H
+#define LEASH_COMMON_H
+
+#define LEASH_MAX_SESSIONS 1024
+#define LEASH_MAX_RULES 16384
+#define LEASH_PATH_MAX 256
+#define LEASH_COMM_LEN 16
+
+/* Modes, as leash-core's Mode. */
+#define LEASH_MODE_RECORD 0
+#define LEASH_MODE_SHADOW 1
+#define LEASH_MODE_ENFORCE 2
+
+/* Event kinds. */
+#define LEASH_EV_CONNECT 1
+#define LEASH_EV_SENDMSG 2
+#define LEASH_EV_OPEN 3
+#define LEASH_EV_EXEC 4
+
+/* Verdict flags. */
+#define LEASH_VERDICT_ALLOW 1
+#define LEASH_VERDICT_PRESENT 2
+
+/* A governed session, by the cgroup id of its container. */
+struct leash_session {
+	__u32 slot;      /* index that scopes the session's table entries */
+	__u32 mode;      /* LEASH_MODE_* */
+	__u32 default4;  /* LEASH_VERDICT_* | reason << 8: when nothing matches (IPv4) */
+	__u32 default6;  /* the same for IPv6 */
+	__u32 evaluate;  /* the table cannot decide: every connect is allowed and reported for user space */
+	__u32 generation;
+};
+
+/* A table entry's verdict: LEASH_VERDICT_* | reason << 8. */
+struct leash_verdict {
+	__u32 v;
+};
+
+/* LPM keys: the slot's 32 bits lead, so prefixlen = 32 + address prefix. */
+struct leash_lpm4 {
+	__u32 prefixlen;
+	__u32 slot;
+	__u8 addr[4];
+};
+
+struct leash_lpm6 {
+	__u32 prefixlen;
+	__u32 slot;
+	__u8 addr[16];
+};
+
+/* An exact address and port (IPv4 addresses are IPv4-mapped IPv6). */
+struct leash_port_key {
+	__u32 slot;
+	__u16 port;
+	__u16 pad;
+	__u8 addr[16];
+};
+
+/* One event, as the ring buffer carries it. */
+struct leash_event {
+	__u64 time_ns;
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 kind;      /* LEASH_EV_* */
+	__u32 verdict;   /* LEASH_VERDICT_* | reason << 8 as decided */
+	__u32 mode;
+	__u32 flags;     /* open flags, or the socket type for connect/sendmsg */
+	__u32 family;    /* AF_INET / AF_INET6 */
+	__u16 port;
+	__u16 pad;
+	__u8 addr[16];
+	char comm[LEASH_COMM_LEN];
+	char path[LEASH_PATH_MAX];
+};
+
+#endif

@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* leash's kernel programs.
+ *
+ * Fallback tier (every kernel with cgroup BPF): cgroup sock_addr programs
+ * decide connect() and sendmsg() from the session's address tables;
+ * tracepoints record each thread's open flags (so the fanotify decider
+ * knows a read from a write) and report execs. LSM programs are here to be
+ * probed; the sensor says which tier is in force.
+ *
+ * Only sessions registered in `sessions` (by their container's cgroup id)
+ * are governed; anything else costs one hash lookup.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "leash/common.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EPERM 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_SESSIONS);
+	__type(key, __u64);
+	__type(value, struct leash_session);
+} sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct leash_lpm4);
+	__type(value, struct leash_verdict);
+} net4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct leash_lpm6);
+	__type(value, struct leash_verdict);
+} net6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__type(key, struct leash_port_key);
+	__type(value, struct leash_verdict);
+} ports SEC(".maps");
+
+/* Thread id → the flags of its latest open, for the fanotify decider. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} open_flags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Events the ring buffer had no room for, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+/* Wake the reader once per this many events (a timer in user space reads the rest). */
+const volatile __u32 wakeup_every = 64;
+
+static __always_inline struct leash_session *governed(void)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&sessions, &cg);
+}
+
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&dropped, &zero);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline struct leash_event *reserve(void)
+{
+	struct leash_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	e->time_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->flags = 0;
+	e->port = 0;
+	e->pad = 0;
+	e->verdict = 0;
+	e->family = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->path[0] = 0;
+	return e;
+}
+
+static __always_inline void submit(struct leash_event *e)
+{
+	static __u32 n;
+	__u64 flags = (++n % wakeup_every) == 0 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* The verdict for an address (IPv4 as IPv4-mapped IPv6 in `addr`) and port. */
+static __always_inline __u32 decide(struct leash_session *s, const __u8 addr[16], int v4, __u16 port)
+{
+	struct leash_port_key pk = {.slot = s->slot, .port = port};
+	__builtin_memcpy(pk.addr, addr, 16);
+	struct leash_verdict *v = bpf_map_lookup_elem(&ports, &pk);
+	if (v)
+		return v->v;
+	if (v4) {
+		struct leash_lpm4 k = {.prefixlen = 64, .slot = s->slot};
+		__builtin_memcpy(k.addr, addr + 12, 4);
+		v = bpf_map_lookup_elem(&net4, &k);
+		return v ? v->v : s->default4;
+	}
+	struct leash_lpm6 k = {.prefixlen = 160, .slot = s->slot};
+	__builtin_memcpy(k.addr, addr, 16);
+	v = bpf_map_lookup_elem(&net6, &k);
+	return v ? v->v : s->default6;
+}
+
+/* Decides a socket address operation; 1 lets it through, 0 refuses (EPERM). */
+static __always_inline int govern(struct bpf_sock_addr *ctx, __u32 kind, int v6)
+{
+	struct leash_session *s = governed();
+	if (!s)
+		return 1;
+	__u8 addr[16] = {};
+	int v4 = 1;
+	if (v6) {
+		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+		__builtin_memcpy(addr, &a0, 4);
+		__builtin_memcpy(addr + 4, &a1, 4);
+		__builtin_memcpy(addr + 8, &a2, 4);
+		__builtin_memcpy(addr + 12, &a3, 4);
+		/* IPv4-mapped (::ffff:a.b.c.d) is decided as IPv4. */
+		v4 = a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff);
+	} else {
+		__u32 a = ctx->user_ip4;
+		addr[10] = 0xff;
+		addr[11] = 0xff;
+		__builtin_memcpy(addr + 12, &a, 4);
+	}
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	__u32 verdict;
+	if (s->mode == LEASH_MODE_RECORD || s->evaluate)
+		verdict = LEASH_VERDICT_ALLOW;
+	else
+		verdict = decide(s, addr, v4, port);
+	struct leash_event *e = reserve();
+	if (e) {
+		e->kind = kind;
+		e->mode = s->mode;
+		e->verdict = verdict;
+		e->family = v4 ? AF_INET : AF_INET6;
+		e->port = port;
+		e->flags = ctx->type;
+		__builtin_memcpy(e->addr, addr, 16);
+		submit(e);
+	}
+	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
+		return 0;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int leash_connect4(struct bpf_sock_addr *ctx)
+{
+	return govern(ctx, LEASH_EV_CONNECT, 0);
+}
+
+SEC("cgroup/connect6")
+int leash_connect6(struct bpf_sock_addr *ctx)
+{
+	return govern(ctx, LEASH_EV_CONNECT, 1);
+}
+
+SEC("cgroup/sendmsg4")
+int leash_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return govern(ctx, LEASH_EV_SENDMSG, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int leash_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return govern(ctx, LEASH_EV_SENDMSG, 1);
+}
+
+/* Open flags per thread, for governed sessions only. */
+static __always_inline void remember_flags(__u32 flags)
+{
+	if (!governed())
+		return;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&open_flags, &tid, &flags, BPF_ANY);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int leash_enter_openat(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_flags((__u32)ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int leash_enter_open(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_flags((__u32)ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_creat")
+int leash_enter_creat(struct trace_event_raw_sys_enter *ctx)
+{
+	/* creat() is open(O_CREAT|O_WRONLY|O_TRUNC). */
+	remember_flags(01 | 0100 | 01000);
+	return 0;
+}
+
+/* execve opens the binary for reading: marked so the decider reads it so. */
+#define LEASH_FLAGS_EXEC 0x80000000u
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int leash_enter_execve(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_flags(LEASH_FLAGS_EXEC);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int leash_enter_execveat(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_flags(LEASH_FLAGS_EXEC);
+	return 0;
+}
+
+/* When the call returns the record is stale: an open without one (io_uring,
+ * say) is then decided as a write rather than with another call's flags. */
+static __always_inline void forget_flags(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&open_flags, &tid);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int leash_exit_openat(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int leash_exit_open(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_creat")
+int leash_exit_creat(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int leash_exit_openat2(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_execve")
+int leash_exit_execve(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_execveat")
+int leash_exit_execveat(void *ctx)
+{
+	forget_flags();
+	return 0;
+}
+
+struct open_how_flags {
+	__u64 flags;
+};
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int leash_enter_openat2(struct trace_event_raw_sys_enter *ctx)
+{
+	struct open_how_flags how = {};
+	if (bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]) == 0)
+		remember_flags((__u32)how.flags);
+	else
+		remember_flags(02); /* unreadable: decided as a write */
+	return 0;
+}
+
+/* Every exec in a governed session, with the path the kernel resolved. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(leash_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct leash_session *s = governed();
+	if (!s)
+		return 0;
+	struct leash_event *e = reserve();
+	if (!e)
+		return 0;
+	e->kind = LEASH_EV_EXEC;
+	e->mode = s->mode;
+	e->verdict = LEASH_VERDICT_ALLOW;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
+	submit(e);
+	return 0;
+}
+
+/* The LSM tier's hooks; loaded only where the kernel runs BPF LSM. */
+SEC("lsm/file_open")
+int BPF_PROG(leash_lsm_file_open, struct file *file)
+{
+	return 0;
+}

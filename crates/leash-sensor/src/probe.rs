@@ -1,0 +1,107 @@
+//! The capability probe: what this kernel lets the sensor do, per action,
+//! found by trying (loading programs, opening a fanotify group), never by
+//! assuming. `leashctl doctor` prints it.
+
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags};
+
+/// How one action is governed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capability {
+    /// "file-read", "file-write", "exec", "connect" or "sendmsg".
+    pub action: &'static str,
+    /// "bpf-lsm", "fanotify", "cgroup-sock", "observe-only" or "none".
+    pub mechanism: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Per action.
+    pub capabilities: Vec<Capability>,
+    /// "bpf-lsm" or "fallback".
+    pub tier: String,
+    /// What each probe found.
+    pub probes: Vec<(String, String)>,
+}
+
+/// Whether a fanotify group with permission events can be created.
+fn probe_fanotify() -> Result<(), String> {
+    Fanotify::init(InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC, EventFFlags::O_RDONLY)
+        .map(drop)
+        .map_err(|e| format!("fanotify permission events unavailable: {e}"))
+}
+
+/// Builds the report; `programs` is the outcome of loading the fallback tier.
+pub fn run(programs: Result<(), String>) -> Report {
+    let lsm = crate::bpf::probe_lsm();
+    let fanotify = probe_fanotify();
+    decide(programs, lsm, fanotify)
+}
+
+/// The report for given probe outcomes.
+pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: Result<(), String>) -> Report {
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let probes = vec![
+        ("programs".to_owned(), show(&programs)),
+        ("bpf-lsm".to_owned(), show(&lsm)),
+        ("fanotify".to_owned(), show(&fanotify)),
+    ];
+    let lsm_note = match &lsm {
+        Ok(()) => "BPF LSM programs load here, but leash's LSM tier is not built yet".to_owned(),
+        Err(e) => e.clone(),
+    };
+    let file = |action: &'static str| match (&fanotify, &programs) {
+        (Ok(()), Ok(())) => Capability {
+            action,
+            mechanism: "fanotify",
+            reason: format!(
+                "permission events on every mount of the session's container, read vs write from the open tracepoints ({lsm_note})"
+            ),
+        },
+        (Ok(()), Err(e)) => Capability {
+            action,
+            mechanism: "fanotify",
+            reason: format!(
+                "permission events; the open tracepoints did not load ({e}), so every open is decided as a write"
+            ),
+        },
+        (Err(f), Ok(())) => {
+            Capability { action, mechanism: "observe-only", reason: format!("{f}; the tracepoints only observe") }
+        }
+        (Err(f), Err(p)) => Capability { action, mechanism: "none", reason: format!("{f}; {p}") },
+    };
+    let net = |action: &'static str| match &programs {
+        Ok(()) => Capability {
+            action,
+            mechanism: "cgroup-sock",
+            reason: "cgroup connect/sendmsg programs on the session's cgroup decide by address and port".into(),
+        },
+        Err(e) => Capability { action, mechanism: "none", reason: e.clone() },
+    };
+    Report {
+        capabilities: vec![file("file-read"), file("file-write"), file("exec"), net("connect"), net("sendmsg")],
+        tier: "fallback".to_owned(),
+        probes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_reports_enforcement_that_is_not_there() {
+        let r = decide(Err("EPERM".into()), Err("refused".into()), Err("ENOSYS".into()));
+        assert!(r.capabilities.iter().all(|c| c.mechanism == "none"), "{r:?}");
+        let r = decide(Ok(()), Err("refused".into()), Err("ENOSYS".into()));
+        let m = |a| r.capabilities.iter().find(|c| c.action == a).unwrap().mechanism;
+        assert_eq!((m("file-read"), m("exec"), m("connect")), ("observe-only", "observe-only", "cgroup-sock"));
+        let r = decide(Ok(()), Ok(()), Ok(()));
+        assert_eq!(r.tier, "fallback", "the LSM tier is not claimed until it is built");
+    }
+}
