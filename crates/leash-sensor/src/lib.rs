@@ -316,6 +316,17 @@ impl Sensor for Service {
             )));
         }
         let (rel, cgroup_id) = cgroup_of(req.pid).map_err(Status::failed_precondition)?;
+        // The network programs are attached to the instance's cgroup parent:
+        // a container outside it would have no connect enforcement at all.
+        let attached = s.kernel.as_ref().map(|k| k.cgroup.clone()).unwrap_or_default();
+        let container_dir = bpf::cgroup2_root().map(|r| r.join(rel.trim_start_matches('/'))).unwrap_or_default();
+        if !container_dir.starts_with(&attached) {
+            return Err(Status::failed_precondition(format!(
+                "the container's cgroup {} is not below {}, where the programs are attached",
+                container_dir.display(),
+                attached.display()
+            )));
+        }
         let (tables, mode) = s.tables(&req.session).await.map_err(Status::unavailable)?;
         let generation = tables.generation;
         let tables = Arc::new(tables);

@@ -573,7 +573,10 @@ fn session_lifecycle_events_are_published_with_timings() {
     assert_eq!(actions, ["session.create", "session.release", "session.exit", "session.remove"]);
     let id = sessions[0]["session"].as_str().unwrap();
     assert!(sessions.iter().all(|e| e["session"] == id));
-    assert_eq!(sessions[1]["details"]["admission"], "leashd: mounts, leash-policy: open the session's policy");
+    assert_eq!(
+        sessions[1]["details"]["admission"],
+        "leashd: mounts, leash-policy: open the session's policy, leash-sensor: govern the session's cgroup and files"
+    );
     assert_eq!(sessions[2]["details"]["code"], "0");
     for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
         let ms: f64 = sessions[3]["details"][phase].as_str().unwrap().parse().unwrap();

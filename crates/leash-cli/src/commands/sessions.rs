@@ -21,6 +21,21 @@ struct SessionJson {
     container: String,
     started: String,
     state: String,
+    /// How the sensor governs it, per action.
+    enforcement: String,
+}
+
+/// The mechanisms in force, compactly: `fanotify+cgroup-sock`.
+fn mechanisms(enforcement: &str) -> String {
+    let mut v: Vec<&str> = enforcement.split_whitespace().filter_map(|p| p.split_once('=').map(|(_, m)| m)).collect();
+    v.dedup();
+    let mut unique: Vec<&str> = Vec::new();
+    for m in v {
+        if !unique.contains(&m) {
+            unique.push(m);
+        }
+    }
+    if unique.is_empty() { "-".to_owned() } else { unique.join("+") }
 }
 
 /// Lists sessions.
@@ -39,13 +54,15 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             container: s.container,
             started: output::rfc3339(UNIX_EPOCH + Duration::from_millis(s.started_unix_ms.max(0) as u64)),
             state: s.state,
+            enforcement: s.enforcement,
         })
         .collect();
     if ctx.json {
         output::json(&rows);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = vec![["ID", "STATE", "PROJECT", "COMMAND", "IMAGE", "CONTAINER", "STARTED"].map(str::to_owned)];
+    let mut table =
+        vec![["ID", "STATE", "PROJECT", "COMMAND", "IMAGE", "CONTAINER", "STARTED", "ENFORCEMENT"].map(str::to_owned)];
     for s in &rows {
         table.push([
             s.id.clone(),
@@ -55,6 +72,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             if s.image.is_empty() { "-".into() } else { s.image.clone() },
             s.container.clone(),
             s.started.clone(),
+            mechanisms(&s.enforcement),
         ]);
     }
     output::text(&output::table(&table));
