@@ -126,11 +126,21 @@ pub fn decide(g: &Governed, action: FileAction, path: &str, evaluate: &Evaluate)
     }
 }
 
-/// Starts governing the files of the container whose init is `pid`.
+/// What to mark.
+#[derive(Clone, Debug)]
+pub enum Marks {
+    /// Every mount of the container whose init is this pid (its root must be marked).
+    Container(u32),
+    /// The mounts holding these paths (all must be marked).
+    Paths(Vec<PathBuf>),
+}
+
+/// Starts governing the files of the container (or paths) in `marks`, for
+/// processes in `cgroup` (relative to the v2 root).
 #[allow(clippy::too_many_arguments, reason = "the session's whole context, once")]
 pub fn start(
     session: String,
-    pid: u32,
+    marks: Marks,
     cgroup: String,
     governed: Arc<RwLock<Governed>>,
     open_flags: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>,
@@ -142,9 +152,14 @@ pub fn start(
         EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
     )?;
     let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    for m in mount_points(pid)? {
-        let path = root.join(m.trim_start_matches('/'));
+    let targets: Vec<(String, PathBuf)> = match &marks {
+        Marks::Container(pid) => {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            mount_points(*pid)?.into_iter().map(|m| (m.clone(), root.join(m.trim_start_matches('/')))).collect()
+        }
+        Marks::Paths(paths) => paths.iter().map(|p| (p.display().to_string(), p.clone())).collect(),
+    };
+    for (m, path) in targets {
         let r = group.mark(
             MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
             MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
@@ -156,8 +171,12 @@ pub fn start(
             Err(e) => unmarked.push(format!("{m}: {e}")),
         }
     }
-    if !marked.iter().any(|m| m == "/") {
-        anyhow::bail!("cannot mark the container's root mount: {}", unmarked.join("; "));
+    match &marks {
+        Marks::Container(_) if !marked.iter().any(|m| m == "/") => {
+            anyhow::bail!("cannot mark the container's root mount: {}", unmarked.join("; "))
+        }
+        Marks::Paths(_) if !unmarked.is_empty() => anyhow::bail!("cannot mark {}", unmarked.join("; ")),
+        _ => {}
     }
     let stop = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicU64::new(0));

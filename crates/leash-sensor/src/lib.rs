@@ -13,6 +13,7 @@ pub mod bpf;
 pub mod event;
 pub mod fan;
 pub mod probe;
+pub mod selftest;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -362,8 +363,15 @@ impl Sensor for Service {
                 Some((r.allow && !r.would_deny, r.reasons))
             })
         });
-        let decider =
-            fan::start(req.session.clone(), req.pid, rel, governed.clone(), open_flags, evaluate, s.file_tx.clone());
+        let decider = fan::start(
+            req.session.clone(),
+            fan::Marks::Container(req.pid),
+            rel,
+            governed.clone(),
+            open_flags,
+            evaluate,
+            s.file_tx.clone(),
+        );
         let decider = match decider {
             Ok(d) => d,
             Err(e) => {
@@ -407,6 +415,33 @@ impl Sensor for Service {
             tracing::info!(session_id = %session, "no longer governing the session");
         }
         Ok(Response::new(pb::UnregisterResponse {}))
+    }
+
+    async fn self_test(&self, req: Request<pb::SelfTestRequest>) -> Result<Response<pb::SelfTestResponse>, Status> {
+        let without = req.into_inner().without;
+        for w in &without {
+            if w != "fanotify" && w != "cgroup-sock" {
+                return Err(Status::invalid_argument(format!("unknown mechanism {w:?}: fanotify or cgroup-sock")));
+            }
+        }
+        let shared = self.shared.clone();
+        let (caps, lines) = tokio::task::spawn_blocking(move || selftest::run(&shared, &without))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::failed_precondition)?;
+        let checks: Vec<pb::SelfTestCheck> = ["open", "exec", "connect"]
+            .into_iter()
+            .map(|a| {
+                let outcome =
+                    lines.iter().find(|(k, _)| k == a).map(|(_, v)| v.clone()).unwrap_or_else(|| "no answer".into());
+                pb::SelfTestCheck { action: a.to_owned(), passed: outcome == "denied", outcome }
+            })
+            .collect();
+        Ok(Response::new(pb::SelfTestResponse {
+            capabilities: caps.iter().map(capability_to_proto).collect(),
+            passed: checks.iter().all(|c| c.passed),
+            checks,
+        }))
     }
 
     async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {

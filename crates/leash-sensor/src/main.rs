@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     const NAME: &str = "leash-sensor";
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let [flag, dir] = args.as_slice()
+        && flag == leash_sensor::selftest::CHILD_FLAG
+    {
+        return leash_sensor::selftest::child(std::path::Path::new(dir));
+    }
     if let Some(code) = leash_daemon::process::simple_args(NAME, "the leash kernel sensor") {
         return code;
     }

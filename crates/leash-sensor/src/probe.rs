@@ -90,6 +90,24 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
     }
 }
 
+/// The capabilities with mechanisms switched off (the self-test's negative
+/// control): file actions fall back to what the tracepoints observe, and
+/// connections to nothing.
+pub fn without(report: &Report, off: &[String]) -> Vec<Capability> {
+    report
+        .capabilities
+        .iter()
+        .map(|c| {
+            if off.iter().any(|o| o == c.mechanism) {
+                let mechanism = if c.mechanism == "fanotify" { "observe-only" } else { "none" };
+                Capability { action: c.action, mechanism, reason: format!("{} switched off", c.mechanism) }
+            } else {
+                c.clone()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

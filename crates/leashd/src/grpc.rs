@@ -178,6 +178,20 @@ impl Manager for ManagerService {
         Ok(r)
     }
 
+    async fn doctor(&self, req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorResponse>, Status> {
+        require_privileged(&req, "the doctor's self-test")?;
+        let without = req.into_inner().without;
+        let channel = self
+            .supervisor
+            .channel(leash_core::Component::Sensor)
+            .await
+            .ok_or_else(|| Status::unavailable("leash-sensor is not running (see `leashctl status`)"))?;
+        let mut sensor = pb::sensor_client::SensorClient::new(channel);
+        let capabilities = sensor.capabilities(pb::CapabilitiesRequest {}).await?.into_inner();
+        let self_test = sensor.self_test(pb::SelfTestRequest { without }).await?.into_inner();
+        Ok(Response::new(pb::DoctorResponse { capabilities: Some(capabilities), self_test: Some(self_test) }))
+    }
+
     async fn policy_tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::DecisionTables>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
         let mut req = req.into_inner();

@@ -60,6 +60,15 @@ enum Command {
         #[arg(long, required = true)]
         all: bool,
     },
+    /// What this kernel lets leash enforce, per action, and a self-test in
+    /// which a governed process must be denied a forbidden open, exec and
+    /// connect (root). Exits 1 when the self-test fails.
+    Doctor {
+        /// Leave a mechanism off for the self-test (fanotify, cgroup-sock): the
+        /// negative control, which must fail.
+        #[arg(long, value_name = "MECHANISM")]
+        without: Vec<String>,
+    },
     /// Exchange versions with any leash daemon's socket and print its answer.
     Hello {
         /// The socket, e.g. /run/leash/policy.sock.
@@ -244,6 +253,7 @@ fn main() -> ExitCode {
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
+            Command::Doctor { without } => commands::doctor::run(&ctx, without).await,
         }
     });
     result.unwrap_or_else(|e| fail(&e, EXIT_FAILURE))

@@ -1,0 +1,174 @@
+//! `leashctl doctor`'s self-test: a throwaway process, governed the way a
+//! session is (its own cgroup below the instance's, the same kernel maps and
+//! the same fanotify decider), tries a forbidden open, exec and connect; each
+//! must be denied. The tables are fixed (no Cedar): the test is of the
+//! kernel mechanisms. Leaving a mechanism out is the negative control.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use leash_core::Mode;
+use leash_core::tables::{FileAction, NetTable, PathTable, Tables, Verdict};
+
+use crate::{Shared, fan, probe};
+
+/// The hidden flag that makes the sensor binary the self-test's child.
+pub const CHILD_FLAG: &str = "--self-test-child";
+/// A destination no policy of the test allows (TEST-NET-1, discard port).
+const FORBIDDEN_DESTINATION: &str = "192.0.2.1:9";
+
+fn fixed_tables(dir: &Path) -> Tables {
+    let allow = Verdict { allow: true, reason: 0 };
+    let deny = Verdict { allow: false, reason: 1 };
+    let mut files = BTreeMap::new();
+    for action in FileAction::ALL {
+        let mut t = PathTable { default: Some(allow), ..Default::default() };
+        let target = if action == FileAction::Exec { "forbidden-exec" } else { "forbidden" };
+        t.exact.insert(dir.join(target).display().to_string(), deny);
+        files.insert(action, t);
+    }
+    let addr: std::net::SocketAddr = FORBIDDEN_DESTINATION.parse().expect("a literal address");
+    let mut net = NetTable { default_v4: Some(allow), default_v6: Some(allow), ..Default::default() };
+    net.exact_port.insert((addr.ip(), addr.port()), deny);
+    Tables {
+        generation: 1,
+        files,
+        net,
+        hosts: Default::default(),
+        reasons: vec![vec!["self-test-allow".into()], vec!["self-test-forbid".into()]],
+    }
+}
+
+/// The child: waits for "go", tries the three, prints one line each.
+pub fn child(dir: &Path) -> ExitCode {
+    let mut go = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut go);
+    let denied = |e: &std::io::Error| e.raw_os_error() == Some(nix::libc::EPERM);
+    let open = match std::fs::File::open(dir.join("forbidden")) {
+        Ok(_) => "allowed: the file opened".to_owned(),
+        Err(e) if denied(&e) => "denied".to_owned(),
+        Err(e) => format!("allowed: the open failed otherwise ({e})"),
+    };
+    let exec = match std::process::Command::new(dir.join("forbidden-exec")).stdout(Stdio::null()).status() {
+        Ok(_) => "allowed: the program ran".to_owned(),
+        Err(e) if denied(&e) => "denied".to_owned(),
+        Err(e) => format!("allowed: the exec failed otherwise ({e})"),
+    };
+    let addr: std::net::SocketAddr = FORBIDDEN_DESTINATION.parse().expect("a literal address");
+    let connect = match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Ok(_) => "allowed: connected".to_owned(),
+        Err(e) if denied(&e) => "denied".to_owned(),
+        Err(e) => format!("allowed: the network answered ({e})"),
+    };
+    #[allow(clippy::print_stdout, reason = "the child reports to the sensor through stdout")]
+    {
+        println!("open={open}\nexec={exec}\nconnect={connect}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Removes what the test made, whatever happened.
+struct Cleanup {
+    dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The capabilities the test ran with, and each attempt's outcome.
+pub(crate) type Outcome = (Vec<probe::Capability>, Vec<(String, String)>);
+
+/// Runs the test; blocking.
+pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, String> {
+    let kernel = shared.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
+    let n = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+    let me = std::process::id();
+    let dir = std::env::temp_dir().join(format!("leash-selftest-{me}-{n}"));
+    let cgroup = kernel.cgroup.join(format!("selftest-{me}-{n}"));
+    let _cleanup = Cleanup { dir: dir.clone(), cgroup: cgroup.clone() };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("forbidden"), "self-test\n").map_err(|e| e.to_string())?;
+    let program = ["/bin/true", "/usr/bin/true"].into_iter().find(|p| Path::new(p).exists()).ok_or("no /bin/true")?;
+    std::fs::copy(program, dir.join("forbidden-exec")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .arg(CHILD_FLAG)
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the test process: {e}"))?;
+    let outcome = (|| -> Result<Vec<(String, String)>, String> {
+        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string())
+            .map_err(|e| format!("cannot move the test process into {}: {e}", cgroup.display()))?;
+        let tables = Arc::new(fixed_tables(&dir));
+        let off = |m: &str| without.iter().any(|w| w == m);
+        let mut written = None;
+        if !off("cgroup-sock") {
+            written = Some(shared.apply(cgroup_id, &tables, Mode::Enforce)?);
+        }
+        let rel = format!(
+            "/{}",
+            cgroup
+                .strip_prefix(crate::bpf::cgroup2_root().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?
+                .display()
+        );
+        let mut decider = None;
+        if !off("fanotify") {
+            let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode: Mode::Enforce }));
+            let flags_from = shared.clone();
+            let (tx, _rx) = std::sync::mpsc::sync_channel(64);
+            decider = Some(
+                fan::start(
+                    "self-test".into(),
+                    fan::Marks::Paths(vec![dir.clone()]),
+                    rel,
+                    governed,
+                    Arc::new(move |tid| flags_from.kernel.as_ref().and_then(|k| k.maps.open_flags(tid))),
+                    Arc::new(|_, _| None),
+                    tx,
+                )
+                .map_err(|e| format!("{e:#}"))?,
+            );
+        }
+        let mut stdin = child.stdin.take().ok_or_else(|| "no stdin".to_owned())?;
+        writeln!(stdin, "go").map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or_else(|| "no stdout".to_owned())?;
+        let lines: Vec<(String, String)> = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| l.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect();
+        drop(decider);
+        kernel.maps.remove_session(cgroup_id);
+        if let Some((_, w)) = written {
+            kernel.maps.clear(&w);
+        }
+        Ok(lines)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = outcome?;
+    let caps = probe::without(&shared.caps, without);
+    Ok((caps, lines))
+}
