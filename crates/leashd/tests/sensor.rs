@@ -139,6 +139,12 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
         events.iter().any(|e| e["resource"] == format!("{p}/open/sibling") && e["decision"] == "allow"),
         "allowed opens are events too"
     );
+    // Filtered as a user asks.
+    let out = stack.leashctl(&["events", "--json", "--action", "NetworkConnect", "--decision", "deny"]);
+    let filtered: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(filtered.len(), 3, "{filtered:?}");
+    assert!(filtered.iter().all(|e| e["action"] == "NetworkConnect" && e["decision"] == "deny"));
 }
 
 #[test]

@@ -42,6 +42,12 @@ enum Command {
         /// Only the events of this session (an id or a unique prefix).
         #[arg(long, value_name = "ID")]
         session: Option<String>,
+        /// Only this action (FileOpenReadOnly, ProcessExec, NetworkConnect, session.exit, …).
+        #[arg(long, value_name = "ACTION")]
+        action: Option<String>,
+        /// Only this decision.
+        #[arg(long, value_enum)]
+        decision: Option<DecisionArg>,
     },
     /// Cedar policies: validate files, decide a request.
     Policy {
@@ -176,6 +182,14 @@ enum PolicyAction {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecisionArg {
+    /// Let through.
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ModeArg {
     /// Observe only: everything allowed and recorded, nothing evaluated.
     Record,
@@ -211,8 +225,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &args.command {
             Command::Status => commands::status::run(&ctx).await,
-            Command::Events { follow, tail, session } => {
-                commands::events::run(&ctx, *follow, *tail, session.as_deref()).await
+            Command::Events { follow, tail, session, action, decision } => {
+                let filter = commands::events::Filter {
+                    session: session.clone(),
+                    action: action.clone(),
+                    decision: decision.map(|d| match d {
+                        DecisionArg::Allow => "allow",
+                        DecisionArg::Deny => "deny",
+                    }),
+                };
+                commands::events::run(&ctx, *follow, *tail, &filter).await
             }
             Command::Stop { all: _ } => commands::stop::run(&ctx).await,
             Command::Policy { action: PolicyAction::Validate { files } } => {
