@@ -110,6 +110,8 @@ pub struct Kernel {
     pub maps: Maps,
     /// The cgroup the network programs are attached to.
     pub cgroup: PathBuf,
+    /// Where maps and links are pinned.
+    pub pins: PathBuf,
 }
 
 /// The cgroup v2 mount point.
@@ -164,13 +166,69 @@ pub fn probe_lsm() -> Result<(), String> {
     Ok(())
 }
 
+/// Makes sure a BPF filesystem is mounted at /sys/fs/bpf.
+fn ensure_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")))
+        .unwrap_or(false);
+    if !mounted {
+        let r = nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>);
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot mount bpffs at /sys/fs/bpf; nothing will be pinned");
+        }
+    }
+}
+
+/// The maps that carry state across a restart (pinned and reused).
+const PINNED_MAPS: [&str; 6] = ["sessions", "net4", "net6", "ports", "open_flags", "dropped"];
+
+/// The path of a pinned map.
+pub fn map_pin(pins: &Path, name: &str) -> PathBuf {
+    pins.join("maps").join(name)
+}
+
 /// Loads the fallback tier's programs and attaches them: the network
 /// programs to `cgroup`, the tracepoints globally (they filter by cgroup).
-pub fn load(cgroup: &Path) -> anyhow::Result<Kernel> {
+///
+/// Maps and links are pinned under `pins`. A restarted sensor reuses the
+/// pinned maps (so registered sessions and their tables carry over) and
+/// swaps the program of each pinned cgroup link atomically, so the network
+/// decisions never pause; the tracepoints are attached anew.
+pub fn load(cgroup: &Path, pins: &Path) -> anyhow::Result<Kernel> {
     ensure_tracefs();
+    ensure_bpffs();
     std::fs::create_dir_all(cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let pinning = std::fs::create_dir_all(pins.join("maps")).and_then(|()| std::fs::create_dir_all(pins.join("links")));
+    if let Err(e) = &pinning {
+        tracing::warn!(dir = %pins.display(), error = %e, "cannot pin; a sensor restart will not keep enforcement");
+    }
+    let kernel = match load_pinned(cgroup, pins, pinning.is_ok()) {
+        Ok(k) => k,
+        Err(e) if pinning.is_ok() => {
+            // Pinned state from an incompatible build: start over.
+            tracing::warn!(error = %format!("{e:#}"), "cannot reuse the pinned programs and maps; loading afresh");
+            unpin_all(pins);
+            let _ = std::fs::create_dir_all(pins.join("maps"));
+            let _ = std::fs::create_dir_all(pins.join("links"));
+            load_pinned(cgroup, pins, true)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(kernel)
+}
+
+fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> {
     let mut object = MaybeUninit::uninit();
-    let open = open_with(&mut object, |name| !name.starts_with("leash_lsm_"))?;
+    let mut open = open_with(&mut object, |name| !name.starts_with("leash_lsm_"))?;
+    if pin {
+        for mut m in open.open_object_mut().maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if PINNED_MAPS.contains(&name.as_str()) {
+                // libbpf reuses a compatible pinned map, else pins the new one.
+                m.set_pin_path(map_pin(pins, &name)).with_context(|| format!("pin path for {name}"))?;
+            }
+        }
+    }
     let mut skel = open.load().context("loading the BPF programs")?;
     let dir = std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
     let mut links = Vec::new();
@@ -179,12 +237,24 @@ pub fn load(cgroup: &Path) -> anyhow::Result<Kernel> {
         if name.starts_with("leash_lsm_") {
             continue;
         }
-        let link = if name.starts_with("leash_connect") || name.starts_with("leash_sendmsg") {
-            p.attach_cgroup(dir.as_raw_fd())
-        } else {
-            p.attach()
-        };
-        links.push((name.clone(), link.with_context(|| format!("attaching {name}"))?));
+        let pin_path = pins.join("links").join(&name);
+        let cgroup_prog = name.starts_with("leash_connect") || name.starts_with("leash_sendmsg");
+        if pin && cgroup_prog && pin_path.exists() {
+            // Swap the program under the pinned link: never detached.
+            let mut old = Link::open(&pin_path).with_context(|| format!("opening the pinned link {name}"))?;
+            old.update_prog(&p).with_context(|| format!("updating the pinned link {name}"))?;
+            links.push((name, old));
+            continue;
+        }
+        let mut link = if cgroup_prog { p.attach_cgroup(dir.as_raw_fd()) } else { p.attach() }
+            .with_context(|| format!("attaching {name}"))?;
+        if pin {
+            let _ = std::fs::remove_file(&pin_path);
+            if let Err(e) = link.pin(&pin_path) {
+                tracing::debug!(program = %name, error = %e, "link not pinned");
+            }
+        }
+        links.push((name, link));
     }
     let handle = |name: &str| -> anyhow::Result<MapHandle> {
         let map = skel.object().maps().find(|m| m.name() == name).with_context(|| format!("no map {name}"))?;
@@ -199,7 +269,12 @@ pub fn load(cgroup: &Path) -> anyhow::Result<Kernel> {
         events: handle("events")?,
         dropped: handle("dropped")?,
     };
-    Ok(Kernel { links, maps, cgroup: cgroup.to_path_buf() })
+    Ok(Kernel { links, maps, cgroup: cgroup.to_path_buf(), pins: pins.to_path_buf() })
+}
+
+/// Removes every pin (programs detach once nothing else holds them).
+pub fn unpin_all(pins: &Path) {
+    let _ = std::fs::remove_dir_all(pins);
 }
 
 /// Keys a session's net table wrote, to delete them when it is replaced.
@@ -280,6 +355,54 @@ impl Maps {
     /// Registers (or updates) a governed cgroup.
     pub fn set_session(&self, cgroup_id: u64, e: &SessionEntry) -> anyhow::Result<()> {
         self.sessions.update(&cgroup_id.to_ne_bytes(), &e.bytes(), MapFlags::ANY).context("registering the cgroup")
+    }
+
+    /// The governed cgroups and their slots, as the kernel has them.
+    pub fn sessions(&self) -> Vec<(u64, SessionEntry)> {
+        self.sessions
+            .keys()
+            .filter_map(|k| {
+                let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
+                let v = self.sessions.lookup(&k, MapFlags::ANY).ok()??;
+                let w = |i: usize| u32::from_ne_bytes(v[i * 4..i * 4 + 4].try_into().unwrap_or_default());
+                (v.len() >= 24).then(|| {
+                    (
+                        id,
+                        SessionEntry {
+                            slot: w(0),
+                            mode: w(1),
+                            default4: w(2),
+                            default6: w(3),
+                            evaluate: w(4),
+                            generation: w(5),
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes every table entry whose slot no governed session uses (left
+    /// by a sensor that stopped between writing and flipping).
+    pub fn collect_garbage(&self) -> usize {
+        let live: std::collections::BTreeSet<u32> = self.sessions().iter().map(|(_, e)| e.slot).collect();
+        let mut removed = 0;
+        for (map, slot_at) in [(&self.net4, 4usize), (&self.net6, 4), (&self.ports, 0)] {
+            let dead: Vec<Vec<u8>> = map
+                .keys()
+                .filter(|k| {
+                    k.get(slot_at..slot_at + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .is_some_and(|b| !live.contains(&u32::from_ne_bytes(b)))
+                })
+                .collect();
+            for k in dead {
+                if map.delete(&k).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     /// Stops governing a cgroup.

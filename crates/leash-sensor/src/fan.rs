@@ -8,18 +8,23 @@
 //! by thread id (`FAN_REPORT_TID`); an open without a record (io_uring, say)
 //! is decided as a write. Paths the tables mark "evaluate" are asked of the
 //! policy service; when it cannot answer, enforce mode denies.
+//!
+//! The group is a plain file descriptor: nix creates and marks it, and
+//! events and answers are read and written here as bytes, so the group can
+//! be handed between processes (the session's holder, the sensor) without
+//! unsafe code.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, RwLock};
 
-use leash_core::Mode;
 use leash_core::tables::{FileAction, Lookup, Tables};
+use leash_core::{Decision, Event, EventKind, Mode};
 use nix::fcntl::OFlag;
-use nix::sys::fanotify::{EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response};
+use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
 
 /// What the decider decides with; replaced on every policy or mode change.
 #[derive(Debug, Clone)]
@@ -55,33 +60,27 @@ pub struct FileDecision {
 
 /// Asks the policy service about a path the tables cannot decide.
 pub type Evaluate = Arc<dyn Fn(FileAction, &str) -> Option<(bool, Vec<String>)> + Send + Sync>;
+/// The open flags a thread's current open was called with, if recorded.
+pub type OpenFlags = Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>;
 
-/// A running decider.
-pub struct Decider {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Mounts marked.
-    pub marked: Vec<String>,
-    /// Mounts that could not be marked, with why.
-    pub unmarked: Vec<String>,
-    /// Decisions the event stream had no room for.
-    pub dropped: Arc<AtomicU64>,
+/// What to mark.
+#[derive(Clone, Debug)]
+pub enum Marks {
+    /// Every mount of the container whose init is this pid (its root must be marked).
+    Container(u32),
+    /// The mounts holding these paths (all must be marked).
+    Paths(Vec<PathBuf>),
 }
 
-impl std::fmt::Debug for Decider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decider").field("marked", &self.marked).field("unmarked", &self.unmarked).finish()
-    }
-}
+/// The tracepoints' mark for the open an execve makes of its binary.
+pub const FLAGS_EXEC: u32 = 0x8000_0000;
 
-impl Drop for Decider {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+const FAN_OPEN_PERM: u64 = 0x0001_0000;
+const FAN_OPEN_EXEC_PERM: u64 = 0x0004_0000;
+const FAN_ALLOW: u32 = 1;
+const FAN_DENY: u32 = 2;
+/// `struct fanotify_event_metadata`.
+const METADATA_BYTES: usize = 24;
 
 /// The container's mount points, from its own mount namespace.
 fn mount_points(pid: u32) -> std::io::Result<Vec<String>> {
@@ -92,15 +91,49 @@ fn mount_points(pid: u32) -> std::io::Result<Vec<String>> {
     Ok(v)
 }
 
+/// A fanotify group for permission events, marked; with what was marked
+/// and what could not be (and why).
+pub fn create_group(marks: &Marks) -> anyhow::Result<(OwnedFd, Vec<String>, Vec<String>)> {
+    let group = Fanotify::init(
+        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_REPORT_TID | InitFlags::FAN_NONBLOCK,
+        EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
+    )?;
+    let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
+    let targets: Vec<(String, PathBuf)> = match marks {
+        Marks::Container(pid) => {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            mount_points(*pid)?.into_iter().map(|m| (m.clone(), root.join(m.trim_start_matches('/')))).collect()
+        }
+        Marks::Paths(paths) => paths.iter().map(|p| (p.display().to_string(), p.clone())).collect(),
+    };
+    for (m, path) in targets {
+        let r = group.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
+            MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
+            nix::fcntl::AT_FDCWD,
+            Some(&path),
+        );
+        match r {
+            Ok(()) => marked.push(m),
+            Err(e) => unmarked.push(format!("{m}: {e}")),
+        }
+    }
+    match marks {
+        Marks::Container(_) if !marked.iter().any(|m| m == "/") => {
+            anyhow::bail!("cannot mark the container's root mount: {}", unmarked.join("; "))
+        }
+        Marks::Paths(_) if !unmarked.is_empty() => anyhow::bail!("cannot mark {}", unmarked.join("; ")),
+        _ => {}
+    }
+    Ok((OwnedFd::from(group), marked, unmarked))
+}
+
 /// Whether `tid` runs in the cgroup at `cgroup` (relative to the v2 root).
 fn in_cgroup(tid: u32, cgroup: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{tid}/cgroup"))
         .map(|c| c.lines().any(|l| l.strip_prefix("0::").is_some_and(|p| p == cgroup)))
         .unwrap_or(false)
 }
-
-/// The tracepoints' mark for the open an execve makes of its binary.
-pub const FLAGS_EXEC: u32 = 0x8000_0000;
 
 /// The file action of an open with `flags` (None: unknown, decided as a write).
 pub fn action_of(flags: Option<u32>) -> FileAction {
@@ -126,139 +159,209 @@ pub fn decide(g: &Governed, action: FileAction, path: &str, evaluate: &Evaluate)
     }
 }
 
-/// What to mark.
-#[derive(Clone, Debug)]
-pub enum Marks {
-    /// Every mount of the container whose init is this pid (its root must be marked).
-    Container(u32),
-    /// The mounts holding these paths (all must be marked).
-    Paths(Vec<PathBuf>),
+/// One event read from the group.
+#[derive(Debug, PartialEq, Eq)]
+struct RawFan {
+    mask: u64,
+    fd: i32,
+    pid: i32,
 }
 
-/// Starts governing the files of the container (or paths) in `marks`, for
-/// processes in `cgroup` (relative to the v2 root).
-#[allow(clippy::too_many_arguments, reason = "the session's whole context, once")]
-pub fn start(
-    session: String,
-    marks: Marks,
-    cgroup: String,
-    governed: Arc<RwLock<Governed>>,
-    open_flags: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>,
-    evaluate: Evaluate,
-    out: SyncSender<FileDecision>,
-) -> anyhow::Result<Decider> {
-    let group = Fanotify::init(
-        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_REPORT_TID | InitFlags::FAN_NONBLOCK,
-        EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
-    )?;
-    let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
-    let targets: Vec<(String, PathBuf)> = match &marks {
-        Marks::Container(pid) => {
-            let root = PathBuf::from(format!("/proc/{pid}/root"));
-            mount_points(*pid)?.into_iter().map(|m| (m.clone(), root.join(m.trim_start_matches('/')))).collect()
+fn parse_events(buf: &[u8]) -> Vec<RawFan> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + METADATA_BYTES <= buf.len() {
+        let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let mask = u64::from_ne_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
+        let fd = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4 bytes"));
+        let pid = i32::from_ne_bytes(buf[at + 20..at + 24].try_into().expect("4 bytes"));
+        out.push(RawFan { mask, fd, pid });
+        if len < METADATA_BYTES {
+            break;
         }
-        Marks::Paths(paths) => paths.iter().map(|p| (p.display().to_string(), p.clone())).collect(),
-    };
-    for (m, path) in targets {
-        let r = group.mark(
-            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
-            MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
-            nix::fcntl::AT_FDCWD,
-            Some(&path),
-        );
-        match r {
-            Ok(()) => marked.push(m),
-            Err(e) => unmarked.push(format!("{m}: {e}")),
-        }
+        at += len;
     }
-    match &marks {
-        Marks::Container(_) if !marked.iter().any(|m| m == "/") => {
-            anyhow::bail!("cannot mark the container's root mount: {}", unmarked.join("; "))
+    out
+}
+
+/// Everything a decider loop needs.
+pub struct Loop {
+    /// The session.
+    pub session: String,
+    /// The session's cgroup, relative to the v2 root.
+    pub cgroup: String,
+    /// The tables and mode.
+    pub governed: Arc<RwLock<Governed>>,
+    /// Open flags by thread.
+    pub open_flags: OpenFlags,
+    /// The policy service, for "evaluate".
+    pub evaluate: Evaluate,
+    /// Stop when set.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Reads and answers the group's events until `stop` (or, when
+/// `cgroup_dir` is given, until that cgroup is gone); each decision goes
+/// to `out`.
+pub fn run(
+    l: &Loop,
+    group: OwnedFd,
+    cgroup_dir: Option<&Path>,
+    mut out: impl FnMut(FileDecision),
+) -> anyhow::Result<()> {
+    let mut file = std::fs::File::from(group);
+    let mut members: HashMap<u32, bool> = HashMap::new();
+    let mut buf = vec![0u8; 64 * METADATA_BYTES];
+    while !l.stop.load(Ordering::Relaxed) {
+        if cgroup_dir.is_some_and(|d| !d.exists()) {
+            return Ok(());
         }
-        Marks::Paths(_) if !unmarked.is_empty() => anyhow::bail!("cannot mark {}", unmarked.join("; ")),
-        _ => {}
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let dropped = Arc::new(AtomicU64::new(0));
-    let (stop2, dropped2) = (stop.clone(), dropped.clone());
-    let thread = std::thread::Builder::new().name(format!("fanotify-{}", &session[..session.len().min(8)])).spawn(
-        move || {
-            let mut members: HashMap<u32, bool> = HashMap::new();
-            while !stop2.load(Ordering::Relaxed) {
-                let mut fds = [nix::poll::PollFd::new(group.as_fd(), nix::poll::PollFlags::POLLIN)];
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
-                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(session_id = %session, error = %e, "the file decider stopped");
-                        return;
-                    }
-                }
-                let events = match group.read_events() {
-                    Ok(e) => e,
-                    Err(nix::errno::Errno::EAGAIN) => continue,
-                    Err(e) => {
-                        tracing::error!(session_id = %session, error = %e, "the file decider stopped");
-                        return;
-                    }
-                };
-                let g = governed.read().unwrap_or_else(|p| p.into_inner()).clone();
-                for ev in events {
-                    let Some(fd) = ev.fd() else {
-                        tracing::warn!(session_id = %session, "fanotify queue overflow");
-                        continue;
-                    };
-                    let mask = ev.mask();
-                    if !mask.intersects(MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM) {
-                        continue;
-                    }
-                    let tid = ev.pid() as u32;
-                    let flags = open_flags(tid);
-                    if members.len() > 4096 {
-                        members.clear();
-                    }
-                    let member = flags.is_some() || *members.entry(tid).or_insert_with(|| in_cgroup(tid, &cgroup));
-                    let allow_now = |group: &Fanotify, yes: bool| {
-                        let r = if yes { Response::FAN_ALLOW } else { Response::FAN_DENY };
-                        if let Err(e) = group.write_response(FanotifyResponse::new(fd, r)) {
-                            tracing::warn!(error = %e, "cannot answer a fanotify event");
-                        }
-                    };
-                    if !member {
-                        // Outside the session (a host process looking in): never affected.
-                        allow_now(&group, true);
-                        continue;
-                    }
-                    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let action =
-                        if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) { FileAction::Exec } else { action_of(flags) };
-                    let (allow, reasons) = match g.mode {
-                        Mode::Record => (true, Vec::new()),
-                        _ => decide(&g, action, &path, &evaluate),
-                    };
-                    let answer = allow || g.mode != Mode::Enforce;
-                    allow_now(&group, answer);
-                    let d = FileDecision {
-                        session: session.clone(),
-                        tid,
-                        path,
-                        action,
-                        flags_known: flags.is_some() || action == FileAction::Exec,
-                        allow,
-                        reasons,
-                        mode: g.mode,
-                        would_deny: !allow && g.mode == Mode::Shadow,
-                    };
-                    if out.try_send(d).is_err() {
-                        dropped2.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+        let mut fds = [nix::poll::PollFd::new(file.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("polling the fanotify group: {e}"),
+        }
+        let n = match file.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
+                continue;
             }
-        },
-    )?;
-    Ok(Decider { stop, thread: Some(thread), marked, unmarked, dropped })
+            Err(e) => anyhow::bail!("reading the fanotify group: {e}"),
+        };
+        let g = l.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for ev in parse_events(&buf[..n]) {
+            if ev.fd < 0 {
+                tracing::warn!(session_id = %l.session, "fanotify queue overflow");
+                continue;
+            }
+            let d = decide_one(l, &g, &ev, &mut members);
+            let answer = match &d {
+                None => true,
+                Some(d) => d.allow || d.mode != Mode::Enforce,
+            };
+            let mut response = Vec::with_capacity(8);
+            response.extend_from_slice(&ev.fd.to_ne_bytes());
+            response.extend_from_slice(&(if answer { FAN_ALLOW } else { FAN_DENY }).to_ne_bytes());
+            if let Err(e) = file.write_all(&response) {
+                tracing::warn!(error = %e, "cannot answer a fanotify event");
+            }
+            let _ = nix::unistd::close(ev.fd);
+            if let Some(d) = d {
+                out(d);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decides one event; None for a process outside the session (always allowed).
+fn decide_one(l: &Loop, g: &Governed, ev: &RawFan, members: &mut HashMap<u32, bool>) -> Option<FileDecision> {
+    if ev.mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) == 0 {
+        return None;
+    }
+    let tid = ev.pid as u32;
+    let flags = (l.open_flags)(tid);
+    if members.len() > 4096 {
+        members.clear();
+    }
+    let member = flags.is_some() || *members.entry(tid).or_insert_with(|| in_cgroup(tid, &l.cgroup));
+    if !member {
+        // Outside the session (a host process looking in): never affected.
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", ev.fd))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let exec = ev.mask & FAN_OPEN_EXEC_PERM != 0;
+    let action = if exec { FileAction::Exec } else { action_of(flags) };
+    let (allow, reasons) = match g.mode {
+        Mode::Record => (true, Vec::new()),
+        _ => decide(g, action, &path, &l.evaluate),
+    };
+    Some(FileDecision {
+        session: l.session.clone(),
+        tid,
+        path,
+        action,
+        flags_known: flags.is_some() || exec,
+        allow,
+        reasons,
+        mode: g.mode,
+        would_deny: !allow && g.mode == Mode::Shadow,
+    })
+}
+
+/// The Cedar action of a file action.
+pub fn action_name(a: FileAction) -> &'static str {
+    match a {
+        FileAction::Open => "FileOpen",
+        FileAction::Read => "FileOpenReadOnly",
+        FileAction::Write => "FileOpenReadWrite",
+        FileAction::Exec => "ProcessExec",
+    }
+}
+
+/// The executable of a process, as the kernel knows it.
+pub fn executable(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A decision as an event.
+pub fn to_event(d: FileDecision) -> Event {
+    let pid = std::fs::read_to_string(format!("/proc/{}/status", d.tid))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().parse().unwrap_or(d.tid))))
+        .unwrap_or(d.tid);
+    let mut e = Event::daemon(action_name(d.action), "", pid);
+    e.kind = if d.action == FileAction::Exec { EventKind::Exec } else { EventKind::File };
+    e.resource = d.path;
+    e.session = Some(d.session);
+    e.executable = executable(pid);
+    e.mode = Some(d.mode);
+    e.decision = Some(if d.allow || d.mode != Mode::Enforce { Decision::Allow } else { Decision::Deny });
+    e.would_deny = d.would_deny;
+    e.policy_ids = d.reasons;
+    e.with("tid", d.tid.to_string())
+        .with("mechanism", "fanotify")
+        .with("path_source", "kernel-resolved (the opened file)")
+        .with("open_flags", if d.flags_known { "from the open tracepoint" } else { "unknown: decided as a write" })
+}
+
+/// An in-process decider on a thread (the self-test's).
+pub struct Decider {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Decisions the consumer had no room for.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Decider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decider").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Decider {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a decider on a thread of this process until dropped.
+pub fn spawn(mut l: Loop, group: OwnedFd) -> anyhow::Result<Decider> {
+    let stop = Arc::new(AtomicBool::new(false));
+    l.stop = stop.clone();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let thread = std::thread::Builder::new().name("fanotify".into()).spawn(move || {
+        if let Err(e) = run(&l, group, None, |_| {}) {
+            tracing::error!(session_id = %l.session, error = %format!("{e:#}"), "the file decider stopped");
+        }
+    })?;
+    Ok(Decider { stop, thread: Some(thread), dropped })
 }
 
 #[cfg(test)]
@@ -274,5 +377,22 @@ mod tests {
         assert_eq!(action_of(Some((OFlag::O_RDONLY | OFlag::O_CLOEXEC).bits() as u32)), FileAction::Read);
         assert_eq!(action_of(None), FileAction::Write, "unknown flags are decided as a write");
         assert_eq!(action_of(Some(FLAGS_EXEC)), FileAction::Read);
+    }
+
+    #[test]
+    fn events_parse_from_the_kernel_layout() {
+        let mut b = Vec::new();
+        for (fd, pid) in [(5i32, 100i32), (6, 101)] {
+            b.extend_from_slice(&24u32.to_ne_bytes());
+            b.extend_from_slice(&[3, 0, 24, 0]);
+            b.extend_from_slice(&FAN_OPEN_PERM.to_ne_bytes());
+            b.extend_from_slice(&fd.to_ne_bytes());
+            b.extend_from_slice(&pid.to_ne_bytes());
+        }
+        let e = parse_events(&b);
+        assert_eq!(
+            e,
+            vec![RawFan { mask: FAN_OPEN_PERM, fd: 5, pid: 100 }, RawFan { mask: FAN_OPEN_PERM, fd: 6, pid: 101 }]
+        );
     }
 }

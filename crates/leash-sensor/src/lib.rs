@@ -2,16 +2,19 @@
 //!
 //! At start it probes what this kernel allows and loads the fallback tier
 //! (cgroup sock programs for connect/sendmsg, tracepoints for open flags and
-//! execs) attached to the instance's cgroup parent. A session registers
-//! (an admission step, before its command runs): its cgroup joins the
-//! governed set, its address table goes into the kernel's maps, and a
-//! fanotify decider governs its files; both follow the policy service's
-//! changes. Decisions stream to leashd as events. It reports no enforcement
-//! it does not perform.
+//! execs) attached to the instance's cgroup parent, pinned so a restart
+//! never pauses them. A session registers (an admission step, before its
+//! command runs): its cgroup joins the governed set, its address table goes
+//! into the kernel's maps, and a holder process decides its files through
+//! fanotify; both follow the policy service's changes. Decisions stream to
+//! leashd as events. A restarted sensor takes its sessions back from the
+//! state dir, the pinned maps and the holders. It reports no enforcement it
+//! does not perform.
 
 pub mod bpf;
 pub mod event;
 pub mod fan;
+pub mod holder;
 pub mod probe;
 pub mod selftest;
 
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use leash_core::tables::{FileAction, Tables};
+use leash_core::tables::Tables;
 use leash_core::{Component, Decision, Event, EventKind, Mode};
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
@@ -34,20 +37,43 @@ use tokio::sync::broadcast;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
+/// A session's holder: its process, its control socket, and the sensor's
+/// own duplicate of its fanotify group (the group never closes while the
+/// session runs).
+struct HolderLink {
+    pid: u32,
+    control: std::os::unix::net::UnixStream,
+    group: std::os::fd::OwnedFd,
+    stopping: bool,
+}
+
 /// A governed session.
 struct Session {
     cgroup_id: u64,
+    cgroup_dir: PathBuf,
+    rel: String,
+    pid: u32,
     slot: u32,
     written: bpf::Written,
     governed: Arc<RwLock<fan::Governed>>,
     generation: u64,
-    decider: Option<fan::Decider>,
+    holder: Arc<Mutex<HolderLink>>,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("cgroup_id", &self.cgroup_id).field("slot", &self.slot).finish()
     }
+}
+
+/// What survives a sensor restart, in `<state dir>/sensor/sessions/<id>.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    session: String,
+    pid: u32,
+    cgroup: String,
+    cgroup_id: u64,
+    holder: u32,
 }
 
 /// What the ring-buffer reader needs to name a session and its reasons.
@@ -66,8 +92,8 @@ struct Shared {
     events: broadcast::Sender<pb::Event>,
     dropped: AtomicU64,
     policy_socket: PathBuf,
-    file_tx: std::sync::mpsc::SyncSender<fan::FileDecision>,
-    runtime: tokio::runtime::Handle,
+    runtime_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 struct Service {
@@ -83,25 +109,97 @@ fn mode_of(name: &str) -> Mode {
     }
 }
 
-fn file_action_name(a: FileAction) -> &'static str {
-    match a {
-        FileAction::Open => "FileOpen",
-        FileAction::Read => "FileOpenReadOnly",
-        FileAction::Write => "FileOpenReadWrite",
-        FileAction::Exec => "ProcessExec",
-    }
-}
-
-/// The executable of a process, as the kernel knows it.
-fn executable(pid: u32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 impl Shared {
     fn publish(&self, e: Event) {
+        self.publish_proto(leash_proto::event::to_proto(&e, 0));
+    }
+
+    fn publish_proto(&self, e: pb::Event) {
         // No subscriber yet (leashd reconnecting) is not a drop: nobody is listening.
-        if self.events.receiver_count() > 0 && self.events.send(leash_proto::event::to_proto(&e, 0)).is_err() {
+        if self.events.receiver_count() > 0 && self.events.send(e).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn saved_path(&self, session: &str) -> PathBuf {
+        self.state_dir.join("sensor/sessions").join(format!("{session}.json"))
+    }
+
+    fn save(&self, saved: &Saved) {
+        let path = self.saved_path(&saved.session);
+        let write = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(saved).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)
+        });
+        if let Err(e) = write {
+            tracing::warn!(session_id = %saved.session, error = %e, "cannot save the session's registration");
+        }
+    }
+
+    fn holder_spec(&self, session: &str, rel: &str, cgroup_dir: &std::path::Path) -> holder::Spec {
+        let pins = self.kernel.as_ref().map(|k| k.pins.clone()).unwrap_or_default();
+        holder::Spec {
+            session: session.to_owned(),
+            cgroup: rel.to_owned(),
+            cgroup_dir: cgroup_dir.to_path_buf(),
+            policy_socket: self.policy_socket.clone(),
+            open_flags: bpf::map_pin(&pins, "open_flags"),
+            listen: holder::socket_path(&self.runtime_dir, session),
+        }
+    }
+
+    /// Reads a holder's decisions; when it dies while the session runs,
+    /// freezes the session, starts another holder on the same group, sends
+    /// it the tables and thaws the session.
+    fn supervise(self: &Arc<Self>, session: String, mut stream: std::os::unix::net::UnixStream) {
+        loop {
+            holder::read_events(&stream, |e| self.publish_proto(e));
+            let found = {
+                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                sessions.get(&session).map(|s| {
+                    (s.holder.clone(), s.governed.clone(), s.cgroup_dir.clone(), s.rel.clone(), s.pid, s.cgroup_id)
+                })
+            };
+            let Some((link, governed, cgroup_dir, rel, pid, cgroup_id)) = found else { return };
+            let mut l = link.lock().unwrap_or_else(|p| p.into_inner());
+            if l.stopping || !cgroup_dir.exists() {
+                return;
+            }
+            let dead = l.pid;
+            let frozen = holder::freeze(&cgroup_dir, true);
+            let spec = self.holder_spec(&session, &rel, &cgroup_dir);
+            let replaced = holder::spawn(&spec, &l.group).and_then(|(new_pid, control)| {
+                let g = governed.read().unwrap_or_else(|p| p.into_inner()).clone();
+                holder::send_tables(&control, &g.tables, g.mode)?;
+                Ok((new_pid, control))
+            });
+            match replaced {
+                Ok((new_pid, control)) => {
+                    stream = match control.try_clone() {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    };
+                    l.pid = new_pid;
+                    l.control = control;
+                    drop(l);
+                    if frozen.is_ok() {
+                        let _ = holder::freeze(&cgroup_dir, false);
+                    }
+                    self.save(&Saved { session: session.clone(), pid, cgroup: rel, cgroup_id, holder: new_pid });
+                    tracing::warn!(session_id = %session, dead, new_pid, "the session's file decider died; replaced");
+                    let mut e = Event::daemon("sensor.decider.restart", "leash-sensor", new_pid)
+                        .with("previous", dead.to_string())
+                        .with("frozen", if frozen.is_ok() { "yes" } else { "no" });
+                    e.session = Some(session.clone());
+                    self.publish(e);
+                }
+                Err(e) => {
+                    // No decider: the session stays frozen (fail closed).
+                    tracing::error!(session_id = %session, error = %format!("{e:#}"), "cannot replace the session's file decider; the session stays frozen");
+                    return;
+                }
+            }
         }
     }
 
@@ -171,8 +269,17 @@ impl Shared {
                     s.slot = slot;
                     s.written = written;
                     s.generation = generation;
+                    let l = s.holder.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = holder::send_tables(&l.control, &tables, mode) {
+                        tracing::warn!(session_id = %session, error = %e, "cannot reach the session's file decider");
+                    }
+                    drop(l);
                     *s.governed.write().unwrap_or_else(|p| p.into_inner()) = fan::Governed { tables, mode };
                     tracing::info!(session_id = %session, generation, mode = ?mode, "tables applied");
+                }
+                drop(sessions);
+                if let Some(k) = &self.kernel {
+                    k.maps.collect_garbage();
                 }
             }
             Err(e) => tracing::warn!(session_id = %session, error = %e, "cannot apply the session's new tables"),
@@ -212,7 +319,7 @@ impl Shared {
         e.kind = kind;
         e.resource = resource;
         e.session = Some(known.session);
-        e.executable = executable(raw.pid);
+        e.executable = fan::executable(raw.pid);
         e.mode = Some(mode);
         e.decision = Some(if denied { Decision::Deny } else { Decision::Allow });
         e.would_deny = !allow && mode == Mode::Shadow && !observed;
@@ -229,26 +336,6 @@ impl Shared {
             _ => e.with("mechanism", "cgroup-sock").with("syscall", "connect"),
         };
         Some(e)
-    }
-
-    fn file_event(&self, d: fan::FileDecision) -> Event {
-        let pid = std::fs::read_to_string(format!("/proc/{}/status", d.tid))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().parse().unwrap_or(d.tid))))
-            .unwrap_or(d.tid);
-        let mut e = Event::daemon(file_action_name(d.action), "", pid);
-        e.kind = if d.action == FileAction::Exec { EventKind::Exec } else { EventKind::File };
-        e.resource = d.path;
-        e.session = Some(d.session);
-        e.executable = executable(pid);
-        e.mode = Some(d.mode);
-        e.decision = Some(if d.allow || d.mode != Mode::Enforce { Decision::Allow } else { Decision::Deny });
-        e.would_deny = d.would_deny;
-        e.policy_ids = d.reasons;
-        e.with("tid", d.tid.to_string())
-            .with("mechanism", "fanotify")
-            .with("path_source", "kernel-resolved (the opened file)")
-            .with("open_flags", if d.flags_known { "from the open tracepoint" } else { "unknown: decided as a write" })
     }
 }
 
@@ -320,81 +407,77 @@ impl Sensor for Service {
         // The network programs are attached to the instance's cgroup parent:
         // a container outside it would have no connect enforcement at all.
         let attached = s.kernel.as_ref().map(|k| k.cgroup.clone()).unwrap_or_default();
-        let container_dir = bpf::cgroup2_root().map(|r| r.join(rel.trim_start_matches('/'))).unwrap_or_default();
-        if !container_dir.starts_with(&attached) {
+        let cgroup_dir = bpf::cgroup2_root().map(|r| r.join(rel.trim_start_matches('/'))).unwrap_or_default();
+        if !cgroup_dir.starts_with(&attached) {
             return Err(Status::failed_precondition(format!(
                 "the container's cgroup {} is not below {}, where the programs are attached",
-                container_dir.display(),
+                cgroup_dir.display(),
                 attached.display()
             )));
         }
         let (tables, mode) = s.tables(&req.session).await.map_err(Status::unavailable)?;
         let generation = tables.generation;
         let tables = Arc::new(tables);
-        let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode }));
         let (slot, written) = s.apply(cgroup_id, &tables, mode).map_err(Status::internal)?;
+        let undo = |s: &Shared| {
+            if let Some(k) = &s.kernel {
+                k.maps.remove_session(cgroup_id);
+                k.maps.clear(&written);
+            }
+        };
+        let (group, marked, unmarked) = match fan::create_group(&fan::Marks::Container(req.pid)) {
+            Ok(g) => g,
+            Err(e) => {
+                undo(&s);
+                return Err(Status::failed_precondition(format!("cannot govern the session's files: {e:#}")));
+            }
+        };
+        let spec = s.holder_spec(&req.session, &rel, &cgroup_dir);
+        let started = holder::spawn(&spec, &group).and_then(|(pid, control)| {
+            holder::send_tables(&control, &tables, mode)?;
+            Ok((pid, control))
+        });
+        let (holder_pid, control) = match started {
+            Ok(h) => h,
+            Err(e) => {
+                undo(&s);
+                return Err(Status::internal(format!("cannot start the session's file decider: {e:#}")));
+            }
+        };
+        let reader = control.try_clone().map_err(|e| Status::internal(e.to_string()))?;
+        let governed = Arc::new(RwLock::new(fan::Governed { tables, mode }));
         s.by_cgroup
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(cgroup_id, Known { session: req.session.clone(), governed: governed.clone() });
-        let maps_for_flags = s.clone();
-        let open_flags: Arc<dyn Fn(u32) -> Option<u32> + Send + Sync> =
-            Arc::new(move |tid| maps_for_flags.kernel.as_ref().and_then(|k| k.maps.open_flags(tid)));
-        let for_eval = s.clone();
-        let session_for_eval = req.session.clone();
-        let evaluate: fan::Evaluate = Arc::new(move |action, path| {
-            let req = pb::CheckRequest {
-                principal: String::new(),
-                action: file_action_name(action).to_owned(),
-                resource: path.to_owned(),
-                context: Default::default(),
-                session: session_for_eval.clone(),
-            };
-            let shared = for_eval.clone();
-            for_eval.runtime.block_on(async move {
-                let r = tokio::time::timeout(Duration::from_secs(2), async {
-                    shared.policy().await.ok()?.check(req).await.ok()
-                })
-                .await
-                .ok()
-                .flatten()?
-                .into_inner();
-                // The session's mode is applied here, not by the service.
-                Some((r.allow && !r.would_deny, r.reasons))
-            })
-        });
-        let decider = fan::start(
+        let link = HolderLink { pid: holder_pid, control, group, stopping: false };
+        s.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             req.session.clone(),
-            fan::Marks::Container(req.pid),
-            rel,
-            governed.clone(),
-            open_flags,
-            evaluate,
-            s.file_tx.clone(),
+            Session {
+                cgroup_id,
+                cgroup_dir,
+                rel: rel.clone(),
+                pid: req.pid,
+                slot,
+                written,
+                governed,
+                generation,
+                holder: Arc::new(Mutex::new(link)),
+            },
         );
-        let decider = match decider {
-            Ok(d) => d,
-            Err(e) => {
-                if let Some(k) = &s.kernel {
-                    k.maps.remove_session(cgroup_id);
-                    k.maps.clear(&written);
-                }
-                s.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).remove(&cgroup_id);
-                return Err(Status::failed_precondition(format!("cannot govern the session's files: {e:#}")));
-            }
-        };
-        let response = pb::RegisterResponse {
+        s.save(&Saved { session: req.session.clone(), pid: req.pid, cgroup: rel, cgroup_id, holder: holder_pid });
+        let (sup, id) = (s.clone(), req.session.clone());
+        std::thread::Builder::new()
+            .name("holder-events".into())
+            .spawn(move || sup.supervise(id, reader))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(session_id = %req.session, cgroup_id, holder = holder_pid, marked = marked.len(), unmarked = ?unmarked, "governing the session");
+        Ok(Response::new(pb::RegisterResponse {
             capabilities: s.caps.capabilities.iter().map(capability_to_proto).collect(),
-            marked: decider.marked.len() as u32,
-            unmarked: decider.unmarked.clone(),
+            marked: marked.len() as u32,
+            unmarked,
             generation,
-        };
-        tracing::info!(session_id = %req.session, cgroup_id, marked = decider.marked.len(), unmarked = ?decider.unmarked, "governing the session");
-        s.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.session, Session { cgroup_id, slot, written, governed, generation, decider: Some(decider) });
-        Ok(Response::new(response))
+        }))
     }
 
     async fn unregister(
@@ -403,15 +486,18 @@ impl Sensor for Service {
     ) -> Result<Response<pb::UnregisterResponse>, Status> {
         let session = req.into_inner().session;
         let removed = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
-        if let Some(mut s) = removed {
+        if let Some(s) = removed {
+            {
+                let mut l = s.holder.lock().unwrap_or_else(|p| p.into_inner());
+                l.stopping = true;
+                let _ = holder::send_stop(&l.control);
+            }
             if let Some(k) = &self.shared.kernel {
                 k.maps.remove_session(s.cgroup_id);
                 k.maps.clear(&s.written);
             }
             self.shared.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).remove(&s.cgroup_id);
-            // Joining the decider's thread can take a poll interval.
-            let decider = s.decider.take();
-            tokio::task::spawn_blocking(move || drop(decider));
+            let _ = std::fs::remove_file(self.shared.saved_path(&session));
             tracing::info!(session_id = %session, "no longer governing the session");
         }
         Ok(Response::new(pb::UnregisterResponse {}))
@@ -541,6 +627,75 @@ async fn follow_policy(shared: Arc<Shared>, shutdown: tokio_util::sync::Cancella
     }
 }
 
+/// Takes back the sessions an earlier sensor governed: their holders (and
+/// groups) if alive, else new ones; the pinned maps kept their network
+/// decisions meanwhile. The tables are refreshed once leash-policy answers.
+fn restore(shared: &Arc<Shared>) {
+    let dir = shared.state_dir.join("sensor/sessions");
+    let live: std::collections::BTreeSet<u64> =
+        shared.kernel.as_ref().map(|k| k.maps.sessions().into_iter().map(|(id, _)| id).collect()).unwrap_or_default();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Some(saved) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok()) else {
+            continue;
+        };
+        let cgroup_dir = bpf::cgroup2_root().map(|r| r.join(saved.cgroup.trim_start_matches('/'))).unwrap_or_default();
+        if !cgroup_dir.exists() || !live.contains(&saved.cgroup_id) {
+            if let Some(k) = &shared.kernel {
+                k.maps.remove_session(saved.cgroup_id);
+            }
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let spec = shared.holder_spec(&saved.session, &saved.cgroup, &cgroup_dir);
+        let (control, group, holder_pid) = match holder::reconnect(&spec.listen, saved.holder) {
+            Ok((control, group)) => (control, group, saved.holder),
+            Err(e) => {
+                // The holder died too: its group closed. Govern afresh, frozen
+                // until the new decider has its tables.
+                tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "the session's file decider was gone; starting another");
+                let _ = holder::freeze(&cgroup_dir, true);
+                let started = fan::create_group(&fan::Marks::Container(saved.pid))
+                    .and_then(|(group, _, _)| holder::spawn(&spec, &group).map(|(pid, control)| (control, group, pid)));
+                match started {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "cannot govern the session's files; it stays frozen");
+                        continue;
+                    }
+                }
+            }
+        };
+        let Ok(reader) = control.try_clone() else { continue };
+        let governed =
+            Arc::new(RwLock::new(fan::Governed { tables: Arc::new(Tables::default()), mode: Mode::Enforce }));
+        shared
+            .by_cgroup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(saved.cgroup_id, Known { session: saved.session.clone(), governed: governed.clone() });
+        shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            saved.session.clone(),
+            Session {
+                cgroup_id: saved.cgroup_id,
+                cgroup_dir,
+                rel: saved.cgroup.clone(),
+                pid: saved.pid,
+                slot: 0,
+                written: bpf::Written::default(),
+                governed,
+                generation: 0,
+                holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
+            },
+        );
+        shared.save(&Saved { holder: holder_pid, ..saved });
+        let (sup, id) =
+            (shared.clone(), entry.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+        let _ = std::thread::Builder::new().name("holder-events".into()).spawn(move || sup.supervise(id, reader));
+        tracing::info!(session_id = %entry.path().display(), holder = holder_pid, "took the session back");
+    }
+}
+
 /// Runs the sensor until shutdown.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     // libbpf's own messages go to the log, not to stderr (the probe's
@@ -551,38 +706,41 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     })));
     let bound = ctx.bind_component(Component::Sensor)?;
     let cgroup = bpf::cgroup2_root().map(|r| r.join(ctx.layout.cgroup_parent()));
-    let kernel = cgroup.and_then(|c| bpf::load(&c));
+    let pins = ctx.layout.bpffs_dir();
+    let kernel = cgroup.and_then(|c| bpf::load(&c, &pins));
     let caps = probe::run(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()));
     for c in &caps.capabilities {
         tracing::info!(action = c.action, mechanism = c.mechanism, reason = %c.reason, "capability");
     }
+    let kernel = kernel.ok();
+    // Slots already in the pinned maps (from before a restart) stay taken.
+    let next_slot = kernel.as_ref().map_or(1, |k| k.maps.sessions().iter().map(|(_, e)| e.slot).max().unwrap_or(0) + 1);
     let (events, _) = broadcast::channel(16_384);
-    let (file_tx, file_rx) = std::sync::mpsc::sync_channel(16_384);
     let shared = Arc::new(Shared {
-        kernel: kernel.ok(),
+        kernel,
         caps,
         sessions: Mutex::default(),
         by_cgroup: RwLock::default(),
-        next_slot: AtomicU32::new(1),
+        next_slot: AtomicU32::new(next_slot),
         events,
         dropped: AtomicU64::new(0),
         policy_socket: ctx.layout.component_socket(Component::Policy),
-        file_tx,
-        runtime: tokio::runtime::Handle::current(),
+        runtime_dir: ctx.layout.runtime_dir.clone(),
+        state_dir: ctx.layout.state_dir.clone(),
     });
+    restore(&shared);
     let ring = shared.clone();
     std::thread::Builder::new().name("ringbuf".into()).spawn(move || read_ring(ring))?;
-    let files = shared.clone();
-    std::thread::Builder::new().name("file-events".into()).spawn(move || {
-        for d in file_rx {
-            let e = files.file_event(d);
-            files.publish(e);
-        }
-    })?;
     tokio::spawn(follow_policy(shared.clone(), ctx.shutdown.clone()));
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };
     let mut routes = RoutesBuilder::default();
-    routes.add_service(SensorServer::new(Service { core, shared }));
+    routes.add_service(SensorServer::new(Service { core, shared: shared.clone() }));
     leash_daemon::serve(bound, ctx.info, Rule::Privileged, routes, ctx.shutdown).await?;
+    // A sensor stopped with nothing to govern leaves nothing attached.
+    let idle = shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+    if idle && let Some(k) = &shared.kernel {
+        bpf::unpin_all(&k.pins);
+        let _ = std::fs::remove_dir(&k.cgroup);
+    }
     Ok(())
 }

@@ -10,6 +10,11 @@ fn main() -> ExitCode {
     {
         return leash_sensor::selftest::child(std::path::Path::new(dir));
     }
+    if let Some((flag, rest)) = args.split_first()
+        && flag == leash_sensor::holder::HOLD_FLAG
+    {
+        return leash_sensor::holder::main(rest);
+    }
     if let Some(code) = leash_daemon::process::simple_args(NAME, "the leash kernel sensor") {
         return code;
     }

@@ -137,19 +137,17 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
         if !off("fanotify") {
             let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode: Mode::Enforce }));
             let flags_from = shared.clone();
-            let (tx, _rx) = std::sync::mpsc::sync_channel(64);
-            decider = Some(
-                fan::start(
-                    "self-test".into(),
-                    fan::Marks::Paths(vec![dir.clone()]),
-                    rel,
-                    governed,
-                    Arc::new(move |tid| flags_from.kernel.as_ref().and_then(|k| k.maps.open_flags(tid))),
-                    Arc::new(|_, _| None),
-                    tx,
-                )
-                .map_err(|e| format!("{e:#}"))?,
-            );
+            let (group, _, _) =
+                fan::create_group(&fan::Marks::Paths(vec![dir.clone()])).map_err(|e| format!("{e:#}"))?;
+            let l = fan::Loop {
+                session: "self-test".into(),
+                cgroup: rel,
+                governed,
+                open_flags: Arc::new(move |tid| flags_from.kernel.as_ref().and_then(|k| k.maps.open_flags(tid))),
+                evaluate: Arc::new(|_, _| None),
+                stop: Default::default(),
+            };
+            decider = Some(fan::spawn(l, group).map_err(|e| format!("{e:#}"))?);
         }
         let mut stdin = child.stdin.take().ok_or_else(|| "no stdin".to_owned())?;
         writeln!(stdin, "go").map_err(|e| e.to_string())?;

@@ -366,7 +366,25 @@ impl Drop for Stack {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // What the killed sensor left pinned and attached (a sensor stopped
+        // gracefully with no sessions removes these itself).
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/leash/{}", self.instance));
+        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+            remove_cgroup_tree(&Path::new(root).join(format!("leash-{}", self.instance)));
+        }
     }
+}
+
+/// Removes a cgroup directory and its (empty) children, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// True when `pid` exists and is not a zombie.

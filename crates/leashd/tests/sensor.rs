@@ -238,3 +238,76 @@ fn doctor_reports_what_is_enforced_and_proves_it() {
     assert_eq!(mechanism(&v, "file-read"), "observe-only");
     assert!(v["self_test"]["checks"].as_array().unwrap().iter().all(|c| c["passed"] == false), "{v}");
 }
+
+/// The pid of the session's file decider (its holder process).
+fn holder_pid(session: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.get(1) == Some(&b"--hold".as_slice()) && args.get(2) == Some(&session.as_bytes())).then_some(pid)
+    })
+}
+
+#[test]
+fn enforcement_never_pauses_when_the_sensor_or_the_decider_is_killed() {
+    if !require_docker("enforcement_never_pauses_when_the_sensor_or_the_decider_is_killed") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    let policy = policy(
+        &stack,
+        &[
+            &format!(
+                "@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{p}/secret/\");"
+            ),
+            "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");",
+        ],
+    );
+    // The agent retries forbidden operations the whole time.
+    let script = "for i in $(seq 1 150); do \
+                    cat secret/key >/dev/null 2>&1 && echo LEAK-$i; \
+                    nc -w 1 10.99.1.1 80 2>/dev/null && echo NETLEAK-$i; \
+                    sleep 0.05; \
+                  done; echo done";
+    let leash = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (id, container) = running(&stack);
+    let sensor_pid = || Stack::component(&stack.status().unwrap(), "leash-sensor")["pid"].as_u64().unwrap_or(0) as u32;
+    for _ in 0..5 {
+        let pid = sensor_pid();
+        leash_testkit::kill(pid, rustix::process::Signal::KILL);
+        eventually(Duration::from_secs(5), "the sensor back", || {
+            let now = sensor_pid();
+            (now != 0 && now != pid).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The decider itself: the session is frozen until another takes over.
+    let holder = holder_pid(&id).expect("the session's holder");
+    leash_testkit::kill(holder, rustix::process::Signal::KILL);
+    eventually(Duration::from_secs(5), "a new holder", || holder_pid(&id).filter(|h| *h != holder));
+    // After all that, a live edit still reaches the session.
+    let out = stack.leashctl(&[
+        "policy",
+        "add",
+        "--session",
+        &id,
+        &format!("@id(\"no-sibling\") forbid (principal, action, resource == File::\"{p}/open/sibling\");"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(Duration::from_secs(3), "the edit in force", || {
+        (!docker_exec(&container, &format!("cat {p}/open/sibling")).status.success()).then_some(())
+    });
+    let out = leash.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("done"), "{stdout}");
+    assert!(!stdout.contains("LEAK"), "a forbidden operation got through: {stdout}");
+    let events = stack.events();
+    let restart = events.iter().find(|e| e["action"] == "sensor.decider.restart").expect("the decider's restart");
+    assert_eq!((restart["session"].as_str(), restart["details"]["frozen"].as_str()), (Some(id.as_str()), Some("yes")));
+}

@@ -1,0 +1,300 @@
+//! A session's file decider runs in a holder process of its own
+//! (`leash-sensor --hold …`), so it outlives the sensor: killing or
+//! restarting the sensor never leaves a session's opens undecided.
+//!
+//! The holder gets the session's fanotify group as its stdin and a control
+//! socket as its stdout. Over the socket the sensor sends tables (on every
+//! policy or mode change) and the holder sends its decisions as events.
+//! When the sensor goes away the holder keeps deciding with the last tables
+//! and waits on `<runtime dir>/holders/<session>.sock` for a restarted
+//! sensor, which takes its group (`pidfd_getfd`, fd 0) and a new control
+//! socket. The sensor keeps a duplicate of every group, so the group never
+//! closes while the session runs (a closing group lets every pending open
+//! through); when a holder dies, the sensor freezes the session's cgroup,
+//! starts another holder on the same group, and thaws it.
+//! The holder exits when its session's cgroup is gone or the sensor says stop.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use leash_core::Mode;
+use leash_core::tables::Tables;
+use leash_proto::v1 as pb;
+use libbpf_rs::{MapCore, MapFlags};
+use prost::Message;
+
+use crate::fan;
+
+/// The hidden flag that makes the sensor binary a holder.
+pub const HOLD_FLAG: &str = "--hold";
+
+const FRAME_TABLES: u8 = 1;
+const FRAME_EVENT: u8 = 2;
+const FRAME_STOP: u8 = 3;
+const MAX_FRAME: usize = 64 << 20;
+
+/// Writes one frame: kind, length, payload.
+pub fn write_frame(mut w: impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+/// Reads one frame; None at the end of the stream.
+pub fn read_frame(mut r: impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("a frame of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(Some((head[0], payload)))
+}
+
+/// Sends tables and mode to a holder.
+pub fn send_tables(w: &UnixStream, t: &Tables, mode: Mode) -> std::io::Result<()> {
+    let mode = match mode {
+        Mode::Record => "record",
+        Mode::Shadow => "shadow",
+        Mode::Enforce => "enforce",
+    };
+    write_frame(w, FRAME_TABLES, &leash_proto::tables::to_proto(t, mode).encode_to_vec())
+}
+
+/// Tells a holder to stop.
+pub fn send_stop(w: &UnixStream) -> std::io::Result<()> {
+    write_frame(w, FRAME_STOP, &[])
+}
+
+/// Reads a holder's decisions until its control socket closes.
+pub fn read_events(r: &UnixStream, mut publish: impl FnMut(pb::Event)) {
+    while let Ok(Some((kind, payload))) = read_frame(r) {
+        if kind == FRAME_EVENT
+            && let Ok(e) = pb::Event::decode(payload.as_slice())
+        {
+            publish(e);
+        }
+    }
+}
+
+/// Where a holder listens for a restarted sensor.
+pub fn socket_path(runtime_dir: &Path, session: &str) -> PathBuf {
+    runtime_dir.join("holders").join(format!("{session}.sock"))
+}
+
+/// What a holder is started with.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The session.
+    pub session: String,
+    /// Its cgroup, relative to the v2 root.
+    pub cgroup: String,
+    /// Its cgroup directory.
+    pub cgroup_dir: PathBuf,
+    /// leash-policy's socket.
+    pub policy_socket: PathBuf,
+    /// The pinned open-flags map.
+    pub open_flags: PathBuf,
+    /// Where to listen for a restarted sensor.
+    pub listen: PathBuf,
+}
+
+/// Starts a holder on (a duplicate of) `group`; its pid and control socket.
+pub fn spawn(spec: &Spec, group: &OwnedFd) -> anyhow::Result<(u32, UnixStream)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .arg(HOLD_FLAG)
+        .args([
+            OsString::from(&spec.session),
+            OsString::from(&spec.cgroup),
+            spec.cgroup_dir.clone().into_os_string(),
+            spec.policy_socket.clone().into_os_string(),
+            spec.open_flags.clone().into_os_string(),
+            spec.listen.clone().into_os_string(),
+        ])
+        .stdin(Stdio::from(group.try_clone()?))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        // Its own process group: a signal to the sensor's group does not reach it.
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    std::thread::Builder::new().name("holder-reaper".into()).spawn(move || {
+        let _ = child.wait();
+    })?;
+    Ok((pid, ours))
+}
+
+/// Reconnects to a running holder: a new control socket and its group.
+pub fn reconnect(listen: &Path, pid: u32) -> anyhow::Result<(UnixStream, OwnedFd)> {
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?,
+        rustix::process::PidfdFlags::empty(),
+    )?;
+    let group = rustix::process::pidfd_getfd(&pidfd, 0, rustix::process::PidfdGetfdFlags::empty())?;
+    let stream = UnixStream::connect(listen)?;
+    Ok((stream, group))
+}
+
+/// Freezes (or thaws) a cgroup: the brake while no decider is live.
+pub fn freeze(cgroup_dir: &Path, frozen: bool) -> std::io::Result<()> {
+    std::fs::write(cgroup_dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+}
+
+/// The holder process.
+pub fn main(args: &[OsString]) -> ExitCode {
+    if let Ok(s) = leash_daemon::trace::settings(&leash_daemon::env::ProcessEnv) {
+        leash_daemon::trace::init(s);
+    }
+    let [session, cgroup, cgroup_dir, policy_socket, open_flags, listen] = args else {
+        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET OPEN_FLAGS LISTEN");
+        return ExitCode::from(64);
+    };
+    let spec = Spec {
+        session: session.to_string_lossy().into_owned(),
+        cgroup: cgroup.to_string_lossy().into_owned(),
+        cgroup_dir: PathBuf::from(cgroup_dir),
+        policy_socket: PathBuf::from(policy_socket),
+        open_flags: PathBuf::from(open_flags),
+        listen: PathBuf::from(listen),
+    };
+    match hold(&spec) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(session_id = %spec.session, error = %format!("{e:#}"), "the session's file decider stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hold(spec: &Spec) -> anyhow::Result<()> {
+    let group = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let control = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    if let Some(dir) = spec.listen.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&spec.listen);
+    let listener = UnixListener::bind(&spec.listen)?;
+    std::fs::set_permissions(&spec.listen, std::fs::Permissions::from_mode(0o600))?;
+    // The first tables, before the first decision.
+    let first = match read_frame(&control)? {
+        Some((FRAME_TABLES, payload)) => tables_of(&payload)?,
+        _ => anyhow::bail!("the sensor sent no tables"),
+    };
+    let governed = Arc::new(RwLock::new(first));
+    let writer: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(Some(control.try_clone()?)));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (governed, writer, stop, session) = (governed.clone(), writer.clone(), stop.clone(), spec.session.clone());
+        std::thread::Builder::new().name("holder-control".into()).spawn(move || {
+            let mut stream = control;
+            loop {
+                match read_frame(&stream) {
+                    Ok(Some((FRAME_TABLES, payload))) => match tables_of(&payload) {
+                        Ok(g) => *governed.write().unwrap_or_else(|p| p.into_inner()) = g,
+                        Err(e) => tracing::warn!(session_id = %session, error = %e, "bad tables; the previous stay"),
+                    },
+                    Ok(Some((FRAME_STOP, _))) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // The sensor is gone: keep deciding, wait for the next one.
+                        *writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        match listener.accept() {
+                            Ok((next, _)) => {
+                                *writer.lock().unwrap_or_else(|p| p.into_inner()) = next.try_clone().ok();
+                                stream = next;
+                                tracing::info!(session_id = %session, "a sensor reconnected");
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+        })?;
+    }
+    let flags_map = libbpf_rs::MapHandle::from_pinned_path(&spec.open_flags).ok();
+    let open_flags: fan::OpenFlags = Arc::new(move |tid: u32| {
+        let v = flags_map.as_ref()?.lookup(&tid.to_ne_bytes(), MapFlags::ANY).ok()??;
+        Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (policy_socket, session) = (spec.policy_socket.clone(), spec.session.clone());
+    let evaluate: fan::Evaluate = Arc::new(move |action, path| {
+        let req = pb::CheckRequest {
+            principal: String::new(),
+            action: fan::action_name(action).to_owned(),
+            resource: path.to_owned(),
+            context: Default::default(),
+            session: session.clone(),
+        };
+        runtime.block_on(async {
+            let ask = async {
+                let conn = leash_daemon::client::connect(&policy_socket, "leash-sensor").await.ok()?;
+                pb::policy_client::PolicyClient::new(conn.channel).check(req).await.ok()
+            };
+            let r = tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()?.into_inner();
+            // The mode is applied by the decider, not the service.
+            Some((r.allow && !r.would_deny, r.reasons))
+        })
+    });
+    let l =
+        fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, open_flags, evaluate, stop };
+    let result = fan::run(&l, group, Some(&spec.cgroup_dir), |d| {
+        let e = leash_proto::event::to_proto(&fan::to_event(d), 0);
+        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = w.as_ref()
+            && write_frame(s, FRAME_EVENT, &e.encode_to_vec()).is_err()
+        {
+            *w = None;
+        }
+    });
+    let _ = std::fs::remove_file(&spec.listen);
+    result
+}
+
+fn tables_of(payload: &[u8]) -> anyhow::Result<fan::Governed> {
+    let t = pb::DecisionTables::decode(payload)?;
+    let mode = match t.mode.as_str() {
+        "record" => Mode::Record,
+        "shadow" => Mode::Shadow,
+        _ => Mode::Enforce,
+    };
+    let tables = leash_proto::tables::from_proto(&t).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(fan::Governed { tables: Arc::new(tables), mode })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FRAME_EVENT, b"hello").unwrap();
+        write_frame(&mut buf, FRAME_STOP, &[]).unwrap();
+        let mut r = buf.as_slice();
+        assert_eq!(read_frame(&mut r).unwrap(), Some((FRAME_EVENT, b"hello".to_vec())));
+        assert_eq!(read_frame(&mut r).unwrap(), Some((FRAME_STOP, Vec::new())));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+}
