@@ -50,6 +50,16 @@ fn running(stack: &Stack) -> (String, String) {
     })
 }
 
+/// Forbids opening anything in the project's `secret/`.
+fn no_secret(project: &str) -> String {
+    format!(
+        "@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{project}/secret/\");"
+    )
+}
+
+/// Forbids connecting to 10.99.0.0/16.
+const NO_LAN: &str = "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");";
+
 fn docker_exec(container: &str, script: &str) -> Output {
     std::process::Command::new("docker").args(["exec", container, "sh", "-c", script]).output().unwrap()
 }
@@ -64,16 +74,14 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
     let policy = policy(
         &stack,
         &[
-            &format!(
-                "@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{p}/secret/\");"
-            ),
+            &no_secret(&p),
             &format!(
                 "@id(\"ro\") forbid (principal, action == Action::\"FileOpenReadWrite\", resource in Dir::\"{p}/ro/\");"
             ),
             &format!(
                 "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
             ),
-            "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");",
+            NO_LAN,
             "@id(\"no-v6\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"[2001:db8::7]:80\");",
         ],
     );
@@ -154,12 +162,7 @@ fn modes_and_edits_apply_live_and_outsiders_are_never_affected() {
     }
     let stack = stack();
     let p = project_files(&stack);
-    let policy = policy(
-        &stack,
-        &[&format!(
-            "@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{p}/secret/\");"
-        )],
-    );
+    let policy = policy(&stack, &[&no_secret(&p)]);
     let mut leash = stack
         .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "30"])
         .spawn()
@@ -256,15 +259,7 @@ fn enforcement_never_pauses_when_the_sensor_or_the_decider_is_killed() {
     }
     let stack = stack();
     let p = project_files(&stack);
-    let policy = policy(
-        &stack,
-        &[
-            &format!(
-                "@id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{p}/secret/\");"
-            ),
-            "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");",
-        ],
-    );
+    let policy = policy(&stack, &[&no_secret(&p), NO_LAN]);
     // The agent retries forbidden operations the whole time.
     let script = "for i in $(seq 1 150); do \
                     cat secret/key >/dev/null 2>&1 && echo LEAK-$i; \
