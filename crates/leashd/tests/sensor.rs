@@ -306,3 +306,47 @@ fn enforcement_never_pauses_when_the_sensor_or_the_decider_is_killed() {
     let restart = events.iter().find(|e| e["action"] == "sensor.decider.restart").expect("the decider's restart");
     assert_eq!((restart["session"].as_str(), restart["details"]["frozen"].as_str()), (Some(id.as_str()), Some("yes")));
 }
+
+#[test]
+fn bypass_attempts_are_denied() {
+    if !require_docker("bypass_attempts_are_denied") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    // A file deeper than 255 bytes of path, inside the forbidden directory.
+    let mut deep = format!("{p}/secret");
+    while deep.len() < 300 {
+        deep.push_str("/dddddddddddddddddddd");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(format!("{deep}/key"), "deep\n").unwrap();
+    let deep_rel = deep.strip_prefix(&format!("{p}/")).unwrap().to_owned();
+    let policy = policy(&stack, &[&no_secret(&p), NO_LAN]);
+    let script = format!(
+        "ln -s secret/key link; cat link; echo symlink=$?; \
+         cat /proc/self/root{p}/secret/key; echo proc-root=$?; \
+         cd open && cat ../secret/key; echo dotdot=$?; cd ..; \
+         cat {deep_rel}/key; echo long-path=$?; \
+         nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?; \
+         ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?"
+    );
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stdout.contains("s3cret") && !stdout.contains("deep"), "{stdout}");
+    for attempt in ["symlink", "proc-root", "dotdot", "long-path", "udp", "raw-socket"] {
+        let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{attempt}="))).unwrap_or("missing");
+        assert_ne!(code, "0", "{attempt} got through\n{stdout}\n{stderr}");
+    }
+    // Each file attempt was refused by the policy, with the file's real path.
+    let events = stack.events();
+    for path in [format!("{p}/secret/key"), format!("{deep}/key")] {
+        assert!(
+            events.iter().any(|e| e["resource"] == path.as_str() && e["decision"] == "deny"),
+            "no denial of {path}"
+        );
+    }
+}
