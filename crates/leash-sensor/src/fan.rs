@@ -9,13 +9,16 @@
 //! is decided as a write. Paths the tables mark "evaluate" are asked of the
 //! policy service; when it cannot answer, enforce mode denies.
 //!
-//! The group is a plain file descriptor: nix creates and marks it, and
-//! events and answers are read and written here as bytes, so the group can
-//! be handed between processes (the session's holder, the sensor) without
-//! unsafe code.
+//! The group travels between processes (the session's holder, the sensor)
+//! as a plain file descriptor; events and answers are read and written here
+//! as bytes.
+//!
+//! An open the policy allows in every mode (read, write, and for an exec
+//! permission exec too) is cached in the kernel with an ignore mark on the
+//! inode, so later opens of that file cost nothing; every policy or mode
+//! change flushes the cache. Only allows are cached, never a deny.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,9 +94,58 @@ fn mount_points(pid: u32) -> std::io::Result<Vec<String>> {
     Ok(v)
 }
 
+/// A session's fanotify group.
+pub struct Group(Fanotify);
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Group").finish()
+    }
+}
+
+impl Group {
+    /// The group behind a descriptor handed over by the sensor.
+    pub fn from_owned(fd: OwnedFd) -> Group {
+        // SAFETY: `from_owned_fd` only asks that the descriptor be a
+        // fanotify group; nothing in it depends on that for memory safety
+        // (a wrong descriptor makes every call fail with EINVAL). The
+        // holder gets its group from the sensor, which created it.
+        #[allow(unsafe_code, reason = "nix has no safe way to adopt an existing fanotify descriptor")]
+        let f = unsafe { Fanotify::from_owned_fd(fd) };
+        Group(f)
+    }
+
+    /// A duplicate descriptor of the group (kept by the sensor).
+    pub fn duplicate(&self) -> std::io::Result<OwnedFd> {
+        self.0.as_fd().try_clone_to_owned()
+    }
+
+    /// Drops every cached allow.
+    pub fn flush_cache(&self) {
+        let r = self.0.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), nix::fcntl::AT_FDCWD, None::<&Path>);
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot flush the fanotify cache");
+        }
+    }
+
+    /// Caches an allow for the file behind an event's descriptor.
+    fn cache_allow(&self, event_fd: i32, exec_too: bool) {
+        let mask =
+            if exec_too { MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM } else { MaskFlags::FAN_OPEN_PERM };
+        // The descriptor's magic link names the very inode that was opened.
+        let path = PathBuf::from(format!("/proc/self/fd/{event_fd}"));
+        let _ = self.0.mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY,
+            mask,
+            nix::fcntl::AT_FDCWD,
+            Some(&path),
+        );
+    }
+}
+
 /// A fanotify group for permission events, marked; with what was marked
 /// and what could not be (and why).
-pub fn create_group(marks: &Marks) -> anyhow::Result<(OwnedFd, Vec<String>, Vec<String>)> {
+pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<String>)> {
     let group = Fanotify::init(
         InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_REPORT_TID | InitFlags::FAN_NONBLOCK,
         EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
@@ -125,7 +177,7 @@ pub fn create_group(marks: &Marks) -> anyhow::Result<(OwnedFd, Vec<String>, Vec<
         Marks::Paths(_) if !unmarked.is_empty() => anyhow::bail!("cannot mark {}", unmarked.join("; ")),
         _ => {}
     }
-    Ok((OwnedFd::from(group), marked, unmarked))
+    Ok((Group(group), marked, unmarked))
 }
 
 /// Whether `tid` runs in the cgroup at `cgroup` (relative to the v2 root).
@@ -198,6 +250,8 @@ pub struct Loop {
     pub evaluate: Evaluate,
     /// Stop when set.
     pub stop: Arc<AtomicBool>,
+    /// Cache allows in the kernel.
+    pub cache: bool,
 }
 
 /// Reads and answers the group's events until `stop` (or, when
@@ -205,28 +259,25 @@ pub struct Loop {
 /// to `out`.
 pub fn run(
     l: &Loop,
-    group: OwnedFd,
+    group: &Group,
     cgroup_dir: Option<&Path>,
     mut out: impl FnMut(FileDecision),
 ) -> anyhow::Result<()> {
-    let mut file = std::fs::File::from(group);
     let mut members: HashMap<u32, bool> = HashMap::new();
     let mut buf = vec![0u8; 64 * METADATA_BYTES];
     while !l.stop.load(Ordering::Relaxed) {
         if cgroup_dir.is_some_and(|d| !d.exists()) {
             return Ok(());
         }
-        let mut fds = [nix::poll::PollFd::new(file.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(group.0.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => anyhow::bail!("polling the fanotify group: {e}"),
         }
-        let n = match file.read(&mut buf) {
+        let n = match nix::unistd::read(group.0.as_fd(), &mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {
-                continue;
-            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
             Err(e) => anyhow::bail!("reading the fanotify group: {e}"),
         };
         let g = l.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -240,10 +291,17 @@ pub fn run(
                 None => true,
                 Some(d) => d.allow || d.mode != Mode::Enforce,
             };
+            if l.cache
+                && let Some(d) = &d
+                && d.mode != Mode::Record
+                && let Some(exec_too) = cacheable(&g, d)
+            {
+                group.cache_allow(ev.fd, exec_too);
+            }
             let mut response = Vec::with_capacity(8);
             response.extend_from_slice(&ev.fd.to_ne_bytes());
             response.extend_from_slice(&(if answer { FAN_ALLOW } else { FAN_DENY }).to_ne_bytes());
-            if let Err(e) = file.write_all(&response) {
+            if let Err(e) = nix::unistd::write(&group.0, &response) {
                 tracing::warn!(error = %e, "cannot answer a fanotify event");
             }
             let _ = nix::unistd::close(ev.fd);
@@ -253,6 +311,21 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Whether an allowed open may be cached: the policy allows the path in
+/// every open mode, by the tables alone. Some(true) when exec is allowed too.
+fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
+    let allowed = |a: FileAction| matches!(g.tables.lookup(a, &d.path), Lookup::Final(v) if v.allow);
+    if !d.allow
+        || d.path.is_empty()
+        || !allowed(FileAction::Read)
+        || !allowed(FileAction::Write)
+        || !allowed(FileAction::Open)
+    {
+        return None;
+    }
+    Some(allowed(FileAction::Exec))
 }
 
 /// Decides one event; None for a process outside the session (always allowed).
@@ -352,12 +425,12 @@ impl Drop for Decider {
 }
 
 /// Runs a decider on a thread of this process until dropped.
-pub fn spawn(mut l: Loop, group: OwnedFd) -> anyhow::Result<Decider> {
+pub fn spawn(mut l: Loop, group: Group) -> anyhow::Result<Decider> {
     let stop = Arc::new(AtomicBool::new(false));
     l.stop = stop.clone();
     let dropped = Arc::new(AtomicU64::new(0));
     let thread = std::thread::Builder::new().name("fanotify".into()).spawn(move || {
-        if let Err(e) = run(&l, group, None, |_| {}) {
+        if let Err(e) = run(&l, &group, None, |_| {}) {
             tracing::error!(session_id = %l.session, error = %format!("{e:#}"), "the file decider stopped");
         }
     })?;

@@ -185,7 +185,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
 }
 
 fn hold(spec: &Spec) -> anyhow::Result<()> {
-    let group = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let group = Arc::new(fan::Group::from_owned(std::io::stdin().as_fd().try_clone_to_owned()?));
     let control = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     if let Some(dir) = spec.listen.parent() {
         std::fs::create_dir_all(dir)?;
@@ -203,12 +203,17 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (governed, writer, stop, session) = (governed.clone(), writer.clone(), stop.clone(), spec.session.clone());
+        let group = group.clone();
         std::thread::Builder::new().name("holder-control".into()).spawn(move || {
             let mut stream = control;
             loop {
                 match read_frame(&stream) {
                     Ok(Some((FRAME_TABLES, payload))) => match tables_of(&payload) {
-                        Ok(g) => *governed.write().unwrap_or_else(|p| p.into_inner()) = g,
+                        Ok(g) => {
+                            *governed.write().unwrap_or_else(|p| p.into_inner()) = g;
+                            // Cached allows belong to the previous policy or mode.
+                            group.flush_cache();
+                        }
                         Err(e) => tracing::warn!(session_id = %session, error = %e, "bad tables; the previous stay"),
                     },
                     Ok(Some((FRAME_STOP, _))) => {
@@ -257,9 +262,16 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
             Some((r.allow && !r.would_deny, r.reasons))
         })
     });
-    let l =
-        fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, open_flags, evaluate, stop };
-    let result = fan::run(&l, group, Some(&spec.cgroup_dir), |d| {
+    let l = fan::Loop {
+        session: spec.session.clone(),
+        cgroup: spec.cgroup.clone(),
+        governed,
+        open_flags,
+        evaluate,
+        stop,
+        cache: true,
+    };
+    let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| {
         let e = leash_proto::event::to_proto(&fan::to_event(d), 0);
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = w.as_ref()

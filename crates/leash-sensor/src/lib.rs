@@ -425,7 +425,9 @@ impl Sensor for Service {
                 k.maps.clear(&written);
             }
         };
-        let (group, marked, unmarked) = match fan::create_group(&fan::Marks::Container(req.pid)) {
+        let created = fan::create_group(&fan::Marks::Container(req.pid))
+            .and_then(|(g, marked, unmarked)| Ok((g.duplicate()?, marked, unmarked)));
+        let (group, marked, unmarked) = match created {
             Ok(g) => g,
             Err(e) => {
                 undo(&s);
@@ -655,8 +657,10 @@ fn restore(shared: &Arc<Shared>) {
                 // until the new decider has its tables.
                 tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "the session's file decider was gone; starting another");
                 let _ = holder::freeze(&cgroup_dir, true);
-                let started = fan::create_group(&fan::Marks::Container(saved.pid))
-                    .and_then(|(group, _, _)| holder::spawn(&spec, &group).map(|(pid, control)| (control, group, pid)));
+                let started = fan::create_group(&fan::Marks::Container(saved.pid)).and_then(|(group, _, _)| {
+                    let group = group.duplicate()?;
+                    holder::spawn(&spec, &group).map(|(pid, control)| (control, group, pid))
+                });
                 match started {
                     Ok(h) => h,
                     Err(e) => {

@@ -146,6 +146,7 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
                 open_flags: Arc::new(move |tid| flags_from.kernel.as_ref().and_then(|k| k.maps.open_flags(tid))),
                 evaluate: Arc::new(|_, _| None),
                 stop: Default::default(),
+                cache: false,
             };
             decider = Some(fan::spawn(l, group).map_err(|e| format!("{e:#}"))?);
         }
