@@ -2,10 +2,10 @@
 /* leash's kernel programs.
  *
  * Fallback tier (every kernel with cgroup BPF): cgroup sock_addr programs
- * decide connect() and sendmsg() from the session's address tables;
- * tracepoints record each thread's open flags (so the fanotify decider
- * knows a read from a write) and report execs. LSM programs are here to be
- * probed; the sensor says which tier is in force.
+ * decide connect() and sendmsg() from the session's address tables; a
+ * tracepoint reports execs (opens and execs are decided by fanotify in user
+ * space). LSM programs are here to be probed; the sensor says which tier is
+ * in force.
  *
  * Only sessions registered in `sessions` (by their container's cgroup id)
  * are governed; anything else costs one hash lookup.
@@ -52,14 +52,6 @@ struct {
 	__type(key, struct leash_port_key);
 	__type(value, struct leash_verdict);
 } ports SEC(".maps");
-
-/* Thread id → the flags of its latest open, for the fanotify decider. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u32);
-} open_flags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -210,119 +202,6 @@ SEC("cgroup/sendmsg6")
 int leash_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return govern(ctx, LEASH_EV_SENDMSG, 1);
-}
-
-/* Open flags per thread, for governed sessions only. */
-static __always_inline void remember_flags(__u32 flags)
-{
-	if (!governed())
-		return;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&open_flags, &tid, &flags, BPF_ANY);
-}
-
-SEC("tracepoint/syscalls/sys_enter_openat")
-int leash_enter_openat(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_flags((__u32)ctx->args[2]);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_open")
-int leash_enter_open(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_flags((__u32)ctx->args[1]);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_creat")
-int leash_enter_creat(struct trace_event_raw_sys_enter *ctx)
-{
-	/* creat() is open(O_CREAT|O_WRONLY|O_TRUNC). */
-	remember_flags(01 | 0100 | 01000);
-	return 0;
-}
-
-/* execve opens the binary for reading: marked so the decider reads it so. */
-#define LEASH_FLAGS_EXEC 0x80000000u
-
-SEC("tracepoint/syscalls/sys_enter_execve")
-int leash_enter_execve(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_flags(LEASH_FLAGS_EXEC);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_execveat")
-int leash_enter_execveat(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_flags(LEASH_FLAGS_EXEC);
-	return 0;
-}
-
-/* When the call returns the record is stale: an open without one (io_uring,
- * say) is then decided as a write rather than with another call's flags. */
-static __always_inline void forget_flags(void)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_delete_elem(&open_flags, &tid);
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat")
-int leash_exit_openat(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_open")
-int leash_exit_open(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_creat")
-int leash_exit_creat(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat2")
-int leash_exit_openat2(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_execve")
-int leash_exit_execve(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_execveat")
-int leash_exit_execveat(void *ctx)
-{
-	forget_flags();
-	return 0;
-}
-
-struct open_how_flags {
-	__u64 flags;
-};
-
-SEC("tracepoint/syscalls/sys_enter_openat2")
-int leash_enter_openat2(struct trace_event_raw_sys_enter *ctx)
-{
-	struct open_how_flags how = {};
-	if (bpf_probe_read_user(&how, sizeof(how), (void *)ctx->args[2]) == 0)
-		remember_flags((__u32)how.flags);
-	else
-		remember_flags(02); /* unreadable: decided as a write */
-	return 0;
 }
 
 /* Every exec in a governed session, with the path the kernel resolved. */

@@ -34,8 +34,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--bench",
             "reload",
         ])),
-        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy"),
-        None => bail!("which benchmark? available: startup, session-start, policy"),
+        Some("sensor") => sensor(),
+        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor"),
+        None => bail!("which benchmark? available: startup, session-start, policy, sensor"),
     }
 }
 
@@ -284,4 +285,190 @@ fn session_start() -> anyhow::Result<()> {
         "phases_ms": report_phases,
     });
     write_report("session-start", &report)
+}
+
+/// Interleaved runs of the sensor benchmark.
+const SENSOR_RUNS: usize = 20;
+const OPENS: u32 = 100_000;
+const EXECS: u32 = 2_000;
+
+/// A shell loop that prints how many microseconds `body` took `n` times
+/// (busybox's `adjtimex` gives the time to the microsecond).
+fn timed_loop(n: u32, body: &str) -> String {
+    format!(
+        "now() {{ adjtimex | awk '/tv_sec/{{s=$2}} /tv_usec/{{u=$2}} END{{printf \"%s%06d\", s, u}}'; }}; \
+         s=$(now); i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done; e=$(now); echo $((e-s))"
+    )
+}
+
+fn micros(out: &[u8]) -> anyhow::Result<f64> {
+    let text = String::from_utf8_lossy(out);
+    text.trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse::<f64>().ok())
+        .with_context(|| format!("no timing in {text:?}"))
+}
+
+/// The median of paired ratios, with a 95 % confidence interval from order
+/// statistics (ranks 6 and 15 of 20).
+fn ratio_summary(mut ratios: Vec<f64>) -> (f64, f64, f64) {
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = if n % 2 == 0 { (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0 } else { ratios[n / 2] };
+    let (lo, hi) = if n >= 20 { (ratios[5], ratios[14]) } else { (ratios[0], ratios[n - 1]) };
+    (median, lo, hi)
+}
+
+fn describe(name: &str, (median, lo, hi): (f64, f64, f64), target: f64) -> String {
+    let verdict = if hi < 1.02 {
+        "noise (under 1.02x)".to_owned()
+    } else if median <= target {
+        format!("within the {target:.2}x target")
+    } else {
+        format!("over the {target:.2}x target")
+    };
+    format!("  {name:<44} {median:.3}x  (95% CI {lo:.3}-{hi:.3})  {verdict}")
+}
+
+fn sensor() -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("bench sensor runs leashd, Docker and BPF programs and needs root");
+    }
+    let bin = util::build_binaries(true)?;
+    let entry = util::build_static_entry(true)?;
+    crate::image::run(&["test".to_owned()])?;
+    let image = crate::image::tag("test");
+    let mut inst = Instance::new(&bin)?;
+    let start = |inst: &mut Instance| -> anyhow::Result<()> {
+        inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
+        inst.wait(Duration::from_secs(20), all_running)?;
+        Ok(())
+    };
+    let project = inst.project()?;
+    std::fs::write(project.join("f"), "x")?;
+    // 1,000 rules: everything allowed but 999 directories nobody opens.
+    let mut policy = "@id(\"all\") permit (principal, action, resource);\n".to_owned();
+    for i in 0..999 {
+        policy.push_str(&format!(
+            "forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"/nonexistent/d{i}/\");\n"
+        ));
+    }
+    let policy_path = project.with_file_name("bench.cedar");
+    std::fs::write(&policy_path, policy)?;
+
+    // Host processes outside any session: the sensor loaded (a session
+    // governed) or not at all, interleaved.
+    let host_file = project.join("f");
+    let host_loop = || -> anyhow::Result<f64> {
+        let out = util::output(Command::new("/bin/busybox").args([
+            "sh",
+            "-c",
+            &timed_loop(OPENS, &format!(": < {}", host_file.display())),
+        ]))?;
+        micros(&out)
+    };
+    let mut host_ratios = Vec::new();
+    for _ in 0..SENSOR_RUNS / 2 {
+        let without = host_loop()?;
+        start(&mut inst)?;
+        let with = host_loop()?;
+        inst.stop()?;
+        host_ratios.push(with / without);
+        start(&mut inst)?;
+        let with2 = host_loop()?;
+        inst.stop()?;
+        let without2 = host_loop()?;
+        host_ratios.push(with2 / without2);
+    }
+
+    start(&mut inst)?;
+    let mut session = inst
+        .command("leash")
+        .args(["--image", &image, "--policy", &policy_path.display().to_string(), "--", "sleep", "3600"])
+        .current_dir(&project)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let governed = {
+        let started = Instant::now();
+        loop {
+            let out = util::output(inst.command("leashctl").args(["sessions", "--json"]))?;
+            let v: Value = serde_json::from_slice(&out)?;
+            if let Some(c) = v.as_array().and_then(|a| a.first()).filter(|s| s["state"] == "running") {
+                break c["container"].as_str().unwrap_or_default().to_owned();
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the governed session did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let plain = "leash-bench-ungoverned";
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    let mount = format!("{0}:{0}", project.display());
+    util::output(Command::new("docker").args(["run", "-d", "--name", plain, "-v", &mount, &image, "sleep", "3600"]))?;
+    let exec_in = |container: &str, script: &str| -> anyhow::Result<f64> {
+        let out = util::output(Command::new("docker").args([
+            "exec",
+            "-w",
+            &project.display().to_string(),
+            container,
+            "sh",
+            "-c",
+            script,
+        ]))?;
+        micros(&out)
+    };
+    let open_loop = timed_loop(OPENS, ": < f");
+    let exec_loop = timed_loop(EXECS, "/bin/true");
+    // Warm both.
+    for c in [governed.as_str(), plain] {
+        exec_in(c, &open_loop)?;
+        exec_in(c, &exec_loop)?;
+    }
+    let (mut open_ratios, mut exec_ratios) = (Vec::new(), Vec::new());
+    let (mut open_abs, mut exec_abs) = (Vec::new(), Vec::new());
+    for run in 0..SENSOR_RUNS {
+        // Alternate which goes first.
+        let (a, b) = if run % 2 == 0 { (governed.as_str(), plain) } else { (plain, governed.as_str()) };
+        let (oa, ob) = (exec_in(a, &open_loop)?, exec_in(b, &open_loop)?);
+        let (ea, eb) = (exec_in(a, &exec_loop)?, exec_in(b, &exec_loop)?);
+        let ((og, op), (eg, ep)) = if run % 2 == 0 { ((oa, ob), (ea, eb)) } else { ((ob, oa), (eb, ea)) };
+        open_ratios.push(og / op);
+        exec_ratios.push(eg / ep);
+        open_abs.push((og / f64::from(OPENS), op / f64::from(OPENS)));
+        exec_abs.push((eg / f64::from(EXECS), ep / f64::from(EXECS)));
+    }
+    let dropped = inst.status().map(|s| component(&s, "leash-sensor")["facts"].clone()).unwrap_or(Value::Null);
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    let _ = session.kill();
+    let _ = session.wait();
+    inst.stop()?;
+
+    let per = |v: &[(f64, f64)]| {
+        let mut g: Vec<f64> = v.iter().map(|x| x.0).collect();
+        let mut p: Vec<f64> = v.iter().map(|x| x.1).collect();
+        g.sort_by(f64::total_cmp);
+        p.sort_by(f64::total_cmp);
+        (g[g.len() / 2], p[p.len() / 2])
+    };
+    let (og, op) = per(&open_abs);
+    let (eg, ep) = per(&exec_abs);
+    let (open, exec, host) = (ratio_summary(open_ratios), ratio_summary(exec_ratios), ratio_summary(host_ratios));
+    util::out(&format!(
+        "sensor (release, fallback tier, enforce mode, 1,000 rules; {SENSOR_RUNS} interleaved runs, paired ratios)"
+    ));
+    util::out(&describe(&format!("open/close x{OPENS} in the session ({og:.2} vs {op:.2} µs)"), open, 1.03));
+    util::out(&describe(&format!("exec x{EXECS} in the session ({eg:.0} vs {ep:.0} µs)"), exec, 1.05));
+    util::out(&describe("host open/close outside any session", host, 1.02));
+    let report = serde_json::json!({
+        "runs": SENSOR_RUNS,
+        "rules": 1000,
+        "open": {"ratio": open.0, "ci95": [open.1, open.2], "governed_us": og, "ungoverned_us": op},
+        "exec": {"ratio": exec.0, "ci95": [exec.1, exec.2], "governed_us": eg, "ungoverned_us": ep},
+        "host_open": {"ratio": host.0, "ci95": [host.1, host.2]},
+        "sensor_status": dropped,
+    });
+    write_report("sensor", &report)
 }

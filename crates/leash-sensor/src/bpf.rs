@@ -93,8 +93,6 @@ pub struct Maps {
     pub net6: MapHandle,
     /// Exact address and port.
     pub ports: MapHandle,
-    /// Thread id → open flags.
-    pub open_flags: MapHandle,
     /// The event ring buffer.
     pub events: MapHandle,
     /// Events lost to a full ring buffer, per CPU.
@@ -180,7 +178,7 @@ fn ensure_bpffs() {
 }
 
 /// The maps that carry state across a restart (pinned and reused).
-const PINNED_MAPS: [&str; 6] = ["sessions", "net4", "net6", "ports", "open_flags", "dropped"];
+const PINNED_MAPS: [&str; 5] = ["sessions", "net4", "net6", "ports", "dropped"];
 
 /// The path of a pinned map.
 pub fn map_pin(pins: &Path, name: &str) -> PathBuf {
@@ -265,7 +263,6 @@ fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> 
         net4: handle("net4")?,
         net6: handle("net6")?,
         ports: handle("ports")?,
-        open_flags: handle("open_flags")?,
         events: handle("events")?,
         dropped: handle("dropped")?,
     };
@@ -408,12 +405,6 @@ impl Maps {
     /// Stops governing a cgroup.
     pub fn remove_session(&self, cgroup_id: u64) {
         let _ = self.sessions.delete(&cgroup_id.to_ne_bytes());
-    }
-
-    /// The flags of a thread's latest open, if recorded.
-    pub fn open_flags(&self, tid: u32) -> Option<u32> {
-        let v = self.open_flags.lookup(&tid.to_ne_bytes(), MapFlags::ANY).ok()??;
-        Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
     }
 
     /// Events lost to a full ring buffer, summed over CPUs.

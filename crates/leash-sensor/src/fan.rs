@@ -4,10 +4,12 @@
 //! decided from the session's compiled tables.
 //!
 //! fanotify does not say whether an open is for reading or writing: the
-//! tracepoints record each governed thread's open flags in a map, read here
-//! by thread id (`FAN_REPORT_TID`); an open without a record (io_uring, say)
-//! is decided as a write. Paths the tables mark "evaluate" are asked of the
-//! policy service; when it cannot answer, enforce mode denies.
+//! thread that opens is blocked in its open call until the answer, so its
+//! flags are read from `/proc/<tid>/syscall` (`FAN_REPORT_TID` gives the
+//! thread); an open made otherwise (io_uring, say) is decided as a write.
+//! Nothing runs for opens the kernel answers from its cache, and nothing at
+//! all for processes outside sessions. Paths the tables mark "evaluate" are
+//! asked of the policy service; when it cannot answer, enforce mode denies.
 //!
 //! The group travels between processes (the session's holder, the sensor)
 //! as a plain file descriptor; events and answers are read and written here
@@ -18,7 +20,6 @@
 //! inode, so later opens of that file cost nothing; every policy or mode
 //! change flushes the cache. Only allows are cached, never a deny.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,8 +64,6 @@ pub struct FileDecision {
 
 /// Asks the policy service about a path the tables cannot decide.
 pub type Evaluate = Arc<dyn Fn(FileAction, &str) -> Option<(bool, Vec<String>)> + Send + Sync>;
-/// The open flags a thread's current open was called with, if recorded.
-pub type OpenFlags = Arc<dyn Fn(u32) -> Option<u32> + Send + Sync>;
 
 /// What to mark.
 #[derive(Clone, Debug)]
@@ -75,8 +74,44 @@ pub enum Marks {
     Paths(Vec<PathBuf>),
 }
 
-/// The tracepoints' mark for the open an execve makes of its binary.
+/// The mark for the open an execve makes of its binary.
 pub const FLAGS_EXEC: u32 = 0x8000_0000;
+
+/// The flags of the open call `tid` is blocked in, from
+/// `/proc/<tid>/syscall` (x86-64 numbering); [`FLAGS_EXEC`] for an execve.
+/// None when it is in no open call (io_uring's workers, say).
+#[cfg(target_arch = "x86_64")]
+pub fn syscall_flags(tid: u32) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    let args: Vec<u64> =
+        fields.take(6).filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).collect();
+    let creat = (OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC).bits() as u32;
+    match nr {
+        2 => args.get(1).map(|f| *f as u32),   // open(path, flags, mode)
+        257 => args.get(2).map(|f| *f as u32), // openat(dirfd, path, flags, mode)
+        304 => args.get(2).map(|f| *f as u32), // open_by_handle_at(mount_fd, handle, flags)
+        85 => Some(creat),                     // creat(path, mode)
+        437 => {
+            // openat2(dirfd, path, how, size): `how.flags` is its first u64.
+            let how = *args.get(2)?;
+            let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
+            let mut b = [0u8; 8];
+            mem.read_exact_at(&mut b, how).ok()?;
+            Some(u64::from_ne_bytes(b) as u32)
+        }
+        59 | 322 => Some(FLAGS_EXEC), // execve, execveat
+        _ => None,
+    }
+}
+
+/// Elsewhere the syscall table differs: every open is decided as a write.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn syscall_flags(_tid: u32) -> Option<u32> {
+    None
+}
 
 const FAN_OPEN_PERM: u64 = 0x0001_0000;
 const FAN_OPEN_EXEC_PERM: u64 = 0x0004_0000;
@@ -244,8 +279,6 @@ pub struct Loop {
     pub cgroup: String,
     /// The tables and mode.
     pub governed: Arc<RwLock<Governed>>,
-    /// Open flags by thread.
-    pub open_flags: OpenFlags,
     /// The policy service, for "evaluate".
     pub evaluate: Evaluate,
     /// Stop when set.
@@ -263,7 +296,6 @@ pub fn run(
     cgroup_dir: Option<&Path>,
     mut out: impl FnMut(FileDecision),
 ) -> anyhow::Result<()> {
-    let mut members: HashMap<u32, bool> = HashMap::new();
     let mut buf = vec![0u8; 64 * METADATA_BYTES];
     while !l.stop.load(Ordering::Relaxed) {
         if cgroup_dir.is_some_and(|d| !d.exists()) {
@@ -286,7 +318,7 @@ pub fn run(
                 tracing::warn!(session_id = %l.session, "fanotify queue overflow");
                 continue;
             }
-            let d = decide_one(l, &g, &ev, &mut members);
+            let d = decide_one(l, &g, &ev);
             let answer = match &d {
                 None => true,
                 Some(d) => d.allow || d.mode != Mode::Enforce,
@@ -329,24 +361,22 @@ fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
 }
 
 /// Decides one event; None for a process outside the session (always allowed).
-fn decide_one(l: &Loop, g: &Governed, ev: &RawFan, members: &mut HashMap<u32, bool>) -> Option<FileDecision> {
+fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
     if ev.mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) == 0 {
         return None;
     }
     let tid = ev.pid as u32;
-    let flags = (l.open_flags)(tid);
-    if members.len() > 4096 {
-        members.clear();
-    }
-    let member = flags.is_some() || *members.entry(tid).or_insert_with(|| in_cgroup(tid, &l.cgroup));
-    if !member {
+    // Asked every time: a thread can enter the cgroup after its first open
+    // (`docker exec` joins it late), and thread ids are reused.
+    if !in_cgroup(tid, &l.cgroup) {
         // Outside the session (a host process looking in): never affected.
         return None;
     }
+    let exec = ev.mask & FAN_OPEN_EXEC_PERM != 0;
+    let flags = if exec { None } else { syscall_flags(tid) };
     let path = std::fs::read_link(format!("/proc/self/fd/{}", ev.fd))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let exec = ev.mask & FAN_OPEN_EXEC_PERM != 0;
     let action = if exec { FileAction::Exec } else { action_of(flags) };
     let (allow, reasons) = match g.mode {
         Mode::Record => (true, Vec::new()),
@@ -398,7 +428,7 @@ pub fn to_event(d: FileDecision) -> Event {
     e.with("tid", d.tid.to_string())
         .with("mechanism", "fanotify")
         .with("path_source", "kernel-resolved (the opened file)")
-        .with("open_flags", if d.flags_known { "from the open tracepoint" } else { "unknown: decided as a write" })
+        .with("open_flags", if d.flags_known { "from the open call" } else { "unknown: decided as a write" })
 }
 
 /// An in-process decider on a thread (the self-test's).
@@ -450,6 +480,24 @@ mod tests {
         assert_eq!(action_of(Some((OFlag::O_RDONLY | OFlag::O_CLOEXEC).bits() as u32)), FileAction::Read);
         assert_eq!(action_of(None), FileAction::Write, "unknown flags are decided as a write");
         assert_eq!(action_of(Some(FLAGS_EXEC)), FileAction::Read);
+    }
+
+    #[test]
+    fn flags_come_from_the_call_the_thread_is_in() {
+        // A thread blocked in a read of a pipe is in no open call.
+        let (r, mut w) = std::io::pipe().unwrap();
+        let reader = std::thread::spawn(move || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            let mut r = r;
+            let mut b = [0u8; 1];
+            let _ = std::io::Read::read(&mut r, &mut b);
+            tid
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::io::Write::write_all(&mut w, b"x").unwrap();
+        let tid = reader.join().unwrap();
+        assert_eq!(syscall_flags(tid), None);
+        assert_eq!(syscall_flags(u32::MAX), None, "no such thread");
     }
 
     #[test]

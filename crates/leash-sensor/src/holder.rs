@@ -29,7 +29,6 @@ use std::time::Duration;
 use leash_core::Mode;
 use leash_core::tables::Tables;
 use leash_proto::v1 as pb;
-use libbpf_rs::{MapCore, MapFlags};
 use prost::Message;
 
 use crate::fan;
@@ -110,8 +109,6 @@ pub struct Spec {
     pub cgroup_dir: PathBuf,
     /// leash-policy's socket.
     pub policy_socket: PathBuf,
-    /// The pinned open-flags map.
-    pub open_flags: PathBuf,
     /// Where to listen for a restarted sensor.
     pub listen: PathBuf,
 }
@@ -127,7 +124,6 @@ pub fn spawn(spec: &Spec, group: &OwnedFd) -> anyhow::Result<(u32, UnixStream)> 
             OsString::from(&spec.cgroup),
             spec.cgroup_dir.clone().into_os_string(),
             spec.policy_socket.clone().into_os_string(),
-            spec.open_flags.clone().into_os_string(),
             spec.listen.clone().into_os_string(),
         ])
         .stdin(Stdio::from(group.try_clone()?))
@@ -163,8 +159,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
     if let Ok(s) = leash_daemon::trace::settings(&leash_daemon::env::ProcessEnv) {
         leash_daemon::trace::init(s);
     }
-    let [session, cgroup, cgroup_dir, policy_socket, open_flags, listen] = args else {
-        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET OPEN_FLAGS LISTEN");
+    let [session, cgroup, cgroup_dir, policy_socket, listen] = args else {
+        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET LISTEN");
         return ExitCode::from(64);
     };
     let spec = Spec {
@@ -172,7 +168,6 @@ pub fn main(args: &[OsString]) -> ExitCode {
         cgroup: cgroup.to_string_lossy().into_owned(),
         cgroup_dir: PathBuf::from(cgroup_dir),
         policy_socket: PathBuf::from(policy_socket),
-        open_flags: PathBuf::from(open_flags),
         listen: PathBuf::from(listen),
     };
     match hold(&spec) {
@@ -237,11 +232,6 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
             }
         })?;
     }
-    let flags_map = libbpf_rs::MapHandle::from_pinned_path(&spec.open_flags).ok();
-    let open_flags: fan::OpenFlags = Arc::new(move |tid: u32| {
-        let v = flags_map.as_ref()?.lookup(&tid.to_ne_bytes(), MapFlags::ANY).ok()??;
-        Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
-    });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (policy_socket, session) = (spec.policy_socket.clone(), spec.session.clone());
     let evaluate: fan::Evaluate = Arc::new(move |action, path| {
@@ -262,15 +252,8 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
             Some((r.allow && !r.would_deny, r.reasons))
         })
     });
-    let l = fan::Loop {
-        session: spec.session.clone(),
-        cgroup: spec.cgroup.clone(),
-        governed,
-        open_flags,
-        evaluate,
-        stop,
-        cache: true,
-    };
+    let l =
+        fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, evaluate, stop, cache: true };
     let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| {
         let e = leash_proto::event::to_proto(&fan::to_event(d), 0);
         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -138,13 +138,11 @@ impl Shared {
     }
 
     fn holder_spec(&self, session: &str, rel: &str, cgroup_dir: &std::path::Path) -> holder::Spec {
-        let pins = self.kernel.as_ref().map(|k| k.pins.clone()).unwrap_or_default();
         holder::Spec {
             session: session.to_owned(),
             cgroup: rel.to_owned(),
             cgroup_dir: cgroup_dir.to_path_buf(),
             policy_socket: self.policy_socket.clone(),
-            open_flags: bpf::map_pin(&pins, "open_flags"),
             listen: holder::socket_path(&self.runtime_dir, session),
         }
     }

@@ -60,7 +60,7 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
             action,
             mechanism: "fanotify",
             reason: format!(
-                "permission events on every mount of the session's container, read vs write from the open tracepoints ({lsm_note})"
+                "permission events on every mount of the session's container, read vs write from the open call ({lsm_note})"
             ),
         },
         (Ok(()), Err(e)) => Capability {

@@ -136,14 +136,12 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
         let mut decider = None;
         if !off("fanotify") {
             let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode: Mode::Enforce }));
-            let flags_from = shared.clone();
             let (group, _, _) =
                 fan::create_group(&fan::Marks::Paths(vec![dir.clone()])).map_err(|e| format!("{e:#}"))?;
             let l = fan::Loop {
                 session: "self-test".into(),
                 cgroup: rel,
                 governed,
-                open_flags: Arc::new(move |tid| flags_from.kernel.as_ref().and_then(|k| k.maps.open_flags(tid))),
                 evaluate: Arc::new(|_, _| None),
                 stop: Default::default(),
                 cache: false,
