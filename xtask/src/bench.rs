@@ -315,7 +315,7 @@ fn micros(out: &[u8]) -> anyhow::Result<f64> {
 fn ratio_summary(mut ratios: Vec<f64>) -> (f64, f64, f64) {
     ratios.sort_by(f64::total_cmp);
     let n = ratios.len();
-    let median = if n % 2 == 0 { (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0 } else { ratios[n / 2] };
+    let median = if n.is_multiple_of(2) { (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0 } else { ratios[n / 2] };
     let (lo, hi) = if n >= 20 { (ratios[5], ratios[14]) } else { (ratios[0], ratios[n - 1]) };
     (median, lo, hi)
 }
@@ -431,10 +431,10 @@ fn sensor() -> anyhow::Result<()> {
     let (mut open_abs, mut exec_abs) = (Vec::new(), Vec::new());
     for run in 0..SENSOR_RUNS {
         // Alternate which goes first.
-        let (a, b) = if run % 2 == 0 { (governed.as_str(), plain) } else { (plain, governed.as_str()) };
+        let (a, b) = if run.is_multiple_of(2) { (governed.as_str(), plain) } else { (plain, governed.as_str()) };
         let (oa, ob) = (exec_in(a, &open_loop)?, exec_in(b, &open_loop)?);
         let (ea, eb) = (exec_in(a, &exec_loop)?, exec_in(b, &exec_loop)?);
-        let ((og, op), (eg, ep)) = if run % 2 == 0 { ((oa, ob), (ea, eb)) } else { ((ob, oa), (eb, ea)) };
+        let ((og, op), (eg, ep)) = if run.is_multiple_of(2) { ((oa, ob), (ea, eb)) } else { ((ob, oa), (eb, ea)) };
         open_ratios.push(og / op);
         exec_ratios.push(eg / ep);
         open_abs.push((og / f64::from(OPENS), op / f64::from(OPENS)));
