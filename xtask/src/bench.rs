@@ -291,6 +291,7 @@ fn session_start() -> anyhow::Result<()> {
 const SENSOR_RUNS: usize = 20;
 const OPENS: u32 = 100_000;
 const EXECS: u32 = 2_000;
+const STORM: u64 = 1_000_000;
 
 /// A shell loop that prints how many microseconds `body` took `n` times
 /// (busybox's `adjtimex` gives the time to the microsecond).
@@ -337,6 +338,7 @@ fn sensor() -> anyhow::Result<()> {
     }
     let bin = util::build_binaries(true)?;
     let entry = util::build_static_entry(true)?;
+    let storm = util::build_static("leash-testkit", "leash-storm", true)?;
     crate::image::run(&["test".to_owned()])?;
     let image = crate::image::tag("test");
     let mut inst = Instance::new(&bin)?;
@@ -440,6 +442,57 @@ fn sensor() -> anyhow::Result<()> {
         open_abs.push((og / f64::from(OPENS), op / f64::from(OPENS)));
         exec_abs.push((eg / f64::from(EXECS), ep / f64::from(EXECS)));
     }
+    // The event pipeline: a storm of governed connects (one event each),
+    // kernel → ring buffer → sensor → leashd, counted at both ends.
+    std::fs::copy(&storm, project.join("leash-storm"))?;
+    let counts = |inst: &Instance| -> (u64, u64) {
+        let s = inst.status().unwrap_or(Value::Null);
+        let sensor_dropped = component(&s, "leash-sensor")["facts"]["dropped_events"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        (s["events"]["published"].as_u64().unwrap_or(0), s["events"]["dropped"].as_u64().unwrap_or(0) + sensor_dropped)
+    };
+    let mut storms = Vec::new();
+    for _ in 0..3 {
+        let (published0, dropped0) = counts(&inst);
+        let started = Instant::now();
+        let out = util::output(Command::new("docker").args([
+            "exec",
+            &governed,
+            &project.join("leash-storm").display().to_string(),
+            "connect",
+            &STORM.to_string(),
+            "127.0.0.1:9",
+        ]))?;
+        let generated: Vec<f64> =
+            String::from_utf8_lossy(&out).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let generate_s = generated.get(1).copied().unwrap_or(0.0) / 1e6;
+        // Delivered: wait until every event arrived or nothing moves for 2 s.
+        let (mut last, mut last_change) = (published0, Instant::now());
+        let mut delivered_at = started.elapsed();
+        loop {
+            let (p, _) = counts(&inst);
+            if p != last {
+                last = p;
+                last_change = Instant::now();
+                delivered_at = started.elapsed();
+            }
+            if p >= published0 + STORM || last_change.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (published1, dropped1) = counts(&inst);
+        let delivered = published1.saturating_sub(published0);
+        storms.push(serde_json::json!({
+            "generated": STORM,
+            "generated_per_s": STORM as f64 / generate_s.max(1e-9),
+            "delivered": delivered,
+            "delivered_per_s": delivered as f64 / delivered_at.as_secs_f64(),
+            "dropped": dropped1.saturating_sub(dropped0),
+        }));
+    }
     let dropped = inst.status().map(|s| component(&s, "leash-sensor")["facts"].clone()).unwrap_or(Value::Null);
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
     let _ = session.kill();
@@ -462,12 +515,23 @@ fn sensor() -> anyhow::Result<()> {
     util::out(&describe(&format!("open/close x{OPENS} in the session ({og:.2} vs {op:.2} µs)"), open, 1.03));
     util::out(&describe(&format!("exec x{EXECS} in the session ({eg:.0} vs {ep:.0} µs)"), exec, 1.05));
     util::out(&describe("host open/close outside any session", host, 1.02));
+    let mut rates: Vec<f64> = storms.iter().filter_map(|s| s["delivered_per_s"].as_f64()).collect();
+    rates.sort_by(f64::total_cmp);
+    let drops: u64 = storms.iter().filter_map(|s| s["dropped"].as_u64()).sum();
+    let delivered_all = storms.iter().all(|s| s["delivered"].as_u64() == Some(STORM));
+    util::out(&format!(
+        "  events: {STORM} governed connects, kernel to leashd: median {:.0} events/s delivered, {} dropped, {} (3 runs)",
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+        drops,
+        if delivered_all { "all delivered" } else { "NOT all delivered" }
+    ));
     let report = serde_json::json!({
         "runs": SENSOR_RUNS,
         "rules": 1000,
         "open": {"ratio": open.0, "ci95": [open.1, open.2], "governed_us": og, "ungoverned_us": op},
         "exec": {"ratio": exec.0, "ci95": [exec.1, exec.2], "governed_us": eg, "ungoverned_us": ep},
         "host_open": {"ratio": host.0, "ci95": [host.1, host.2]},
+        "event_storms": storms,
         "sensor_status": dropped,
     });
     write_report("sensor", &report)

@@ -72,10 +72,16 @@ pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
 /// any image. A separate target dir keeps the flag away from the rest of the
 /// workspace (proc macros cannot be static) and from its build lock.
 pub fn build_static_entry(release: bool) -> anyhow::Result<PathBuf> {
+    build_static("leash-entry", "leash-entry", release)
+}
+
+/// Builds one binary of a package statically (glibc `crt-static`, in
+/// `<target>/static`), to run inside containers; returns its path.
+pub fn build_static(package: &str, bin: &str, release: bool) -> anyhow::Result<PathBuf> {
     let target = target_dir()?.join("static");
     let triple = host_triple()?;
     let mut c = cargo();
-    c.args(["build", "--package", "leash-entry", "--target", &triple])
+    c.args(["build", "--package", package, "--bin", bin, "--target", &triple])
         .arg("--target-dir")
         .arg(&target)
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
@@ -83,7 +89,7 @@ pub fn build_static_entry(release: bool) -> anyhow::Result<PathBuf> {
         c.arg("--release");
     }
     run(&mut c)?;
-    Ok(target.join(&triple).join(if release { "release" } else { "debug" }).join("leash-entry"))
+    Ok(target.join(&triple).join(if release { "release" } else { "debug" }).join(bin))
 }
 
 /// The host's target triple, from `rustc -vV`.

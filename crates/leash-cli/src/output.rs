@@ -55,6 +55,17 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// A session in `leashctl status`: how the sensor governs it.
+#[derive(Debug, Serialize)]
+pub struct GovernedJson {
+    /// Session id.
+    pub id: String,
+    /// created | running | exited.
+    pub state: String,
+    /// Per action, the mechanism: `file-read=fanotify … connect=cgroup-sock`.
+    pub enforcement: String,
+}
+
 /// `leashctl status --json`.
 #[derive(Debug, Serialize)]
 pub struct StatusJson {
@@ -64,6 +75,8 @@ pub struct StatusJson {
     pub components: Vec<ComponentJson>,
     /// Sessions managed.
     pub sessions: u32,
+    /// The caller's sessions and how each is governed.
+    pub governed: Vec<GovernedJson>,
     /// Event hub counters.
     pub events: EventsJson,
     /// Host facts (container engine).
@@ -167,6 +180,7 @@ impl StatusJson {
                 })
                 .collect(),
             sessions: s.sessions,
+            governed: Vec::new(),
             events: EventsJson {
                 published: hub.published,
                 dropped: hub.dropped,
@@ -228,6 +242,10 @@ impl StatusJson {
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "sessions {}", self.sessions);
+        for g in &self.governed {
+            let how = if g.enforcement.is_empty() { "not governed".to_owned() } else { g.enforcement.clone() };
+            let _ = writeln!(out, "  {} {:<8} {how}", &g.id[..g.id.len().min(12)], g.state);
+        }
         let e = &self.events;
         let _ = writeln!(
             out,

@@ -285,7 +285,9 @@ impl Shared {
     }
 
     /// A kernel event as a leash event.
-    fn kernel_event(&self, raw: &event::RawEvent) -> Option<Event> {
+    /// `executables` caches each process's executable (an exec event drops
+    /// the entry; the cache is bounded).
+    fn kernel_event(&self, raw: &event::RawEvent, executables: &mut HashMap<u32, String>) -> Option<Event> {
         let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner()).get(&raw.cgroup_id).cloned()?;
         let (kind, action, resource) = match raw.kind {
             event::KIND_CONNECT | event::KIND_SENDMSG => {
@@ -317,7 +319,13 @@ impl Shared {
         e.kind = kind;
         e.resource = resource;
         e.session = Some(known.session);
-        e.executable = fan::executable(raw.pid);
+        if raw.kind == event::KIND_EXEC || executables.len() > 8192 {
+            executables.remove(&raw.pid);
+            if executables.len() > 8192 {
+                executables.clear();
+            }
+        }
+        e.executable = executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone();
         e.mode = Some(mode);
         e.decision = Some(if denied { Decision::Deny } else { Decision::Allow });
         e.would_deny = !allow && mode == Mode::Shadow && !observed;
@@ -564,9 +572,10 @@ fn read_ring(shared: Arc<Shared>) {
     let Some(kernel) = shared.kernel.as_ref() else { return };
     let reader = shared.clone();
     let mut builder = libbpf_rs::RingBufferBuilder::new();
+    let mut executables = HashMap::new();
     let added = builder.add(&kernel.maps.events, move |data: &[u8]| {
         if let Some(raw) = event::RawEvent::parse(data)
-            && let Some(e) = reader.kernel_event(&raw)
+            && let Some(e) = reader.kernel_event(&raw, &mut executables)
         {
             reader.publish(e);
         }

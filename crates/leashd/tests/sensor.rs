@@ -176,6 +176,9 @@ fn modes_and_edits_apply_live_and_outsiders_are_never_affected() {
     let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
     let enforcement = v[0]["enforcement"].as_str().unwrap().to_owned();
     assert!(enforcement.contains("file-read=fanotify") && enforcement.contains("connect=cgroup-sock"), "{v}");
+    let status = stack.status().unwrap();
+    assert_eq!(status["governed"][0]["enforcement"].as_str(), Some(enforcement.as_str()), "{status}");
+    assert!(text(&stack.leashctl(&["status"]).stdout).contains("file-read=fanotify"));
 
     // Shadow allows and flags; enforce denies again — live.
     stack.leashctl(&["policy", "mode", "shadow", "--session", &id]);
@@ -329,7 +332,8 @@ fn bypass_attempts_are_denied() {
          cd open && cat ../secret/key; echo dotdot=$?; cd ..; \
          cat {deep_rel}/key; echo long-path=$?; \
          nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?; \
-         ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?"
+         ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?; \
+         echo memfd-noexec=$(cat /proc/sys/vm/memfd_noexec)"
     );
     let out = stack
         .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
@@ -337,6 +341,8 @@ fn bypass_attempts_are_denied() {
         .unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!stdout.contains("s3cret") && !stdout.contains("deep"), "{stdout}");
+    // Memfds cannot be executed in the session (fanotify never sees them).
+    assert!(stdout.contains("memfd-noexec=2"), "{stdout}");
     for attempt in ["symlink", "proc-root", "dotdot", "long-path", "udp", "raw-socket"] {
         let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{attempt}="))).unwrap_or("missing");
         assert_ne!(code, "0", "{attempt} got through\n{stdout}\n{stderr}");

@@ -68,6 +68,33 @@ pub fn verify_mounts(pid: i64, mounts: &[(std::path::PathBuf, String)]) -> Resul
     Ok(())
 }
 
+/// Makes the session's memfds non-executable: `vm.memfd_noexec=2` in the
+/// container's pid namespace (the sysctl is per pid namespace, and a child
+/// namespace cannot loosen it). fanotify never sees an exec of a memfd (it
+/// lives on an internal mount), so this is what refuses one. Set through
+/// `nsenter`, whose child joins the namespace. Kernels before 6.3 have no
+/// such sysctl: the step then passes and says so.
+pub async fn seal_memfds(pid: i64) -> Result<Option<String>, String> {
+    if !Path::new("/proc/sys/vm/memfd_noexec").exists() {
+        return Ok(Some("this kernel has no vm.memfd_noexec: memfd execs are not refused".into()));
+    }
+    let out = tokio::process::Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--pid", "--", "/bin/sh", "-c"])
+        .arg("echo 2 > /proc/sys/vm/memfd_noexec && cat /proc/sys/vm/memfd_noexec")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run nsenter: {e}"))?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || got != "2" {
+        return Err(format!(
+            "cannot set vm.memfd_noexec in the session's pid namespace: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,6 +378,17 @@ impl Sessions {
                 run: Box::pin(async move { admission::verify_mounts(pid.unwrap_or(0), &mounts) }),
             },
             admission::Step {
+                component: "leashd",
+                what: "seal memfds",
+                timeout: Duration::from_secs(5),
+                run: Box::pin(async move {
+                    if let Some(note) = admission::seal_memfds(pid.unwrap_or(0)).await? {
+                        tracing::warn!("{note}");
+                    }
+                    Ok(())
+                }),
+            },
+            admission::Step {
                 component: "leash-policy",
                 what: "open the session's policy",
                 timeout: Duration::from_secs(10),
