@@ -89,7 +89,8 @@ impl RawEvent {
             addr,
             port: u16::from_ne_bytes(b[52..54].try_into().ok()?),
             comm: c_string(&b[72..88]),
-            path: c_string(&b[88..344]),
+            // Only execs carry a path.
+            path: if u32_at(b, 32) == KIND_EXEC { c_string(&b[88..344]) } else { String::new() },
         })
     }
 }

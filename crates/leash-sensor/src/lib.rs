@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use leash_core::tables::Tables;
-use leash_core::{Component, Decision, Event, EventKind, Mode};
+use leash_core::{Component, Event, Mode};
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
 use leash_daemon::process::Ctx;
@@ -285,63 +285,78 @@ impl Shared {
     }
 
     /// A kernel event as a leash event.
-    /// `executables` caches each process's executable (an exec event drops
-    /// the entry; the cache is bounded).
-    fn kernel_event(&self, raw: &event::RawEvent, executables: &mut HashMap<u32, String>) -> Option<Event> {
-        let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner()).get(&raw.cgroup_id).cloned()?;
+    /// A kernel event on the wire (built directly: this is the hot path).
+    /// `executables` caches each process's executable (an exec drops the
+    /// entry; the cache is bounded).
+    fn kernel_event(&self, raw: &event::RawEvent, executables: &mut HashMap<u32, String>) -> Option<pb::Event> {
+        let (session, reasons) = {
+            let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
+            let k = known.get(&raw.cgroup_id)?;
+            let reasons = match bpf::decode(raw.verdict).1 {
+                Some(r) => k.governed.read().unwrap_or_else(|p| p.into_inner()).tables.reasons.get(r as usize).cloned(),
+                None => None,
+            };
+            (k.session.clone(), reasons.unwrap_or_default())
+        };
         let (kind, action, resource) = match raw.kind {
             event::KIND_CONNECT | event::KIND_SENDMSG => {
-                let addr = raw.addr?;
-                let resource = match addr {
+                let resource = match raw.addr? {
                     std::net::IpAddr::V4(a) => format!("{a}:{}", raw.port),
                     std::net::IpAddr::V6(a) => format!("[{a}]:{}", raw.port),
                 };
-                (EventKind::Connect, "NetworkConnect", resource)
+                (pb::EventKind::Connect, "NetworkConnect", resource)
             }
-            event::KIND_EXEC => (EventKind::Exec, "ProcessExec", raw.path.clone()),
+            event::KIND_EXEC => (pb::EventKind::Exec, "ProcessExec", raw.path.clone()),
             _ => return None,
         };
         let mode = match raw.mode {
-            0 => Mode::Record,
-            1 => Mode::Shadow,
-            _ => Mode::Enforce,
+            0 => pb::Mode::Record,
+            1 => pb::Mode::Shadow,
+            _ => pb::Mode::Enforce,
         };
-        let (allow, reason) = bpf::decode(raw.verdict);
-        let reasons = reason
-            .map(|r| {
-                let g = known.governed.read().unwrap_or_else(|p| p.into_inner());
-                g.tables.reasons.get(r as usize).cloned().unwrap_or_default()
-            })
-            .unwrap_or_default();
+        let allow = bpf::decode(raw.verdict).0;
         let observed = raw.kind == event::KIND_EXEC;
-        let denied = !allow && mode == Mode::Enforce && !observed;
-        let mut e = Event::daemon(action, "", raw.pid);
-        e.kind = kind;
-        e.resource = resource;
-        e.session = Some(known.session);
-        if raw.kind == event::KIND_EXEC || executables.len() > 8192 {
+        if observed || executables.len() > 8192 {
             executables.remove(&raw.pid);
             if executables.len() > 8192 {
                 executables.clear();
             }
         }
-        e.executable = executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone();
-        e.mode = Some(mode);
-        e.decision = Some(if denied { Decision::Deny } else { Decision::Allow });
-        e.would_deny = !allow && mode == Mode::Shadow && !observed;
-        e.policy_ids = reasons;
-        e = e
-            .with("pid", raw.pid.to_string())
-            .with("tid", raw.tid.to_string())
-            .with("ppid", raw.ppid.to_string())
-            .with("uid", raw.uid.to_string())
-            .with("comm", raw.comm.clone());
-        e = match raw.kind {
-            event::KIND_EXEC => e.with("mechanism", "tracepoint (observed; execs are decided by fanotify)"),
-            event::KIND_SENDMSG => e.with("mechanism", "cgroup-sock").with("syscall", "sendmsg"),
-            _ => e.with("mechanism", "cgroup-sock").with("syscall", "connect"),
+        let executable = executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone();
+        let (mechanism, syscall) = match raw.kind {
+            event::KIND_EXEC => ("tracepoint (observed; execs are decided by fanotify)", None),
+            event::KIND_SENDMSG => ("cgroup-sock", Some("sendmsg")),
+            _ => ("cgroup-sock", Some("connect")),
         };
-        Some(e)
+        let mut details: HashMap<String, String> = HashMap::with_capacity(6);
+        details.insert("tid".into(), raw.tid.to_string());
+        details.insert("ppid".into(), raw.ppid.to_string());
+        details.insert("uid".into(), raw.uid.to_string());
+        details.insert("comm".into(), raw.comm.clone());
+        details.insert("mechanism".into(), mechanism.into());
+        if let Some(s) = syscall {
+            details.insert("syscall".into(), s.into());
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Some(pb::Event {
+            seq: 0,
+            time_unix_nanos: now.as_nanos() as i64,
+            session,
+            pid: raw.pid,
+            executable,
+            kind: kind as i32,
+            action: action.to_owned(),
+            resource,
+            mode: mode as i32,
+            decision: if !allow && mode == pb::Mode::Enforce && !observed {
+                pb::Decision::Deny
+            } else {
+                pb::Decision::Allow
+            } as i32,
+            would_deny: !allow && mode == pb::Mode::Shadow && !observed,
+            policy_ids: reasons,
+            details,
+        })
     }
 }
 
@@ -363,7 +378,10 @@ fn cgroup_of(pid: u32) -> Result<(String, u64), String> {
     Ok((rel, id))
 }
 
-type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventBatch, Status>> + Send>>;
+
+/// Events per message on the stream to leashd.
+const MAX_BATCH: usize = 1024;
 
 #[tonic::async_trait]
 impl Sensor for Service {
@@ -542,24 +560,41 @@ impl Sensor for Service {
         let mut rx = self.shared.events.subscribe();
         let shared = self.shared.clone();
         let shutdown = self.core.shutdown.clone();
-        let (tx, out) = tokio::sync::mpsc::channel(4096);
+        let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let next = tokio::select! {
+                let first = tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tx.closed() => return,
                     n = rx.recv() => n,
                 };
-                match next {
+                let mut events = Vec::with_capacity(64);
+                let mut take = |r: Result<pb::Event, broadcast::error::RecvError>| match r {
                     Ok(e) => {
-                        if tx.send(Ok(e)).await.is_err() {
-                            return;
-                        }
+                        events.push(e);
+                        true
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         shared.dropped.fetch_add(n, Ordering::Relaxed);
+                        true
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => false,
+                };
+                if !take(first) {
+                    return;
+                }
+                // Everything else ready now goes in the same message.
+                while events.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            shared.dropped.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !events.is_empty() && tx.send(Ok(pb::EventBatch { events })).await.is_err() {
+                    return;
                 }
             }
         });
@@ -577,7 +612,7 @@ fn read_ring(shared: Arc<Shared>) {
         if let Some(raw) = event::RawEvent::parse(data)
             && let Some(e) = reader.kernel_event(&raw, &mut executables)
         {
-            reader.publish(e);
+            reader.publish_proto(e);
         }
         0
     });

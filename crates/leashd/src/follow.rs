@@ -70,8 +70,10 @@ pub async fn sensor(supervisor: Supervisor, hub: Hub, shutdown: tokio_util::sync
                 .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES);
             let Ok(stream) = client.clone().events(pb::SensorEventsRequest {}).await else { return };
             let mut stream = stream.into_inner();
-            while let Ok(Some(e)) = stream.message().await {
-                hub.publish(leash_proto::event::from_proto(&e));
+            while let Ok(Some(batch)) = stream.message().await {
+                for e in &batch.events {
+                    hub.publish(leash_proto::event::from_proto(e));
+                }
             }
         }
     })

@@ -1,8 +1,8 @@
-//! `leash-storm connect N ADDR:PORT`: a load generator for the sensor's
-//! event pipeline, run inside a session (built static by
+//! `leash-storm connect N ADDR:PORT [RATE]`: a load generator for the
+//! sensor's event pipeline, run inside a session (built static by
 //! `cargo xtask bench sensor`). Each `connect()` of a UDP socket is one
-//! governed decision, one event. Prints the count and the elapsed
-//! microseconds.
+//! governed decision, one event; with RATE, paced to that many per second.
+//! Prints the count, the elapsed microseconds and the failures.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool's output")]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -11,9 +11,13 @@ use std::time::Instant;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [what, n, addr] = args.as_slice() else {
-        eprintln!("usage: leash-storm connect N ADDR:PORT");
-        return ExitCode::from(64);
+    let (what, n, addr, rate) = match args.as_slice() {
+        [what, n, addr] => (what, n, addr, None),
+        [what, n, addr, rate] => (what, n, addr, rate.parse::<u64>().ok()),
+        _ => {
+            eprintln!("usage: leash-storm connect N ADDR:PORT [RATE]");
+            return ExitCode::from(64);
+        }
     };
     let (Ok(n), Ok(addr)) = (n.parse::<u64>(), addr.parse::<SocketAddr>()) else {
         eprintln!("leash-storm: N must be a number and ADDR:PORT an address");
@@ -32,9 +36,18 @@ fn main() -> ExitCode {
     };
     let start = Instant::now();
     let mut failed = 0u64;
-    for _ in 0..n {
+    for i in 0..n {
         if socket.connect(addr).is_err() {
             failed += 1;
+        }
+        // Paced in steps of 1,000: ahead of schedule, wait for it.
+        if let Some(rate) = rate.filter(|r| *r > 0)
+            && i % 1000 == 999
+        {
+            let due = std::time::Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
         }
     }
     println!("{n} {} {failed}", start.elapsed().as_micros());
