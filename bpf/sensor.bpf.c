@@ -204,6 +204,37 @@ int leash_sendmsg6(struct bpf_sock_addr *ctx)
 	return govern(ctx, LEASH_EV_SENDMSG, 1);
 }
 
+#define SOCK_DGRAM 2
+#define SOCK_RAW 3
+#define IPPROTO_ICMP 1
+#define IPPROTO_ICMPV6 58
+
+/* ICMP sockets: an unprivileged "ping" socket sends to any address without
+ * the connect/sendmsg hooks seeing it. A governed session gets none in
+ * enforce mode (reported in every mode). */
+SEC("cgroup/sock_create")
+int leash_sock_create(struct bpf_sock *sk)
+{
+	struct leash_session *s = governed();
+	if (!s)
+		return 1;
+	if (sk->protocol != IPPROTO_ICMP && sk->protocol != IPPROTO_ICMPV6)
+		return 1;
+	if (sk->type != SOCK_DGRAM && sk->type != SOCK_RAW)
+		return 1;
+	struct leash_event *e = reserve();
+	if (e) {
+		e->kind = LEASH_EV_ICMP;
+		e->mode = s->mode;
+		e->verdict = LEASH_VERDICT_PRESENT; /* denied: no policy names ICMP */
+		e->family = sk->family;
+		e->flags = sk->type;
+		e->port = 0;
+		submit(e);
+	}
+	return s->mode == LEASH_MODE_ENFORCE ? 0 : 1;
+}
+
 /* Every exec in a governed session, with the path the kernel resolved. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(leash_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)

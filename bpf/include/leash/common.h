@@ -1,6 +1,6 @@
 /* Shared between the sensor's BPF programs and its user space (the Rust
- * side mirrors these layouts in crates/leash-sensor/src/maps.rs; a test
- * checks the sizes). */
+ * side mirrors these layouts in crates/leash-sensor/src/bpf.rs and
+ * event.rs; tests check the sizes and offsets). */
 #ifndef LEASH_COMMON_H
 #define LEASH_COMMON_H
 
@@ -19,6 +19,7 @@
 #define LEASH_EV_SENDMSG 2
 #define LEASH_EV_OPEN 3
 #define LEASH_EV_EXEC 4
+#define LEASH_EV_ICMP 5
 
 /* Verdict flags. */
 #define LEASH_VERDICT_ALLOW 1

@@ -236,7 +236,8 @@ fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> 
             continue;
         }
         let pin_path = pins.join("links").join(&name);
-        let cgroup_prog = name.starts_with("leash_connect") || name.starts_with("leash_sendmsg");
+        let cgroup_prog =
+            name.starts_with("leash_connect") || name.starts_with("leash_sendmsg") || name == "leash_sock_create";
         if pin && cgroup_prog && pin_path.exists() {
             // Swap the program under the pinned link: never detached.
             let mut old = Link::open(&pin_path).with_context(|| format!("opening the pinned link {name}"))?;

@@ -14,6 +14,8 @@ pub const KIND_SENDMSG: u32 = 2;
 pub const KIND_OPEN: u32 = 3;
 /// See [`KIND_CONNECT`].
 pub const KIND_EXEC: u32 = 4;
+/// An ICMP socket (`ping`), refused in enforce mode.
+pub const KIND_ICMP: u32 = 5;
 
 /// One kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]

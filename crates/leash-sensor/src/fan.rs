@@ -79,10 +79,10 @@ pub const FLAGS_EXEC: u32 = 0x8000_0000;
 
 /// The flags of the open call `tid` is blocked in, from
 /// `/proc/<tid>/syscall` (x86-64 numbering); [`FLAGS_EXEC`] for an execve.
-/// None when it is in no open call (io_uring's workers, say).
+/// None when they cannot be known safely (no open call — io_uring's
+/// workers, say — or `openat2`), which decides the open as a write.
 #[cfg(target_arch = "x86_64")]
 pub fn syscall_flags(tid: u32) -> Option<u32> {
-    use std::os::unix::fs::FileExt;
     let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
     let mut fields = text.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
@@ -94,14 +94,9 @@ pub fn syscall_flags(tid: u32) -> Option<u32> {
         257 => args.get(2).map(|f| *f as u32), // openat(dirfd, path, flags, mode)
         304 => args.get(2).map(|f| *f as u32), // open_by_handle_at(mount_fd, handle, flags)
         85 => Some(creat),                     // creat(path, mode)
-        437 => {
-            // openat2(dirfd, path, how, size): `how.flags` is its first u64.
-            let how = *args.get(2)?;
-            let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
-            let mut b = [0u8; 8];
-            mem.read_exact_at(&mut b, how).ok()?;
-            Some(u64::from_ne_bytes(b) as u32)
-        }
+        // openat2's flags live in the caller's memory, which another thread
+        // may rewrite after the kernel copied them: decided as a write.
+        437 => None,
         59 | 322 => Some(FLAGS_EXEC), // execve, execveat
         _ => None,
     }
@@ -116,6 +111,8 @@ pub fn syscall_flags(_tid: u32) -> Option<u32> {
 const FAN_OPEN_PERM: u64 = 0x0001_0000;
 const FAN_OPEN_EXEC_PERM: u64 = 0x0004_0000;
 const FAN_ALLOW: u32 = 1;
+/// Cached allows per group before the cache starts over.
+const MAX_CACHED: usize = 65_536;
 const FAN_DENY: u32 = 2;
 /// `struct fanotify_event_metadata`.
 const METADATA_BYTES: usize = 24;
@@ -182,7 +179,13 @@ impl Group {
 /// and what could not be (and why).
 pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<String>)> {
     let group = Fanotify::init(
-        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_REPORT_TID | InitFlags::FAN_NONBLOCK,
+        // Unlimited: a full queue would drop permission events, and a dropped
+        // permission event is an allowed open.
+        InitFlags::FAN_CLASS_CONTENT
+            | InitFlags::FAN_CLOEXEC
+            | InitFlags::FAN_REPORT_TID
+            | InitFlags::FAN_NONBLOCK
+            | InitFlags::FAN_UNLIMITED_QUEUE,
         EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
     )?;
     let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
@@ -216,10 +219,12 @@ pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<St
 }
 
 /// Whether `tid` runs in the cgroup at `cgroup` (relative to the v2 root).
+/// A thread whose cgroup cannot be read (it is exiting) counts as inside:
+/// deciding it by the policy is the safe side.
 fn in_cgroup(tid: u32, cgroup: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{tid}/cgroup"))
         .map(|c| c.lines().any(|l| l.strip_prefix("0::").is_some_and(|p| p == cgroup)))
-        .unwrap_or(false)
+        .unwrap_or(true)
 }
 
 /// The file action of an open with `flags` (None: unknown, decided as a write).
@@ -297,6 +302,7 @@ pub fn run(
     mut out: impl FnMut(FileDecision),
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * METADATA_BYTES];
+    let mut cached = 0usize;
     while !l.stop.load(Ordering::Relaxed) {
         if cgroup_dir.is_some_and(|d| !d.exists()) {
             return Ok(());
@@ -328,7 +334,20 @@ pub fn run(
                 && d.mode != Mode::Record
                 && let Some(exec_too) = cacheable(&g, d)
             {
+                if cached >= MAX_CACHED {
+                    // Bounded: every mark pins an inode and counts against root's limit.
+                    group.flush_cache();
+                    cached = 0;
+                }
                 group.cache_allow(ev.fd, exec_too);
+                cached += 1;
+                // The policy changed while this was decided: what was just
+                // cached belongs to the old one.
+                let now = l.governed.read().unwrap_or_else(|p| p.into_inner());
+                if !Arc::ptr_eq(&now.tables, &g.tables) || now.mode != g.mode {
+                    group.flush_cache();
+                    cached = 0;
+                }
             }
             let mut response = Vec::with_capacity(8);
             response.extend_from_slice(&ev.fd.to_ne_bytes());
@@ -360,6 +379,25 @@ fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
     Some(allowed(FileAction::Exec))
 }
 
+/// The opened file's path, as the kernel resolves it; the " (deleted)"
+/// the kernel appends to an unlinked file is taken off (the decision is
+/// for the path it had).
+fn resolved_path(fd: i32) -> Option<String> {
+    let link = format!("/proc/self/fd/{fd}");
+    let path = std::fs::read_link(&link).ok()?.to_string_lossy().into_owned();
+    if !path.starts_with('/') {
+        return None;
+    }
+    let unlinked = std::fs::metadata(&link).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.nlink() == 0
+    });
+    match path.strip_suffix(" (deleted)") {
+        Some(p) if unlinked => Some(p.to_owned()),
+        _ => Some(path),
+    }
+}
+
 /// Decides one event; None for a process outside the session (always allowed).
 fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
     if ev.mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) == 0 {
@@ -374,14 +412,15 @@ fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
     }
     let exec = ev.mask & FAN_OPEN_EXEC_PERM != 0;
     let flags = if exec { None } else { syscall_flags(tid) };
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", ev.fd))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let path = resolved_path(ev.fd);
     let action = if exec { FileAction::Exec } else { action_of(flags) };
-    let (allow, reasons) = match g.mode {
-        Mode::Record => (true, Vec::new()),
-        _ => decide(g, action, &path, &l.evaluate),
+    let (allow, reasons) = match (g.mode, &path) {
+        (Mode::Record, _) => (true, Vec::new()),
+        // No path (longer than the kernel will print, say): denied.
+        (_, None) => (false, vec!["unresolvable path".to_owned()]),
+        (_, Some(p)) => decide(g, action, p, &l.evaluate),
     };
+    let path = path.unwrap_or_default();
     Some(FileDecision {
         session: l.session.clone(),
         tid,

@@ -132,6 +132,8 @@ pub fn spawn(spec: &Spec, group: &OwnedFd) -> anyhow::Result<(u32, UnixStream)> 
         .process_group(0)
         .spawn()?;
     let pid = child.id();
+    // A holder that stops reading must not wedge the sensor.
+    ours.set_write_timeout(Some(Duration::from_secs(5)))?;
     std::thread::Builder::new().name("holder-reaper".into()).spawn(move || {
         let _ = child.wait();
     })?;
@@ -146,6 +148,7 @@ pub fn reconnect(listen: &Path, pid: u32) -> anyhow::Result<(UnixStream, OwnedFd
     )?;
     let group = rustix::process::pidfd_getfd(&pidfd, 0, rustix::process::PidfdGetfdFlags::empty())?;
     let stream = UnixStream::connect(listen)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     Ok((stream, group))
 }
 
@@ -182,6 +185,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
 fn hold(spec: &Spec) -> anyhow::Result<()> {
     let group = Arc::new(fan::Group::from_owned(std::io::stdin().as_fd().try_clone_to_owned()?));
     let control = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    // Decisions never wait on a sensor that stopped reading: a late event is dropped.
+    control.set_write_timeout(Some(Duration::from_millis(100)))?;
     if let Some(dir) = spec.listen.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -221,6 +226,7 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
                         *writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         match listener.accept() {
                             Ok((next, _)) => {
+                                let _ = next.set_write_timeout(Some(Duration::from_millis(100)));
                                 *writer.lock().unwrap_or_else(|p| p.into_inner()) = next.try_clone().ok();
                                 stream = next;
                                 tracing::info!(session_id = %session, "a sensor reconnected");

@@ -58,6 +58,9 @@ struct Session {
     governed: Arc<RwLock<fan::Governed>>,
     generation: u64,
     holder: Arc<Mutex<HolderLink>>,
+    /// Frozen until its tables are applied (taken back after a restart
+    /// that lost its kernel state or its decider).
+    thaw_on_refresh: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -94,6 +97,9 @@ struct Shared {
     policy_socket: PathBuf,
     runtime_dir: PathBuf,
     state_dir: PathBuf,
+    /// Held while tables are written and while unused slots are collected,
+    /// so a collection never takes a table being written.
+    tables_lock: Mutex<()>,
 }
 
 struct Service {
@@ -166,6 +172,8 @@ impl Shared {
             }
             let dead = l.pid;
             let frozen = holder::freeze(&cgroup_dir, true);
+            // Its stream ended; make sure it is gone before another decides.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead as i32), nix::sys::signal::Signal::SIGKILL);
             let spec = self.holder_spec(&session, &rel, &cgroup_dir);
             let replaced = holder::spawn(&spec, &l.group).and_then(|(new_pid, control)| {
                 let g = governed.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -225,6 +233,7 @@ impl Shared {
     /// flips the session to it (one map update), then removes the old ones.
     fn apply(&self, cgroup_id: u64, tables: &Tables, mode: Mode) -> Result<(u32, bpf::Written), String> {
         let kernel = self.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
+        let _written_alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
         let entry = bpf::SessionEntry {
@@ -259,24 +268,35 @@ impl Shared {
         let tables = Arc::new(tables);
         match self.apply(cgroup_id, &tables, mode) {
             Ok((slot, written)) => {
-                let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(s) = sessions.get_mut(session) {
-                    if let Some(k) = &self.kernel {
-                        k.maps.clear(&s.written);
-                    }
-                    s.slot = slot;
-                    s.written = written;
-                    s.generation = generation;
-                    let l = s.holder.lock().unwrap_or_else(|p| p.into_inner());
+                let found = {
+                    let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                    sessions.get_mut(session).map(|s| {
+                        if let Some(k) = &self.kernel {
+                            k.maps.clear(&s.written);
+                        }
+                        s.slot = slot;
+                        s.written = written;
+                        s.generation = generation;
+                        *s.governed.write().unwrap_or_else(|p| p.into_inner()) =
+                            fan::Governed { tables: tables.clone(), mode };
+                        let thaw = std::mem::take(&mut s.thaw_on_refresh).then(|| s.cgroup_dir.clone());
+                        (s.holder.clone(), thaw)
+                    })
+                };
+                if let Some((link, thaw)) = found {
+                    // Written outside the sessions' lock (the socket has a write timeout).
+                    let l = link.lock().unwrap_or_else(|p| p.into_inner());
                     if let Err(e) = holder::send_tables(&l.control, &tables, mode) {
                         tracing::warn!(session_id = %session, error = %e, "cannot reach the session's file decider");
                     }
                     drop(l);
-                    *s.governed.write().unwrap_or_else(|p| p.into_inner()) = fan::Governed { tables, mode };
+                    if let Some(dir) = thaw {
+                        let _ = holder::freeze(&dir, false);
+                    }
                     tracing::info!(session_id = %session, generation, mode = ?mode, "tables applied");
                 }
-                drop(sessions);
                 if let Some(k) = &self.kernel {
+                    let _alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
                     k.maps.collect_garbage();
                 }
             }
@@ -307,6 +327,7 @@ impl Shared {
                 (pb::EventKind::Connect, "NetworkConnect", resource)
             }
             event::KIND_EXEC => (pb::EventKind::Exec, "ProcessExec", raw.path.clone()),
+            event::KIND_ICMP => (pb::EventKind::Connect, "NetworkConnect", "ICMP socket (ping)".to_owned()),
             _ => return None,
         };
         let mode = match raw.mode {
@@ -326,6 +347,7 @@ impl Shared {
         let (mechanism, syscall) = match raw.kind {
             event::KIND_EXEC => ("tracepoint (observed; execs are decided by fanotify)", None),
             event::KIND_SENDMSG => ("cgroup-sock", Some("sendmsg")),
+            event::KIND_ICMP => ("cgroup-sock (socket creation)", Some("socket")),
             _ => ("cgroup-sock", Some("connect")),
         };
         let mut details: HashMap<String, String> = HashMap::with_capacity(6);
@@ -489,6 +511,7 @@ impl Sensor for Service {
                 governed,
                 generation,
                 holder: Arc::new(Mutex::new(link)),
+                thaw_on_refresh: false,
             },
         );
         s.save(&Saved { session: req.session.clone(), pid: req.pid, cgroup: rel, cgroup_id, holder: holder_pid });
@@ -630,9 +653,13 @@ fn read_ring(shared: Arc<Shared>) {
     loop {
         // Wakeups are batched in the kernel; polling at least every 50 ms
         // bounds how long an event waits.
-        if let Err(e) = ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
-            tracing::error!(error = %e, "reading the kernel's events failed");
-            return;
+        match ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reading the kernel's events failed");
+                return;
+            }
         }
     }
 }
@@ -684,12 +711,19 @@ fn restore(shared: &Arc<Shared>) {
             continue;
         };
         let cgroup_dir = bpf::cgroup2_root().map(|r| r.join(saved.cgroup.trim_start_matches('/'))).unwrap_or_default();
-        if !cgroup_dir.exists() || !live.contains(&saved.cgroup_id) {
+        if !cgroup_dir.exists() {
             if let Some(k) = &shared.kernel {
                 k.maps.remove_session(saved.cgroup_id);
             }
             let _ = std::fs::remove_file(&path);
             continue;
+        }
+        // The kernel lost this session's tables (the pinned state could not
+        // be reused): frozen until they are written again.
+        let mut thaw_on_refresh = false;
+        if !live.contains(&saved.cgroup_id) {
+            tracing::warn!(session_id = %saved.session, "the kernel lost the session's tables; frozen until they are back");
+            thaw_on_refresh = holder::freeze(&cgroup_dir, true).is_ok();
         }
         let spec = shared.holder_spec(&saved.session, &saved.cgroup, &cgroup_dir);
         let (control, group, holder_pid) = match holder::reconnect(&spec.listen, saved.holder) {
@@ -698,7 +732,8 @@ fn restore(shared: &Arc<Shared>) {
                 // The holder died too: its group closed. Govern afresh, frozen
                 // until the new decider has its tables.
                 tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "the session's file decider was gone; starting another");
-                let _ = holder::freeze(&cgroup_dir, true);
+                // Frozen until the new decider has its tables.
+                thaw_on_refresh |= holder::freeze(&cgroup_dir, true).is_ok();
                 let started = fan::create_group(&fan::Marks::Container(saved.pid)).and_then(|(group, _, _)| {
                     let group = group.duplicate()?;
                     holder::spawn(&spec, &group).map(|(pid, control)| (control, group, pid))
@@ -732,6 +767,7 @@ fn restore(shared: &Arc<Shared>) {
                 governed,
                 generation: 0,
                 holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
+                thaw_on_refresh,
             },
         );
         shared.save(&Saved { holder: holder_pid, ..saved });
@@ -773,6 +809,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         policy_socket: ctx.layout.component_socket(Component::Policy),
         runtime_dir: ctx.layout.runtime_dir.clone(),
         state_dir: ctx.layout.state_dir.clone(),
+        tables_lock: Mutex::new(()),
     });
     restore(&shared);
     let ring = shared.clone();

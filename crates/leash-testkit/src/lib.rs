@@ -47,23 +47,31 @@ pub fn bin_dir() -> PathBuf {
 /// cargo holds the main one).
 pub fn static_entry() -> PathBuf {
     static ENTRY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ENTRY
-        .get_or_init(|| {
-            let target = bin_dir().parent().expect("target dir").to_path_buf();
-            let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".to_owned());
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let status = Command::new(cargo)
-                .current_dir(&root)
-                .args(["build", "--quiet", "--package", "leash-entry", "--target", &triple, "--target-dir"])
-                .arg(target.join("static"))
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .status()
-                .expect("run cargo to build the static leash-entry");
-            assert!(status.success(), "building the static leash-entry failed");
-            target.join("static").join(triple).join("debug").join("leash-entry")
-        })
-        .clone()
+    ENTRY.get_or_init(|| build_static("leash-entry", "leash-entry")).clone()
+}
+
+/// The static `leash-storm` (a load and probe generator to run inside
+/// session containers), built on first use.
+pub fn static_storm() -> PathBuf {
+    static STORM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STORM.get_or_init(|| build_static("leash-testkit", "leash-storm")).clone()
+}
+
+/// Builds one binary statically (glibc `crt-static`) under `<target>/static`.
+fn build_static(package: &str, bin: &str) -> PathBuf {
+    let target = bin_dir().parent().expect("target dir").to_path_buf();
+    let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".to_owned());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "--package", package, "--bin", bin, "--target", &triple, "--target-dir"])
+        .arg(target.join("static"))
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build the static {bin}: {e}"));
+    assert!(status.success(), "building the static {bin} failed");
+    target.join("static").join(triple).join("debug").join(bin)
 }
 
 /// The image most session tests run in (`cargo xtask image test`).

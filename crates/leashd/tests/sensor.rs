@@ -37,6 +37,7 @@ fn project_files(stack: &Stack) -> String {
         std::fs::write(p.join(f), body).unwrap();
     }
     std::fs::copy("/bin/busybox", p.join("tool")).expect("the host's busybox (busybox-static)");
+    std::fs::copy(leash_testkit::static_storm(), p.join("leash-storm")).unwrap();
     p.display().to_string()
 }
 
@@ -333,6 +334,7 @@ fn bypass_attempts_are_denied() {
          cat {deep_rel}/key; echo long-path=$?; \
          nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?; \
          ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?; \
+         ./leash-storm icmp; \
          echo memfd-noexec=$(cat /proc/sys/vm/memfd_noexec)"
     );
     let out = stack
@@ -341,6 +343,8 @@ fn bypass_attempts_are_denied() {
         .unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!stdout.contains("s3cret") && !stdout.contains("deep"), "{stdout}");
+    // An unprivileged ICMP socket would send to any address unseen.
+    assert!(stdout.contains("icmp=Operation not permitted"), "{stdout}");
     // Memfds cannot be executed in the session (fanotify never sees them).
     assert!(stdout.contains("memfd-noexec=2"), "{stdout}");
     for attempt in ["symlink", "proc-root", "dotdot", "long-path", "udp", "raw-socket"] {

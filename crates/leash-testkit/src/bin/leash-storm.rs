@@ -3,6 +3,9 @@
 //! `cargo xtask bench sensor`). Each `connect()` of a UDP socket is one
 //! governed decision, one event; with RATE, paced to that many per second.
 //! Prints the count, the elapsed microseconds and the failures.
+//!
+//! `leash-storm icmp`: opens an unprivileged ICMP ("ping") socket and
+//! prints `icmp=ok` or `icmp=<error>`.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool's output")]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -11,6 +14,18 @@ use std::time::Instant;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("icmp") {
+        let r = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::DGRAM,
+            Some(rustix::net::ipproto::ICMP),
+        );
+        match r {
+            Ok(_) => println!("icmp=ok"),
+            Err(e) => println!("icmp={e}"),
+        }
+        return ExitCode::SUCCESS;
+    }
     let (what, n, addr, rate) = match args.as_slice() {
         [what, n, addr] => (what, n, addr, None),
         [what, n, addr, rate] => (what, n, addr, rate.parse::<u64>().ok()),
