@@ -251,17 +251,32 @@ impl Shared {
         Ok((slot, written))
     }
 
-    /// Follows a changed policy into the kernel and the file decider.
+    /// Follows a changed policy into the kernel and the file decider,
+    /// retrying a few times (the previous tables stay meanwhile); the next
+    /// change, or the next reconnection to leash-policy, tries again.
     async fn refresh(&self, session: &str) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..5 {
+            if self.refresh_once(session).await {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        tracing::error!(session_id = %session, "the session's new tables could not be applied; the previous stay in force");
+    }
+
+    /// One attempt; true when applied (or nothing left to apply).
+    async fn refresh_once(&self, session: &str) -> bool {
         let Some(cgroup_id) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| s.cgroup_id)
         else {
-            return;
+            return true;
         };
         let (tables, mode) = match self.tables(session).await {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(session_id = %session, error = %e, "cannot load the session's new tables; the previous stay");
-                return;
+                tracing::warn!(session_id = %session, error = %e, "cannot load the session's new tables; the previous stay, retrying");
+                return false;
             }
         };
         let generation = tables.generation;
@@ -299,8 +314,12 @@ impl Shared {
                     let _alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
                     k.maps.collect_garbage();
                 }
+                true
             }
-            Err(e) => tracing::warn!(session_id = %session, error = %e, "cannot apply the session's new tables"),
+            Err(e) => {
+                tracing::warn!(session_id = %session, error = %e, "cannot apply the session's new tables; retrying");
+                false
+            }
         }
     }
 
@@ -443,6 +462,8 @@ impl Sensor for Service {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
         let s = self.shared.clone();
+        // A second registration of the same session replaces the first.
+        self.unregister(Request::new(pb::UnregisterRequest { session: req.session.clone() })).await?;
         if s.kernel.is_none() {
             return Err(Status::failed_precondition(format!(
                 "the kernel programs are not loaded: {}",

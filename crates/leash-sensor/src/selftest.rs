@@ -122,9 +122,19 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
             .map_err(|e| format!("cannot move the test process into {}: {e}", cgroup.display()))?;
         let tables = Arc::new(fixed_tables(&dir));
         let off = |m: &str| without.iter().any(|w| w == m);
-        let mut written = None;
+        // Whatever happens next, the test cgroup leaves the kernel's maps.
+        struct Unregister<'a>(&'a crate::bpf::Maps, u64, Option<crate::bpf::Written>);
+        impl Drop for Unregister<'_> {
+            fn drop(&mut self) {
+                self.0.remove_session(self.1);
+                if let Some(w) = &self.2 {
+                    self.0.clear(w);
+                }
+            }
+        }
+        let mut registered = Unregister(&kernel.maps, cgroup_id, None);
         if !off("cgroup-sock") {
-            written = Some(shared.apply(cgroup_id, &tables, Mode::Enforce)?);
+            registered.2 = Some(shared.apply(cgroup_id, &tables, Mode::Enforce)?.1);
         }
         let rel = format!(
             "/{}",
@@ -157,10 +167,7 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
             .filter_map(|l| l.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())))
             .collect();
         drop(decider);
-        kernel.maps.remove_session(cgroup_id);
-        if let Some((_, w)) = written {
-            kernel.maps.clear(&w);
-        }
+        drop(registered);
         Ok(lines)
     })();
     let _ = child.kill();
