@@ -18,6 +18,8 @@ packages=(
   systemd                                       # systemd-analyze verify of the unit
   iproute2 procps                               # network namespaces and process tools in tests
   openssl                                       # test certificates
+  cpio                                          # the VM test's initramfs
+  util-linux                                    # nsenter (sessions' pid-namespace settings)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,7 @@ mod image;
 mod install;
 mod tidy;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ verbs:
   bench policy     the authorizer at 10/100/1000 statements; compiling 1000 to tables
   bench session-start
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
+  bench sensor    governed vs ungoverned open/exec loops, host loops, the event rate
+  vmtest          boot Debian's kernel under QEMU and check the sensor there
   demo            build, start leashd if needed, run a scripted session, show its events
 ";
 
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
+        Some("vmtest") => vmtest::run(&args[1..]),
         Some("entry") => util::build_static_entry(args.get(1).is_some_and(|a| a == "--release")).map(|p| {
             util::out(&p.display().to_string());
         }),

@@ -10,6 +10,9 @@ fn main() -> ExitCode {
     {
         return leash_sensor::selftest::child(std::path::Path::new(dir));
     }
+    if args.first().is_some_and(|a| a == leash_sensor::selftest::VM_CHECK_FLAG) {
+        return leash_sensor::selftest::vm_check();
+    }
     if let Some((flag, rest)) = args.split_first()
         && flag == leash_sensor::holder::HOLD_FLAG
     {

@@ -176,3 +176,85 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
     let caps = probe::without(&shared.caps, without);
     Ok((caps, lines))
 }
+
+/// The hidden flag for the VM check (`cargo xtask vmtest` runs it as the
+/// guest's test).
+pub const VM_CHECK_FLAG: &str = "--vm-check";
+
+/// In a guest booted by `cargo xtask vmtest`: probes BPF LSM, loads the
+/// fallback tier on this kernel, runs the self-test and its negative
+/// control, and prints `VMCHECK …` lines and a `VMCHECK RESULT:` line.
+pub fn vm_check() -> ExitCode {
+    #[allow(clippy::print_stdout, reason = "the guest reports on its console")]
+    fn say(line: &str) {
+        println!("VMCHECK {line}");
+    }
+    let mut failures = Vec::new();
+    let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    say(&format!("active LSMs: {}", lsms.trim()));
+    match crate::bpf::probe_lsm() {
+        Ok(()) => say("bpf-lsm: programs load and bpf is an active LSM"),
+        Err(e) => {
+            say(&format!("bpf-lsm: {e}"));
+            failures.push("bpf-lsm");
+        }
+    }
+    let Ok(root) = crate::bpf::cgroup2_root() else {
+        say("RESULT: FAIL: no cgroup2");
+        return ExitCode::from(1);
+    };
+    let kernel = match crate::bpf::load(&root.join("leash-vm"), Path::new("/sys/fs/bpf/leash/vm")) {
+        Ok(k) => k,
+        Err(e) => {
+            say(&format!("programs: {e:#}"));
+            say("RESULT: FAIL: programs");
+            return ExitCode::from(1);
+        }
+    };
+    say(&format!("programs: {} attached", kernel.links.len()));
+    let caps = probe::run(Ok(()));
+    for c in &caps.capabilities {
+        say(&format!("capability {} = {} ({})", c.action, c.mechanism, c.reason));
+    }
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    let shared = Arc::new(Shared {
+        kernel: Some(kernel),
+        caps,
+        sessions: Default::default(),
+        by_cgroup: Default::default(),
+        next_slot: std::sync::atomic::AtomicU32::new(1),
+        events,
+        dropped: Default::default(),
+        policy_socket: PathBuf::new(),
+        runtime_dir: std::env::temp_dir(),
+        state_dir: std::env::temp_dir(),
+        tables_lock: Default::default(),
+    });
+    for (label, without) in
+        [("self-test", vec![]), ("negative control", vec!["fanotify".to_owned(), "cgroup-sock".to_owned()])]
+    {
+        match run(&shared, &without) {
+            Ok((_, lines)) => {
+                for (action, outcome) in &lines {
+                    say(&format!("{label} {action}: {outcome}"));
+                }
+                let denied = lines.iter().filter(|(_, o)| o == "denied").count();
+                let expected = if without.is_empty() { lines.len() } else { 0 };
+                if lines.len() != 3 || denied != expected {
+                    failures.push(if without.is_empty() { "self-test" } else { "negative-control" });
+                }
+            }
+            Err(e) => {
+                say(&format!("{label}: {e}"));
+                failures.push("self-test");
+            }
+        }
+    }
+    if failures.is_empty() {
+        say("RESULT: PASS");
+        ExitCode::SUCCESS
+    } else {
+        say(&format!("RESULT: FAIL: {}", failures.join(" ")));
+        ExitCode::from(1)
+    }
+}
