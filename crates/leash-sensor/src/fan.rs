@@ -117,11 +117,32 @@ const FAN_DENY: u32 = 2;
 /// `struct fanotify_event_metadata`.
 const METADATA_BYTES: usize = 24;
 
+/// mountinfo's escapes (`\040` for a space, `\011`, `\012`, `\134`) undone.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(code) = b
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The container's mount points, from its own mount namespace.
 fn mount_points(pid: u32) -> std::io::Result<Vec<String>> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
-    let mut v: Vec<String> =
-        info.lines().filter_map(|l| l.split_whitespace().nth(4).map(|m| m.replace("\\040", " "))).collect();
+    let mut v: Vec<String> = info.lines().filter_map(|l| l.split_whitespace().nth(4).map(unescape_octal)).collect();
     v.dedup();
     Ok(v)
 }
@@ -537,6 +558,13 @@ mod tests {
         let tid = reader.join().unwrap();
         assert_eq!(syscall_flags(tid), None);
         assert_eq!(syscall_flags(u32::MAX), None, "no such thread");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_octal("/work/my\\040project"), "/work/my project");
+        assert_eq!(unescape_octal("/a\\134b\\011c"), "/a\\b\tc");
+        assert_eq!(unescape_octal("/plain"), "/plain");
     }
 
     #[test]
