@@ -253,9 +253,192 @@ int BPF_PROG(leash_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	return 0;
 }
 
-/* The LSM tier's hooks; loaded only where the kernel runs BPF LSM. */
-SEC("lsm/file_open")
-int BPF_PROG(leash_lsm_file_open, struct file *file)
+/* ---- The LSM tier: loaded only where the kernel runs BPF LSM. ---- */
+
+#define EACCES 13
+#define FMODE_WRITE 0x2
+#define FMODE_EXEC 0x20
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct leash_path_lpm);
+	__type(value, struct leash_verdict);
+} files_lpm SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__type(key, struct leash_path_exact);
+	__type(value, struct leash_verdict);
+} files_exact SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_SESSIONS * 4);
+	__type(key, struct leash_file_default);
+	__type(value, struct leash_verdict);
+} files_default SEC(".maps");
+
+struct scratch {
+	struct leash_path_exact exact;
+	struct leash_path_lpm lpm;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* What the LSM tier saw: [0] governed opens and execs decided, [1] paths
+ * not resolved, [2] exact hits, [3] prefix hits, [4] defaults. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 5);
+	__type(key, __u32);
+	__type(value, __u64);
+} lsm_stats SEC(".maps");
+
+static __always_inline void lsm_count(__u32 i)
 {
+	__u64 *n = bpf_map_lookup_elem(&lsm_stats, &i);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* The verdict for a path: the exact file, else the longest directory
+ * prefix, else the table's default; no default denies. */
+static __always_inline __u32 decide_file(struct leash_session *s, __u32 action, struct path *p)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return LEASH_VERDICT_PRESENT;
+	__builtin_memset(sc->exact.path, 0, sizeof(sc->exact.path));
+	lsm_count(0);
+	long n = bpf_d_path(p, sc->exact.path, sizeof(sc->exact.path));
+	if (n <= 1 || n > LEASH_PATH_MAX) {
+		lsm_count(1);
+		return LEASH_VERDICT_PRESENT; /* no path: denied */
+	}
+	/* d_path builds the path at the buffer's end and moves it to the front:
+	 * the bytes after the NUL are left over, and the key must be zero-padded. */
+	for (int i = 0; i < LEASH_PATH_MAX; i++) {
+		if (i >= n)
+			sc->exact.path[i] = 0;
+	}
+	sc->exact.slot = s->slot;
+	sc->exact.action = action;
+	struct leash_verdict *v = bpf_map_lookup_elem(&files_exact, &sc->exact);
+	if (v) {
+		lsm_count(2);
+		return v->v;
+	}
+	sc->lpm.slot = s->slot;
+	sc->lpm.action = action;
+	__builtin_memcpy(sc->lpm.path, sc->exact.path, LEASH_LPM_PATH);
+	__u32 len = n - 1; /* without the NUL */
+	if (len > LEASH_LPM_PATH)
+		len = LEASH_LPM_PATH;
+	sc->lpm.prefixlen = 64 + len * 8;
+	v = bpf_map_lookup_elem(&files_lpm, &sc->lpm);
+	if (v) {
+		lsm_count(3);
+		return v->v;
+	}
+	lsm_count(4);
+	struct leash_file_default k = {.slot = s->slot, .action = action};
+	v = bpf_map_lookup_elem(&files_default, &k);
+	return v ? v->v : LEASH_VERDICT_PRESENT;
+}
+
+static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u32 verdict)
+{
+	struct leash_event *e = reserve();
+	if (e) {
+		e->kind = kind;
+		e->mode = s->mode;
+		e->verdict = verdict;
+		submit(e);
+	}
+	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
+		return -EACCES;
+	return 0;
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(leash_lsm_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	__u32 mode = BPF_CORE_READ(file, f_mode);
+	if (mode & FMODE_EXEC)
+		return 0; /* the exec is decided in bprm_check_security */
+	__u32 action = (mode & FMODE_WRITE) ? LEASH_FILE_WRITE : LEASH_FILE_READ;
+	return lsm_verdict(s, LEASH_EV_OPEN, decide_file(s, action, &file->f_path));
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(leash_lsm_bprm, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	return lsm_verdict(s, LEASH_EV_EXEC, decide_file(s, LEASH_FILE_EXEC, &bprm->file->f_path));
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(leash_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	__u16 family = BPF_CORE_READ(address, sa_family);
+	__u8 addr[16] = {};
+	__u16 port;
+	int v4 = 1;
+	if (family == AF_INET && addrlen >= (int)sizeof(struct sockaddr_in)) {
+		struct sockaddr_in sin = {};
+		bpf_probe_read_kernel(&sin, sizeof(sin), address);
+		addr[10] = 0xff;
+		addr[11] = 0xff;
+		__builtin_memcpy(addr + 12, &sin.sin_addr.s_addr, 4);
+		port = bpf_ntohs(sin.sin_port);
+	} else if (family == AF_INET6 && addrlen >= (int)sizeof(struct sockaddr_in6)) {
+		struct sockaddr_in6 sin6 = {};
+		bpf_probe_read_kernel(&sin6, sizeof(sin6), address);
+		__builtin_memcpy(addr, &sin6.sin6_addr, 16);
+		__u32 a0, a1, a2;
+		__builtin_memcpy(&a0, addr, 4);
+		__builtin_memcpy(&a1, addr + 4, 4);
+		__builtin_memcpy(&a2, addr + 8, 4);
+		v4 = a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff);
+		port = bpf_ntohs(sin6.sin6_port);
+	} else {
+		return 0;
+	}
+	__u32 verdict = decide(s, addr, v4, port);
+	struct leash_event *e = reserve();
+	if (e) {
+		e->kind = LEASH_EV_CONNECT;
+		e->mode = s->mode;
+		e->verdict = verdict;
+		e->family = v4 ? AF_INET : AF_INET6;
+		e->port = port;
+		__builtin_memcpy(e->addr, addr, 16);
+		submit(e);
+	}
+	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
+		return -EACCES;
 	return 0;
 }

@@ -61,6 +61,35 @@ struct leash_port_key {
 	__u8 addr[16];
 };
 
+/* File actions of the LSM tier's tables. */
+#define LEASH_FILE_READ 1
+#define LEASH_FILE_WRITE 2
+#define LEASH_FILE_EXEC 3
+
+/* An LPM trie key's data is at most 256 bytes: slot, action, then the path. */
+#define LEASH_LPM_PATH 248
+
+/* A directory prefix of the LSM tier's file tables. */
+struct leash_path_lpm {
+	__u32 prefixlen;
+	__u32 slot;
+	__u32 action;
+	char path[LEASH_LPM_PATH];
+};
+
+/* An exact file of the LSM tier's file tables (the path zero-padded). */
+struct leash_path_exact {
+	__u32 slot;
+	__u32 action;
+	char path[LEASH_PATH_MAX];
+};
+
+/* A table's default, per slot and action. */
+struct leash_file_default {
+	__u32 slot;
+	__u32 action;
+};
+
 /* One event, as the ring buffer carries it. */
 struct leash_event {
 	__u64 time_ns;

@@ -97,6 +97,14 @@ pub struct Maps {
     pub events: MapHandle,
     /// Events lost to a full ring buffer, per CPU.
     pub dropped: MapHandle,
+    /// The LSM tier's directory prefixes.
+    pub files_lpm: MapHandle,
+    /// The LSM tier's exact files.
+    pub files_exact: MapHandle,
+    /// The LSM tier's defaults per slot and action.
+    pub files_default: MapHandle,
+    /// What the LSM tier saw (decided, unresolved, exact, prefix, default).
+    pub lsm_stats: MapHandle,
 }
 
 /// The loaded programs: links (attached) and maps.
@@ -266,8 +274,44 @@ fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> 
         ports: handle("ports")?,
         events: handle("events")?,
         dropped: handle("dropped")?,
+        files_lpm: handle("files_lpm")?,
+        files_exact: handle("files_exact")?,
+        files_default: handle("files_default")?,
+        lsm_stats: handle("lsm_stats")?,
     };
     Ok(Kernel { links, maps, cgroup: cgroup.to_path_buf(), pins: pins.to_path_buf() })
+}
+
+/// Loads and attaches the LSM tier's programs alone (no pins): where the
+/// kernel runs BPF LSM.
+pub fn load_lsm() -> anyhow::Result<Kernel> {
+    let mut object = MaybeUninit::uninit();
+    let open = open_with(&mut object, |name| name.starts_with("leash_lsm_"))?;
+    let mut skel = open.load().context("loading the LSM programs")?;
+    let mut links = Vec::new();
+    for p in skel.object_mut().progs_mut() {
+        let name = p.name().to_string_lossy().into_owned();
+        if name.starts_with("leash_lsm_") {
+            links.push((name.clone(), p.attach().with_context(|| format!("attaching {name}"))?));
+        }
+    }
+    let handle = |name: &str| -> anyhow::Result<MapHandle> {
+        let map = skel.object().maps().find(|m| m.name() == name).with_context(|| format!("no map {name}"))?;
+        MapHandle::try_from(&map).with_context(|| format!("a handle to map {name}"))
+    };
+    let maps = Maps {
+        sessions: handle("sessions")?,
+        net4: handle("net4")?,
+        net6: handle("net6")?,
+        ports: handle("ports")?,
+        events: handle("events")?,
+        dropped: handle("dropped")?,
+        files_lpm: handle("files_lpm")?,
+        files_exact: handle("files_exact")?,
+        files_default: handle("files_default")?,
+        lsm_stats: handle("lsm_stats")?,
+    };
+    Ok(Kernel { links, maps, cgroup: PathBuf::new(), pins: PathBuf::new() })
 }
 
 /// Removes every pin (programs detach once nothing else holds them).
@@ -275,13 +319,31 @@ pub fn unpin_all(pins: &Path) {
     let _ = std::fs::remove_dir_all(pins);
 }
 
-/// Keys a session's net table wrote, to delete them when it is replaced.
+/// Keys a session's tables wrote, to delete them when they are replaced.
 #[derive(Clone, Debug, Default)]
 pub struct Written {
     net4: Vec<Vec<u8>>,
     net6: Vec<Vec<u8>>,
     ports: Vec<Vec<u8>>,
+    files_lpm: Vec<Vec<u8>>,
+    files_exact: Vec<Vec<u8>>,
+    files_default: Vec<Vec<u8>>,
 }
+
+/// The LSM tier's file actions.
+fn file_action_number(a: leash_core::tables::FileAction) -> Option<u32> {
+    use leash_core::tables::FileAction;
+    match a {
+        FileAction::Read => Some(1),
+        FileAction::Write => Some(2),
+        FileAction::Exec => Some(3),
+        // Reads and writes already include FileOpen.
+        FileAction::Open => None,
+    }
+}
+
+/// The longest path an LSM prefix entry can hold.
+pub const LPM_PATH: usize = 248;
 
 fn lpm_key(slot: u32, ip: IpAddr, prefix: u8) -> (bool, Vec<u8>) {
     let mut k = Vec::with_capacity(24);
@@ -337,8 +399,65 @@ impl Maps {
         Ok(w)
     }
 
+    /// Writes the file tables under `slot`, for the LSM tier. Patterns and
+    /// names the tables cannot decide are refused here: the LSM tier cannot
+    /// ask user space.
+    pub fn write_files(&self, slot: u32, t: &leash_core::tables::Tables, w: &mut Written) -> anyhow::Result<()> {
+        let put = |map: &MapHandle, k: &[u8], v: Verdict| {
+            map.update(k, &encode(v).to_ne_bytes(), MapFlags::ANY).context("writing a file table entry")
+        };
+        for (action, table) in &t.files {
+            let Some(a) = file_action_number(*action) else { continue };
+            if table.evaluate_all || !table.path_patterns.is_empty() || !table.names.is_empty() {
+                anyhow::bail!("the {action:?} table has conditions only user space can decide");
+            }
+            for (path, v) in &table.exact {
+                let mut k = Vec::with_capacity(8 + 256);
+                k.extend_from_slice(&slot.to_ne_bytes());
+                k.extend_from_slice(&a.to_ne_bytes());
+                let mut p = path.as_bytes().to_vec();
+                anyhow::ensure!(p.len() < 256, "{path}: longer than the LSM tier's 255 bytes");
+                p.resize(256, 0);
+                k.extend_from_slice(&p);
+                put(&self.files_exact, &k, *v)?;
+                w.files_exact.push(k);
+            }
+            for (prefix, v) in &table.prefixes {
+                anyhow::ensure!(
+                    prefix.len() <= LPM_PATH,
+                    "{prefix}: longer than the LSM tier's {LPM_PATH}-byte prefixes"
+                );
+                let mut k = Vec::with_capacity(12 + LPM_PATH);
+                k.extend_from_slice(&(64 + 8 * prefix.len() as u32).to_ne_bytes());
+                k.extend_from_slice(&slot.to_ne_bytes());
+                k.extend_from_slice(&a.to_ne_bytes());
+                let mut p = prefix.as_bytes().to_vec();
+                p.resize(LPM_PATH, 0);
+                k.extend_from_slice(&p);
+                put(&self.files_lpm, &k, *v)?;
+                w.files_lpm.push(k);
+            }
+            if let Some(v) = table.default {
+                let mut k = slot.to_ne_bytes().to_vec();
+                k.extend_from_slice(&a.to_ne_bytes());
+                put(&self.files_default, &k, v)?;
+                w.files_default.push(k);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes what `write_net` wrote.
     pub fn clear(&self, w: &Written) {
+        for k in &w.files_lpm {
+            let _ = self.files_lpm.delete(k);
+        }
+        for k in &w.files_exact {
+            let _ = self.files_exact.delete(k);
+        }
+        for k in &w.files_default {
+            let _ = self.files_default.delete(k);
+        }
         for k in &w.net4 {
             let _ = self.net4.delete(k);
         }
@@ -406,6 +525,20 @@ impl Maps {
     /// Stops governing a cgroup.
     pub fn remove_session(&self, cgroup_id: u64) {
         let _ = self.sessions.delete(&cgroup_id.to_ne_bytes());
+    }
+
+    /// The LSM tier's counters: decided, unresolved, exact, prefix, default.
+    pub fn lsm_stats(&self) -> Vec<u64> {
+        (0u32..5)
+            .map(|i| {
+                self.lsm_stats
+                    .lookup(&i.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     /// Events lost to a full ring buffer, summed over CPUs.

@@ -49,7 +49,8 @@ fn fixed_tables(dir: &Path) -> Tables {
 pub fn child(dir: &Path) -> ExitCode {
     let mut go = String::new();
     let _ = std::io::stdin().lock().read_line(&mut go);
-    let denied = |e: &std::io::Error| e.raw_os_error() == Some(nix::libc::EPERM);
+    // EPERM from fanotify and the cgroup programs, EACCES from BPF LSM.
+    let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EACCES));
     let open = match std::fs::File::open(dir.join("forbidden")) {
         Ok(_) => "allowed: the file opened".to_owned(),
         Err(e) if denied(&e) => "denied".to_owned(),
@@ -96,6 +97,12 @@ pub(crate) type Outcome = (Vec<probe::Capability>, Vec<(String, String)>);
 
 /// Runs the test; blocking.
 pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, String> {
+    run_with(shared, without, false)
+}
+
+/// [`run`]; with `lsm`, the files are decided by the LSM programs from
+/// the kernel's file tables instead of fanotify.
+fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outcome, String> {
     let kernel = shared.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
     let n = shared.next_slot.fetch_add(1, Ordering::Relaxed);
     let me = std::process::id();
@@ -134,7 +141,14 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
         }
         let mut registered = Unregister(&kernel.maps, cgroup_id, None);
         if !off("cgroup-sock") {
-            registered.2 = Some(shared.apply(cgroup_id, &tables, Mode::Enforce)?.1);
+            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce)?;
+            if lsm {
+                let w = kernel.maps.write_files(slot, &tables, &mut written);
+                registered.2 = Some(written);
+                w.map_err(|e| format!("{e:#}"))?;
+            } else {
+                registered.2 = Some(written);
+            }
         }
         let rel = format!(
             "/{}",
@@ -144,7 +158,7 @@ pub(crate) fn run(shared: &Arc<Shared>, without: &[String]) -> Result<Outcome, S
                 .display()
         );
         let mut decider = None;
-        if !off("fanotify") {
+        if !off("fanotify") && !lsm {
             let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode: Mode::Enforce }));
             let (group, _, _) =
                 fan::create_group(&fan::Marks::Paths(vec![dir.clone()])).map_err(|e| format!("{e:#}"))?;
@@ -248,6 +262,49 @@ pub fn vm_check() -> ExitCode {
                 say(&format!("{label}: {e}"));
                 failures.push("self-test");
             }
+        }
+    }
+    // The LSM tier: the same test, decided by the LSM programs alone.
+    drop(shared);
+    match crate::bpf::load_lsm() {
+        Ok(k) => {
+            say(&format!("lsm programs: {} attached", k.links.len()));
+            let (events, _) = tokio::sync::broadcast::channel(16);
+            let lsm_shared = Arc::new(Shared {
+                kernel: Some(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }),
+                caps: Default::default(),
+                sessions: Default::default(),
+                by_cgroup: Default::default(),
+                next_slot: std::sync::atomic::AtomicU32::new(1),
+                events,
+                dropped: Default::default(),
+                policy_socket: PathBuf::new(),
+                runtime_dir: std::env::temp_dir(),
+                state_dir: std::env::temp_dir(),
+                tables_lock: Default::default(),
+            });
+            let outcome = run_with(&lsm_shared, &["fanotify".to_owned()], true);
+            if let Some(k) = &lsm_shared.kernel {
+                say(&format!("lsm counters (decided, unresolved, exact, prefix, default): {:?}", k.maps.lsm_stats()));
+            }
+            match outcome {
+                Ok((_, lines)) => {
+                    for (action, outcome) in &lines {
+                        say(&format!("lsm {action}: {outcome}"));
+                    }
+                    if lines.len() != 3 || lines.iter().any(|(_, o)| o != "denied") {
+                        failures.push("lsm");
+                    }
+                }
+                Err(e) => {
+                    say(&format!("lsm: {e}"));
+                    failures.push("lsm");
+                }
+            }
+        }
+        Err(e) => {
+            say(&format!("lsm programs: {e:#}"));
+            failures.push("lsm");
         }
     }
     if failures.is_empty() {
