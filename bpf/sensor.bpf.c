@@ -2,10 +2,13 @@
 /* leash's kernel programs.
  *
  * Fallback tier (every kernel with cgroup BPF): cgroup sock_addr programs
- * decide connect() and sendmsg() from the session's address tables; a
- * tracepoint reports execs (opens and execs are decided by fanotify in user
- * space). LSM programs are here to be probed; the sensor says which tier is
- * in force.
+ * decide connect() and sendmsg() from the session's address tables and a
+ * sock_create program refuses ICMP sockets; a tracepoint reports execs
+ * (opens and execs are decided by fanotify in user space).
+ *
+ * LSM tier (kernels that run BPF LSM): file_open, bprm_check_security and
+ * socket_connect decide from the session's file and address tables in the
+ * maps below; the sensor says which tier is in force.
  *
  * Only sessions registered in `sessions` (by their container's cgroup id)
  * are governed; anything else costs one hash lookup.

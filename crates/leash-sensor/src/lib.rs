@@ -1,8 +1,8 @@
 //! The sensor: kernel programs that observe and enforce per session.
 //!
 //! At start it probes what this kernel allows and loads the fallback tier
-//! (cgroup sock programs for connect/sendmsg, tracepoints for open flags and
-//! execs) attached to the instance's cgroup parent, pinned so a restart
+//! (cgroup sock programs for connect/sendmsg and ICMP sockets, an exec
+//! tracepoint) attached to the instance's cgroup parent, pinned so a restart
 //! never pauses them. A session registers (an admission step, before its
 //! command runs): its cgroup joins the governed set, its address table goes
 //! into the kernel's maps, and a holder process decides its files through
