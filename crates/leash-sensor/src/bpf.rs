@@ -345,6 +345,37 @@ fn file_action_number(a: leash_core::tables::FileAction) -> Option<u32> {
 /// The longest path an LSM prefix entry can hold.
 pub const LPM_PATH: usize = 248;
 
+/// `struct leash_path_exact`: slot, action, the path zero-padded to 256.
+fn file_exact_key(slot: u32, action: u32, path: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(path.len() < 256, "{path}: longer than the LSM tier's 255 bytes");
+    let mut k = Vec::with_capacity(8 + 256);
+    k.extend_from_slice(&slot.to_ne_bytes());
+    k.extend_from_slice(&action.to_ne_bytes());
+    k.extend_from_slice(path.as_bytes());
+    k.resize(8 + 256, 0);
+    Ok(k)
+}
+
+/// `struct leash_path_lpm`: the prefix length in bits covers slot, action
+/// and the prefix's bytes.
+fn file_prefix_key(slot: u32, action: u32, prefix: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(prefix.len() <= LPM_PATH, "{prefix}: longer than the LSM tier's {LPM_PATH}-byte prefixes");
+    let mut k = Vec::with_capacity(12 + LPM_PATH);
+    k.extend_from_slice(&(64 + 8 * prefix.len() as u32).to_ne_bytes());
+    k.extend_from_slice(&slot.to_ne_bytes());
+    k.extend_from_slice(&action.to_ne_bytes());
+    k.extend_from_slice(prefix.as_bytes());
+    k.resize(12 + LPM_PATH, 0);
+    Ok(k)
+}
+
+/// `struct leash_file_default`.
+fn file_default_key(slot: u32, action: u32) -> Vec<u8> {
+    let mut k = slot.to_ne_bytes().to_vec();
+    k.extend_from_slice(&action.to_ne_bytes());
+    k
+}
+
 fn lpm_key(slot: u32, ip: IpAddr, prefix: u8) -> (bool, Vec<u8>) {
     let mut k = Vec::with_capacity(24);
     match ip {
@@ -412,34 +443,17 @@ impl Maps {
                 anyhow::bail!("the {action:?} table has conditions only user space can decide");
             }
             for (path, v) in &table.exact {
-                let mut k = Vec::with_capacity(8 + 256);
-                k.extend_from_slice(&slot.to_ne_bytes());
-                k.extend_from_slice(&a.to_ne_bytes());
-                let mut p = path.as_bytes().to_vec();
-                anyhow::ensure!(p.len() < 256, "{path}: longer than the LSM tier's 255 bytes");
-                p.resize(256, 0);
-                k.extend_from_slice(&p);
+                let k = file_exact_key(slot, a, path)?;
                 put(&self.files_exact, &k, *v)?;
                 w.files_exact.push(k);
             }
             for (prefix, v) in &table.prefixes {
-                anyhow::ensure!(
-                    prefix.len() <= LPM_PATH,
-                    "{prefix}: longer than the LSM tier's {LPM_PATH}-byte prefixes"
-                );
-                let mut k = Vec::with_capacity(12 + LPM_PATH);
-                k.extend_from_slice(&(64 + 8 * prefix.len() as u32).to_ne_bytes());
-                k.extend_from_slice(&slot.to_ne_bytes());
-                k.extend_from_slice(&a.to_ne_bytes());
-                let mut p = prefix.as_bytes().to_vec();
-                p.resize(LPM_PATH, 0);
-                k.extend_from_slice(&p);
+                let k = file_prefix_key(slot, a, prefix)?;
                 put(&self.files_lpm, &k, *v)?;
                 w.files_lpm.push(k);
             }
             if let Some(v) = table.default {
-                let mut k = slot.to_ne_bytes().to_vec();
-                k.extend_from_slice(&a.to_ne_bytes());
+                let k = file_default_key(slot, a);
                 put(&self.files_default, &k, v)?;
                 w.files_default.push(k);
             }
@@ -582,5 +596,19 @@ mod tests {
         assert_eq!(k.len(), 24);
         assert_eq!(port_key(1, "10.0.0.1".parse().unwrap(), 443).len(), 24);
         assert_eq!(SessionEntry::default().bytes().len(), 24);
+    }
+
+    #[test]
+    fn file_keys_have_the_kernel_layouts() {
+        let k = file_exact_key(7, 1, "/etc/shadow").unwrap();
+        assert_eq!(k.len(), 264, "struct leash_path_exact");
+        assert_eq!(&k[8..19], b"/etc/shadow");
+        assert!(k[19..].iter().all(|b| *b == 0), "zero-padded, as the programs pad");
+        let k = file_prefix_key(7, 2, "/tmp/").unwrap();
+        assert_eq!(k.len(), 260, "struct leash_path_lpm");
+        assert_eq!(u32::from_ne_bytes(k[..4].try_into().unwrap()), 64 + 5 * 8);
+        assert_eq!(file_default_key(7, 3).len(), 8, "struct leash_file_default");
+        assert!(file_exact_key(1, 1, &"/x".repeat(200)).is_err());
+        assert!(file_prefix_key(1, 1, &format!("/{}/", "d".repeat(250))).is_err());
     }
 }
