@@ -33,7 +33,6 @@ use leash_daemon::process::Ctx;
 use leash_proto::v1 as pb;
 use leash_proto::v1::sensor_server::{Sensor, SensorServer};
 use leash_proto::v1::{ComponentReport, SensorStatusRequest, ShutdownRequest, ShutdownResponse};
-use tokio::sync::broadcast;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
@@ -92,7 +91,9 @@ struct Shared {
     sessions: Mutex<HashMap<String, Session>>,
     by_cgroup: RwLock<HashMap<u64, Known>>,
     next_slot: AtomicU32,
-    events: broadcast::Sender<pb::Event>,
+    /// The followers of the event stream (leashd): each gets its own queue;
+    /// a full queue drops the event and counts it.
+    events: Mutex<Vec<tokio::sync::mpsc::Sender<pb::Event>>>,
     dropped: AtomicU64,
     policy_socket: PathBuf,
     runtime_dir: PathBuf,
@@ -121,8 +122,17 @@ impl Shared {
     }
 
     fn publish_proto(&self, e: pb::Event) {
-        // No subscriber yet (leashd reconnecting) is not a drop: nobody is listening.
-        if self.events.receiver_count() > 0 && self.events.send(e).is_err() {
+        // No follower yet (leashd reconnecting) is not a drop: nobody is listening.
+        let mut followers = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        followers.retain(|tx| !tx.is_closed());
+        let Some((last, others)) = followers.split_last() else { return };
+        for tx in others {
+            if tx.try_send(e.clone()).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // The last (usually the only) follower takes the event itself.
+        if last.try_send(e).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -423,6 +433,8 @@ type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::
 
 /// Events per message on the stream to leashd.
 const MAX_BATCH: usize = 1024;
+/// Events queued per follower before they are dropped (and counted).
+const EVENT_QUEUE: usize = 65_536;
 
 #[tonic::async_trait]
 impl Sensor for Service {
@@ -601,8 +613,8 @@ impl Sensor for Service {
     }
 
     async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
-        let mut rx = self.shared.events.subscribe();
-        let shared = self.shared.clone();
+        let (events_tx, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).push(events_tx);
         let shutdown = self.core.shutdown.clone();
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -612,32 +624,17 @@ impl Sensor for Service {
                     () = tx.closed() => return,
                     n = rx.recv() => n,
                 };
+                let Some(first) = first else { return };
                 let mut events = Vec::with_capacity(64);
-                let mut take = |r: Result<pb::Event, broadcast::error::RecvError>| match r {
-                    Ok(e) => {
-                        events.push(e);
-                        true
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        shared.dropped.fetch_add(n, Ordering::Relaxed);
-                        true
-                    }
-                    Err(broadcast::error::RecvError::Closed) => false,
-                };
-                if !take(first) {
-                    return;
-                }
+                events.push(first);
                 // Everything else ready now goes in the same message.
                 while events.len() < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(e) => events.push(e),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            shared.dropped.fetch_add(n, Ordering::Relaxed);
-                        }
                         Err(_) => break,
                     }
                 }
-                if !events.is_empty() && tx.send(Ok(pb::EventBatch { events })).await.is_err() {
+                if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
                     return;
                 }
             }
@@ -818,14 +815,13 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let kernel = kernel.ok();
     // Slots already in the pinned maps (from before a restart) stay taken.
     let next_slot = kernel.as_ref().map_or(1, |k| k.maps.sessions().iter().map(|(_, e)| e.slot).max().unwrap_or(0) + 1);
-    let (events, _) = broadcast::channel(16_384);
     let shared = Arc::new(Shared {
         kernel,
         caps,
         sessions: Mutex::default(),
         by_cgroup: RwLock::default(),
         next_slot: AtomicU32::new(next_slot),
-        events,
+        events: Mutex::default(),
         dropped: AtomicU64::new(0),
         policy_socket: ctx.layout.component_socket(Component::Policy),
         runtime_dir: ctx.layout.runtime_dir.clone(),

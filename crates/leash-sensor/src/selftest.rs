@@ -230,14 +230,13 @@ pub fn vm_check() -> ExitCode {
     for c in &caps.capabilities {
         say(&format!("capability {} = {} ({})", c.action, c.mechanism, c.reason));
     }
-    let (events, _) = tokio::sync::broadcast::channel(16);
     let shared = Arc::new(Shared {
         kernel: Some(kernel),
         caps,
         sessions: Default::default(),
         by_cgroup: Default::default(),
         next_slot: std::sync::atomic::AtomicU32::new(1),
-        events,
+        events: Default::default(),
         dropped: Default::default(),
         policy_socket: PathBuf::new(),
         runtime_dir: std::env::temp_dir(),
@@ -269,14 +268,13 @@ pub fn vm_check() -> ExitCode {
     match crate::bpf::load_lsm() {
         Ok(k) => {
             say(&format!("lsm programs: {} attached", k.links.len()));
-            let (events, _) = tokio::sync::broadcast::channel(16);
             let lsm_shared = Arc::new(Shared {
                 kernel: Some(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }),
                 caps: Default::default(),
                 sessions: Default::default(),
                 by_cgroup: Default::default(),
                 next_slot: std::sync::atomic::AtomicU32::new(1),
-                events,
+                events: Default::default(),
                 dropped: Default::default(),
                 policy_socket: PathBuf::new(),
                 runtime_dir: std::env::temp_dir(),
