@@ -398,14 +398,9 @@ int BPF_PROG(leash_lsm_bprm, struct linux_binprm *bprm, int ret)
 	return lsm_verdict(s, LEASH_EV_EXEC, decide_file(s, LEASH_FILE_EXEC, &bprm->file->f_path));
 }
 
-SEC("lsm/socket_connect")
-int BPF_PROG(leash_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+/* Decides a destination for the LSM hooks; 0 or -EACCES. */
+static __always_inline int lsm_destination(struct leash_session *s, struct sockaddr *address, int addrlen, __u32 kind)
 {
-	if (ret)
-		return ret;
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
-		return 0;
 	__u16 family = BPF_CORE_READ(address, sa_family);
 	__u8 addr[16] = {};
 	__u16 port;
@@ -433,7 +428,7 @@ int BPF_PROG(leash_lsm_connect, struct socket *sock, struct sockaddr *address, i
 	__u32 verdict = decide(s, addr, v4, port);
 	struct leash_event *e = reserve();
 	if (e) {
-		e->kind = LEASH_EV_CONNECT;
+		e->kind = kind;
 		e->mode = s->mode;
 		e->verdict = verdict;
 		e->family = v4 ? AF_INET : AF_INET6;
@@ -444,4 +439,32 @@ int BPF_PROG(leash_lsm_connect, struct socket *sock, struct sockaddr *address, i
 	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
 		return -EACCES;
 	return 0;
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(leash_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	return lsm_destination(s, address, addrlen, LEASH_EV_CONNECT);
+}
+
+/* A datagram with its own destination (a connected socket was decided at
+ * connect). */
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(leash_lsm_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	if (ret)
+		return ret;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	struct sockaddr *name = BPF_CORE_READ(msg, msg_name);
+	int namelen = BPF_CORE_READ(msg, msg_namelen);
+	if (!name || namelen <= 0)
+		return 0;
+	return lsm_destination(s, name, namelen, LEASH_EV_SENDMSG);
 }

@@ -597,7 +597,7 @@ impl Sensor for Service {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::failed_precondition)?;
-        let checks: Vec<pb::SelfTestCheck> = ["open", "exec", "connect"]
+        let checks: Vec<pb::SelfTestCheck> = ["open", "exec", "connect", "sendmsg"]
             .into_iter()
             .map(|a| {
                 let outcome =

@@ -2,7 +2,8 @@
 //! session is (its own cgroup below the instance's, the same kernel maps and
 //! the same fanotify decider), tries a forbidden open, exec and connect; each
 //! must be denied. The tables are fixed (no Cedar): the test is of the
-//! kernel mechanisms. Leaving a mechanism out is the negative control.
+//! kernel mechanisms. Leaving a mechanism out is the negative control. The
+//! attempts: open, exec, connect, and a UDP datagram (sendmsg).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -67,9 +68,14 @@ pub fn child(dir: &Path) -> ExitCode {
         Err(e) if denied(&e) => "denied".to_owned(),
         Err(e) => format!("allowed: the network answered ({e})"),
     };
+    let sendmsg = match std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"leash", addr)) {
+        Ok(_) => "allowed: the datagram went out".to_owned(),
+        Err(e) if denied(&e) => "denied".to_owned(),
+        Err(e) => format!("allowed: the network answered ({e})"),
+    };
     #[allow(clippy::print_stdout, reason = "the child reports to the sensor through stdout")]
     {
-        println!("open={open}\nexec={exec}\nconnect={connect}");
+        println!("open={open}\nexec={exec}\nconnect={connect}\nsendmsg={sendmsg}");
     }
     ExitCode::SUCCESS
 }
@@ -253,7 +259,7 @@ pub fn vm_check() -> ExitCode {
                 }
                 let denied = lines.iter().filter(|(_, o)| o == "denied").count();
                 let expected = if without.is_empty() { lines.len() } else { 0 };
-                if lines.len() != 3 || denied != expected {
+                if lines.len() != 4 || denied != expected {
                     failures.push(if without.is_empty() { "self-test" } else { "negative-control" });
                 }
             }
@@ -290,7 +296,7 @@ pub fn vm_check() -> ExitCode {
                     for (action, outcome) in &lines {
                         say(&format!("lsm {action}: {outcome}"));
                     }
-                    if lines.len() != 3 || lines.iter().any(|(_, o)| o != "denied") {
+                    if lines.len() != 4 || lines.iter().any(|(_, o)| o != "denied") {
                         failures.push("lsm");
                     }
                 }

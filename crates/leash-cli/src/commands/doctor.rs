@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, without: &[String]) -> anyhow::Result<ExitCode> {
             output::line(&format!("probe {}: {}", p.name, p.value));
         }
         output::line(&format!(
-            "self-test: a governed process tries a forbidden open, exec and connect{}",
+            "self-test: a governed process tries a forbidden open, exec, connect and UDP datagram{}",
             if without.is_empty() { String::new() } else { format!(" (without {})", without.join(", ")) }
         ));
         for c in &test.checks {
