@@ -139,6 +139,37 @@ static __always_inline __u32 decide(struct leash_session *s, const __u8 addr[16]
 	return v ? v->v : s->default6;
 }
 
+/* IPv4-mapped IPv6 (::ffff:a.b.c.d) is decided as the IPv4 address it is. */
+static __always_inline int ipv4_mapped(const __u8 addr[16])
+{
+	__u32 a0, a1, a2;
+	__builtin_memcpy(&a0, addr, 4);
+	__builtin_memcpy(&a1, addr + 4, 4);
+	__builtin_memcpy(&a2, addr + 8, 4);
+	return a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff);
+}
+
+/* Decides a destination (IPv4 as IPv4-mapped IPv6 in `addr`) and reports
+ * it, for the cgroup programs and the LSM hooks alike; true when refused.
+ * Record mode, and a table that cannot decide, let it through. */
+static __always_inline int refuse_destination(struct leash_session *s, __u32 kind, const __u8 addr[16], int v4,
+					      __u16 port, __u32 type)
+{
+	__u32 verdict = (s->mode == LEASH_MODE_RECORD || s->evaluate) ? LEASH_VERDICT_ALLOW : decide(s, addr, v4, port);
+	struct leash_event *e = reserve();
+	if (e) {
+		e->kind = kind;
+		e->mode = s->mode;
+		e->verdict = verdict;
+		e->family = v4 ? AF_INET : AF_INET6;
+		e->port = port;
+		e->flags = type;
+		__builtin_memcpy(e->addr, addr, 16);
+		submit(e);
+	}
+	return s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW);
+}
+
 /* Decides a socket address operation; 1 lets it through, 0 refuses (EPERM). */
 static __always_inline int govern(struct bpf_sock_addr *ctx, __u32 kind, int v6)
 {
@@ -153,8 +184,7 @@ static __always_inline int govern(struct bpf_sock_addr *ctx, __u32 kind, int v6)
 		__builtin_memcpy(addr + 4, &a1, 4);
 		__builtin_memcpy(addr + 8, &a2, 4);
 		__builtin_memcpy(addr + 12, &a3, 4);
-		/* IPv4-mapped (::ffff:a.b.c.d) is decided as IPv4. */
-		v4 = a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff);
+		v4 = ipv4_mapped(addr);
 	} else {
 		__u32 a = ctx->user_ip4;
 		addr[10] = 0xff;
@@ -162,25 +192,7 @@ static __always_inline int govern(struct bpf_sock_addr *ctx, __u32 kind, int v6)
 		__builtin_memcpy(addr + 12, &a, 4);
 	}
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u32 verdict;
-	if (s->mode == LEASH_MODE_RECORD || s->evaluate)
-		verdict = LEASH_VERDICT_ALLOW;
-	else
-		verdict = decide(s, addr, v4, port);
-	struct leash_event *e = reserve();
-	if (e) {
-		e->kind = kind;
-		e->mode = s->mode;
-		e->verdict = verdict;
-		e->family = v4 ? AF_INET : AF_INET6;
-		e->port = port;
-		e->flags = ctx->type;
-		__builtin_memcpy(e->addr, addr, 16);
-		submit(e);
-	}
-	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
-		return 0;
-	return 1;
+	return !refuse_destination(s, kind, addr, v4, port, ctx->type);
 }
 
 SEC("cgroup/connect4")
@@ -416,29 +428,12 @@ static __always_inline int lsm_destination(struct leash_session *s, struct socka
 		struct sockaddr_in6 sin6 = {};
 		bpf_probe_read_kernel(&sin6, sizeof(sin6), address);
 		__builtin_memcpy(addr, &sin6.sin6_addr, 16);
-		__u32 a0, a1, a2;
-		__builtin_memcpy(&a0, addr, 4);
-		__builtin_memcpy(&a1, addr + 4, 4);
-		__builtin_memcpy(&a2, addr + 8, 4);
-		v4 = a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff);
+		v4 = ipv4_mapped(addr);
 		port = bpf_ntohs(sin6.sin6_port);
 	} else {
 		return 0;
 	}
-	__u32 verdict = decide(s, addr, v4, port);
-	struct leash_event *e = reserve();
-	if (e) {
-		e->kind = kind;
-		e->mode = s->mode;
-		e->verdict = verdict;
-		e->family = v4 ? AF_INET : AF_INET6;
-		e->port = port;
-		__builtin_memcpy(e->addr, addr, 16);
-		submit(e);
-	}
-	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
-		return -EACCES;
-	return 0;
+	return refuse_destination(s, kind, addr, v4, port, 0) ? -EACCES : 0;
 }
 
 SEC("lsm/socket_connect")

@@ -36,6 +36,22 @@ pub enum Mode {
     Enforce,
 }
 
+impl Mode {
+    /// The mode's name, as configuration, the CLI and the wire spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Record => "record",
+            Mode::Shadow => "shadow",
+            Mode::Enforce => "enforce",
+        }
+    }
+
+    /// A mode by name.
+    pub fn from_name(s: &str) -> Option<Mode> {
+        [Mode::Record, Mode::Shadow, Mode::Enforce].into_iter().find(|m| m.name() == s)
+    }
+}
+
 /// What happened to an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {

@@ -65,21 +65,12 @@ pub fn lines(e: &engine::Engine) -> Vec<String> {
 
 /// A mode's name.
 pub fn mode_name(m: leash_core::Mode) -> &'static str {
-    match m {
-        leash_core::Mode::Record => "record",
-        leash_core::Mode::Shadow => "shadow",
-        leash_core::Mode::Enforce => "enforce",
-    }
+    m.name()
 }
 
 /// A mode by name.
 pub fn parse_mode(s: &str) -> Option<leash_core::Mode> {
-    match s {
-        "record" => Some(leash_core::Mode::Record),
-        "shadow" => Some(leash_core::Mode::Shadow),
-        "enforce" => Some(leash_core::Mode::Enforce),
-        _ => None,
-    }
+    leash_core::Mode::from_name(s)
 }
 
 /// Applies a mode to a decision: record allows without evaluating, shadow

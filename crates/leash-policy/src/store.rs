@@ -108,18 +108,31 @@ pub struct Saved {
 #[derive(Debug)]
 struct Entry {
     saved: Saved,
-    mode: Mode,
     engine: Arc<Engine>,
     cache: Arc<Mutex<DecisionCache>>,
 }
 
 impl Entry {
     fn new(saved: Saved, engine: Engine) -> Entry {
-        let mode = crate::parse_mode(&saved.mode).unwrap_or(Mode::Enforce);
         let engine = Arc::new(engine);
-        let principal = if saved.principal.is_empty() { DEFAULT_PRINCIPAL } else { saved.principal.as_str() };
-        let cache = DecisionCache::new(engine.clone(), principal, saved.generation, CACHE_CAPACITY);
-        Entry { saved, mode, engine, cache: Arc::new(Mutex::new(cache)) }
+        let cache = DecisionCache::new(engine.clone(), saved.principal(), saved.generation, CACHE_CAPACITY);
+        Entry { saved, engine, cache: Arc::new(Mutex::new(cache)) }
+    }
+
+    fn mode(&self) -> Mode {
+        self.saved.mode()
+    }
+}
+
+impl Saved {
+    /// The mode in force (a missing or unknown one is enforce).
+    fn mode(&self) -> Mode {
+        Mode::from_name(&self.mode).unwrap_or(Mode::Enforce)
+    }
+
+    /// The session's agent, or the default principal.
+    fn principal(&self) -> &str {
+        if self.principal.is_empty() { DEFAULT_PRINCIPAL } else { &self.principal }
     }
 }
 
@@ -335,7 +348,7 @@ impl Store {
             session: key.to_owned(),
             generation: e.saved.generation,
             kind,
-            mode: e.mode,
+            mode: e.mode(),
             policies: policies(&e.engine),
             errors,
             path,
@@ -357,7 +370,7 @@ impl Store {
                 session: k.clone(),
                 generation: e.saved.generation,
                 kind: "current",
-                mode: e.mode,
+                mode: e.mode(),
                 policies: policies(&e.engine),
                 errors: Vec::new(),
                 path: e.saved.file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -376,9 +389,9 @@ impl Store {
     pub fn get(&self, key: &str) -> Option<Current> {
         self.lock().get(key).map(|e| Current {
             engine: e.engine.clone(),
-            mode: e.mode,
+            mode: e.mode(),
             generation: e.saved.generation,
-            principal: if e.saved.principal.is_empty() { DEFAULT_PRINCIPAL.into() } else { e.saved.principal.clone() },
+            principal: e.saved.principal().to_owned(),
             cache: e.cache.clone(),
             sources: e.saved.layers.sources(),
             watched: e.saved.watched.then(|| e.saved.file.clone()).flatten(),
@@ -513,15 +526,13 @@ impl Store {
         let (mut saved, added, removed) = change(&before)?;
         let engine = load(&saved.layers)?;
         // Compile before publishing: a published generation's tables are ready.
-        let principal = if saved.principal.is_empty() { DEFAULT_PRINCIPAL } else { saved.principal.as_str() };
-        let _ = engine.tables(principal);
+        let _ = engine.tables(saved.principal());
         let applied = {
             let mut entries = self.lock();
             let current = entries.get(key).ok_or_else(|| not_found(key))?;
             saved.generation = current.saved.generation + 1;
             saved.mode = current.saved.mode.clone();
-            let mut entry = Entry::new(saved.clone(), engine);
-            entry.mode = current.mode;
+            let entry = Entry::new(saved.clone(), engine);
             self.publish(key, &entry, kind, Vec::new(), String::new());
             let applied = Applied {
                 engine: entry.engine.clone(),
@@ -675,8 +686,8 @@ impl Store {
         let (previous, saved) = {
             let mut entries = self.lock();
             let e = entries.get_mut(key)?;
-            let previous = std::mem::replace(&mut e.mode, mode);
-            e.saved.mode = crate::mode_name(mode).to_owned();
+            let previous = e.mode();
+            e.saved.mode = mode.name().to_owned();
             e.saved.generation += 1;
             self.publish(key, e, "mode", Vec::new(), String::new());
             (previous, e.saved.clone())

@@ -107,6 +107,28 @@ pub struct Maps {
     pub lsm_stats: MapHandle,
 }
 
+impl Maps {
+    /// Handles of their own to a loaded object's maps (the object may go).
+    fn of(object: &libbpf_rs::Object) -> anyhow::Result<Maps> {
+        let handle = |name: &str| -> anyhow::Result<MapHandle> {
+            let map = object.maps().find(|m| m.name() == name).with_context(|| format!("no map {name}"))?;
+            MapHandle::try_from(&map).with_context(|| format!("a handle to map {name}"))
+        };
+        Ok(Maps {
+            sessions: handle("sessions")?,
+            net4: handle("net4")?,
+            net6: handle("net6")?,
+            ports: handle("ports")?,
+            events: handle("events")?,
+            dropped: handle("dropped")?,
+            files_lpm: handle("files_lpm")?,
+            files_exact: handle("files_exact")?,
+            files_default: handle("files_default")?,
+            lsm_stats: handle("lsm_stats")?,
+        })
+    }
+}
+
 /// The loaded programs: links (attached) and maps.
 #[derive(Debug)]
 pub struct Kernel {
@@ -132,17 +154,16 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
         .context("no cgroup2 mount (the sensor needs cgroup v2, alone or in hybrid mode)")
 }
 
-/// Makes tracepoints attachable: libbpf finds their ids in tracefs.
-fn ensure_tracefs() {
+/// Mounts `fstype` at `target` unless one is there already.
+fn ensure_mounted(fstype: &str, target: &str, why: &str) {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(" - tracefs ")))
+        .map(|m| m.lines().any(|l| l.contains(&format!(" {target} ")) && l.contains(&format!(" - {fstype} "))))
         .unwrap_or(false);
-    if !mounted {
-        let target = Path::new("/sys/kernel/tracing");
-        let r = nix::mount::mount(Some("tracefs"), target, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>);
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "cannot mount tracefs at /sys/kernel/tracing; tracepoints may not attach");
-        }
+    if !mounted
+        && let Err(e) =
+            nix::mount::mount(Some(fstype), target, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+    {
+        tracing::warn!(error = %e, "cannot mount {fstype} at {target}; {why}");
     }
 }
 
@@ -172,19 +193,6 @@ pub fn probe_lsm() -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure a BPF filesystem is mounted at /sys/fs/bpf.
-fn ensure_bpffs() {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")))
-        .unwrap_or(false);
-    if !mounted {
-        let r = nix::mount::mount(Some("bpf"), "/sys/fs/bpf", Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>);
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "cannot mount bpffs at /sys/fs/bpf; nothing will be pinned");
-        }
-    }
-}
-
 /// The maps that carry state across a restart (pinned and reused).
 const PINNED_MAPS: [&str; 5] = ["sessions", "net4", "net6", "ports", "dropped"];
 
@@ -201,8 +209,9 @@ pub fn map_pin(pins: &Path, name: &str) -> PathBuf {
 /// swaps the program of each pinned cgroup link atomically, so the network
 /// decisions never pause; the tracepoints are attached anew.
 pub fn load(cgroup: &Path, pins: &Path) -> anyhow::Result<Kernel> {
-    ensure_tracefs();
-    ensure_bpffs();
+    // libbpf finds tracepoint ids in tracefs; pins need bpffs.
+    ensure_mounted("tracefs", "/sys/kernel/tracing", "tracepoints may not attach");
+    ensure_mounted("bpf", "/sys/fs/bpf", "nothing will be pinned");
     std::fs::create_dir_all(cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
     let pinning = std::fs::create_dir_all(pins.join("maps")).and_then(|()| std::fs::create_dir_all(pins.join("links")));
     if let Err(e) = &pinning {
@@ -263,22 +272,7 @@ fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> 
         }
         links.push((name, link));
     }
-    let handle = |name: &str| -> anyhow::Result<MapHandle> {
-        let map = skel.object().maps().find(|m| m.name() == name).with_context(|| format!("no map {name}"))?;
-        MapHandle::try_from(&map).with_context(|| format!("a handle to map {name}"))
-    };
-    let maps = Maps {
-        sessions: handle("sessions")?,
-        net4: handle("net4")?,
-        net6: handle("net6")?,
-        ports: handle("ports")?,
-        events: handle("events")?,
-        dropped: handle("dropped")?,
-        files_lpm: handle("files_lpm")?,
-        files_exact: handle("files_exact")?,
-        files_default: handle("files_default")?,
-        lsm_stats: handle("lsm_stats")?,
-    };
+    let maps = Maps::of(skel.object())?;
     Ok(Kernel { links, maps, cgroup: cgroup.to_path_buf(), pins: pins.to_path_buf() })
 }
 
@@ -295,22 +289,7 @@ pub fn load_lsm() -> anyhow::Result<Kernel> {
             links.push((name.clone(), p.attach().with_context(|| format!("attaching {name}"))?));
         }
     }
-    let handle = |name: &str| -> anyhow::Result<MapHandle> {
-        let map = skel.object().maps().find(|m| m.name() == name).with_context(|| format!("no map {name}"))?;
-        MapHandle::try_from(&map).with_context(|| format!("a handle to map {name}"))
-    };
-    let maps = Maps {
-        sessions: handle("sessions")?,
-        net4: handle("net4")?,
-        net6: handle("net6")?,
-        ports: handle("ports")?,
-        events: handle("events")?,
-        dropped: handle("dropped")?,
-        files_lpm: handle("files_lpm")?,
-        files_exact: handle("files_exact")?,
-        files_default: handle("files_default")?,
-        lsm_stats: handle("lsm_stats")?,
-    };
+    let maps = Maps::of(skel.object())?;
     Ok(Kernel { links, maps, cgroup: PathBuf::new(), pins: PathBuf::new() })
 }
 

@@ -69,12 +69,7 @@ pub fn read_frame(mut r: impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
 
 /// Sends tables and mode to a holder.
 pub fn send_tables(w: &UnixStream, t: &Tables, mode: Mode) -> std::io::Result<()> {
-    let mode = match mode {
-        Mode::Record => "record",
-        Mode::Shadow => "shadow",
-        Mode::Enforce => "enforce",
-    };
-    write_frame(w, FRAME_TABLES, &leash_proto::tables::to_proto(t, mode).encode_to_vec())
+    write_frame(w, FRAME_TABLES, &leash_proto::tables::to_proto(t, mode.name()).encode_to_vec())
 }
 
 /// Tells a holder to stop.
@@ -274,13 +269,7 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
 }
 
 fn tables_of(payload: &[u8]) -> anyhow::Result<fan::Governed> {
-    let t = pb::DecisionTables::decode(payload)?;
-    let mode = match t.mode.as_str() {
-        "record" => Mode::Record,
-        "shadow" => Mode::Shadow,
-        _ => Mode::Enforce,
-    };
-    let tables = leash_proto::tables::from_proto(&t).map_err(|e| anyhow::anyhow!(e))?;
+    let (tables, mode) = crate::decode_tables(&pb::DecisionTables::decode(payload)?).map_err(|e| anyhow::anyhow!(e))?;
     Ok(fan::Governed { tables: Arc::new(tables), mode })
 }
 

@@ -108,12 +108,10 @@ struct Service {
     shared: Arc<Shared>,
 }
 
-fn mode_of(name: &str) -> Mode {
-    match name {
-        "record" => Mode::Record,
-        "shadow" => Mode::Shadow,
-        _ => Mode::Enforce,
-    }
+/// Tables and mode off the wire; an unknown mode is enforce (the safe side).
+pub fn decode_tables(t: &pb::DecisionTables) -> Result<(Tables, Mode), String> {
+    let mode = Mode::from_name(&t.mode).unwrap_or(Mode::Enforce);
+    Ok((leash_proto::tables::from_proto(t).map_err(|e| format!("malformed tables: {e}"))?, mode))
 }
 
 impl Shared {
@@ -235,8 +233,7 @@ impl Shared {
             .await
             .map_err(|s| format!("leash-policy: {}", s.message()))?
             .into_inner();
-        let mode = mode_of(&t.mode);
-        Ok((leash_proto::tables::from_proto(&t).map_err(|e| format!("malformed tables: {e}"))?, mode))
+        decode_tables(&t)
     }
 
     /// Writes a session's tables into the kernel under a fresh slot, then

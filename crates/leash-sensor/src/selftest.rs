@@ -197,6 +197,24 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
     Ok((caps, lines))
 }
 
+/// A sensor's shared state with nothing but a kernel (no sessions, no
+/// policy service), for the VM check.
+fn bare(kernel: crate::bpf::Kernel, caps: probe::Report) -> Arc<Shared> {
+    Arc::new(Shared {
+        kernel: Some(kernel),
+        caps,
+        sessions: Default::default(),
+        by_cgroup: Default::default(),
+        next_slot: std::sync::atomic::AtomicU32::new(1),
+        events: Default::default(),
+        dropped: Default::default(),
+        policy_socket: PathBuf::new(),
+        runtime_dir: std::env::temp_dir(),
+        state_dir: std::env::temp_dir(),
+        tables_lock: Default::default(),
+    })
+}
+
 /// The hidden flag for the VM check (`cargo xtask vmtest` runs it as the
 /// guest's test).
 pub const VM_CHECK_FLAG: &str = "--vm-check";
@@ -236,19 +254,7 @@ pub fn vm_check() -> ExitCode {
     for c in &caps.capabilities {
         say(&format!("capability {} = {} ({})", c.action, c.mechanism, c.reason));
     }
-    let shared = Arc::new(Shared {
-        kernel: Some(kernel),
-        caps,
-        sessions: Default::default(),
-        by_cgroup: Default::default(),
-        next_slot: std::sync::atomic::AtomicU32::new(1),
-        events: Default::default(),
-        dropped: Default::default(),
-        policy_socket: PathBuf::new(),
-        runtime_dir: std::env::temp_dir(),
-        state_dir: std::env::temp_dir(),
-        tables_lock: Default::default(),
-    });
+    let shared = bare(kernel, caps);
     for (label, without) in
         [("self-test", vec![]), ("negative control", vec!["fanotify".to_owned(), "cgroup-sock".to_owned()])]
     {
@@ -274,19 +280,7 @@ pub fn vm_check() -> ExitCode {
     match crate::bpf::load_lsm() {
         Ok(k) => {
             say(&format!("lsm programs: {} attached", k.links.len()));
-            let lsm_shared = Arc::new(Shared {
-                kernel: Some(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }),
-                caps: Default::default(),
-                sessions: Default::default(),
-                by_cgroup: Default::default(),
-                next_slot: std::sync::atomic::AtomicU32::new(1),
-                events: Default::default(),
-                dropped: Default::default(),
-                policy_socket: PathBuf::new(),
-                runtime_dir: std::env::temp_dir(),
-                state_dir: std::env::temp_dir(),
-                tables_lock: Default::default(),
-            });
+            let lsm_shared = bare(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }, Default::default());
             let outcome = run_with(&lsm_shared, &["fanotify".to_owned()], true);
             if let Some(k) = &lsm_shared.kernel {
                 say(&format!("lsm counters (decided, unresolved, exact, prefix, default): {:?}", k.maps.lsm_stats()));
