@@ -37,15 +37,34 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# A machine restored from a snapshot can carry pid files of daemons that no
+# longer run; dockerd refuses to start over its own stale pid file.
+clear_stale_pid() {
+  local file=$1 name=$2 pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file" 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]; then
+    return 0
+  fi
+  echo "setup.sh: removing stale $file (pid ${pid:-none} is not $name)"
+  rm -f "$file"
+}
+
 if ! docker info >/dev/null 2>&1; then
   echo "setup.sh: starting dockerd"
+  clear_stale_pid /var/run/docker.pid dockerd
+  clear_stale_pid /var/run/docker/containerd/containerd.pid containerd
   mkdir -p /var/log
   nohup dockerd >/var/log/dockerd.log 2>&1 &
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     sleep 0.5
   done
-  docker info >/dev/null 2>&1 || { echo "setup.sh: dockerd did not start; see /var/log/dockerd.log" >&2; exit 1; }
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup.sh: dockerd did not start; the end of /var/log/dockerd.log:" >&2
+    tail -n 20 /var/log/dockerd.log >&2 || true
+    exit 1
+  fi
 fi
 # Podman serves a Docker-compatible API on its own socket. Root here may
 # lack CAP_SYS_RESOURCE, so lower Podman's default ulimits once.
