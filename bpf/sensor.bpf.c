@@ -3,8 +3,8 @@
  *
  * Fallback tier (every kernel with cgroup BPF): cgroup sock_addr programs
  * decide connect() and sendmsg() from the session's address tables and a
- * sock_create program refuses ICMP sockets; a tracepoint reports execs
- * (opens and execs are decided by fanotify in user space).
+ * sock_create program refuses ICMP sockets; tracepoints report execs, forks
+ * and exits (opens and execs are decided by fanotify in user space).
  *
  * LSM tier (kernels that run BPF LSM): file_open, bprm_check_security and
  * socket_connect decide from the session's file and address tables in the
@@ -151,11 +151,14 @@ static __always_inline int ipv4_mapped(const __u8 addr[16])
 
 /* Decides a destination (IPv4 as IPv4-mapped IPv6 in `addr`) and reports
  * it, for the cgroup programs and the LSM hooks alike; true when refused.
- * Record mode, and a table that cannot decide, let it through. */
+ * Record mode lets it through, and so does a table that cannot decide
+ * (but for the guards). */
 static __always_inline int refuse_destination(struct leash_session *s, __u32 kind, const __u8 addr[16], int v4,
 					      __u16 port, __u32 type)
 {
-	__u32 verdict = (s->mode == LEASH_MODE_RECORD || s->evaluate) ? LEASH_VERDICT_ALLOW : decide(s, addr, v4, port);
+	__u32 verdict = s->mode == LEASH_MODE_RECORD ? LEASH_VERDICT_ALLOW : decide(s, addr, v4, port);
+	if (s->evaluate && !(verdict & LEASH_VERDICT_GUARD))
+		verdict = LEASH_VERDICT_ALLOW;
 	struct leash_event *e = reserve();
 	if (e) {
 		e->kind = kind;
@@ -264,6 +267,46 @@ int BPF_PROG(leash_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	e->mode = s->mode;
 	e->verdict = LEASH_VERDICT_ALLOW;
 	bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
+	submit(e);
+	return 0;
+}
+
+/* Process lineage: every new process (not thread) in a governed session. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(leash_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct leash_session *s = governed();
+	if (!s)
+		return 0;
+	if (child->tgid == parent->tgid)
+		return 0;
+	struct leash_event *e = reserve();
+	if (!e)
+		return 0;
+	e->kind = LEASH_EV_FORK;
+	e->mode = s->mode;
+	e->pid = child->tgid;
+	e->tid = child->pid;
+	e->ppid = parent->tgid;
+	submit(e);
+	return 0;
+}
+
+/* ... and its end, when the last thread of a governed process exits. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(leash_exit, struct task_struct *p)
+{
+	struct leash_session *s = governed();
+	if (!s)
+		return 0;
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0;
+	struct leash_event *e = reserve();
+	if (!e)
+		return 0;
+	e->kind = LEASH_EV_EXIT;
+	e->mode = s->mode;
+	e->flags = p->exit_code;
 	submit(e);
 	return 0;
 }

@@ -34,7 +34,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--bench",
             "reload",
         ])),
-        Some("sensor") => sensor(),
+        Some("sensor") => match args.get(1).map(String::as_str) {
+            None => sensor(false),
+            // The event pipeline alone (quick, while working on it).
+            Some("--events-only") => sensor(true),
+            Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only)"),
+        },
         Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor"),
         None => bail!("which benchmark? available: startup, session-start, policy, sensor"),
     }
@@ -332,7 +337,7 @@ fn describe(name: &str, (median, lo, hi): (f64, f64, f64), target: f64) -> Strin
     format!("  {name:<44} {median:.3}x  (95% CI {lo:.3}-{hi:.3})  {verdict}")
 }
 
-fn sensor() -> anyhow::Result<()> {
+fn sensor(events_only: bool) -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench sensor runs leashd, Docker and BPF programs and needs root");
     }
@@ -371,7 +376,7 @@ fn sensor() -> anyhow::Result<()> {
         micros(&out)
     };
     let mut host_ratios = Vec::new();
-    for _ in 0..SENSOR_RUNS / 2 {
+    for _ in 0..if events_only { 0 } else { SENSOR_RUNS / 2 } {
         let without = host_loop()?;
         start(&mut inst)?;
         let with = host_loop()?;
@@ -424,14 +429,15 @@ fn sensor() -> anyhow::Result<()> {
     };
     let open_loop = timed_loop(OPENS, ": < f");
     let exec_loop = timed_loop(EXECS, "/bin/true");
+    let runs = if events_only { 0 } else { SENSOR_RUNS };
     // Warm both.
-    for c in [governed.as_str(), plain] {
+    for c in [governed.as_str(), plain].into_iter().take(if events_only { 0 } else { 2 }) {
         exec_in(c, &open_loop)?;
         exec_in(c, &exec_loop)?;
     }
     let (mut open_ratios, mut exec_ratios) = (Vec::new(), Vec::new());
     let (mut open_abs, mut exec_abs) = (Vec::new(), Vec::new());
-    for run in 0..SENSOR_RUNS {
+    for run in 0..runs {
         // Alternate which goes first.
         let (a, b) = if run.is_multiple_of(2) { (governed.as_str(), plain) } else { (plain, governed.as_str()) };
         let (oa, ob) = (exec_in(a, &open_loop)?, exec_in(b, &open_loop)?);
@@ -517,23 +523,37 @@ fn sensor() -> anyhow::Result<()> {
     let _ = session.wait();
     inst.stop()?;
 
-    let per = |v: &[(f64, f64)]| {
-        let mut g: Vec<f64> = v.iter().map(|x| x.0).collect();
-        let mut p: Vec<f64> = v.iter().map(|x| x.1).collect();
-        g.sort_by(f64::total_cmp);
-        p.sort_by(f64::total_cmp);
-        (g[g.len() / 2], p[p.len() / 2])
-    };
-    let (og, op) = per(&open_abs);
-    let (eg, ep) = per(&exec_abs);
-    let (open, exec, host) = (ratio_summary(open_ratios), ratio_summary(exec_ratios), ratio_summary(host_ratios));
-    util::out(&format!(
-        "sensor (release, fallback tier, enforce mode, 1,000 rules; {SENSOR_RUNS} interleaved runs, paired ratios)"
-    ));
-    util::out(&describe(&format!("open/close x{OPENS} in the session ({og:.2} vs {op:.2} µs)"), open, 1.03));
-    util::out(&describe(&format!("exec x{EXECS} in the session ({eg:.0} vs {ep:.0} µs)"), exec, 1.05));
-    util::out(&describe("host open/close outside any session", host, 1.02));
     let unpaced = storms.last().cloned().unwrap_or(Value::Null);
+    let mut report = serde_json::json!({
+        "rules": 1000,
+        "events_sustained_per_s": sustained,
+        "event_storms": storms,
+        "sensor_status": dropped,
+    });
+    if !events_only {
+        let per = |v: &[(f64, f64)]| {
+            let mut g: Vec<f64> = v.iter().map(|x| x.0).collect();
+            let mut p: Vec<f64> = v.iter().map(|x| x.1).collect();
+            g.sort_by(f64::total_cmp);
+            p.sort_by(f64::total_cmp);
+            (g[g.len() / 2], p[p.len() / 2])
+        };
+        let (og, op) = per(&open_abs);
+        let (eg, ep) = per(&exec_abs);
+        let (open, exec, host) = (ratio_summary(open_ratios), ratio_summary(exec_ratios), ratio_summary(host_ratios));
+        util::out(&format!(
+            "sensor (release, fallback tier, enforce mode, 1,000 rules; {SENSOR_RUNS} interleaved runs, paired ratios)"
+        ));
+        util::out(&describe(&format!("open/close x{OPENS} in the session ({og:.2} vs {op:.2} µs)"), open, 1.03));
+        util::out(&describe(&format!("exec x{EXECS} in the session ({eg:.0} vs {ep:.0} µs)"), exec, 1.05));
+        util::out(&describe("host open/close outside any session", host, 1.02));
+        report["runs"] = SENSOR_RUNS.into();
+        report["open"] =
+            serde_json::json!({"ratio": open.0, "ci95": [open.1, open.2], "governed_us": og, "ungoverned_us": op});
+        report["exec"] =
+            serde_json::json!({"ratio": exec.0, "ci95": [exec.1, exec.2], "governed_us": eg, "ungoverned_us": ep});
+        report["host_open"] = serde_json::json!({"ratio": host.0, "ci95": [host.1, host.2]});
+    }
     util::out(&format!(
         "  events, kernel to leashd: sustained {sustained} events/s with none dropped (paced 3 s steps); \
          unpaced {} generated at {:.0}/s: {} delivered, {} dropped (counted)",
@@ -542,15 +562,5 @@ fn sensor() -> anyhow::Result<()> {
         unpaced["delivered"],
         unpaced["dropped"]
     ));
-    let report = serde_json::json!({
-        "runs": SENSOR_RUNS,
-        "rules": 1000,
-        "open": {"ratio": open.0, "ci95": [open.1, open.2], "governed_us": og, "ungoverned_us": op},
-        "exec": {"ratio": exec.0, "ci95": [exec.1, exec.2], "governed_us": eg, "ungoverned_us": ep},
-        "host_open": {"ratio": host.0, "ci95": [host.1, host.2]},
-        "events_sustained_per_s": sustained,
-        "event_storms": storms,
-        "sensor_status": dropped,
-    });
-    write_report("sensor", &report)
+    write_report(if events_only { "sensor-events" } else { "sensor" }, &report)
 }

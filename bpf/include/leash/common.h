@@ -20,10 +20,13 @@
 #define LEASH_EV_OPEN 3
 #define LEASH_EV_EXEC 4
 #define LEASH_EV_ICMP 5
+#define LEASH_EV_FORK 6  /* pid: the child; ppid: its parent */
+#define LEASH_EV_EXIT 7  /* flags: the exit code as wait() reports it */
 
 /* Verdict flags. */
 #define LEASH_VERDICT_ALLOW 1
 #define LEASH_VERDICT_PRESENT 2
+#define LEASH_VERDICT_GUARD 4  /* a guard of leash's own (local addresses, resolvers): decides even under `evaluate` */
 
 /* A governed session, by the cgroup id of its container. */
 struct leash_session {
@@ -31,7 +34,7 @@ struct leash_session {
 	__u32 mode;      /* LEASH_MODE_* */
 	__u32 default4;  /* LEASH_VERDICT_* | reason << 8: when nothing matches (IPv4) */
 	__u32 default6;  /* the same for IPv6 */
-	__u32 evaluate;  /* the table cannot decide: every connect is allowed and reported for user space */
+	__u32 evaluate;  /* the table cannot decide: every connect but the guards' is allowed and reported for user space */
 	__u32 generation;
 };
 

@@ -331,6 +331,7 @@ impl EventJson {
                 pb::EventKind::Policy => "policy",
                 pb::EventKind::Session => "session",
                 pb::EventKind::Daemon => "daemon",
+                pb::EventKind::Process => "process",
                 pb::EventKind::Unspecified => "unknown",
             },
             action: e.action.clone(),

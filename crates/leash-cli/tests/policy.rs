@@ -63,6 +63,7 @@ fn validate_and_check_through_the_daemons() {
         "Allow open files, read files, write files directory / [default-files]\n\
          Allow run processes directory / [default-exec]\n\
          Allow network connect any host [default-network]\n\
+         Allow network connect range 127.0.0.0/8, range ::1/128 [default-loopback]\n\
          Deny write files any file (with conditions) [protect-host]\n"
     );
     let out = stack.leashctl(&["policy", "show", "--sources"]);
@@ -115,7 +116,7 @@ fn the_default_policy_is_edited_live_persisted_and_reloaded_from_its_file() {
     // Runtime edits: add, then remove by id.
     let out = stack.leashctl(&["policy", "add", no_tmp]);
     assert!(out.status.success(), "{out:?}");
-    assert!(text(&out.stdout).contains("default policy (new sessions): 5 policies in force"), "{out:?}");
+    assert!(text(&out.stdout).contains("default policy (new sessions): 6 policies in force"), "{out:?}");
     assert_eq!(check("/tmp/x"), "deny FileOpen File::\"/tmp/x\" by no-tmp");
     let out = stack.leashctl(&["policy", "remove", "no-tmp"]);
     assert!(out.status.success(), "{out:?}");

@@ -23,6 +23,8 @@ pub enum EventKind {
     Session,
     /// A leash daemon's lifecycle.
     Daemon,
+    /// A process's lifecycle in a session (fork, exit).
+    Process,
 }
 
 /// Enforcement mode.

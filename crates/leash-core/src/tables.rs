@@ -31,6 +31,16 @@ pub struct Verdict {
     pub allow: bool,
     /// Index into [`Tables::reasons`].
     pub reason: u32,
+    /// One of the kernel's own network guards ([`NetGuards`]): it decides
+    /// even where the table otherwise leaves the decision to user space.
+    pub guard: bool,
+}
+
+impl Verdict {
+    /// A policy's verdict.
+    pub fn new(allow: bool, reason: u32) -> Verdict {
+        Verdict { allow, reason, guard: false }
+    }
 }
 
 /// What a lookup found.
@@ -155,7 +165,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_then_default() {
-        let v = |allow, reason| Verdict { allow, reason };
+        let v = Verdict::new;
         let mut t = PathTable { default: Some(v(true, 0)), ..Default::default() };
         t.prefixes.insert("/tmp/".into(), v(false, 1));
         t.prefixes.insert("/tmp/ok/".into(), v(true, 2));
@@ -208,18 +218,108 @@ pub fn in_range(addr: std::net::IpAddr, prefix: u8, ip: std::net::IpAddr) -> boo
 impl NetTable {
     /// Looks a destination up (an IPv4-mapped address must be given as IPv4).
     pub fn lookup(&self, ip: std::net::IpAddr, port: u16) -> Lookup {
+        let found = self.exact_port.get(&(ip, port)).or_else(|| self.exact.get(&ip)).copied().or_else(|| {
+            let smallest = self.ranges.iter().filter(|(a, p, _)| in_range(*a, *p, ip)).max_by_key(|(_, p, _)| *p);
+            smallest.map(|(_, _, v)| *v)
+        });
         if self.evaluate_all {
-            return Lookup::Evaluate;
+            // Only the kernel's guards decide what user space evaluates.
+            return match found {
+                Some(v) if v.guard => Lookup::Final(v),
+                _ => Lookup::Evaluate,
+            };
         }
-        if let Some(v) = self.exact_port.get(&(ip, port)).or_else(|| self.exact.get(&ip)) {
-            return Lookup::Final(*v);
-        }
-        let smallest = self.ranges.iter().filter(|(a, p, _)| in_range(*a, *p, ip)).max_by_key(|(_, p, _)| *p);
-        if let Some((_, _, v)) = smallest {
-            return Lookup::Final(*v);
+        if let Some(v) = found {
+            return Lookup::Final(v);
         }
         let default = if ip.is_ipv4() { self.default_v4 } else { self.default_v6 };
         default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+    }
+}
+
+/// Destinations the kernel decides itself, beside the policy: a broad
+/// permit (`Host::"*"`, `0.0.0.0/0`) does not open them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetGuards {
+    /// Refused unless the policy names the range itself or something
+    /// inside it (loopback, link-local, the host's own addresses).
+    pub refused: Vec<(std::net::IpAddr, u8)>,
+    /// The session's DNS resolvers: port 53 allowed unless the policy names
+    /// the resolver's address.
+    pub resolvers: Vec<std::net::IpAddr>,
+}
+
+/// The reason a guard gives, as the events show it.
+pub const GUARD_LOCAL: &str = "leash:local-address";
+/// See [`GUARD_LOCAL`].
+pub const GUARD_DNS: &str = "leash:dns-resolver";
+
+impl NetGuards {
+    /// Loopback and link-local (IPv4 and IPv6), and `host`'s addresses.
+    pub fn standard(host: &[std::net::IpAddr], resolvers: &[std::net::IpAddr]) -> NetGuards {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let mut refused = vec![
+            (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+            (IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+            (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10),
+        ];
+        for ip in host {
+            let ip = normalize_ip(*ip);
+            if !refused.iter().any(|(a, p)| in_range(*a, *p, ip)) {
+                refused.push((ip, if ip.is_ipv4() { 32 } else { 128 }));
+            }
+        }
+        NetGuards { refused, resolvers: resolvers.iter().map(|r| normalize_ip(*r)).collect() }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn normalize_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Tables {
+    /// Adds the kernel's network guards to the address table: each refused
+    /// range is denied unless the policy has an entry for that very range
+    /// (entries inside it are more specific and still decide), and each
+    /// resolver's port 53 is allowed unless the policy names that address.
+    pub fn guard_net(&mut self, g: &NetGuards) {
+        let mut reason = |name: &str| {
+            let set = vec![name.to_owned()];
+            match self.reasons.iter().position(|r| *r == set) {
+                Some(i) => i as u32,
+                None => {
+                    self.reasons.push(set);
+                    (self.reasons.len() - 1) as u32
+                }
+            }
+        };
+        let local = Verdict { allow: false, reason: reason(GUARD_LOCAL), guard: true };
+        let dns = Verdict { allow: true, reason: reason(GUARD_DNS), guard: true };
+        let t = &mut self.net;
+        for (addr, prefix) in &g.refused {
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            let named = t.ranges.iter().any(|(a, p, _)| a == addr && p == prefix)
+                || (*prefix == full && t.exact.contains_key(addr));
+            if named {
+                continue;
+            }
+            if *prefix == full {
+                t.exact.insert(*addr, local);
+            } else {
+                t.ranges.push((*addr, *prefix, local));
+            }
+        }
+        for r in &g.resolvers {
+            let named = t.exact.get(r).is_some_and(|v| !v.guard) || t.exact_port.contains_key(&(*r, 53));
+            if !named {
+                t.exact_port.insert((*r, 53), dns);
+            }
+        }
     }
 }
 
@@ -271,7 +371,7 @@ mod host_tests {
 
     #[test]
     fn exact_then_longest_wildcard_then_default() {
-        let v = |allow, reason| Verdict { allow, reason };
+        let v = Verdict::new;
         let mut t = HostTable { default: Some(v(false, 0)), ..Default::default() };
         t.wildcards.insert("example.com".into(), v(true, 1));
         t.wildcards.insert("com".into(), v(false, 2));
@@ -283,5 +383,82 @@ mod host_tests {
         assert_eq!(t.lookup("example.com", Some(443)), Lookup::Final(v(false, 2)), "the apex is not in *.example.com");
         assert_eq!(t.lookup("badexample.com", Some(443)), Lookup::Final(v(false, 2)));
         assert_eq!(t.lookup("localhost", None), Lookup::Final(v(false, 0)));
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn allowed(t: &Tables, addr: &str, port: u16) -> (bool, Vec<String>) {
+        match t.net.lookup(ip(addr), port) {
+            Lookup::Final(v) => (v.allow, t.reasons[v.reason as usize].clone()),
+            Lookup::Evaluate => panic!("{addr}:{port} left to user space"),
+        }
+    }
+
+    #[test]
+    fn a_broad_permit_does_not_open_local_addresses() {
+        let mut t = Tables { reasons: vec![vec!["permit-all".into()]], ..Default::default() };
+        t.net.default_v4 = Some(Verdict::new(true, 0));
+        t.net.default_v6 = Some(Verdict::new(true, 0));
+        t.net.ranges.push((ip("0.0.0.0"), 0, Verdict::new(true, 0)));
+        t.guard_net(&NetGuards::standard(&[ip("172.17.0.1"), ip("::ffff:10.0.0.5"), ip("127.0.0.1")], &[]));
+        for (a, p) in [("127.0.0.1", 80), ("127.1.2.3", 3000), ("169.254.169.254", 80), ("::1", 22)] {
+            assert_eq!(allowed(&t, a, p), (false, vec![GUARD_LOCAL.to_owned()]), "{a}");
+        }
+        assert!(!allowed(&t, "fe80::1", 22).0);
+        assert!(!allowed(&t, "172.17.0.1", 18080).0, "the host's own address");
+        assert!(!allowed(&t, "10.0.0.5", 22).0, "an IPv4-mapped host address, as IPv4");
+        assert_eq!(allowed(&t, "172.17.0.2", 80), (true, vec!["permit-all".to_owned()]));
+        assert!(allowed(&t, "1.1.1.1", 443).0);
+        // Applying twice adds no second reason.
+        let reasons = t.reasons.len();
+        t.guard_net(&NetGuards::standard(&[], &[]));
+        assert_eq!(t.reasons.len(), reasons);
+    }
+
+    #[test]
+    fn a_policy_that_names_a_local_address_decides_it() {
+        let mut t = Tables { reasons: vec![vec!["p".into()], vec!["f".into()]], ..Default::default() };
+        t.net.default_v4 = Some(Verdict::new(true, 0));
+        t.net.ranges.push((ip("127.0.0.0"), 8, Verdict::new(true, 0)));
+        t.net.exact.insert(ip("169.254.169.254"), Verdict::new(true, 0));
+        t.net.exact_port.insert((ip("169.254.1.1"), 80), Verdict::new(true, 0));
+        t.net.exact.insert(ip("172.17.0.1"), Verdict::new(false, 1));
+        t.guard_net(&NetGuards::standard(&[ip("172.17.0.1")], &[]));
+        assert!(allowed(&t, "127.0.0.1", 3000).0, "the range itself is named");
+        assert!(allowed(&t, "169.254.169.254", 80).0, "an address inside the guarded range");
+        assert!(allowed(&t, "169.254.1.1", 80).0);
+        assert!(!allowed(&t, "169.254.1.1", 81).0);
+        assert_eq!(allowed(&t, "172.17.0.1", 1), (false, vec!["f".to_owned()]), "the policy's own forbid");
+    }
+
+    #[test]
+    fn resolvers_answer_on_port_53_unless_the_policy_names_them() {
+        let mut t = Tables { reasons: vec![vec!["deny-all".into()], vec!["no-dns".into()]], ..Default::default() };
+        t.net.default_v4 = Some(Verdict::new(false, 0));
+        t.net.exact.insert(ip("8.8.4.4"), Verdict::new(false, 1));
+        t.guard_net(&NetGuards::standard(&[], &[ip("127.0.0.11"), ip("8.8.8.8"), ip("8.8.4.4")]));
+        assert_eq!(allowed(&t, "127.0.0.11", 53), (true, vec![GUARD_DNS.to_owned()]), "Docker's embedded DNS");
+        assert!(!allowed(&t, "127.0.0.11", 80).0);
+        assert!(allowed(&t, "8.8.8.8", 53).0);
+        assert!(!allowed(&t, "8.8.8.8", 443).0);
+        assert_eq!(allowed(&t, "8.8.4.4", 53), (false, vec!["no-dns".to_owned()]));
+    }
+
+    #[test]
+    fn guards_decide_even_when_the_table_evaluates() {
+        let mut t = Tables::default();
+        t.net.evaluate_all = true;
+        t.guard_net(&NetGuards::standard(&[], &[ip("10.0.0.2")]));
+        assert!(matches!(t.net.lookup(ip("127.0.0.1"), 80), Lookup::Final(v) if !v.allow));
+        assert!(matches!(t.net.lookup(ip("10.0.0.2"), 53), Lookup::Final(v) if v.allow));
+        assert_eq!(t.net.lookup(ip("1.1.1.1"), 443), Lookup::Evaluate);
     }
 }

@@ -78,7 +78,7 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
             reasons.push(d.reasons.clone());
             next
         });
-        Verdict { allow: d.allow, reason: id }
+        Verdict::new(d.allow, id)
     };
     let mut files = BTreeMap::new();
     for action in FileAction::ALL {

@@ -122,6 +122,7 @@ mod tests {
             got,
             [
                 "Allow network connect any host [default-network]",
+                "Allow network connect range 127.0.0.0/8, range ::1/128 [default-loopback]",
                 "Allow open files, read files, write files directory / [default-files]",
                 "Allow run processes directory / [default-exec]",
             ]

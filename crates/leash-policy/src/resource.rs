@@ -79,13 +79,7 @@ impl IpRange {
     }
 }
 
-/// IPv4-mapped IPv6 addresses become IPv4.
-pub fn normalize_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
+pub use leash_core::tables::normalize_ip;
 
 impl Host {
     /// Parses `name`, `name:port`, `1.2.3.4[:port]`, `[v6][:port]` or a bare IPv6.

@@ -12,7 +12,7 @@ fn verdict(v: Verdict) -> pb::Verdict {
 }
 
 fn from_verdict(v: &pb::Verdict) -> Verdict {
-    Verdict { allow: v.allow, reason: v.reason }
+    Verdict::new(v.allow, v.reason)
 }
 
 fn entry(path: &str, v: Verdict) -> pb::PathEntry {
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let v = |allow, reason| Verdict { allow, reason };
+        let v = Verdict::new;
         let mut t = Tables { generation: 9, ..Default::default() };
         let mut p = PathTable { default: Some(v(true, 0)), evaluate_all: false, ..Default::default() };
         p.exact.insert("/a/x".into(), v(false, 1));

@@ -27,10 +27,16 @@ pub mod skel {
 pub const VERDICT_ALLOW: u32 = 1;
 /// Verdict flag: a table entry (or default) decided.
 pub const VERDICT_PRESENT: u32 = 2;
+/// Verdict flag: one of the kernel's own network guards (it decides even
+/// where the table leaves the rest to user space).
+pub const VERDICT_GUARD: u32 = 4;
 
 /// A verdict as the kernel stores it.
 pub fn encode(v: Verdict) -> u32 {
-    (if v.allow { VERDICT_ALLOW } else { 0 }) | VERDICT_PRESENT | (v.reason << 8)
+    (if v.allow { VERDICT_ALLOW } else { 0 })
+        | (if v.guard { VERDICT_GUARD } else { 0 })
+        | VERDICT_PRESENT
+        | (v.reason << 8)
 }
 
 /// The verdict in a kernel word: (allowed, reason set), or None when no
@@ -557,9 +563,9 @@ mod tests {
 
     #[test]
     fn verdicts_round_trip() {
-        let v = Verdict { allow: true, reason: 7 };
+        let v = Verdict::new(true, 7);
         assert_eq!(decode(encode(v)), (true, Some(7)));
-        assert_eq!(decode(encode(Verdict { allow: false, reason: 0 })), (false, Some(0)));
+        assert_eq!(decode(encode(Verdict::new(false, 0))), (false, Some(0)));
         assert_eq!(decode(VERDICT_ALLOW), (true, None));
         assert_eq!(decode(default_verdict(None)), (false, Some(0)));
     }

@@ -16,6 +16,10 @@ pub const KIND_OPEN: u32 = 3;
 pub const KIND_EXEC: u32 = 4;
 /// An ICMP socket (`ping`), refused in enforce mode.
 pub const KIND_ICMP: u32 = 5;
+/// A new process (`pid`) and its parent (`ppid`).
+pub const KIND_FORK: u32 = 6;
+/// A process's end; `flags` is its exit code as `wait()` reports it.
+pub const KIND_EXIT: u32 = 7;
 
 /// One kernel event.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -472,10 +472,11 @@ pub fn executable(pid: u32) -> String {
 
 /// A decision as an event.
 pub fn to_event(d: FileDecision) -> Event {
-    let pid = std::fs::read_to_string(format!("/proc/{}/status", d.tid))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().parse().unwrap_or(d.tid))))
-        .unwrap_or(d.tid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.tid)).unwrap_or_default();
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u32>().ok()));
+    let pid = field("Tgid:").unwrap_or(d.tid);
+    let ppid = field("PPid:");
     let mut e = Event::daemon(action_name(d.action), "", pid);
     e.kind = if d.action == FileAction::Exec { EventKind::Exec } else { EventKind::File };
     e.resource = d.path;
@@ -485,8 +486,12 @@ pub fn to_event(d: FileDecision) -> Event {
     e.decision = Some(if d.allow || d.mode != Mode::Enforce { Decision::Allow } else { Decision::Deny });
     e.would_deny = d.would_deny;
     e.policy_ids = d.reasons;
-    e.with("tid", d.tid.to_string())
-        .with("mechanism", "fanotify")
+    let e = e.with("tid", d.tid.to_string());
+    let e = match ppid {
+        Some(p) => e.with("ppid", p.to_string()),
+        None => e,
+    };
+    e.with("mechanism", "fanotify")
         .with("path_source", "kernel-resolved (the opened file)")
         .with("open_flags", if d.flags_known { "from the open call" } else { "unknown: decided as a write" })
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use leash_core::tables::Tables;
+use leash_core::tables::{NetGuards, Tables};
 use leash_core::{Component, Event, Mode};
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
@@ -33,6 +33,7 @@ use leash_daemon::process::Ctx;
 use leash_proto::v1 as pb;
 use leash_proto::v1::sensor_server::{Sensor, SensorServer};
 use leash_proto::v1::{ComponentReport, SensorStatusRequest, ShutdownRequest, ShutdownResponse};
+use std::net::IpAddr;
 use tonic::service::RoutesBuilder;
 use tonic::{Request, Response, Status};
 
@@ -57,9 +58,24 @@ struct Session {
     governed: Arc<RwLock<fan::Governed>>,
     generation: u64,
     holder: Arc<Mutex<HolderLink>>,
+    resolvers: Vec<IpAddr>,
     /// Frozen until its tables are applied (taken back after a restart
     /// that lost its kernel state or its decider).
     thaw_on_refresh: bool,
+}
+
+impl Session {
+    /// What to save of it, with its decider's pid.
+    fn saved(&self, session: &str, holder: u32) -> Saved {
+        Saved {
+            session: session.to_owned(),
+            pid: self.pid,
+            cgroup: self.rel.clone(),
+            cgroup_id: self.cgroup_id,
+            holder,
+            resolvers: self.resolvers.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -76,6 +92,9 @@ struct Saved {
     cgroup: String,
     cgroup_id: u64,
     holder: u32,
+    /// The container's DNS resolvers, read before its first instruction.
+    #[serde(default)]
+    resolvers: Vec<IpAddr>,
 }
 
 /// What the ring-buffer reader needs to name a session and its reasons.
@@ -170,10 +189,10 @@ impl Shared {
             let found = {
                 let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
                 sessions.get(&session).map(|s| {
-                    (s.holder.clone(), s.governed.clone(), s.cgroup_dir.clone(), s.rel.clone(), s.pid, s.cgroup_id)
+                    (s.holder.clone(), s.governed.clone(), s.cgroup_dir.clone(), s.rel.clone(), s.saved(&session, 0))
                 })
             };
-            let Some((link, governed, cgroup_dir, rel, pid, cgroup_id)) = found else { return };
+            let Some((link, governed, cgroup_dir, rel, saved)) = found else { return };
             let mut l = link.lock().unwrap_or_else(|p| p.into_inner());
             if l.stopping || !cgroup_dir.exists() {
                 return;
@@ -200,7 +219,7 @@ impl Shared {
                     if frozen.is_ok() {
                         let _ = holder::freeze(&cgroup_dir, false);
                     }
-                    self.save(&Saved { session: session.clone(), pid, cgroup: rel, cgroup_id, holder: new_pid });
+                    self.save(&Saved { holder: new_pid, ..saved });
                     tracing::warn!(session_id = %session, dead, new_pid, "the session's file decider died; replaced");
                     let mut e = Event::daemon("sensor.decider.restart", "leash-sensor", new_pid)
                         .with("previous", dead.to_string())
@@ -225,7 +244,8 @@ impl Shared {
             .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES))
     }
 
-    async fn tables(&self, session: &str) -> Result<(Tables, Mode), String> {
+    /// The session's tables with the kernel's network guards added.
+    async fn tables(&self, session: &str, resolvers: &[IpAddr]) -> Result<(Tables, Mode), String> {
         let t = self
             .policy()
             .await?
@@ -233,7 +253,9 @@ impl Shared {
             .await
             .map_err(|s| format!("leash-policy: {}", s.message()))?
             .into_inner();
-        decode_tables(&t)
+        let (mut tables, mode) = decode_tables(&t)?;
+        tables.guard_net(&NetGuards::standard(&host_addresses(), resolvers));
+        Ok((tables, mode))
     }
 
     /// Writes a session's tables into the kernel under a fresh slot, then
@@ -275,11 +297,16 @@ impl Shared {
 
     /// One attempt; true when applied (or nothing left to apply).
     async fn refresh_once(&self, session: &str) -> bool {
-        let Some(cgroup_id) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| s.cgroup_id)
-        else {
+        let found = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(session)
+            .map(|s| (s.cgroup_id, s.resolvers.clone()));
+        let Some((cgroup_id, resolvers)) = found else {
             return true;
         };
-        let (tables, mode) = match self.tables(session).await {
+        let (tables, mode) = match self.tables(session, &resolvers).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(session_id = %session, error = %e, "cannot load the session's new tables; the previous stay, retrying");
@@ -330,11 +357,10 @@ impl Shared {
         }
     }
 
-    /// A kernel event as a leash event.
     /// A kernel event on the wire (built directly: this is the hot path).
-    /// `executables` caches each process's executable (an exec drops the
-    /// entry; the cache is bounded).
-    fn kernel_event(&self, raw: &event::RawEvent, executables: &mut HashMap<u32, String>) -> Option<pb::Event> {
+    /// `procs` is the lineage the kernel reported (forks, execs, exits) for
+    /// naming each process's executable without asking /proc again.
+    fn kernel_event(&self, raw: &event::RawEvent, procs: &mut Lineage) -> Option<pb::Event> {
         let (session, reasons) = {
             let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
             let k = known.get(&raw.cgroup_id)?;
@@ -344,6 +370,7 @@ impl Shared {
             };
             (k.session.clone(), reasons.unwrap_or_default())
         };
+        let executable = procs.executable(raw);
         let (kind, action, resource) = match raw.kind {
             event::KIND_CONNECT | event::KIND_SENDMSG => {
                 let resource = match raw.addr? {
@@ -354,6 +381,8 @@ impl Shared {
             }
             event::KIND_EXEC => (pb::EventKind::Exec, "ProcessExec", raw.path.clone()),
             event::KIND_ICMP => (pb::EventKind::Connect, "NetworkConnect", "ICMP socket (ping)".to_owned()),
+            event::KIND_FORK => (pb::EventKind::Process, "process.fork", executable.clone()),
+            event::KIND_EXIT => (pb::EventKind::Process, "process.exit", executable.clone()),
             _ => return None,
         };
         let mode = match raw.mode {
@@ -362,28 +391,31 @@ impl Shared {
             _ => pb::Mode::Enforce,
         };
         let allow = bpf::decode(raw.verdict).0;
-        let observed = raw.kind == event::KIND_EXEC;
-        if observed || executables.len() > 8192 {
-            executables.remove(&raw.pid);
-            if executables.len() > 8192 {
-                executables.clear();
-            }
-        }
-        let executable = executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone();
+        let lifecycle = matches!(raw.kind, event::KIND_FORK | event::KIND_EXIT);
+        let observed = raw.kind == event::KIND_EXEC || lifecycle;
         let (mechanism, syscall) = match raw.kind {
             event::KIND_EXEC => ("tracepoint (observed; execs are decided by fanotify)", None),
+            event::KIND_FORK | event::KIND_EXIT => ("tracepoint (observed)", None),
             event::KIND_SENDMSG => ("cgroup-sock", Some("sendmsg")),
             event::KIND_ICMP => ("cgroup-sock (socket creation)", Some("socket")),
             _ => ("cgroup-sock", Some("connect")),
         };
-        let mut details: HashMap<String, String> = HashMap::with_capacity(6);
+        let mut details: HashMap<String, String> = HashMap::with_capacity(7);
         details.insert("tid".into(), raw.tid.to_string());
         details.insert("ppid".into(), raw.ppid.to_string());
-        details.insert("uid".into(), raw.uid.to_string());
-        details.insert("comm".into(), raw.comm.clone());
         details.insert("mechanism".into(), mechanism.into());
         if let Some(s) = syscall {
             details.insert("syscall".into(), s.into());
+        }
+        if raw.kind == event::KIND_EXIT {
+            // As wait() reports it: a signal in the low 7 bits, else the status.
+            match raw.flags & 0x7f {
+                0 => details.insert("exit_code".into(), ((raw.flags >> 8) & 0xff).to_string()),
+                signal => details.insert("signal".into(), signal.to_string()),
+            };
+        } else {
+            details.insert("uid".into(), raw.uid.to_string());
+            details.insert("comm".into(), raw.comm.clone());
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Some(pb::Event {
@@ -396,7 +428,9 @@ impl Shared {
             action: action.to_owned(),
             resource,
             mode: mode as i32,
-            decision: if !allow && mode == pb::Mode::Enforce && !observed {
+            decision: if lifecycle {
+                pb::Decision::Unspecified
+            } else if !allow && mode == pb::Mode::Enforce && !observed {
                 pb::Decision::Deny
             } else {
                 pb::Decision::Allow
@@ -406,6 +440,69 @@ impl Shared {
             details,
         })
     }
+}
+
+/// The processes of governed sessions and their executables, as the
+/// kernel's fork, exec and exit events report them (bounded: a process
+/// missed is looked up in /proc).
+#[derive(Default)]
+struct Lineage {
+    executables: HashMap<u32, String>,
+}
+
+impl Lineage {
+    const MAX: usize = 16_384;
+
+    /// The executable of the event's process, updating the lineage.
+    fn executable(&mut self, raw: &event::RawEvent) -> String {
+        if self.executables.len() >= Self::MAX {
+            self.executables.clear();
+        }
+        match raw.kind {
+            // A child runs its parent's executable until it execs.
+            event::KIND_FORK => {
+                let exe = match self.executables.get(&raw.ppid) {
+                    Some(e) => e.clone(),
+                    None => fan::executable(raw.pid),
+                };
+                self.executables.insert(raw.pid, exe.clone());
+                exe
+            }
+            event::KIND_EXIT => self.executables.remove(&raw.pid).unwrap_or_default(),
+            event::KIND_EXEC => {
+                let exe = fan::executable(raw.pid);
+                self.executables.insert(raw.pid, exe.clone());
+                exe
+            }
+            _ => self.executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone(),
+        }
+    }
+}
+
+/// The host's own addresses (every interface's): a session reaches them
+/// only where its policy names them.
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    interfaces
+        .filter_map(|i| {
+            let a = i.address?;
+            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
+
+/// The `nameserver`s of the container's /etc/resolv.conf.
+fn resolvers_of(pid: u32) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
+    parse_resolvers(&text)
+}
+
+fn parse_resolvers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
 }
 
 fn capability_to_proto(c: &probe::Capability) -> pb::Capability {
@@ -491,7 +588,9 @@ impl Sensor for Service {
                 attached.display()
             )));
         }
-        let (tables, mode) = s.tables(&req.session).await.map_err(Status::unavailable)?;
+        // Read before the session's first instruction: nothing of the agent's yet.
+        let resolvers = resolvers_of(req.pid);
+        let (tables, mode) = s.tables(&req.session, &resolvers).await.map_err(Status::unavailable)?;
         let generation = tables.generation;
         let tables = Arc::new(tables);
         let (slot, written) = s.apply(cgroup_id, &tables, mode).map_err(Status::internal)?;
@@ -529,22 +628,21 @@ impl Sensor for Service {
             .unwrap_or_else(|p| p.into_inner())
             .insert(cgroup_id, Known { session: req.session.clone(), governed: governed.clone() });
         let link = HolderLink { pid: holder_pid, control, group, stopping: false };
-        s.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            req.session.clone(),
-            Session {
-                cgroup_id,
-                cgroup_dir,
-                rel: rel.clone(),
-                pid: req.pid,
-                slot,
-                written,
-                governed,
-                generation,
-                holder: Arc::new(Mutex::new(link)),
-                thaw_on_refresh: false,
-            },
-        );
-        s.save(&Saved { session: req.session.clone(), pid: req.pid, cgroup: rel, cgroup_id, holder: holder_pid });
+        let session = Session {
+            cgroup_id,
+            cgroup_dir,
+            rel: rel.clone(),
+            pid: req.pid,
+            slot,
+            written,
+            governed,
+            generation,
+            holder: Arc::new(Mutex::new(link)),
+            resolvers: resolvers.clone(),
+            thaw_on_refresh: false,
+        };
+        s.save(&session.saved(&req.session, holder_pid));
+        s.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(req.session.clone(), session);
         let (sup, id) = (s.clone(), req.session.clone());
         std::thread::Builder::new()
             .name("holder-events".into())
@@ -645,10 +743,10 @@ fn read_ring(shared: Arc<Shared>) {
     let Some(kernel) = shared.kernel.as_ref() else { return };
     let reader = shared.clone();
     let mut builder = libbpf_rs::RingBufferBuilder::new();
-    let mut executables = HashMap::new();
+    let mut procs = Lineage::default();
     let added = builder.add(&kernel.maps.events, move |data: &[u8]| {
         if let Some(raw) = event::RawEvent::parse(data)
-            && let Some(e) = reader.kernel_event(&raw, &mut executables)
+            && let Some(e) = reader.kernel_event(&raw, &mut procs)
         {
             reader.publish_proto(e);
         }
@@ -782,6 +880,7 @@ fn restore(shared: &Arc<Shared>) {
                 governed,
                 generation: 0,
                 holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
+                resolvers: saved.resolvers.clone(),
                 thaw_on_refresh,
             },
         );
@@ -840,4 +939,17 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir(&k.cgroup);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_are_the_nameserver_lines() {
+        let text = "# generated\nsearch example.com\nnameserver 127.0.0.11\nnameserver fe80::1%eth0\n nameserver 8.8.8.8 \nnameserver bogus\noptions ndots:0\n";
+        let want: Vec<IpAddr> =
+            vec!["127.0.0.11".parse().unwrap(), "fe80::1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+        assert_eq!(parse_resolvers(text), want);
+    }
 }

@@ -25,8 +25,8 @@ pub const CHILD_FLAG: &str = "--self-test-child";
 const FORBIDDEN_DESTINATION: &str = "192.0.2.1:9";
 
 fn fixed_tables(dir: &Path) -> Tables {
-    let allow = Verdict { allow: true, reason: 0 };
-    let deny = Verdict { allow: false, reason: 1 };
+    let allow = Verdict::new(true, 0);
+    let deny = Verdict::new(false, 1);
     let mut files = BTreeMap::new();
     for action in FileAction::ALL {
         let mut t = PathTable { default: Some(allow), ..Default::default() };

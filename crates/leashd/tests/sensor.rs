@@ -86,7 +86,17 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
             "@id(\"no-v6\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"[2001:db8::7]:80\");",
         ],
     );
-    let script = "\
+    let gateway = text(
+        &std::process::Command::new("docker")
+            .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let script = format!(
+        "\
         cat secret/key; echo read-secret=$?; \
         cat open/sibling; echo read-sibling=$?; \
         echo x >> ro/file; echo write-ro=$?; \
@@ -97,9 +107,15 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
         nc -w 1 127.0.0.1 9; echo connect-local=$?; \
         nc -w 1 2001:db8::7 80; echo connect-v6=$?; \
         nc -w 1 2001:db8::8 80; echo connect-v6-other=$?; \
-        nc -w 1 ::ffff:10.99.1.1 80; echo connect-mapped=$?";
+        nc -w 1 ::ffff:10.99.1.1 80; echo connect-mapped=$?; \
+        nc -w 1 169.254.169.254 80; echo connect-metadata=$?; \
+        nc -w 1 {gateway} 18080; echo connect-host=$?; \
+        sed -n 's/^nameserver //p' /etc/resolv.conf | head -n 1 > resolver; \
+        ./leash-storm connect 1 $(cat resolver):53 > dns; echo dns=$(cut -d' ' -f3 dns); \
+        sh -c 'exit 3'; echo child=$?"
+    );
     let out = stack
-        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
         .output()
         .unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -128,7 +144,17 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
         "v6 and mapped v4 refused: {stderr}"
     );
     assert!(stderr.contains("Cannot assign requested address") || stderr.contains("unreachable"), "{stderr}");
-    assert!(!stderr.contains("127.0.0.1): Operation not permitted"), "{stderr}");
+    // The kernel's guards: a permit on every resource does not open the
+    // container's loopback, link-local (the cloud metadata address) or the
+    // host's own addresses; the container's resolver answers on port 53.
+    for (what, ip) in
+        [("connect-local", "127.0.0.1"), ("connect-metadata", "169.254.169.254"), ("connect-host", &gateway)]
+    {
+        assert_ne!(result(what), "0", "{stdout}\n{stderr}");
+        assert!(stderr.contains(&format!("{ip}): Operation not permitted")), "{what}: {stderr}");
+    }
+    assert_eq!(result("dns"), "0", "{stdout}\n{stderr}");
+    assert_eq!(result("child"), "3", "{stdout}\n{stderr}");
     assert!(out.status.success(), "{out:?}");
 
     // Every refusal is an event naming the session, the process and the resource.
@@ -152,8 +178,39 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
     let out = stack.leashctl(&["events", "--json", "--action", "NetworkConnect", "--decision", "deny"]);
     let filtered: Vec<serde_json::Value> =
         text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(filtered.len(), 3, "{filtered:?}");
+    assert_eq!(filtered.len(), 6, "{filtered:?}");
     assert!(filtered.iter().all(|e| e["action"] == "NetworkConnect" && e["decision"] == "deny"));
+    for resource in ["127.0.0.1:9", "169.254.169.254:80", &format!("{gateway}:18080")] {
+        let e = denied("NetworkConnect", resource).unwrap_or_else(|| panic!("{resource}: {filtered:?}"));
+        assert_eq!(e["policy_ids"], serde_json::json!(["leash:local-address"]), "{e}");
+    }
+    let resolver = std::fs::read_to_string(stack.project().join("resolver")).unwrap();
+    let dns = events
+        .iter()
+        .find(|e| e["resource"] == format!("{}:53", resolver.trim()) && e["decision"] == "allow")
+        .unwrap_or_else(|| panic!("the DNS datagram's event (resolver {resolver})"));
+    assert_eq!(dns["policy_ids"], serde_json::json!(["leash:dns-resolver"]), "{dns}");
+
+    // Lineage: every process of the session is a fork event naming its
+    // parent, and an exit event with its status.
+    let exit = events
+        .iter()
+        .find(|e| e["action"] == "process.exit" && e["details"]["exit_code"] == "3")
+        .expect("the child's exit");
+    let child = exit["pid"].as_u64().unwrap();
+    let fork = events
+        .iter()
+        .find(|e| e["action"] == "process.fork" && e["pid"].as_u64() == Some(child))
+        .expect("the child's fork");
+    let parent: u64 = fork["details"]["ppid"].as_str().unwrap().parse().unwrap();
+    assert!(
+        events.iter().any(|e| e["action"] == "process.fork" && e["pid"].as_u64() == Some(parent)),
+        "the parent's own fork: {fork}"
+    );
+    assert_eq!(fork["kind"], "process", "{fork}");
+    assert!(exit["details"]["signal"].is_null() && exit["decision"].is_null(), "{exit}");
+    let file = denied("FileOpenReadOnly", &format!("{p}/secret/key")).unwrap();
+    assert!(file["details"]["ppid"].as_str().is_some_and(|p| p.parse::<u32>().unwrap() > 0), "{file}");
 }
 
 #[test]
