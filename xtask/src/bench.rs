@@ -507,7 +507,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         }))
     };
     let mut sustained = 0u64;
-    for rate in [50_000u64, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000] {
+    for rate in [50_000u64, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000, 500_000, 600_000] {
         let r = storm(Some(rate), rate * 3)?;
         let whole = r["delivered"].as_u64().is_some_and(|d| d >= rate * 3) && r["dropped"].as_u64() == Some(0);
         storms.push(r);

@@ -41,17 +41,17 @@ pub fn to_proto(e: &Event, seq: u64) -> pb::Event {
         } as i32,
         would_deny: e.would_deny,
         policy_ids: e.policy_ids.clone(),
-        details: e.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        details: e.details.clone(),
     }
 }
 
 /// An event read off the wire (a component's; leashd stamps its own sequence).
-pub fn from_proto(p: &pb::Event) -> Event {
+pub fn from_proto(p: pb::Event) -> Event {
     Event {
         time: SystemTime::UNIX_EPOCH + Duration::from_nanos(p.time_unix_nanos.max(0) as u64),
-        session: (!p.session.is_empty()).then(|| p.session.clone()),
+        session: (!p.session.is_empty()).then_some(p.session),
         pid: p.pid,
-        executable: p.executable.clone(),
+        executable: p.executable,
         kind: match pb::EventKind::try_from(p.kind).unwrap_or(pb::EventKind::Unspecified) {
             pb::EventKind::File => EventKind::File,
             pb::EventKind::Exec => EventKind::Exec,
@@ -63,8 +63,8 @@ pub fn from_proto(p: &pb::Event) -> Event {
             pb::EventKind::Process => EventKind::Process,
             pb::EventKind::Daemon | pb::EventKind::Unspecified => EventKind::Daemon,
         },
-        action: p.action.clone(),
-        resource: p.resource.clone(),
+        action: p.action,
+        resource: p.resource,
         mode: match pb::Mode::try_from(p.mode).unwrap_or(pb::Mode::Unspecified) {
             pb::Mode::Record => Some(Mode::Record),
             pb::Mode::Shadow => Some(Mode::Shadow),
@@ -77,8 +77,8 @@ pub fn from_proto(p: &pb::Event) -> Event {
             pb::Decision::Unspecified => None,
         },
         would_deny: p.would_deny,
-        policy_ids: p.policy_ids.clone(),
-        details: p.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        policy_ids: p.policy_ids,
+        details: p.details,
     }
 }
 
@@ -96,6 +96,6 @@ mod tests {
         e.session = Some("s".into());
         e.policy_ids = vec!["p".into()];
         e.time = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        assert_eq!(from_proto(&to_proto(&e, 9)), e);
+        assert_eq!(from_proto(to_proto(&e, 9)), e);
     }
 }

@@ -112,7 +112,7 @@ struct Shared {
     next_slot: AtomicU32,
     /// The followers of the event stream (leashd): each gets its own queue;
     /// a full queue drops the event and counts it.
-    events: Mutex<Vec<tokio::sync::mpsc::Sender<pb::Event>>>,
+    events: Mutex<Vec<Follower>>,
     dropped: AtomicU64,
     policy_socket: PathBuf,
     runtime_dir: PathBuf,
@@ -139,19 +139,25 @@ impl Shared {
     }
 
     fn publish_proto(&self, e: pb::Event) {
+        self.publish_batch(vec![e]);
+    }
+
+    /// Hands events to every follower, as one message each: the ring
+    /// reader's batch of one wakeup costs one queue operation, not one per
+    /// event. A follower whose queue is full loses the batch, counted.
+    fn publish_batch(&self, batch: Vec<pb::Event>) {
+        if batch.is_empty() {
+            return;
+        }
         // No follower yet (leashd reconnecting) is not a drop: nobody is listening.
         let mut followers = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        followers.retain(|tx| !tx.is_closed());
+        followers.retain(|f| !f.tx.is_closed());
         let Some((last, others)) = followers.split_last() else { return };
-        for tx in others {
-            if tx.try_send(e.clone()).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        for f in others {
+            f.send(batch.clone(), &self.dropped);
         }
-        // The last (usually the only) follower takes the event itself.
-        if last.try_send(e).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        // The last (usually the only) follower takes the batch itself.
+        last.send(batch, &self.dropped);
     }
 
     fn saved_path(&self, session: &str) -> PathBuf {
@@ -400,7 +406,7 @@ impl Shared {
             event::KIND_ICMP => ("cgroup-sock (socket creation)", Some("socket")),
             _ => ("cgroup-sock", Some("connect")),
         };
-        let mut details: HashMap<String, String> = HashMap::with_capacity(7);
+        let mut details = std::collections::BTreeMap::new();
         details.insert("tid".into(), raw.tid.to_string());
         details.insert("ppid".into(), raw.ppid.to_string());
         details.insert("mechanism".into(), mechanism.into());
@@ -529,6 +535,24 @@ type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::
 const MAX_BATCH: usize = 1024;
 /// Events queued per follower before they are dropped (and counted).
 const EVENT_QUEUE: usize = 65_536;
+
+/// A follower of the sensor's events (leashd): batches in a queue bounded
+/// by the events it holds.
+struct Follower {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<pb::Event>>,
+    queued: Arc<AtomicU64>,
+}
+
+impl Follower {
+    fn send(&self, batch: Vec<pb::Event>, dropped: &AtomicU64) {
+        let n = batch.len() as u64;
+        if self.queued.load(Ordering::Relaxed) + n > EVENT_QUEUE as u64 || self.tx.send(batch).is_err() {
+            dropped.fetch_add(n, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 #[tonic::async_trait]
 impl Sensor for Service {
@@ -708,8 +732,13 @@ impl Sensor for Service {
     }
 
     async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
-        let (events_tx, mut rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-        self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).push(events_tx);
+        let (events_tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<pb::Event>>();
+        let queued = Arc::new(AtomicU64::new(0));
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Follower { tx: events_tx, queued: queued.clone() });
         let shutdown = self.core.shutdown.clone();
         let (tx, out) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -719,18 +748,21 @@ impl Sensor for Service {
                     () = tx.closed() => return,
                     n = rx.recv() => n,
                 };
-                let Some(first) = first else { return };
-                let mut events = Vec::with_capacity(64);
-                events.push(first);
-                // Everything else ready now goes in the same message.
+                let Some(mut events) = first else { return };
+                // Everything else ready now goes in the same messages.
                 while events.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(e) => events.push(e),
+                        Ok(more) => events.extend(more),
                         Err(_) => break,
                     }
                 }
-                if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
-                    return;
+                queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
+                while !events.is_empty() {
+                    let rest = events.split_off(events.len().min(MAX_BATCH));
+                    if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
+                        return;
+                    }
+                    events = rest;
                 }
             }
         });
@@ -744,11 +776,18 @@ fn read_ring(shared: Arc<Shared>) {
     let reader = shared.clone();
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     let mut procs = Lineage::default();
+    // The events of one wakeup, published together after the ring is drained.
+    let pending = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let collected = pending.clone();
     let added = builder.add(&kernel.maps.events, move |data: &[u8]| {
         if let Some(raw) = event::RawEvent::parse(data)
             && let Some(e) = reader.kernel_event(&raw, &mut procs)
         {
-            reader.publish_proto(e);
+            let mut batch = collected.borrow_mut();
+            batch.push(e);
+            if batch.len() >= MAX_BATCH {
+                reader.publish_batch(std::mem::take(&mut *batch));
+            }
         }
         0
     });
@@ -766,7 +805,9 @@ fn read_ring(shared: Arc<Shared>) {
     loop {
         // Wakeups are batched in the kernel; polling at least every 50 ms
         // bounds how long an event waits.
-        match ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
+        let read = ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume());
+        shared.publish_batch(std::mem::take(&mut *pending.borrow_mut()));
+        match read {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => {

@@ -71,9 +71,7 @@ pub async fn sensor(supervisor: Supervisor, hub: Hub, shutdown: tokio_util::sync
             let Ok(stream) = client.clone().events(pb::SensorEventsRequest {}).await else { return };
             let mut stream = stream.into_inner();
             while let Ok(Some(batch)) = stream.message().await {
-                for e in &batch.events {
-                    hub.publish(leash_proto::event::from_proto(e));
-                }
+                hub.publish_all(batch.events.into_iter().map(leash_proto::event::from_proto));
             }
         }
     })

@@ -69,28 +69,39 @@ impl Hub {
 
     /// Publishes an event to the history and every subscriber.
     pub fn publish(&self, event: Event) {
+        self.publish_all(std::iter::once(event));
+    }
+
+    /// Publishes events in order, taking the lock once.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Event>) {
+        let mut gone = Vec::new();
         let mut inner = self.lock();
-        inner.seq += 1;
-        let stamped = Arc::new(Stamped { seq: inner.seq, event });
-        if inner.history_cap > 0 {
-            if inner.history.len() == inner.history_cap {
-                inner.history.pop_front();
-            }
-            inner.history.push_back(stamped.clone());
-        }
         let mut dropped = 0;
-        inner.subscribers.retain(|tx| match tx.try_send(stamped.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                dropped += 1;
-                true
+        for event in events {
+            inner.seq += 1;
+            let stamped = Arc::new(Stamped { seq: inner.seq, event });
+            if inner.history_cap > 0 {
+                if inner.history.len() == inner.history_cap {
+                    gone.extend(inner.history.pop_front());
+                }
+                inner.history.push_back(stamped.clone());
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+            inner.subscribers.retain(|tx| match tx.try_send(stamped.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
         if dropped > 0 {
             inner.dropped += dropped;
             tracing::debug!(dropped, "event queue full: events dropped for slow followers");
         }
+        drop(inner);
+        // Old events are freed outside the lock.
+        drop(gone);
     }
 
     /// The last `tail` events (all kept when `tail` is 0) and, when

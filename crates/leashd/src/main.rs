@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use leash_daemon::process::{EXIT_USAGE, run_main};
 
+// Events are many small allocations each (strings, maps); mimalloc halves
+// their cost against glibc's allocator (`cargo xtask bench sensor`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The leash manager: supervises leash-policy, leash-sensor and leash-proxy,
 /// runs sessions and the event hub. Usually run by systemd (leashd.service)
 /// or started detached by `leash`.
