@@ -119,8 +119,9 @@ static __always_inline void submit(struct leash_event *e)
 	bpf_ringbuf_submit(e, flags);
 }
 
-/* The verdict for an address (IPv4 as IPv4-mapped IPv6 in `addr`) and port. */
-static __always_inline __u32 decide(struct leash_session *s, const __u8 addr[16], int v4, __u16 port)
+/* The table entry for an address (IPv4 as IPv4-mapped IPv6 in `addr`) and
+ * port; 0 when no entry names it. */
+static __always_inline __u32 table_entry(struct leash_session *s, const __u8 addr[16], int v4, __u16 port)
 {
 	struct leash_port_key pk = {.slot = s->slot, .port = port};
 	__builtin_memcpy(pk.addr, addr, 16);
@@ -131,12 +132,27 @@ static __always_inline __u32 decide(struct leash_session *s, const __u8 addr[16]
 		struct leash_lpm4 k = {.prefixlen = 64, .slot = s->slot};
 		__builtin_memcpy(k.addr, addr + 12, 4);
 		v = bpf_map_lookup_elem(&net4, &k);
-		return v ? v->v : s->default4;
+		return v ? v->v : 0;
 	}
 	struct leash_lpm6 k = {.prefixlen = 160, .slot = s->slot};
 	__builtin_memcpy(k.addr, addr, 16);
 	v = bpf_map_lookup_elem(&net6, &k);
-	return v ? v->v : s->default6;
+	return v ? v->v : 0;
+}
+
+#define SOCK_STREAM 1
+
+/* The verdict for a destination: its table entry, else the default; TCP 80
+ * and 443 that no entry names go to leash-proxy's redirect where it
+ * intercepts the session. */
+static __always_inline __u32 decide(struct leash_session *s, const __u8 addr[16], int v4, __u16 port, __u32 type)
+{
+	__u32 entry = table_entry(s, addr, v4, port);
+	if (entry)
+		return entry;
+	if (s->proxied && type == SOCK_STREAM && (port == 80 || port == 443))
+		return LEASH_VERDICT_ALLOW | LEASH_VERDICT_PROXY;
+	return v4 ? s->default4 : s->default6;
 }
 
 /* IPv4-mapped IPv6 (::ffff:a.b.c.d) is decided as the IPv4 address it is. */
@@ -156,7 +172,7 @@ static __always_inline int ipv4_mapped(const __u8 addr[16])
 static __always_inline int refuse_destination(struct leash_session *s, __u32 kind, const __u8 addr[16], int v4,
 					      __u16 port, __u32 type)
 {
-	__u32 verdict = s->mode == LEASH_MODE_RECORD ? LEASH_VERDICT_ALLOW : decide(s, addr, v4, port);
+	__u32 verdict = s->mode == LEASH_MODE_RECORD ? LEASH_VERDICT_ALLOW : decide(s, addr, v4, port, type);
 	if (s->evaluate && !(verdict & LEASH_VERDICT_GUARD))
 		verdict = LEASH_VERDICT_ALLOW;
 	struct leash_event *e = reserve();

@@ -20,6 +20,7 @@ packages=(
   openssl                                       # test certificates
   cpio                                          # the VM test's initramfs
   util-linux                                    # nsenter (sessions' pid-namespace settings)
+  iptables                                      # the proxy's redirect rules in session containers
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -14,7 +14,13 @@ pub fn tag(name: &str) -> String {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let [name] = args else { bail!("usage: cargo xtask image <name> (available: test, test-debian, coder)") };
+    if args.is_empty() {
+        bail!("usage: cargo xtask image <name>... (available: test, test-debian, coder)");
+    }
+    args.iter().try_for_each(|name| build(name))
+}
+
+fn build(name: &str) -> anyhow::Result<()> {
     let dir = util::root().join("images").join(name);
     if !dir.join("Dockerfile").exists() {
         bail!("no image {name:?}: {} has no Dockerfile", dir.display());

@@ -26,6 +26,7 @@
 /* Verdict flags. */
 #define LEASH_VERDICT_ALLOW 1
 #define LEASH_VERDICT_PRESENT 2
+#define LEASH_VERDICT_PROXY 8  /* let through to leash-proxy's redirect, which decides by name */
 #define LEASH_VERDICT_GUARD 4  /* a guard of leash's own (local addresses, resolvers): decides even under `evaluate` */
 
 /* A governed session, by the cgroup id of its container. */
@@ -36,6 +37,7 @@ struct leash_session {
 	__u32 default6;  /* the same for IPv6 */
 	__u32 evaluate;  /* the table cannot decide: every connect but the guards' is allowed and reported for user space */
 	__u32 generation;
+	__u32 proxied;   /* leash-proxy intercepts TCP 80/443: what no table entry names goes to the redirect */
 };
 
 /* A table entry's verdict: LEASH_VERDICT_* | reason << 8. */

@@ -82,6 +82,38 @@ pub struct Tables {
     pub hosts: HostTable,
     /// Reason sets: the ids of the policies that decided.
     pub reasons: Vec<Vec<String>>,
+    /// `HttpRewrite` injections the policy declares and allows.
+    pub rewrites: Vec<Rewrite>,
+}
+
+/// A header the proxy sets on HTTPS requests to a host (`HttpRewrite`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The host, as the policy names it (`api.example.com` or `api.example.com:8443`).
+    pub host: String,
+    /// The header.
+    pub header: String,
+    /// Its value, or a reference to a secret on the host (`leash-secret:env:NAME`, `leash-secret:file:/path`).
+    pub value: String,
+    /// Index into [`Tables::reasons`]: the policies that declare and allow it.
+    pub reason: u32,
+}
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value is a secret: never in a debug print.
+        f.debug_struct("Rewrite").field("host", &self.host).field("header", &self.header).finish_non_exhaustive()
+    }
+}
+
+impl Rewrite {
+    /// Whether it applies to a request for `name` on `port`.
+    pub fn applies(&self, name: &str, port: u16) -> bool {
+        match self.host.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h.eq_ignore_ascii_case(name) && p.parse() == Ok(port),
+            _ => self.host.eq_ignore_ascii_case(name),
+        }
+    }
 }
 
 impl Tables {
@@ -218,10 +250,7 @@ pub fn in_range(addr: std::net::IpAddr, prefix: u8, ip: std::net::IpAddr) -> boo
 impl NetTable {
     /// Looks a destination up (an IPv4-mapped address must be given as IPv4).
     pub fn lookup(&self, ip: std::net::IpAddr, port: u16) -> Lookup {
-        let found = self.exact_port.get(&(ip, port)).or_else(|| self.exact.get(&ip)).copied().or_else(|| {
-            let smallest = self.ranges.iter().filter(|(a, p, _)| in_range(*a, *p, ip)).max_by_key(|(_, p, _)| *p);
-            smallest.map(|(_, _, v)| *v)
-        });
+        let found = self.entry(ip, port);
         if self.evaluate_all {
             // Only the kernel's guards decide what user space evaluates.
             return match found {
@@ -234,6 +263,17 @@ impl NetTable {
         }
         let default = if ip.is_ipv4() { self.default_v4 } else { self.default_v6 };
         default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+    }
+}
+
+impl NetTable {
+    /// The entry that names a destination (exact address and port, exact
+    /// address, then the smallest range), without the default.
+    pub fn entry(&self, ip: std::net::IpAddr, port: u16) -> Option<Verdict> {
+        self.exact_port.get(&(ip, port)).or_else(|| self.exact.get(&ip)).copied().or_else(|| {
+            let smallest = self.ranges.iter().filter(|(a, p, _)| in_range(*a, *p, ip)).max_by_key(|(_, p, _)| *p);
+            smallest.map(|(_, _, v)| *v)
+        })
     }
 }
 

@@ -125,7 +125,56 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
     }
     let net = compile_net(engine, principal, &policies, &sliced, slice, &mut verdict);
     let hosts = compile_hosts(engine, principal, &policies, &sliced, slice, mutation, &mut verdict);
-    Tables { generation, files, net, hosts, reasons }
+    let rewrites = compile_rewrites(engine, principal, &policies, &mut verdict);
+    Tables { generation, files, net, hosts, reasons, rewrites }
+}
+
+/// The `HttpRewrite` injections: each permit of the one data shape
+/// (`resource == Host::"h"` with `context.header == "…" && context.value ==
+/// "…"`) declares one, kept only if the whole policy set allows it — a
+/// forbid vetoes it.
+fn compile_rewrites(
+    engine: &Engine,
+    principal: &str,
+    policies: &[(Policy, Value)],
+    verdict: &mut impl FnMut(Decision) -> Verdict,
+) -> Vec<leash_core::tables::Rewrite> {
+    let mut out = Vec::new();
+    for (policy, json) in policies {
+        if policy.effect() != cedar_policy::Effect::Permit || !applies_to(json, Action::HttpRewrite) {
+            continue;
+        }
+        let head = &json["resource"];
+        let (Some("=="), Some(("Host", host))) = (head["op"].as_str(), entity_of(&head["entity"])) else { continue };
+        let mut equal = BTreeMap::new();
+        context_equalities(&json["conditions"], &mut equal);
+        let (Some(header), Some(value)) = (equal.remove("header"), equal.remove("value")) else { continue };
+        let context = BTreeMap::from([("header".to_owned(), header.clone()), ("value".to_owned(), value.clone())]);
+        let Ok(resource) = crate::resource::Host::parse(host).map(Resource::Host) else { continue };
+        let d = engine.authorize_one(principal, Action::HttpRewrite, &resource, &context);
+        if d.allow {
+            let reason = verdict(d).reason;
+            out.push(leash_core::tables::Rewrite { host: host.to_owned(), header, value, reason });
+        }
+    }
+    out
+}
+
+/// `context.<attr> == "<string>"` comparisons anywhere in a policy's conditions.
+fn context_equalities(v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(eq) = map.get("==") {
+                let attr = eq["left"]["."]["attr"].as_str().filter(|_| eq["left"]["."]["left"]["Var"] == "context");
+                if let (Some(attr), Some(value)) = (attr, eq["right"]["Value"].as_str()) {
+                    out.insert(attr.to_owned(), value.to_owned());
+                }
+            }
+            map.values().for_each(|c| context_equalities(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| context_equalities(c, out)),
+        _ => {}
+    }
 }
 
 /// The `NetworkConnect` table: exact addresses (with and without port),

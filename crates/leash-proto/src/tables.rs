@@ -84,7 +84,23 @@ pub fn to_proto(t: &Tables, mode: &str) -> pb::DecisionTables {
         hosts: Some(hosts),
         reasons: t.reasons.iter().map(|ids| pb::ReasonSet { ids: ids.clone() }).collect(),
         mode: mode.to_owned(),
+        rewrites: t
+            .rewrites
+            .iter()
+            .map(|r| pb::Rewrite {
+                host: r.host.clone(),
+                header: r.header.clone(),
+                value: r.value.clone(),
+                reason: r.reason,
+            })
+            .collect(),
     }
+}
+
+/// Tables and their mode off the wire; an unknown mode is enforce (the safe side).
+pub fn decode(t: &pb::DecisionTables) -> Result<(Tables, leash_core::Mode), String> {
+    let mode = leash_core::Mode::from_name(&t.mode).unwrap_or(leash_core::Mode::Enforce);
+    Ok((from_proto(t).map_err(|e| format!("malformed tables: {e}"))?, mode))
 }
 
 /// Reads tables off the wire; names what is malformed.
@@ -158,6 +174,16 @@ pub fn from_proto(p: &pb::DecisionTables) -> Result<Tables, String> {
         t.hosts = hosts;
     }
     t.reasons = p.reasons.iter().map(|r| r.ids.clone()).collect();
+    t.rewrites = p
+        .rewrites
+        .iter()
+        .map(|r| leash_core::tables::Rewrite {
+            host: r.host.clone(),
+            header: r.header.clone(),
+            value: r.value.clone(),
+            reason: r.reason,
+        })
+        .collect();
     Ok(t)
 }
 

@@ -7,5 +7,5 @@ fn main() -> ExitCode {
     if let Some(code) = leash_daemon::process::simple_args(NAME, "the leash L7 proxy") {
         return code;
     }
-    leash_daemon::process::run_main(NAME, false, leash_proxy::run)
+    leash_daemon::process::run_main(NAME, true, leash_proxy::run)
 }

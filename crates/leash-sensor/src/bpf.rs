@@ -30,6 +30,8 @@ pub const VERDICT_PRESENT: u32 = 2;
 /// Verdict flag: one of the kernel's own network guards (it decides even
 /// where the table leaves the rest to user space).
 pub const VERDICT_GUARD: u32 = 4;
+/// Verdict flag: let through to leash-proxy's redirect, which decides.
+pub const VERDICT_PROXY: u32 = 8;
 
 /// A verdict as the kernel stores it.
 pub fn encode(v: Verdict) -> u32 {
@@ -60,11 +62,13 @@ pub struct SessionEntry {
     pub evaluate: u32,
     /// The tables' generation (low 32 bits).
     pub generation: u32,
+    /// leash-proxy intercepts TCP 80/443: what no entry names goes to it.
+    pub proxied: u32,
 }
 
 impl SessionEntry {
     fn bytes(&self) -> Vec<u8> {
-        [self.slot, self.mode, self.default4, self.default6, self.evaluate, self.generation]
+        [self.slot, self.mode, self.default4, self.default6, self.evaluate, self.generation, self.proxied]
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect()
@@ -481,7 +485,7 @@ impl Maps {
                 let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
                 let v = self.sessions.lookup(&k, MapFlags::ANY).ok()??;
                 let w = |i: usize| u32::from_ne_bytes(v[i * 4..i * 4 + 4].try_into().unwrap_or_default());
-                (v.len() >= 24).then(|| {
+                (v.len() >= 28).then(|| {
                     (
                         id,
                         SessionEntry {
@@ -491,6 +495,7 @@ impl Maps {
                             default6: w(3),
                             evaluate: w(4),
                             generation: w(5),
+                            proxied: w(6),
                         },
                     )
                 })
@@ -580,7 +585,7 @@ mod tests {
         assert!(!v4);
         assert_eq!(k.len(), 24);
         assert_eq!(port_key(1, "10.0.0.1".parse().unwrap(), 443).len(), 24);
-        assert_eq!(SessionEntry::default().bytes().len(), 24);
+        assert_eq!(SessionEntry::default().bytes().len(), 28);
     }
 
     #[test]

@@ -269,7 +269,8 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
 }
 
 fn tables_of(payload: &[u8]) -> anyhow::Result<fan::Governed> {
-    let (tables, mode) = crate::decode_tables(&pb::DecisionTables::decode(payload)?).map_err(|e| anyhow::anyhow!(e))?;
+    let (tables, mode) =
+        leash_proto::tables::decode(&pb::DecisionTables::decode(payload)?).map_err(|e| anyhow::anyhow!(e))?;
     Ok(fan::Governed { tables: Arc::new(tables), mode })
 }
 

@@ -21,11 +21,11 @@ pub mod selftest;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use leash_core::tables::{NetGuards, Tables};
+use leash_core::tables::Tables;
 use leash_core::{Component, Event, Mode};
 use leash_daemon::access::Rule;
 use leash_daemon::component::ComponentCore;
@@ -59,6 +59,8 @@ struct Session {
     generation: u64,
     holder: Arc<Mutex<HolderLink>>,
     resolvers: Vec<IpAddr>,
+    /// leash-proxy intercepts its TCP 80/443.
+    proxied: bool,
     /// Frozen until its tables are applied (taken back after a restart
     /// that lost its kernel state or its decider).
     thaw_on_refresh: bool,
@@ -74,6 +76,7 @@ impl Session {
             cgroup_id: self.cgroup_id,
             holder,
             resolvers: self.resolvers.clone(),
+            proxied: self.proxied,
         }
     }
 }
@@ -95,6 +98,9 @@ struct Saved {
     /// The container's DNS resolvers, read before its first instruction.
     #[serde(default)]
     resolvers: Vec<IpAddr>,
+    /// leash-proxy intercepts its TCP 80/443.
+    #[serde(default)]
+    proxied: bool,
 }
 
 /// What the ring-buffer reader needs to name a session and its reasons.
@@ -112,8 +118,7 @@ struct Shared {
     next_slot: AtomicU32,
     /// The followers of the event stream (leashd): each gets its own queue;
     /// a full queue drops the event and counts it.
-    events: Mutex<Vec<Follower>>,
-    dropped: AtomicU64,
+    events: leash_daemon::fanout::Fanout,
     policy_socket: PathBuf,
     runtime_dir: PathBuf,
     state_dir: PathBuf,
@@ -127,37 +132,13 @@ struct Service {
     shared: Arc<Shared>,
 }
 
-/// Tables and mode off the wire; an unknown mode is enforce (the safe side).
-pub fn decode_tables(t: &pb::DecisionTables) -> Result<(Tables, Mode), String> {
-    let mode = Mode::from_name(&t.mode).unwrap_or(Mode::Enforce);
-    Ok((leash_proto::tables::from_proto(t).map_err(|e| format!("malformed tables: {e}"))?, mode))
-}
-
 impl Shared {
     fn publish(&self, e: Event) {
         self.publish_proto(leash_proto::event::to_proto(&e, 0));
     }
 
     fn publish_proto(&self, e: pb::Event) {
-        self.publish_batch(vec![e]);
-    }
-
-    /// Hands events to every follower, as one message each: the ring
-    /// reader's batch of one wakeup costs one queue operation, not one per
-    /// event. A follower whose queue is full loses the batch, counted.
-    fn publish_batch(&self, batch: Vec<pb::Event>) {
-        if batch.is_empty() {
-            return;
-        }
-        // No follower yet (leashd reconnecting) is not a drop: nobody is listening.
-        let mut followers = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        followers.retain(|f| !f.tx.is_closed());
-        let Some((last, others)) = followers.split_last() else { return };
-        for f in others {
-            f.send(batch.clone(), &self.dropped);
-        }
-        // The last (usually the only) follower takes the batch itself.
-        last.send(batch, &self.dropped);
+        self.events.publish(e);
     }
 
     fn saved_path(&self, session: &str) -> PathBuf {
@@ -243,30 +224,17 @@ impl Shared {
     }
 
     async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, String> {
-        let conn = leash_daemon::client::connect(&self.policy_socket, "leash-sensor")
-            .await
-            .map_err(|e| format!("leash-policy: {e}"))?;
-        Ok(pb::policy_client::PolicyClient::new(conn.channel)
-            .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES))
+        leash_daemon::policy::client(&self.policy_socket, "leash-sensor").await
     }
 
     /// The session's tables with the kernel's network guards added.
     async fn tables(&self, session: &str, resolvers: &[IpAddr]) -> Result<(Tables, Mode), String> {
-        let t = self
-            .policy()
-            .await?
-            .tables(pb::TablesRequest { session: session.to_owned(), principal: String::new() })
-            .await
-            .map_err(|s| format!("leash-policy: {}", s.message()))?
-            .into_inner();
-        let (mut tables, mode) = decode_tables(&t)?;
-        tables.guard_net(&NetGuards::standard(&host_addresses(), resolvers));
-        Ok((tables, mode))
+        leash_daemon::policy::session_tables(&self.policy_socket, "leash-sensor", session, resolvers).await
     }
 
     /// Writes a session's tables into the kernel under a fresh slot, then
     /// flips the session to it (one map update), then removes the old ones.
-    fn apply(&self, cgroup_id: u64, tables: &Tables, mode: Mode) -> Result<(u32, bpf::Written), String> {
+    fn apply(&self, cgroup_id: u64, tables: &Tables, mode: Mode, proxied: bool) -> Result<(u32, bpf::Written), String> {
         let kernel = self.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
         let _written_alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +246,7 @@ impl Shared {
             default6: bpf::default_verdict(tables.net.default_v6),
             evaluate: u32::from(tables.net.evaluate_all),
             generation: tables.generation as u32,
+            proxied: u32::from(proxied),
         };
         if let Err(e) = kernel.maps.set_session(cgroup_id, &entry) {
             kernel.maps.clear(&written);
@@ -308,8 +277,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(session)
-            .map(|s| (s.cgroup_id, s.resolvers.clone()));
-        let Some((cgroup_id, resolvers)) = found else {
+            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied));
+        let Some((cgroup_id, resolvers, proxied)) = found else {
             return true;
         };
         let (tables, mode) = match self.tables(session, &resolvers).await {
@@ -321,7 +290,7 @@ impl Shared {
         };
         let generation = tables.generation;
         let tables = Arc::new(tables);
-        match self.apply(cgroup_id, &tables, mode) {
+        match self.apply(cgroup_id, &tables, mode, proxied) {
             Ok((slot, written)) => {
                 let found = {
                     let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,6 +371,9 @@ impl Shared {
         let (mechanism, syscall) = match raw.kind {
             event::KIND_EXEC => ("tracepoint (observed; execs are decided by fanotify)", None),
             event::KIND_FORK | event::KIND_EXIT => ("tracepoint (observed)", None),
+            event::KIND_CONNECT if raw.verdict & bpf::VERDICT_PROXY != 0 => {
+                ("cgroup-sock (to leash-proxy, which decides by name)", Some("connect"))
+            }
             event::KIND_SENDMSG => ("cgroup-sock", Some("sendmsg")),
             event::KIND_ICMP => ("cgroup-sock (socket creation)", Some("socket")),
             _ => ("cgroup-sock", Some("connect")),
@@ -485,18 +457,6 @@ impl Lineage {
     }
 }
 
-/// The host's own addresses (every interface's): a session reaches them
-/// only where its policy names them.
-fn host_addresses() -> Vec<IpAddr> {
-    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    interfaces
-        .filter_map(|i| {
-            let a = i.address?;
-            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        })
-        .collect()
-}
-
 /// The `nameserver`s of the container's /etc/resolv.conf.
 fn resolvers_of(pid: u32) -> Vec<IpAddr> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
@@ -529,34 +489,9 @@ fn cgroup_of(pid: u32) -> Result<(String, u64), String> {
     Ok((rel, id))
 }
 
-type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::EventBatch, Status>> + Send>>;
-
-/// Events per message on the stream to leashd.
-const MAX_BATCH: usize = 1024;
-/// Events queued per follower before they are dropped (and counted).
-const EVENT_QUEUE: usize = 65_536;
-
-/// A follower of the sensor's events (leashd): batches in a queue bounded
-/// by the events it holds.
-struct Follower {
-    tx: tokio::sync::mpsc::UnboundedSender<Vec<pb::Event>>,
-    queued: Arc<AtomicU64>,
-}
-
-impl Follower {
-    fn send(&self, batch: Vec<pb::Event>, dropped: &AtomicU64) {
-        let n = batch.len() as u64;
-        if self.queued.load(Ordering::Relaxed) + n > EVENT_QUEUE as u64 || self.tx.send(batch).is_err() {
-            dropped.fetch_add(n, Ordering::Relaxed);
-            return;
-        }
-        self.queued.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 #[tonic::async_trait]
 impl Sensor for Service {
-    type EventsStream = EventStream;
+    type EventsStream = leash_daemon::fanout::EventStream;
 
     async fn status(&self, _: Request<SensorStatusRequest>) -> Result<Response<ComponentReport>, Status> {
         let s = &self.shared;
@@ -564,7 +499,7 @@ impl Sensor for Service {
             Some(k) => format!("{} attached ({})", k.links.len(), k.cgroup.display()),
             None => "none loaded".to_owned(),
         };
-        let dropped = s.dropped.load(Ordering::Relaxed) + s.kernel.as_ref().map_or(0, |k| k.maps.dropped());
+        let dropped = s.events.dropped() + s.kernel.as_ref().map_or(0, |k| k.maps.dropped());
         Ok(self.core.report(vec![
             ("tier", s.caps.tier.clone()),
             ("programs", programs),
@@ -617,7 +552,7 @@ impl Sensor for Service {
         let (tables, mode) = s.tables(&req.session, &resolvers).await.map_err(Status::unavailable)?;
         let generation = tables.generation;
         let tables = Arc::new(tables);
-        let (slot, written) = s.apply(cgroup_id, &tables, mode).map_err(Status::internal)?;
+        let (slot, written) = s.apply(cgroup_id, &tables, mode, req.proxied).map_err(Status::internal)?;
         let undo = |s: &Shared| {
             if let Some(k) = &s.kernel {
                 k.maps.remove_session(cgroup_id);
@@ -663,6 +598,7 @@ impl Sensor for Service {
             generation,
             holder: Arc::new(Mutex::new(link)),
             resolvers: resolvers.clone(),
+            proxied: req.proxied,
             thaw_on_refresh: false,
         };
         s.save(&session.saved(&req.session, holder_pid));
@@ -732,41 +668,7 @@ impl Sensor for Service {
     }
 
     async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
-        let (events_tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<pb::Event>>();
-        let queued = Arc::new(AtomicU64::new(0));
-        self.shared
-            .events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Follower { tx: events_tx, queued: queued.clone() });
-        let shutdown = self.core.shutdown.clone();
-        let (tx, out) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tx.closed() => return,
-                    n = rx.recv() => n,
-                };
-                let Some(mut events) = first else { return };
-                // Everything else ready now goes in the same messages.
-                while events.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => events.extend(more),
-                        Err(_) => break,
-                    }
-                }
-                queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
-                while !events.is_empty() {
-                    let rest = events.split_off(events.len().min(MAX_BATCH));
-                    if tx.send(Ok(pb::EventBatch { events })).await.is_err() {
-                        return;
-                    }
-                    events = rest;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        Ok(Response::new(self.shared.events.follow(self.core.shutdown.clone())))
     }
 }
 
@@ -785,8 +687,8 @@ fn read_ring(shared: Arc<Shared>) {
         {
             let mut batch = collected.borrow_mut();
             batch.push(e);
-            if batch.len() >= MAX_BATCH {
-                reader.publish_batch(std::mem::take(&mut *batch));
+            if batch.len() >= leash_daemon::fanout::MAX_BATCH {
+                reader.events.publish_batch(std::mem::take(&mut *batch));
             }
         }
         0
@@ -806,7 +708,7 @@ fn read_ring(shared: Arc<Shared>) {
         // Wakeups are batched in the kernel; polling at least every 50 ms
         // bounds how long an event waits.
         let read = ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume());
-        shared.publish_batch(std::mem::take(&mut *pending.borrow_mut()));
+        shared.events.publish_batch(std::mem::take(&mut *pending.borrow_mut()));
         match read {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
@@ -922,6 +824,7 @@ fn restore(shared: &Arc<Shared>) {
                 generation: 0,
                 holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
                 resolvers: saved.resolvers.clone(),
+                proxied: saved.proxied,
                 thaw_on_refresh,
             },
         );
@@ -958,8 +861,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         sessions: Mutex::default(),
         by_cgroup: RwLock::default(),
         next_slot: AtomicU32::new(next_slot),
-        events: Mutex::default(),
-        dropped: AtomicU64::new(0),
+        events: leash_daemon::fanout::Fanout::default(),
         policy_socket: ctx.layout.component_socket(Component::Policy),
         runtime_dir: ctx.layout.runtime_dir.clone(),
         state_dir: ctx.layout.state_dir.clone(),

@@ -41,8 +41,8 @@ fn fixed_tables(dir: &Path) -> Tables {
         generation: 1,
         files,
         net,
-        hosts: Default::default(),
         reasons: vec![vec!["self-test-allow".into()], vec!["self-test-forbid".into()]],
+        ..Default::default()
     }
 }
 
@@ -147,7 +147,7 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
         }
         let mut registered = Unregister(&kernel.maps, cgroup_id, None);
         if !off("cgroup-sock") {
-            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce)?;
+            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false)?;
             if lsm {
                 let w = kernel.maps.write_files(slot, &tables, &mut written);
                 registered.2 = Some(written);
@@ -207,7 +207,6 @@ fn bare(kernel: crate::bpf::Kernel, caps: probe::Report) -> Arc<Shared> {
         by_cgroup: Default::default(),
         next_slot: std::sync::atomic::AtomicU32::new(1),
         events: Default::default(),
-        dropped: Default::default(),
         policy_socket: PathBuf::new(),
         runtime_dir: std::env::temp_dir(),
         state_dir: std::env::temp_dir(),

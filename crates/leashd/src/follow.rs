@@ -1,8 +1,8 @@
 //! Streams leashd follows from its components, reconnecting when they
 //! restart: leash-policy's changes (what it does on its own — a policy file
 //! reloaded, refused, no longer watched — becomes an event; changes made
-//! through leashd are published where they are made) and leash-sensor's
-//! governed decisions.
+//! through leashd are published where they are made), leash-sensor's
+//! governed decisions and leash-proxy's requests.
 
 use std::future::Future;
 use std::time::Duration;
@@ -61,18 +61,36 @@ pub async fn policy(supervisor: Supervisor, hub: Hub, shutdown: tokio_util::sync
     .await;
 }
 
+/// Publishes a component's event batches until its stream ends.
+async fn relay(hub: &Hub, stream: Result<tonic::Response<tonic::Streaming<pb::EventBatch>>, tonic::Status>) {
+    let Ok(stream) = stream else { return };
+    let mut stream = stream.into_inner();
+    while let Ok(Some(batch)) = stream.message().await {
+        hub.publish_all(batch.events.into_iter().map(leash_proto::event::from_proto));
+    }
+}
+
 /// Follows leash-sensor's decisions.
 pub async fn sensor(supervisor: Supervisor, hub: Hub, shutdown: tokio_util::sync::CancellationToken) {
     follow_forever(supervisor, Component::Sensor, shutdown, |channel| {
         let hub = hub.clone();
         async move {
-            let client = pb::sensor_client::SensorClient::new(channel)
+            let mut client = pb::sensor_client::SensorClient::new(channel)
                 .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES);
-            let Ok(stream) = client.clone().events(pb::SensorEventsRequest {}).await else { return };
-            let mut stream = stream.into_inner();
-            while let Ok(Some(batch)) = stream.message().await {
-                hub.publish_all(batch.events.into_iter().map(leash_proto::event::from_proto));
-            }
+            relay(&hub, client.events(pb::SensorEventsRequest {}).await).await;
+        }
+    })
+    .await;
+}
+
+/// Follows leash-proxy's requests.
+pub async fn proxy(supervisor: Supervisor, hub: Hub, shutdown: tokio_util::sync::CancellationToken) {
+    follow_forever(supervisor, Component::Proxy, shutdown, |channel| {
+        let hub = hub.clone();
+        async move {
+            let mut client = pb::proxy_client::ProxyClient::new(channel)
+                .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES);
+            relay(&hub, client.events(pb::ProxyEventsRequest {}).await).await;
         }
     })
     .await;

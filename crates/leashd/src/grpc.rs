@@ -198,7 +198,12 @@ impl Manager for ManagerService {
         if !req.session.is_empty() {
             req.session = self.sessions.resolve(&caller, &req.session)?;
         }
-        self.policy().await?.tables(req).await
+        let mut tables = self.policy().await?.tables(req).await?.into_inner();
+        // Injected values are secrets: leashd never hands them out.
+        for r in &mut tables.rewrites {
+            r.value = "(redacted)".into();
+        }
+        Ok(Response::new(tables))
     }
 
     async fn policy_show(&self, req: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {

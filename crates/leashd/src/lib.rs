@@ -58,6 +58,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(follow::policy(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
     tokio::spawn(follow::sensor(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
+    tokio::spawn(follow::proxy(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
     let manager = grpc::ManagerService {
         info: ctx.info.clone(),
         layout: ctx.layout.clone(),

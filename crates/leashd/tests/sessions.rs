@@ -575,7 +575,8 @@ fn session_lifecycle_events_are_published_with_timings() {
     assert!(sessions.iter().all(|e| e["session"] == id));
     assert_eq!(
         sessions[1]["details"]["admission"],
-        "leashd: mounts, leashd: seal memfds, leash-policy: open the session's policy, leash-sensor: govern the session's cgroup and files"
+        "leashd: mounts, leashd: seal memfds, leash-policy: open the session's policy, \
+         leash-proxy: intercept the session's HTTP(S), leash-sensor: govern the session's cgroup and files"
     );
     assert_eq!(sessions[2]["details"]["code"], "0");
     for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {

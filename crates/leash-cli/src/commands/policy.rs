@@ -350,6 +350,9 @@ pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode
                 "wildcards": entries(&tables.hosts.wildcards),
                 "evaluate_all": tables.hosts.evaluate_all,
             },
+            "rewrites": tables.rewrites.iter().map(|r| serde_json::json!({
+                "host": r.host, "header": r.header, "reasons": tables.reasons.get(r.reason as usize),
+            })).collect::<Vec<_>>(),
             "reasons": tables.reasons,
         }));
         return Ok(ExitCode::SUCCESS);
@@ -376,6 +379,13 @@ pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode
     }
     if let Some(v) = &tables.hosts.default {
         output::line(&format!("  {:<40} {}", "(default)", verdict(v)));
+    }
+    if !tables.rewrites.is_empty() {
+        output::line("headers set on HTTPS requests (values never shown):");
+        for r in &tables.rewrites {
+            let by = tables.reasons.get(r.reason as usize).map(|r| r.join(", ")).unwrap_or_default();
+            output::line(&format!("  {:<40} {} [{by}]", r.host, r.header));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

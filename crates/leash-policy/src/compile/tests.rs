@@ -359,3 +359,25 @@ fn host_table_basics() {
     assert_eq!(verdict("facebook.com"), (false, vec!["apex".to_owned()]));
     assert_eq!(verdict("badfacebook.com"), (false, vec![]));
 }
+
+#[test]
+fn rewrites_are_declared_by_permits_and_vetoed_by_forbids() {
+    let inject = r#"@id("inject") permit (principal, action == Action::"HttpRewrite", resource == Host::"api.example.test")
+        when { context.header == "Authorization" && context.value == "leash-secret:env:API_TOKEN" };
+        @id("net") permit (principal, action == Action::"NetworkConnect", resource);"#;
+    let load = |text: &str| Engine::load(&[Source { name: "t".into(), text: text.into() }]).unwrap();
+    let t = compile(&load(inject), "agent", 1);
+    assert_eq!(t.rewrites.len(), 1);
+    let r = &t.rewrites[0];
+    assert_eq!(
+        (r.host.as_str(), r.header.as_str(), r.value.as_str()),
+        ("api.example.test", "Authorization", "leash-secret:env:API_TOKEN")
+    );
+    assert_eq!(t.reasons[r.reason as usize], vec!["inject".to_owned()]);
+    assert!(r.applies("API.example.test", 443) && !r.applies("other.test", 443));
+    assert!(!format!("{r:?}").contains("API_TOKEN"), "never in a debug print");
+    let vetoed = format!(
+        "{inject}\n@id(\"no-inject\") forbid (principal, action == Action::\"HttpRewrite\", resource in Host::\"*.example.test\");"
+    );
+    assert!(compile(&load(&vetoed), "agent", 1).rewrites.is_empty());
+}

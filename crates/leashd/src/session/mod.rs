@@ -229,6 +229,7 @@ impl Sessions {
         let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
         remove_cgroup_dirs(&below_root);
         self.unregister_sensor(&info.id).await;
+        self.close_proxy(&info.id).await;
         self.close_policy(&info.id).await;
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
@@ -281,6 +282,22 @@ impl Sessions {
         let release = tokio::net::UnixListener::bind(&release_path)
             .map_err(|e| format!("cannot bind {}: {e}", release_path.display()))?;
 
+        // The session's certificate authority, for the proxy's interception:
+        // its certificate reaches the container, never its key.
+        let intercepted = match self.prepare_proxy(&id, &dir).await {
+            Ok(()) => true,
+            Err(e) if plan.degraded => {
+                emit(out, Output::Notice(format!("degraded: running without leash-proxy ({e})"))).await;
+                false
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("admission failed at leash-proxy (mint the session's CA): {e}"));
+            }
+        };
+        if intercepted {
+            plan.trust_session_ca();
+        }
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between
@@ -322,7 +339,8 @@ impl Sessions {
         self.lock().insert(id.clone(), info.clone());
         self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
         timings.lap("create_ms");
-        let result = self.drive(&engine, &info, &plan, release, &release_path, &mut input, out, &mut timings).await;
+        let result =
+            self.drive(&engine, &info, &plan, intercepted, release, &release_path, &mut input, out, &mut timings).await;
         let result = match result {
             Ok(Some(code)) => Ok(code),
             // leashd is stopping: the container runs on and the next leashd lists it.
@@ -351,6 +369,7 @@ impl Sessions {
         engine: &Engine,
         info: &Info,
         plan: &plan::Plan,
+        intercepted: bool,
         release: tokio::net::UnixListener,
         release_path: &std::path::Path,
         input: &mut Streaming<pb::SessionInput>,
@@ -370,6 +389,8 @@ impl Sessions {
         // Admission: every step passes, or the command never runs.
         let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
         let mounts = plan.mounts(&self.ctx, &self.session_dir(&info.id));
+        // Set by the proxy's step, read by the sensor's (they run in order).
+        let proxied = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let steps = vec![
             admission::Step {
                 component: "leashd",
@@ -395,10 +416,16 @@ impl Sessions {
                 run: Box::pin(self.open_policy(info, plan)),
             },
             admission::Step {
+                component: "leash-proxy",
+                what: "intercept the session's HTTP(S)",
+                timeout: Duration::from_secs(10),
+                run: Box::pin(self.intercept(info, pid.unwrap_or(0), intercepted, proxied.clone())),
+            },
+            admission::Step {
                 component: "leash-sensor",
                 what: "govern the session's cgroup and files",
                 timeout: Duration::from_secs(10),
-                run: Box::pin(self.register_sensor(info, pid.unwrap_or(0))),
+                run: Box::pin(self.register_sensor(info, pid.unwrap_or(0), proxied.clone())),
             },
         ];
         let passed: Vec<String> = steps.iter().map(|s| format!("{}: {}", s.component, s.what)).collect();
@@ -604,11 +631,17 @@ impl Sessions {
 
     /// Has leash-sensor govern the session's container (its cgroup, its
     /// mounts) before the command runs.
-    async fn register_sensor(&self, info: &Info, pid: i64) -> Result<(), String> {
+    async fn register_sensor(
+        &self,
+        info: &Info,
+        pid: i64,
+        proxied: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), String> {
         let channel =
             self.ctx.supervisor.channel(leash_core::Component::Sensor).await.ok_or("leash-sensor is not running")?;
+        let proxied = proxied.load(std::sync::atomic::Ordering::SeqCst);
         let r = pb::sensor_client::SensorClient::new(channel)
-            .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32 })
+            .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32, proxied })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
@@ -618,6 +651,59 @@ impl Sessions {
         }
         tracing::info!(session_id = %info.id, marked = r.marked, unmarked = ?r.unmarked, enforcement = %tiers.join(" "), "the sensor governs the session");
         Ok(())
+    }
+
+    /// Has leash-proxy mint the session's CA; its certificate (alone, and
+    /// after the host's roots) goes in the session dir the container sees.
+    async fn prepare_proxy(&self, id: &str, dir: &std::path::Path) -> Result<(), String> {
+        let channel =
+            self.ctx.supervisor.channel(leash_core::Component::Proxy).await.ok_or("leash-proxy is not running")?;
+        let r = pb::proxy_client::ProxyClient::new(channel)
+            .prepare(pb::ProxyPrepareRequest { session: id.to_owned() })
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        let pem = r.ca_certificate_pem;
+        let mut bundle = std::fs::read_to_string(plan::HOST_ROOTS).unwrap_or_default();
+        if !bundle.is_empty() && !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str(&pem);
+        std::fs::write(dir.join(plan::CA_FILE), &pem)
+            .and_then(|()| std::fs::write(dir.join(plan::CA_BUNDLE_FILE), bundle))
+            .map_err(|e| format!("cannot write the session's CA in {}: {e}", dir.display()))
+    }
+
+    /// Has leash-proxy intercept the session's TCP 80/443 (an admission step).
+    async fn intercept(
+        &self,
+        info: &Info,
+        pid: i64,
+        prepared: bool,
+        proxied: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), String> {
+        if !prepared {
+            return Err("the session's CA was not minted".into());
+        }
+        let channel =
+            self.ctx.supervisor.channel(leash_core::Component::Proxy).await.ok_or("leash-proxy is not running")?;
+        let r = pb::proxy_client::ProxyClient::new(channel)
+            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32 })
+            .await
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+        proxied.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(session_id = %info.id, port = r.port, rules = r.rules.len(), "the proxy intercepts the session");
+        Ok(())
+    }
+
+    /// Stops leash-proxy intercepting the session (best effort).
+    async fn close_proxy(&self, id: &str) {
+        if let Some(channel) = self.ctx.supervisor.channel(leash_core::Component::Proxy).await {
+            let _ = pb::proxy_client::ProxyClient::new(channel)
+                .close(pb::ProxyCloseRequest { session: id.to_owned() })
+                .await;
+        }
     }
 
     /// Stops leash-sensor governing the session (best effort).

@@ -15,6 +15,12 @@ use super::{Ctx, config};
 pub const ENTRY_PATH: &str = "/leash/leash-entry";
 /// Where the session dir appears in the container (read-only).
 pub const SESSION_DIR: &str = "/leash/session";
+/// The session CA's certificate, in the session dir.
+pub const CA_FILE: &str = "ca.crt";
+/// The host's roots and the session CA, in the session dir.
+pub const CA_BUNDLE_FILE: &str = "ca-bundle.crt";
+/// The host's roots.
+pub const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The image when nothing names one.
 pub const DEFAULT_IMAGE: &str = "leash-coder:latest";
 
@@ -99,6 +105,26 @@ impl Plan {
         ];
         v.extend(self.binds.iter().map(|b| (b.source.clone(), b.target.clone())));
         v
+    }
+
+    /// Points the container's TLS clients at the session CA (after the
+    /// host's roots), unless the user set the variable.
+    pub fn trust_session_ca(&mut self) {
+        let bundle = format!("{SESSION_DIR}/{CA_BUNDLE_FILE}");
+        let ca = format!("{SESSION_DIR}/{CA_FILE}");
+        let vars = [
+            ("SSL_CERT_FILE", &bundle),
+            ("CURL_CA_BUNDLE", &bundle),
+            ("REQUESTS_CA_BUNDLE", &bundle),
+            ("GIT_SSL_CAINFO", &bundle),
+            ("NODE_EXTRA_CA_CERTS", &ca),
+            ("DENO_CERT", &ca),
+        ];
+        for (name, value) in vars {
+            if !self.env.iter().any(|e| e.split_once('=').is_some_and(|(k, _)| k == name)) {
+                self.env.push(format!("{name}={value}"));
+            }
+        }
     }
 
     /// Adds the agent's mounts (after a yes).

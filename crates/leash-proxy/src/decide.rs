@@ -1,0 +1,254 @@
+//! Decisions on names: each session's compiled tables (fed by the policy
+//! service's watch stream, by generation) decide what they can; what they
+//! cannot is asked of the policy service, and denied when it cannot answer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use leash_core::Mode;
+use leash_core::tables::{Lookup, Tables, Verdict};
+use leash_proto::v1 as pb;
+
+/// A session's policy as the proxy holds it.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Its tables, with the kernel's guards added (for upstream addresses).
+    pub tables: Tables,
+    /// Its mode.
+    pub mode: Option<Mode>,
+}
+
+/// What was decided about one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The policy allows it.
+    pub allow: bool,
+    /// The policies (or guards) that decided.
+    pub reasons: Vec<String>,
+    /// The mode in force.
+    pub mode: Mode,
+}
+
+impl Decision {
+    /// Whether the request goes through: allowed, or not enforced.
+    pub fn passes(&self) -> bool {
+        self.allow || self.mode != Mode::Enforce
+    }
+
+    /// Shadow mode let through what the policy denies.
+    pub fn would_deny(&self) -> bool {
+        !self.allow && self.mode == Mode::Shadow
+    }
+}
+
+/// Every intercepted session's policy.
+#[derive(Debug)]
+pub struct Decider {
+    policy_socket: PathBuf,
+    sessions: RwLock<HashMap<String, Arc<Held>>>,
+}
+
+impl Decider {
+    /// Decides through the policy service at `policy_socket`.
+    pub fn new(policy_socket: PathBuf) -> Decider {
+        Decider { policy_socket, sessions: RwLock::new(HashMap::new()) }
+    }
+
+    async fn client(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, String> {
+        leash_daemon::policy::client(&self.policy_socket, "leash-proxy").await
+    }
+
+    /// Loads (or reloads) a session's tables.
+    pub async fn refresh(&self, session: &str) -> Result<u64, String> {
+        let (tables, mode) =
+            leash_daemon::policy::session_tables(&self.policy_socket, "leash-proxy", session, &[]).await?;
+        let generation = tables.generation;
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.to_owned(), Arc::new(Held { tables, mode: Some(mode) }));
+        Ok(generation)
+    }
+
+    /// Forgets a session.
+    pub fn forget(&self, session: &str) {
+        self.sessions.write().unwrap_or_else(|p| p.into_inner()).remove(session);
+    }
+
+    fn held(&self, session: &str) -> Option<Arc<Held>> {
+        self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(session).cloned()
+    }
+
+    /// The generation held for a session.
+    pub fn generation(&self, session: &str) -> Option<u64> {
+        self.held(session).map(|h| h.tables.generation)
+    }
+
+    /// The sessions held.
+    pub fn sessions(&self) -> Vec<String> {
+        self.sessions.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// `NetworkConnect` to `name` (when the client named one) at `ip:port`.
+    ///
+    /// An entry of the address table that names the IP (a policy's range or
+    /// address, or one of the guards: loopback, link-local, the host's own)
+    /// and denies wins; otherwise the name decides, with Cedar's semantics
+    /// (the compiled name table, else the policy service). Without a name
+    /// the address table decides, default included.
+    pub async fn connect(&self, session: &str, name: Option<&str>, ip: IpAddr, port: u16) -> Decision {
+        let Some(held) = self.held(session) else {
+            return Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce };
+        };
+        let mode = held.mode.unwrap_or(Mode::Enforce);
+        if mode == Mode::Record {
+            return Decision { allow: true, reasons: Vec::new(), mode };
+        }
+        let t = &held.tables;
+        let reasons = |v: Verdict| t.reasons.get(v.reason as usize).cloned().unwrap_or_default();
+        let ip = leash_core::tables::normalize_ip(ip);
+        if let Some(v) = t.net.entry(ip, port).filter(|v| !v.allow) {
+            return Decision { allow: false, reasons: reasons(v), mode };
+        }
+        let found = match name {
+            Some(n) => t.hosts.lookup(n, Some(port)),
+            None => t.net.lookup(ip, port),
+        };
+        match found {
+            Lookup::Final(v) => Decision { allow: v.allow, reasons: reasons(v), mode },
+            Lookup::Evaluate => {
+                let resource = match (name, ip) {
+                    (Some(n), _) => format!("{n}:{port}"),
+                    (None, IpAddr::V4(a)) => format!("{a}:{port}"),
+                    (None, IpAddr::V6(a)) => format!("[{a}]:{port}"),
+                };
+                match self.check(session, &resource).await {
+                    Ok((allow, reasons)) => Decision { allow, reasons, mode },
+                    Err(e) => {
+                        tracing::warn!(session_id = %session, %resource, error = %e, "cannot ask leash-policy: denied");
+                        Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The headers to set on an HTTPS request to `name` on `port`, each
+    /// with its value (secret references resolved) and the policies that
+    /// declare it; a reference that does not resolve is an error for it.
+    pub fn rewrites(&self, session: &str, name: &str, port: u16) -> Vec<(String, Result<String, String>, Vec<String>)> {
+        let Some(held) = self.held(session) else { return Vec::new() };
+        let t = &held.tables;
+        t.rewrites
+            .iter()
+            .filter(|r| r.applies(name, port))
+            .map(|r| {
+                (
+                    r.header.clone(),
+                    resolve_secret(&r.value),
+                    t.reasons.get(r.reason as usize).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    async fn check(&self, session: &str, resource: &str) -> Result<(bool, Vec<String>), String> {
+        let ask = async {
+            let r = self
+                .client()
+                .await?
+                .check(pb::CheckRequest {
+                    principal: String::new(),
+                    action: "NetworkConnect".into(),
+                    resource: resource.to_owned(),
+                    context: HashMap::new(),
+                    session: session.to_owned(),
+                })
+                .await
+                .map_err(|s| format!("leash-policy: {}", s.message()))?
+                .into_inner();
+            Ok((r.allow, r.reasons))
+        };
+        tokio::time::timeout(Duration::from_secs(2), ask).await.map_err(|_| "leash-policy: timed out".to_owned())?
+    }
+}
+
+/// A rewrite's value: literal, or a reference to a secret on the host —
+/// `leash-secret:env:NAME` (leashd's environment, which the proxy inherits)
+/// or `leash-secret:file:/path` (a root-owned file others cannot read; one
+/// trailing newline dropped) — so a policy file can be shared without it.
+pub fn resolve_secret(value: &str) -> Result<String, String> {
+    let Some(reference) = value.strip_prefix("leash-secret:") else { return Ok(value.to_owned()) };
+    if let Some(name) = reference.strip_prefix("env:") {
+        return std::env::var(name).map_err(|_| format!("the secret's variable {name} is not set for leashd"));
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("the secret's file {path}: {e}"))?;
+        if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+            return Err(format!("the secret's file {path} must be root's and unreadable by others (0600)"));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("the secret's file {path}: {e}"))?;
+        return Ok(text.strip_suffix('\n').unwrap_or(&text).to_owned());
+    }
+    Err("a secret reference is leash-secret:env:NAME or leash-secret:file:/path".to_owned())
+}
+
+/// Follows the policy service's changes into the held sessions; after a
+/// reconnection every session is reloaded (changes may have been missed).
+pub async fn follow(decider: Arc<Decider>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let run = async {
+            let Ok(mut client) = decider.client().await else { return };
+            let Ok(stream) = client.watch(pb::WatchRequest { session: String::new() }).await else { return };
+            let mut stream = stream.into_inner();
+            for id in decider.sessions() {
+                if let Err(e) = decider.refresh(&id).await {
+                    tracing::warn!(session_id = %id, error = %e, "cannot reload the session's policy; the last stays");
+                }
+            }
+            while let Ok(Some(c)) = stream.message().await {
+                if matches!(c.kind.as_str(), "current" | "close" | "invalid" | "unwatched") {
+                    continue;
+                }
+                if decider.generation(&c.session).is_some_and(|g| g < c.generation)
+                    && let Err(e) = decider.refresh(&c.session).await
+                {
+                    tracing::warn!(session_id = %c.session, error = %e, "cannot reload the session's policy; the last stays");
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = run => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_resolve_from_files_that_others_cannot_read() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(super::resolve_secret("Bearer x").unwrap(), "Bearer x");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "Bearer s3cret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let reference = format!("leash-secret:file:{}", f.display());
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(super::resolve_secret(&reference).unwrap(), "Bearer s3cret");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(super::resolve_secret(&reference).unwrap_err().contains("0600"));
+        }
+        assert!(super::resolve_secret("leash-secret:env:LEASH_NO_SUCH_VARIABLE").unwrap_err().contains("not set"));
+        assert!(super::resolve_secret("leash-secret:vault:x").is_err());
+    }
+}

@@ -1,0 +1,502 @@
+//! The data path: connections the redirect sends to a session's listener.
+//! TLS is terminated with a leaf of the session's CA for the name the client
+//! asked for (SNI); each request is decided, then forwarded over a marked
+//! upstream connection from the container's namespace to the original
+//! destination, whose certificate must be valid for that name.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use leash_proto::v1 as pb;
+use rustls::pki_types::ServerName;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::SessionCa;
+use crate::decide::{Decider, Decision};
+use crate::netns::{self, Netns};
+
+/// A TLS handshake, or the first bytes of plain HTTP, must arrive within this.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// An HTTP/1 request's headers must arrive within this (slow clients).
+const HEADERS: Duration = Duration::from_secs(10);
+/// Connecting upstream.
+const CONNECT: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One intercepted session.
+pub struct Session {
+    /// Its id.
+    pub id: String,
+    /// Its container's network namespace.
+    pub netns: Netns,
+    /// Its certificate authority.
+    pub ca: Arc<SessionCa>,
+    /// Cancelled when it is closed.
+    pub stop: CancellationToken,
+}
+
+/// Counters the status shows.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Requests decided.
+    pub requests: AtomicU64,
+    /// Requests refused.
+    pub denied: AtomicU64,
+    /// Upstream failures (connect, TLS verification, protocol).
+    pub upstream_errors: AtomicU64,
+}
+
+/// What every session's data path shares.
+pub struct Shared {
+    /// Decisions.
+    pub decider: Arc<Decider>,
+    /// rustls' crypto.
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Upstream TLS, offering HTTP/1.1 only, and h2 then HTTP/1.1.
+    pub upstream_h1: Arc<rustls::ClientConfig>,
+    /// See `upstream_h1`.
+    pub upstream_h2: Arc<rustls::ClientConfig>,
+    /// The event stream to leashd.
+    pub events: Arc<leash_daemon::fanout::Fanout>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// The upstream TLS configurations, trusting `roots`.
+pub fn upstream_configs(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: rustls::RootCertStore,
+) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)> {
+    let roots = Arc::new(roots);
+    let make = |alpn: &[&[u8]]| -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(c))
+    };
+    Ok((make(&[b"http/1.1"])?, make(&[b"h2", b"http/1.1"])?))
+}
+
+/// Accepts the redirected connections of one listener until the session closes.
+pub async fn accept(listener: tokio::net::TcpListener, session: Arc<Session>, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            () = session.stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(session_id = %session.id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let (session, shared) = (session.clone(), shared.clone());
+        tokio::spawn(async move {
+            let stop = session.stop.clone();
+            tokio::select! {
+                () = stop.cancelled() => {}
+                r = connection(stream, session.clone(), shared) => if let Err(e) = r {
+                    tracing::debug!(session_id = %session.id, error = %format!("{e:#}"), "connection ended");
+                }
+            }
+        });
+    }
+}
+
+/// One client connection and what it needs to forward its requests.
+#[derive(Clone)]
+struct Conn {
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    /// Where the client was going.
+    dst: SocketAddr,
+    /// The name it asked for in its TLS ClientHello.
+    sni: Option<String>,
+    tls: bool,
+    /// HTTP/2 negotiated with the client.
+    h2: bool,
+    upstream: Arc<tokio::sync::Mutex<Option<Upstream>>>,
+}
+
+enum Upstream {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+async fn connection(stream: TcpStream, session: Arc<Session>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let dst = netns::original_destination(&stream)?;
+    if dst == stream.local_addr()? {
+        // Straight to the listener, not redirected: nothing to forward to.
+        anyhow::bail!("a connection to the listener itself");
+    }
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await??;
+    if n == 0 {
+        return Ok(());
+    }
+    let conn = |sni, tls, h2| Conn {
+        session: session.clone(),
+        shared: shared.clone(),
+        dst,
+        sni,
+        tls,
+        h2,
+        upstream: Arc::new(tokio::sync::Mutex::new(None)),
+    };
+    if first[0] != 0x16 {
+        return serve_http(TokioIo::new(stream), conn(None, false, false)).await;
+    }
+    let start =
+        tokio::time::timeout(HANDSHAKE, tokio_rustls::LazyConfigAcceptor::new(Acceptor::default(), stream)).await??;
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+    let offered: Vec<Vec<u8>> = hello.alpn().map(|a| a.map(<[u8]>::to_vec).collect()).unwrap_or_default();
+    let name = sni.clone().unwrap_or_else(|| dst.ip().to_string());
+    let leaf = session.ca.leaf(&name)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(shared.provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Leaf(leaf)));
+    config.alpn_protocols =
+        [&b"h2"[..], b"http/1.1"].iter().filter(|p| offered.iter().any(|o| o == *p)).map(|p| p.to_vec()).collect();
+    let tls = tokio::time::timeout(HANDSHAKE, start.into_stream(Arc::new(config))).await??;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(TokioIo::new(tls), conn(sni, true, h2)).await
+}
+
+async fn serve_http<I>(io: TokioIo<I>, conn: Conn) -> anyhow::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let c = conn.clone();
+        async move { Ok::<_, Infallible>(request(req, c).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADERS);
+    builder.serve_connection(io, service).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The host a request names (`:authority` or `Host`), lower case, no port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+            match h.strip_prefix('[') {
+                // [v6]:port
+                Some(rest) => rest.split(']').next().unwrap_or_default().to_owned(),
+                None if h.matches(':').count() == 1 => h.split(':').next().unwrap_or_default().to_owned(),
+                None => h.to_owned(),
+            }
+        }
+    };
+    let host = raw.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// A path with the query's values left out (`/s?q=&page=`).
+pub fn redacted_path(uri: &hyper::Uri) -> String {
+    match uri.query() {
+        None => uri.path().to_owned(),
+        Some(q) => {
+            let keys: Vec<&str> = q.split('&').map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k)).collect();
+            format!("{}?{}=", uri.path(), keys.join("=&"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+struct Outcome {
+    decision: Option<Decision>,
+    status: u16,
+    error: Option<String>,
+    bytes: Option<u64>,
+}
+
+async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
+    let started = Instant::now();
+    c.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().to_string();
+    let path = redacted_path(req.uri());
+    let host = request_host(&req);
+    let port = c.dst.port();
+    // The name decided: the one the TLS handshake asked for, which the
+    // request must repeat (else: domain fronting).
+    let name = if c.tls { c.sni.clone().or_else(|| host.clone()) } else { host.clone() };
+    let resource = format!("{}:{port}", name.clone().unwrap_or_else(|| c.dst.ip().to_string()));
+    let (mut rewrites, mut rewrite_errors): (Vec<(String, Vec<String>)>, Vec<String>) = (Vec::new(), Vec::new());
+    let (response, outcome) = if c.tls && c.sni.is_some() && host.is_some() && c.sni != host {
+        let why = format!(
+            "leash: the request names {} but the TLS connection was for {}: refused (domain fronting)\n",
+            host.as_deref().unwrap_or_default(),
+            c.sni.as_deref().unwrap_or_default()
+        );
+        let d =
+            Decision { allow: false, reasons: vec!["leash:sni-host-mismatch".into()], mode: leash_core::Mode::Enforce };
+        (text(StatusCode::FORBIDDEN, why), Outcome { decision: Some(d), status: 403, error: None, bytes: None })
+    } else {
+        let mut d = c.shared.decider.connect(&c.session.id, name.as_deref(), c.dst.ip(), port).await;
+        if !c.tls && d.allow && name.is_some() {
+            // Plain HTTP: the Host header is the client's word; the address
+            // must be allowed too.
+            let by_ip = c.shared.decider.connect(&c.session.id, None, c.dst.ip(), port).await;
+            if !by_ip.allow {
+                d = by_ip;
+            }
+        }
+        if d.passes() {
+            // Injections only over TLS verified for the name (never plain
+            // HTTP: its Host header is the client's word).
+            let mut req = req;
+            if c.tls
+                && let Some(n) = &name
+            {
+                for (header, value, policies) in c.shared.decider.rewrites(&c.session.id, n, port) {
+                    let set = value.and_then(|v| {
+                        let name =
+                            hyper::header::HeaderName::from_bytes(header.as_bytes()).map_err(|e| e.to_string())?;
+                        let mut value =
+                            hyper::header::HeaderValue::from_str(&v).map_err(|_| "not a header value".to_owned())?;
+                        value.set_sensitive(true);
+                        req.headers_mut().insert(name, value);
+                        Ok(())
+                    });
+                    match set {
+                        Ok(()) => rewrites.push((header, policies)),
+                        Err(e) => rewrite_errors.push(format!("{header}: {e}")),
+                    }
+                }
+            }
+            match forward(req, &c, name.as_deref()).await {
+                Ok(r) => {
+                    let bytes =
+                        r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+                    let status = r.status().as_u16();
+                    (r, Outcome { decision: Some(d), status, error: None, bytes })
+                }
+                Err(e) => {
+                    c.shared.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("leash: upstream {resource}: {e}\n");
+                    (
+                        text(StatusCode::BAD_GATEWAY, body),
+                        Outcome { decision: Some(d), status: 502, error: Some(e), bytes: None },
+                    )
+                }
+            }
+        } else {
+            let ids = if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
+            let body = format!("leash: {resource} denied by policy {ids}\n");
+            (text(StatusCode::FORBIDDEN, body), Outcome { decision: Some(d), status: 403, error: None, bytes: None })
+        }
+    };
+    if outcome.status == 403 {
+        c.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut e = event(&c, &method, &path, &resource, started.elapsed(), outcome);
+    if !rewrites.is_empty() {
+        // Which headers were set and by which policies; never their values.
+        let headers = rewrites.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
+        let mut policies: Vec<String> = rewrites.into_iter().flat_map(|(_, p)| p).collect();
+        policies.sort();
+        policies.dedup();
+        e.details.insert("rewrites".to_owned(), headers);
+        e.details.insert("rewrite_policies".to_owned(), policies.join(", "));
+    }
+    if !rewrite_errors.is_empty() {
+        e.details.insert("rewrite_errors".to_owned(), rewrite_errors.join("; "));
+    }
+    c.shared.events.publish(e);
+    response
+}
+
+fn event(c: &Conn, method: &str, path: &str, resource: &str, took: Duration, o: Outcome) -> pb::Event {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = o.decision.unwrap_or(Decision { allow: false, reasons: Vec::new(), mode: leash_core::Mode::Enforce });
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("method".to_owned(), method.to_owned());
+    details.insert("path".to_owned(), path.to_owned());
+    details.insert("protocol".to_owned(), if c.tls { "https" } else { "http" }.to_owned());
+    details.insert("http_version".to_owned(), if c.h2 { "h2" } else { "http/1.1" }.to_owned());
+    details.insert("destination".to_owned(), c.dst.to_string());
+    details.insert("status".to_owned(), o.status.to_string());
+    details.insert("duration_ms".to_owned(), format!("{:.3}", took.as_secs_f64() * 1000.0));
+    details.insert("mechanism".to_owned(), "leash-proxy".to_owned());
+    if let Some(sni) = &c.sni {
+        details.insert("sni".to_owned(), sni.clone());
+    }
+    if let Some(b) = o.bytes {
+        details.insert("bytes".to_owned(), b.to_string());
+    }
+    if let Some(e) = o.error {
+        details.insert("error".to_owned(), e);
+    }
+    pb::Event {
+        seq: 0,
+        time_unix_nanos: now.as_nanos() as i64,
+        session: c.session.id.clone(),
+        pid: 0,
+        executable: String::new(),
+        kind: pb::EventKind::Http as i32,
+        action: "NetworkConnect".to_owned(),
+        resource: resource.to_owned(),
+        mode: match d.mode {
+            leash_core::Mode::Record => pb::Mode::Record,
+            leash_core::Mode::Shadow => pb::Mode::Shadow,
+            leash_core::Mode::Enforce => pb::Mode::Enforce,
+        } as i32,
+        decision: if d.passes() { pb::Decision::Allow } else { pb::Decision::Deny } as i32,
+        would_deny: d.would_deny(),
+        policy_ids: d.reasons,
+        details,
+    }
+}
+
+/// Sends the request upstream over the connection's upstream (made on first use).
+async fn forward(req: Request<Incoming>, c: &Conn, name: Option<&str>) -> Result<Response<Body>, String> {
+    let mut slot = c.upstream.lock().await;
+    let reusable = match slot.as_mut() {
+        Some(Upstream::H1(s)) => s.ready().await.is_ok(),
+        Some(Upstream::H2(s)) => !s.is_closed(),
+        None => false,
+    };
+    if !reusable {
+        *slot = Some(connect_upstream(c, name).await?);
+    }
+    let authority = name.map(str::to_owned).unwrap_or_else(|| c.dst.ip().to_string());
+    match slot.as_mut() {
+        Some(Upstream::H1(s)) => {
+            let (mut parts, body) = req.into_parts();
+            let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+            parts.uri = pq.parse().map_err(|e| format!("{e}"))?;
+            if !parts.headers.contains_key(hyper::header::HOST) {
+                let host = match (c.dst.port(), c.tls) {
+                    (443, true) | (80, false) => authority,
+                    (p, _) => format!("{authority}:{p}"),
+                };
+                parts.headers.insert(hyper::header::HOST, host.parse().map_err(|e| format!("{e}"))?);
+            }
+            parts.version = hyper::Version::HTTP_11;
+            parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("1.1 leash-proxy"));
+            let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
+            Ok(r.map(BodyExt::boxed))
+        }
+        Some(Upstream::H2(s)) => {
+            let mut s = s.clone();
+            drop(slot);
+            let (mut parts, body) = req.into_parts();
+            let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+            parts.uri = format!("https://{authority}{pq}").parse().map_err(|e| format!("{e}"))?;
+            parts.headers.remove(hyper::header::HOST);
+            parts.version = hyper::Version::HTTP_2;
+            parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("2 leash-proxy"));
+            let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
+            Ok(r.map(BodyExt::boxed))
+        }
+        None => Err("no upstream".to_owned()),
+    }
+}
+
+async fn connect_upstream(c: &Conn, name: Option<&str>) -> Result<Upstream, String> {
+    let v4 = c.dst.is_ipv4();
+    let fd = c.session.netns.run(move || netns::upstream_socket(v4)).await.map_err(|e| e.to_string())?;
+    let fd = fd.map_err(|e| format!("upstream socket: {e}"))?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let tcp = tokio::time::timeout(CONNECT, socket.connect(c.dst))
+        .await
+        .map_err(|_| format!("connecting to {} timed out", c.dst))?
+        .map_err(|e| format!("connecting to {}: {e}", c.dst))?;
+    let _ = tcp.set_nodelay(true);
+    if !c.tls {
+        return handshake(TokioIo::new(tcp), false).await;
+    }
+    let server_name = match name {
+        Some(n) => ServerName::try_from(n.to_owned()).map_err(|e| format!("server name {n:?}: {e}"))?,
+        None => ServerName::IpAddress(c.dst.ip().into()),
+    };
+    let config = if c.h2 { c.shared.upstream_h2.clone() } else { c.shared.upstream_h1.clone() };
+    let tls = tokio::time::timeout(HANDSHAKE, tokio_rustls::TlsConnector::from(config).connect(server_name, tcp))
+        .await
+        .map_err(|_| "upstream TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("upstream TLS for {}: {e}", name.unwrap_or("the address")))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    handshake(TokioIo::new(tls), h2).await
+}
+
+async fn handshake<I>(io: TokioIo<I>, h2: bool) -> Result<Upstream, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("upstream h2: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Upstream::H2(sender))
+    } else {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("upstream HTTP/1.1: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Upstream::H1(sender))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_never_reach_events() {
+        let uri: hyper::Uri = "/search?q=secret&page=2&flag".parse().unwrap();
+        assert_eq!(redacted_path(&uri), "/search?q=&page=&flag=");
+        assert_eq!(redacted_path(&"/a/b".parse().unwrap()), "/a/b");
+    }
+
+    #[test]
+    fn the_request_host_is_lower_case_without_port() {
+        let r = Request::builder().uri("/").header("host", "API.Example.test:8443").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("api.example.test"));
+        let r = Request::builder().uri("https://h.test/x").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("h.test"));
+        let r = Request::builder().uri("/").header("host", "[2001:db8::1]:80").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("2001:db8::1"));
+        let r = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

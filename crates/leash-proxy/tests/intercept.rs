@@ -1,0 +1,298 @@
+//! Interception end to end: real Docker, a session container with real
+//! `curl`, Python and Node, the real redirect rules in its namespace, and
+//! an HTTPS server (HTTP/1.1 and h2, its own CA) on the host side.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use leash_testkit::{Stack, eventually, require_docker};
+
+const IMAGE: &str = "leash-test-debian:latest";
+const NAMES: [&str; 4] = ["allowed.test", "api.allowed.test", "badallowed.test", "forbidden.test"];
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The bridge's gateway: the host as the container sees it.
+fn gateway() -> String {
+    let out = std::process::Command::new("docker")
+        .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
+        .output()
+        .unwrap();
+    text(&out.stdout).trim().to_owned()
+}
+
+/// A CA and a server certificate for every test name.
+fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "leash test upstream CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(NAMES.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let ca_path = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (Arc::new(config), ca_path)
+}
+
+/// Answers `<version> <host> <path> auth=<Authorization>`; counts requests.
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    hits: Arc<AtomicU64>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| req.headers().get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok()).unwrap_or("-").to_owned();
+    let (auth, via) = (header("authorization"), header("via"));
+    let body = format!("upstream {:?} {host} {} auth={auth} via={via}\n", req.version(), req.uri().path());
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// The host-side servers: HTTPS on 443, plain HTTP on 80.
+fn servers(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>, hits: Arc<AtomicU64>) {
+    let bind = |port| {
+        rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))))
+            .unwrap_or_else(|e| panic!("bind port {port} on the host: {e}"))
+    };
+    let (l443, l80) = (bind(443), bind(80));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let h = hits.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = l443.accept().await else { continue };
+            let (acceptor, hits) = (acceptor.clone(), h.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else { return };
+                let svc = hyper::service::service_fn(move |r| answer(r, hits.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = l80.accept().await else { continue };
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r| answer(r, hits.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos().into()
+}
+
+fn session_id(stack: &Stack) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
+    v[0]["id"].as_str().unwrap().to_owned()
+}
+
+/// Files under `dir` (logs, state) that contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t)
+                    if t.is_file() && std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) =>
+                {
+                    found.push(p.display().to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+fn exec(container: &str, script: &str) -> Output {
+    std::process::Command::new("docker").args(["exec", container, "sh", "-c", script]).output().unwrap()
+}
+
+/// `curl` to `name` at the host's address; prints `<status> <http version>` then the body.
+fn curl(container: &str, gw: &str, args: &str, url: &str) -> String {
+    let host = url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
+    let port = if url.starts_with("https") { 443 } else { 80 };
+    let script = format!(
+        "curl -sS --max-time 10 --resolve {host}:{port}:{gw} -w '\\n%{{http_code}} %{{http_version}}\\n' {args} {url} 2>&1"
+    );
+    text(&exec(container, &script).stdout)
+}
+
+#[test]
+fn https_is_intercepted_and_decided_by_name() {
+    if !require_docker("https_is_intercepted_and_decided_by_name") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut stack = Stack::new();
+    let (tls, upstream_ca) = server_tls(stack.root());
+    let hits = Arc::new(AtomicU64::new(0));
+    servers(&rt, tls, hits.clone());
+    let entry = leash_testkit::static_entry();
+    // A canary secret, injected from leashd's environment by reference.
+    let canary = format!("Bearer canary-{}-{}", std::process::id(), rand_suffix());
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca).env("LEASH_TEST_CANARY", &canary);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    let gw = gateway();
+    let policy = stack.root().join("policy.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
+             @id(\"allowed\") permit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in [Host::\"allowed.test\", Host::\"*.allowed.test\"] }};\n\
+             @id(\"no-forbidden\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"forbidden.test\");\n\
+             @id(\"inject\") permit (principal, action == Action::\"HttpRewrite\", resource == Host::\"api.allowed.test\") when {{ context.header == \"Authorization\" && context.value == \"leash-secret:env:LEASH_TEST_CANARY\" }};\n"
+        ),
+    )
+    .unwrap();
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let container = eventually(Duration::from_secs(20), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "running").then(|| s["container"].as_str().map(str::to_owned))?
+    });
+
+    // Allowed names pass, through the session's CA, on HTTP/1.1 and h2.
+    let out = curl(&container, &gw, "--http1.1", "https://allowed.test/x");
+    assert!(
+        out.contains("upstream HTTP/1.1 allowed.test /x auth=- via=1.1 leash-proxy") && out.contains("200 1.1"),
+        "{out}"
+    );
+    let out = curl(&container, &gw, "--http2", "https://api.allowed.test/h2");
+    assert!(out.contains("upstream HTTP/2.0 api.allowed.test /h2") && out.contains("200 2"), "{out}");
+    // A dot-boundary wildcard: *.allowed.test is not badallowed.test.
+    let out = curl(&container, &gw, "", "https://badallowed.test/");
+    assert!(out.contains("403 2") && out.contains("badallowed.test:443 denied"), "{out}");
+    let out = curl(&container, &gw, "", "https://forbidden.test/");
+    assert!(out.contains("403") && out.contains("no-forbidden"), "{out}");
+    // Domain fronting: the TLS name allowed, the request for another.
+    let before = hits.load(Ordering::SeqCst);
+    let out = curl(&container, &gw, "-H 'Host: forbidden.test'", "https://allowed.test/");
+    assert!(out.contains("403") && out.contains("domain fronting"), "{out}");
+    // Plain HTTP: decided on the Host name (and the address).
+    let out = curl(&container, &gw, "", "http://allowed.test/plain");
+    assert!(out.contains("upstream HTTP/1.1 allowed.test /plain") && out.contains("200 1.1"), "{out}");
+    let out = curl(&container, &gw, "-H 'Host: forbidden.test'", "http://allowed.test/plain");
+    assert!(out.contains("403"), "{out}");
+    assert_eq!(hits.load(Ordering::SeqCst), before + 1, "denied requests never reach the server");
+    // The secret is injected over verified TLS, never over plain HTTP.
+    let out = curl(&container, &gw, "--http1.1", "https://api.allowed.test/inject");
+    assert!(out.contains(&format!("auth={canary} via=")), "{out}");
+    let out = curl(&container, &gw, "", "http://api.allowed.test/inject-plain");
+    assert!(out.contains("auth=- via="), "{out}");
+    // Node, with its own trust store (NODE_EXTRA_CA_CERTS).
+    let node = format!(
+        "node -e \"require('https').get({{host: '{gw}', servername: 'allowed.test', headers: {{host: 'allowed.test'}}, path: '/node'}}, r => {{ r.on('data', d => process.stdout.write(d)); }}).on('error', e => {{ console.log('error', e.message); }})\""
+    );
+    let out = text(&exec(&container, &node).stdout);
+    assert!(out.contains("upstream HTTP/1.1 allowed.test /node"), "{out}");
+    // QUIC is refused, so clients fall back to TCP.
+    let quic = format!(
+        "python3 -c \"import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('{gw}', 443))\ntry:\n  s.send(b'x'); time.sleep(0.3); s.send(b'x'); print('sent')\nexcept OSError as e: print('refused', e.errno)\""
+    );
+    let out = exec(&container, &quic);
+    // The rule rejects the datagram: EPERM on the send (netfilter refused
+    // it), or ECONNREFUSED on the next (its ICMP answer).
+    let said = text(&out.stdout);
+    assert!(said.contains("refused 1\n") || said.contains("refused 111"), "{said}{}", text(&out.stderr));
+
+    // Events: the requests, decided, with their policies; no query values.
+    let events = stack.events();
+    let http: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "http").collect();
+    let find = |resource: &str, decision: &str| {
+        http.iter().find(|e| e["resource"] == resource && e["decision"] == decision).copied().cloned()
+    };
+    let ok = find("allowed.test:443", "allow").expect("the allowed request's event");
+    assert_eq!(ok["policy_ids"], serde_json::json!(["allowed"]), "{ok}");
+    assert_eq!(
+        (ok["details"]["status"].as_str(), ok["details"]["method"].as_str()),
+        (Some("200"), Some("GET")),
+        "{ok}"
+    );
+    let denied = find("forbidden.test:443", "deny").expect("the forbidden request's event");
+    assert_eq!(denied["policy_ids"], serde_json::json!(["no-forbidden"]), "{denied}");
+    assert!(http.iter().any(|e| e["policy_ids"] == serde_json::json!(["leash:sni-host-mismatch"])), "{http:?}");
+
+    let injected = http
+        .iter()
+        .find(|e| e["resource"] == "api.allowed.test:443" && e["details"]["path"] == "/inject")
+        .expect("the injected request's event");
+    assert_eq!(
+        (injected["details"]["rewrites"].as_str(), injected["details"]["rewrite_policies"].as_str()),
+        (Some("Authorization"), Some("inject")),
+        "{injected}"
+    );
+    // The canary appears in no event, log, saved state or table listing.
+    let token = canary.trim_start_matches("Bearer ");
+    let all_events = text(&stack.leashctl(&["events", "--json"]).stdout);
+    assert!(!all_events.contains(token), "the secret is in an event");
+    let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id(&stack)]).stdout);
+    assert!(listed.contains("Authorization") && !listed.contains(token), "{listed}");
+    assert_eq!(files_containing(stack.root(), token), Vec::<String>::new(), "the secret is on disk");
+
+    // The proxy killed: nothing gets through unproxied meanwhile (plain
+    // HTTP would, straight to the server: it would arrive without `Via`),
+    // and once it is back, new connections work without restarting the
+    // session.
+    let pid = Stack::component(&stack.status().unwrap(), "leash-proxy")["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let loop_script = format!(
+        "for i in $(seq 1 40); do curl -s --max-time 2 --resolve allowed.test:80:{gw} http://allowed.test/during; done"
+    );
+    let during = text(&exec(&container, &loop_script).stdout);
+    assert!(!during.contains("via=-"), "a request reached the server unproxied: {during}");
+    let after = eventually(Duration::from_secs(10), "the proxy intercepting again", || {
+        let out = curl(&container, &gw, "--http1.1", "https://allowed.test/after");
+        out.contains("200").then_some(out)
+    });
+    assert!(after.contains("upstream HTTP/1.1 allowed.test /after auth=- via=1.1 leash-proxy"), "{after}");
+    let restarted = Stack::component(&stack.status().unwrap(), "leash-proxy")["pid"].as_u64().unwrap();
+    assert_ne!(restarted, pid);
+
+    let _ = session.kill();
+    let _ = session.wait();
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+}
