@@ -82,6 +82,11 @@ impl Decider {
         self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(session).cloned()
     }
 
+    /// The mode held for a session.
+    pub fn mode(&self, session: &str) -> Option<Mode> {
+        self.held(session).and_then(|h| h.mode)
+    }
+
     /// The generation held for a session.
     pub fn generation(&self, session: &str) -> Option<u64> {
         self.held(session).map(|h| h.tables.generation)
@@ -125,13 +130,31 @@ impl Decider {
                     (None, IpAddr::V4(a)) => format!("{a}:{port}"),
                     (None, IpAddr::V6(a)) => format!("[{a}]:{port}"),
                 };
-                match self.check(session, &resource).await {
+                match self.check(session, "NetworkConnect", &resource).await {
                     Ok((allow, reasons)) => Decision { allow, reasons, mode },
                     Err(e) => {
                         tracing::warn!(session_id = %session, %resource, error = %e, "cannot ask leash-policy: denied");
                         Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode }
                     }
                 }
+            }
+        }
+    }
+
+    /// `McpCall` on `tool` of `server` (record mode decides nothing).
+    pub async fn mcp_call(&self, session: &str, server: &str, tool: &str) -> Decision {
+        let Some(held) = self.held(session) else {
+            return Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce };
+        };
+        let mode = held.mode.unwrap_or(Mode::Enforce);
+        if mode == Mode::Record {
+            return Decision { allow: true, reasons: Vec::new(), mode };
+        }
+        match self.check(session, "McpCall", &format!("{tool}@{server}")).await {
+            Ok((allow, reasons)) => Decision { allow, reasons, mode },
+            Err(e) => {
+                tracing::warn!(session_id = %session, %server, %tool, error = %e, "cannot ask leash-policy: denied");
+                Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode }
             }
         }
     }
@@ -155,14 +178,14 @@ impl Decider {
             .collect()
     }
 
-    async fn check(&self, session: &str, resource: &str) -> Result<(bool, Vec<String>), String> {
+    async fn check(&self, session: &str, action: &str, resource: &str) -> Result<(bool, Vec<String>), String> {
         let ask = async {
             let r = self
                 .client()
                 .await?
                 .check(pb::CheckRequest {
                     principal: String::new(),
-                    action: "NetworkConnect".into(),
+                    action: action.to_owned(),
                     resource: resource.to_owned(),
                     context: HashMap::new(),
                     session: session.to_owned(),

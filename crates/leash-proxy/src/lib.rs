@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod decide;
+pub mod mcp;
 pub mod netns;
 pub mod serve;
 
@@ -256,6 +257,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         upstream_h2,
         events: Arc::new(leash_daemon::fanout::Fanout::default()),
         counters: serve::Counters::default(),
+        sse_streams: Default::default(),
     });
     let bound = ctx.bind_component(Component::Proxy)?;
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ca::SessionCa;
 use crate::decide::{Decider, Decision};
+use crate::mcp;
 use crate::netns::{self, Netns};
+use serde_json::Value;
 
 /// A TLS handshake, or the first bytes of plain HTTP, must arrive within this.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -34,7 +36,7 @@ const HEADERS: Duration = Duration::from_secs(10);
 /// Connecting upstream.
 const CONNECT: Duration = Duration::from_secs(10);
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// One intercepted session.
 pub struct Session {
@@ -75,6 +77,9 @@ pub struct Shared {
     pub events: Arc<leash_daemon::fanout::Fanout>,
     /// Counters.
     pub counters: Counters,
+    /// The SSE transport's open streams, by server and message endpoint:
+    /// where a refused call's answer goes.
+    pub sse_streams: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>,
 }
 
 /// The upstream TLS configurations, trusting `roots`.
@@ -139,8 +144,8 @@ struct Conn {
 }
 
 enum Upstream {
-    H1(hyper::client::conn::http1::SendRequest<Incoming>),
-    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
 }
 
 #[derive(Debug)]
@@ -237,7 +242,7 @@ pub fn redacted_path(uri: &hyper::Uri) -> String {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     r
@@ -284,7 +289,7 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
         if d.passes() {
             // Injections only over TLS verified for the name (never plain
             // HTTP: its Host header is the client's word).
-            let mut req = req;
+            let mut req = req.map(BodyExt::boxed_unsync);
             if c.tls
                 && let Some(n) = &name
             {
@@ -304,21 +309,26 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
                     }
                 }
             }
-            match forward(req, &c, name.as_deref()).await {
-                Ok(r) => {
-                    let bytes =
-                        r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-                    let status = r.status().as_u16();
-                    (r, Outcome { decision: Some(d), status, error: None, bytes })
-                }
-                Err(e) => {
-                    c.shared.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    let body = format!("leash: upstream {resource}: {e}\n");
-                    (
-                        text(StatusCode::BAD_GATEWAY, body),
-                        Outcome { decision: Some(d), status: 502, error: Some(e), bytes: None },
-                    )
-                }
+            let server = name.clone().unwrap_or_else(|| c.dst.ip().to_string());
+            match mcp_gate(req, &c, &server).await {
+                Err((r, status)) => (r, Outcome { decision: Some(d), status, error: None, bytes: None }),
+                Ok((req, is_mcp)) => match forward(req, &c, name.as_deref()).await {
+                    Ok(r) => {
+                        let bytes =
+                            r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+                        let status = r.status().as_u16();
+                        let r = mcp_response(r, &c, &server, is_mcp).await;
+                        (r, Outcome { decision: Some(d), status, error: None, bytes })
+                    }
+                    Err(e) => {
+                        c.shared.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                        let body = format!("leash: upstream {resource}: {e}\n");
+                        (
+                            text(StatusCode::BAD_GATEWAY, body),
+                            Outcome { decision: Some(d), status: 502, error: Some(e), bytes: None },
+                        )
+                    }
+                },
             }
         } else {
             let ids = if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
@@ -389,7 +399,7 @@ fn event(c: &Conn, method: &str, path: &str, resource: &str, took: Duration, o: 
 }
 
 /// Sends the request upstream over the connection's upstream (made on first use).
-async fn forward(req: Request<Incoming>, c: &Conn, name: Option<&str>) -> Result<Response<Body>, String> {
+async fn forward(req: Request<Body>, c: &Conn, name: Option<&str>) -> Result<Response<Body>, String> {
     let mut slot = c.upstream.lock().await;
     let reusable = match slot.as_mut() {
         Some(Upstream::H1(s)) => s.ready().await.is_ok(),
@@ -415,7 +425,7 @@ async fn forward(req: Request<Incoming>, c: &Conn, name: Option<&str>) -> Result
             parts.version = hyper::Version::HTTP_11;
             parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("1.1 leash-proxy"));
             let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
-            Ok(r.map(BodyExt::boxed))
+            Ok(r.map(BodyExt::boxed_unsync))
         }
         Some(Upstream::H2(s)) => {
             let mut s = s.clone();
@@ -427,7 +437,7 @@ async fn forward(req: Request<Incoming>, c: &Conn, name: Option<&str>) -> Result
             parts.version = hyper::Version::HTTP_2;
             parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("2 leash-proxy"));
             let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
-            Ok(r.map(BodyExt::boxed))
+            Ok(r.map(BodyExt::boxed_unsync))
         }
         None => Err("no upstream".to_owned()),
     }
@@ -475,6 +485,317 @@ where
         tokio::spawn(conn);
         Ok(Upstream::H1(sender))
     }
+}
+
+/// MCP in a request body: events for its messages, and `tools/call`s
+/// authorized as `McpCall`. A refused call is answered here, in the
+/// transport's framing, and nothing is forwarded; otherwise the request
+/// goes on (with whether it carried MCP).
+async fn mcp_gate(req: Request<Body>, c: &Conn, server: &str) -> Result<(Request<Body>, bool), (Response<Body>, u16)> {
+    if req.method() != hyper::Method::POST {
+        return Ok((req, false));
+    }
+    let (parts, body) = req.into_parts();
+    let (messages, bytes) = match mcp::read(body).await {
+        Ok(mcp::Read::Other(b)) => return Ok((Request::from_parts(parts, b), false)),
+        Ok(mcp::Read::Messages(m, bytes)) => (m, bytes),
+        Ok(mcp::Read::TooLarge) => {
+            let why =
+                format!("leash: an MCP message over {} bytes is refused, not passed on unchecked\n", mcp::BODY_LIMIT);
+            return Err((text(StatusCode::PAYLOAD_TOO_LARGE, why), 413));
+        }
+        Ok(mcp::Read::Invalid(e)) => {
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("leash: {e}")}});
+            return Err((json(StatusCode::BAD_REQUEST, &body), 400));
+        }
+        Err(e) => return Err((text(StatusCode::BAD_REQUEST, format!("leash: reading the request: {e}\n")), 400)),
+    };
+    let endpoint = format!("{server}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let sse = c.shared.sse_streams.lock().unwrap_or_else(|p| p.into_inner()).get(&endpoint).cloned();
+    let transport = if sse.is_some() { "sse" } else { "streamable-http" };
+    let mcp_session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(8).collect::<String>());
+    let mut refused: Vec<(Value, String)> = Vec::new();
+    for m in &messages {
+        let mut details = std::collections::BTreeMap::new();
+        details.insert("transport".to_owned(), transport.to_owned());
+        if let Some(s) = &mcp_session {
+            details.insert("mcp_session".to_owned(), s.clone());
+        }
+        if let Some(id) = m.get("id") {
+            details.insert("id".to_owned(), id.to_string());
+        }
+        let method = mcp::method(m).unwrap_or("response");
+        details.insert("method".to_owned(), method.to_owned());
+        let (action, resource, decision) = match mcp::tool(m) {
+            Some(tool) => {
+                details.insert("tool".to_owned(), tool.to_owned());
+                details.insert("arguments".to_owned(), mcp::argument_names(m).join(", "));
+                let d = c.shared.decider.mcp_call(&c.session.id, server, tool).await;
+                if !d.passes()
+                    && let Some(id) = m.get("id")
+                {
+                    let ids =
+                        if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
+                    refused.push((
+                        id.clone(),
+                        format!("leash: tool {tool} on MCP server {server} denied by policy {ids}"),
+                    ));
+                }
+                ("McpCall".to_owned(), format!("{tool}@{server}"), Some(d))
+            }
+            None => (format!("mcp.{method}"), server.to_owned(), None),
+        };
+        c.shared.events.publish(mcp_event(c, &action, &resource, decision.as_ref(), details));
+    }
+    if refused.is_empty() {
+        let body = UnsyncBoxBody::new(Full::new(bytes).map_err(|n| match n {}));
+        return Ok((Request::from_parts(parts, body), true));
+    }
+    // Every request of the message gets an answer: the refused calls
+    // theirs, the others that they were not forwarded.
+    let answers: Vec<Value> = messages
+        .iter()
+        .filter_map(|m| Some((m.get("id")?.clone(), mcp::method(m)?)))
+        .map(|(id, _)| match refused.iter().find(|(r, _)| *r == id) {
+            Some((_, why)) => mcp::error(&id, why),
+            None => mcp::error(&id, "leash: not forwarded: a call in the same message was refused"),
+        })
+        .collect();
+    c.shared.counters.denied.fetch_add(refused.len() as u64, Ordering::Relaxed);
+    if let Some(stream) = sse {
+        // The SSE transport answers on its event stream; the POST is accepted.
+        for a in &answers {
+            let _ = stream.send(mcp::sse_event(a));
+        }
+        let mut r = text(StatusCode::ACCEPTED, "Accepted".into());
+        r.headers_mut().remove(hyper::header::CONTENT_TYPE);
+        return Err((r, 202));
+    }
+    let accept = parts.headers.get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let single = messages.len() == 1;
+    let payload = if single { answers.into_iter().next().unwrap_or(Value::Null) } else { Value::Array(answers) };
+    if accept.contains("text/event-stream") && !accept.contains("application/json") {
+        let events: Vec<Value> = match payload {
+            Value::Array(a) => a,
+            one => vec![one],
+        };
+        let body: Vec<u8> = events.iter().flat_map(|e| mcp::sse_event(e).to_vec()).collect();
+        let mut r = Response::new(UnsyncBoxBody::new(Full::new(Bytes::from(body)).map_err(|n| match n {})));
+        r.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream"));
+        return Err((r, 200));
+    }
+    Err((json(StatusCode::OK, &payload), 200))
+}
+
+fn json(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(UnsyncBoxBody::new(Full::new(Bytes::from(v.to_string())).map_err(|n| match n {})));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn mcp_event(
+    c: &Conn,
+    action: &str,
+    resource: &str,
+    d: Option<&Decision>,
+    mut details: std::collections::BTreeMap<String, String>,
+) -> pb::Event {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    details.insert("mechanism".to_owned(), "leash-proxy".to_owned());
+    details.insert("destination".to_owned(), c.dst.to_string());
+    let mode = d.map(|d| d.mode).or_else(|| c.shared.decider.mode(&c.session.id));
+    pb::Event {
+        seq: 0,
+        time_unix_nanos: now.as_nanos() as i64,
+        session: c.session.id.clone(),
+        pid: 0,
+        executable: String::new(),
+        kind: pb::EventKind::Mcp as i32,
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        mode: mode.map_or(pb::Mode::Unspecified, |m| match m {
+            leash_core::Mode::Record => pb::Mode::Record,
+            leash_core::Mode::Shadow => pb::Mode::Shadow,
+            leash_core::Mode::Enforce => pb::Mode::Enforce,
+        }) as i32,
+        decision: match d {
+            Some(d) if !d.passes() => pb::Decision::Deny,
+            Some(_) => pb::Decision::Allow,
+            None => pb::Decision::Unspecified,
+        } as i32,
+        would_deny: d.is_some_and(Decision::would_deny),
+        policy_ids: d.map(|d| d.reasons.clone()).unwrap_or_default(),
+        details,
+    }
+}
+
+/// The tools of `names` that the policy refuses (hidden from listings).
+async fn refused_tools(c: &Conn, server: &str, names: &[String]) -> Vec<String> {
+    let mut hidden = Vec::new();
+    for n in names {
+        if !c.shared.decider.mcp_call(&c.session.id, server, n).await.passes() {
+            hidden.push(n.clone());
+        }
+    }
+    hidden
+}
+
+/// A `tools/list` result with the refused tools taken out (and an event
+/// saying which), or the message as it was.
+async fn filter_listing(c: &Conn, server: &str, mut m: Value) -> Value {
+    if let Some(names) = mcp::listed_tools(&m) {
+        let hidden = refused_tools(c, server, &names).await;
+        if !hidden.is_empty() {
+            mcp::hide_tools(&mut m, &hidden);
+            let mut details = std::collections::BTreeMap::new();
+            details.insert("method".to_owned(), "tools/list".to_owned());
+            details.insert("hidden".to_owned(), hidden.join(", "));
+            if let Some(id) = m.get("id") {
+                details.insert("id".to_owned(), id.to_string());
+            }
+            c.shared.events.publish(mcp_event(c, "mcp.tools/list", server, None, details));
+        }
+    }
+    m
+}
+
+/// An upstream response on its way back: `tools/list` results filtered in
+/// JSON (MCP requests) and in every event stream, whose message endpoint
+/// (the SSE transport's) is remembered for answering refused calls.
+async fn mcp_response(r: Response<Body>, c: &Conn, server: &str, is_mcp: bool) -> Response<Body> {
+    let content_type = r
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("text/event-stream") {
+        let (mut parts, body) = r.into_parts();
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        return Response::from_parts(parts, sse_stream(body, c.clone(), server.to_owned()));
+    }
+    if !is_mcp || !content_type.starts_with("application/json") {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let Ok(collected) = http_body_util::Limited::new(body, mcp::BODY_LIMIT).collect().await else {
+        return json(
+            StatusCode::BAD_GATEWAY,
+            &serde_json::json!({"jsonrpc": "2.0", "id": null,
+            "error": {"code": -32603, "message": "leash: the MCP server's answer was unreadable or over the limit"}}),
+        );
+    };
+    let bytes = collected.to_bytes();
+    let out = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for m in items {
+                out.push(filter_listing(c, server, m).await);
+            }
+            Bytes::from(Value::Array(out).to_string())
+        }
+        Ok(m) if mcp::listed_tools(&m).is_some() => Bytes::from(filter_listing(c, server, m).await.to_string()),
+        _ => bytes,
+    };
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Response::from_parts(parts, UnsyncBoxBody::new(Full::new(out).map_err(|n| match n {})))
+}
+
+struct SseState {
+    upstream: http_body_util::BodyStream<Body>,
+    buf: bytes::BytesMut,
+    c: Conn,
+    server: String,
+    injected: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
+    endpoint: Option<String>,
+    done: bool,
+}
+
+impl Drop for SseState {
+    fn drop(&mut self) {
+        if let Some(e) = &self.endpoint {
+            self.c.shared.sse_streams.lock().unwrap_or_else(|p| p.into_inner()).remove(e);
+        }
+    }
+}
+
+/// An event stream passed on event by event: JSON-RPC listings filtered,
+/// the message endpoint registered, refused calls' answers merged in.
+fn sse_stream(body: Body, c: Conn, server: String) -> Body {
+    let state = SseState {
+        upstream: http_body_util::BodyStream::new(body),
+        buf: bytes::BytesMut::new(),
+        c,
+        server,
+        injected: None,
+        endpoint: None,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        use futures_util::StreamExt;
+        loop {
+            if st.done {
+                return None;
+            }
+            let next = match st.injected.as_mut() {
+                Some(rx) => tokio::select! {
+                    f = st.upstream.next() => Ok(f),
+                    Some(b) = rx.recv() => Err(b),
+                },
+                None => Ok(st.upstream.next().await),
+            };
+            let frame = match next {
+                Err(injected) => return Some((Ok(hyper::body::Frame::data(injected)), st)),
+                Ok(None) => {
+                    st.done = true;
+                    let rest = st.buf.split().freeze();
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(hyper::body::Frame::data(rest)), st));
+                }
+                Ok(Some(Err(e))) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let data = match frame.into_data() {
+                Ok(d) => d,
+                Err(other) => return Some((Ok(other), st)),
+            };
+            st.buf.extend_from_slice(&data);
+            let mut out = Vec::new();
+            for raw in mcp::take_events(&mut st.buf) {
+                let (kind, payload) = mcp::parse_event(&raw);
+                if kind == "endpoint" && st.endpoint.is_none() {
+                    let key = format!("{}{}", st.server, payload.trim());
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    st.c.shared.sse_streams.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tx);
+                    st.endpoint = Some(key);
+                    st.injected = Some(rx);
+                }
+                let listing = payload.contains("\"jsonrpc\"") && payload.contains("\"tools\"");
+                match serde_json::from_str::<Value>(&payload).ok().filter(|_| listing) {
+                    Some(m) if mcp::listed_tools(&m).is_some() => {
+                        let m = filter_listing(&st.c, &st.server, m).await;
+                        out.extend_from_slice(format!("event: {kind}\ndata: {m}\n\n").as_bytes());
+                    }
+                    _ => out.extend_from_slice(&raw),
+                }
+            }
+            if !out.is_empty() {
+                return Some((Ok(hyper::body::Frame::data(Bytes::from(out))), st));
+            }
+        }
+    });
+    UnsyncBoxBody::new(http_body_util::StreamBody::new(stream))
 }
 
 #[cfg(test)]

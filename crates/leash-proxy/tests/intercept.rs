@@ -139,6 +139,48 @@ fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
     found
 }
 
+/// Bad clients, in Python inside the session container.
+const BAD_INPUT: &str = r#"
+import socket, ssl, sys, time
+def talk(port, data, wait=3, end=False):
+    s = socket.create_connection(("GW", port), timeout=wait)
+    s.sendall(data)
+    if end:
+        s.shutdown(socket.SHUT_WR)
+    try:
+        got = s.recv(4096)
+    except socket.timeout:
+        got = b"(silence)"
+    s.close()
+    return got
+def status(got):
+    return got.split(b"\r\n")[0].decode(errors="replace") if got else "closed"
+if sys.argv[1] == "quick":
+    print("malformed=" + status(talk(80, b"NOT HTTP AT ALL\r\n\r\n")))
+    print("truncated=" + status(talk(443, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", end=True)))
+    body = b'{"jsonrpc":"2.0","id":1,"method":'
+    req = b"POST /mcp HTTP/1.1\r\nHost: allowed.test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    got = talk(80, req)
+    print("invalid=" + status(got) + " " + got.decode(errors="replace").split("\r\n\r\n")[-1])
+    big = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":"' + b"a" * (5 << 20) + b'"}}'
+    s = socket.create_connection(("GW", 80), timeout=10)
+    s.sendall(b"POST /mcp HTTP/1.1\r\nHost: allowed.test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big))
+    try:
+        s.sendall(big)
+    except OSError:
+        pass
+    print("oversized=" + status(s.recv(4096)))
+else:
+    s = socket.create_connection(("GW", 80), timeout=30)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n")
+    start = time.time()
+    try:
+        got = s.recv(4096)
+    except OSError:
+        got = b""
+    print("slowloris=%s after %.0f s" % ("closed" if not got or got.startswith(b"HTTP/1.1 408") else status(got), time.time() - start))
+"#;
+
 fn exec(container: &str, script: &str) -> Output {
     std::process::Command::new("docker").args(["exec", container, "sh", "-c", script]).output().unwrap()
 }
@@ -272,6 +314,26 @@ fn https_is_intercepted_and_decided_by_name() {
     let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id(&stack)]).stdout);
     assert!(listed.contains("Authorization") && !listed.contains(token), "{listed}");
     assert_eq!(files_containing(stack.root(), token), Vec::<String>::new(), "the secret is on disk");
+
+    // Bad input: the proxy answers or drops it, and keeps serving others.
+    let bad = stack.project().join("bad-input.py");
+    std::fs::write(&bad, BAD_INPUT.replace("GW", &gw)).unwrap();
+    let slow = std::process::Command::new("docker")
+        .args(["exec", &container, "python3", bad.to_str().unwrap(), "slowloris"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let quick = exec(&container, &format!("python3 {} quick 2>&1", bad.display()));
+    let out = text(&quick.stdout);
+    assert!(out.contains("malformed=HTTP/1.1 400"), "{out}");
+    assert!(out.contains("truncated=closed"), "{out}");
+    assert!(out.contains("invalid=HTTP/1.1 400") && out.contains("-32700"), "{out}");
+    assert!(out.contains("oversized=HTTP/1.1 413"), "{out}");
+    // While a slow client holds a connection open, others are served.
+    let others = curl(&container, &gw, "--http1.1", "https://allowed.test/meanwhile");
+    assert!(others.contains("200 1.1"), "{others}");
+    let slow = text(&slow.wait_with_output().unwrap().stdout);
+    assert!(slow.contains("slowloris=closed"), "{slow}");
 
     // The proxy killed: nothing gets through unproxied meanwhile (plain
     // HTTP would, straight to the server: it would arrive without `Via`),

@@ -184,6 +184,21 @@ impl Supervisor {
         self.snapshot().await.into_iter().find(|v| v.component == c).and_then(|v| v.channel)
     }
 
+    /// [`Supervisor::channel`], waiting up to `patience` for the component
+    /// (just started, or restarting).
+    pub async fn channel_within(&self, c: Component, patience: std::time::Duration) -> Option<Channel> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(ch) = self.channel(c).await {
+                return Some(ch);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops supervising: no more restarts. Returns the components, so the
     /// caller can ask the running ones to stop.
     pub async fn stop_all(&self) -> Vec<View> {

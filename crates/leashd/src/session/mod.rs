@@ -31,6 +31,9 @@ use tonic::{Status, Streaming};
 use crate::hub::Hub;
 use engine::{Engine, LogOutput};
 
+/// How long an admission step waits for its component (just started by
+/// `leash`, or restarting).
+const COMPONENT_PATIENCE: Duration = Duration::from_secs(5);
 /// How long leash-entry may take to reach the release channel.
 const RELEASE_PATIENCE: Duration = Duration::from_secs(15);
 /// Between SIGTERM and SIGKILL when a session is stopped.
@@ -578,8 +581,12 @@ impl Sessions {
     /// Loads the session's policy in leash-policy: the `--policy` file the
     /// client sent, else the default.
     async fn open_policy(&self, info: &Info, plan: &plan::Plan) -> Result<(), String> {
-        let channel =
-            self.ctx.supervisor.channel(leash_core::Component::Policy).await.ok_or("leash-policy is not running")?;
+        let channel = self
+            .ctx
+            .supervisor
+            .channel_within(leash_core::Component::Policy, COMPONENT_PATIENCE)
+            .await
+            .ok_or("leash-policy is not running")?;
         let sources = plan
             .policy
             .iter()
@@ -637,8 +644,12 @@ impl Sessions {
         pid: i64,
         proxied: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
-        let channel =
-            self.ctx.supervisor.channel(leash_core::Component::Sensor).await.ok_or("leash-sensor is not running")?;
+        let channel = self
+            .ctx
+            .supervisor
+            .channel_within(leash_core::Component::Sensor, COMPONENT_PATIENCE)
+            .await
+            .ok_or("leash-sensor is not running")?;
         let proxied = proxied.load(std::sync::atomic::Ordering::SeqCst);
         let r = pb::sensor_client::SensorClient::new(channel)
             .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32, proxied })
@@ -656,8 +667,12 @@ impl Sessions {
     /// Has leash-proxy mint the session's CA; its certificate (alone, and
     /// after the host's roots) goes in the session dir the container sees.
     async fn prepare_proxy(&self, id: &str, dir: &std::path::Path) -> Result<(), String> {
-        let channel =
-            self.ctx.supervisor.channel(leash_core::Component::Proxy).await.ok_or("leash-proxy is not running")?;
+        let channel = self
+            .ctx
+            .supervisor
+            .channel_within(leash_core::Component::Proxy, COMPONENT_PATIENCE)
+            .await
+            .ok_or("leash-proxy is not running")?;
         let r = pb::proxy_client::ProxyClient::new(channel)
             .prepare(pb::ProxyPrepareRequest { session: id.to_owned() })
             .await
@@ -685,8 +700,12 @@ impl Sessions {
         if !prepared {
             return Err("the session's CA was not minted".into());
         }
-        let channel =
-            self.ctx.supervisor.channel(leash_core::Component::Proxy).await.ok_or("leash-proxy is not running")?;
+        let channel = self
+            .ctx
+            .supervisor
+            .channel_within(leash_core::Component::Proxy, COMPONENT_PATIENCE)
+            .await
+            .ok_or("leash-proxy is not running")?;
         let r = pb::proxy_client::ProxyClient::new(channel)
             .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32 })
             .await

@@ -1,0 +1,157 @@
+//! MCP governance end to end: the real `@modelcontextprotocol/server-everything`
+//! (streamable HTTP and SSE transports, each in a container of its own) and
+//! the official SDK's client in a session container, through the proxy.
+
+use std::time::Duration;
+
+use leash_testkit::{Stack, eventually, require_docker};
+
+const IMAGE: &str = "leash-test-debian:latest";
+
+const CLIENT: &str = r#"
+const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
+const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
+const { SSEClientTransport } = require("@modelcontextprotocol/sdk/client/sse.js");
+async function main() {
+  const [mode, url] = process.argv.slice(2);
+  const client = new Client({ name: "leash-test", version: "1.0.0" });
+  const transport = mode === "sse" ? new SSEClientTransport(new URL(url)) : new StreamableHTTPClientTransport(new URL(url));
+  await client.connect(transport);
+  const tools = (await client.listTools()).tools.map((t) => t.name);
+  console.log("tools " + tools.sort().join(","));
+  for (const [name, args] of [["echo", { message: "hi leash" }], ["get-env", {}]]) {
+    try {
+      const r = await client.callTool({ name, arguments: args });
+      console.log("call " + name + " " + JSON.stringify(r.content).slice(0, 60));
+    } catch (e) {
+      console.log("refused " + name + " " + e.code + " " + e.message);
+    }
+  }
+  await client.close();
+}
+main().then(() => process.exit(0), (e) => { console.log("fatal " + e.message); process.exit(1); });
+"#;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A server-everything container on the bridge, port 80; removed on drop.
+struct Server {
+    name: String,
+    ip: String,
+}
+
+impl Server {
+    fn start(transport: &str) -> Server {
+        let name = format!("leash-mcp-{transport}-{}", std::process::id());
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", &name, "-e", "PORT=80", IMAGE, "mcp-server-everything", transport])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let ip = text(
+            &std::process::Command::new("docker")
+                .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .trim()
+        .to_owned();
+        eventually(Duration::from_secs(20), "the MCP server listening", || {
+            let logs = std::process::Command::new("docker").args(["logs", &name]).output().ok()?;
+            let all = format!("{}{}", text(&logs.stdout), text(&logs.stderr));
+            (all.contains("port 80")).then_some(())
+        });
+        Server { name, ip }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &self.name]).output();
+    }
+}
+
+#[test]
+fn mcp_tools_are_governed_over_streamable_http_and_sse() {
+    if !require_docker("mcp_tools_are_governed_over_streamable_http_and_sse") {
+        return;
+    }
+    let (http, sse) = (Server::start("streamableHttp"), Server::start("sse"));
+    let mut stack = Stack::new();
+    stack.start_leashd_for_sessions();
+    stack.wait_healthy(Duration::from_secs(10));
+    let client = stack.project().join("mcp-client.cjs");
+    std::fs::write(&client, CLIENT).unwrap();
+    let policy = stack.root().join("policy.cedar");
+    std::fs::write(
+        &policy,
+        "@id(\"all\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\", Action::\"NetworkConnect\"], resource);\n\
+         @id(\"mcp\") permit (principal, action == Action::\"McpCall\", resource);\n\
+         @id(\"no-env\") forbid (principal, action == Action::\"McpCall\", resource == MCP::Tool::\"get-env\");\n",
+    )
+    .unwrap();
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let container = eventually(Duration::from_secs(20), "the session running", || {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
+        let s = v.as_array()?.first()?.clone();
+        (s["state"] == "running").then(|| s["container"].as_str().map(str::to_owned))?
+    });
+    let script = format!(
+        "echo '{} mcp.test' >> /etc/hosts; echo '{} sse.test' >> /etc/hosts; \
+         node {c} http http://mcp.test/mcp; node {c} sse http://sse.test/sse",
+        http.ip,
+        sse.ip,
+        c = client.display()
+    );
+    let out = std::process::Command::new("docker").args(["exec", &container, "sh", "-c", &script]).output().unwrap();
+    let said = text(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 6, "{said}{}", text(&out.stderr));
+    for (server, part) in [("mcp.test", &lines[..3]), ("sse.test", &lines[3..])] {
+        // The listing hides the forbidden tool; the permitted one runs; the
+        // forbidden one gets the JSON-RPC error naming server, tool and policy.
+        assert!(part[0].starts_with("tools echo,") && !part[0].contains("get-env"), "{said}");
+        assert_eq!(part[1], "call echo [{\"type\":\"text\",\"text\":\"Echo: hi leash\"}]", "{said}");
+        assert_eq!(
+            part[2],
+            format!(
+                "refused get-env -32000 MCP error -32000: leash: tool get-env on MCP server {server} denied by policy no-env"
+            ),
+            "{said}"
+        );
+    }
+
+    let events = stack.events();
+    let mcp: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "mcp").collect();
+    for (server, transport) in [("mcp.test", "streamable-http"), ("sse.test", "sse")] {
+        let call = |tool: &str| {
+            mcp.iter().find(|e| e["action"] == "McpCall" && e["resource"] == format!("{tool}@{server}")).copied()
+        };
+        let echo = call("echo").unwrap_or_else(|| panic!("{server}: {mcp:?}"));
+        assert_eq!((echo["decision"].as_str(), echo["policy_ids"][0].as_str()), (Some("allow"), Some("mcp")), "{echo}");
+        assert_eq!(
+            (echo["details"]["transport"].as_str(), echo["details"]["arguments"].as_str()),
+            (Some(transport), Some("message")),
+            "{echo}"
+        );
+        let env = call("get-env").unwrap();
+        assert_eq!((env["decision"].as_str(), env["policy_ids"][0].as_str()), (Some("deny"), Some("no-env")), "{env}");
+        assert!(
+            mcp.iter().any(|e| e["resource"] == server && e["details"]["hidden"] == "get-env"),
+            "{server}: the listing's filtering is an event"
+        );
+        assert!(mcp.iter().any(|e| e["resource"] == server && e["action"] == "mcp.initialize"), "{server}");
+    }
+
+    let _ = session.kill();
+    let _ = session.wait();
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+}
