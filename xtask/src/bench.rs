@@ -34,31 +34,32 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--bench",
             "reload",
         ])),
+        Some("proxy") => crate::bench_proxy::run(),
         Some("sensor") => match args.get(1).map(String::as_str) {
             None => sensor(false),
             // The event pipeline alone (quick, while working on it).
             Some("--events-only") => sensor(true),
             Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only)"),
         },
-        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor"),
-        None => bail!("which benchmark? available: startup, session-start, policy, sensor"),
+        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, proxy"),
+        None => bail!("which benchmark? available: startup, session-start, policy, sensor, proxy"),
     }
 }
 
-struct Instance {
+pub(crate) struct Instance {
     _root: tempfile::TempDir,
     runtime: PathBuf,
     bin: PathBuf,
-    leashd: Option<Child>,
+    pub(crate) leashd: Option<Child>,
 }
 
 impl Instance {
-    fn new(bin: &Path) -> anyhow::Result<Instance> {
+    pub(crate) fn new(bin: &Path) -> anyhow::Result<Instance> {
         let root = tempfile::Builder::new().prefix("leash-bench-").tempdir()?;
         Ok(Instance { runtime: root.path().join("run"), _root: root, bin: bin.to_owned(), leashd: None })
     }
 
-    fn command(&self, name: &str) -> Command {
+    pub(crate) fn command(&self, name: &str) -> Command {
         let mut c = Command::new(self.bin.join(name));
         c.env("LEASH_RUNTIME_DIR", &self.runtime)
             .env("LEASH_STATE_DIR", self.runtime.with_file_name("state"))
@@ -68,18 +69,18 @@ impl Instance {
         c
     }
 
-    fn project(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn project(&self) -> anyhow::Result<PathBuf> {
         let p = self.runtime.with_file_name("project");
         std::fs::create_dir_all(&p)?;
         Ok(p)
     }
 
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         let out = self.command("leashctl").args(["status", "--json"]).stderr(Stdio::null()).output().ok()?;
         serde_json::from_slice(&out.stdout).ok()
     }
 
-    fn wait(&self, limit: Duration, mut ok: impl FnMut(&Value) -> bool) -> anyhow::Result<Value> {
+    pub(crate) fn wait(&self, limit: Duration, mut ok: impl FnMut(&Value) -> bool) -> anyhow::Result<Value> {
         let start = Instant::now();
         loop {
             if let Some(s) = self.status().filter(&mut ok) {
@@ -92,7 +93,7 @@ impl Instance {
         }
     }
 
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         util::output(self.command("leashctl").args(["stop", "--all"]))?;
         if let Some(mut c) = self.leashd.take() {
             c.wait()?;
@@ -101,16 +102,45 @@ impl Instance {
     }
 }
 
-fn all_running(s: &Value) -> bool {
+/// A session running `sleep 3600` in `image` under `policy`: the `leash`
+/// process and the container's name.
+pub(crate) fn governed_session(
+    inst: &Instance,
+    image: &str,
+    policy: &Path,
+    project: &Path,
+) -> anyhow::Result<(std::process::Child, String)> {
+    let session = inst
+        .command("leash")
+        .args(["--image", image, "--policy", &policy.display().to_string(), "--", "sleep", "3600"])
+        .current_dir(project)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    loop {
+        let out = util::output(inst.command("leashctl").args(["sessions", "--json"]))?;
+        let v: Value = serde_json::from_slice(&out)?;
+        if let Some(c) = v.as_array().and_then(|a| a.first()).filter(|s| s["state"] == "running") {
+            return Ok((session, c["container"].as_str().unwrap_or_default().to_owned()));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the governed session did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub(crate) fn all_running(s: &Value) -> bool {
     s["components"].as_array().is_some_and(|cs| cs.len() == 3 && cs.iter().all(|c| c["state"] == "running"))
 }
 
-fn component<'a>(s: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn component<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["components"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
 }
 
 /// Writes a benchmark's figures to `<target>/bench/<name>.json`.
-fn write_report(name: &str, report: &Value) -> anyhow::Result<()> {
+pub(crate) fn write_report(name: &str, report: &Value) -> anyhow::Result<()> {
     let dir = util::target_dir()?.join("bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.json"));
@@ -316,12 +346,23 @@ fn micros(out: &[u8]) -> anyhow::Result<f64> {
         .with_context(|| format!("no timing in {text:?}"))
 }
 
+/// The median (NaN for none).
+pub(crate) fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n.is_multiple_of(2) => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        _ => v[n / 2],
+    }
+}
+
 /// The median of paired ratios, with a 95 % confidence interval from order
 /// statistics (ranks 6 and 15 of 20).
 fn ratio_summary(mut ratios: Vec<f64>) -> (f64, f64, f64) {
     ratios.sort_by(f64::total_cmp);
     let n = ratios.len();
-    let median = if n.is_multiple_of(2) { (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0 } else { ratios[n / 2] };
+    let median = median_f64(ratios.clone());
     let (lo, hi) = if n >= 20 { (ratios[5], ratios[14]) } else { (ratios[0], ratios[n - 1]) };
     (median, lo, hi)
 }
@@ -390,27 +431,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
     }
 
     start(&mut inst)?;
-    let mut session = inst
-        .command("leash")
-        .args(["--image", &image, "--policy", &policy_path.display().to_string(), "--", "sleep", "3600"])
-        .current_dir(&project)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()?;
-    let governed = {
-        let started = Instant::now();
-        loop {
-            let out = util::output(inst.command("leashctl").args(["sessions", "--json"]))?;
-            let v: Value = serde_json::from_slice(&out)?;
-            if let Some(c) = v.as_array().and_then(|a| a.first()).filter(|s| s["state"] == "running") {
-                break c["container"].as_str().unwrap_or_default().to_owned();
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the governed session did not start");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let (mut session, governed) = governed_session(&inst, &image, &policy_path, &project)?;
     let plain = "leash-bench-ungoverned";
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
     let mount = format!("{0}:{0}", project.display());

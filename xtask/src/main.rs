@@ -4,6 +4,7 @@
 //! `demo`. (`vmtest` arrives with the BPF LSM test VM.)
 
 mod bench;
+mod bench_proxy;
 mod demo;
 mod image;
 mod install;

@@ -7,6 +7,16 @@ use leash_core::{Decision, Event, EventKind, Mode};
 
 use crate::v1 as pb;
 
+/// The wire form of a mode.
+pub fn mode(m: Option<Mode>) -> pb::Mode {
+    match m {
+        None => pb::Mode::Unspecified,
+        Some(Mode::Record) => pb::Mode::Record,
+        Some(Mode::Shadow) => pb::Mode::Shadow,
+        Some(Mode::Enforce) => pb::Mode::Enforce,
+    }
+}
+
 /// The wire form of an event, with leashd's sequence number.
 pub fn to_proto(e: &Event, seq: u64) -> pb::Event {
     pb::Event {
@@ -28,12 +38,7 @@ pub fn to_proto(e: &Event, seq: u64) -> pb::Event {
         } as i32,
         action: e.action.clone(),
         resource: e.resource.clone(),
-        mode: match e.mode {
-            None => pb::Mode::Unspecified,
-            Some(Mode::Record) => pb::Mode::Record,
-            Some(Mode::Shadow) => pb::Mode::Shadow,
-            Some(Mode::Enforce) => pb::Mode::Enforce,
-        } as i32,
+        mode: mode(e.mode) as i32,
         decision: match e.decision {
             None => pb::Decision::Unspecified,
             Some(Decision::Allow) => pb::Decision::Allow,

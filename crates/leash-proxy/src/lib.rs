@@ -244,6 +244,12 @@ fn upstream_roots() -> anyhow::Result<rustls::RootCertStore> {
 
 /// Runs the proxy until shutdown.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    // Two descriptors per proxied connection: the soft limit's usual 1,024
+    // would cap a session at a few hundred.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let state = ctx.layout.state_dir.join("proxy");
     ca::private_dir(&state)?;

@@ -357,17 +357,14 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
 }
 
 fn event(c: &Conn, method: &str, path: &str, resource: &str, took: Duration, o: Outcome) -> pb::Event {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let d = o.decision.unwrap_or(Decision { allow: false, reasons: Vec::new(), mode: leash_core::Mode::Enforce });
     let mut details = std::collections::BTreeMap::new();
     details.insert("method".to_owned(), method.to_owned());
     details.insert("path".to_owned(), path.to_owned());
     details.insert("protocol".to_owned(), if c.tls { "https" } else { "http" }.to_owned());
     details.insert("http_version".to_owned(), if c.h2 { "h2" } else { "http/1.1" }.to_owned());
-    details.insert("destination".to_owned(), c.dst.to_string());
     details.insert("status".to_owned(), o.status.to_string());
     details.insert("duration_ms".to_owned(), format!("{:.3}", took.as_secs_f64() * 1000.0));
-    details.insert("mechanism".to_owned(), "leash-proxy".to_owned());
     if let Some(sni) = &c.sni {
         details.insert("sni".to_owned(), sni.clone());
     }
@@ -377,25 +374,7 @@ fn event(c: &Conn, method: &str, path: &str, resource: &str, took: Duration, o: 
     if let Some(e) = o.error {
         details.insert("error".to_owned(), e);
     }
-    pb::Event {
-        seq: 0,
-        time_unix_nanos: now.as_nanos() as i64,
-        session: c.session.id.clone(),
-        pid: 0,
-        executable: String::new(),
-        kind: pb::EventKind::Http as i32,
-        action: "NetworkConnect".to_owned(),
-        resource: resource.to_owned(),
-        mode: match d.mode {
-            leash_core::Mode::Record => pb::Mode::Record,
-            leash_core::Mode::Shadow => pb::Mode::Shadow,
-            leash_core::Mode::Enforce => pb::Mode::Enforce,
-        } as i32,
-        decision: if d.passes() { pb::Decision::Allow } else { pb::Decision::Deny } as i32,
-        would_deny: d.would_deny(),
-        policy_ids: d.reasons,
-        details,
-    }
+    proxy_event(c, pb::EventKind::Http, "NetworkConnect", resource, Some(&d), details)
 }
 
 /// Sends the request upstream over the connection's upstream (made on first use).
@@ -604,6 +583,19 @@ fn mcp_event(
     action: &str,
     resource: &str,
     d: Option<&Decision>,
+    details: std::collections::BTreeMap<String, String>,
+) -> pb::Event {
+    proxy_event(c, pb::EventKind::Mcp, action, resource, d, details)
+}
+
+/// An event of this connection's session; without a decision, an
+/// observation (the session's mode, no decision).
+fn proxy_event(
+    c: &Conn,
+    kind: pb::EventKind,
+    action: &str,
+    resource: &str,
+    d: Option<&Decision>,
     mut details: std::collections::BTreeMap<String, String>,
 ) -> pb::Event {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -616,14 +608,10 @@ fn mcp_event(
         session: c.session.id.clone(),
         pid: 0,
         executable: String::new(),
-        kind: pb::EventKind::Mcp as i32,
+        kind: kind as i32,
         action: action.to_owned(),
         resource: resource.to_owned(),
-        mode: mode.map_or(pb::Mode::Unspecified, |m| match m {
-            leash_core::Mode::Record => pb::Mode::Record,
-            leash_core::Mode::Shadow => pb::Mode::Shadow,
-            leash_core::Mode::Enforce => pb::Mode::Enforce,
-        }) as i32,
+        mode: leash_proto::event::mode(mode) as i32,
         decision: match d {
             Some(d) if !d.passes() => pb::Decision::Deny,
             Some(_) => pb::Decision::Allow,

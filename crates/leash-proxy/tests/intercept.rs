@@ -113,11 +113,6 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos().into()
 }
 
-fn session_id(stack: &Stack) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
-    v[0]["id"].as_str().unwrap().to_owned()
-}
-
 /// Files under `dir` (logs, state) that contain `needle`.
 fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -231,11 +226,7 @@ fn https_is_intercepted_and_decided_by_name() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let container = eventually(Duration::from_secs(20), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        (s["state"] == "running").then(|| s["container"].as_str().map(str::to_owned))?
-    });
+    let (session_id, container) = stack.running_session(Duration::from_secs(20));
 
     // Allowed names pass, through the session's CA, on HTTP/1.1 and h2.
     let out = curl(&container, &gw, "--http1.1", "https://allowed.test/x");
@@ -311,7 +302,7 @@ fn https_is_intercepted_and_decided_by_name() {
     let token = canary.trim_start_matches("Bearer ");
     let all_events = text(&stack.leashctl(&["events", "--json"]).stdout);
     assert!(!all_events.contains(token), "the secret is in an event");
-    let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id(&stack)]).stdout);
+    let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id]).stdout);
     assert!(listed.contains("Authorization") && !listed.contains(token), "{listed}");
     assert_eq!(files_containing(stack.root(), token), Vec::<String>::new(), "the secret is on disk");
 

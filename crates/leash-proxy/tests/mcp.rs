@@ -99,11 +99,7 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let container = eventually(Duration::from_secs(20), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        (s["state"] == "running").then(|| s["container"].as_str().map(str::to_owned))?
-    });
+    let (_, container) = stack.running_session(Duration::from_secs(20));
     let script = format!(
         "echo '{} mcp.test' >> /etc/hosts; echo '{} sse.test' >> /etc/hosts; \
          node {c} http http://mcp.test/mcp; node {c} sse http://sse.test/sse",

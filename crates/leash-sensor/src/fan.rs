@@ -46,6 +46,9 @@ pub struct FileDecision {
     pub session: String,
     /// Thread id of the actor.
     pub tid: u32,
+    /// Its process, parent and executable, read while it waits for the
+    /// answer (a process that exits right after is still named).
+    pub lineage: Option<(u32, u32, String)>,
     /// The path, as the kernel resolved it (the container's view).
     pub path: String,
     /// What was decided.
@@ -445,6 +448,7 @@ fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
     Some(FileDecision {
         session: l.session.clone(),
         tid,
+        lineage: lineage(tid),
         path,
         action,
         flags_known: flags.is_some() || exec,
@@ -470,18 +474,26 @@ pub fn executable(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// A decision as an event.
-pub fn to_event(d: FileDecision) -> Event {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.tid)).unwrap_or_default();
+/// A thread's process, parent and executable, from /proc.
+fn lineage(tid: u32) -> Option<(u32, u32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     let field =
         |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u32>().ok()));
-    let pid = field("Tgid:").unwrap_or(d.tid);
-    let ppid = field("PPid:");
+    let pid = field("Tgid:")?;
+    Some((pid, field("PPid:")?, executable(pid)))
+}
+
+/// A decision as an event.
+pub fn to_event(d: FileDecision) -> Event {
+    let (pid, ppid, exe) = match d.lineage {
+        Some((pid, ppid, exe)) => (pid, Some(ppid), exe),
+        None => (d.tid, None, String::new()),
+    };
     let mut e = Event::daemon(action_name(d.action), "", pid);
     e.kind = if d.action == FileAction::Exec { EventKind::Exec } else { EventKind::File };
     e.resource = d.path;
     e.session = Some(d.session);
-    e.executable = executable(pid);
+    e.executable = exe;
     e.mode = Some(d.mode);
     e.decision = Some(if d.allow || d.mode != Mode::Enforce { Decision::Allow } else { Decision::Deny });
     e.would_deny = d.would_deny;

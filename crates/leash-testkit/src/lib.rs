@@ -243,6 +243,17 @@ impl Stack {
         c
     }
 
+    /// Waits until the stack's first session runs (released): its id and
+    /// container name.
+    pub fn running_session(&self, limit: Duration) -> (String, String) {
+        eventually(limit, "the session running", || {
+            let v: serde_json::Value = serde_json::from_slice(&self.leashctl(&["sessions", "--json"]).stdout).ok()?;
+            let s = v.as_array()?.first()?.clone();
+            let (id, container) = (s["id"].as_str()?.to_owned(), s["container"].as_str()?.to_owned());
+            (s["state"] == "running").then_some((id, container))
+        })
+    }
+
     /// Starts leashd with the static leash-entry for sessions.
     pub fn start_leashd_for_sessions(&mut self) -> u32 {
         let entry = static_entry();

@@ -43,12 +43,7 @@ fn project_files(stack: &Stack) -> String {
 
 /// Waits until the stack's only session runs; its id and container.
 fn running(stack: &Stack) -> (String, String) {
-    eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        let (id, container) = (s["id"].as_str()?.to_owned(), s["container"].as_str()?.to_owned());
-        (s["state"] == "running").then_some((id, container))
-    })
+    stack.running_session(Duration::from_secs(10))
 }
 
 /// Forbids opening anything in the project's `secret/`.

@@ -29,11 +29,7 @@ fn text(b: &[u8]) -> String {
 
 /// Waits until the stack's first session runs (released); its id.
 fn running_session(stack: &Stack) -> String {
-    eventually(Duration::from_secs(10), "the session running", || {
-        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).ok()?;
-        let s = v.as_array()?.first()?.clone();
-        (s["state"] == "running").then(|| s["id"].as_str().unwrap().to_owned())
-    })
+    stack.running_session(Duration::from_secs(10)).0
 }
 
 fn nothing_left(stack: &Stack) {

@@ -578,15 +578,20 @@ impl Sessions {
         Ok(())
     }
 
+    /// A channel to a component for an admission step, waiting a little for
+    /// one that is starting.
+    async fn component(&self, c: leash_core::Component) -> Result<tonic::transport::Channel, String> {
+        self.ctx
+            .supervisor
+            .channel_within(c, COMPONENT_PATIENCE)
+            .await
+            .ok_or_else(|| format!("{} is not running", c.binary()))
+    }
+
     /// Loads the session's policy in leash-policy: the `--policy` file the
     /// client sent, else the default.
     async fn open_policy(&self, info: &Info, plan: &plan::Plan) -> Result<(), String> {
-        let channel = self
-            .ctx
-            .supervisor
-            .channel_within(leash_core::Component::Policy, COMPONENT_PATIENCE)
-            .await
-            .ok_or("leash-policy is not running")?;
+        let channel = self.component(leash_core::Component::Policy).await?;
         let sources = plan
             .policy
             .iter()
@@ -644,12 +649,7 @@ impl Sessions {
         pid: i64,
         proxied: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
-        let channel = self
-            .ctx
-            .supervisor
-            .channel_within(leash_core::Component::Sensor, COMPONENT_PATIENCE)
-            .await
-            .ok_or("leash-sensor is not running")?;
+        let channel = self.component(leash_core::Component::Sensor).await?;
         let proxied = proxied.load(std::sync::atomic::Ordering::SeqCst);
         let r = pb::sensor_client::SensorClient::new(channel)
             .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32, proxied })
@@ -667,12 +667,7 @@ impl Sessions {
     /// Has leash-proxy mint the session's CA; its certificate (alone, and
     /// after the host's roots) goes in the session dir the container sees.
     async fn prepare_proxy(&self, id: &str, dir: &std::path::Path) -> Result<(), String> {
-        let channel = self
-            .ctx
-            .supervisor
-            .channel_within(leash_core::Component::Proxy, COMPONENT_PATIENCE)
-            .await
-            .ok_or("leash-proxy is not running")?;
+        let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
             .prepare(pb::ProxyPrepareRequest { session: id.to_owned() })
             .await
@@ -700,12 +695,7 @@ impl Sessions {
         if !prepared {
             return Err("the session's CA was not minted".into());
         }
-        let channel = self
-            .ctx
-            .supervisor
-            .channel_within(leash_core::Component::Proxy, COMPONENT_PATIENCE)
-            .await
-            .ok_or("leash-proxy is not running")?;
+        let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
             .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32 })
             .await

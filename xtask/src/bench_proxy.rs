@@ -1,0 +1,289 @@
+//! `cargo xtask bench proxy`: HTTPS through leash-proxy against the same
+//! requests made directly and through mitmproxy (reverse mode), in the same
+//! run on the same machine. The clients (`wrk`, `curl`, Python) run in
+//! containers of the test-debian image: the governed one is a leash
+//! session (intercepted), the others plain Docker.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::bench::{Instance, all_running, component, governed_session, median_f64 as median, write_report};
+use crate::util;
+
+const MITMPROXY: &str = "mitmproxy==11.0.2";
+const REPEATS: usize = 5;
+const UPSTREAM_PORT: u16 = 443;
+const MITM_PORT: u16 = 8443;
+
+/// Children killed on drop.
+struct Reaper(Vec<Child>, Vec<String>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for name in &self.1 {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
+    }
+}
+
+/// `12.3us`, `1.2ms`, `2.00s` in milliseconds.
+fn millis(s: &str) -> Option<f64> {
+    let (n, unit) = s.trim().split_at(s.trim().find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+/// Requests per second and the p50/p99 latency (ms) of a `wrk --latency` run.
+fn parse_wrk(out: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:").map(|v| v.trim().parse::<f64>()))
+        .with_context(|| format!("no Requests/sec in {out}"))??;
+    let pct = |p: &str| out.lines().find_map(|l| l.trim().strip_prefix(p).and_then(millis));
+    Ok((rps, pct("50%").unwrap_or(f64::NAN), pct("99%").unwrap_or(f64::NAN)))
+}
+
+fn exec(container: &str, script: &str) -> anyhow::Result<String> {
+    let out = util::output(Command::new("docker").args(["exec", container, "sh", "-c", script]))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The mitmproxy in a venv of its own under the target dir.
+fn mitmdump() -> anyhow::Result<std::path::PathBuf> {
+    let venv = util::target_dir()?.join("bench").join("mitmproxy-venv");
+    let bin = venv.join("bin").join("mitmdump");
+    if !bin.exists() {
+        util::out(&format!("installing {MITMPROXY} into {}", venv.display()));
+        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        util::run(Command::new(venv.join("bin").join("pip")).args(["install", "-q", MITMPROXY]))?;
+    }
+    Ok(bin)
+}
+
+fn rss_kib(pid: u64) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("bench proxy runs leashd, Docker and the proxy's redirect rules and needs root");
+    }
+    let bin = util::build_binaries(true)?;
+    let entry = util::build_static_entry(true)?;
+    util::run(util::cargo().args(["build", "--release", "-p", "leash-proxy", "--example", "bench-upstream"]))?;
+    let upstream_bin = util::target_dir()?.join("release").join("examples").join("bench-upstream");
+    crate::image::run(&["test-debian".to_owned()])?;
+    let image = crate::image::tag("test-debian");
+    let mitmdump = mitmdump()?;
+    let gw = String::from_utf8_lossy(&util::output(Command::new("docker").args([
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        "{{(index .IPAM.Config 0).Gateway}}",
+    ]))?)
+    .trim()
+    .to_owned();
+
+    let mut inst = Instance::new(&bin)?;
+    let project = inst.project()?;
+    let certs = project.with_file_name("upstream");
+    std::fs::create_dir_all(&certs)?;
+    let mut reaper = Reaper(Vec::new(), Vec::new());
+    reaper.0.push(
+        Command::new(&upstream_bin)
+            .arg(&certs)
+            .arg(UPSTREAM_PORT.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the upstream")?,
+    );
+    let started = Instant::now();
+    while !certs.join("ca.pem").exists() {
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the upstream did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reaper.0.push(
+        Command::new(&mitmdump)
+            .args(["-q", "--ssl-insecure", "--listen-port", &MITM_PORT.to_string(), "--mode"])
+            .arg(format!("reverse:https://127.0.0.1:{UPSTREAM_PORT}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mitmdump")?,
+    );
+    inst.leashd = Some(
+        inst.command("leashd")
+            .env("LEASH_ENTRY_BIN", &entry)
+            .env("LEASH_UPSTREAM_CA", certs.join("ca.pem"))
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    inst.wait(Duration::from_secs(20), all_running)?;
+    let policy = project.with_file_name("bench-proxy.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "@id(\"all\") permit (principal, action, resource);\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n"
+        ),
+    )?;
+    let (mut session, governed) = governed_session(&inst, &image, &policy, &project)?;
+    let plain = "leash-bench-proxy-plain";
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    util::output(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        plain,
+        "--add-host",
+        &format!("bench.test:{gw}"),
+        &image,
+        "sleep",
+        "3600",
+    ]))?;
+    reaper.1.push(plain.to_owned());
+    exec(&governed, &format!("echo '{gw} bench.test' >> /etc/hosts"))?;
+    // mitmproxy listens on the host; warm everything once.
+    let targets = [
+        ("direct", plain.to_owned(), format!("https://bench.test:{UPSTREAM_PORT}/")),
+        ("leash", governed.clone(), "https://bench.test/".to_owned()),
+        ("mitmproxy", plain.to_owned(), format!("https://{gw}:{MITM_PORT}/")),
+    ];
+    for (_, c, url) in &targets {
+        exec(c, &format!("wrk -t1 -c4 -d1s {url} >/dev/null"))?;
+    }
+
+    // Keep-alive throughput (2 threads, 32 connections) and latency (one
+    // connection), interleaved, REPEATS times.
+    let mut results: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); targets.len()];
+    for _ in 0..REPEATS {
+        for (i, (_, c, url)) in targets.iter().enumerate() {
+            let (rps, _, _) = parse_wrk(&exec(c, &format!("wrk -t2 -c32 -d4s --latency {url}"))?)?;
+            let (_, p50, p99) = parse_wrk(&exec(c, &format!("wrk -t1 -c1 -d3s --latency {url}"))?)?;
+            results[i].0.push(rps);
+            results[i].1.push(p50);
+            results[i].2.push(p99);
+        }
+    }
+    let summary: Vec<(f64, f64, f64)> =
+        results.iter().map(|(r, p50, p99)| (median(r.clone()), median(p50.clone()), median(p99.clone()))).collect();
+    let (direct, leash, mitm) = (summary[0], summary[1], summary[2]);
+
+    // First requests: a TLS handshake with a leaf minted for a new name,
+    // against the same handshake made directly.
+    let handshakes = |c: &str, port: u16, insecure: bool| -> anyhow::Result<f64> {
+        let k = if insecure { "-k" } else { "" };
+        let script = format!(
+            "for i in $(seq 1 20); do curl -s {k} -o /dev/null -w '%{{time_appconnect}}\\n' \
+             --resolve n$i-$$.bench.test:{port}:{gw} https://n$i-$$.bench.test:{port}/; done"
+        );
+        let times: Vec<f64> = exec(c, &script)?.lines().filter_map(|l| l.trim().parse::<f64>().ok()).collect();
+        Ok(median(times) * 1000.0)
+    };
+    let handshake_leash = handshakes(&governed, 443, false)?;
+    let handshake_direct = handshakes(plain, UPSTREAM_PORT, true)?;
+
+    // Idle connections: the proxy's memory with 1,000 open TLS connections.
+    let proxy_pid = inst.status().map(|s| component(&s, "leash-proxy")["pid"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let before = rss_kib(proxy_pid);
+    let idle = "import socket, ssl, time\n\
+                ctx = ssl.create_default_context()\n\
+                conns = []\n\
+                for i in range(1000):\n\
+                \x20   s = socket.create_connection(('bench.test', 443))\n\
+                \x20   conns.append(ctx.wrap_socket(s, server_hostname='bench.test'))\n\
+                print('open', len(conns), flush=True)\n\
+                time.sleep(4)\n";
+    std::fs::write(project.join("idle.py"), idle)?;
+    let mut holder = Command::new("docker")
+        .args(["exec", &governed, "python3"])
+        .arg(project.join("idle.py"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().context("the idle holder's output")?),
+        &mut line,
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(proxy_pid);
+    let _ = holder.wait();
+    let per_thousand_mib = (during - before) / 1024.0;
+
+    let _ = session.kill();
+    let _ = session.wait();
+    drop(reaper);
+    inst.stop()?;
+
+    util::out(&format!("proxy (release; HTTPS keep-alive, wrk in containers; medians of {REPEATS} interleaved runs)"));
+    util::out(&format!(
+        "  requests/s (2 threads, 32 connections): direct {:.0}, leash-proxy {:.0} ({:.2}x direct), mitmproxy {:.0}: leash-proxy is {:.1}x mitmproxy (target >= 5x)",
+        direct.0,
+        leash.0,
+        leash.0 / direct.0,
+        mitm.0,
+        leash.0 / mitm.0
+    ));
+    util::out(&format!(
+        "  latency, one connection: p50 direct {:.3} ms, leash-proxy {:.3} ms (+{:.3} ms, target < 0.3), mitmproxy {:.3} ms; p99 {:.3} / {:.3} / {:.3} ms",
+        direct.1,
+        leash.1,
+        leash.1 - direct.1,
+        mitm.1,
+        direct.2,
+        leash.2,
+        mitm.2
+    ));
+    util::out(&format!(
+        "  first request to a new name (TLS handshake, leaf minted): {handshake_leash:.2} ms vs {handshake_direct:.2} ms direct"
+    ));
+    util::out(&format!(
+        "  memory: {per_thousand_mib:.1} MiB of leash-proxy RSS per 1,000 idle TLS connections ({line})",
+        line = line.trim()
+    ));
+    let entry = |s: (f64, f64, f64)| serde_json::json!({"rps": s.0, "p50_ms": s.1, "p99_ms": s.2});
+    let report: Value = serde_json::json!({
+        "repeats": REPEATS,
+        "direct": entry(direct),
+        "leash": entry(leash),
+        "mitmproxy": entry(mitm),
+        "leash_vs_direct_rps": leash.0 / direct.0,
+        "leash_vs_mitmproxy_rps": leash.0 / mitm.0,
+        "added_p50_ms": leash.1 - direct.1,
+        "handshake_new_name_ms": handshake_leash,
+        "handshake_direct_ms": handshake_direct,
+        "rss_mib_per_1000_idle": per_thousand_mib,
+        "runs": results.iter().map(|(r, p50, p99)| serde_json::json!({"rps": r, "p50_ms": p50, "p99_ms": p99})).collect::<Vec<_>>(),
+    });
+    write_report("proxy", &report)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_output_is_read() {
+        let out = "Running 4s test @ https://bench.test/\n  Latency Distribution\n     50%  120.00us\n     75%  1.20ms\n     90%    2.00ms\n     99%    3.50ms\n  1000 requests in 4.00s\nRequests/sec:  12345.67\nTransfer/sec:      1.00MB\n";
+        let (rps, p50, p99) = super::parse_wrk(out).unwrap();
+        assert_eq!((rps, p50, p99), (12345.67, 0.12, 3.5));
+    }
+}
