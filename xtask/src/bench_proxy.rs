@@ -166,7 +166,7 @@ pub fn run() -> anyhow::Result<()> {
     // mitmproxy listens on the host; warm everything once.
     let targets = [
         ("direct", plain.to_owned(), format!("https://bench.test:{UPSTREAM_PORT}/")),
-        ("leash", governed.clone(), "https://bench.test/".to_owned()),
+        ("leash", governed.clone(), "https://bench.test:443/".to_owned()),
         ("mitmproxy", plain.to_owned(), format!("https://{gw}:{MITM_PORT}/")),
     ];
     for (_, c, url) in &targets {

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod policy;
 pub mod process;
 pub mod runtime_dir;
+pub mod secrets;
 pub mod serve;
 pub mod signals;
 pub mod socket;

@@ -203,6 +203,8 @@ fn https_is_intercepted_and_decided_by_name() {
     let entry = leash_testkit::static_entry();
     // A canary secret, injected from leashd's environment by reference.
     let canary = format!("Bearer canary-{}-{}", std::process::id(), rand_suffix());
+    // A secret in the session's environment, which the agent puts in a URL.
+    let api_token = format!("tok-{}", rand_suffix());
     stack.start_leashd_with(|c| {
         c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca).env("LEASH_TEST_CANARY", &canary);
     });
@@ -214,14 +216,24 @@ fn https_is_intercepted_and_decided_by_name() {
         format!(
             "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
              @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
-             @id(\"allowed\") permit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in [Host::\"allowed.test\", Host::\"*.allowed.test\"] }};\n\
+             @id(\"allowed\") permit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in [Host::\"allowed.test\", Host::\"*.allowed.test\", Host::\"unverified.test\"] }};\n\
              @id(\"no-forbidden\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"forbidden.test\");\n\
              @id(\"inject\") permit (principal, action == Action::\"HttpRewrite\", resource == Host::\"api.allowed.test\") when {{ context.header == \"Authorization\" && context.value == \"leash-secret:env:LEASH_TEST_CANARY\" }};\n"
         ),
     )
     .unwrap();
     let mut session = stack
-        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .leash(&[
+            "--image",
+            IMAGE,
+            "--policy",
+            policy.to_str().unwrap(),
+            "-e",
+            &format!("API_TOKEN={api_token}"),
+            "--",
+            "sleep",
+            "300",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -245,6 +257,12 @@ fn https_is_intercepted_and_decided_by_name() {
     let before = hits.load(Ordering::SeqCst);
     let out = curl(&container, &gw, "-H 'Host: forbidden.test'", "https://allowed.test/");
     assert!(out.contains("403") && out.contains("domain fronting"), "{out}");
+    // An upstream whose certificate is not valid for the name: 502, never
+    // forwarded (the host-side server has no certificate for unverified.test).
+    let before_bad = hits.load(Ordering::SeqCst);
+    let out = curl(&container, &gw, "", "https://unverified.test/");
+    assert!(out.contains("502") && out.contains("upstream TLS for unverified.test"), "{out}");
+    assert_eq!(hits.load(Ordering::SeqCst), before_bad);
     // Plain HTTP: decided on the Host name (and the address).
     let out = curl(&container, &gw, "", "http://allowed.test/plain");
     assert!(out.contains("upstream HTTP/1.1 allowed.test /plain") && out.contains("200 1.1"), "{out}");
@@ -256,6 +274,16 @@ fn https_is_intercepted_and_decided_by_name() {
     assert!(out.contains(&format!("auth={canary} via=")), "{out}");
     let out = curl(&container, &gw, "", "http://api.allowed.test/inject-plain");
     assert!(out.contains("auth=- via="), "{out}");
+    let out = text(
+        &exec(
+            &container,
+            "curl -s --max-time 10 --resolve allowed.test:443:GW https://allowed.test/leak/$API_TOKEN"
+                .replace("GW", &gw)
+                .as_str(),
+        )
+        .stdout,
+    );
+    assert!(out.contains("/leak/tok-"), "{out}");
     // Node, with its own trust store (NODE_EXTRA_CA_CERTS).
     let node = format!(
         "node -e \"require('https').get({{host: '{gw}', servername: 'allowed.test', headers: {{host: 'allowed.test'}}, path: '/node'}}, r => {{ r.on('data', d => process.stdout.write(d)); }}).on('error', e => {{ console.log('error', e.message); }})\""
@@ -288,6 +316,12 @@ fn https_is_intercepted_and_decided_by_name() {
     let denied = find("forbidden.test:443", "deny").expect("the forbidden request's event");
     assert_eq!(denied["policy_ids"], serde_json::json!(["no-forbidden"]), "{denied}");
     assert!(http.iter().any(|e| e["policy_ids"] == serde_json::json!(["leash:sni-host-mismatch"])), "{http:?}");
+    let bad = find("unverified.test:443", "allow").expect("the unverified upstream's event");
+    assert!(
+        bad["details"]["status"] == "502"
+            && bad["details"]["error"].as_str().is_some_and(|e| e.contains("certificate")),
+        "{bad}"
+    );
 
     let injected = http
         .iter()
@@ -302,6 +336,10 @@ fn https_is_intercepted_and_decided_by_name() {
     let token = canary.trim_start_matches("Bearer ");
     let all_events = text(&stack.leashctl(&["events", "--json"]).stdout);
     assert!(!all_events.contains(token), "the secret is in an event");
+    assert!(
+        !all_events.contains(&api_token) && all_events.contains("/leak/[REDACTED]"),
+        "the session's secrets are redacted"
+    );
     let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id]).stdout);
     assert!(listed.contains("Authorization") && !listed.contains(token), "{listed}");
     assert_eq!(files_containing(stack.root(), token), Vec::<String>::new(), "the secret is on disk");

@@ -44,6 +44,27 @@ struct Inner {
     queue_cap: usize,
     subscribers: Vec<mpsc::Sender<Arc<Stamped>>>,
     dropped: u64,
+    /// Per session, the secret values no event may carry.
+    redactions: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// What a redacted secret becomes.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Replaces every secret in `e`'s text fields.
+fn redact(e: &mut Event, secrets: &[String]) {
+    let scrub = |s: &mut String| {
+        for secret in secrets {
+            if s.contains(secret.as_str()) {
+                *s = s.replace(secret.as_str(), REDACTED);
+            }
+        }
+    };
+    scrub(&mut e.resource);
+    scrub(&mut e.executable);
+    scrub(&mut e.action);
+    e.details.values_mut().for_each(scrub);
+    e.policy_ids.iter_mut().for_each(scrub);
 }
 
 impl Hub {
@@ -58,6 +79,7 @@ impl Hub {
                 queue_cap: queue.max(1),
                 subscribers: Vec::new(),
                 dropped: 0,
+                redactions: std::collections::HashMap::new(),
             })),
         }
     }
@@ -65,6 +87,26 @@ impl Hub {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent counters; keep going.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds secret values that no event of `session` may carry from now
+    /// on (values shorter than 4 characters are not secrets worth the
+    /// damage their redaction would do).
+    pub fn redact_for(&self, session: &str, secrets: impl IntoIterator<Item = String>) {
+        let mut inner = self.lock();
+        let set = inner.redactions.entry(session.to_owned()).or_default();
+        for s in secrets {
+            if s.len() >= 4 && !set.contains(&s) {
+                set.push(s);
+            }
+        }
+        // Longest first, so a secret containing another is replaced whole.
+        set.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// Forgets a session's secrets (it ended).
+    pub fn forget_redactions(&self, session: &str) {
+        self.lock().redactions.remove(session);
     }
 
     /// Publishes an event to the history and every subscriber.
@@ -77,7 +119,10 @@ impl Hub {
         let mut gone = Vec::new();
         let mut inner = self.lock();
         let mut dropped = 0;
-        for event in events {
+        for mut event in events {
+            if let Some(secrets) = event.session.as_ref().and_then(|s| inner.redactions.get(s)) {
+                redact(&mut event, secrets);
+            }
             inner.seq += 1;
             let stamped = Arc::new(Stamped { seq: inner.seq, event });
             if inner.history_cap > 0 {
@@ -134,6 +179,27 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_secrets_never_reach_its_events() {
+        let hub = Hub::new(10, 10);
+        hub.redact_for("s", ["sk-live-123456".to_owned(), "abc".to_owned()]);
+        let mut e = Event::daemon("NetworkConnect", "x", 1);
+        e.session = Some("s".into());
+        e.resource = "https://api.test/?key=sk-live-123456".into();
+        e.details.insert("header".into(), "Bearer sk-live-123456".into());
+        e.details.insert("short".into(), "abc".into());
+        let mut other = e.clone();
+        other.session = Some("t".into());
+        hub.publish_all([e, other]);
+        let (got, _) = hub.subscribe(0, false);
+        assert_eq!(got[0].event.resource, "https://api.test/?key=[REDACTED]");
+        assert_eq!(got[0].event.details["header"], "Bearer [REDACTED]");
+        assert_eq!(got[0].event.details["short"], "abc", "too short to be a secret");
+        assert!(got[1].event.resource.contains("sk-live-123456"), "another session's own events");
+        hub.forget_redactions("s");
+        assert!(hub.lock().redactions.is_empty());
+    }
 
     fn ev(n: u32) -> Event {
         Event::daemon("test", "t", n)

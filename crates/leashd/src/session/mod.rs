@@ -234,6 +234,7 @@ impl Sessions {
         self.unregister_sensor(&info.id).await;
         self.close_proxy(&info.id).await;
         self.close_policy(&info.id).await;
+        self.ctx.hub.forget_redactions(&info.id);
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
         self.publish("session.remove", info, &timings.details());
@@ -276,6 +277,8 @@ impl Sessions {
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
         timings.lap("prepare_ms");
         let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
+        // Secret values this session's events never carry.
+        self.ctx.hub.redact_for(&id, plan::secret_values(&plan.env));
         let base = names::sanitize_project(&plan.cwd);
 
         // The session dir holds the release socket; the container sees it read-only.
@@ -620,12 +623,18 @@ impl Sessions {
             owner: info.owner,
             writable_mounts,
         };
-        let r = pb::policy_client::PolicyClient::new(channel)
-            .open_session(request)
-            .await
-            .map_err(|s| s.message().to_owned())?
-            .into_inner();
+        let mut client = pb::policy_client::PolicyClient::new(channel);
+        let r = client.open_session(request).await.map_err(|s| s.message().to_owned())?.into_inner();
         if r.valid {
+            // The values the proxy will inject are secrets too.
+            let tables = client
+                .tables(pb::TablesRequest { session: info.id.clone(), principal: String::new() })
+                .await
+                .map(tonic::Response::into_inner);
+            if let Ok(t) = tables {
+                let values = t.rewrites.iter().filter_map(|r| leash_daemon::secrets::resolve(&r.value).ok());
+                self.ctx.hub.redact_for(&info.id, values);
+            }
             if !r.watch_note.is_empty() {
                 tracing::info!(session_id = %info.id, "{}", r.watch_note);
             }

@@ -426,6 +426,19 @@ impl Plan {
     }
 }
 
+/// The values of environment entries whose names say they are secrets
+/// (KEY, TOKEN, SECRET, PASSWORD, in any case): the session's redaction set.
+pub fn secret_values(env: &[String]) -> Vec<String> {
+    env.iter()
+        .filter_map(|e| e.split_once('='))
+        .filter(|(k, _)| {
+            let k = k.to_ascii_uppercase();
+            ["KEY", "TOKEN", "SECRET", "PASSWORD"].iter().any(|w| k.contains(w))
+        })
+        .map(|(_, v)| v.to_owned())
+        .collect()
+}
+
 /// `KEY=VALUE` as the CLI sends it.
 pub fn parse_env(spec: &str) -> Result<(String, String), String> {
     if spec.is_empty() {
