@@ -21,8 +21,18 @@ const MITM_PORT: u16 = 8443;
 /// Children killed on drop.
 struct Reaper(Vec<Child>, Vec<String>);
 
+/// Removes the bench instance's session containers (a failed run leaves them).
+fn remove_bench_containers() {
+    if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", "label=leash.instance=bench"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
 impl Drop for Reaper {
     fn drop(&mut self) {
+        remove_bench_containers();
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
@@ -102,6 +112,7 @@ pub fn run() -> anyhow::Result<()> {
     .trim()
     .to_owned();
 
+    remove_bench_containers();
     let mut inst = Instance::new(&bin)?;
     let project = inst.project()?;
     let certs = project.with_file_name("upstream");
@@ -147,7 +158,8 @@ pub fn run() -> anyhow::Result<()> {
              @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n"
         ),
     )?;
-    let (mut session, governed) = governed_session(&inst, &image, &policy, &project)?;
+    let (session, governed) = governed_session(&inst, &image, &policy, &project)?;
+    reaper.0.push(session);
     let plain = "leash-bench-proxy-plain";
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
     util::output(Command::new("docker").args([
@@ -230,8 +242,6 @@ pub fn run() -> anyhow::Result<()> {
     let _ = holder.wait();
     let per_thousand_mib = (during - before) / 1024.0;
 
-    let _ = session.kill();
-    let _ = session.wait();
     drop(reaper);
     inst.stop()?;
 
