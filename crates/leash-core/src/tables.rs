@@ -390,18 +390,27 @@ impl HostTable {
         if self.evaluate_all {
             return Lookup::Evaluate;
         }
+        match self.entry(name, port) {
+            Some(v) => Lookup::Final(v),
+            None => self.default.map(Lookup::Final).unwrap_or(Lookup::Evaluate),
+        }
+    }
+
+    /// The entry that names `name` (with `port`, then any port, then the
+    /// longest wildcard above it), without the default.
+    pub fn entry(&self, name: &str, port: Option<u16>) -> Option<Verdict> {
         let exact = self.exact_port.get(&(name.to_owned(), port.unwrap_or(0))).or_else(|| self.exact.get(name));
         if let Some(v) = exact {
-            return Lookup::Final(*v);
+            return Some(*v);
         }
         let mut rest = name;
         while let Some(i) = rest.find('.') {
             rest = &rest[i + 1..];
             if let Some(v) = self.wildcards.get(rest) {
-                return Lookup::Final(*v);
+                return Some(*v);
             }
         }
-        self.default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+        None
     }
 }
 

@@ -14,8 +14,33 @@ pub fn host_addresses() -> Vec<IpAddr> {
         .collect()
 }
 
+/// The `nameserver`s of the container's /etc/resolv.conf.
+pub fn resolvers_of(pid: u32) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
+    parse_resolvers(&text)
+}
+
+/// The `nameserver` lines of a resolv.conf.
+pub fn parse_resolvers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn resolvers_are_the_nameserver_lines() {
+        let text = "# generated\nsearch example.com\nnameserver 127.0.0.11\nnameserver fe80::1%eth0\n nameserver 8.8.8.8 \nnameserver bogus\noptions ndots:0\n";
+        let want: Vec<IpAddr> =
+            vec!["127.0.0.11".parse().unwrap(), "fe80::1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+        assert_eq!(parse_resolvers(text), want);
+    }
+
     #[test]
     fn the_host_has_its_loopback() {
         assert!(super::host_addresses().iter().any(|a| a.is_loopback()));

@@ -159,6 +159,33 @@ impl Decider {
         }
     }
 
+    /// What the policy decides for a name on ports other than 80 and 443:
+    /// `(port, allow, policies)`, port 0 for every other port; empty when
+    /// only the default decides (the kernel then decides by address).
+    pub fn name_entries(&self, session: &str, name: &str) -> Vec<(u16, bool, Vec<String>)> {
+        let Some(held) = self.held(session) else { return Vec::new() };
+        let t = &held.tables;
+        let reasons = |v: Verdict| t.reasons.get(v.reason as usize).cloned().unwrap_or_default();
+        let mut out: Vec<(u16, bool, Vec<String>)> = t
+            .hosts
+            .exact_port
+            .iter()
+            .filter(|((n, p), _)| n == name && !matches!(*p, 0 | 80 | 443))
+            .map(|((_, p), v)| (*p, v.allow, reasons(*v)))
+            .collect();
+        if let Some(v) = t.hosts.entry(name, None) {
+            out.push((0, v.allow, reasons(v)));
+        }
+        out
+    }
+
+    /// Whether an entry of the address table (a policy's, or a guard)
+    /// refuses `ip` (on `port`, 0 for any).
+    pub fn address_denied(&self, session: &str, ip: IpAddr, port: u16) -> bool {
+        let Some(held) = self.held(session) else { return true };
+        held.tables.net.entry(leash_core::tables::normalize_ip(ip), port).is_some_and(|v| !v.allow)
+    }
+
     /// The headers to set on an HTTPS request to `name` on `port`, each
     /// with its value (secret references resolved) and the policies that
     /// declare it; a reference that does not resolve is an error for it.

@@ -9,8 +9,11 @@
 
 pub mod ca;
 pub mod decide;
+pub mod dns;
+pub mod egress;
 pub mod mcp;
 pub mod netns;
+pub mod relay;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -47,6 +50,10 @@ struct Saved {
     /// The container init's start time (clock ticks), so a reused pid is not
     /// mistaken for it.
     start: u64,
+    /// The container's resolvers, read before its command ran (never again
+    /// from the container, which the agent can write).
+    #[serde(default)]
+    resolvers: Vec<std::net::IpAddr>,
 }
 
 struct Service {
@@ -83,6 +90,7 @@ impl Service {
         session: &str,
         pid: u32,
         ca: Arc<ca::SessionCa>,
+        resolvers: Vec<std::net::IpAddr>,
     ) -> anyhow::Result<(Arc<serve::Session>, Vec<String>)> {
         let netns = netns::Netns::enter(pid)?;
         let listeners = netns.run(netns::open_listeners).await??;
@@ -92,6 +100,13 @@ impl Service {
         for l in std::iter::once(listeners.v4).chain(listeners.v6) {
             let l = tokio::net::TcpListener::from_std(l)?;
             tokio::spawn(serve::accept(l, s.clone(), self.shared.clone()));
+        }
+        let resolvers = Arc::new(resolvers);
+        for u in listeners.dns_udp {
+            tokio::spawn(relay::udp(u, s.clone(), self.shared.clone(), resolvers.clone()));
+        }
+        for t in listeners.dns_tcp {
+            tokio::spawn(relay::tcp(t, s.clone(), self.shared.clone(), resolvers.clone()));
         }
         Ok((s, rules))
     }
@@ -111,7 +126,7 @@ impl Service {
             };
             let restored = async {
                 let ca = Arc::new(ca::SessionCa::load(&self.ca_dir(), &session, self.shared.provider.clone())?);
-                let (s, _) = self.start_intercepting(&session, saved.pid, ca.clone()).await?;
+                let (s, _) = self.start_intercepting(&session, saved.pid, ca.clone(), saved.resolvers.clone()).await?;
                 anyhow::Ok((ca, s))
             };
             match restored.await {
@@ -185,11 +200,13 @@ impl Proxy for Service {
             .get(&req.session)
             .map(|e| e.ca.clone())
             .ok_or_else(|| Status::failed_precondition(format!("session {} was not prepared", req.session)))?;
+        // Read before the session's command runs: nothing of the agent's yet.
+        let resolvers = leash_daemon::net::resolvers_of(req.pid);
         let (s, rules) = self
-            .start_intercepting(&req.session, req.pid, ca)
+            .start_intercepting(&req.session, req.pid, ca, resolvers.clone())
             .await
             .map_err(|e| Status::failed_precondition(format!("cannot intercept the session: {e:#}")))?;
-        let saved = Saved { pid: req.pid, start: start_time(req.pid).unwrap_or(0) };
+        let saved = Saved { pid: req.pid, start: start_time(req.pid).unwrap_or(0), resolvers };
         let path = self.saved_path(&req.session);
         let written = std::fs::create_dir_all(path.parent().unwrap_or(&self.state))
             .and_then(|()| std::fs::write(&path, serde_json::to_vec(&saved).unwrap_or_default()));
@@ -262,6 +279,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         upstream_h1,
         upstream_h2,
         events: Arc::new(leash_daemon::fanout::Fanout::default()),
+        sensor_socket: ctx.layout.component_socket(Component::Sensor),
         counters: serve::Counters::default(),
         sse_streams: Default::default(),
     });

@@ -13,6 +13,8 @@ use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, Sockadd
 
 /// The listener's port inside every session's namespace.
 pub const LISTEN_PORT: u16 = 15_080;
+/// The DNS relay's port (UDP and TCP) inside every session's namespace.
+pub const DNS_PORT: u16 = 15_053;
 /// The mark of the proxy's own upstream sockets: the redirect skips them.
 pub const MARK: u32 = 0x1ea5;
 /// The chain the rules live in (nat and filter tables).
@@ -73,6 +75,11 @@ pub struct Listeners {
     pub v4: std::net::TcpListener,
     /// On [::], IPv6 only.
     pub v6: Option<std::net::TcpListener>,
+    /// The DNS relay: UDP and TCP on the loopback address the redirect
+    /// leads to (127.0.0.1, and ::1 with IPv6), so answers leave from it.
+    pub dns_udp: Vec<std::net::UdpSocket>,
+    /// See `dns_udp`.
+    pub dns_tcp: Vec<std::net::TcpListener>,
 }
 
 fn listen(addr: SocketAddr) -> nix::Result<std::net::TcpListener> {
@@ -102,7 +109,19 @@ pub fn open_listeners() -> anyhow::Result<Listeners> {
     } else {
         None
     };
-    Ok(Listeners { v4, v6 })
+    let mut loopbacks = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if v6.is_some() {
+        loopbacks.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+    let (mut dns_udp, mut dns_tcp) = (Vec::new(), Vec::new());
+    for ip in loopbacks {
+        let addr = SocketAddr::new(ip, DNS_PORT);
+        let udp = std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr} in the container"))?;
+        udp.set_nonblocking(true)?;
+        dns_udp.push(udp);
+        dns_tcp.push(listen(addr).with_context(|| format!("listening on TCP {addr} in the container"))?);
+    }
+    Ok(Listeners { v4, v6, dns_udp, dns_tcp })
 }
 
 /// Whether the namespace has IPv6 (run inside it; /proc/sys/net follows the
@@ -112,11 +131,20 @@ fn ipv6_enabled() -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/net/if_inet6")).is_ok_and(|s| !s.trim().is_empty())
 }
 
-/// An upstream socket, marked so the redirect lets it through (run inside
-/// the namespace); connect it with tokio.
+/// An upstream TCP socket, marked so the redirect lets it through (run
+/// inside the namespace); connect it with tokio.
 pub fn upstream_socket(v4: bool) -> nix::Result<OwnedFd> {
+    marked(v4, SockType::Stream)
+}
+
+/// An upstream UDP socket (the DNS relay's), marked likewise.
+pub fn upstream_udp_socket(v4: bool) -> nix::Result<OwnedFd> {
+    marked(v4, SockType::Datagram)
+}
+
+fn marked(v4: bool, kind: SockType) -> nix::Result<OwnedFd> {
     let family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    let fd = socket::socket(family, kind, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     socket::setsockopt(&fd, sockopt::Mark, &MARK)?;
     Ok(fd)
 }
@@ -135,10 +163,10 @@ pub fn original_destination(stream: &tokio::net::TcpStream) -> anyhow::Result<So
     }
 }
 
-/// The rules, as `iptables-restore --noflush` reads them: TCP 80 and 443
-/// to the listener (but the proxy's own marked sockets and the
-/// container's own loopback); QUIC (UDP 443) refused so clients fall back
-/// to TCP.
+/// The rules, as `iptables-restore --noflush` reads them: DNS (UDP and
+/// TCP 53) to the relay, TCP 80 and 443 to the listener (but the proxy's
+/// own marked sockets, and for HTTP the container's own loopback); QUIC
+/// (UDP 443) refused so clients fall back to TCP.
 pub fn rules(v6: bool) -> String {
     let lo = if v6 { "::1/128" } else { "127.0.0.0/8" };
     let reject = if v6 { "icmp6-port-unreachable" } else { "icmp-port-unreachable" };
@@ -147,6 +175,8 @@ pub fn rules(v6: bool) -> String {
          :{CHAIN} - [0:0]\n\
          -A OUTPUT -j {CHAIN}\n\
          -A {CHAIN} -m mark --mark {MARK:#x} -j RETURN\n\
+         -A {CHAIN} -p udp --dport 53 -j REDIRECT --to-ports {DNS_PORT}\n\
+         -A {CHAIN} -p tcp --dport 53 -j REDIRECT --to-ports {DNS_PORT}\n\
          -A {CHAIN} -d {lo} -j RETURN\n\
          -A {CHAIN} -p tcp --dport 80 -j REDIRECT --to-ports {LISTEN_PORT}\n\
          -A {CHAIN} -p tcp --dport 443 -j REDIRECT --to-ports {LISTEN_PORT}\n\

@@ -75,6 +75,8 @@ pub struct Shared {
     pub upstream_h2: Arc<rustls::ClientConfig>,
     /// The event stream to leashd.
     pub events: Arc<leash_daemon::fanout::Fanout>,
+    /// leash-sensor's socket, for the addresses names resolve to.
+    pub sensor_socket: std::path::PathBuf,
     /// Counters.
     pub counters: Counters,
     /// The SSE transport's open streams, by server and message endpoint:

@@ -218,6 +218,8 @@ fn https_is_intercepted_and_decided_by_name() {
              @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
              @id(\"allowed\") permit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in [Host::\"allowed.test\", Host::\"*.allowed.test\", Host::\"unverified.test\"] }};\n\
              @id(\"no-forbidden\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"forbidden.test\");\n\
+             @id(\"any-address\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"0.0.0.0/0\");\n\
+             @id(\"no-debian\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"deb.debian.org\");\n\
              @id(\"inject\") permit (principal, action == Action::\"HttpRewrite\", resource == Host::\"api.allowed.test\") when {{ context.header == \"Authorization\" && context.value == \"leash-secret:env:LEASH_TEST_CANARY\" }};\n"
         ),
     )
@@ -284,6 +286,13 @@ fn https_is_intercepted_and_decided_by_name() {
         .stdout,
     );
     assert!(out.contains("/leak/tok-"), "{out}");
+    // A name forbidden on every port: once the session resolves it (through
+    // the DNS relay), its address is refused by the kernel on any port.
+    let dns = "getent hosts deb.debian.org | cut -d' ' -f1 | head -n 1 > resolved; \
+               python3 -c \"import socket\nip = open('resolved').read().strip()\ntry:\n  socket.create_connection((ip, 22), timeout=3)\n  print('ssh=connected', ip)\nexcept OSError as e:\n  print('ssh=refused', e.errno, ip)\"";
+    let out = text(&exec(&container, &format!("cd {} && {dns}", stack.project().display())).stdout);
+    assert!(out.contains("ssh=refused 1 "), "{out}");
+    let resolved = std::fs::read_to_string(stack.project().join("resolved")).unwrap().trim().to_owned();
     // Node, with its own trust store (NODE_EXTRA_CA_CERTS).
     let node = format!(
         "node -e \"require('https').get({{host: '{gw}', servername: 'allowed.test', headers: {{host: 'allowed.test'}}, path: '/node'}}, r => {{ r.on('data', d => process.stdout.write(d)); }}).on('error', e => {{ console.log('error', e.message); }})\""
@@ -323,6 +332,22 @@ fn https_is_intercepted_and_decided_by_name() {
         "{bad}"
     );
 
+    let answer = events
+        .iter()
+        .find(|e| e["action"] == "dns.answer" && e["resource"] == "deb.debian.org")
+        .expect("the DNS answer's event");
+    assert!(
+        answer["details"]["kernel_entries"].as_str().is_some_and(|k| k.contains(&format!("{resolved} deny"))),
+        "{answer}"
+    );
+    let refused = events
+        .iter()
+        .find(|e| {
+            e["action"] == "NetworkConnect" && e["resource"] == format!("{resolved}:22") && e["decision"] == "deny"
+        })
+        .expect("the kernel's refusal");
+    assert_eq!(refused["details"]["name"], "deb.debian.org", "{refused}");
+    assert_eq!(refused["policy_ids"], serde_json::json!(["no-debian", "(via the name deb.debian.org)"]), "{refused}");
     let injected = http
         .iter()
         .find(|e| e["resource"] == "api.allowed.test:443" && e["details"]["path"] == "/inject")

@@ -450,6 +450,31 @@ impl Maps {
         Ok(())
     }
 
+    /// Writes one address learned from a name (port 0: every port) under
+    /// `slot`, with its verdict word.
+    pub fn write_learned(&self, slot: u32, ip: IpAddr, port: u16, word: u32) -> anyhow::Result<()> {
+        let v = word.to_ne_bytes();
+        if port != 0 {
+            return self
+                .ports
+                .update(&port_key(slot, ip, port), &v, MapFlags::ANY)
+                .context("writing a learned address");
+        }
+        let (v4, k) = lpm_key(slot, ip, if ip.is_ipv4() { 32 } else { 128 });
+        let map = if v4 { &self.net4 } else { &self.net6 };
+        map.update(&k, &v, MapFlags::ANY).context("writing a learned address")
+    }
+
+    /// Deletes an address learned from a name.
+    pub fn remove_learned(&self, slot: u32, ip: IpAddr, port: u16) {
+        if port != 0 {
+            let _ = self.ports.delete(&port_key(slot, ip, port));
+            return;
+        }
+        let (v4, k) = lpm_key(slot, ip, if ip.is_ipv4() { 32 } else { 128 });
+        let _ = if v4 { self.net4.delete(&k) } else { self.net6.delete(&k) };
+    }
+
     /// Deletes what `write_net` wrote.
     pub fn clear(&self, w: &Written) {
         for k in &w.files_lpm {

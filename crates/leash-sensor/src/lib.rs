@@ -56,6 +56,7 @@ struct Session {
     slot: u32,
     written: bpf::Written,
     governed: Arc<RwLock<fan::Governed>>,
+    learned: Arc<Mutex<Learned>>,
     generation: u64,
     holder: Arc<Mutex<HolderLink>>,
     resolvers: Vec<IpAddr>,
@@ -108,6 +109,52 @@ struct Saved {
 struct Known {
     session: String,
     governed: Arc<RwLock<fan::Governed>>,
+    learned: Arc<Mutex<Learned>>,
+}
+
+/// Reason indexes at and above this are a learned address's.
+const LEARNED_REASONS: u32 = 1 << 20;
+
+/// Addresses names resolved to, decided by the policy on those names
+/// (from the proxy's DNS relay), until their TTL ends.
+#[derive(Debug, Default)]
+struct Learned {
+    entries: HashMap<(IpAddr, u16), LearnedEntry>,
+    reasons: Vec<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct LearnedEntry {
+    word: u32,
+    name: String,
+    expires: std::time::Instant,
+}
+
+impl Learned {
+    /// The name behind an address, for events.
+    fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.entries.iter().find(|((a, _), _)| *a == ip).map(|(_, e)| e.name.as_str())
+    }
+
+    fn reason(&mut self, ids: Vec<String>) -> u32 {
+        let i = match self.reasons.iter().position(|r| *r == ids) {
+            Some(i) => i,
+            None => {
+                if self.reasons.len() >= 4096 {
+                    self.reasons.clear();
+                }
+                self.reasons.push(ids);
+                self.reasons.len() - 1
+            }
+        };
+        LEARNED_REASONS + i as u32
+    }
+}
+
+/// Whether the policy's own table names that key exactly (a learned
+/// address never replaces it).
+fn statically_named(t: &Tables, ip: IpAddr, port: u16) -> bool {
+    if port == 0 { t.net.exact.contains_key(&ip) } else { t.net.exact_port.contains_key(&(ip, port)) }
 }
 
 struct Shared {
@@ -234,11 +281,26 @@ impl Shared {
 
     /// Writes a session's tables into the kernel under a fresh slot, then
     /// flips the session to it (one map update), then removes the old ones.
-    fn apply(&self, cgroup_id: u64, tables: &Tables, mode: Mode, proxied: bool) -> Result<(u32, bpf::Written), String> {
+    fn apply(
+        &self,
+        cgroup_id: u64,
+        tables: &Tables,
+        mode: Mode,
+        proxied: bool,
+        learned: &Learned,
+    ) -> Result<(u32, bpf::Written), String> {
         let kernel = self.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
         let _written_alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
+        // What the session learned from names goes into the new slot before
+        // the switch, so it never goes missing.
+        let now = std::time::Instant::now();
+        for ((ip, port), e) in learned.entries.iter().filter(|(_, e)| e.expires > now) {
+            if !statically_named(tables, *ip, *port) {
+                let _ = kernel.maps.write_learned(slot, *ip, *port, e.word);
+            }
+        }
         let entry = bpf::SessionEntry {
             slot,
             mode: bpf::mode_number(mode),
@@ -290,7 +352,10 @@ impl Shared {
         };
         let generation = tables.generation;
         let tables = Arc::new(tables);
-        match self.apply(cgroup_id, &tables, mode, proxied) {
+        let learned = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| s.learned.clone());
+        let learned = learned.unwrap_or_default();
+        let applied = self.apply(cgroup_id, &tables, mode, proxied, &learned.lock().unwrap_or_else(|p| p.into_inner()));
+        match applied {
             Ok((slot, written)) => {
                 let found = {
                     let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -336,14 +401,27 @@ impl Shared {
     /// `procs` is the lineage the kernel reported (forks, execs, exits) for
     /// naming each process's executable without asking /proc again.
     fn kernel_event(&self, raw: &event::RawEvent, procs: &mut Lineage) -> Option<pb::Event> {
-        let (session, reasons) = {
+        let (session, reasons, name) = {
             let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
             let k = known.get(&raw.cgroup_id)?;
             let reasons = match bpf::decode(raw.verdict).1 {
+                Some(r) if r >= LEARNED_REASONS => k
+                    .learned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reasons
+                    .get((r - LEARNED_REASONS) as usize)
+                    .cloned(),
                 Some(r) => k.governed.read().unwrap_or_else(|p| p.into_inner()).tables.reasons.get(r as usize).cloned(),
                 None => None,
             };
-            (k.session.clone(), reasons.unwrap_or_default())
+            let name = match raw.addr {
+                Some(ip) if raw.kind == event::KIND_CONNECT || raw.kind == event::KIND_SENDMSG => {
+                    k.learned.lock().unwrap_or_else(|p| p.into_inner()).name_of(ip).map(str::to_owned)
+                }
+                _ => None,
+            };
+            (k.session.clone(), reasons.unwrap_or_default(), name)
         };
         let executable = procs.executable(raw);
         let (kind, action, resource) = match raw.kind {
@@ -384,6 +462,9 @@ impl Shared {
         details.insert("mechanism".into(), mechanism.into());
         if let Some(s) = syscall {
             details.insert("syscall".into(), s.into());
+        }
+        if let Some(n) = name {
+            details.insert("name".into(), n);
         }
         if raw.kind == event::KIND_EXIT {
             // As wait() reports it: a signal in the low 7 bits, else the status.
@@ -455,20 +536,6 @@ impl Lineage {
             _ => self.executables.entry(raw.pid).or_insert_with(|| fan::executable(raw.pid)).clone(),
         }
     }
-}
-
-/// The `nameserver`s of the container's /etc/resolv.conf.
-fn resolvers_of(pid: u32) -> Vec<IpAddr> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
-    parse_resolvers(&text)
-}
-
-fn parse_resolvers(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter_map(|a| a.split('%').next()?.parse().ok())
-        .collect()
 }
 
 fn capability_to_proto(c: &probe::Capability) -> pb::Capability {
@@ -548,11 +615,13 @@ impl Sensor for Service {
             )));
         }
         // Read before the session's first instruction: nothing of the agent's yet.
-        let resolvers = resolvers_of(req.pid);
+        let resolvers = leash_daemon::net::resolvers_of(req.pid);
         let (tables, mode) = s.tables(&req.session, &resolvers).await.map_err(Status::unavailable)?;
         let generation = tables.generation;
         let tables = Arc::new(tables);
-        let (slot, written) = s.apply(cgroup_id, &tables, mode, req.proxied).map_err(Status::internal)?;
+        let learned = Arc::new(Mutex::new(Learned::default()));
+        let (slot, written) =
+            s.apply(cgroup_id, &tables, mode, req.proxied, &Learned::default()).map_err(Status::internal)?;
         let undo = |s: &Shared| {
             if let Some(k) = &s.kernel {
                 k.maps.remove_session(cgroup_id);
@@ -582,10 +651,10 @@ impl Sensor for Service {
         };
         let reader = control.try_clone().map_err(|e| Status::internal(e.to_string()))?;
         let governed = Arc::new(RwLock::new(fan::Governed { tables, mode }));
-        s.by_cgroup
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cgroup_id, Known { session: req.session.clone(), governed: governed.clone() });
+        s.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).insert(
+            cgroup_id,
+            Known { session: req.session.clone(), governed: governed.clone(), learned: learned.clone() },
+        );
         let link = HolderLink { pid: holder_pid, control, group, stopping: false };
         let session = Session {
             cgroup_id,
@@ -595,6 +664,7 @@ impl Sensor for Service {
             slot,
             written,
             governed,
+            learned,
             generation,
             holder: Arc::new(Mutex::new(link)),
             resolvers: resolvers.clone(),
@@ -615,6 +685,42 @@ impl Sensor for Service {
             unmarked,
             generation,
         }))
+    }
+
+    async fn learn(&self, req: Request<pb::LearnRequest>) -> Result<Response<pb::LearnResponse>, Status> {
+        let req = req.into_inner();
+        let kernel = self
+            .shared
+            .kernel
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the kernel programs are not loaded"))?;
+        let found = {
+            let sessions = self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.get(&req.session).map(|s| (s.slot, s.learned.clone(), s.governed.clone()))
+        };
+        let (slot, learned, governed) =
+            found.ok_or_else(|| Status::not_found(format!("no governed session {}", req.session)))?;
+        let tables = governed.read().unwrap_or_else(|p| p.into_inner()).tables.clone();
+        let mut written = 0;
+        let _alone = self.shared.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = learned.lock().unwrap_or_else(|p| p.into_inner());
+        for a in &req.addresses {
+            let Ok(ip) = a.ip.parse::<IpAddr>().map(leash_core::tables::normalize_ip) else { continue };
+            let port = u16::try_from(a.port).unwrap_or(0);
+            if statically_named(&tables, ip, port) {
+                continue;
+            }
+            let mut ids = a.reasons.clone();
+            ids.push(format!("(via the name {})", req.name));
+            let reason = l.reason(ids);
+            let word = bpf::encode(leash_core::tables::Verdict::new(a.allow, reason));
+            let expires = std::time::Instant::now() + Duration::from_secs(u64::from(a.ttl.clamp(1, 3600)));
+            if kernel.maps.write_learned(slot, ip, port, word).is_ok() {
+                l.entries.insert((ip, port), LearnedEntry { word, name: req.name.clone(), expires });
+                written += 1;
+            }
+        }
+        Ok(Response::new(pb::LearnResponse { written }))
     }
 
     async fn unregister(
@@ -720,6 +826,36 @@ fn read_ring(shared: Arc<Shared>) {
     }
 }
 
+/// Removes learned addresses whose TTL ended, every second.
+async fn expire_learned(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(kernel) = shared.kernel.as_ref() else { return };
+        let now = std::time::Instant::now();
+        let sessions: Vec<(u32, Arc<Mutex<Learned>>)> = shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| (s.slot, s.learned.clone()))
+            .collect();
+        let _alone = shared.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, learned) in sessions {
+            let mut l = learned.lock().unwrap_or_else(|p| p.into_inner());
+            l.entries.retain(|(ip, port), e| {
+                let keep = e.expires > now;
+                if !keep {
+                    kernel.maps.remove_learned(slot, *ip, *port);
+                }
+                keep
+            });
+        }
+    }
+}
+
 /// Follows the policy service's changes into the governed sessions.
 async fn follow_policy(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
     loop {
@@ -806,11 +942,11 @@ fn restore(shared: &Arc<Shared>) {
         let Ok(reader) = control.try_clone() else { continue };
         let governed =
             Arc::new(RwLock::new(fan::Governed { tables: Arc::new(Tables::default()), mode: Mode::Enforce }));
-        shared
-            .by_cgroup
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(saved.cgroup_id, Known { session: saved.session.clone(), governed: governed.clone() });
+        let learned = Arc::new(Mutex::new(Learned::default()));
+        shared.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).insert(
+            saved.cgroup_id,
+            Known { session: saved.session.clone(), governed: governed.clone(), learned: learned.clone() },
+        );
         shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             saved.session.clone(),
             Session {
@@ -821,6 +957,7 @@ fn restore(shared: &Arc<Shared>) {
                 slot: 0,
                 written: bpf::Written::default(),
                 governed,
+                learned,
                 generation: 0,
                 holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
                 resolvers: saved.resolvers.clone(),
@@ -868,6 +1005,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         tables_lock: Mutex::new(()),
     });
     restore(&shared);
+    tokio::spawn(expire_learned(shared.clone(), ctx.shutdown.clone()));
     let ring = shared.clone();
     std::thread::Builder::new().name("ringbuf".into()).spawn(move || read_ring(ring))?;
     tokio::spawn(follow_policy(shared.clone(), ctx.shutdown.clone()));
@@ -882,17 +1020,4 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir(&k.cgroup);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolvers_are_the_nameserver_lines() {
-        let text = "# generated\nsearch example.com\nnameserver 127.0.0.11\nnameserver fe80::1%eth0\n nameserver 8.8.8.8 \nnameserver bogus\noptions ndots:0\n";
-        let want: Vec<IpAddr> =
-            vec!["127.0.0.11".parse().unwrap(), "fe80::1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
-        assert_eq!(parse_resolvers(text), want);
-    }
 }

@@ -147,7 +147,7 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
         }
         let mut registered = Unregister(&kernel.maps, cgroup_id, None);
         if !off("cgroup-sock") {
-            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false)?;
+            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default())?;
             if lsm {
                 let w = kernel.maps.write_files(slot, &tables, &mut written);
                 registered.2 = Some(written);
