@@ -130,7 +130,7 @@ impl Decider {
                     (None, IpAddr::V4(a)) => format!("{a}:{port}"),
                     (None, IpAddr::V6(a)) => format!("[{a}]:{port}"),
                 };
-                match self.check(session, "NetworkConnect", &resource).await {
+                match self.check(session, "NetworkConnect", &resource, HashMap::new()).await {
                     Ok((allow, reasons)) => Decision { allow, reasons, mode },
                     Err(e) => {
                         tracing::warn!(session_id = %session, %resource, error = %e, "cannot ask leash-policy: denied");
@@ -141,8 +141,9 @@ impl Decider {
         }
     }
 
-    /// `McpCall` on `tool` of `server` (record mode decides nothing).
-    pub async fn mcp_call(&self, session: &str, server: &str, tool: &str) -> Decision {
+    /// `McpCall` on `tool` of `server`, with the call's arguments (JSON) as
+    /// context when given (record mode decides nothing).
+    pub async fn mcp_call(&self, session: &str, server: &str, tool: &str, arguments: Option<&str>) -> Decision {
         let Some(held) = self.held(session) else {
             return Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce };
         };
@@ -150,7 +151,9 @@ impl Decider {
         if mode == Mode::Record {
             return Decision { allow: true, reasons: Vec::new(), mode };
         }
-        match self.check(session, "McpCall", &format!("{tool}@{server}")).await {
+        let context: HashMap<String, String> =
+            arguments.map(|a| HashMap::from([("arguments".to_owned(), a.to_owned())])).unwrap_or_default();
+        match self.check(session, "McpCall", &format!("{tool}@{server}"), context).await {
             Ok((allow, reasons)) => Decision { allow, reasons, mode },
             Err(e) => {
                 tracing::warn!(session_id = %session, %server, %tool, error = %e, "cannot ask leash-policy: denied");
@@ -205,7 +208,13 @@ impl Decider {
             .collect()
     }
 
-    async fn check(&self, session: &str, action: &str, resource: &str) -> Result<(bool, Vec<String>), String> {
+    async fn check(
+        &self,
+        session: &str,
+        action: &str,
+        resource: &str,
+        context: HashMap<String, String>,
+    ) -> Result<(bool, Vec<String>), String> {
         let ask = async {
             let r = self
                 .client()
@@ -214,7 +223,7 @@ impl Decider {
                     principal: String::new(),
                     action: action.to_owned(),
                     resource: resource.to_owned(),
-                    context: HashMap::new(),
+                    context,
                     session: session.to_owned(),
                 })
                 .await

@@ -515,7 +515,8 @@ async fn mcp_gate(req: Request<Body>, c: &Conn, server: &str) -> Result<(Request
             Some(tool) => {
                 details.insert("tool".to_owned(), tool.to_owned());
                 details.insert("arguments".to_owned(), mcp::argument_names(m).join(", "));
-                let d = c.shared.decider.mcp_call(&c.session.id, server, tool).await;
+                let arguments = m["params"].get("arguments").map(Value::to_string);
+                let d = c.shared.decider.mcp_call(&c.session.id, server, tool, arguments.as_deref()).await;
                 if !d.passes()
                     && let Some(id) = m.get("id")
                 {
@@ -629,7 +630,7 @@ fn proxy_event(
 async fn refused_tools(c: &Conn, server: &str, names: &[String]) -> Vec<String> {
     let mut hidden = Vec::new();
     for n in names {
-        if !c.shared.decider.mcp_call(&c.session.id, server, n).await.passes() {
+        if !c.shared.decider.mcp_call(&c.session.id, server, n, None).await.passes() {
             hidden.push(n.clone());
         }
     }

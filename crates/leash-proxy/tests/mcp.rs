@@ -19,7 +19,7 @@ async function main() {
   await client.connect(transport);
   const tools = (await client.listTools()).tools.map((t) => t.name);
   console.log("tools " + tools.sort().join(","));
-  for (const [name, args] of [["echo", { message: "hi leash" }], ["get-env", {}]]) {
+  for (const [name, args] of [["echo", { message: "hi leash" }], ["get-env", {}], ["echo", { message: "a forbidden word" }]]) {
     try {
       const r = await client.callTool({ name, arguments: args });
       console.log("call " + name + " " + JSON.stringify(r.content).slice(0, 60));
@@ -91,7 +91,9 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
         &policy,
         "@id(\"all\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\", Action::\"NetworkConnect\"], resource);\n\
          @id(\"mcp\") permit (principal, action == Action::\"McpCall\", resource);\n\
-         @id(\"no-env\") forbid (principal, action == Action::\"McpCall\", resource == MCP::Tool::\"get-env\");\n",
+         @id(\"no-env\") forbid (principal, action == Action::\"McpCall\", resource == MCP::Tool::\"get-env\");\n\
+         @id(\"no-forbidden-words\") forbid (principal, action == Action::\"McpCall\", resource == MCP::Tool::\"echo\") \
+         when { context has arguments && context.arguments like \"*forbidden*\" };\n",
     )
     .unwrap();
     let mut session = stack
@@ -110,8 +112,8 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
     let out = std::process::Command::new("docker").args(["exec", &container, "sh", "-c", &script]).output().unwrap();
     let said = text(&out.stdout);
     let lines: Vec<&str> = said.lines().collect();
-    assert_eq!(lines.len(), 6, "{said}{}", text(&out.stderr));
-    for (server, part) in [("mcp.test", &lines[..3]), ("sse.test", &lines[3..])] {
+    assert_eq!(lines.len(), 8, "{said}{}", text(&out.stderr));
+    for (server, part) in [("mcp.test", &lines[..4]), ("sse.test", &lines[4..])] {
         // The listing hides the forbidden tool; the permitted one runs; the
         // forbidden one gets the JSON-RPC error naming server, tool and policy.
         assert!(part[0].starts_with("tools echo,") && !part[0].contains("get-env"), "{said}");
@@ -123,6 +125,8 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
             ),
             "{said}"
         );
+        // A condition on the call's arguments (Cedar context).
+        assert!(part[3].starts_with("refused echo -32000") && part[3].contains("no-forbidden-words"), "{said}");
     }
 
     let events = stack.events();
