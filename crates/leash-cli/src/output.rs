@@ -31,6 +31,33 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Reads an RFC 3339 UTC time (`2026-11-27T04:00:00Z`, with optional
+/// fraction) as Unix nanoseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>());
+    let (h, m, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let nanos: i64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    // Past 2262 the nanoseconds do not fit: as late as can be said.
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    Some(secs.checked_mul(1_000_000_000).and_then(|n| n.checked_add(nanos)).unwrap_or(i64::MAX))
+}
+
 /// A duration as `1h02m03s`, `2m03s` or `4s`.
 pub fn duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
@@ -140,6 +167,10 @@ pub struct EventsJson {
     pub subscribers: u32,
     /// Per-follower queue capacity.
     pub queue_capacity: u32,
+    /// Written to the audit store.
+    pub stored: u64,
+    /// The audit store could not write.
+    pub store_failed: u64,
 }
 
 fn facts(f: &[pb::Fact]) -> BTreeMap<String, String> {
@@ -186,6 +217,8 @@ impl StatusJson {
                 dropped: hub.dropped,
                 subscribers: hub.subscribers,
                 queue_capacity: hub.queue_capacity,
+                stored: hub.stored,
+                store_failed: hub.store_failed,
             },
             host: facts(&s.facts),
         }
@@ -249,12 +282,13 @@ impl StatusJson {
         let e = &self.events;
         let _ = writeln!(
             out,
-            "events   {} published, {} dropped, {} follower{} (queue {})",
+            "events   {} published, {} dropped, {} follower{} (queue {}), {} stored",
             e.published,
             e.dropped,
             e.subscribers,
             if e.subscribers == 1 { "" } else { "s" },
-            e.queue_capacity
+            e.queue_capacity,
+            e.stored
         );
         out
     }
@@ -422,5 +456,18 @@ mod tests {
         assert_eq!(duration(4), "4s");
         assert_eq!(duration(123), "2m03s");
         assert_eq!(duration(3723), "1h02m03s");
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        let s = super::rfc3339(t);
+        assert_eq!(super::parse_rfc3339(&s), Some(1_795_000_000_123_000_000), "{s}");
+        assert_eq!(super::parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(super::parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        assert_eq!(super::parse_rfc3339("yesterday"), None);
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     /// The static leash-entry to mount into sessions; defaults to
     /// `LEASH_ENTRY_BIN`, else `leash-entry` beside leashd.
     pub entry_bin: Option<PathBuf>,
+    /// What the audit store keeps (`audit_retention_days`, `audit_max_events`).
+    pub retention: crate::audit::Retention,
 }
 
 impl Default for Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             bin_dir: None,
             entry_bin: None,
             path: PathBuf::from(SYSTEM_CONFIG),
+            retention: crate::audit::Retention::default(),
         }
     }
 }
@@ -53,6 +56,8 @@ struct Section {
     event_queue: Option<usize>,
     bin_dir: Option<PathBuf>,
     entry_bin: Option<PathBuf>,
+    audit_retention_days: Option<u64>,
+    audit_max_events: Option<u64>,
 }
 
 /// A configuration error, naming the file and the problem.
@@ -93,6 +98,13 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         bin_dir: file.leashd.bin_dir,
         entry_bin: file.leashd.entry_bin,
         path: path.to_owned(),
+        retention: crate::audit::Retention {
+            max_age: file
+                .leashd
+                .audit_retention_days
+                .map_or(d.retention.max_age, |days| std::time::Duration::from_secs(days * 24 * 3600)),
+            max_events: file.leashd.audit_max_events.unwrap_or(d.retention.max_events),
+        },
     })
 }
 

@@ -32,6 +32,8 @@ pub struct ManagerService {
     pub supervisor: Supervisor,
     /// The event hub.
     pub hub: Hub,
+    /// The audit store, when it could be opened.
+    pub audit: Option<std::sync::Arc<crate::audit::Audit>>,
     /// leashd's root token.
     pub shutdown: CancellationToken,
     /// Sessions.
@@ -57,6 +59,8 @@ impl Manager for ManagerService {
                 dropped: stats.dropped,
                 subscribers: stats.subscribers,
                 queue_capacity: stats.queue_capacity,
+                stored: self.audit.as_ref().map_or(0, |a| a.written.load(std::sync::atomic::Ordering::Relaxed)),
+                store_failed: self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }),
             facts: vec![pb::Fact { name: "engine".to_owned(), value: engine }],
         }))
@@ -66,12 +70,39 @@ impl Manager for ManagerService {
 
     async fn events(&self, req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         let req = req.into_inner();
-        let (backlog, live) = self.hub.subscribe(req.tail as usize, req.follow);
+        let query = crate::audit::Query {
+            session: (!req.session.is_empty()).then(|| req.session.clone()),
+            since_ns: (req.since_unix_nanos > 0).then_some(req.since_unix_nanos),
+            action: (!req.action.is_empty()).then(|| req.action.clone()),
+            decision: (!req.decision.is_empty()).then(|| req.decision.clone()),
+            contains: (!req.contains.is_empty()).then(|| req.contains.clone()),
+            tail: req.tail,
+        };
+        // Live events are queued from before the stored ones are read;
+        // those already stored are skipped by time.
+        let (memory, live) = self.hub.subscribe(req.tail as usize, req.follow);
+        let published = self.hub.seq();
+        let backlog: Vec<pb::Event> = match &self.audit {
+            Some(a) => {
+                let a = a.clone();
+                let q = query.clone();
+                tokio::task::spawn_blocking(move || {
+                    a.wait_for(published, std::time::Duration::from_secs(2));
+                    a.query(&q)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("the audit store: {e:#}")))?
+            }
+            None => memory.iter().map(event_to_proto).filter(|e| matches(&query, e)).collect(),
+        };
         let (tx, rx) = mpsc::channel(64);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let mut newest = 0;
             for e in backlog {
-                if tx.send(Ok(event_to_proto(&e))).await.is_err() {
+                newest = newest.max(e.time_unix_nanos);
+                if tx.send(Ok(e)).await.is_err() {
                     return;
                 }
             }
@@ -81,7 +112,13 @@ impl Manager for ManagerService {
                     () = shutdown.cancelled() => return,
                     () = tx.closed() => return,
                     e = live.recv() => match e {
-                        Some(e) => if tx.send(Ok(event_to_proto(&e))).await.is_err() { return },
+                        Some(e) => {
+                            let e = event_to_proto(&e);
+                            if e.time_unix_nanos <= newest || !matches(&query, &e) {
+                                continue;
+                            }
+                            if tx.send(Ok(e)).await.is_err() { return }
+                        }
                         None => return,
                     },
                 }
@@ -386,4 +423,16 @@ fn state_to_proto(s: State) -> pb::ComponentState {
 /// The wire form of an event.
 pub fn event_to_proto(s: &Arc<Stamped>) -> pb::Event {
     leash_proto::event::to_proto(&s.event, s.seq)
+}
+
+/// Whether an event matches a query (the store applies the same in SQL).
+fn matches(q: &crate::audit::Query, e: &pb::Event) -> bool {
+    q.session.as_ref().is_none_or(|s| e.session.starts_with(s.as_str()))
+        && q.since_ns.is_none_or(|t| e.time_unix_nanos >= t)
+        && q.action.as_ref().is_none_or(|a| e.action == *a)
+        && q.decision.as_ref().is_none_or(|d| {
+            let want = if d == "allow" { pb::Decision::Allow } else { pb::Decision::Deny };
+            e.decision == want as i32
+        })
+        && q.contains.as_ref().is_none_or(|c| e.resource.contains(c.as_str()))
 }

@@ -43,6 +43,8 @@ struct Inner {
     history_cap: usize,
     queue_cap: usize,
     subscribers: Vec<mpsc::Sender<Arc<Stamped>>>,
+    /// How many of them are leashd's own (the audit store), not followers.
+    internal: usize,
     dropped: u64,
     /// Per session, the secret values no event may carry.
     redactions: std::collections::HashMap<String, Vec<String>>,
@@ -78,6 +80,7 @@ impl Hub {
                 history_cap: history,
                 queue_cap: queue.max(1),
                 subscribers: Vec::new(),
+                internal: 0,
                 dropped: 0,
                 redactions: std::collections::HashMap::new(),
             })),
@@ -163,6 +166,21 @@ impl Hub {
         (backlog, rx)
     }
 
+    /// The sequence number of the last event published.
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// leashd's own follower (the audit store), with its own queue
+    /// capacity, from now on; not counted among the followers.
+    pub fn subscribe_with(&self, capacity: usize) -> mpsc::Receiver<Arc<Stamped>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let mut inner = self.lock();
+        inner.subscribers.push(tx);
+        inner.internal += 1;
+        rx
+    }
+
     /// Current counters.
     pub fn stats(&self) -> HubStats {
         let mut inner = self.lock();
@@ -170,7 +188,7 @@ impl Hub {
         HubStats {
             published: inner.seq,
             dropped: inner.dropped,
-            subscribers: inner.subscribers.len() as u32,
+            subscribers: inner.subscribers.len().saturating_sub(inner.internal) as u32,
             queue_capacity: inner.queue_cap as u32,
         }
     }

@@ -4,6 +4,7 @@
 //! leash-policy, leash-sensor and leash-proxy, and runs the event hub.
 //! Sessions, the audit store and the Control UI plug in here.
 
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod follow;
@@ -37,6 +38,14 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         None => own_dir().context("cannot find leashd's own directory to locate the component binaries")?,
     };
     let hub = hub::Hub::new(config.history_size, config.event_queue);
+    // The audit store follows the hub from the first event on.
+    let audit = match audit::Audit::start(&ctx.layout.state_dir, &hub, config.retention) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the audit store cannot be opened; events are kept in memory only");
+            None
+        }
+    };
     hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
     let supervisor = supervisor::Supervisor::start(supervisor::Options {
         bin_dir: bin_dir.clone(),
@@ -64,6 +73,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         layout: ctx.layout.clone(),
         supervisor,
         hub,
+        audit,
         shutdown: ctx.shutdown.clone(),
         sessions,
     };

@@ -178,6 +178,52 @@ fn a_restarted_leashd_adopts_running_components() {
 }
 
 #[test]
+fn events_are_stored_across_leashd_restarts_and_queried() {
+    if !require_root("events_are_stored_across_leashd_restarts_and_queried") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let first = stack.start_leashd();
+    stack.wait_healthy(Duration::from_secs(10));
+    kill(first, Signal::KILL);
+    stack.wait_leashd(Duration::from_secs(2));
+    let second = stack.start_leashd();
+    stack.wait_healthy(Duration::from_secs(10));
+    let starts = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["events", "--json", "--action", "daemon.start"];
+        all.extend_from_slice(args);
+        let out = stack.leashctl(&all);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // Both runs' starts, from the audit store (the first leashd's memory is gone).
+    let both = eventually(Duration::from_secs(5), "both starts stored", || {
+        let e = starts(&[]);
+        (e.iter().filter(|e| e["resource"] == "leashd").count() == 2).then_some(e)
+    });
+    let leashd: Vec<&Value> = both.iter().filter(|e| e["resource"] == "leashd").collect();
+    assert_eq!(
+        (leashd[0]["pid"].as_u64(), leashd[1]["pid"].as_u64()),
+        (Some(u64::from(first)), Some(u64::from(second)))
+    );
+    // Filters: --contains, --since, --tail; --export jsonl.
+    assert_eq!(
+        starts(&["--contains", "leash-policy"]).len(),
+        starts(&[]).iter().filter(|e| e["resource"] == "leash-policy").count()
+    );
+    assert!(starts(&["--since", "1h"]).len() >= 2);
+    assert!(starts(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(starts(&["--tail", "1"]).len(), 1);
+    let bad = stack.leashctl(&["events", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(64), "{bad:?}");
+    let export = stack.leashctl(&["events", "--export", "jsonl", "--action", "daemon.start"]);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&export.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), starts(&[]).len());
+    assert!(stack.state_dir.join("audit/events.db").exists());
+}
+
+#[test]
 fn sigterm_stops_leashd_alone_and_stop_all_stops_everything() {
     if !require_root("sigterm_stops_leashd_alone_and_stop_all_stops_everything") {
         return;

@@ -48,6 +48,15 @@ enum Command {
         /// Only this decision.
         #[arg(long, value_enum)]
         decision: Option<DecisionArg>,
+        /// Only events since then: a duration back from now (30s, 10m, 2h, 7d) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only events whose resource (a path, a host) contains this.
+        #[arg(long, value_name = "TEXT")]
+        contains: Option<String>,
+        /// Print the stored events as JSON lines and exit (for archives and other tools).
+        #[arg(long, value_name = "FORMAT", value_parser = ["jsonl"], conflicts_with = "follow")]
+        export: Option<String>,
     },
     /// Cedar policies: validate files, decide a request.
     Policy {
@@ -225,7 +234,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &args.command {
             Command::Status => commands::status::run(&ctx).await,
-            Command::Events { follow, tail, session, action, decision } => {
+            Command::Events { follow, tail, session, action, decision, since, contains, export } => {
+                let since_unix_nanos = match since.as_deref().map(commands::events::parse_since).transpose() {
+                    Ok(t) => t.unwrap_or(0),
+                    Err(e) => return Ok(fail(&anyhow::anyhow!("--since: {e}"), EXIT_USAGE)),
+                };
                 let filter = commands::events::Filter {
                     session: session.clone(),
                     action: action.clone(),
@@ -233,7 +246,10 @@ fn main() -> ExitCode {
                         DecisionArg::Allow => "allow",
                         DecisionArg::Deny => "deny",
                     }),
+                    since_unix_nanos,
+                    contains: contains.clone(),
                 };
+                let ctx = if export.is_some() { Ctx { json: true, ..ctx } } else { ctx };
                 commands::events::run(&ctx, *follow, *tail, &filter).await
             }
             Command::Stop { all: _ } => commands::stop::run(&ctx).await,
