@@ -480,11 +480,13 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
             .unwrap_or(0);
         (s["events"]["published"].as_u64().unwrap_or(0), s["events"]["dropped"].as_u64().unwrap_or(0) + sensor_dropped)
     };
+    let stored = |inst: &Instance| inst.status().and_then(|s| s["events"]["stored"].as_u64()).unwrap_or(0);
     // Sustained: the highest paced rate (3 s of events) that arrives whole,
     // with nothing dropped; and an unpaced storm, counted at both ends.
     let mut storms = Vec::new();
     let storm = |rate: Option<u64>, n: u64| -> anyhow::Result<Value> {
         let (published0, dropped0) = counts(&inst);
+        let stored0 = stored(&inst);
         let started = Instant::now();
         let mut args = vec![
             "exec".to_owned(),
@@ -516,6 +518,16 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The audit store's writer catches up on its own time.
+        let mut stored1 = stored(&inst);
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = stored(&inst);
+            if now == stored1 {
+                break;
+            }
+            stored1 = now;
+        }
         let (published1, dropped1) = counts(&inst);
         let delivered = published1.saturating_sub(published0);
         Ok(serde_json::json!({
@@ -525,6 +537,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
             "delivered": delivered,
             "delivered_per_s": delivered as f64 / delivered_at.as_secs_f64(),
             "dropped": dropped1.saturating_sub(dropped0),
+            "stored": stored1.saturating_sub(stored0),
         }))
     };
     let mut sustained = 0u64;
