@@ -481,12 +481,13 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         (s["events"]["published"].as_u64().unwrap_or(0), s["events"]["dropped"].as_u64().unwrap_or(0) + sensor_dropped)
     };
     let stored = |inst: &Instance| inst.status().and_then(|s| s["events"]["stored"].as_u64()).unwrap_or(0);
+    let store_failed = |inst: &Instance| inst.status().and_then(|s| s["events"]["store_failed"].as_u64()).unwrap_or(0);
     // Sustained: the highest paced rate (3 s of events) that arrives whole,
     // with nothing dropped; and an unpaced storm, counted at both ends.
     let mut storms = Vec::new();
     let storm = |rate: Option<u64>, n: u64| -> anyhow::Result<Value> {
         let (published0, dropped0) = counts(&inst);
-        let stored0 = stored(&inst);
+        let (stored0, store_failed0) = (stored(&inst), store_failed(&inst));
         let started = Instant::now();
         let mut args = vec![
             "exec".to_owned(),
@@ -538,6 +539,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
             "delivered_per_s": delivered as f64 / delivered_at.as_secs_f64(),
             "dropped": dropped1.saturating_sub(dropped0),
             "stored": stored1.saturating_sub(stored0),
+            "store_failed": store_failed(&inst).saturating_sub(store_failed0),
         }))
     };
     let mut sustained = 0u64;

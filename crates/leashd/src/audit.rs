@@ -115,6 +115,9 @@ impl Audit {
         let (written, dropped, last_seq) = (audit.written.clone(), audit.dropped.clone(), audit.last_seq.clone());
         let mut live = live;
         std::thread::Builder::new().name("audit".into()).spawn(move || {
+            // The store yields the CPU to the sensor and the event stream:
+            // behind under a burst, it catches up from its queue.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
             let mut last_retention = Instant::now() - RETENTION_EVERY;
             let mut db = db;
             while let Some(first) = live.blocking_recv() {

@@ -60,7 +60,8 @@ impl Manager for ManagerService {
                 subscribers: stats.subscribers,
                 queue_capacity: stats.queue_capacity,
                 stored: self.audit.as_ref().map_or(0, |a| a.written.load(std::sync::atomic::Ordering::Relaxed)),
-                store_failed: self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                store_failed: stats.internal_dropped
+                    + self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }),
             facts: vec![pb::Fact { name: "engine".to_owned(), value: engine }],
         }))

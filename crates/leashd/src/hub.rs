@@ -22,8 +22,10 @@ pub struct Stamped {
 pub struct HubStats {
     /// Events published.
     pub published: u64,
-    /// Events dropped at full subscriber queues, over all subscribers ever.
+    /// Events dropped at full follower queues, over all followers ever.
     pub dropped: u64,
+    /// Events the audit store's queue had no room for.
+    pub internal_dropped: u64,
     /// Live subscribers.
     pub subscribers: u32,
     /// Each subscriber's queue capacity.
@@ -42,9 +44,10 @@ struct Inner {
     history: VecDeque<Arc<Stamped>>,
     history_cap: usize,
     queue_cap: usize,
-    subscribers: Vec<mpsc::Sender<Arc<Stamped>>>,
-    /// How many of them are leashd's own (the audit store), not followers.
-    internal: usize,
+    /// Followers, and leashd's own (the audit store: `true`).
+    subscribers: Vec<(mpsc::Sender<Arc<Stamped>>, bool)>,
+    /// Events leashd's own subscribers had no room for.
+    internal_dropped: u64,
     dropped: u64,
     /// Per session, the secret values no event may carry.
     redactions: std::collections::HashMap<String, Vec<String>>,
@@ -80,7 +83,7 @@ impl Hub {
                 history_cap: history,
                 queue_cap: queue.max(1),
                 subscribers: Vec::new(),
-                internal: 0,
+                internal_dropped: 0,
                 dropped: 0,
                 redactions: std::collections::HashMap::new(),
             })),
@@ -121,7 +124,7 @@ impl Hub {
     pub fn publish_all(&self, events: impl IntoIterator<Item = Event>) {
         let mut gone = Vec::new();
         let mut inner = self.lock();
-        let mut dropped = 0;
+        let (mut dropped, mut internal_dropped) = (0, 0);
         for mut event in events {
             if let Some(secrets) = event.session.as_ref().and_then(|s| inner.redactions.get(s)) {
                 redact(&mut event, secrets);
@@ -134,15 +137,20 @@ impl Hub {
                 }
                 inner.history.push_back(stamped.clone());
             }
-            inner.subscribers.retain(|tx| match tx.try_send(stamped.clone()) {
+            inner.subscribers.retain(|(tx, internal)| match tx.try_send(stamped.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped += 1;
+                    if *internal {
+                        internal_dropped += 1;
+                    } else {
+                        dropped += 1;
+                    }
                     true
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         }
+        inner.internal_dropped += internal_dropped;
         if dropped > 0 {
             inner.dropped += dropped;
             tracing::debug!(dropped, "event queue full: events dropped for slow followers");
@@ -160,7 +168,7 @@ impl Hub {
         let backlog = inner.history.iter().skip(skip).cloned().collect();
         let rx = follow.then(|| {
             let (tx, rx) = mpsc::channel(inner.queue_cap);
-            inner.subscribers.push(tx);
+            inner.subscribers.push((tx, false));
             rx
         });
         (backlog, rx)
@@ -175,20 +183,19 @@ impl Hub {
     /// capacity, from now on; not counted among the followers.
     pub fn subscribe_with(&self, capacity: usize) -> mpsc::Receiver<Arc<Stamped>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let mut inner = self.lock();
-        inner.subscribers.push(tx);
-        inner.internal += 1;
+        self.lock().subscribers.push((tx, true));
         rx
     }
 
     /// Current counters.
     pub fn stats(&self) -> HubStats {
         let mut inner = self.lock();
-        inner.subscribers.retain(|tx| !tx.is_closed());
+        inner.subscribers.retain(|(tx, _)| !tx.is_closed());
         HubStats {
             published: inner.seq,
             dropped: inner.dropped,
-            subscribers: inner.subscribers.len().saturating_sub(inner.internal) as u32,
+            subscribers: inner.subscribers.iter().filter(|(_, internal)| !internal).count() as u32,
+            internal_dropped: inner.internal_dropped,
             queue_capacity: inner.queue_cap as u32,
         }
     }
