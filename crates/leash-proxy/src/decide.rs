@@ -49,16 +49,32 @@ impl Decision {
 pub struct Decider {
     policy_socket: PathBuf,
     sessions: RwLock<HashMap<String, Arc<Held>>>,
+    /// One channel to leash-policy, made on first use (it redials by itself).
+    policy: tokio::sync::OnceCell<pb::policy_client::PolicyClient<tonic::transport::Channel>>,
 }
 
 impl Decider {
     /// Decides through the policy service at `policy_socket`.
     pub fn new(policy_socket: PathBuf) -> Decider {
-        Decider { policy_socket, sessions: RwLock::new(HashMap::new()) }
+        Decider { policy_socket, sessions: RwLock::new(HashMap::new()), policy: tokio::sync::OnceCell::new() }
     }
 
     async fn client(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, String> {
-        leash_daemon::policy::client(&self.policy_socket, "leash-proxy").await
+        self.policy.get_or_try_init(|| leash_daemon::policy::client(&self.policy_socket, "leash-proxy")).await.cloned()
+    }
+
+    /// A session's policy and mode for a decision, or the decision itself
+    /// when there is nothing to evaluate (no policy: denied; record mode:
+    /// allowed without evaluation).
+    fn evaluating(&self, session: &str) -> Result<(Arc<Held>, Mode), Decision> {
+        let Some(held) = self.held(session) else {
+            return Err(Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce });
+        };
+        let mode = held.mode.unwrap_or(Mode::Enforce);
+        if mode == Mode::Record {
+            return Err(Decision { allow: true, reasons: Vec::new(), mode });
+        }
+        Ok((held, mode))
     }
 
     /// Loads (or reloads) a session's tables.
@@ -105,13 +121,10 @@ impl Decider {
     /// (the compiled name table, else the policy service). Without a name
     /// the address table decides, default included.
     pub async fn connect(&self, session: &str, name: Option<&str>, ip: IpAddr, port: u16) -> Decision {
-        let Some(held) = self.held(session) else {
-            return Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce };
+        let (held, mode) = match self.evaluating(session) {
+            Ok(e) => e,
+            Err(d) => return d,
         };
-        let mode = held.mode.unwrap_or(Mode::Enforce);
-        if mode == Mode::Record {
-            return Decision { allow: true, reasons: Vec::new(), mode };
-        }
         let t = &held.tables;
         let reasons = |v: Verdict| t.reasons.get(v.reason as usize).cloned().unwrap_or_default();
         let ip = leash_core::tables::normalize_ip(ip);
@@ -144,13 +157,10 @@ impl Decider {
     /// `McpCall` on `tool` of `server`, with the call's arguments (JSON) as
     /// context when given (record mode decides nothing).
     pub async fn mcp_call(&self, session: &str, server: &str, tool: &str, arguments: Option<&str>) -> Decision {
-        let Some(held) = self.held(session) else {
-            return Decision { allow: false, reasons: vec!["leash:no-policy".into()], mode: Mode::Enforce };
+        let (_, mode) = match self.evaluating(session) {
+            Ok(e) => e,
+            Err(d) => return d,
         };
-        let mode = held.mode.unwrap_or(Mode::Enforce);
-        if mode == Mode::Record {
-            return Decision { allow: true, reasons: Vec::new(), mode };
-        }
         let context: HashMap<String, String> =
             arguments.map(|a| HashMap::from([("arguments".to_owned(), a.to_owned())])).unwrap_or_default();
         match self.check(session, "McpCall", &format!("{tool}@{server}"), context).await {

@@ -44,9 +44,14 @@ pub async fn learn(a: &Answer, session: &Session, shared: &Shared) -> Vec<String
         .collect();
     let request = pb::LearnRequest { session: session.id.clone(), name: a.name.clone(), addresses };
     let sent = async {
-        let conn =
-            leash_daemon::client::connect(&shared.sensor_socket, "leash-proxy").await.map_err(|e| e.to_string())?;
-        pb::sensor_client::SensorClient::new(conn.channel).learn(request).await.map_err(|s| s.message().to_owned())
+        let channel = shared
+            .sensor
+            .get_or_try_init(|| async {
+                leash_daemon::client::connect(&shared.sensor_socket, "leash-proxy").await.map(|c| c.channel)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        pb::sensor_client::SensorClient::new(channel.clone()).learn(request).await.map_err(|s| s.message().to_owned())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), sent).await {
         Ok(Ok(_)) => shown,

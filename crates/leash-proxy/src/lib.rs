@@ -280,6 +280,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         upstream_h2,
         events: Arc::new(leash_daemon::fanout::Fanout::default()),
         sensor_socket: ctx.layout.component_socket(Component::Sensor),
+        sensor: tokio::sync::OnceCell::new(),
         counters: serve::Counters::default(),
         sse_streams: Default::default(),
     });

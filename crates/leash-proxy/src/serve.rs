@@ -77,6 +77,8 @@ pub struct Shared {
     pub events: Arc<leash_daemon::fanout::Fanout>,
     /// leash-sensor's socket, for the addresses names resolve to.
     pub sensor_socket: std::path::PathBuf,
+    /// One channel to leash-sensor, made on first use (it redials by itself).
+    pub sensor: tokio::sync::OnceCell<tonic::transport::Channel>,
     /// Counters.
     pub counters: Counters,
     /// The SSE transport's open streams, by server and message endpoint:

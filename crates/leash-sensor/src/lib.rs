@@ -131,9 +131,9 @@ struct LearnedEntry {
 }
 
 impl Learned {
-    /// The name behind an address, for events.
-    fn name_of(&self, ip: IpAddr) -> Option<&str> {
-        self.entries.iter().find(|((a, _), _)| *a == ip).map(|(_, e)| e.name.as_str())
+    /// The name behind the entry that decided a destination, for events.
+    fn name_of(&self, ip: IpAddr, port: u16) -> Option<&str> {
+        self.entries.get(&(ip, port)).or_else(|| self.entries.get(&(ip, 0))).map(|e| e.name.as_str())
     }
 
     fn reason(&mut self, ids: Vec<String>) -> u32 {
@@ -404,22 +404,18 @@ impl Shared {
         let (session, reasons, name) = {
             let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
             let k = known.get(&raw.cgroup_id)?;
-            let reasons = match bpf::decode(raw.verdict).1 {
-                Some(r) if r >= LEARNED_REASONS => k
-                    .learned
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .reasons
-                    .get((r - LEARNED_REASONS) as usize)
-                    .cloned(),
-                Some(r) => k.governed.read().unwrap_or_else(|p| p.into_inner()).tables.reasons.get(r as usize).cloned(),
-                None => None,
-            };
-            let name = match raw.addr {
-                Some(ip) if raw.kind == event::KIND_CONNECT || raw.kind == event::KIND_SENDMSG => {
-                    k.learned.lock().unwrap_or_else(|p| p.into_inner()).name_of(ip).map(str::to_owned)
+            // A learned address's verdict names the name behind it too.
+            let (reasons, name) = match bpf::decode(raw.verdict).1 {
+                Some(r) if r >= LEARNED_REASONS => {
+                    let l = k.learned.lock().unwrap_or_else(|p| p.into_inner());
+                    let name = raw.addr.and_then(|ip| l.name_of(ip, raw.port)).map(str::to_owned);
+                    (l.reasons.get((r - LEARNED_REASONS) as usize).cloned(), name)
                 }
-                _ => None,
+                Some(r) => {
+                    let g = k.governed.read().unwrap_or_else(|p| p.into_inner());
+                    (g.tables.reasons.get(r as usize).cloned(), None)
+                }
+                None => (None, None),
             };
             (k.session.clone(), reasons.unwrap_or_default(), name)
         };

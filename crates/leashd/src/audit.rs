@@ -5,7 +5,7 @@
 //! Ingest never blocks a producer: the store follows the hub like any
 //! subscriber, through a bounded queue whose overflow is counted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,7 +57,8 @@ pub struct Query {
 /// The store's handle.
 #[derive(Debug)]
 pub struct Audit {
-    path: PathBuf,
+    /// The connection queries read through (WAL: beside the writer's).
+    reader: std::sync::Mutex<Connection>,
     /// Events written.
     pub written: Arc<AtomicU64>,
     /// Events the writer's queue had no room for.
@@ -110,8 +111,9 @@ impl Audit {
         let path = dir.join("events.db");
         let db = open_db(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let live = hub.subscribe_with(QUEUE);
+        let reader = std::sync::Mutex::new(open_db(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
         let audit =
-            Arc::new(Audit { path, written: Arc::default(), dropped: Arc::default(), last_seq: Arc::default() });
+            Arc::new(Audit { reader, written: Arc::default(), dropped: Arc::default(), last_seq: Arc::default() });
         let (written, dropped, last_seq) = (audit.written.clone(), audit.dropped.clone(), audit.last_seq.clone());
         let mut live = live;
         std::thread::Builder::new().name("audit".into()).spawn(move || {
@@ -159,22 +161,25 @@ impl Audit {
         }
     }
 
-    /// Runs retention now (tests, and `leashctl` someday).
-    pub fn retain_now(&self, retention: Retention) -> anyhow::Result<u64> {
-        let db = open_db(&self.path)?;
-        Ok(retain(&db, retention)?)
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs retention now.
+    #[cfg(test)]
+    fn retain_now(&self, retention: Retention) -> anyhow::Result<u64> {
+        Ok(retain(&self.reader(), retention)?)
     }
 
     /// Events stored.
-    pub fn count(&self) -> u64 {
-        open_db(&self.path)
-            .and_then(|db| db.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)))
-            .unwrap_or(0) as u64
+    #[cfg(test)]
+    fn count(&self) -> u64 {
+        self.reader().query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as u64
     }
 
     /// Stored events matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> anyhow::Result<Vec<pb::Event>> {
-        let db = open_db(&self.path)?;
+        let db = self.reader();
         let mut sql = String::from(
             "SELECT time_ns, session, pid, executable, kind, action, resource, mode, decision, would_deny, policy_ids, details, seq, id FROM events WHERE 1=1",
         );
