@@ -44,10 +44,12 @@ pub struct Args {
     /// Accepted for compatibility and ignored: leash runs no manager container.
     #[arg(long, value_name = "IMAGE")]
     pub leash_image: Option<String>,
-    /// Control UI address; not available yet.
+    /// The Control UI's address: accepted when it is leashd's own (Go
+    /// grammar: `:18080`, `127.0.0.1:18080`); leashd's --listen sets it.
     #[arg(short = 'l', long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Open the Control UI in a browser; not available yet (also OPEN=1).
+    /// Open the Control UI in your browser ($BROWSER, else xdg-open) with a
+    /// single-use login code (also OPEN=1).
     #[arg(short = 'o', long)]
     pub open: bool,
     /// Show what leash does.

@@ -7,56 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use leash_proto::v1 as pb;
 use serde::Serialize;
 
-/// Formats a time as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Reads an RFC 3339 UTC time (`2026-11-27T04:00:00Z`, with optional
-/// fraction) as Unix nanoseconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (h, m, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let nanos: i64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
-    // Past 2262 the nanoseconds do not fit: as late as can be said.
-    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
-    Some(secs.checked_mul(1_000_000_000).and_then(|n| n.checked_add(nanos)).unwrap_or(i64::MAX))
-}
+pub use leash_core::time::{parse_rfc3339, rfc3339};
 
 /// A duration as `1h02m03s`, `2m03s` or `4s`.
 pub fn duration(secs: u64) -> String {
@@ -70,17 +21,7 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
-/// The lower-case name of a component state.
-pub fn state_name(state: i32) -> &'static str {
-    match pb::ComponentState::try_from(state).unwrap_or(pb::ComponentState::Unspecified) {
-        pb::ComponentState::Running => "running",
-        pb::ComponentState::Starting => "starting",
-        pb::ComponentState::Restarting => "restarting",
-        pb::ComponentState::Down => "down",
-        pb::ComponentState::Unhealthy => "unhealthy",
-        pb::ComponentState::Unspecified => "unknown",
-    }
-}
+pub use leash_proto::state_name;
 
 /// A session in `leashctl status`: how the sensor governs it.
 #[derive(Debug, Serialize)]
@@ -108,6 +49,32 @@ pub struct StatusJson {
     pub events: EventsJson,
     /// Host facts (container engine).
     pub host: BTreeMap<String, String>,
+    /// The Control UI.
+    pub ui: UiJson,
+}
+
+/// The Control UI in `status --json`.
+#[derive(Debug, Default, Serialize)]
+pub struct UiJson {
+    /// Its address ("" when not served).
+    pub url: String,
+    /// The configured listen address ("" when disabled).
+    pub listen: String,
+    /// Why it is not served.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl UiJson {
+    /// One line for people.
+    pub fn render(&self) -> String {
+        match (self.url.as_str(), self.error.as_str(), self.listen.as_str()) {
+            (_, e, _) if !e.is_empty() => format!("failed: {e}"),
+            ("", _, "") => "disabled (listen is empty)".to_owned(),
+            ("", _, l) => format!("starting on {l}"),
+            (u, _, _) => format!("{u}  (leash --open, or leashctl ui)"),
+        }
+    }
 }
 
 /// leashd in `status --json`.
@@ -221,6 +188,11 @@ impl StatusJson {
                 store_failed: hub.store_failed,
             },
             host: facts(&s.facts),
+            ui: s
+                .api
+                .as_ref()
+                .map(|a| UiJson { url: a.url.clone(), listen: a.listen.clone(), error: a.error.clone() })
+                .unwrap_or_default(),
         }
     }
 
@@ -243,6 +215,7 @@ impl StatusJson {
             d.instance
         );
         let _ = writeln!(out, "socket   {}", d.socket);
+        let _ = writeln!(out, "ui       {}", self.ui.render());
         for (k, v) in &self.host {
             let _ = writeln!(out, "{k:<8} {v}");
         }
@@ -356,31 +329,11 @@ impl EventJson {
             session: e.session.clone(),
             pid: e.pid,
             executable: e.executable.clone(),
-            kind: match pb::EventKind::try_from(e.kind).unwrap_or(pb::EventKind::Unspecified) {
-                pb::EventKind::File => "file",
-                pb::EventKind::Exec => "exec",
-                pb::EventKind::Connect => "connect",
-                pb::EventKind::Http => "http",
-                pb::EventKind::Mcp => "mcp",
-                pb::EventKind::Policy => "policy",
-                pb::EventKind::Session => "session",
-                pb::EventKind::Daemon => "daemon",
-                pb::EventKind::Process => "process",
-                pb::EventKind::Unspecified => "unknown",
-            },
+            kind: leash_proto::event::kind_name(e.kind),
             action: e.action.clone(),
             resource: e.resource.clone(),
-            mode: match pb::Mode::try_from(e.mode).unwrap_or(pb::Mode::Unspecified) {
-                pb::Mode::Record => Some("record"),
-                pb::Mode::Shadow => Some("shadow"),
-                pb::Mode::Enforce => Some("enforce"),
-                pb::Mode::Unspecified => None,
-            },
-            decision: match pb::Decision::try_from(e.decision).unwrap_or(pb::Decision::Unspecified) {
-                pb::Decision::Allow => Some("allow"),
-                pb::Decision::Deny => Some("deny"),
-                pb::Decision::Unspecified => None,
-            },
+            mode: leash_proto::event::mode_name(e.mode),
+            decision: leash_proto::event::decision_name(e.decision),
             would_deny: e.would_deny,
             policy_ids: e.policy_ids.clone(),
             details: e.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -456,18 +409,5 @@ mod tests {
         assert_eq!(duration(4), "4s");
         assert_eq!(duration(123), "2m03s");
         assert_eq!(duration(3723), "1h02m03s");
-    }
-}
-
-#[cfg(test)]
-mod time_tests {
-    #[test]
-    fn rfc3339_round_trips() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
-        let s = super::rfc3339(t);
-        assert_eq!(super::parse_rfc3339(&s), Some(1_795_000_000_123_000_000), "{s}");
-        assert_eq!(super::parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(super::parse_rfc3339("2026-13-01T00:00:00Z"), None);
-        assert_eq!(super::parse_rfc3339("yesterday"), None);
     }
 }

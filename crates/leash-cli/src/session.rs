@@ -48,6 +48,32 @@ const IGNORED_ENV: [&str; 12] = [
     "LEASH_PROXY_PORT",
 ];
 
+/// `--open` or `OPEN=1`.
+pub fn wants_open(args: &Args, env: &HashMap<String, String>) -> bool {
+    args.open || env.get("OPEN").is_some_and(|v| truthy(v))
+}
+
+/// `leash --listen ADDR` is accepted only when it is leashd's own address:
+/// leash starts no UI of its own and never moves leashd's.
+pub async fn check_listen(channel: tonic::transport::Channel, listen: &str) -> anyhow::Result<()> {
+    let want = leash_core::listen::parse(listen).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    let status = leash_proto::v1::manager_client::ManagerClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let api = status.api.unwrap_or_default();
+    let have = leash_core::listen::parse(&api.listen).ok().flatten();
+    if want != have {
+        let theirs = have.map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+        let mine = want.map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+        anyhow::bail!(
+            "--listen {mine}: leashd serves the Control UI on {theirs}; change it with leashd's --listen (or [leashd] listen), not per session"
+        );
+    }
+    Ok(())
+}
+
 fn truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "t" | "true")
 }
@@ -56,11 +82,8 @@ fn truthy(v: &str) -> bool {
 /// is contacted.
 pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Result<(pb::SessionStart, Vec<String>)> {
     let mut warnings = Vec::new();
-    if args.listen.is_some() {
-        bail!("--listen: the Control UI is not available in this version of leash");
-    }
-    if args.open || env.get("OPEN").is_some_and(|v| truthy(v)) {
-        bail!("--open (or OPEN=1): the Control UI is not available in this version of leash");
+    if let Some(l) = &args.listen {
+        leash_core::listen::parse(l).map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
     }
     if args.leash_image.is_some() {
         warnings.push("ignored: --leash-image (leash runs no manager container)".to_owned());

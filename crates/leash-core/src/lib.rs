@@ -7,7 +7,9 @@
 pub mod component;
 pub mod event;
 pub mod layout;
+pub mod listen;
 pub mod tables;
+pub mod time;
 
 pub use component::Component;
 pub use event::{Decision, Event, EventKind, Mode};

@@ -23,7 +23,13 @@ impl Peer {
 }
 
 /// The caller of a request, from the connection's credentials.
+/// A request leashd makes itself on behalf of an authenticated caller of its
+/// HTTP API carries that caller as a [`Peer`] extension (a client cannot set
+/// extensions: they never cross the wire).
 pub fn peer<T>(req: &Request<T>) -> Option<Peer> {
+    if let Some(p) = req.extensions().get::<Peer>() {
+        return Some(*p);
+    }
     let cred = req.extensions().get::<UdsConnectInfo>()?.peer_cred?;
     Some(Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() })
 }

@@ -45,20 +45,31 @@ struct Service {
 
 /// The policy's lines for people, in source order.
 pub fn lines(e: &engine::Engine) -> Vec<String> {
-    let mut v: Vec<(String, String)> = e
+    policy_lines(e).into_iter().map(|l| format!("{} [{}]", l.humanized, l.id)).collect()
+}
+
+/// Each policy with its effect, statement and origin, in source order.
+pub fn policy_lines(e: &engine::Engine) -> Vec<pb::PolicyLine> {
+    let mut v: Vec<(String, pb::PolicyLine)> = e
         .policies()
         .policies()
         .map(|p| {
             let id = p.id().to_string();
             let origin = e.origin(&id).unwrap_or("").to_owned();
-            (origin, humanize::line(&id, &p.to_json().unwrap_or_default()))
+            let json = p.to_json().unwrap_or_default();
+            let human = humanize::line(&id, &json);
+            let line = pb::PolicyLine {
+                effect: if p.effect() == cedar_policy::Effect::Forbid { "forbid" } else { "permit" }.to_owned(),
+                humanized: human.strip_suffix(&format!(" [{id}]")).unwrap_or(&human).to_owned(),
+                cedar: p.to_string(),
+                origin: origin.rsplit_once(':').map(|(f, _)| f.to_owned()).unwrap_or_default(),
+                id,
+            };
+            (origin, line)
         })
         .collect();
-    v.sort_by(|a, b| {
-        let key = |o: &str| {
-            o.rsplit_once(':').map(|(f, l)| (f.to_owned(), l.parse::<usize>().unwrap_or(0))).unwrap_or_default()
-        };
-        key(&a.0).cmp(&key(&b.0))
+    v.sort_by_key(|(o, _)| {
+        o.rsplit_once(':').map(|(f, l)| (f.to_owned(), l.parse::<usize>().unwrap_or(0))).unwrap_or_default()
     });
     v.into_iter().map(|(_, l)| l).collect()
 }
@@ -214,9 +225,11 @@ fn edit_response(session: &str, r: Result<store::Applied, Vec<engine::LoadError>
             session: session.to_owned(),
             added: a.added,
             removed: a.removed,
+            conflict: false,
         },
         Err(errors) => pb::EditResponse {
             valid: false,
+            conflict: errors.iter().any(|e| e.message.contains(store::CONFLICTS)),
             errors: errors.iter().map(error_to_proto).collect(),
             session: session.to_owned(),
             ..Default::default()
@@ -313,7 +326,36 @@ impl Policy for Service {
             lines: lines(&c.engine),
             mode: mode_name(c.mode).to_owned(),
             lints: c.engine.lints().iter().map(lint_to_proto).collect(),
+            policies: policy_lines(&c.engine),
         }))
+    }
+
+    async fn replay(&self, req: Request<pb::ReplayRequest>) -> Result<Response<pb::ReplayResponse>, Status> {
+        let req = req.into_inner();
+        let sources = sources_of(req.sources);
+        let r = tokio::task::spawn_blocking(move || match engine::Engine::load(&sources) {
+            Ok(engine) => pb::ReplayResponse {
+                valid: true,
+                errors: Vec::new(),
+                results: req
+                    .requests
+                    .iter()
+                    .map(|r| {
+                        check_with(&engine, r, |p, a, res, ctx| engine.authorize(p, a, res, ctx)).unwrap_or_else(|e| {
+                            pb::CheckResponse { errors: vec![e], action: r.action.clone(), ..Default::default() }
+                        })
+                    })
+                    .collect(),
+            },
+            Err(errors) => pb::ReplayResponse {
+                valid: false,
+                errors: errors.iter().map(error_to_proto).collect(),
+                results: Vec::new(),
+            },
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(r))
     }
 
     async fn set_mode(&self, req: Request<pb::SetModeRequest>) -> Result<Response<pb::SetModeResponse>, Status> {
@@ -410,7 +452,9 @@ impl Policy for Service {
     async fn persist(&self, req: Request<pb::PersistRequest>) -> Result<Response<pb::PersistResponse>, Status> {
         let key = Self::key(&req.get_ref().session)?.to_owned();
         let k = key.clone();
-        let r = self.blocking(move |s| s.persist(&k)).await?;
+        let text = req.into_inner().text;
+        let replace = (!text.trim().is_empty()).then_some(text);
+        let r = self.blocking(move |s| s.persist(&k, replace)).await?;
         Ok(Response::new(match r {
             Ok((applied, text, file, saved)) => pb::PersistResponse {
                 result: Some(edit_response(&key, Ok(applied))),

@@ -637,6 +637,12 @@ impl Store {
                 if present {
                     continue;
                 }
+                if let Some(other) = conflicting(&s.layers, &stmt) {
+                    return Err(error(
+                        format!("{} {CONFLICTS} {}", one_line(&stmt), one_line(&other)),
+                        "the two have the same scope and opposite effects (a forbid always wins); remove one",
+                    ));
+                }
                 if !s.layers.runtime.is_empty() && !s.layers.runtime.ends_with('\n') {
                     s.layers.runtime.push('\n');
                 }
@@ -657,15 +663,23 @@ impl Store {
     /// Folds the runtime layer into the file layer and writes a copy of the
     /// file layer to the state dir. Returns the text, the policy file and the
     /// copy's path.
-    pub fn persist(&self, key: &str) -> Result<(Applied, String, Option<PathBuf>, PathBuf), Vec<LoadError>> {
+    pub fn persist(
+        &self,
+        key: &str,
+        replace: Option<String>,
+    ) -> Result<(Applied, String, Option<PathBuf>, PathBuf), Vec<LoadError>> {
         let mut text = String::new();
         let applied = self.apply(key, "persist", |s| {
             let mut s = s.clone();
-            let mut parts: Vec<&str> = s.layers.file.iter().map(|x| x.text.trim_end()).collect();
-            if !s.layers.runtime.trim().is_empty() {
-                parts.push(s.layers.runtime.trim_end());
+            if let Some(r) = &replace {
+                text = r.trim_end().to_owned();
+            } else {
+                let mut parts: Vec<&str> = s.layers.file.iter().map(|x| x.text.trim_end()).collect();
+                if !s.layers.runtime.trim().is_empty() {
+                    parts.push(s.layers.runtime.trim_end());
+                }
+                text = parts.join("\n\n");
             }
-            text = parts.join("\n\n");
             text.push('\n');
             let name = s.file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "persisted".into());
             s.layers.file = vec![Source { name, text: text.clone() }];
@@ -780,6 +794,44 @@ fn read_owned(path: &Path, owner: u32) -> Result<String, String> {
 
 /// Removes one statement, named by policy id or by its text, from the file or
 /// runtime layer.
+/// The phrase a conflict's message carries (the API answers 409 for it).
+pub const CONFLICTS: &str = "conflicts with:";
+
+/// A statement of `layers` with the same scope as `stmt` and the opposite
+/// effect: the Go leash refuses such a pair, and with Cedar one of them is
+/// dead (a forbid always wins), so it is refused here too.
+fn conflicting(layers: &Layers, stmt: &str) -> Option<String> {
+    let (effect, scope) = effect_and_scope(stmt)?;
+    layers.sources().iter().find_map(|src| {
+        statement_spans(&src.text).into_iter().find_map(|(b, e)| {
+            let other = src.text[b..e].trim();
+            let (e2, s2) = effect_and_scope(other)?;
+            (e2 != effect && s2 == scope).then(|| other.to_owned())
+        })
+    })
+}
+
+/// A statement's effect and the rest of it with whitespace collapsed
+/// (annotations and comments make statements differ).
+fn effect_and_scope(stmt: &str) -> Option<(&'static str, String)> {
+    let code: String = stmt.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join(" ");
+    let t = code.trim_start();
+    let (effect, rest) = if let Some(r) = t.strip_prefix("permit") {
+        ("permit", r)
+    } else if let Some(r) = t.strip_prefix("forbid") {
+        ("forbid", r)
+    } else {
+        return None;
+    };
+    let scope: String = rest.trim().trim_end_matches(';').split_whitespace().collect::<Vec<_>>().join(" ");
+    Some((effect, scope.replace("( ", "(").replace(" )", ")")))
+}
+
+/// A statement on one line, for messages.
+fn one_line(stmt: &str) -> String {
+    stmt.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn remove_statement(layers: &mut Layers, engine: &Engine, what: &str) -> Result<(), Vec<LoadError>> {
     let what_trimmed = what.trim().trim_end_matches(';').trim();
     // Policy id → "source:line", from the engine now in force.

@@ -17,6 +17,42 @@ pub fn mode(m: Option<Mode>) -> pb::Mode {
     }
 }
 
+/// An event kind's name: file, exec, connect, http, mcp, policy, session,
+/// daemon, process.
+pub fn kind_name(kind: i32) -> &'static str {
+    match pb::EventKind::try_from(kind).unwrap_or(pb::EventKind::Unspecified) {
+        pb::EventKind::File => "file",
+        pb::EventKind::Exec => "exec",
+        pb::EventKind::Connect => "connect",
+        pb::EventKind::Http => "http",
+        pb::EventKind::Mcp => "mcp",
+        pb::EventKind::Policy => "policy",
+        pb::EventKind::Session => "session",
+        pb::EventKind::Daemon => "daemon",
+        pb::EventKind::Process => "process",
+        pb::EventKind::Unspecified => "unknown",
+    }
+}
+
+/// A wire mode's name, when one is set.
+pub fn mode_name(mode: i32) -> Option<&'static str> {
+    match pb::Mode::try_from(mode).unwrap_or(pb::Mode::Unspecified) {
+        pb::Mode::Record => Some("record"),
+        pb::Mode::Shadow => Some("shadow"),
+        pb::Mode::Enforce => Some("enforce"),
+        pb::Mode::Unspecified => None,
+    }
+}
+
+/// A wire decision's name ("allow" or "deny"), when one is set.
+pub fn decision_name(decision: i32) -> Option<&'static str> {
+    match pb::Decision::try_from(decision).unwrap_or(pb::Decision::Unspecified) {
+        pb::Decision::Allow => Some("allow"),
+        pb::Decision::Deny => Some("deny"),
+        pb::Decision::Unspecified => None,
+    }
+}
+
 /// The wire form of an event, with leashd's sequence number.
 pub fn to_proto(e: &Event, seq: u64) -> pb::Event {
     pb::Event {

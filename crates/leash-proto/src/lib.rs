@@ -14,3 +14,15 @@ pub mod v1 {
 
 pub mod event;
 pub mod tables;
+
+/// The lower-case name of a component state.
+pub fn state_name(state: i32) -> &'static str {
+    match v1::ComponentState::try_from(state).unwrap_or(v1::ComponentState::Unspecified) {
+        v1::ComponentState::Running => "running",
+        v1::ComponentState::Starting => "starting",
+        v1::ComponentState::Restarting => "restarting",
+        v1::ComponentState::Down => "down",
+        v1::ComponentState::Unhealthy => "unhealthy",
+        v1::ComponentState::Unspecified => "unknown",
+    }
+}

@@ -219,7 +219,9 @@ impl Stack {
             .env_remove("LEASH_TARGET_IMAGE")
             .env_remove("TARGET_IMAGE")
             .env_remove("LEASH_POLICY_FILE")
-            .env_remove("OPEN");
+            .env_remove("OPEN")
+            // Each stack's Control UI on a port of its own (status tells which).
+            .env("LEASH_LISTEN", "127.0.0.1:0");
         // The daemons' default filter unless the test run asks for another.
         if let Ok(filter) = std::env::var("LEASH_TEST_LOG") {
             c.env("LEASH_LOG", filter);

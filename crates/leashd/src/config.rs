@@ -26,6 +26,10 @@ pub struct Config {
     pub entry_bin: Option<PathBuf>,
     /// What the audit store keeps (`audit_retention_days`, `audit_max_events`).
     pub retention: crate::audit::Retention,
+    /// The Control UI's address (`listen`, `LEASH_LISTEN`, `--listen`); `None` disables it.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A non-loopback `listen` address is refused unless this is set (`listen_public`).
+    pub listen_public: bool,
 }
 
 impl Default for Config {
@@ -37,6 +41,8 @@ impl Default for Config {
             entry_bin: None,
             path: PathBuf::from(SYSTEM_CONFIG),
             retention: crate::audit::Retention::default(),
+            listen: Some(leash_core::listen::DEFAULT),
+            listen_public: false,
         }
     }
 }
@@ -58,6 +64,8 @@ struct Section {
     entry_bin: Option<PathBuf>,
     audit_retention_days: Option<u64>,
     audit_max_events: Option<u64>,
+    listen: Option<String>,
+    listen_public: Option<bool>,
 }
 
 /// A configuration error, naming the file and the problem.
@@ -92,7 +100,14 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         ConfigError::Invalid(msg)
     })?;
     let d = Config::default();
+    let listen = match &file.leashd.listen {
+        None => d.listen,
+        Some(v) => leash_core::listen::parse(v)
+            .map_err(|e| ConfigError::Invalid(format!("{}: listen: {e}", path.display())))?,
+    };
     Ok(Config {
+        listen,
+        listen_public: file.leashd.listen_public.unwrap_or(false),
         history_size: file.leashd.history_size.unwrap_or(d.history_size),
         event_queue: file.leashd.event_queue.unwrap_or(d.event_queue).max(1),
         bin_dir: file.leashd.bin_dir,

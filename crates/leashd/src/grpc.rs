@@ -38,6 +38,8 @@ pub struct ManagerService {
     pub shutdown: CancellationToken,
     /// Sessions.
     pub sessions: crate::session::Sessions,
+    /// The Control UI, once it is started.
+    pub api: Arc<std::sync::OnceLock<crate::api::Handle>>,
 }
 
 #[tonic::async_trait]
@@ -64,6 +66,7 @@ impl Manager for ManagerService {
                     + self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }),
             facts: vec![pb::Fact { name: "engine".to_owned(), value: engine }],
+            api: Some(self.api_status()),
         }))
     }
 
@@ -268,6 +271,29 @@ impl Manager for ManagerService {
         Ok(r)
     }
 
+    async fn ui_login(&self, req: Request<pb::UiLoginRequest>) -> Result<Response<pb::UiLoginResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        let handle = self.api.get().cloned().unwrap_or_default();
+        let Some(url) = handle.login_url() else {
+            let state = handle.state();
+            return Err(Status::unavailable(match (state.listen, state.error) {
+                (None, _) => "the Control UI is disabled (leashd's listen address is empty)".to_owned(),
+                (_, Some(e)) => format!("the Control UI is not served: {e}"),
+                (Some(a), None) => format!("the Control UI on {a} is not served yet"),
+            }));
+        };
+        tracing::info!(uid = caller.uid, pid = ?caller.pid, "a Control UI login code was issued");
+        Ok(Response::new(pb::UiLoginResponse { url }))
+    }
+
+    async fn policy_replay(
+        &self,
+        req: Request<pb::PolicyReplayRequest>,
+    ) -> Result<Response<pb::PolicyReplayResponse>, Status> {
+        let caller = leash_daemon::access::require_peer(&req)?;
+        crate::replay::run(self, caller, req.into_inner()).await.map(Response::new)
+    }
+
     async fn stop_session(
         &self,
         req: Request<pb::StopSessionRequest>,
@@ -304,6 +330,21 @@ impl ManagerService {
         e.kind = leash_core::EventKind::Policy;
         e.session = (!session.is_empty()).then(|| session.to_owned());
         self.hub.publish(e);
+    }
+
+    /// The Control UI's state for `leashctl status`.
+    fn api_status(&self) -> pb::ApiStatus {
+        let state = self.api.get().map(crate::api::Handle::state).unwrap_or_default();
+        pb::ApiStatus {
+            url: state.bound.map(|b| leash_core::listen::url(&b)).unwrap_or_default(),
+            error: state.error.unwrap_or_default(),
+            listen: state.listen.map(|a| a.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// A client of the running policy service.
+    pub async fn policy_client(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
+        self.policy().await
     }
 
     /// A client of the running policy service.

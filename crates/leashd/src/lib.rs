@@ -4,6 +4,7 @@
 //! leash-policy, leash-sensor and leash-proxy, and runs the event hub.
 //! Sessions, the audit store and the Control UI plug in here.
 
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod follow;
 pub mod grpc;
 pub mod hub;
 pub mod proc;
+pub mod replay;
 pub mod session;
 pub mod supervisor;
 
@@ -76,7 +78,15 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         audit,
         shutdown: ctx.shutdown.clone(),
         sessions,
+        api: std::sync::Arc::default(),
     };
+    let group = if rustix::process::geteuid().is_root() {
+        leash_daemon::runtime_dir::group_id(leash_daemon::runtime_dir::LEASH_GROUP)
+    } else {
+        None
+    };
+    let api = api::start(config.listen, manager.clone(), &ctx.layout.runtime_dir, group, ctx.shutdown.clone()).await;
+    let _ = manager.api.set(api);
     let mut routes = RoutesBuilder::default();
     routes.add_service(ManagerServer::new(manager).max_decoding_message_size(MAX_MESSAGE_BYTES));
     leash_daemon::serve(bound, ctx.info, Rule::Connected, routes, ctx.shutdown).await?;

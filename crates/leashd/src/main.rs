@@ -23,6 +23,14 @@ struct Args {
     /// Recent events kept in memory for `leashctl events`.
     #[arg(long, value_name = "N")]
     history_size: Option<usize>,
+    /// The Control UI and HTTP API address (Go grammar: `:18080`,
+    /// `127.0.0.1:18080`, `[::1]`, "" to disable). Beats `LEASH_LISTEN` and
+    /// the `[leashd] listen` key. Default 127.0.0.1:18080.
+    #[arg(long, short = 'l', value_name = "ADDR")]
+    listen: Option<String>,
+    /// Allow a listen address other machines can reach (`[leashd] listen_public`).
+    #[arg(long)]
+    listen_public: bool,
     /// Leave the caller's session and process group first (used by `leash`
     /// when it starts leashd in the background).
     #[arg(long)]
@@ -72,6 +80,32 @@ fn main() -> ExitCode {
     };
     if let Some(n) = args.history_size {
         config.history_size = n;
+    }
+    let listen = args.listen.clone().or_else(|| std::env::var("LEASH_LISTEN").ok());
+    if let Some(v) = listen {
+        match leash_core::listen::parse(&v) {
+            Ok(a) => config.listen = a,
+            Err(e) => {
+                #[allow(clippy::print_stderr, reason = "configuration errors before tracing")]
+                {
+                    eprintln!("leashd: --listen: {e}");
+                }
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    config.listen_public |= args.listen_public;
+    if let Some(a) = config.listen
+        && !leash_core::listen::is_loopback(&a)
+        && !config.listen_public
+    {
+        #[allow(clippy::print_stderr, reason = "configuration errors before tracing")]
+        {
+            eprintln!(
+                "leashd: --listen {a}: other machines could reach the Control UI; pass --listen-public (or set listen_public = true under [leashd]) to mean it"
+            );
+        }
+        return ExitCode::from(EXIT_USAGE);
     }
     if args.detach {
         // Fails only when already a session leader, which is fine.

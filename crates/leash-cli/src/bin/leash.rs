@@ -26,6 +26,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let layout = leash_cli::daemon::layout()?;
         let conn = leash_cli::daemon::connect_or_start(&layout, "leash").await?;
+        if let Some(l) = &args.listen {
+            leash_cli::session::check_listen(conn.channel.clone(), l).await?;
+        }
+        if leash_cli::session::wants_open(&args, &env) {
+            leash_cli::commands::ui::open(conn.channel.clone()).await?;
+        }
         leash_cli::session::run(conn.channel, start, args.verbose).await
     });
     let code = match result {

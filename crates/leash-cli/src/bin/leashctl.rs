@@ -84,6 +84,9 @@ enum Command {
         #[arg(long, value_name = "MECHANISM")]
         without: Vec<String>,
     },
+    /// Open the Control UI in your browser ($BROWSER, else xdg-open) with a
+    /// single-use login code.
+    Ui,
     /// Exchange versions with any leash daemon's socket and print its answer.
     Hello {
         /// The socket, e.g. /run/leash/policy.sock.
@@ -178,6 +181,17 @@ enum PolicyAction {
         /// The session (an id or a unique prefix); the default policy when absent.
         #[arg(long, value_name = "ID")]
         session: Option<String>,
+    },
+    /// Evaluate candidate policy files against a recorded session: what they
+    /// would have denied that the session did (exit 1 when anything), what
+    /// they would allow that was denied, and what cannot be replayed exactly.
+    Replay {
+        /// The candidate's Cedar files.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// The recorded session (an id or a unique prefix; ended ones too).
+        #[arg(long, value_name = "ID", required = true)]
+        session: String,
     },
     /// Switch a session's mode live (a session starts in enforce).
     Mode {
@@ -290,6 +304,10 @@ fn main() -> ExitCode {
             }
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,
+            Command::Policy { action: PolicyAction::Replay { files, session } } => {
+                commands::policy::replay(&ctx, files, session).await
+            }
+            Command::Ui => commands::ui::run(&ctx).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
             Command::Doctor { without } => commands::doctor::run(&ctx, without).await,
         }

@@ -7,6 +7,7 @@ pub mod policy;
 pub mod sessions;
 pub mod status;
 pub mod stop;
+pub mod ui;
 
 use leash_core::Layout;
 

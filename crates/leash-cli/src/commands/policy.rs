@@ -273,7 +273,7 @@ pub async fn persist(ctx: &Ctx, session: Option<&str>, write_back: bool) -> anyh
     let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
     let r = ManagerClient::new(conn.channel)
         .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
-        .policy_persist(pb::PersistRequest { session: session.unwrap_or_default().to_owned() })
+        .policy_persist(pb::PersistRequest { session: session.unwrap_or_default().to_owned(), text: String::new() })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
@@ -401,4 +401,61 @@ fn read_sources(files: &[String]) -> anyhow::Result<Vec<pb::PolicySource>> {
             Ok(pb::PolicySource { name: f.clone(), text })
         })
         .collect()
+}
+
+/// Replays a recorded session against candidate policy files: what they
+/// would have denied (and allowed) differently, and what cannot be
+/// replayed exactly. Exits 1 when the candidate denies something the
+/// session did.
+pub async fn replay(ctx: &Ctx, files: &[String], session: &str) -> anyhow::Result<ExitCode> {
+    let sources = read_sources(files)?;
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await?;
+    let r = ManagerClient::new(conn.channel)
+        .policy_replay(pb::PolicyReplayRequest { sources, session: session.to_owned(), limit: 0 })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if !r.valid {
+        for e in &r.errors {
+            output::text(&render_error(e));
+        }
+        return Ok(ExitCode::from(crate::EXIT_USAGE));
+    }
+    let finding = |f: &pb::ReplayFinding| {
+        let e = f.event.clone().unwrap_or_default();
+        crate::output::EventJson::from_proto(&e)
+    };
+    if ctx.json {
+        let list = |v: &[pb::ReplayFinding]| -> Vec<serde_json::Value> {
+            v.iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "event": finding(f), "decision": f.decision, "policies": f.policies, "inexact": f.inexact,
+                    })
+                })
+                .collect()
+        };
+        output::json(&serde_json::json!({
+            "session": r.session, "replayed": r.replayed,
+            "denied": list(&r.denied), "allowed": list(&r.allowed), "inexact": list(&r.inexact),
+        }));
+    } else {
+        let mut out = format!(
+            "session {}: {} decided requests replayed; the candidate would deny {} that were allowed, allow {} that were denied; {} cannot be replayed exactly\n",
+            r.session,
+            r.replayed,
+            r.denied.len(),
+            r.allowed.len(),
+            r.inexact.len()
+        );
+        for (title, v) in [("would deny", &r.denied), ("would allow", &r.allowed), ("inexact", &r.inexact)] {
+            for f in v {
+                let e = finding(f);
+                let why = if f.inexact.is_empty() { f.policies.join(",") } else { f.inexact.clone() };
+                out.push_str(&format!("{title:<11} {:<18} {}  ({why})\n", e.action, e.resource));
+            }
+        }
+        output::text(&out);
+    }
+    Ok(if r.denied.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILURE) })
 }

@@ -85,7 +85,7 @@ fn default_edits_reach_new_sessions_only_and_survive_a_restart() {
     assert!(allows(&store, "old", "/tmp/x"), "a running session keeps its policy");
     store.open_session("new", Opening::default()).unwrap();
     assert!(!allows(&store, "new", "/tmp/x"));
-    let (applied, text, file, copy) = store.persist(DEFAULT).unwrap();
+    let (applied, text, file, copy) = store.persist(DEFAULT, None).unwrap();
     assert!(text.contains("no-tmp") && text.contains("default-files"), "{text}");
     assert_eq!(file, None);
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), text);

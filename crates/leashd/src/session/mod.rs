@@ -81,6 +81,16 @@ pub struct Ctx {
     pub supervisor: crate::supervisor::Supervisor,
 }
 
+/// The principal a session's requests are authorized for: the command's name.
+pub fn principal_of(command: &[String]) -> String {
+    command
+        .first()
+        .and_then(|c| std::path::Path::new(c).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("agent")
+        .to_owned()
+}
+
 /// A session as listed.
 #[derive(Clone, Debug)]
 pub struct Info {
@@ -177,6 +187,10 @@ impl Sessions {
         e.kind = EventKind::Session;
         e.session = Some(info.id.clone());
         e.resource = info.project.clone();
+        // What replaying the session later needs: whose it was and the
+        // principal its requests were authorized for.
+        e.details.insert("owner".to_owned(), info.owner.to_string());
+        e.details.insert("principal".to_owned(), principal_of(&info.command));
         for (k, v) in details {
             e.details.insert((*k).to_owned(), v.clone());
         }
@@ -601,8 +615,7 @@ impl Sessions {
             .map(|(name, text)| pb::PolicySource { name: name.clone(), text: text.clone() })
             .collect();
         let admin = admin_policies(&self.ctx.system_config);
-        let principal =
-            std::path::Path::new(&plan.command[0]).file_name().and_then(|n| n.to_str()).unwrap_or("agent").to_owned();
+        let principal = principal_of(&plan.command);
         // The `--policy` file is watched unless it lies under a writable
         // mount of this or any session (leash-policy decides; it knows them all).
         let watch_path = plan
