@@ -21,6 +21,7 @@ packages=(
   cpio                                          # the VM test's initramfs
   util-linux                                    # nsenter (sessions' pid-namespace settings)
   iptables                                      # the proxy's redirect rules in session containers
+  chromium chromium-driver fonts-liberation     # the Control UI's browser tests
 )
 missing=()
 for p in "${packages[@]}"; do

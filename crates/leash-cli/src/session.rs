@@ -33,8 +33,7 @@ const FORWARDED_ENV: [&str; 14] = [
 ];
 
 /// Go leash variables that mean nothing here: accepted with a warning.
-const IGNORED_ENV: [&str; 12] = [
-    "LEASH_LISTEN",
+const IGNORED_ENV: [&str; 11] = [
     "TARGET_CONTAINER",
     "LEASH_CONTAINER",
     "LEASH_IMAGE",

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
+
 /// Patience multiplier for slow machines: `LEASH_TEST_PATIENCE=3` triples
 /// every wait.
 pub fn patience(d: Duration) -> Duration {

@@ -338,7 +338,8 @@ impl ManagerService {
         pb::ApiStatus {
             url: state.bound.map(|b| leash_core::listen::url(&b)).unwrap_or_default(),
             error: state.error.unwrap_or_default(),
-            listen: state.listen.map(|a| a.to_string()).unwrap_or_default(),
+            // The address served once bound (port 0 asks for any), else the configured one.
+            listen: state.bound.or(state.listen).map(|a| a.to_string()).unwrap_or_default(),
         }
     }
 

@@ -37,9 +37,6 @@ fn cedar_of(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
                 _ => Err(error(StatusCode::BAD_REQUEST, "missing cedar field")),
             };
         }
-        if json_ct {
-            return Err(error(StatusCode::BAD_REQUEST, "invalid JSON payload"));
-        }
     }
     Ok(text)
 }
