@@ -50,16 +50,42 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).expect("write");
     s.write_all(body).expect("write body");
+    // Read the head, then exactly the body (some servers keep the
+    // connection open whatever the request said).
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let mut buf = [0u8; 16384];
+    let split = loop {
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "the connection closed before a header block");
+        raw.extend_from_slice(&buf[..n]);
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
     let headers: Vec<(String, String)> =
         lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))).collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    let length = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    loop {
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+            None => false,
+        };
+        if done || method == "HEAD" || status == 204 || status == 304 {
+            break;
+        }
+        let n = s.read(&mut buf).expect("read body");
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    if chunked {
         body = dechunk(&body);
     }
     Reply { status, headers, body }
@@ -142,7 +168,8 @@ impl Browser {
     fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
         let addr = format!("127.0.0.1:{}", self.port);
         let path = format!("/session/{}{path}", self.session);
-        let r = request(&addr, method, &path, &[("Content-Type", "application/json")], body.to_string().as_bytes());
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let r = request(&addr, method, &path, &[("Content-Type", "application/json")], body.as_bytes());
         let v = r.json();
         assert!(r.status == 200, "WebDriver {method} {path}: {} {}", r.status, r.text());
         v["value"].clone()
@@ -185,6 +212,7 @@ impl Browser {
 
     /// Saves a screenshot (PNG) to `path`.
     pub fn screenshot(&self, path: &Path) -> PathBuf {
+        self.js("window.scrollTo(0, 0)", serde_json::json!([]));
         let v = self.call("GET", "/screenshot", serde_json::Value::Null);
         let png = base64_decode(v.as_str().expect("base64 PNG"));
         std::fs::write(path, png).expect("write screenshot");

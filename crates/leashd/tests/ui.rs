@@ -1,0 +1,297 @@
+//! Learned policies and the Control UI with real sessions: replay against
+//! a recorded session finds the denials a later enforce run produces, and
+//! a real headless Chromium watches, filters, edits and enforces.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use leash_testkit::http::{Browser, require_chromium};
+use leash_testkit::{Stack, TEST_IMAGE, eventually, require_docker};
+use serde_json::{Value, json};
+
+fn stack() -> Stack {
+    let mut s = Stack::new();
+    s.start_leashd_for_sessions();
+    s.wait_healthy(Duration::from_secs(10));
+    s
+}
+
+/// The command both runs perform: reads, a write, an exec.
+const WORK: &str =
+    "cat /etc/hostname /etc/passwd >/dev/null; echo x > /tmp/out; ls /bin >/dev/null; cat /etc/group >/dev/null";
+
+/// (action, resource) of the denied events of `session`.
+fn denied(stack: &Stack, session: &str) -> BTreeSet<(String, String)> {
+    stack
+        .events()
+        .iter()
+        .filter(|e| e["session"] == session && e["decision"] == "deny")
+        .map(|e| (e["action"].as_str().unwrap().to_owned(), e["resource"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn session_of(stack: &Stack, out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The newest session.create names it.
+    stack
+        .events()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "session.create")
+        .and_then(|e| e["session"].as_str().map(str::to_owned))
+        .expect("a session")
+}
+
+#[test]
+fn replay_finds_exactly_the_denials_a_later_enforce_run_produces() {
+    if !require_docker("replay_finds_exactly_the_denials_a_later_enforce_run_produces") {
+        return;
+    }
+    let stack = stack();
+    // Recorded under the default policy: everything allowed.
+    let out = stack.leash(&["--image", TEST_IMAGE, "--", "sh", "-c", WORK]).output().unwrap();
+    let recorded = session_of(&stack, &out);
+    let candidate = stack.root().join("candidate.cedar");
+    std::fs::write(
+        &candidate,
+        r#"permit (principal, action, resource);
+@id("no-passwd")
+forbid (principal, action in [Action::"FileOpen", Action::"FileOpenReadOnly"], resource == File::"/etc/passwd");
+@id("no-writes-in-tmp")
+forbid (principal, action == Action::"FileOpenReadWrite", resource in Dir::"/tmp/");
+@id("no-ls")
+forbid (principal, action == Action::"ProcessExec", resource == File::"/bin/ls");
+"#,
+    )
+    .unwrap();
+    let replay =
+        stack.leashctl(&["--json", "policy", "replay", candidate.to_str().unwrap(), "--session", &recorded[..8]]);
+    assert_eq!(replay.status.code(), Some(1), "the candidate denies something: {replay:?}");
+    let v: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(v["session"], recorded.as_str());
+    let predicted: BTreeSet<(String, String)> = v["denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (f["event"]["action"].as_str().unwrap().to_owned(), f["event"]["resource"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert!(predicted.iter().any(|(_, r)| r == "/etc/passwd"), "{v:#}");
+    assert!(predicted.iter().any(|(_, r)| r == "/tmp/out"), "{v:#}");
+    // Every finding names the policy that would decide it.
+    assert!(
+        v["denied"].as_array().unwrap().iter().all(|f| f["policies"].as_array().is_some_and(|p| !p.is_empty())),
+        "{v:#}"
+    );
+
+    // The same work, enforced with the candidate.
+    let out = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "--policy",
+            candidate.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &format!("{WORK}; true"),
+        ])
+        .output()
+        .unwrap();
+    let enforced = session_of(&stack, &out);
+    assert_ne!(enforced, recorded);
+    let actual = eventually(Duration::from_secs(10), "the enforced run's denials", || {
+        let d = denied(&stack, &enforced);
+        (d.len() >= predicted.len()).then_some(d)
+    });
+    assert_eq!(actual, predicted, "replay predicted {predicted:?}; enforcing produced {actual:?}");
+
+    // The same through the API, with the UI's body.
+    let status = stack.status().unwrap();
+    let addr = status["ui"]["url"].as_str().unwrap().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let token = std::fs::read_to_string(stack.runtime_dir.join("api.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let body = json!({ "cedar": std::fs::read_to_string(&candidate).unwrap(), "session": recorded }).to_string();
+    let r = leash_testkit::http::request(
+        &addr,
+        "POST",
+        "/api/policies/replay",
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["denied"].as_array().unwrap().len(), v["denied"].as_array().unwrap().len());
+    // Suggestions from the recorded session propose what it did.
+    let r = leash_testkit::http::request(
+        &addr,
+        "GET",
+        &format!("/suggest?session={recorded}"),
+        &[("Authorization", &auth)],
+        b"",
+    );
+    let s = r.json();
+    let cedar: Vec<&str> =
+        s["suggestions"].as_array().unwrap().iter().map(|x| x["ProposedCedar"].as_str().unwrap()).collect();
+    assert!(cedar.iter().any(|c| c.contains("File::\"/etc/passwd\"") || c.contains("Dir::\"/etc/\"")), "{s:#}");
+    assert!(cedar.iter().any(|c| c.contains("ProcessExec")), "{s:#}");
+}
+
+#[test]
+fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
+    if !require_docker("the_control_ui_in_chromium") || !require_chromium("the_control_ui_in_chromium") {
+        return;
+    }
+    let stack = stack();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let mut session = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "while true; do cat /etc/hostname >/dev/null; cat /etc/passwd >/dev/null 2>&1; sleep 0.5; done",
+        ])
+        .spawn()
+        .unwrap();
+    let (id, _) = stack.running_session(Duration::from_secs(15));
+
+    // `leash --open` hands the browser a single-use address.
+    let url_file = stack.root().join("url");
+    let script = stack.root().join("browser.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}\n", url_file.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = stack.command("leashctl").arg("ui").env("BROWSER", &script).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let url = std::fs::read_to_string(&url_file).unwrap().trim().to_owned();
+
+    let b = Browser::start();
+    b.goto(&url);
+    // The code became a cookie the page cannot read, and left the address bar.
+    let here = b.js("return location.pathname + location.search", json!([]));
+    assert_eq!(here, "/");
+    assert_eq!(b.js("return document.cookie", json!([])), "", "the cookie is HttpOnly");
+    b.wait_for(
+        Duration::from_secs(10),
+        "the WebSocket connected",
+        "return document.querySelector('#status').textContent === 'Connected'",
+    );
+    b.wait_for(
+        Duration::from_secs(10),
+        "the running session selected",
+        &format!("return document.querySelector('#session-select').value === '{id}'"),
+    );
+    // Live events of the running session appear, with decisions and policy ids.
+    b.wait_for(
+        Duration::from_secs(15),
+        "live events",
+        "return document.querySelector('#events tr[data-resource=\"/etc/hostname\"][data-decision=\"allowed\"]')",
+    );
+    let policies = b.js(
+        "return document.querySelector('#events tr[data-resource=\"/etc/hostname\"] td.policies').textContent",
+        json!([]),
+    );
+    assert!(policies.as_str().unwrap().contains("default-files"), "{policies}");
+    b.wait_for(
+        Duration::from_secs(10),
+        "the tier panel",
+        "return document.querySelector('#tier').textContent.includes('tier: ')",
+    );
+    b.screenshot(&shots.join("1-live-events.png"));
+
+    // Filtering narrows the table.
+    b.type_into("#filter-text", "passwd");
+    b.wait_for(
+        Duration::from_secs(5),
+        "only passwd rows",
+        "const r = [...document.querySelectorAll('#events tbody tr')]; return r.length > 0 && r.every(t => t.dataset.resource.includes('passwd'))",
+    );
+    b.screenshot(&shots.join("2-filtered.png"));
+    b.js(
+        "const f = document.querySelector('#filter-text'); f.value = ''; f.dispatchEvent(new Event('input'))",
+        json!([]),
+    );
+
+    // Record mode first, so the next change can be seen taking effect.
+    b.click("#mode-record");
+    b.wait_for(
+        Duration::from_secs(5),
+        "record mode",
+        "return document.querySelector('#mode-current').textContent === 'record'",
+    );
+
+    // An edit with a deliberate error gets a marker at its line.
+    let broken = "permit (principal, action, resource);\nforbid (principal, action == Action::\"FileOpenReadOnly\", resource == File::\"/etc/passwd\")\n";
+    b.js(
+        "const e = document.querySelector('#editor'); e.focus(); e.value = arguments[0]; e.dispatchEvent(new Event('input'))",
+        json!([broken]),
+    );
+    let marker = b.wait_for(
+        Duration::from_secs(10),
+        "an error marker",
+        "const m = document.querySelector('#markers li.error'); return m && m.textContent",
+    );
+    assert!(marker.as_str().unwrap().starts_with("2:") || marker.as_str().unwrap().starts_with("3:"), "{marker}");
+    assert!(b.js("return document.querySelectorAll('#highlight .err-line').length", json!([])).as_u64() > Some(0));
+    b.screenshot(&shots.join("3-error-marker.png"));
+    // Fix it (typed, through real key events) and save.
+    b.type_into("#editor", ";");
+    let fixed = b.js("return document.querySelector('#editor').value", json!([]));
+    assert!(fixed.as_str().unwrap().contains("/etc/passwd\")\n;") || fixed.as_str().unwrap().ends_with(";"), "{fixed}");
+    b.wait_for(
+        Duration::from_secs(10),
+        "markers cleared",
+        "return document.querySelectorAll('#markers li.error').length === 0 && 'ok'",
+    );
+    b.click("#save");
+    b.wait_for(
+        Duration::from_secs(10),
+        "saved",
+        "return document.querySelector('#notice').textContent.startsWith('Saved')",
+    );
+    b.wait_for(
+        Duration::from_secs(10),
+        "the new line listed",
+        "return [...document.querySelectorAll('#lines li.forbid')].some(l => l.textContent.includes('/etc/passwd'))",
+    );
+
+    // Enforce: the next forbidden read arrives as denied.
+    b.click("#mode-enforce");
+    b.wait_for(
+        Duration::from_secs(5),
+        "enforce mode",
+        "return document.querySelector('#mode-current').textContent === 'enforce'",
+    );
+    b.wait_for(
+        Duration::from_secs(15),
+        "a denied read",
+        "return document.querySelector('#events tr[data-resource=\"/etc/passwd\"][data-decision=\"denied\"]')",
+    );
+    b.js(
+        "const f = document.querySelector('#filter-decision'); f.value = 'denied'; f.dispatchEvent(new Event('input'))",
+        json!([]),
+    );
+    b.wait_for(
+        Duration::from_secs(5),
+        "only denied rows",
+        "const r = [...document.querySelectorAll('#events tbody tr')]; return r.length > 0 && r.every(t => t.dataset.decision === 'denied')",
+    );
+    b.screenshot(&shots.join("4-enforced-denied.png"));
+    eprintln!("screenshots in {}", shots.display());
+
+    // "Allow this" on the denied read: a permit of the same scope as the
+    // forbid would be dead in Cedar (a forbid wins), so it is refused, said.
+    b.click("#events tr[data-resource=\"/etc/passwd\"] button.allow");
+    let said = b.wait_for(
+        Duration::from_secs(5),
+        "the refusal",
+        "const n = document.querySelector('#notice'); return n.textContent.includes('conflicts with') && n.textContent",
+    );
+    assert!(said.as_str().unwrap().contains("/etc/passwd"), "{said}");
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
+}
