@@ -287,12 +287,17 @@ pub struct NetGuards {
     /// The session's DNS resolvers: port 53 allowed unless the policy names
     /// the resolver's address.
     pub resolvers: Vec<std::net::IpAddr>,
+    /// leashd's Control UI (address, port): always refused, whatever the
+    /// policy says — an agent must never reach the API that governs it.
+    pub control: Vec<(std::net::IpAddr, u16)>,
 }
 
 /// The reason a guard gives, as the events show it.
 pub const GUARD_LOCAL: &str = "leash:local-address";
 /// See [`GUARD_LOCAL`].
 pub const GUARD_DNS: &str = "leash:dns-resolver";
+/// See [`GUARD_LOCAL`].
+pub const GUARD_CONTROL: &str = "leash:control-api";
 
 impl NetGuards {
     /// Loopback and link-local (IPv4 and IPv6), and `host`'s addresses.
@@ -310,7 +315,23 @@ impl NetGuards {
                 refused.push((ip, if ip.is_ipv4() { 32 } else { 128 }));
             }
         }
-        NetGuards { refused, resolvers: resolvers.iter().map(|r| normalize_ip(*r)).collect() }
+        NetGuards { refused, resolvers: resolvers.iter().map(|r| normalize_ip(*r)).collect(), control: Vec::new() }
+    }
+
+    /// Adds leashd's Control UI address: a wildcard bind (`0.0.0.0`, `::`)
+    /// is every one of `host`'s addresses. A loopback bind needs nothing: a
+    /// session's loopback is its own.
+    pub fn with_control(mut self, api: std::net::SocketAddr, host: &[std::net::IpAddr]) -> NetGuards {
+        let ip = normalize_ip(api.ip());
+        if ip.is_loopback() {
+            return self;
+        }
+        if ip.is_unspecified() {
+            self.control.extend(host.iter().map(|h| (normalize_ip(*h), api.port())));
+        } else {
+            self.control.push((ip, api.port()));
+        }
+        self
     }
 }
 
@@ -340,6 +361,7 @@ impl Tables {
         };
         let local = Verdict { allow: false, reason: reason(GUARD_LOCAL), guard: true };
         let dns = Verdict { allow: true, reason: reason(GUARD_DNS), guard: true };
+        let control = Verdict { allow: false, reason: reason(GUARD_CONTROL), guard: true };
         let t = &mut self.net;
         for (addr, prefix) in &g.refused {
             let full = if addr.is_ipv4() { 32 } else { 128 };
@@ -353,6 +375,9 @@ impl Tables {
             } else {
                 t.ranges.push((*addr, *prefix, local));
             }
+        }
+        for c in &g.control {
+            t.exact_port.insert(*c, control);
         }
         for r in &g.resolvers {
             let named = t.exact.get(r).is_some_and(|v| !v.guard) || t.exact_port.contains_key(&(*r, 53));
@@ -449,6 +474,22 @@ mod guard_tests {
             Lookup::Final(v) => (v.allow, t.reasons[v.reason as usize].clone()),
             Lookup::Evaluate => panic!("{addr}:{port} left to user space"),
         }
+    }
+
+    #[test]
+    fn the_control_ui_is_refused_even_where_the_policy_names_it() {
+        let mut t = Tables { reasons: vec![vec!["named".into()]], ..Default::default() };
+        t.net.exact_port.insert((ip("172.17.0.1"), 18080), Verdict::new(true, 0));
+        t.net.exact.insert(ip("172.17.0.1"), Verdict::new(true, 0));
+        let host = [ip("172.17.0.1"), ip("10.0.0.5")];
+        let g = NetGuards::standard(&host, &[]).with_control("0.0.0.0:18080".parse().unwrap(), &host);
+        t.guard_net(&g);
+        assert_eq!(allowed(&t, "172.17.0.1", 18080), (false, vec![GUARD_CONTROL.to_owned()]));
+        assert_eq!(allowed(&t, "10.0.0.5", 18080), (false, vec![GUARD_CONTROL.to_owned()]));
+        assert_eq!(allowed(&t, "172.17.0.1", 22), (true, vec!["named".to_owned()]), "other ports as the policy says");
+        // A loopback bind is out of every session's reach already.
+        let g = NetGuards::standard(&host, &[]).with_control("127.0.0.1:18080".parse().unwrap(), &host);
+        assert!(g.control.is_empty());
     }
 
     #[test]

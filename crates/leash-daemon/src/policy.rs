@@ -16,6 +16,15 @@ pub async fn client(
     Ok(pb::policy_client::PolicyClient::new(conn.channel).max_decoding_message_size(crate::serve::MAX_MESSAGE_BYTES))
 }
 
+/// The file in the runtime dir where leashd names the address its Control
+/// UI is served on (root-owned: nothing a session can write).
+pub const API_ADDRESS_FILE: &str = "api.addr";
+
+/// leashd's Control UI address, when it is served.
+pub fn control_address(runtime_dir: &Path) -> Option<std::net::SocketAddr> {
+    std::fs::read_to_string(runtime_dir.join(API_ADDRESS_FILE)).ok()?.trim().parse().ok()
+}
+
 /// A session's tables and mode, with the kernel's network guards added
 /// (the host's addresses now, and the session's `resolvers`).
 pub async fn session_tables(
@@ -31,6 +40,11 @@ pub async fn session_tables(
         .map_err(|s| format!("leash-policy: {}", s.message()))?
         .into_inner();
     let (mut tables, mode) = leash_proto::tables::decode(&t)?;
-    tables.guard_net(&NetGuards::standard(&crate::net::host_addresses(), resolvers));
+    let host = crate::net::host_addresses();
+    let mut guards = NetGuards::standard(&host, resolvers);
+    if let Some(api) = control_address(socket.parent().unwrap_or(Path::new("/"))) {
+        guards = guards.with_control(api, &host);
+    }
+    tables.guard_net(&guards);
     Ok((tables, mode))
 }

@@ -295,3 +295,63 @@ fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
     let _ = session.wait();
     stack.leashctl(&["sessions", "stop", &id]);
 }
+
+#[test]
+fn an_agent_cannot_reach_the_control_ui_even_where_its_policy_allows_the_host() {
+    if !require_docker("an_agent_cannot_reach_the_control_ui") {
+        return;
+    }
+    let gateway = String::from_utf8(
+        std::process::Command::new("docker")
+            .args(["network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let mut stack = Stack::new();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", leash_testkit::static_entry()).env("LEASH_LISTEN", "0.0.0.0:0").arg("--listen-public");
+    });
+    let status = stack.wait_healthy(Duration::from_secs(10));
+    let port = status["ui"]["listen"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+    // Another service on the host's address, which the policy allows: the
+    // negative control.
+    let other = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in other.incoming().flatten() {
+            use std::io::Write;
+            let _ = (&c).write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nother");
+        }
+    });
+    let policy = stack.root().join("allow-host.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "permit (principal, action, resource);\npermit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in Net::IpRange::\"{gateway}/32\" }};\n"
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {gateway} {other_port}; echo; if printf 'GET /healthz HTTP/1.0\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n' | nc -w 5 {gateway} {port}; then echo REACHED; else echo REFUSED; fi"
+    );
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("other"),
+        "the host's other service is reachable: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("REFUSED") && !text.contains("REACHED"), "{text}");
+    let refused = stack.events().into_iter().find(|e| {
+        e["action"] == "NetworkConnect" && e["resource"] == format!("{gateway}:{port}") && e["decision"] == "deny"
+    });
+    let refused = refused.expect("the refusal is an event");
+    assert_eq!(refused["policy_ids"][0], "leash:control-api", "{refused}");
+}

@@ -86,6 +86,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Handle {
     let state = Arc::new(Mutex::new(ApiState { listen, ..ApiState::default() }));
+    let _ = std::fs::remove_file(runtime_dir.join(leash_daemon::policy::API_ADDRESS_FILE));
     let Some(addr) = listen else {
         tracing::info!("the Control UI is disabled (listen is empty)");
         return Handle { state, auth: None };
@@ -109,6 +110,11 @@ pub async fn start(
         }
     };
     let bound = listener.local_addr().unwrap_or(addr);
+    // The sensor refuses sessions this address (a wildcard bind is every host address).
+    let named = runtime_dir.join(leash_daemon::policy::API_ADDRESS_FILE);
+    if let Err(e) = std::fs::write(&named, format!("{bound}\n")) {
+        tracing::warn!(path = %named.display(), error = %e, "cannot record the Control UI's address for the sensor");
+    }
     state.lock().unwrap_or_else(|p| p.into_inner()).bound = Some(bound);
     let ctx = Ctx {
         manager,
