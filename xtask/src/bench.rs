@@ -35,14 +35,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "reload",
         ])),
         Some("proxy") => crate::bench_proxy::run(),
+        Some("ui") => crate::bench_ui::run(),
         Some("sensor") => match args.get(1).map(String::as_str) {
             None => sensor(false),
             // The event pipeline alone (quick, while working on it).
             Some("--events-only") => sensor(true),
             Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only)"),
         },
-        Some(other) => bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, proxy"),
-        None => bail!("which benchmark? available: startup, session-start, policy, sensor, proxy"),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, proxy, ui")
+        }
+        None => bail!("which benchmark? available: startup, session-start, policy, sensor, proxy, ui"),
     }
 }
 
@@ -65,8 +68,14 @@ impl Instance {
             .env("LEASH_STATE_DIR", self.runtime.with_file_name("state"))
             .env("LEASH_INSTANCE", "bench")
             .env("LEASH_LOG", "warn")
+            // The Control UI on a free port: a benchmark never takes 18080.
+            .env("LEASH_LISTEN", "127.0.0.1:0")
             .env_remove("NOTIFY_SOCKET");
         c
+    }
+
+    pub(crate) fn runtime_dir(&self) -> &Path {
+        &self.runtime
     }
 
     pub(crate) fn project(&self) -> anyhow::Result<PathBuf> {

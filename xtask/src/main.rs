@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_proxy;
+mod bench_ui;
 mod demo;
 mod image;
 mod install;
@@ -31,6 +32,7 @@ verbs:
   bench session-start
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
   bench sensor    governed vs ungoverned open/exec loops, host loops, the event rate
+  bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
   demo            build, start leashd if needed, run a scripted session, show its events
 ";

@@ -118,9 +118,12 @@ pub fn require_chromium(test: &str) -> bool {
     let have = Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists();
     if !have {
         assert!(!crate::must_run(), "{test}: chromium and chromedriver are required in CI (scripts/setup.sh)");
-        eprintln!(
-            "SKIP {test}: /usr/bin/chromium or /usr/bin/chromedriver missing (apt-get install chromium chromium-driver)"
-        );
+        #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
+        {
+            eprintln!(
+                "SKIP {test}: /usr/bin/chromium or /usr/bin/chromedriver missing (apt-get install chromium chromium-driver)"
+            );
+        }
     }
     have
 }

@@ -67,6 +67,9 @@ pub struct Audit {
     last_seq: Arc<AtomicU64>,
 }
 
+/// A session id's length: 16 hex digits.
+const SESSION_ID_LEN: usize = 16;
+
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
@@ -87,7 +90,8 @@ const SCHEMA: &str = "
         details TEXT NOT NULL
     );
     CREATE INDEX IF NOT EXISTS events_time ON events(time_ns);
-    CREATE INDEX IF NOT EXISTS events_session ON events(session, time_ns);
+    DROP INDEX IF EXISTS events_session;
+    CREATE INDEX IF NOT EXISTS events_session_id ON events(session);
 ";
 
 fn open_db(path: &Path) -> rusqlite::Result<Connection> {
@@ -185,8 +189,16 @@ impl Audit {
         );
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
         if let Some(s) = &q.session {
-            sql.push_str(" AND session LIKE ? ESCAPE '\\'");
-            args.push(Box::new(format!("{}%", like_escape(s))));
+            if s.len() == SESSION_ID_LEN {
+                // A whole id: its index walks newest first without sorting.
+                sql.push_str(" AND session = ?");
+                args.push(Box::new(s.clone()));
+            } else {
+                // A prefix as a range the indexes answer.
+                sql.push_str(" AND session >= ? AND session < ?");
+                args.push(Box::new(s.clone()));
+                args.push(Box::new(format!("{s}\u{10FFFF}")));
+            }
         }
         if let Some(t) = q.since_ns {
             sql.push_str(" AND time_ns >= ?");
@@ -208,10 +220,14 @@ impl Audit {
             sql.push_str(" AND resource LIKE ? ESCAPE '\\'");
             args.push(Box::new(format!("%{}%", like_escape(c))));
         }
+        // With a time bound the time index leads (recent events are few);
+        // otherwise insertion order.
+        let (asc, desc) =
+            if q.since_ns.is_some() { ("time_ns, id", "time_ns DESC, id DESC") } else { ("id", "id DESC") };
         if q.tail > 0 {
-            sql = format!("SELECT * FROM ({sql} ORDER BY id DESC LIMIT {}) ORDER BY id", q.tail);
+            sql = format!("SELECT * FROM ({sql} ORDER BY {desc} LIMIT {}) ORDER BY {asc}", q.tail);
         } else {
-            sql.push_str(" ORDER BY id");
+            sql.push_str(&format!(" ORDER BY {asc}"));
         }
         let mut stmt = db.prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {

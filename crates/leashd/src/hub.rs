@@ -56,15 +56,18 @@ struct Inner {
 /// What a redacted secret becomes.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// Replaces every secret in `s`.
+fn scrub(s: &mut String, secrets: &[String]) {
+    for secret in secrets {
+        if s.contains(secret.as_str()) {
+            *s = s.replace(secret.as_str(), REDACTED);
+        }
+    }
+}
+
 /// Replaces every secret in `e`'s text fields.
 fn redact(e: &mut Event, secrets: &[String]) {
-    let scrub = |s: &mut String| {
-        for secret in secrets {
-            if s.contains(secret.as_str()) {
-                *s = s.replace(secret.as_str(), REDACTED);
-            }
-        }
-    };
+    let scrub = |s: &mut String| scrub(s, secrets);
     scrub(&mut e.resource);
     scrub(&mut e.executable);
     scrub(&mut e.action);
@@ -108,6 +111,15 @@ impl Hub {
         }
         // Longest first, so a secret containing another is replaced whole.
         set.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with `session`'s secrets redacted (for API payloads).
+    pub fn redact_text(&self, session: &str, text: &str) -> String {
+        let mut t = text.to_owned();
+        if let Some(set) = self.lock().redactions.get(session) {
+            scrub(&mut t, set);
+        }
+        t
     }
 
     /// Forgets a session's secrets (it ended).

@@ -280,7 +280,10 @@ fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
         "const r = [...document.querySelectorAll('#events tbody tr')]; return r.length > 0 && r.every(t => t.dataset.decision === 'denied')",
     );
     b.screenshot(&shots.join("4-enforced-denied.png"));
-    eprintln!("screenshots in {}", shots.display());
+    #[allow(clippy::print_stderr, reason = "where the artifacts are, in the test's output")]
+    {
+        eprintln!("screenshots in {}", shots.display());
+    }
 
     // "Allow this" on the denied read: a permit of the same scope as the
     // forbid would be dead in Cedar (a forbid wins), so it is refused, said.
@@ -354,4 +357,70 @@ fn an_agent_cannot_reach_the_control_ui_even_where_its_policy_allows_the_host() 
     });
     let refused = refused.expect("the refusal is an event");
     assert_eq!(refused["policy_ids"][0], "leash:control-api", "{refused}");
+}
+
+#[test]
+fn secrets_never_reach_api_payloads() {
+    if !require_docker("secrets_never_reach_api_payloads") {
+        return;
+    }
+    let stack = stack();
+    const CANARY: &str = "leash-canary-7f3a9c21";
+    let policy = stack.root().join("inject.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "permit (principal, action, resource);\n@id(\"inject\")\npermit (principal, action == Action::\"HttpRewrite\", resource == Host::\"example.com\") when {{ context.header == \"X-Api-Key\" && context.value == \"{CANARY}\" }};\n"
+        ),
+    )
+    .unwrap();
+    let mut session = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "--policy",
+            policy.to_str().unwrap(),
+            "-e",
+            &format!("API_TOKEN={CANARY}"),
+            "--",
+            "sh",
+            "-c",
+            "echo $API_TOKEN > /dev/null; cat /etc/hostname; sleep 30",
+        ])
+        .spawn()
+        .unwrap();
+    let (id, _) = stack.running_session(Duration::from_secs(15));
+    let status = stack.status().unwrap();
+    let addr = status["ui"]["url"].as_str().unwrap().trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let token = std::fs::read_to_string(stack.runtime_dir.join("api.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let get = |path: &str| leash_testkit::http::request(&addr, "GET", path, &[("Authorization", &auth)], b"");
+    let snap = get(&format!("/api/policies?session={id}"));
+    assert_eq!(snap.status, 200);
+    assert!(!snap.text().contains(CANARY), "{}", snap.text());
+    assert!(snap.json()["cedarFile"].as_str().unwrap().contains("[REDACTED]"), "{}", snap.text());
+    for path in [
+        format!("/api/events?session={id}"),
+        format!("/api/policies/lines?session={id}"),
+        format!("/suggest?session={id}"),
+    ] {
+        let r = get(&path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.text().contains(CANARY), "{path}: {}", r.text());
+    }
+    // Saving the redacted text back would lose the secret: refused, and the
+    // policy in force keeps its value.
+    let body = json!({ "cedar": snap.json()["cedarFile"] }).to_string();
+    let r = leash_testkit::http::request(
+        &addr,
+        "POST",
+        &format!("/api/policies/persist?session={id}"),
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("leash-secret:env:NAME"), "{}", r.text());
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
 }

@@ -23,20 +23,36 @@ type Q = Query<HashMap<String, String>>;
 /// The policy leashd starts new sessions with when nothing else is given.
 const BASELINE: &str = include_str!("../../../../policies/default.cedar");
 
-/// The Go leash's `extractCedar`: `{"cedar": "…"}` or the raw body.
+/// The Go leash's `extractCedar`: `{"cedar": "…"}` or the raw body. Text
+/// holding a redacted secret (as the snapshot shows it) is refused: saving it
+/// would replace the secret with the marker.
 fn cedar_of(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
+    let text = extract_cedar(headers, body)?;
+    if text.contains(crate::hub::REDACTED) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the policy holds {} where a secret was: write the value as leash-secret:env:NAME or leash-secret:file:/path",
+                crate::hub::REDACTED
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+fn extract_cedar(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
     let text = String::from_utf8_lossy(body).trim().to_owned();
     if text.is_empty() {
         return Err(error(StatusCode::BAD_REQUEST, "empty body"));
     }
     let json_ct = super::header_str(headers, "content-type").contains("application/json");
-    if json_ct || text.starts_with('{') {
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            return match v.get("cedar").and_then(Value::as_str) {
-                Some(c) if !c.trim().is_empty() => Ok(c.to_owned()),
-                _ => Err(error(StatusCode::BAD_REQUEST, "missing cedar field")),
-            };
-        }
+    if (json_ct || text.starts_with('{'))
+        && let Ok(v) = serde_json::from_str::<Value>(&text)
+    {
+        return match v.get("cedar").and_then(Value::as_str) {
+            Some(c) if !c.trim().is_empty() => Ok(c.to_owned()),
+            _ => Err(error(StatusCode::BAD_REQUEST, "missing cedar field")),
+        };
     }
     Ok(text)
 }
@@ -83,9 +99,12 @@ async fn snapshot(ctx: &Ctx, session: &str) -> Result<Value, Response> {
     let join = |keep: &dyn Fn(&pb::PolicySource) -> bool| {
         show.sources.iter().filter(|s| keep(s)).map(|s| s.text.trim_end()).collect::<Vec<_>>().join("\n\n")
     };
-    let runtime = join(&|s| s.name == "runtime");
-    let file = join(&|s| s.name != "runtime" && !admin.contains(&s.name));
-    let admin_text = join(&|s| admin.contains(&s.name));
+    // A literal value a policy injects is one of the session's secrets.
+    let hub = &ctx.manager.hub;
+    let session = &full_id(ctx, session);
+    let runtime = hub.redact_text(session, &join(&|s| s.name == "runtime"));
+    let file = hub.redact_text(session, &join(&|s| s.name != "runtime" && !admin.contains(&s.name)));
+    let admin_text = hub.redact_text(session, &join(&|s| admin.contains(&s.name)));
     Ok(json!({
         "session": session,
         "mode": show.mode,
@@ -99,7 +118,7 @@ async fn snapshot(ctx: &Ctx, session: &str) -> Result<Value, Response> {
             "host": r.host, "header": r.header, "value": "(redacted)",
             "rule": format!("allow http.rewrite {} header:{}:(redacted)", r.host, r.header),
         })).collect::<Vec<_>>() },
-        "lines": line_views(&show.policies),
+        "lines": redacted_lines(ctx, session, &show.policies),
         "lints": show.lints.iter().map(lint_json).collect::<Vec<_>>(),
     }))
 }
@@ -150,6 +169,30 @@ fn rule_views(t: &pb::DecisionTables) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A session's whole id (secrets are kept by it), or what was given.
+fn full_id(ctx: &Ctx, session: &str) -> String {
+    let root = leash_daemon::access::Peer { uid: 0, gid: 0, pid: None };
+    if session.is_empty() {
+        String::new()
+    } else {
+        ctx.manager.sessions.resolve(&root, session).unwrap_or_else(|_| session.to_owned())
+    }
+}
+
+/// The policy lines with the session's secrets redacted from their Cedar.
+fn redacted_lines(ctx: &Ctx, session: &str, lines: &[pb::PolicyLine]) -> Vec<Value> {
+    let session = full_id(ctx, session);
+    line_views(lines)
+        .into_iter()
+        .map(|mut l| {
+            if let Some(c) = l["cedar"].as_str() {
+                l["cedar"] = Value::from(ctx.manager.hub.redact_text(&session, c));
+            }
+            l
+        })
+        .collect()
 }
 
 fn line_views(lines: &[pb::PolicyLine]) -> Vec<Value> {
@@ -385,8 +428,8 @@ pub(super) async fn complete(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -
 /// `GET /api/policies/lines`.
 pub(super) async fn lines(State(ctx): State<Ctx>, Query(q): Q) -> Response {
     let session = session_of(&q);
-    match ctx.manager.policy_show(as_admin(pb::ShowRequest { session })).await {
-        Ok(r) => json_ok(json!({ "lines": line_views(&r.into_inner().policies) })),
+    match ctx.manager.policy_show(as_admin(pb::ShowRequest { session: session.clone() })).await {
+        Ok(r) => json_ok(json!({ "lines": redacted_lines(&ctx, &session, &r.into_inner().policies) })),
         Err(s) => status_error(&s),
     }
 }
