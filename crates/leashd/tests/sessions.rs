@@ -336,7 +336,8 @@ fn bad_input_is_one_line_and_exit_125_with_nothing_left() {
         &run(&stack, &["--policy", "/nonexistent.cedar", "--", "true"]),
         "Cedar policy file not found: /nonexistent.cedar",
     );
-    one_line(&run(&stack, &["--listen", ":18080", "--", "true"]), "Control UI is not available");
+    one_line(&run(&stack, &["--listen", ":18080", "--", "true"]), "leashd serves the Control UI on 127.0.0.1:");
+    one_line(&run(&stack, &["--listen", "x:y", "--", "true"]), "invalid listen port");
 
     // A working directory that no longer exists.
     let leash_bin = stack.bin_dir.join("leash");
