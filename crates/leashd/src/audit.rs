@@ -67,6 +67,25 @@ pub struct Audit {
     last_seq: Arc<AtomicU64>,
 }
 
+/// The one session whose id starts with `prefix`, if exactly one does.
+fn unique_session(db: &Connection, prefix: &str) -> Option<String> {
+    let end = format!("{prefix}\u{10FFFF}");
+    let first: Option<String> = db
+        .query_row("SELECT MIN(session) FROM events WHERE session >= ?1 AND session < ?2", params![prefix, end], |r| {
+            r.get(0)
+        })
+        .ok()?;
+    let last: Option<String> = db
+        .query_row("SELECT MAX(session) FROM events WHERE session >= ?1 AND session < ?2", params![prefix, end], |r| {
+            r.get(0)
+        })
+        .ok()?;
+    match (first, last) {
+        (Some(a), Some(b)) if a == b => Some(a),
+        _ => None,
+    }
+}
+
 /// A session id's length: 16 hex digits.
 const SESSION_ID_LEN: usize = 16;
 
@@ -189,6 +208,8 @@ impl Audit {
         );
         let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
         if let Some(s) = &q.session {
+            // A prefix of one session only is that session (two index probes).
+            let s = &unique_session(&db, s).unwrap_or_else(|| s.clone());
             if s.len() == SESSION_ID_LEN {
                 // A whole id: its index walks newest first without sorting.
                 sql.push_str(" AND session = ?");
