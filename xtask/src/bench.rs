@@ -35,7 +35,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "reload",
         ])),
         Some("proxy") => crate::bench_proxy::run(),
-        Some("ui") => crate::bench_ui::run(),
+        Some("ui") => match args.get(1).map(String::as_str) {
+            None => crate::bench_ui::run(false),
+            // The WebSocket fan-out alone.
+            Some("--fanout-only") => crate::bench_ui::run(true),
+            Some(other) => bail!("unknown option {other:?} of bench ui (--fanout-only)"),
+        },
         Some("sensor") => match args.get(1).map(String::as_str) {
             None => sensor(false),
             // The event pipeline alone (quick, while working on it).

@@ -1,7 +1,8 @@
 //! `cargo xtask bench ui`: the audit store (sustained and batched ingest,
 //! query latency over ten million events against a full scan in the same
 //! run) and the WebSocket's fan-out of a paced event storm to five
-//! followers, with the storm's own rate compared against no followers.
+//! followers, with the storm's own rate and the daemons' CPU compared
+//! against no followers. `--fanout-only` skips the audit store.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -22,7 +23,7 @@ const FOLLOWERS: usize = 5;
 /// Runs with and without followers (interleaved).
 const FANOUT_RUNS: usize = 3;
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(fanout_only: bool) -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench ui runs leashd, Docker and BPF programs and needs root");
     }
@@ -34,9 +35,12 @@ pub fn run() -> anyhow::Result<()> {
     crate::image::run(&["test".to_owned()])?;
     let image = crate::image::tag("test");
 
-    util::out(&format!("audit store: {STORED} events (a few minutes)…"));
-    let audit: Value =
-        serde_json::from_slice(&util::output(Command::new(examples.join("audit_bench")).arg(STORED.to_string()))?)?;
+    let audit: Value = if fanout_only {
+        Value::Null
+    } else {
+        util::out(&format!("audit store: {STORED} events (a few minutes)…"));
+        serde_json::from_slice(&util::output(Command::new(examples.join("audit_bench")).arg(STORED.to_string()))?)?
+    };
 
     let mut inst = Instance::new(&bin)?;
     inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
@@ -53,6 +57,13 @@ pub fn run() -> anyhow::Result<()> {
         (s["events"]["published"].as_u64().unwrap_or(0), s["events"]["dropped"].as_u64().unwrap_or(0))
     };
     let n = FANOUT_RATE * FANOUT_SECONDS;
+    // CPU seconds of the sensor and of leashd over each storm.
+    let pids = {
+        let s = inst.status().unwrap_or(Value::Null);
+        let sensor = crate::bench::component(&s, "leash-sensor")["pid"].as_u64().unwrap_or(0);
+        (sensor, s["leashd"]["pid"].as_u64().unwrap_or(0))
+    };
+    let cpu = || (cpu_seconds(pids.0), cpu_seconds(pids.1));
     let mut runs = Vec::new();
     for run in 0..FANOUT_RUNS * 2 {
         let followers = if run % 2 == 0 { FOLLOWERS } else { 0 };
@@ -70,6 +81,7 @@ pub fn run() -> anyhow::Result<()> {
             clients = Some(c);
         }
         let (published0, dropped0) = counts(&inst);
+        let cpu0 = cpu();
         let out = util::output(Command::new("docker").args([
             "exec",
             &container,
@@ -84,6 +96,7 @@ pub fn run() -> anyhow::Result<()> {
         let generate_s = generated.get(1).copied().unwrap_or(0.0) / 1e6;
         std::thread::sleep(Duration::from_secs(2));
         let (published1, dropped1) = counts(&inst);
+        let cpu1 = cpu();
         let received: Vec<u64> = match clients {
             Some(c) => {
                 let out = c.wait_with_output()?;
@@ -102,6 +115,8 @@ pub fn run() -> anyhow::Result<()> {
             "published": published1 - published0,
             "dropped": dropped1 - dropped0,
             "received_per_follower": received,
+            "sensor_cpu_s": cpu1.0 - cpu0.0,
+            "leashd_cpu_s": cpu1.1 - cpu0.1,
         }));
     }
     let _ = session.kill();
@@ -115,6 +130,15 @@ pub fn run() -> anyhow::Result<()> {
         .collect();
     ratios.sort_by(f64::total_cmp);
     let ratio = ratios[ratios.len() / 2];
+    let paired = |key: &str| {
+        let mut r: Vec<f64> = runs
+            .chunks(2)
+            .map(|p| p[0][key].as_f64().unwrap_or(0.0) / p[1][key].as_f64().unwrap_or(1.0).max(1e-9))
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    let (sensor_cpu, leashd_cpu) = (paired("sensor_cpu_s"), paired("leashd_cpu_s"));
     let min_received = runs
         .iter()
         .flat_map(|r| r["received_per_follower"].as_array().cloned().unwrap_or_default())
@@ -124,6 +148,27 @@ pub fn run() -> anyhow::Result<()> {
     let dropped: u64 = runs.iter().filter_map(|r| r["dropped"].as_u64()).sum();
 
     util::out("ui (release)");
+    if !audit.is_null() {
+        report_audit(&audit);
+    }
+    util::out(&format!(
+        "  WebSocket fan-out: {FANOUT_RATE} events/s for {FANOUT_SECONDS} s to {FOLLOWERS} followers: each received ≥ {min_received} of {n}; \
+         {dropped} dropped; the storm's duration with followers / without: {ratio:.3}x (median of {FANOUT_RUNS} pairs)"
+    ));
+    util::out(&format!(
+        "  CPU over each storm, with followers / without (medians of paired runs): leash-sensor {sensor_cpu:.3}x, leashd {leashd_cpu:.3}x"
+    ));
+    write_report(
+        "ui",
+        &serde_json::json!({
+            "audit": audit, "fanout": runs, "fanout_storm_ratio": ratio,
+            "sensor_cpu_ratio": sensor_cpu, "leashd_cpu_ratio": leashd_cpu,
+        }),
+    )
+}
+
+/// The audit store's figures.
+fn report_audit(audit: &Value) {
     util::out(&format!(
         "  audit ingest: {:.0} events/s batched (target ≥ 100,000); 50,000/s for 10 s: {} of {} stored, {} lost",
         audit["ingest_batched_per_s"].as_f64().unwrap_or(0.0),
@@ -146,9 +191,15 @@ pub fn run() -> anyhow::Result<()> {
             q["rows"]
         ));
     }
-    util::out(&format!(
-        "  WebSocket fan-out: {FANOUT_RATE} events/s for {FANOUT_SECONDS} s to {FOLLOWERS} followers: each received ≥ {min_received} of {n}; \
-         {dropped} dropped; the storm's duration with followers / without: {ratio:.3}x (median of {FANOUT_RUNS} pairs)"
-    ));
-    write_report("ui", &serde_json::json!({ "audit": audit, "fanout": runs, "fanout_storm_ratio": ratio }))
+}
+
+/// User and system CPU seconds a process has used (`/proc/PID/stat`).
+fn cpu_seconds(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ: 100 on every Linux this runs on.
+    (field(11) + field(12)) as f64 / 100.0
 }

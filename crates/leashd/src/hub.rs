@@ -15,6 +15,8 @@ pub struct Stamped {
     pub seq: u64,
     /// The event.
     pub event: Event,
+    /// Its JSON for the Control UI's WebSocket, made once for every follower.
+    pub json: std::sync::OnceLock<Arc<str>>,
 }
 
 /// Counters shown by `leashctl status`.
@@ -142,7 +144,7 @@ impl Hub {
                 redact(&mut event, secrets);
             }
             inner.seq += 1;
-            let stamped = Arc::new(Stamped { seq: inner.seq, event });
+            let stamped = Arc::new(Stamped { seq: inner.seq, event, json: std::sync::OnceLock::new() });
             if inner.history_cap > 0 {
                 if inner.history.len() == inner.history_cap {
                     gone.extend(inner.history.pop_front());

@@ -7,6 +7,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use leash_proto::v1 as pb;
 use manager_trait::Manager;
 use serde_json::{Value, json};
@@ -22,6 +23,8 @@ mod manager_trait {
 const HISTORY_EVENTS: usize = 2000;
 /// …and at most this many bytes of it.
 const HISTORY_BYTES: usize = 1_000_000;
+/// Queued events written before one flush.
+const SEND_BATCH: usize = 256;
 /// Server pings this often.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -218,15 +221,20 @@ async fn stream(ctx: Ctx, session: String, mut socket: WebSocket) {
     // Subscribed before the history frame is sent: nothing falls between.
     let (history, live) = ctx.manager.hub.subscribe(0, true);
     let Some(mut live) = live else { return };
-    let keep = |e: &pb::Event| session.is_empty() || e.session.starts_with(&session);
-    let mut lines: Vec<String> = Vec::new();
+    let keep = |s: &std::sync::Arc<crate::hub::Stamped>| {
+        session.is_empty() || s.event.session.as_deref().is_some_and(|id| id.starts_with(&session))
+    };
+    // Serialized once per event, whichever follower needs it first.
+    let json = |s: &std::sync::Arc<crate::hub::Stamped>| {
+        s.json.get_or_init(|| event_json(&event_to_proto(s), &ctx.instance).to_string().into()).clone()
+    };
+    let mut lines: Vec<std::sync::Arc<str>> = Vec::new();
     let mut bytes = 0;
     for s in history.iter().rev() {
-        let e = event_to_proto(s);
-        if !keep(&e) {
+        if !keep(s) {
             continue;
         }
-        let line = event_json(&e, &ctx.instance).to_string();
+        let line = json(s);
         if lines.len() >= HISTORY_EVENTS || bytes + line.len() + 1 > HISTORY_BYTES {
             break;
         }
@@ -234,7 +242,7 @@ async fn stream(ctx: Ctx, session: String, mut socket: WebSocket) {
         lines.push(line);
     }
     lines.reverse();
-    let mut frame = lines.join("\n");
+    let mut frame = lines.iter().map(|l| &**l).collect::<Vec<&str>>().join("\n");
     if !frame.is_empty() {
         frame.push('\n');
     }
@@ -260,13 +268,22 @@ async fn stream(ctx: Ctx, session: String, mut socket: WebSocket) {
                 Some(Ok(_)) => {}
             },
             e = live.recv() => match e {
-                Some(s) => {
-                    let e = event_to_proto(&s);
-                    if !keep(&e) {
-                        continue;
+                Some(first) => {
+                    // What is queued already goes out with one flush
+                    // (one event per frame, as before).
+                    let mut batch = vec![first];
+                    while batch.len() < SEND_BATCH {
+                        match live.try_recv() {
+                            Ok(s) => batch.push(s),
+                            Err(_) => break,
+                        }
                     }
-                    let text = event_json(&e, &ctx.instance).to_string();
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                    for s in batch.iter().filter(|s| keep(s)) {
+                        if socket.feed(Message::Text((&*json(s)).into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if socket.flush().await.is_err() {
                         return;
                     }
                 }
