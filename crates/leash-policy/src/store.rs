@@ -567,7 +567,14 @@ impl Store {
             let mut s = s.clone();
             match layer {
                 Layer::Runtime => {
-                    s.layers.runtime = sources.iter().map(|x| x.text.as_str()).collect::<Vec<_>>().join("\n")
+                    s.layers.runtime = sources.iter().map(|x| x.text.as_str()).collect::<Vec<_>>().join("\n");
+                    // As for edits: a statement the API brings may not contradict another.
+                    for (b, e) in statement_spans(&s.layers.runtime) {
+                        let stmt = s.layers.runtime[b..e].trim();
+                        if let Some(other) = conflicting(&s.layers, stmt) {
+                            return Err(conflict_error(stmt, &other));
+                        }
+                    }
                 }
                 Layer::File => {
                     s.layers.file = sources;
@@ -638,10 +645,7 @@ impl Store {
                     continue;
                 }
                 if let Some(other) = conflicting(&s.layers, &stmt) {
-                    return Err(error(
-                        format!("{} {CONFLICTS} {}", one_line(&stmt), one_line(&other)),
-                        "the two have the same scope and opposite effects (a forbid always wins); remove one",
-                    ));
+                    return Err(conflict_error(&stmt, &other));
                 }
                 if !s.layers.runtime.is_empty() && !s.layers.runtime.ends_with('\n') {
                     s.layers.runtime.push('\n');
@@ -825,6 +829,14 @@ fn effect_and_scope(stmt: &str) -> Option<(&'static str, String)> {
     };
     let scope: String = rest.trim().trim_end_matches(';').split_whitespace().collect::<Vec<_>>().join(" ");
     Some((effect, scope.replace("( ", "(").replace(" )", ")")))
+}
+
+/// The error for two statements that conflict.
+fn conflict_error(stmt: &str, other: &str) -> Vec<LoadError> {
+    error(
+        format!("{} {CONFLICTS} {}", one_line(stmt), one_line(other)),
+        "the two have the same scope and opposite effects (a forbid always wins); remove one",
+    )
 }
 
 /// A statement on one line, for messages.

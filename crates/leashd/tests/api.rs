@@ -152,6 +152,8 @@ fn the_policy_endpoints_keep_the_go_leash_cases() {
     let r = api.call("POST", "/api/policies/add", deny);
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap().contains("conflicts with"), "{}", r.text());
+    let r = api.call("POST", "/api/policies", &format!("{allow}\n{deny}"));
+    assert_eq!(r.status, 409, "a runtime layer that contradicts itself: {}", r.text());
     let r = api.call("POST", "/api/policies/add", "permit (principal, action == Action::\"Nope\", resource);");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.json()["errors"][0]["line"].as_u64().is_some(), "{}", r.text());

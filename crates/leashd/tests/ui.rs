@@ -49,9 +49,22 @@ fn replay_finds_exactly_the_denials_a_later_enforce_run_produces() {
         return;
     }
     let stack = stack();
-    // Recorded under the default policy: everything allowed.
-    let out = stack.leash(&["--image", TEST_IMAGE, "--", "sh", "-c", WORK]).output().unwrap();
+    // Recorded under the default policy: everything allowed; `--open`
+    // hands the browser ($BROWSER) the UI's single-use address first.
+    let url_file = stack.root().join("opened");
+    let browser = stack.root().join("browser.sh");
+    std::fs::write(&browser, format!("#!/bin/sh\necho \"$1\" > {}\n", url_file.display())).unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = stack
+        .leash(&["--open", "--image", TEST_IMAGE, "--", "sh", "-c", WORK])
+        .env("BROWSER", &browser)
+        .output()
+        .unwrap();
     let recorded = session_of(&stack, &out);
+    let opened = std::fs::read_to_string(&url_file).unwrap();
+    assert!(opened.starts_with("http://127.0.0.1:") && opened.contains("/login?code="), "{opened}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the Control UI is open in your browser"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("code="), "the code is never printed");
     let candidate = stack.root().join("candidate.cedar");
     std::fs::write(
         &candidate,

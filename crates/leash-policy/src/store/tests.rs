@@ -197,3 +197,30 @@ fn a_reloaded_file_must_belong_to_the_owner() {
     assert_eq!(read_owned(&file, me).unwrap(), PERMIT_ALL);
     assert!(read_owned(&dir, me).is_err());
 }
+
+#[test]
+fn a_statement_contradicting_another_of_the_same_scope_is_refused() {
+    let (store, _dir) = store();
+    let o = Opening { sources: vec![src("p.cedar", PERMIT_ALL)], ..Default::default() };
+    store.open_session("s1", o).unwrap();
+    let allow = "permit (principal, action == Action::\"NetworkConnect\", resource == Host::\"api.openai.com\");";
+    let deny = "forbid (principal,  action == Action::\"NetworkConnect\",\n  resource == Host::\"api.openai.com\");";
+    store.edit("s1", &[allow.into()], &[]).unwrap();
+    let before = store.get("s1").unwrap().generation;
+    let e = store.edit("s1", &[deny.into()], &[]).unwrap_err();
+    assert!(e[0].message.contains(CONFLICTS) && e[0].message.contains("api.openai.com"), "{e:?}");
+    // Within one runtime layer too, as the API replaces it.
+    let both = format!("{allow}\n{}", deny.replace("openai", "other"));
+    assert!(store.set_layer("s1", Layer::Runtime, vec![src("runtime", &both)], None).is_ok());
+    let e = store.set_layer("s1", Layer::Runtime, vec![src("runtime", &format!("{allow}\n{deny}"))], None).unwrap_err();
+    assert!(e[0].message.contains(CONFLICTS), "{e:?}");
+    // A forbid of a different scope is no conflict; comments do not count.
+    store
+        .edit(
+            "s1",
+            &["// why\nforbid (principal, action == Action::\"NetworkConnect\", resource == Host::\"x.test\");".into()],
+            &[],
+        )
+        .unwrap();
+    assert!(store.get("s1").unwrap().generation > before);
+}
