@@ -30,6 +30,8 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// A non-loopback `listen` address is refused unless this is set (`listen_public`).
     pub listen_public: bool,
+    /// An OTLP/gRPC collector to export events to (`otlp_endpoint`); none by default.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             retention: crate::audit::Retention::default(),
             listen: Some(leash_core::listen::DEFAULT),
             listen_public: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -66,6 +69,7 @@ struct Section {
     audit_max_events: Option<u64>,
     listen: Option<String>,
     listen_public: Option<bool>,
+    otlp_endpoint: Option<String>,
 }
 
 /// A configuration error, naming the file and the problem.
@@ -108,6 +112,14 @@ pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
     Ok(Config {
         listen,
         listen_public: file.leashd.listen_public.unwrap_or(false),
+        otlp_endpoint: match file.leashd.otlp_endpoint {
+            Some(e) if !e.trim().is_empty() => {
+                crate::otlp::parse_endpoint(&e)
+                    .map_err(|m| ConfigError::Invalid(format!("{}: {m}", path.display())))?;
+                Some(e)
+            }
+            _ => None,
+        },
         history_size: file.leashd.history_size.unwrap_or(d.history_size),
         event_queue: file.leashd.event_queue.unwrap_or(d.event_queue).max(1),
         bin_dir: file.leashd.bin_dir,

@@ -40,6 +40,8 @@ pub struct ManagerService {
     pub sessions: crate::session::Sessions,
     /// The Control UI, once it is started.
     pub api: Arc<std::sync::OnceLock<crate::api::Handle>>,
+    /// The OTLP exporter's counters, when one runs.
+    pub otlp: Option<Arc<crate::otlp::Counters>>,
 }
 
 #[tonic::async_trait]
@@ -65,7 +67,16 @@ impl Manager for ManagerService {
                 store_failed: stats.internal_dropped
                     + self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }),
-            facts: vec![pb::Fact { name: "engine".to_owned(), value: engine }],
+            facts: std::iter::once(pb::Fact { name: "engine".to_owned(), value: engine })
+                .chain(self.otlp.as_ref().map(|c| pb::Fact {
+                    name: "otlp".to_owned(),
+                    value: format!(
+                        "{} exported, {} failed",
+                        c.exported.load(std::sync::atomic::Ordering::Relaxed),
+                        c.failed.load(std::sync::atomic::Ordering::Relaxed)
+                    ),
+                }))
+                .collect(),
             api: Some(self.api_status()),
         }))
     }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod follow;
 pub mod grpc;
 pub mod hub;
+pub mod otlp;
 pub mod proc;
 pub mod replay;
 pub mod session;
@@ -48,6 +49,17 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    // The OTLP exporter, when configured, follows the hub from the first event on too.
+    let otlp = config.otlp_endpoint.as_deref().and_then(|e| match otlp::parse_endpoint(e) {
+        Ok(endpoint) => {
+            tracing::info!(endpoint = e, "exporting events over OTLP");
+            Some(otlp::start(endpoint, &hub, ctx.shutdown.clone()))
+        }
+        Err(m) => {
+            tracing::error!(error = %m, "events are not exported");
+            None
+        }
+    });
     hub.publish(Event::daemon("daemon.start", ctx.info.name, ctx.info.pid).with("version", leash_core::VERSION));
     let supervisor = supervisor::Supervisor::start(supervisor::Options {
         bin_dir: bin_dir.clone(),
@@ -79,6 +91,7 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         shutdown: ctx.shutdown.clone(),
         sessions,
         api: std::sync::Arc::default(),
+        otlp,
     };
     let group = if rustix::process::geteuid().is_root() {
         leash_daemon::runtime_dir::group_id(leash_daemon::runtime_dir::LEASH_GROUP)

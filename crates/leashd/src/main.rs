@@ -31,6 +31,10 @@ struct Args {
     /// Allow a listen address other machines can reach (`[leashd] listen_public`).
     #[arg(long)]
     listen_public: bool,
+    /// Export every event to this OTLP/gRPC collector (`http://HOST:4317`;
+    /// `[leashd] otlp_endpoint`). Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Leave the caller's session and process group first (used by `leash`
     /// when it starts leashd in the background).
     #[arg(long)]
@@ -95,6 +99,16 @@ fn main() -> ExitCode {
         }
     }
     config.listen_public |= args.listen_public;
+    if let Some(e) = &args.otlp_endpoint {
+        if let Err(m) = leashd::otlp::parse_endpoint(e) {
+            #[allow(clippy::print_stderr, reason = "configuration errors before tracing")]
+            {
+                eprintln!("leashd: --otlp-endpoint: {m}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+        config.otlp_endpoint = Some(e.clone());
+    }
     if let Some(a) = config.listen
         && !leash_core::listen::is_loopback(&a)
         && !config.listen_public
