@@ -188,19 +188,21 @@ impl Browser {
         self.call("POST", "/execute/sync", serde_json::json!({ "script": script, "args": args }))
     }
 
+    /// The WebDriver id of the element `css`.
+    fn element(&self, css: &str) -> String {
+        let el = self.call("POST", "/element", serde_json::json!({ "using": "css selector", "value": css }));
+        el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).expect("element id").to_owned()
+    }
+
     /// Types text into the element `css` through real key events.
     pub fn type_into(&self, css: &str, text: &str) {
-        let el = self.call("POST", "/element", serde_json::json!({ "using": "css selector", "value": css }));
-        let id =
-            el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).expect("element id").to_owned();
+        let id = self.element(css);
         self.call("POST", &format!("/element/{id}/value"), serde_json::json!({ "text": text }));
     }
 
     /// Clicks the element `css`.
     pub fn click(&self, css: &str) {
-        let el = self.call("POST", "/element", serde_json::json!({ "using": "css selector", "value": css }));
-        let id =
-            el.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).expect("element id").to_owned();
+        let id = self.element(css);
         self.call("POST", &format!("/element/{id}/click"), serde_json::json!({}));
     }
 

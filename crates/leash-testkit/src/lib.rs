@@ -283,6 +283,33 @@ impl Stack {
         pid
     }
 
+    /// The Control UI of the stack's leashd: its address (`127.0.0.1:PORT`)
+    /// and the API token.
+    pub fn ui(&self) -> (String, String) {
+        let status = self.status().expect("leashd answers");
+        let url = status["ui"]["url"].as_str().expect("the UI is served");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let token = std::fs::read_to_string(self.runtime_dir.join("api.token")).expect("api.token");
+        (addr, token.trim().to_owned())
+    }
+
+    /// A `$BROWSER` that writes the address it is given to a file: the
+    /// script and that file.
+    pub fn capturing_browser(&self) -> (PathBuf, PathBuf) {
+        let (script, out) = (self.root().join("browser.sh"), self.root().join("browser-url"));
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}\n", out.display())).expect("browser script");
+        set_mode(&script, 0o755);
+        (script, out)
+    }
+
+    /// The single-use login address `leashctl ui` hands the browser.
+    pub fn login_url(&self) -> String {
+        let (script, out) = self.capturing_browser();
+        let r = self.command("leashctl").arg("ui").env("BROWSER", &script).output().expect("run leashctl ui");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        std::fs::read_to_string(out).expect("the address").trim().to_owned()
+    }
+
     /// Waits for the most recently started leashd to exit; its exit code.
     pub fn wait_leashd(&mut self, limit: Duration) -> Option<i32> {
         let child = self.leashds.last_mut().expect("a leashd was started");

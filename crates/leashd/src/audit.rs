@@ -61,7 +61,7 @@ pub struct Audit {
     reader: std::sync::Mutex<Connection>,
     /// Events written.
     pub written: Arc<AtomicU64>,
-    /// Events the writer's queue had no room for.
+    /// Events not stored: the writer's queue had no room, or a write failed.
     pub dropped: Arc<AtomicU64>,
     /// The hub sequence number of the last event written (this run).
     last_seq: Arc<AtomicU64>,
@@ -133,10 +133,11 @@ impl Audit {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let path = dir.join("events.db");
         let db = open_db(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let live = hub.subscribe_with(QUEUE);
         let reader = std::sync::Mutex::new(open_db(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?);
         let audit =
             Arc::new(Audit { reader, written: Arc::default(), dropped: Arc::default(), last_seq: Arc::default() });
+        // Its queue's overflow and its failed writes count alike: not stored.
+        let live = hub.subscribe_with(QUEUE, audit.dropped.clone());
         let (written, dropped, last_seq) = (audit.written.clone(), audit.dropped.clone(), audit.last_seq.clone());
         let mut live = live;
         std::thread::Builder::new().name("audit".into()).spawn(move || {

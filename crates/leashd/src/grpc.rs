@@ -64,8 +64,7 @@ impl Manager for ManagerService {
                 subscribers: stats.subscribers,
                 queue_capacity: stats.queue_capacity,
                 stored: self.audit.as_ref().map_or(0, |a| a.written.load(std::sync::atomic::Ordering::Relaxed)),
-                store_failed: stats.internal_dropped
-                    + self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                store_failed: self.audit.as_ref().map_or(0, |a| a.dropped.load(std::sync::atomic::Ordering::Relaxed)),
             }),
             facts: std::iter::once(pb::Fact { name: "engine".to_owned(), value: engine })
                 .chain(self.otlp.as_ref().map(|c| pb::Fact {
@@ -96,19 +95,8 @@ impl Manager for ManagerService {
         // Live events are queued from before the stored ones are read;
         // those already stored are skipped by time.
         let (memory, live) = self.hub.subscribe(req.tail as usize, req.follow);
-        let published = self.hub.seq();
         let backlog: Vec<pb::Event> = match &self.audit {
-            Some(a) => {
-                let a = a.clone();
-                let q = query.clone();
-                tokio::task::spawn_blocking(move || {
-                    a.wait_for(published, std::time::Duration::from_secs(2));
-                    a.query(&q)
-                })
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("the audit store: {e:#}")))?
-            }
+            Some(a) => self.stored(a, query.clone()).await?,
             None => memory.iter().map(event_to_proto).filter(|e| matches(&query, e)).collect(),
         };
         let (tx, rx) = mpsc::channel(64);
@@ -343,6 +331,24 @@ impl ManagerService {
         self.hub.publish(e);
     }
 
+    /// The stored events matching `q`, once the store has everything
+    /// published before the call.
+    pub async fn stored(
+        &self,
+        audit: &Arc<crate::audit::Audit>,
+        q: crate::audit::Query,
+    ) -> Result<Vec<pb::Event>, Status> {
+        let published = self.hub.seq();
+        let a = audit.clone();
+        tokio::task::spawn_blocking(move || {
+            a.wait_for(published, std::time::Duration::from_secs(2));
+            a.query(&q)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("the audit store: {e:#}")))
+    }
+
     /// The Control UI's state for `leashctl status`.
     fn api_status(&self) -> pb::ApiStatus {
         let state = self.api.get().map(crate::api::Handle::state).unwrap_or_default();
@@ -355,12 +361,7 @@ impl ManagerService {
     }
 
     /// A client of the running policy service.
-    pub async fn policy_client(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
-        self.policy().await
-    }
-
-    /// A client of the running policy service.
-    async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
+    pub async fn policy(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, Status> {
         let channel = self
             .supervisor
             .channel(leash_core::Component::Policy)

@@ -3,6 +3,7 @@
 //! only, and the drop is counted; producers never wait.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use leash_core::Event;
@@ -26,13 +27,14 @@ pub struct HubStats {
     pub published: u64,
     /// Events dropped at full follower queues, over all followers ever.
     pub dropped: u64,
-    /// Events the audit store's queue had no room for.
-    pub internal_dropped: u64,
     /// Live subscribers.
     pub subscribers: u32,
     /// Each subscriber's queue capacity.
     pub queue_capacity: u32,
 }
+
+/// A follower's queue, and for leashd's own the counter of what it missed.
+type Subscriber = (mpsc::Sender<Arc<Stamped>>, Option<Arc<AtomicU64>>);
 
 /// A handle to the hub; clones share it.
 #[derive(Clone, Debug)]
@@ -46,10 +48,9 @@ struct Inner {
     history: VecDeque<Arc<Stamped>>,
     history_cap: usize,
     queue_cap: usize,
-    /// Followers, and leashd's own (the audit store: `true`).
-    subscribers: Vec<(mpsc::Sender<Arc<Stamped>>, bool)>,
-    /// Events leashd's own subscribers had no room for.
-    internal_dropped: u64,
+    /// Followers, and leashd's own (the audit store, the OTLP exporter),
+    /// each of which counts what its queue had no room for.
+    subscribers: Vec<Subscriber>,
     dropped: u64,
     /// Per session, the secret values no event may carry.
     redactions: std::collections::HashMap<String, Vec<String>>,
@@ -88,7 +89,6 @@ impl Hub {
                 history_cap: history,
                 queue_cap: queue.max(1),
                 subscribers: Vec::new(),
-                internal_dropped: 0,
                 dropped: 0,
                 redactions: std::collections::HashMap::new(),
             })),
@@ -138,7 +138,7 @@ impl Hub {
     pub fn publish_all(&self, events: impl IntoIterator<Item = Event>) {
         let mut gone = Vec::new();
         let mut inner = self.lock();
-        let (mut dropped, mut internal_dropped) = (0, 0);
+        let mut dropped = 0;
         for mut event in events {
             if let Some(secrets) = event.session.as_ref().and_then(|s| inner.redactions.get(s)) {
                 redact(&mut event, secrets);
@@ -151,20 +151,20 @@ impl Hub {
                 }
                 inner.history.push_back(stamped.clone());
             }
-            inner.subscribers.retain(|(tx, internal)| match tx.try_send(stamped.clone()) {
+            inner.subscribers.retain(|(tx, own)| match tx.try_send(stamped.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    if *internal {
-                        internal_dropped += 1;
-                    } else {
-                        dropped += 1;
+                    match own {
+                        Some(counter) => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => dropped += 1,
                     }
                     true
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         }
-        inner.internal_dropped += internal_dropped;
         if dropped > 0 {
             inner.dropped += dropped;
             tracing::debug!(dropped, "event queue full: events dropped for slow followers");
@@ -182,7 +182,7 @@ impl Hub {
         let backlog = inner.history.iter().skip(skip).cloned().collect();
         let rx = follow.then(|| {
             let (tx, rx) = mpsc::channel(inner.queue_cap);
-            inner.subscribers.push((tx, false));
+            inner.subscribers.push((tx, None));
             rx
         });
         (backlog, rx)
@@ -193,11 +193,12 @@ impl Hub {
         self.lock().seq
     }
 
-    /// leashd's own follower (the audit store), with its own queue
-    /// capacity, from now on; not counted among the followers.
-    pub fn subscribe_with(&self, capacity: usize) -> mpsc::Receiver<Arc<Stamped>> {
+    /// leashd's own follower (the audit store, the OTLP exporter), with its
+    /// own queue capacity, from now on; not counted among the followers.
+    /// What its queue has no room for is added to `dropped`.
+    pub fn subscribe_with(&self, capacity: usize, dropped: Arc<AtomicU64>) -> mpsc::Receiver<Arc<Stamped>> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.lock().subscribers.push((tx, true));
+        self.lock().subscribers.push((tx, Some(dropped)));
         rx
     }
 
@@ -208,8 +209,7 @@ impl Hub {
         HubStats {
             published: inner.seq,
             dropped: inner.dropped,
-            subscribers: inner.subscribers.iter().filter(|(_, internal)| !internal).count() as u32,
-            internal_dropped: inner.internal_dropped,
+            subscribers: inner.subscribers.iter().filter(|(_, own)| own.is_none()).count() as u32,
             queue_capacity: inner.queue_cap as u32,
         }
     }

@@ -32,7 +32,12 @@ pub use config::Config;
 
 /// Runs leashd until SIGTERM/SIGINT or `leashctl stop --all`.
 pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
-    let bound = ctx.bind(&ctx.layout.manager_socket(), SocketMode::Group)?;
+    // The `leash` group, when there is one, also reads the API token.
+    let mut group = None;
+    let bound = ctx.bind(&ctx.layout.manager_socket(), |g| {
+        group = g;
+        SocketMode::Group(g)
+    })?;
     if let Err(e) = std::fs::create_dir_all(&ctx.layout.state_dir) {
         tracing::warn!(dir = %ctx.layout.state_dir.display(), error = %e, "cannot create the state directory");
     }
@@ -92,11 +97,6 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
         sessions,
         api: std::sync::Arc::default(),
         otlp,
-    };
-    let group = if rustix::process::geteuid().is_root() {
-        leash_daemon::runtime_dir::group_id(leash_daemon::runtime_dir::LEASH_GROUP)
-    } else {
-        None
     };
     let api = api::start(config.listen, manager.clone(), &ctx.layout.runtime_dir, group, ctx.shutdown.clone()).await;
     let _ = manager.api.set(api);

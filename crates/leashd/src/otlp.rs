@@ -33,7 +33,7 @@ pub struct Counters {
     /// Events the collector accepted.
     pub exported: AtomicU64,
     /// Events given up on (the collector refused or was unreachable).
-    pub failed: AtomicU64,
+    pub failed: Arc<AtomicU64>,
 }
 
 /// Parses an endpoint: `http://host:port` (OTLP/gRPC, usually port 4317).
@@ -51,7 +51,8 @@ pub fn parse_endpoint(s: &str) -> Result<tonic::transport::Endpoint, String> {
 /// Starts exporting what `hub` publishes from now on to `endpoint`.
 pub fn start(endpoint: tonic::transport::Endpoint, hub: &Hub, shutdown: CancellationToken) -> Arc<Counters> {
     let counters = Arc::new(Counters::default());
-    let mut live = hub.subscribe_with(QUEUE);
+    // What the queue cannot take is lost to the collector like a failed batch.
+    let mut live = hub.subscribe_with(QUEUE, counters.failed.clone());
     let c = counters.clone();
     tokio::spawn(async move {
         let channel = endpoint.connect_lazy();

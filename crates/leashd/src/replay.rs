@@ -19,8 +19,7 @@ fn inexact(e: &pb::Event) -> Option<String> {
     if file && !e.resource.starts_with('/') {
         return Some(format!("the path was not resolved ({:?}): the kernel decided it by its tables", e.resource));
     }
-    if e.policy_ids.iter().any(|p| p.starts_with("leash:")) {
-        let guard = e.policy_ids.iter().find(|p| p.starts_with("leash:")).cloned().unwrap_or_default();
+    if let Some(guard) = e.policy_ids.iter().find(|p| p.starts_with("leash:")) {
         return Some(format!("decided by leash itself ({guard}), not by the policy; a candidate cannot change it"));
     }
     if e.action == "NetworkConnect"
@@ -59,18 +58,11 @@ pub async fn run(
     if req.session.is_empty() {
         return Err(Status::invalid_argument("name the recorded session to replay (--session ID)"));
     }
-    let Some(audit) = m.audit.clone() else {
+    let Some(audit) = &m.audit else {
         return Err(Status::failed_precondition("the audit store is not open: nothing is recorded to replay"));
     };
     let q = crate::audit::Query { session: Some(req.session.clone()), ..Default::default() };
-    let published = m.hub.seq();
-    let events = tokio::task::spawn_blocking(move || {
-        audit.wait_for(published, std::time::Duration::from_secs(2));
-        audit.query(&q)
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(|e| Status::internal(format!("the audit store: {e:#}")))?;
+    let events = m.stored(audit, q).await?;
     let sessions: std::collections::BTreeSet<&str> = events.iter().map(|e| e.session.as_str()).collect();
     let session = match sessions.len() {
         0 => return Err(Status::not_found(format!("no recorded session {:?}", req.session))),
@@ -96,7 +88,7 @@ pub async fn run(
         decided.drain(..decided.len() - req.limit as usize);
     }
     let requests = decided.iter().map(|e| request_of(e, &principal)).collect();
-    let mut policy = m.policy_client().await?;
+    let mut policy = m.policy().await?;
     let r = policy.replay(pb::ReplayRequest { sources: req.sources, requests }).await?.into_inner();
     let mut out = pb::PolicyReplayResponse { valid: r.valid, errors: r.errors, session, ..Default::default() };
     if !r.valid {

@@ -16,10 +16,8 @@ struct Api {
 
 impl Api {
     fn of(stack: &Stack) -> Api {
-        let status = stack.wait_healthy(Duration::from_secs(10));
-        let url = status["ui"]["url"].as_str().expect("the UI is served").to_owned();
-        let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let token = std::fs::read_to_string(stack.runtime_dir.join("api.token")).expect("api.token").trim().to_owned();
+        stack.wait_healthy(Duration::from_secs(10));
+        let (addr, token) = stack.ui();
         Api { addr, token }
     }
 
@@ -38,17 +36,6 @@ impl Api {
         let r = self.call(method, path, &body.to_string());
         (r.status, r.json())
     }
-}
-
-/// The login address `leash --open` hands the browser (captured through $BROWSER).
-fn login_url(stack: &Stack) -> String {
-    let out = stack.root().join("browser-url");
-    let script = stack.root().join("browser.sh");
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}\n", out.display())).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let r = stack.command("leashctl").arg("ui").env("BROWSER", &script).output().unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    std::fs::read_to_string(out).unwrap().trim().to_owned()
 }
 
 #[test]
@@ -92,7 +79,7 @@ fn the_api_refuses_strangers_and_admits_the_token_and_the_login_cookie() {
     assert!(r.header("access-control-allow-origin").is_none());
 
     // leash --open: a single-use code becomes an HttpOnly SameSite=Strict cookie.
-    let url = login_url(&stack);
+    let url = stack.login_url();
     assert!(url.starts_with(&format!("http://{}/login?code=", api.addr)), "{url}");
     let path = url.trim_start_matches(&format!("http://{}", api.addr));
     let r = request(&api.addr, "GET", path, &[], b"");

@@ -3,7 +3,6 @@
 //! a real headless Chromium watches, filters, edits and enforces.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use leash_testkit::http::{Browser, require_chromium};
@@ -51,10 +50,7 @@ fn replay_finds_exactly_the_denials_a_later_enforce_run_produces() {
     let stack = stack();
     // Recorded under the default policy: everything allowed; `--open`
     // hands the browser ($BROWSER) the UI's single-use address first.
-    let url_file = stack.root().join("opened");
-    let browser = stack.root().join("browser.sh");
-    std::fs::write(&browser, format!("#!/bin/sh\necho \"$1\" > {}\n", url_file.display())).unwrap();
-    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (browser, url_file) = stack.capturing_browser();
     let out = stack
         .leash(&["--open", "--image", TEST_IMAGE, "--", "sh", "-c", WORK])
         .env("BROWSER", &browser)
@@ -122,10 +118,8 @@ forbid (principal, action == Action::"ProcessExec", resource == File::"/bin/ls")
     assert_eq!(actual, predicted, "replay predicted {predicted:?}; enforcing produced {actual:?}");
 
     // The same through the API, with the UI's body.
-    let status = stack.status().unwrap();
-    let addr = status["ui"]["url"].as_str().unwrap().trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let token = std::fs::read_to_string(stack.runtime_dir.join("api.token")).unwrap();
-    let auth = format!("Bearer {}", token.trim());
+    let (addr, token) = stack.ui();
+    let auth = format!("Bearer {token}");
     let body = json!({ "cedar": std::fs::read_to_string(&candidate).unwrap(), "session": recorded }).to_string();
     let r = leash_testkit::http::request(
         &addr,
@@ -173,13 +167,7 @@ fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
     let (id, _) = stack.running_session(Duration::from_secs(15));
 
     // `leash --open` hands the browser a single-use address.
-    let url_file = stack.root().join("url");
-    let script = stack.root().join("browser.sh");
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" > {}\n", url_file.display())).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = stack.command("leashctl").arg("ui").env("BROWSER", &script).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let url = std::fs::read_to_string(&url_file).unwrap().trim().to_owned();
+    let url = stack.login_url();
 
     let b = Browser::start();
     b.goto(&url);
@@ -403,10 +391,8 @@ fn secrets_never_reach_api_payloads() {
         .spawn()
         .unwrap();
     let (id, _) = stack.running_session(Duration::from_secs(15));
-    let status = stack.status().unwrap();
-    let addr = status["ui"]["url"].as_str().unwrap().trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let token = std::fs::read_to_string(stack.runtime_dir.join("api.token")).unwrap();
-    let auth = format!("Bearer {}", token.trim());
+    let (addr, token) = stack.ui();
+    let auth = format!("Bearer {token}");
     let get = |path: &str| leash_testkit::http::request(&addr, "GET", path, &[("Authorization", &auth)], b"");
     let snap = get(&format!("/api/policies?session={id}"));
     assert_eq!(snap.status, 200);

@@ -9,15 +9,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use leash_proto::v1 as pb;
-use manager_trait::Manager;
+use leash_proto::v1::manager_server::Manager;
 use serde_json::{Value, json};
 
 use super::{Ctx, as_admin, json_ok, status_error};
 use crate::grpc::event_to_proto;
-
-mod manager_trait {
-    pub use leash_proto::v1::manager_server::Manager;
-}
 
 /// The newest history a WebSocket client gets first (the Go leash's bulk frame).
 const HISTORY_EVENTS: usize = 2000;
@@ -117,15 +113,22 @@ pub(super) async fn list(State(ctx): State<Ctx>, Query(q): Query<HashMap<String,
         decision: q.get("decision").cloned().unwrap_or_default(),
         contains: q.get("contains").cloned().unwrap_or_default(),
     };
-    let mut stream = match ctx.manager.events(as_admin(req)).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => return status_error(&s),
-    };
+    match recorded(&ctx, req).await {
+        Ok(events) => {
+            json_ok(json!({ "events": events.iter().map(|e| event_json(e, &ctx.instance)).collect::<Vec<_>>() }))
+        }
+        Err(r) => r,
+    }
+}
+
+/// The events a (non-following) query names, as `leashctl events` gets them.
+pub(super) async fn recorded(ctx: &Ctx, req: pb::EventsRequest) -> Result<Vec<pb::Event>, Response> {
+    let mut stream = ctx.manager.events(as_admin(req)).await.map_err(|s| status_error(&s))?.into_inner();
     let mut events = Vec::new();
     while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
-        events.push(event_json(&e, &ctx.instance));
+        events.push(e);
     }
-    json_ok(json!({ "events": events }))
+    Ok(events)
 }
 
 /// `GET /api/sessions`.

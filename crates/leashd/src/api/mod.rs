@@ -72,7 +72,7 @@ struct Ctx {
     auth: Arc<Auth>,
     /// `Host` values that name this server.
     hosts: Arc<Vec<String>>,
-    /// Where the Go-compatible policy snapshot finds the baseline.
+    /// This leashd run's id in events (the Go leash's `instance_id`).
     instance: Arc<String>,
 }
 

@@ -181,14 +181,13 @@ fn full_id(ctx: &Ctx, session: &str) -> String {
     }
 }
 
-/// The policy lines with the session's secrets redacted from their Cedar.
+/// The policy lines with the secrets of `session` (a whole id) redacted from their Cedar.
 fn redacted_lines(ctx: &Ctx, session: &str, lines: &[pb::PolicyLine]) -> Vec<Value> {
-    let session = full_id(ctx, session);
     line_views(lines)
         .into_iter()
         .map(|mut l| {
             if let Some(c) = l["cedar"].as_str() {
-                l["cedar"] = Value::from(ctx.manager.hub.redact_text(&session, c));
+                l["cedar"] = Value::from(ctx.manager.hub.redact_text(session, c));
             }
             l
         })
@@ -429,7 +428,7 @@ pub(super) async fn complete(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -
 pub(super) async fn lines(State(ctx): State<Ctx>, Query(q): Q) -> Response {
     let session = session_of(&q);
     match ctx.manager.policy_show(as_admin(pb::ShowRequest { session: session.clone() })).await {
-        Ok(r) => json_ok(json!({ "lines": redacted_lines(&ctx, &session, &r.into_inner().policies) })),
+        Ok(r) => json_ok(json!({ "lines": redacted_lines(&ctx, &full_id(&ctx, &session), &r.into_inner().policies) })),
         Err(s) => status_error(&s),
     }
 }
@@ -586,14 +585,10 @@ pub(super) async fn replay(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> 
 pub(super) async fn suggest(State(ctx): State<Ctx>, Query(q): Q) -> Response {
     let tail = q.get("tail").and_then(|t| t.parse().ok()).unwrap_or(10_000);
     let req = pb::EventsRequest { follow: false, tail, session: session_of(&q), ..Default::default() };
-    let mut stream = match ctx.manager.events(as_admin(req)).await {
-        Ok(s) => s.into_inner(),
-        Err(s) => return status_error(&s),
+    let events = match super::events::recorded(&ctx, req).await {
+        Ok(e) => e,
+        Err(r) => return r,
     };
-    let mut events = Vec::new();
-    while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
-        events.push(e);
-    }
     let suggestions = suggest::suggest(&events);
     json_ok(json!({
         "generated_at": leash_core::time::rfc3339(std::time::SystemTime::now()),
