@@ -102,15 +102,7 @@ pub fn run() -> anyhow::Result<()> {
     crate::image::run(&["test-debian".to_owned()])?;
     let image = crate::image::tag("test-debian");
     let mitmdump = mitmdump()?;
-    let gw = String::from_utf8_lossy(&util::output(Command::new("docker").args([
-        "network",
-        "inspect",
-        "bridge",
-        "--format",
-        "{{(index .IPAM.Config 0).Gateway}}",
-    ]))?)
-    .trim()
-    .to_owned();
+    let gw = util::host_address(&image)?;
 
     remove_bench_containers();
     let mut inst = Instance::new(&bin)?;

@@ -107,3 +107,18 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
         serde_json::from_slice(&output(cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?)?;
     Ok(PathBuf::from(meta["target_directory"].as_str().context("no target_directory in cargo metadata")?))
 }
+
+/// The host as a session's container sees it: the default route's gateway
+/// in a throwaway container of `image`, read by the parser leashd uses
+/// (never the engine's report of its networks, which may lack a gateway).
+pub fn host_address(image: &str) -> anyhow::Result<String> {
+    let args = leash_core::hostside::probe_args(image);
+    let route = output(Command::new("docker").args(args))
+        .with_context(|| format!("no host address: `docker {}` failed", args.join(" ")))?;
+    leash_core::hostside::default_gateway(
+        &String::from_utf8_lossy(&route),
+        &format!("/proc/net/route of `docker {}`", args.join(" ")),
+    )
+    .map(|a| a.to_string())
+    .map_err(|e| anyhow::anyhow!("no host address: {e}"))
+}

@@ -9,6 +9,45 @@ fn text(b: &[u8]) -> String {
 }
 
 #[test]
+fn go_leash_mixed_lists_validate_and_decide_as_the_go_leash_meant() {
+    if !require_root("go_leash_mixed_lists_validate_and_decide_as_the_go_leash_meant") {
+        return;
+    }
+    let mut stack = Stack::new();
+    stack.start_leashd();
+    stack.wait_healthy(Duration::from_secs(10));
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/examples/e16-go-mixed-list.cedar");
+    let file = file.to_str().unwrap();
+    let out = stack.leashctl(&["policy", "validate", file]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("[mixed_list_split]") && stdout.contains("valid: 3 policies"), "{stdout}");
+    assert!(stdout.contains(r#"resource in [File::"/etc/passwd"] || resource in [Dir::"/tmp/"]"#), "{stdout}");
+    assert!(stdout.contains("[optional_context_guarded]"), "{stdout}");
+    let out = stack.leashctl(&["policy", "set", file]);
+    assert!(out.status.success(), "{out:?}");
+    let check = |args: &[&str]| text(&stack.leashctl(&[&["policy", "check"], args].concat()).stdout).trim().to_owned();
+    // The file exactly, and anything under the directory; nothing else.
+    for (path, decided) in [
+        ("/etc/passwd", "deny FileOpenReadOnly File::\"/etc/passwd\" by no-passwd-or-tmp"),
+        ("/etc/passwd.bak", "allow FileOpenReadOnly File::\"/etc/passwd.bak\" by all"),
+        ("/tmp/build/out.o", "deny FileOpenReadOnly File::\"/tmp/build/out.o\" by no-passwd-or-tmp"),
+        ("/tmpfile", "allow FileOpenReadOnly File::\"/tmpfile\" by all"),
+    ] {
+        assert_eq!(check(&["FileOpenReadOnly", path]), decided);
+    }
+    assert_eq!(
+        check(&["FileOpenReadWrite", "/etc/passwd"]),
+        "deny FileOpenReadWrite File::\"/etc/passwd\" by no-passwd-or-tmp",
+        "FileOpen covers writes too"
+    );
+    assert!(
+        check(&["NetworkConnect", "203.0.113.9:443", "--context", "hostname=paste.example.com"]).starts_with("deny")
+    );
+    assert!(check(&["NetworkConnect", "203.0.113.9:443"]).starts_with("allow"));
+}
+
+#[test]
 fn validate_and_check_through_the_daemons() {
     if !require_root("validate_and_check_through_the_daemons") {
         return;

@@ -6,6 +6,7 @@
 
 pub mod component;
 pub mod event;
+pub mod hostside;
 pub mod layout;
 pub mod listen;
 pub mod tables;

@@ -14,6 +14,16 @@ pub fn host_addresses() -> Vec<IpAddr> {
         .collect()
 }
 
+/// The host as the container of `pid` sees it: the gateway of its default
+/// route, read from its network namespace's routing table (never from what
+/// the engine reports about its networks, which may leave the gateway out).
+/// The error names the file read and what it held instead.
+pub fn host_side_of(pid: u32) -> Result<std::net::Ipv4Addr, String> {
+    let path = format!("/proc/{pid}/net/route");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    leash_core::hostside::default_gateway(&text, &path)
+}
+
 /// The `nameserver`s of the container's /etc/resolv.conf.
 pub fn resolvers_of(pid: u32) -> Vec<IpAddr> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
@@ -39,6 +49,12 @@ mod tests {
         let want: Vec<IpAddr> =
             vec!["127.0.0.11".parse().unwrap(), "fe80::1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
         assert_eq!(parse_resolvers(text), want);
+    }
+
+    #[test]
+    fn a_process_without_such_a_pid_has_no_host_side() {
+        let e = host_side_of(u32::MAX).unwrap_err();
+        assert!(e.starts_with(&format!("/proc/{}/net/route: ", u32::MAX)), "{e}");
     }
 
     #[test]

@@ -284,6 +284,8 @@ impl Engine {
                 let mut found = Vec::new();
                 normalize(&mut json, &mut found);
                 normalize_host_head(&mut json, &mut found);
+                split_mixed_sets(&mut json, &mut found);
+                guard_optional_context(&mut json, &mut found);
                 for (code, message) in found {
                     lints.push(Lint {
                         code,
@@ -653,6 +655,136 @@ fn normalize(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
         }
         Value::Array(items) => items.iter_mut().for_each(|c| normalize(c, found)),
         _ => {}
+    }
+}
+
+/// `x in [File::"/etc/passwd", Dir::"/tmp/"]`: the Go leash's lists mix
+/// entity types, which Cedar's strict validation refuses (a set's elements
+/// must share a type). `x in [a, b, c]` means `x in a || x in b || x in c`
+/// in Cedar, so each such list is split into one list per type, joined
+/// with `||`: the same meaning (the file exactly, or anything under the
+/// directory), and each part validates. Says so with the rewritten form.
+fn split_mixed_sets(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
+    match v {
+        Value::Object(map) => {
+            for child in map.values_mut() {
+                split_mixed_sets(child, found);
+            }
+            let Some(Value::Object(op)) = map.get("in") else { return };
+            let (Some(left), Some(Value::Array(items))) = (op.get("left"), op.get("right").and_then(|r| r.get("Set")))
+            else {
+                return;
+            };
+            let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+            for item in items {
+                let Some(ty) = item.get("Value").and_then(|e| e.get("__entity")).and_then(|e| e.get("type")) else {
+                    return; // not a list of entity literals: Cedar's own checks apply
+                };
+                let ty = ty.as_str().unwrap_or_default().to_owned();
+                match groups.iter_mut().find(|(t, _)| *t == ty) {
+                    Some((_, g)) => g.push(item.clone()),
+                    None => groups.push((ty, vec![item.clone()])),
+                }
+            }
+            if groups.len() < 2 {
+                return;
+            }
+            let left = left.clone();
+            let show = |items: &[Value]| {
+                let names: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| {
+                        let e = i.get("Value")?.get("__entity")?;
+                        Some(format!("{}::{:?}", e.get("type")?.as_str()?, e.get("id")?.as_str()?))
+                    })
+                    .collect();
+                format!("[{}]", names.join(", "))
+            };
+            let subject = left.get("Var").and_then(Value::as_str).unwrap_or("…").to_owned();
+            let before = format!("{subject} in {}", show(items));
+            let after: Vec<String> = groups.iter().map(|(_, g)| format!("{subject} in {}", show(g))).collect();
+            let mut parts = groups
+                .into_iter()
+                .map(|(_, g)| serde_json::json!({ "in": { "left": left.clone(), "right": { "Set": g } } }));
+            let first = parts.next().expect("two groups");
+            let joined = parts.fold(first, |acc, p| serde_json::json!({ "||": { "left": acc, "right": p } }));
+            found.push((
+                "mixed_list_split",
+                format!(
+                    "`{before}` mixes entity types, which Cedar cannot validate; it is read as `{}` (the same meaning)",
+                    after.join(" || ")
+                ),
+            ));
+            *v = joined;
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| split_mixed_sets(c, found)),
+        _ => {}
+    }
+}
+
+/// The context attributes a request may lack: `hostname` (only connections
+/// the proxy saw by name have one) and `arguments` (only MCP calls whose
+/// arguments the proxy read).
+const OPTIONAL_CONTEXT: [&str; 2] = ["hostname", "arguments"];
+
+/// `when { context.hostname == "h" }`: the Go leash's spelling reads an
+/// attribute a request may lack, which Cedar's strict validation refuses
+/// unless a `has` guards it. Where the access is one of the `&&`-joined
+/// terms of a `when` clause, `context has hostname && …` decides exactly as
+/// Cedar would without the guard (a request without the attribute: an
+/// error that skips the policy, or a false term that does not satisfy it;
+/// neither permits nor forbids), so the term is guarded and a lint says so.
+/// Only a comparison of the attribute with a literal is guarded (it errors
+/// exactly when the attribute is missing); anywhere else (under `||`, `!`,
+/// `unless`) a guard could change the decision, and validation's error
+/// stands.
+fn guard_optional_context(json: &mut Value, found: &mut Vec<(&'static str, String)>) {
+    /// The attribute `term` compares with a literal (`context.a == "x"`,
+    /// `"x" != context.a`, `context.a like "*x"`): a term that errors exactly
+    /// when the attribute is missing.
+    fn compared(term: &Value) -> Option<&str> {
+        let map = term.as_object().filter(|m| m.len() == 1)?;
+        let (op, args) = map.iter().next()?;
+        let operands: Vec<&Value> = match op.as_str() {
+            "==" | "!=" => vec![args.get("left")?, args.get("right")?],
+            "like" => vec![args.get("left")?],
+            _ => return None,
+        };
+        fn access(v: &Value) -> Option<&str> {
+            let dot = v.get(".")?;
+            (dot.get("left")?.get("Var")?.as_str()? == "context").then_some(())?;
+            dot.get("attr")?.as_str().filter(|a| OPTIONAL_CONTEXT.contains(a))
+        }
+        let attr = operands.iter().find_map(|v| access(v))?;
+        operands.iter().all(|v| access(v).is_some() || v.get("Value").is_some()).then_some(attr)
+    }
+    fn guard_terms(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
+        if let Some(and) = v.get_mut("&&") {
+            for side in ["left", "right"] {
+                if let Some(term) = and.get_mut(side) {
+                    guard_terms(term, found);
+                }
+            }
+            return;
+        }
+        let Some(attr) = compared(v).map(str::to_owned) else { return };
+        found.push((
+            "optional_context_guarded",
+            format!(
+                "`context.{attr}` is not in every request; the comparison is read as `context has {attr} && …` (the same decisions)"
+            ),
+        ));
+        let term = v.take();
+        *v = serde_json::json!({ "&&": {
+            "left": { "has": { "left": { "Var": "context" }, "attr": attr } },
+            "right": term,
+        } });
+    }
+    let Some(Value::Array(conditions)) = json.get_mut("conditions") else { return };
+    for c in conditions.iter_mut().filter(|c| c.get("kind").and_then(Value::as_str) == Some("when")) {
+        if let Some(body) = c.get_mut("body") {
+            guard_terms(body, found);
+        }
     }
 }
 

@@ -22,15 +22,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The bridge's gateway: the host as the container sees it.
-fn gateway() -> String {
-    let out = std::process::Command::new("docker")
-        .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
-        .output()
-        .unwrap();
-    text(&out.stdout).trim().to_owned()
-}
-
 /// A CA and a server certificate for every test name.
 fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -209,7 +200,7 @@ fn https_is_intercepted_and_decided_by_name() {
         c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca).env("LEASH_TEST_CANARY", &canary);
     });
     stack.wait_healthy(Duration::from_secs(10));
-    let gw = gateway();
+    let gw = leash_testkit::host_address();
     let policy = stack.root().join("policy.cedar");
     std::fs::write(
         &policy,

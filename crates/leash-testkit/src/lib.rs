@@ -108,6 +108,34 @@ pub fn require_docker(test: &str) -> bool {
     false
 }
 
+/// The host as a session's container sees it (its default route's
+/// gateway), found the way leashd finds it: from the routing table of a
+/// container of [`TEST_IMAGE`] on the default network, never from what the
+/// engine reports about the network. Panics, naming what was looked at,
+/// when there is none: a policy must never be built from an empty address.
+pub fn host_address() -> String {
+    static FOUND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let args = leash_core::hostside::probe_args(TEST_IMAGE);
+            let out = Command::new("docker")
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("no host address: `docker {}` did not run: {e}", args.join(" ")));
+            let route = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "no host address: `docker {}` failed (the test image comes from `cargo xtask image test`): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            leash_core::hostside::default_gateway(&route, &format!("/proc/net/route of `docker {}`", args.join(" ")))
+                .unwrap_or_else(|e| panic!("no host address: {e}"))
+                .to_string()
+        })
+        .clone()
+}
+
 /// Podman's Docker-compatible API socket (scripts/setup.sh starts it).
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 

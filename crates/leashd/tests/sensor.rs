@@ -81,15 +81,7 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
             "@id(\"no-v6\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"[2001:db8::7]:80\");",
         ],
     );
-    let gateway = text(
-        &std::process::Command::new("docker")
-            .args(["network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let gateway = leash_testkit::host_address();
     let script = format!(
         "\
         cat secret/key; echo read-secret=$?; \

@@ -305,16 +305,7 @@ fn an_agent_cannot_reach_the_control_ui_even_where_its_policy_allows_the_host() 
     if !require_docker("an_agent_cannot_reach_the_control_ui") {
         return;
     }
-    let gateway = String::from_utf8(
-        std::process::Command::new("docker")
-            .args(["network", "inspect", "bridge", "-f", "{{(index .IPAM.Config 0).Gateway}}"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
+    let gateway = leash_testkit::host_address();
     let mut stack = Stack::new();
     stack.start_leashd_with(|c| {
         c.env("LEASH_ENTRY_BIN", leash_testkit::static_entry()).env("LEASH_LISTEN", "0.0.0.0:0").arg("--listen-public");

@@ -23,6 +23,8 @@ struct SessionJson {
     state: String,
     /// How the sensor governs it, per action.
     enforcement: String,
+    /// The host as the container sees it (empty: not reachable).
+    host_address: String,
 }
 
 /// The mechanisms in force, compactly: `fanotify+cgroup-sock`.
@@ -55,6 +57,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             started: output::rfc3339(UNIX_EPOCH + Duration::from_millis(s.started_unix_ms.max(0) as u64)),
             state: s.state,
             enforcement: s.enforcement,
+            host_address: s.host_address,
         })
         .collect();
     if ctx.json {

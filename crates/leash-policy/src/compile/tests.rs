@@ -28,6 +28,11 @@ fn statement() -> impl Strategy<Value = String> {
         4 => Just(String::new()),
         1 => prop::sample::select(DIRS.to_vec()).prop_map(|d| format!(" unless {{ resource in Dir::\"{d}\" }}")),
         1 => prop::sample::select(DIRS.to_vec()).prop_map(|d| format!(" when {{ resource in [Dir::\"{d}\", Dir::\"/a/b/\"] }}")),
+        // The Go leash's mixed lists, split by type at load.
+        1 => (prop::sample::select(FILES.to_vec()), prop::sample::select(DIRS.to_vec()))
+            .prop_map(|(f, d)| format!(" when {{ resource in [File::\"{f}\", Dir::\"{d}\", File::\"/a/x\"] }}")),
+        1 => (prop::sample::select(DIRS.to_vec()), prop::sample::select(FILES.to_vec()))
+            .prop_map(|(d, f)| format!(" unless {{ resource in [Dir::\"{d}\", File::\"{f}\"] }}")),
         1 => Just(" when { resource.path like \"*/.git/*\" }".to_owned()),
         1 => Just(" when { resource is File && resource.name == \".envrc\" }".to_owned()),
     ];
@@ -128,6 +133,72 @@ fn broken_compilers_are_caught() {
     for m in [Mutation::PermitOverForbid, Mutation::OffByOnePrefix] {
         assert!(check(m, 400).is_err(), "{m:?} was not caught");
     }
+}
+
+/// A Go-leash statement over a mixed list, and the same statement written
+/// without any list: one statement per element for `when` (a match on any
+/// element), one `unless` per element for `unless` (no element matches).
+fn mixed_list_statement() -> impl Strategy<Value = (String, Vec<String>)> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let actions = prop::sample::subsequence(ACTIONS.to_vec(), 1..=2);
+    let element = prop_oneof![
+        prop::sample::select(DIRS.to_vec()).prop_map(|d| format!("Dir::\"{d}\"")),
+        // The Go leash's directories without their trailing slash.
+        prop::sample::select(DIRS.to_vec()).prop_map(|d| format!("Dir::\"{}\"", d.trim_end_matches('/'))),
+        prop::sample::select(FILES.to_vec()).prop_map(|f| format!("File::\"{f}\"")),
+    ];
+    let elements = prop::collection::vec(element, 2..5);
+    (effect, actions, any::<bool>(), elements).prop_map(|(e, a, when, elements)| {
+        let actions = a.iter().map(|a| format!("Action::\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let head = format!("{e} (principal, action in [{actions}], resource)");
+        let kind = if when { "when" } else { "unless" };
+        let mixed = format!("{head} {kind} {{ resource in [{}] }};", elements.join(", "));
+        let plain = if when {
+            elements.iter().map(|el| format!("{head} when {{ resource in {el} }};")).collect()
+        } else {
+            vec![format!(
+                "{head} {};",
+                elements.iter().map(|el| format!("unless {{ resource in {el} }}")).collect::<Vec<_>>().join(" ")
+            )]
+        };
+        (mixed, plain)
+    })
+}
+
+#[test]
+fn mixed_lists_mean_what_their_elements_mean() {
+    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
+    let strategy =
+        (prop::collection::vec(mixed_list_statement(), 1..4), any::<bool>(), prop::collection::vec(path(), 1..12));
+    runner
+        .run(&strategy, |(statements, base, paths)| {
+            // A permit for everything makes the forbids count.
+            let base = if base { vec!["permit (principal, action, resource);".to_owned()] } else { vec![] };
+            let mixed: Vec<String> = base.iter().cloned().chain(statements.iter().map(|(m, _)| m.clone())).collect();
+            let plain: Vec<String> =
+                base.iter().cloned().chain(statements.iter().flat_map(|(_, p)| p.clone())).collect();
+            let (m, p) = (engine_for(&mixed), engine_for(&plain));
+            let tables = compile(&m, "claude", 1);
+            for path in &paths {
+                for action in FileAction::ALL {
+                    let (want, got) = (cedar(&p, action, path).allow, cedar(&m, action, path).allow);
+                    prop_assert_eq!(
+                        got,
+                        want,
+                        "{:?} {}\n{}\nwritten without lists:\n{}",
+                        action,
+                        path,
+                        mixed.join("\n"),
+                        plain.join("\n")
+                    );
+                    if let Lookup::Final(v) = tables.lookup(action, path) {
+                        prop_assert_eq!(v.allow, want, "tables: {:?} {}\n{}", action, path, mixed.join("\n"));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
 }
 
 #[test]

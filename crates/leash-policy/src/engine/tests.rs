@@ -253,3 +253,87 @@ fn lints_say_what_will_not_do_what_the_author_thinks() {
     assert!(messages.iter().any(|m| m.contains("unsupported_wildcard")), "{messages:?}");
     assert!(messages.iter().any(|m| m.contains("invalid_host") && m.contains("invalid port")), "{messages:?}");
 }
+
+#[test]
+fn go_mixed_lists_load_with_the_go_meaning() {
+    let text = r#"@id("some") permit (principal, action in [Action::"FileOpen", Action::"FileOpenReadOnly"], resource) when { resource in [ File::"/etc/passwd", Dir::"/tmp" ] };"#;
+    let e = load(text);
+    let lint = e.lints().iter().find(|l| l.code == "mixed_list_split").expect("a lint shows the rewrite");
+    assert_eq!(lint.severity, Severity::Warning);
+    assert!(
+        lint.message.contains(r#"resource in [File::"/etc/passwd"] || resource in [Dir::"/tmp/"]"#),
+        "{}",
+        lint.message
+    );
+    // The file exactly, or anything under the directory.
+    assert_eq!(decide(&e, Action::FileOpenReadOnly, &file("/etc/passwd")), (true, vec!["some".into()]));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/etc/passwd.bak")));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/etc/shadow")));
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/tmp/a/b")));
+    assert!(allowed(&e, Action::FileOpen, &Resource::Dir("/tmp/".into())));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/tmpx")));
+}
+
+#[test]
+fn go_mixed_lists_forbid_and_unless_keep_cedars_meaning() {
+    let e = load(
+        r#"@id("all") permit (principal, action, resource);
+           @id("no") forbid (principal, action == Action::"FileOpen", resource) when { resource in [ Dir::"/secret/", File::"/etc/shadow", Directory::"/keys" ] };
+           @id("exec") forbid (principal, action == Action::"ProcessExec", resource) unless { resource in [ Dir::"/usr/bin/", File::"/bin/sh" ] };"#,
+    );
+    assert_eq!(decide(&e, Action::FileOpenReadOnly, &file("/etc/shadow")), (false, vec!["no".into()]));
+    assert!(!allowed(&e, Action::FileOpenReadWrite, &file("/keys/id")));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/secret/x")));
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/etc/passwd")));
+    assert!(allowed(&e, Action::ProcessExec, &file("/usr/bin/git")));
+    assert!(allowed(&e, Action::ProcessExec, &file("/bin/sh")));
+    assert_eq!(decide(&e, Action::ProcessExec, &file("/tmp/tool")), (false, vec!["exec".into()]));
+}
+
+#[test]
+fn go_mixed_lists_across_files_and_hosts() {
+    let e = load(
+        r#"@id("both") permit (principal, action in [Action::"FileOpen", Action::"NetworkConnect"], resource) when { resource in [ Dir::"/work/", Host::"api.example.com", Net::DnsZone::"corp.example" ] };"#,
+    );
+    assert!(allowed(&e, Action::FileOpenReadOnly, &file("/work/a")));
+    assert!(!allowed(&e, Action::FileOpenReadOnly, &file("/etc/a")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("api.example.com:443")));
+    assert!(allowed(&e, Action::NetworkConnect, &host("git.corp.example:22")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("corp.example:443")));
+    assert!(!allowed(&e, Action::NetworkConnect, &host("example.com:443")));
+}
+
+#[test]
+fn go_hostname_conditions_load_and_decide_by_the_name_the_proxy_saw() {
+    let e = load(
+        r#"@id("all") permit (principal, action, resource);
+           @id("evil") forbid (principal, action == Action::"NetworkConnect", resource) when { context.hostname like "*.evil.example" };
+           @id("api") permit (principal, action == Action::"NetworkConnect", resource) when { resource in [ Host::"*" ] && context.hostname == "api.example.com" };"#,
+    );
+    assert!(
+        e.lints().iter().any(|l| l.code == "optional_context_guarded" && l.message.contains("context has hostname"))
+    );
+    let with = |name: &str| BTreeMap::from([("hostname".to_owned(), name.to_owned())]);
+    let d = |ctx: &BTreeMap<String, String>| {
+        let d = e.authorize("claude", Action::NetworkConnect, &host("203.0.113.7:443"), ctx);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        (d.allow, d.reasons)
+    };
+    assert_eq!(d(&with("www.evil.example")), (false, vec!["evil".into()]));
+    assert_eq!(d(&with("api.example.com")), (true, vec!["all".into(), "api".into()]));
+    // Without a name (a connection the kernel decides), neither condition holds.
+    assert_eq!(d(&BTreeMap::new()), (true, vec!["all".into()]));
+}
+
+#[test]
+fn optional_context_outside_a_when_conjunction_stays_an_error() {
+    // A guard under `unless` or `||` could change the decision, so Cedar's
+    // strict validation still speaks.
+    for text in [
+        r#"permit (principal, action == Action::"NetworkConnect", resource) unless { context.hostname == "x" };"#,
+        r#"permit (principal, action == Action::"NetworkConnect", resource) when { resource in Host::"a" || context.hostname == "x" };"#,
+    ] {
+        let e = Engine::load(&[Source { name: "t.cedar".into(), text: text.into() }]).unwrap_err();
+        assert!(e[0].message.contains("optional attribute `hostname`"), "{}", e[0]);
+    }
+}

@@ -150,6 +150,7 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "started": leash_core::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(s.started_unix_ms.max(0) as u64)),
         "state": s.state,
         "enforcement": s.enforcement,
+        "host_address": s.host_address,
     })
 }
 

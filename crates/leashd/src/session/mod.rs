@@ -114,6 +114,10 @@ pub struct Info {
     pub state: &'static str,
     /// How the sensor governs it, per action (`file-read=fanotify …`).
     pub enforcement: String,
+    /// The host as the container sees it (its default route's gateway:
+    /// what a policy names to let the session reach a service on the
+    /// host); empty when its network does not reach the host.
+    pub host_address: String,
 }
 
 /// The registry of sessions.
@@ -219,9 +223,13 @@ impl Sessions {
                 started: std::time::UNIX_EPOCH + Duration::from_secs(c.created.max(0) as u64),
                 state: if running { "running" } else { "exited" },
                 enforcement: String::new(),
+                host_address: String::new(),
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
             self.lock().insert(id.clone(), info.clone());
+            if running && let Ok((pid, _, _)) = engine.inspect(&cid).await {
+                self.note_host_side(&id, pid);
+            }
             self.publish("session.recover", &info, &[]);
             let this = self.clone();
             let engine = engine.clone();
@@ -355,6 +363,7 @@ impl Sessions {
             started: SystemTime::now(),
             state: "created",
             enforcement: String::new(),
+            host_address: String::new(),
         };
         self.lock().insert(id.clone(), info.clone());
         self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
@@ -408,6 +417,7 @@ impl Sessions {
 
         // Admission: every step passes, or the command never runs.
         let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
+        self.note_host_side(&info.id, pid);
         let mounts = plan.mounts(&self.ctx, &self.session_dir(&info.id));
         // Set by the proxy's step, read by the sensor's (they run in order).
         let proxied = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -663,6 +673,22 @@ impl Sessions {
         Err(format!("invalid policy: {first}{more}"))
     }
 
+    /// Records the host as the session's container sees it.
+    fn note_host_side(&self, id: &str, pid: Option<i64>) {
+        let found = match pid {
+            Some(pid) if pid > 0 => leash_daemon::net::host_side_of(pid as u32),
+            _ => Err("the container has no process".to_owned()),
+        };
+        match found {
+            Ok(a) => {
+                if let Some(i) = self.lock().get_mut(id) {
+                    i.host_address = a.to_string();
+                }
+            }
+            Err(e) => tracing::info!(session_id = %id, "the session's network does not reach the host: {e}"),
+        }
+    }
+
     /// Has leash-sensor govern the session's container (its cgroup, its
     /// mounts) before the command runs.
     async fn register_sensor(
@@ -847,5 +873,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         started_unix_ms: leash_daemon::unix_ms(i.started),
         state: i.state.to_owned(),
         enforcement: i.enforcement.clone(),
+        host_address: i.host_address.clone(),
     }
 }
