@@ -7,7 +7,9 @@
 //!
 //! The kernel and QEMU are Debian packages downloaded and unpacked under
 //! `<target>/vmtest` (never installed: the host's /boot and packages stay as
-//! they are); later runs reuse them.
+//! they are); later runs reuse them. QEMU's libraries are the ones apt
+//! resolves for this machine (what a `qemu-system-x86` install would add),
+//! so a machine with none of them installed works as well as one with all.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,20 +18,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 use crate::util;
-
-/// Libraries QEMU 7.2 needs that a minimal Debian lacks.
-const QEMU_LIBS: [&str; 10] = [
-    "libcapstone4",
-    "libfdt1",
-    "libpmem1",
-    "librdmacm1",
-    "libibverbs1",
-    "libslirp0",
-    "libvdeplug2",
-    "libndctl6",
-    "libdaxctl1",
-    "libnl-route-3-200",
-];
 
 const INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin
@@ -115,34 +103,87 @@ fn find_vmlinuz(kpkg: &Path) -> Option<PathBuf> {
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
 }
 
-/// QEMU, unpacked with the libraries it lacks; (binary, library dir, data dirs).
-fn qemu(work: &Path) -> anyhow::Result<(PathBuf, PathBuf, Vec<PathBuf>)> {
+/// The packages `apt-get install --no-install-recommends qemu-system-x86`
+/// would add to this machine: QEMU and every library it needs that is not
+/// installed here, as apt resolves them (never a list kept by hand, which
+/// is right only for the machine it was made on).
+fn qemu_packages() -> anyhow::Result<Vec<String>> {
+    let simulate = || {
+        Command::new("apt-get")
+            .args(["install", "--simulate", "--no-install-recommends", "qemu-system-x86"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let mut out = simulate()?;
+    if !out.status.success() {
+        // A machine that never refreshed its package lists.
+        util::run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        out = simulate()?;
+    }
+    if !out.status.success() {
+        bail!(
+            "apt-get cannot resolve qemu-system-x86 on this machine: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let packages = inst_lines(&String::from_utf8_lossy(&out.stdout));
+    if packages.is_empty() {
+        bail!(
+            "apt-get names no packages for qemu-system-x86 (is it installed? then /usr/bin/qemu-system-x86_64 is used)"
+        );
+    }
+    Ok(packages)
+}
+
+/// The package names of a simulated install's `Inst NAME (…)` lines.
+fn inst_lines(simulated: &str) -> Vec<String> {
+    simulated.lines().filter_map(|l| l.strip_prefix("Inst ")?.split_whitespace().next().map(str::to_owned)).collect()
+}
+
+/// The libraries `ldd` cannot find for `bin` with `libs` on the path.
+fn missing_libraries(bin: &Path, libs: &std::ffi::OsStr) -> anyhow::Result<Vec<String>> {
+    let out = util::output(Command::new("ldd").arg(bin).env("LD_LIBRARY_PATH", libs))?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// QEMU: the machine's own when `qemu-system-x86` is installed, else
+/// unpacked under `work` with every package apt says it needs (installing
+/// it would replace the machine's qemu-utils); (binary, library path, data
+/// dirs).
+fn qemu(work: &Path) -> anyhow::Result<(PathBuf, std::ffi::OsString, Vec<PathBuf>)> {
+    let system = Path::new("/usr/bin/qemu-system-x86_64");
+    if system.exists() && missing_libraries(system, "".as_ref())?.is_empty() {
+        return Ok((system.to_path_buf(), Default::default(), vec![]));
+    }
     let root = work.join("qemu-root");
     let bin = root.join("usr/bin/qemu-system-x86_64");
-    let libs = root.join("usr/lib/x86_64-linux-gnu");
+    // Packages unpack their libraries under /usr/lib or /lib.
+    let libs = std::env::join_paths(["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"].map(|d| root.join(d)))?;
+    if bin.exists() && missing_libraries(&bin, &libs)?.is_empty() {
+        return Ok((bin, libs, vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")]));
+    }
     let debs = work.join("debs");
-    if !bin.exists() {
-        download(&debs, &["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"])?;
-        for prefix in ["qemu-system-x86_", "qemu-system-common_", "qemu-system-data_", "seabios_"] {
-            for d in debs_named(&debs, prefix)? {
-                unpack(&d, &root)?;
-            }
+    let packages = qemu_packages()?;
+    util::out(&format!("vmtest: unpacking QEMU from {} packages", packages.len()));
+    let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+    download(&debs, &names)?;
+    for p in &packages {
+        for d in debs_named(&debs, &format!("{p}_"))? {
+            unpack(&d, &root)?;
         }
     }
-    let missing = |bin: &Path| -> anyhow::Result<bool> {
-        let out = util::output(Command::new("ldd").arg(bin).env("LD_LIBRARY_PATH", &libs))?;
-        Ok(String::from_utf8_lossy(&out).contains("not found"))
-    };
-    if missing(&bin)? {
-        download(&debs, &QEMU_LIBS)?;
-        for l in QEMU_LIBS {
-            for d in debs_named(&debs, &format!("{l}_"))? {
-                unpack(&d, &root)?;
-            }
-        }
-        if missing(&bin)? {
-            bail!("the unpacked qemu still misses libraries (see `ldd {}`)", bin.display());
-        }
+    let missing = missing_libraries(&bin, &libs)?;
+    if !missing.is_empty() {
+        bail!(
+            "the unpacked qemu still misses {} (unpacked: {}; see `ldd {}`)",
+            missing.join(", "),
+            packages.join(" "),
+            bin.display()
+        );
     }
     Ok((bin, libs, vec![root.join("usr/share/qemu"), root.join("usr/share/seabios")]))
 }
@@ -195,13 +236,15 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     for d in &data {
         cmd.arg("-L").arg(d);
     }
+    if !libs.is_empty() {
+        cmd.env("LD_LIBRARY_PATH", &libs);
+    }
     cmd.args(["-accel", "tcg,tb-size=32", "-smp", "1", "-m", "256M", "-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&image)
         .args(["-append", "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf panic=-1"])
-        .env("LD_LIBRARY_PATH", &libs)
         .stdin(Stdio::null());
     let out = cmd.output().context("running qemu")?;
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
@@ -219,5 +262,25 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
+    if out.status.code() == Some(124) {
+        bail!(
+            "vmtest: FAIL: the guest did not power off within 300 s; the console is in {}",
+            work.join("console.log").display()
+        )
+    }
     bail!("vmtest: FAIL after {boot_s:.1} s; the console is in {}", work.join("console.log").display())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_simulated_install_names_its_packages() {
+        let simulated = "NOTE: This is only a simulation!\n\
+            The following packages will be REMOVED:\n  qemu-utils\n\
+            Remv qemu-utils [1:10.0.2+ds-2]\n\
+            Inst libnl-3-200 (3.7.0-0.2+b1 Debian:12.14/oldstable [amd64])\n\
+            Inst qemu-system-x86 (1:7.2+dfsg-7+deb12u18+b2 Debian:12.14/oldstable [amd64])\n\
+            Conf libnl-3-200 (3.7.0-0.2+b1 Debian:12.14/oldstable [amd64])\n";
+        assert_eq!(super::inst_lines(simulated), ["libnl-3-200", "qemu-system-x86"]);
+    }
 }
