@@ -70,9 +70,16 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # Podman serves a Docker-compatible API on its own socket. Root here may
 # lack CAP_SYS_RESOURCE, so lower Podman's default ulimits once.
-if ! grep -qs default_ulimits /etc/containers/containers.conf; then
+conf=/etc/containers/containers.conf
+ulimits='default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]'
+if ! grep -qs default_ulimits "$conf"; then
   mkdir -p /etc/containers
-  printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n' >> /etc/containers/containers.conf
+  if grep -qs '^\[containers\]' "$conf"; then
+    # A second [containers] table would make the file invalid.
+    sed -i "/^\[containers\]/a $ulimits" "$conf"
+  else
+    printf '[containers]\n%s\n' "$ulimits" >> "$conf"
+  fi
 fi
 if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; then
   echo "setup.sh: starting podman's API service"
@@ -82,5 +89,10 @@ if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; 
     DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1 && break
     sleep 0.25
   done
+  if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; then
+    echo "setup.sh: podman's API service did not start; the end of /var/log/podman-service.log:" >&2
+    tail -n 20 /var/log/podman-service.log >&2 || true
+    exit 1
+  fi
 fi
 echo "setup.sh: ready ($(docker version --format 'docker {{.Server.Version}}' 2>/dev/null), podman $(podman version --format '{{.Server.Version}}' 2>/dev/null))"

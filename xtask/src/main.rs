@@ -1,12 +1,13 @@
 //! `cargo xtask`: leash's build tool.
 //!
 //! Verbs: `install`, `tidy`, `image <name>`, `entry`, `bench <what>`,
-//! `demo`. (`vmtest` arrives with the BPF LSM test VM.)
+//! `vmtest`, `facts`, `demo`.
 
 mod bench;
 mod bench_proxy;
 mod bench_ui;
 mod demo;
+mod facts;
 mod image;
 mod install;
 mod tidy;
@@ -34,6 +35,8 @@ verbs:
   bench sensor    governed vs ungoverned open/exec loops, host loops, the event rate
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
+  facts           print what the tests rely on here (engines, kernel, cgroups,
+                  host address, resolvers, BPF LSM), as CI does before the tests
   demo            build, start leashd if needed, run a scripted session, show its events
 ";
 
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
         Some("vmtest") => vmtest::run(&args[1..]),
+        Some("facts") => facts::run(),
         Some("entry") => util::build_static_entry(args.get(1).is_some_and(|a| a == "--release")).map(|p| {
             util::out(&p.display().to_string());
         }),

@@ -52,8 +52,9 @@ pub fn default_gateway(route: &str, source: &str) -> Result<Ipv4Addr, String> {
 /// The engine CLI arguments that start a throwaway container of `image` on
 /// the default network and print its routing table, for tools that need
 /// the host side before any session exists (tests, benches, CI's facts).
-pub fn probe_args(image: &str) -> [&str; 8] {
-    ["run", "--rm", "--network", "bridge", "--entrypoint", "cat", image, "/proc/net/route"]
+/// The image must be present: nothing is pulled.
+pub fn probe_args(image: &str) -> [&str; 10] {
+    ["run", "--rm", "--pull", "never", "--network", "bridge", "--entrypoint", "cat", image, "/proc/net/route"]
 }
 
 fn hex(s: &str) -> Option<u32> {

@@ -51,14 +51,14 @@ impl Server {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
+        // The server's address as its own interfaces have it (the engine's
+        // report of its networks may leave fields empty).
         let ip = text(
-            &std::process::Command::new("docker")
-                .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &name])
-                .output()
-                .unwrap()
-                .stdout,
+            &std::process::Command::new("docker").args(["exec", &name, "hostname", "-I"]).output().unwrap().stdout,
         )
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("the MCP server container {name} has no address (`hostname -I` inside it)"))
         .to_owned();
         eventually(Duration::from_secs(20), "the MCP server listening", || {
             let logs = std::process::Command::new("docker").args(["logs", &name]).output().ok()?;
@@ -77,7 +77,9 @@ impl Drop for Server {
 
 #[test]
 fn mcp_tools_are_governed_over_streamable_http_and_sse() {
-    if !require_docker("mcp_tools_are_governed_over_streamable_http_and_sse") {
+    if !require_docker("mcp_tools_are_governed_over_streamable_http_and_sse")
+        || !leash_testkit::require_image("mcp_tools_are_governed_over_streamable_http_and_sse", IMAGE)
+    {
         return;
     }
     let (http, sse) = (Server::start("streamableHttp"), Server::start("sse"));

@@ -196,7 +196,9 @@ pub fn probe_lsm() -> Result<(), String> {
     let mut object = MaybeUninit::uninit();
     let open = open_with(&mut object, |name| name == "leash_lsm_file_open").map_err(|e| format!("{e:#}"))?;
     open.load().map_err(|e| format!("the kernel refuses BPF LSM programs: {e}"))?;
-    let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    ensure_mounted("securityfs", "/sys/kernel/security", "the active LSMs cannot be read");
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .map_err(|e| format!("programs load but the active LSMs cannot be read (/sys/kernel/security/lsm: {e})"))?;
     if !active.split(',').any(|l| l.trim() == "bpf") {
         return Err(format!("programs load but `bpf` is not an active LSM ({})", active.trim()));
     }

@@ -605,7 +605,8 @@ impl Sensor for Service {
         let cgroup_dir = bpf::cgroup2_root().map(|r| r.join(rel.trim_start_matches('/'))).unwrap_or_default();
         if !cgroup_dir.starts_with(&attached) {
             return Err(Status::failed_precondition(format!(
-                "the container's cgroup {} is not below {}, where the programs are attached",
+                "the container's cgroup {} is not below {}, where the programs are attached (leash governs \
+                 engines that place containers with the cgroupfs driver; `docker info` names the engine's)",
                 cgroup_dir.display(),
                 attached.display()
             )));

@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     {
         return leash_sensor::selftest::child(std::path::Path::new(dir));
     }
+    if args.first().is_some_and(|a| a == leash_sensor::probe::PROBE_FLAG) {
+        return leash_sensor::probe::print();
+    }
     if args.first().is_some_and(|a| a == leash_sensor::selftest::VM_CHECK_FLAG) {
         return leash_sensor::selftest::vm_check();
     }

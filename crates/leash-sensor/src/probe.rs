@@ -33,6 +33,19 @@ fn probe_fanotify() -> Result<(), String> {
         .map_err(|e| format!("fanotify permission events unavailable: {e}"))
 }
 
+/// The hidden flag that prints what this kernel allows, without running
+/// the daemon (CI prints it before the tests).
+pub const PROBE_FLAG: &str = "--probe";
+
+/// Prints `bpf-lsm: …` and `fanotify: …` (`ok` or why not).
+pub fn print() -> std::process::ExitCode {
+    #[allow(clippy::print_stdout, reason = "the probe's whole output")]
+    for (what, outcome) in [("bpf-lsm", crate::bpf::probe_lsm()), ("fanotify", probe_fanotify())] {
+        println!("{what}: {}", outcome.err().unwrap_or_else(|| "ok".to_owned()));
+    }
+    std::process::ExitCode::SUCCESS
+}
+
 /// Builds the report; `programs` is the outcome of loading the fallback tier.
 pub fn run(programs: Result<(), String>) -> Report {
     let lsm = crate::bpf::probe_lsm();

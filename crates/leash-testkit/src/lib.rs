@@ -62,7 +62,7 @@ pub fn static_storm() -> PathBuf {
 /// Builds one binary statically (glibc `crt-static`) under `<target>/static`.
 fn build_static(package: &str, bin: &str) -> PathBuf {
     let target = bin_dir().parent().expect("target dir").to_path_buf();
-    let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| "x86_64-unknown-linux-gnu".to_owned());
+    let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| host_triple());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = Command::new(cargo)
@@ -74,6 +74,16 @@ fn build_static(package: &str, bin: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("run cargo to build the static {bin}: {e}"));
     assert!(status.success(), "building the static {bin} failed");
     target.join("static").join(triple).join("debug").join(bin)
+}
+
+/// This machine's target triple, from `rustc -vV`.
+fn host_triple() -> String {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(&rustc).arg("-vV").output().unwrap_or_else(|e| panic!("run rustc -vV: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host triple")
 }
 
 /// The image most session tests run in (`cargo xtask image test`).
@@ -93,13 +103,31 @@ pub fn require_docker(test: &str) -> bool {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let why = if !ok(&["info"]) {
-        "the Docker engine is not running (scripts/setup.sh starts it)"
-    } else if !ok(&["image", "inspect", TEST_IMAGE]) {
-        "the test image is missing (cargo xtask image test builds it)"
-    } else {
+    if !ok(&["info"]) {
+        return skip(test, "the Docker engine is not running (scripts/setup.sh starts it)");
+    }
+    require_image(test, TEST_IMAGE)
+}
+
+/// Returns false (after printing why) when Docker lacks `image` (a
+/// `leash-<name>` image, which leash never pulls) and the test may skip;
+/// panics instead in CI, naming the command that builds it.
+pub fn require_image(test: &str, image: &str) -> bool {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
         return true;
-    };
+    }
+    let name = image.strip_prefix("leash-").and_then(|r| r.split(':').next()).unwrap_or(image);
+    skip(test, &format!("the image {image} is missing (`cargo xtask image {name}` builds it)"))
+}
+
+/// Skips `test` saying why, or panics where tests must not skip.
+fn skip(test: &str, why: &str) -> bool {
     assert!(!must_run(), "{test}: {why}, and CI must run it");
     #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
     {
@@ -157,13 +185,7 @@ pub fn require_podman(test: &str) -> bool {
             .is_ok_and(|s| s.success())
     };
     if !docker(&["version"]) {
-        let why = "Podman's API service is not running (scripts/setup.sh starts it)";
-        assert!(!must_run(), "{test}: {why}, and CI must run it");
-        #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
-        {
-            eprintln!("skipping {test}: {why}");
-        }
-        return false;
+        return skip(test, "Podman's API service is not running (scripts/setup.sh starts it)");
     }
     if !docker(&["image", "inspect", TEST_IMAGE]) {
         let status = Command::new("sh")
@@ -184,15 +206,7 @@ pub fn must_run() -> bool {
 /// Returns false (after printing why) when the test cannot run here and
 /// may skip; panics instead when skipping is not allowed.
 pub fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(!must_run(), "{test} needs root, and CI must run it");
-    #[allow(clippy::print_stderr, reason = "the skip is reported where test output goes")]
-    {
-        eprintln!("skipping {test}: needs root");
-    }
-    false
+    rustix::process::geteuid().is_root() || skip(test, "it needs root")
 }
 
 /// A private leash instance: its own runtime dir, state dir and instance
@@ -250,6 +264,10 @@ impl Stack {
             .env_remove("TARGET_IMAGE")
             .env_remove("LEASH_POLICY_FILE")
             .env_remove("OPEN")
+            .env_remove("DOCKER_HOST")
+            .env_remove("XDG_CONFIG_HOME")
+            // The invoking user's own leash config is not the test's.
+            .env("LEASH_HOME", self.root().join("user-config"))
             // Each stack's Control UI on a port of its own (status tells which).
             .env("LEASH_LISTEN", "127.0.0.1:0");
         // The daemons' default filter unless the test run asks for another.
@@ -305,6 +323,13 @@ impl Stack {
         let mut c = self.command("leashd");
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
         f(&mut c);
+        // The machine's /etc/leash (config.toml, policy.d) is not the test's.
+        if !c.get_args().any(|a| a == "--config") {
+            let config = self.root().join("etc-leash").join("config.toml");
+            std::fs::create_dir_all(config.parent().expect("a dir")).expect("config dir");
+            std::fs::write(&config, "").expect("config file");
+            c.arg("--config").arg(config);
+        }
         let child = c.spawn().expect("spawn leashd");
         let pid = child.id();
         self.leashds.push(child);

@@ -278,8 +278,17 @@ fn doctor_reports_what_is_enforced_and_proves_it() {
         v["capabilities"].as_array().unwrap().iter().find(|c| c["action"] == action).unwrap()["mechanism"].clone()
     };
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!(v["tier"], "fallback", "this kernel refuses BPF LSM: {v}");
-    assert!(v["probes"]["bpf-lsm"].as_str().unwrap().contains("refuses"), "{v}");
+    // Sessions run on the fallback tier wherever the kernel allows BPF LSM
+    // or not; the probe says which, in words that match the kernel.
+    assert_eq!(v["tier"], "fallback", "{v}");
+    let lsm = v["probes"]["bpf-lsm"].as_str().unwrap();
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    assert!(
+        lsm.contains("refuses")
+            || lsm.starts_with("programs load but")
+            || (lsm == "ok" && active.split(',').any(|l| l == "bpf")),
+        "the bpf-lsm probe ({lsm:?}) contradicts the active LSMs ({active:?}): {v}"
+    );
     assert_eq!((mechanism(&v, "file-read"), mechanism(&v, "connect")), ("fanotify".into(), "cgroup-sock".into()));
     assert!(v["self_test"]["checks"].as_array().unwrap().iter().all(|c| c["outcome"] == "denied"), "{v}");
     // The negative control: with the mechanisms off, the report says so and
@@ -389,8 +398,17 @@ fn bypass_attempts_are_denied() {
     assert!(!stdout.contains("s3cret") && !stdout.contains("deep"), "{stdout}");
     // An unprivileged ICMP socket would send to any address unseen.
     assert!(stdout.contains("icmp=Operation not permitted"), "{stdout}");
-    // Memfds cannot be executed in the session (fanotify never sees them).
-    assert!(stdout.contains("memfd-noexec=2"), "{stdout}");
+    // Memfds cannot be executed in the session (fanotify never sees them);
+    // a kernel before 6.3 has no such sysctl, and leashd says so.
+    if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() {
+        assert!(stdout.contains("memfd-noexec=2"), "{stdout}");
+    } else {
+        let log = stack.leashd_log(200);
+        assert!(
+            log.contains("no vm.memfd_noexec: memfd execs are not refused"),
+            "this kernel lacks vm.memfd_noexec:\n{log}"
+        );
+    }
     for attempt in ["symlink", "proc-root", "dotdot", "long-path", "udp", "raw-socket"] {
         let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{attempt}="))).unwrap_or("missing");
         assert_ne!(code, "0", "{attempt} got through\n{stdout}\n{stderr}");
