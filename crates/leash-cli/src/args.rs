@@ -70,6 +70,10 @@ pub struct Args {
     /// Run even when an enforcement layer cannot be set up; every event says so.
     #[arg(long)]
     pub degraded: bool,
+    /// Run without the protect-host layer, which otherwise forbids writing
+    /// what runs code later (git hooks, .envrc, the agents' settings).
+    #[arg(long)]
+    pub no_protect_host: bool,
     /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
     #[arg(value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<String>,

@@ -163,6 +163,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             root: args.root,
             no_interactive: args.no_interactive,
             degraded: args.degraded,
+            no_protect_host: args.no_protect_host,
         },
         warnings,
     ))

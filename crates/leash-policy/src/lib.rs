@@ -387,6 +387,7 @@ impl Policy for Service {
             principal: req.principal.clone(),
             sources: sources_of(req.sources),
             admin: sources_of(req.admin),
+            unprotected: req.no_protect_host,
             file: (!req.watch_path.is_empty()).then(|| std::path::PathBuf::from(&req.watch_path)),
             owner: req.owner,
             writable: req.writable_mounts.iter().map(std::path::PathBuf::from).collect(),

@@ -43,19 +43,31 @@ pub struct Layers {
     pub runtime: String,
     /// The administrator's policies; never removable by users.
     pub admin: Vec<Source>,
+    /// Without the protect-host layer, which every policy has unless its
+    /// session's user turned it off explicitly.
+    #[serde(default)]
+    pub unprotected: bool,
 }
 
 /// The name of the runtime layer's source (its policies' ids start so).
 pub const RUNTIME: &str = "runtime";
+/// The name of the protect-host layer's source.
+pub const PROTECT_HOST: &str = "protect-host";
 
 impl Layers {
-    /// Every source, in order.
+    /// Every source, in order: the file layer, the runtime layer, the
+    /// administrator's, then protect-host (unless turned off). A file
+    /// source of protect-host's name (the built-in default carries one) is
+    /// that layer, not a second copy.
     pub fn sources(&self) -> Vec<Source> {
-        let mut v = self.file.clone();
+        let mut v: Vec<Source> = self.file.iter().filter(|s| s.name != PROTECT_HOST).cloned().collect();
         if !self.runtime.trim().is_empty() {
             v.push(Source { name: RUNTIME.into(), text: self.runtime.clone() });
         }
         v.extend(self.admin.iter().cloned());
+        if !self.unprotected {
+            v.push(Source { name: PROTECT_HOST.into(), text: crate::PROTECT_HOST.into() });
+        }
         v
     }
 }
@@ -190,6 +202,8 @@ pub struct Opening {
     pub owner: u32,
     /// The session's writable mounts.
     pub writable: Vec<PathBuf>,
+    /// Without the protect-host layer (its user asked explicitly).
+    pub unprotected: bool,
 }
 
 /// The outcome of a change that loaded.
@@ -407,9 +421,9 @@ impl Store {
     pub fn open_session(&self, session: &str, o: Opening) -> Result<Applied, Vec<LoadError>> {
         let default_layers = self.lock().get(DEFAULT).map(|e| e.saved.layers.clone()).unwrap_or_default();
         let layers = if o.sources.is_empty() {
-            Layers { admin: o.admin, ..default_layers }
+            Layers { admin: o.admin, unprotected: o.unprotected, ..default_layers }
         } else {
-            Layers { file: o.sources, runtime: String::new(), admin: o.admin }
+            Layers { file: o.sources, runtime: String::new(), admin: o.admin, unprotected: o.unprotected }
         };
         let engine = load(&layers)?;
         let _ = engine.tables(if o.principal.is_empty() { DEFAULT_PRINCIPAL } else { o.principal.as_str() });
@@ -678,7 +692,8 @@ impl Store {
             if let Some(r) = &replace {
                 text = r.trim_end().to_owned();
             } else {
-                let mut parts: Vec<&str> = s.layers.file.iter().map(|x| x.text.trim_end()).collect();
+                let mut parts: Vec<&str> =
+                    s.layers.file.iter().filter(|x| x.name != PROTECT_HOST).map(|x| x.text.trim_end()).collect();
                 if !s.layers.runtime.trim().is_empty() {
                     parts.push(s.layers.runtime.trim_end());
                 }
@@ -852,6 +867,12 @@ fn remove_statement(layers: &mut Layers, engine: &Engine, what: &str) -> Result<
         .policies()
         .filter_map(|p| engine.origin(p.id().as_ref()).map(|o| (o.to_owned(), p.id().to_string())))
         .collect();
+    if engine.origin(what).and_then(|o| o.rsplit_once(':')).is_some_and(|(f, _)| f == PROTECT_HOST) {
+        return Err(error(
+            format!("policy {what:?} is the protect-host layer, which every session has"),
+            "start a session with `leash --no-protect-host` (or `[leash] protect_host = false`) to run it without",
+        ));
+    }
     let admin_names: Vec<&str> = layers.admin.iter().map(|s| s.name.as_str()).collect();
     if let Some(origin) = engine.origin(what)
         && admin_names.iter().any(|n| origin.rsplit_once(':').is_some_and(|(f, _)| f == *n))

@@ -18,7 +18,10 @@
 //! An open the policy allows in every mode (read, write, and for an exec
 //! permission exec too) is cached in the kernel with an ignore mark on the
 //! inode, so later opens of that file cost nothing; every policy or mode
-//! change flushes the cache. Only allows are cached, never a deny.
+//! change flushes the cache. Only allows are cached, never a deny, and only
+//! for a file with one name: the mark is on the inode and answers for all
+//! of its names, so an allow decided through a hard link must not answer
+//! for the linked (perhaps forbidden) name.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -357,6 +360,7 @@ pub fn run(
                 && let Some(d) = &d
                 && d.mode != Mode::Record
                 && let Some(exec_too) = cacheable(&g, d)
+                && one_name(ev.fd)
             {
                 if cached >= MAX_CACHED {
                     // Bounded: every mark pins an inode and counts against root's limit.
@@ -401,6 +405,16 @@ fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
         return None;
     }
     Some(allowed(FileAction::Exec))
+}
+
+/// Whether the file behind an event's descriptor has one name only (a
+/// directory, or a regular file with one link). An ignore mark is on the
+/// inode, so it answers for every name the inode has: an allow decided for
+/// one of several names (a hard link the agent made of a forbidden file,
+/// say) must not be cached, or it would open the forbidden name too.
+fn one_name(fd: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.is_dir() || (m.is_file() && m.nlink() == 1))
 }
 
 /// The opened file's path, as the kernel resolves it; the " (deleted)"

@@ -422,3 +422,129 @@ fn bypass_attempts_are_denied() {
         );
     }
 }
+
+#[test]
+fn protect_host_holds_whatever_the_sessions_own_policy_says() {
+    if !require_docker("protect_host_holds_whatever_the_sessions_own_policy_says") {
+        return;
+    }
+    let stack = stack();
+    let p = stack.project();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=leash", "-c", "user.email=leash@example.com", "-C"])
+            .arg(&p)
+            .args(args)
+            .output()
+            .expect("git on the host");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    let config_before = std::fs::read_to_string(p.join(".git/config")).unwrap();
+    // The session's own policy permits everything: protect-host still holds.
+    let permit_all = policy(&stack, &[]);
+    let script = "echo x > .git/hooks/pre-commit; echo hook=$?; echo y > .envrc; echo envrc=$?; \
+                  echo z > notes.txt; echo notes=$?; \
+                  printf '#!/bin/sh\\ntouch hook-ran\\n' > evil; chmod +x evil; \
+                  mv evil .git/hooks/pre-commit; echo rename-hook=$?; \
+                  ln -s ../../evil .git/hooks/commit-msg; echo symlink-hook=$?; \
+                  ln notes.txt .git/hooks/post-commit; echo link-hook=$?; \
+                  chmod +x .git/hooks/pre-push.sample; echo chmod-hook=$?; \
+                  printf '[core]\\n\\thooksPath = /tmp\\n' > cfg; mv cfg .git/config; echo rename-config=$?; \
+                  mv .git .git-old; echo rename-git=$?; \
+                  sleep 2";
+    let leash = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", permit_all.to_str().unwrap(), "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (id, _) = running(&stack);
+    let sessions: serde_json::Value =
+        serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).expect("sessions --json");
+    let listed = sessions.as_array().unwrap().iter().find(|s| s["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(listed["protect_host"], true, "{listed}");
+    let shown = text(&stack.leashctl(&["policy", "show", "--sources", "--session", &id]).stdout);
+    assert!(shown.contains("// protect-host"), "protect-host is a layer of the session's policy:\n{shown}");
+    let out = leash.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    for refused in
+        ["hook", "envrc", "rename-hook", "symlink-hook", "link-hook", "chmod-hook", "rename-config", "rename-git"]
+    {
+        let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{refused}="))).unwrap_or("missing");
+        assert_ne!(code, "0", "{refused} was written\n{stdout}");
+    }
+    assert!(stdout.contains("notes=0"), "{stdout}");
+    assert_ne!(std::fs::read_to_string(p.join(".git/hooks/pre-commit")).unwrap_or_default(), "x\n");
+    for planted in ["pre-commit", "commit-msg", "post-commit"] {
+        assert!(!p.join(".git/hooks").join(planted).exists(), "{planted} was planted\n{stdout}");
+    }
+    assert_eq!(std::fs::read_to_string(p.join(".git/config")).unwrap(), config_before);
+    // The user's next commit, on the host, runs no hook.
+    git(&["add", "notes.txt"]);
+    git(&["commit", "-q", "-m", "after the session"]);
+    assert!(!p.join("hook-ran").exists(), "a hook the session planted ran on the host");
+    // The hooks dir is a read-only mount (the kernel refuses before any
+    // decision); `.envrc`, which did not exist, is the policy's to refuse.
+    let denied = eventually(Duration::from_secs(5), "the refused .envrc write in the events", || {
+        stack.events().into_iter().find(|e| {
+            e["session"] == id.as_str()
+                && e["decision"] == "deny"
+                && e["resource"].as_str().is_some_and(|r| r.ends_with("/.envrc"))
+        })
+    });
+    assert_eq!(denied["policy_ids"], serde_json::json!(["protect-host"]), "{denied}");
+
+    // Turned off explicitly, it is off, and the session says so.
+    std::fs::remove_file(p.join(".git/hooks/pre-commit")).ok();
+    std::fs::remove_file(p.join("evil")).ok();
+    let out = stack
+        .leash(&[
+            "--image",
+            TEST_IMAGE,
+            "--no-protect-host",
+            "--policy",
+            permit_all.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "echo x > .git/hooks/pre-commit; echo hook=$?",
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("hook=0"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(p.join(".git/hooks/pre-commit")).unwrap(), "x\n");
+    let created = eventually(Duration::from_secs(5), "the unprotected session's create event", || {
+        stack.events().into_iter().rev().find(|e| e["action"] == "session.create" && e["session"] != id.as_str())
+    });
+    assert_eq!(created["details"]["protect_host"], "false", "{created}");
+}
+
+#[test]
+fn an_allowed_read_through_a_hard_link_never_opens_the_forbidden_name() {
+    if !require_docker("an_allowed_read_through_a_hard_link_never_opens_the_forbidden_name") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    let policy = policy(&stack, &[&no_secret(&p)]);
+    // The read through the link is allowed by name (the link is a path the
+    // policy does not forbid); it must not leave an allow behind that
+    // answers for the forbidden name of the same file.
+    let script = format!(
+        "ln secret/key hard; echo link=$?; cat hard >/dev/null; cat hard >/dev/null; \
+         cat secret/key; echo direct=$?; cat ./secret/key; echo dot=$?; \
+         cat /proc/self/root{p}/secret/key; echo proc-root=$?; \
+         exec 3<hard; cat <&3 >/dev/null; cat secret/key; echo after-fd=$?"
+    );
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("link=0"), "{stdout}\n{}", text(&out.stderr));
+    assert!(!stdout.contains("s3cret"), "the forbidden name opened\n{stdout}");
+    for attempt in ["direct", "dot", "proc-root", "after-fd"] {
+        let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{attempt}="))).unwrap_or("missing");
+        assert_ne!(code, "0", "{attempt} read the secret\n{stdout}");
+    }
+}

@@ -52,7 +52,7 @@ async function loadSessions() {
   const sel = $("#session-select");
   const keep = sel.value;
   sel.innerHTML = '<option value="">default policy (new sessions)</option>' +
-    sessions.map((s) => `<option value="${esc(s.id)}">${esc(s.id.slice(0, 12))} · ${esc(s.command.join(" "))} · ${esc(s.state)}</option>`).join("");
+    sessions.map((s) => `<option value="${esc(s.id)}">${esc(s.id.slice(0, 12))} · ${esc(s.command.join(" "))} · ${esc(s.state)}${s.protect_host === false ? " · no protect-host" : ""}</option>`).join("");
   // The newest running session is selected the first time.
   const running = sessions.filter((s) => s.state === "running");
   if (!keep && running.length && !state.sessionChosen) {
@@ -237,7 +237,10 @@ function showPolicy(snap, keepDraft = false) {
   $("#lines").innerHTML = snap.lines.map((l) => `<li class="${esc(l.effect)}" data-id="${esc(l.id)}">
       ${esc(l.humanized)} <span class="origin">[${esc(l.id)}] ${esc(l.origin)}</span>
       <button class="quiet remove" title="remove">remove</button></li>`).join("");
-  $("#admin-note").textContent = snap.cedarAdmin ? "The administrator's policies (/etc/leash/policy.d) apply too and cannot be edited here." : "";
+  $("#admin-note").textContent = [
+    snap.cedarAdmin ? "The administrator's policies (/etc/leash/policy.d) apply too and cannot be edited here." : "",
+    snap.cedarProtectHost ? "protect-host applies too (no writes to git hooks, .envrc, the agents' settings); only `leash --no-protect-host` leaves it out." : "",
+  ].filter(Boolean).join(" ");
   if (!(keepDraft && dirty)) {
     $("#editor").value = policyText(snap);
     highlight([]);

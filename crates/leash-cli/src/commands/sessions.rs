@@ -25,6 +25,8 @@ struct SessionJson {
     enforcement: String,
     /// The host as the container sees it (empty: not reachable).
     host_address: String,
+    /// The protect-host layer is on (it is unless the user turned it off).
+    protect_host: bool,
 }
 
 /// The mechanisms in force, compactly: `fanotify+cgroup-sock`.
@@ -58,6 +60,7 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             state: s.state,
             enforcement: s.enforcement,
             host_address: s.host_address,
+            protect_host: !s.unprotected,
         })
         .collect();
     if ctx.json {
@@ -75,7 +78,11 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             if s.image.is_empty() { "-".into() } else { s.image.clone() },
             s.container.clone(),
             s.started.clone(),
-            mechanisms(&s.enforcement),
+            if s.protect_host {
+                mechanisms(&s.enforcement)
+            } else {
+                format!("{} (no protect-host)", mechanisms(&s.enforcement))
+            },
         ]);
     }
     output::text(&output::table(&table));

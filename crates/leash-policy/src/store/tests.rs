@@ -224,3 +224,36 @@ fn a_statement_contradicting_another_of_the_same_scope_is_refused() {
         .unwrap();
     assert!(store.get("s1").unwrap().generation > before);
 }
+
+#[test]
+fn protect_host_is_a_layer_of_every_policy_unless_turned_off() {
+    let (store, _dir) = store();
+    let writes = |key: &str, path: &str| {
+        let c = store.get(key).unwrap();
+        let file = crate::resource::Resource::File(path.into());
+        c.engine.authorize("claude", crate::engine::Action::FileOpenReadWrite, &file, &BTreeMap::new())
+    };
+    // A session's own policy that permits everything still gets it.
+    let own = Opening { sources: vec![src("p.cedar", PERMIT_ALL)], ..Default::default() };
+    store.open_session("own", own).unwrap();
+    let d = writes("own", "/w/.git/hooks/pre-commit");
+    assert_eq!((d.allow, d.reasons), (false, vec!["protect-host".to_owned()]));
+    assert!(store.get("own").unwrap().sources.last().is_some_and(|s| s.name == PROTECT_HOST));
+    // It cannot be removed like a statement of the session's own.
+    let e = store.edit("own", &[], &["protect-host".into()]).unwrap_err();
+    assert!(e[0].message.contains("protect-host layer"), "{e:?}");
+    assert!(!writes("own", "/w/.envrc").allow);
+    // Saving the policy's text does not copy the layer into it.
+    let (_, text, _, _) = store.persist("own", None).unwrap();
+    assert!(!text.contains("protect-host"), "{text}");
+    assert!(!writes("own", "/w/.envrc").allow);
+    // Only a session opened without it lacks it, with its own policy or the default's.
+    for (key, sources) in [("off", vec![src("p.cedar", PERMIT_ALL)]), ("off-default", vec![])] {
+        store.open_session(key, Opening { sources, unprotected: true, ..Default::default() }).unwrap();
+        let d = writes(key, "/w/.git/hooks/pre-commit");
+        assert!(d.allow, "{key}: {d:?}");
+        assert!(!store.get(key).unwrap().sources.iter().any(|s| s.name == PROTECT_HOST), "{key}");
+    }
+    // The default's own copy of the fragment is that layer, not a second one.
+    assert_eq!(store.get(DEFAULT).unwrap().sources.iter().filter(|s| s.name == PROTECT_HOST).count(), 1);
+}

@@ -151,6 +151,7 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "state": s.state,
         "enforcement": s.enforcement,
         "host_address": s.host_address,
+        "protect_host": !s.unprotected,
     })
 }
 

@@ -33,6 +33,8 @@ pub enum Scope {
 pub struct File {
     /// `[leash] target_image`.
     pub target_image: Option<String>,
+    /// `[leash] protect_host`: `false` turns the protect-host layer off.
+    pub protect_host: Option<bool>,
     /// `[leash.envvars]`.
     pub envvars: BTreeMap<String, String>,
     /// `[volumes]`: agent toggles.
@@ -61,6 +63,8 @@ pub struct Project {
 pub struct Resolved {
     /// Image, if a file names one.
     pub target_image: Option<String>,
+    /// `protect_host`, if a file sets it.
+    pub protect_host: Option<bool>,
     /// Environment, lowest precedence first.
     pub envvars: BTreeMap<String, String>,
     /// The agent's mount toggle and where it came from.
@@ -131,6 +135,10 @@ fn parse(dict: &Dict, home: Option<&Path>) -> Result<File, KeyError> {
         for (k, v) in d {
             match k.as_str() {
                 "target_image" => f.target_image = Some(string(v, &["leash", "target_image"])?),
+                "protect_host" => {
+                    f.protect_host =
+                        Some(v.to_bool().ok_or_else(|| key_err(&["leash", "protect_host"], "expected true or false"))?)
+                }
                 "envvars" => f.envvars = envvars(v, &["leash", "envvars"])?,
                 // The Go leash ignores other keys here too (toggles live in [volumes]).
                 _ => {}
@@ -252,6 +260,9 @@ pub fn resolve(files: &[(&File, &Path)], cwd: &Path, agent: Option<&str>) -> Res
     let mut r = Resolved::default();
     let mut volumes: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (f, _) in files {
+        if f.protect_host.is_some() {
+            r.protect_host = f.protect_host;
+        }
         for (scope, image, env, toggles, vols) in [(Scope::Global, &f.target_image, &f.envvars, &f.toggles, &f.volumes)]
             .into_iter()
             .chain(f.projects.get(cwd).map(|p| (Scope::Project, &p.target_image, &p.envvars, &p.toggles, &p.volumes)))

@@ -24,6 +24,8 @@ pub const LABEL_VERSION: &str = "leash.version";
 pub const LABEL_PROJECT: &str = "leash.project";
 /// The command, as JSON.
 pub const LABEL_COMMAND: &str = "leash.command";
+/// `true` when the session runs without the protect-host layer.
+pub const LABEL_UNPROTECTED: &str = "leash.unprotected";
 
 /// An engine error, in one line.
 #[derive(Debug, thiserror::Error)]

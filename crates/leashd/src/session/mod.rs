@@ -118,6 +118,8 @@ pub struct Info {
     /// what a policy names to let the session reach a service on the
     /// host); empty when its network does not reach the host.
     pub host_address: String,
+    /// Runs without the protect-host layer (its user asked explicitly).
+    pub unprotected: bool,
 }
 
 /// The registry of sessions.
@@ -224,6 +226,7 @@ impl Sessions {
                 state: if running { "running" } else { "exited" },
                 enforcement: String::new(),
                 host_address: String::new(),
+                unprotected: labels.get(engine::LABEL_UNPROTECTED).is_some_and(|v| v == "true"),
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
             self.lock().insert(id.clone(), info.clone());
@@ -326,6 +329,7 @@ impl Sessions {
         if intercepted {
             plan.trust_session_ca();
         }
+        plan.pin_protected();
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between
@@ -364,9 +368,18 @@ impl Sessions {
             state: "created",
             enforcement: String::new(),
             host_address: String::new(),
+            unprotected: !plan.protect_host,
         };
         self.lock().insert(id.clone(), info.clone());
-        self.publish("session.create", &info, &[("image", plan.image.clone()), ("container", info.container.clone())]);
+        self.publish(
+            "session.create",
+            &info,
+            &[
+                ("image", plan.image.clone()),
+                ("container", info.container.clone()),
+                ("protect_host", plan.protect_host.to_string()),
+            ],
+        );
         timings.lap("create_ms");
         let result =
             self.drive(&engine, &info, &plan, intercepted, release, &release_path, &mut input, out, &mut timings).await;
@@ -645,6 +658,7 @@ impl Sessions {
             watch_path,
             owner: info.owner,
             writable_mounts,
+            no_protect_host: !plan.protect_host,
         };
         let mut client = pb::policy_client::PolicyClient::new(channel);
         let r = client.open_session(request).await.map_err(|s| s.message().to_owned())?.into_inner();
@@ -874,5 +888,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         state: i.state.to_owned(),
         enforcement: i.enforcement.clone(),
         host_address: i.host_address.clone(),
+        unprotected: i.unprotected,
     }
 }

@@ -78,6 +78,12 @@ pub struct Plan {
     pub interactive: bool,
     /// Run even when an enforcement layer cannot be set up.
     pub degraded: bool,
+    /// The protect-host layer is on (unless `--no-protect-host` or
+    /// `[leash] protect_host = false` turned it off).
+    pub protect_host: bool,
+    /// protect-host's fixed locations bound onto themselves
+    /// ([`Plan::pin_protected`]).
+    pub pinned: Vec<Bind>,
     /// The `--policy` file (name, contents) the client sent, if any.
     pub policy: Option<(String, String)>,
 }
@@ -95,6 +101,56 @@ pub struct AgentMount {
     pub user_config: Option<PathBuf>,
 }
 
+/// protect-host's fixed locations, relative to a writable mount, and
+/// whether each is bound read-only: what runs code later outside the
+/// sandbox (policies/protect-host.cedar). `.git` itself is bound read-write
+/// so that it cannot be renamed away and replaced.
+pub const PINNED: [(&str, bool); 12] = [
+    (".git", false),
+    (".git/hooks", true),
+    (".git/config", true),
+    (".vscode/tasks.json", true),
+    (".vscode/settings.json", true),
+    (".claude/settings.json", true),
+    (".claude/settings.local.json", true),
+    (".claude/hooks", true),
+    (".codex/config.toml", true),
+    (".gemini/settings.json", true),
+    (".qwen/settings.json", true),
+    (".config/opencode", true),
+];
+
+/// The binds that pin [`PINNED`] locations existing under `roots` (host
+/// source, container target of each writable mount).
+fn pinned_binds(roots: &[(PathBuf, String)]) -> Vec<Bind> {
+    let mut pinned: Vec<Bind> = Vec::new();
+    for (source, target) in roots {
+        let base = source.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        for (rel, read_only) in PINNED {
+            // `.claude/settings.json` under a project, or `settings.json`
+            // in a mounted `~/.claude`.
+            let within = match rel.split_once('/') {
+                Some((first, rest)) if first == base => [Some(rel), Some(rest)],
+                _ => [Some(rel), None],
+            };
+            for rel in within.into_iter().flatten() {
+                let host = source.join(rel);
+                let is_real = std::fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir() || m.is_file());
+                let container = format!("{}/{rel}", target.trim_end_matches('/'));
+                // A `.git` file (a worktree's pointer to its git dir) is
+                // pinned read-only: rewritten, it would name another.
+                let read_only = read_only || (rel == ".git" && host.is_file());
+                if is_real && !pinned.iter().any(|b| b.target == container) {
+                    pinned.push(Bind { source: host, target: container, read_only });
+                }
+            }
+        }
+    }
+    // Parents before children: Docker mounts in target order anyway.
+    pinned.sort_by(|a, b| a.target.cmp(&b.target));
+    pinned
+}
+
 impl Plan {
     /// Every bind as (host source, container target), for verification.
     pub fn mounts(&self, ctx: &Ctx, session_dir: &Path) -> Vec<(PathBuf, String)> {
@@ -103,7 +159,7 @@ impl Plan {
             (ctx.entry_bin.clone(), ENTRY_PATH.to_owned()),
             (session_dir.to_owned(), SESSION_DIR.to_owned()),
         ];
-        v.extend(self.binds.iter().map(|b| (b.source.clone(), b.target.clone())));
+        v.extend(self.binds.iter().chain(&self.pinned).map(|b| (b.source.clone(), b.target.clone())));
         v
     }
 
@@ -125,6 +181,22 @@ impl Plan {
                 self.env.push(format!("{name}={value}"));
             }
         }
+    }
+
+    /// Pins protect-host's fixed locations that exist in the session's
+    /// writable mounts (see [`PINNED`]), so the kernel refuses what a
+    /// file-open decision never sees: renames and links into them, renames
+    /// over them, chmod, and files created there. Each is bound onto itself
+    /// (a mount point cannot be renamed or removed), read-only but for the
+    /// `.git` directory itself. Symlinks are left alone (binding one would
+    /// mount whatever it points to).
+    pub fn pin_protected(&mut self) {
+        if !self.protect_host {
+            return;
+        }
+        let mut roots: Vec<(PathBuf, String)> = vec![(PathBuf::from(&self.cwd), self.cwd.clone())];
+        roots.extend(self.binds.iter().filter(|b| !b.read_only).map(|b| (b.source.clone(), b.target.clone())));
+        self.pinned = pinned_binds(&roots);
     }
 
     /// Adds the agent's mounts (after a yes).
@@ -317,6 +389,8 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         agent_mount,
         interactive: start.tty && !start.no_interactive,
         degraded: start.degraded,
+        protect_host: !start.no_protect_host && resolved.protect_host.unwrap_or(true),
+        pinned: Vec::new(),
         policy: (!start.policy.is_empty()).then(|| {
             (
                 if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
@@ -381,7 +455,7 @@ impl Plan {
             format!("{}:{ENTRY_PATH}:ro", ctx.entry_bin.display()),
             format!("{}:{SESSION_DIR}:ro", session_dir.display()),
         ];
-        binds.extend(self.binds.iter().map(Bind::spec));
+        binds.extend(self.binds.iter().chain(&self.pinned).map(Bind::spec));
         let mut entrypoint = vec![
             ENTRY_PATH.to_owned(),
             "--user".into(),
@@ -405,6 +479,7 @@ impl Plan {
             (engine::LABEL_PROJECT.to_owned(), self.cwd.clone()),
             (engine::LABEL_COMMAND.to_owned(), serde_json::to_string(&self.command).unwrap_or_default()),
             ("leash.name".to_owned(), name.to_owned()),
+            (engine::LABEL_UNPROTECTED.to_owned(), (!self.protect_host).to_string()),
         ]);
         Spec {
             name: name.to_owned(),
@@ -552,6 +627,42 @@ pub fn entry_bin(bin_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protect_hosts_fixed_locations_that_exist_are_pinned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("proj");
+        for d in [".git/hooks", ".vscode", ".claude"] {
+            std::fs::create_dir_all(p.join(d)).unwrap();
+        }
+        std::fs::write(p.join(".git/config"), "[core]\n").unwrap();
+        std::fs::write(p.join(".vscode/tasks.json"), "{}").unwrap();
+        // A symlink is not followed into a mount.
+        std::os::unix::fs::symlink("/etc/passwd", p.join(".claude/settings.json")).unwrap();
+        // An agent's settings dir mounted on its own.
+        let claude = tmp.path().join("home/.claude");
+        std::fs::create_dir_all(claude.join("hooks")).unwrap();
+        std::fs::write(claude.join("settings.json"), "{}").unwrap();
+        let roots = [(p.clone(), "/w".to_owned()), (claude.clone(), "/home/u/.claude".to_owned())];
+        let got: Vec<(String, bool)> = pinned_binds(&roots).into_iter().map(|b| (b.target, b.read_only)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/home/u/.claude/hooks".to_owned(), true),
+                ("/home/u/.claude/settings.json".to_owned(), true),
+                ("/w/.git".to_owned(), false),
+                ("/w/.git/config".to_owned(), true),
+                ("/w/.git/hooks".to_owned(), true),
+                ("/w/.vscode/tasks.json".to_owned(), true),
+            ]
+        );
+        // A worktree's `.git` file is pinned read-only.
+        let wt = tmp.path().join("wt");
+        std::fs::create_dir_all(&wt).unwrap();
+        std::fs::write(wt.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        let got = pinned_binds(&[(wt, "/wt".to_owned())]);
+        assert_eq!((got[0].target.as_str(), got[0].read_only), ("/wt/.git", true));
+    }
 
     #[test]
     fn env_specs() {
