@@ -4,7 +4,7 @@
 //! (a path matching a pattern the tables do not carve) says so, and the
 //! decider asks the policy service instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An action the file tables decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,6 +146,19 @@ impl Tables {
     /// The policy ids behind a verdict.
     pub fn reasons(&self, v: Verdict) -> &[String] {
         self.reasons.get(v.reason as usize).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The files and directories (other than `/`) the tables deny some
+    /// file action on, by name: what must stay denied under any other name
+    /// the agent gives them (a hard link, a rename). Patterns are not here:
+    /// they name no one file.
+    pub fn guarded(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut files, mut dirs) = (BTreeSet::new(), BTreeSet::new());
+        for t in self.files.values() {
+            files.extend(t.exact.iter().filter(|(_, v)| !v.allow).map(|(p, _)| p.clone()));
+            dirs.extend(t.prefixes.iter().filter(|(p, v)| !v.allow && p.as_str() != "/").map(|(p, _)| p.clone()));
+        }
+        (files, dirs)
     }
 }
 

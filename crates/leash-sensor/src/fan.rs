@@ -66,6 +66,11 @@ pub struct FileDecision {
     pub mode: Mode,
     /// Answered allow although the policy denies (shadow).
     pub would_deny: bool,
+    /// The file has one name only (an allow may be cached for it).
+    pub one_name: bool,
+    /// How the decision traced the file beyond the path it was opened by
+    /// (`via inode of /w/secret.txt`, or the program interpreter that read it).
+    pub traced: Option<String>,
 }
 
 /// Asks the policy service about a path the tables cannot decide.
@@ -330,6 +335,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * METADATA_BYTES];
     let mut cached = 0usize;
+    let mut identities = crate::identity::Identities::default();
     while !l.stop.load(Ordering::Relaxed) {
         if cgroup_dir.is_some_and(|d| !d.exists()) {
             return Ok(());
@@ -351,7 +357,7 @@ pub fn run(
                 tracing::warn!(session_id = %l.session, "fanotify queue overflow");
                 continue;
             }
-            let d = decide_one(l, &g, &ev);
+            let d = decide_one(l, &g, &ev, &mut identities);
             let answer = match &d {
                 None => true,
                 Some(d) => d.allow || d.mode != Mode::Enforce,
@@ -360,7 +366,7 @@ pub fn run(
                 && let Some(d) = &d
                 && d.mode != Mode::Record
                 && let Some(exec_too) = cacheable(&g, d)
-                && one_name(ev.fd)
+                && d.one_name
             {
                 if cached >= MAX_CACHED {
                     // Bounded: every mark pins an inode and counts against root's limit.
@@ -396,25 +402,37 @@ pub fn run(
 /// every open mode, by the tables alone. Some(true) when exec is allowed too.
 fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
     let allowed = |a: FileAction| matches!(g.tables.lookup(a, &d.path), Lookup::Final(v) if v.allow);
+    // A file the policy forbids to execute is never cached, not even for
+    // reading: the program interpreter runs a program by reading it.
     if !d.allow
         || d.path.is_empty()
+        || d.traced.is_some()
         || !allowed(FileAction::Read)
         || !allowed(FileAction::Write)
         || !allowed(FileAction::Open)
+        || !allowed(FileAction::Exec)
     {
         return None;
     }
-    Some(allowed(FileAction::Exec))
+    Some(true)
 }
 
-/// Whether the file behind an event's descriptor has one name only (a
-/// directory, or a regular file with one link). An ignore mark is on the
-/// inode, so it answers for every name the inode has: an allow decided for
-/// one of several names (a hard link the agent made of a forbidden file,
-/// say) must not be cached, or it would open the forbidden name too.
-fn one_name(fd: i32) -> bool {
+/// Whether a file has one name only (a directory, or a regular file with
+/// one link). An ignore mark is on the inode, so it answers for every name
+/// the inode has: an allow decided for one of several names (a hard link
+/// the agent made of a forbidden file, say) must not be cached, or it would
+/// open the forbidden name too.
+fn one_name(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/self/fd/{fd}")).is_ok_and(|m| m.is_dir() || (m.is_file() && m.nlink() == 1))
+    meta.is_dir() || (meta.is_file() && meta.nlink() == 1)
+}
+
+/// Whether an executable is a program interpreter (the dynamic loader):
+/// run directly (`ld.so PROG`), it opens the program for reading and maps
+/// it, and the kernel never sees an exec of it.
+pub fn is_program_interpreter(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    name.starts_with("ld-linux") || name.starts_with("ld-musl-") || name.starts_with("ld64.so") || name == "ld.so"
 }
 
 /// The opened file's path, as the kernel resolves it; the " (deleted)"
@@ -437,7 +455,12 @@ fn resolved_path(fd: i32) -> Option<String> {
 }
 
 /// Decides one event; None for a process outside the session (always allowed).
-fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
+fn decide_one(
+    l: &Loop,
+    g: &Governed,
+    ev: &RawFan,
+    identities: &mut crate::identity::Identities,
+) -> Option<FileDecision> {
     if ev.mask & (FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM) == 0 {
         return None;
     }
@@ -452,17 +475,53 @@ fn decide_one(l: &Loop, g: &Governed, ev: &RawFan) -> Option<FileDecision> {
     let flags = if exec { None } else { syscall_flags(tid) };
     let path = resolved_path(ev.fd);
     let action = if exec { FileAction::Exec } else { action_of(flags) };
-    let (allow, reasons) = match (g.mode, &path) {
+    let (mut allow, mut reasons) = match (g.mode, &path) {
         (Mode::Record, _) => (true, Vec::new()),
         // No path (longer than the kernel will print, say): denied.
         (_, None) => (false, vec!["unresolvable path".to_owned()]),
         (_, Some(p)) => decide(g, action, p, &l.evaluate),
     };
+    let meta = std::fs::metadata(format!("/proc/self/fd/{}", ev.fd)).ok();
+    let lineage = lineage(tid);
+    let mut traced = None;
+    if g.mode != Mode::Record
+        && allow
+        && let Some(p) = &path
+    {
+        // The file under the name the policy forbids it by (a link, a
+        // rename of it or of a directory above it).
+        let root = PathBuf::from(format!("/proc/{tid}/root"));
+        identities.refresh(&g.tables, &root);
+        if let Some(m) = &meta
+            && let Some(other) = identities.other_name(&root, p, crate::identity::id_of(m))
+        {
+            let (a, r) = decide(g, action, &other, &l.evaluate);
+            if !a {
+                (allow, reasons) = (false, r);
+                traced = Some(format!("via inode of {other}"));
+            }
+        }
+        // A program the policy forbids to execute, read by the program
+        // interpreter run directly: that read is its exec.
+        if allow
+            && action == FileAction::Read
+            && let Some((_, _, exe)) = &lineage
+            && is_program_interpreter(exe)
+        {
+            let (a, r) = decide(g, FileAction::Exec, p, &l.evaluate);
+            if !a {
+                (allow, reasons) = (false, r);
+                traced = Some(format!("loaded by the program interpreter {exe}"));
+            }
+        }
+    }
     let path = path.unwrap_or_default();
     Some(FileDecision {
         session: l.session.clone(),
         tid,
-        lineage: lineage(tid),
+        lineage,
+        one_name: meta.as_ref().is_some_and(one_name),
+        traced,
         path,
         action,
         flags_known: flags.is_some() || exec,
@@ -515,6 +574,10 @@ pub fn to_event(d: FileDecision) -> Event {
     let e = e.with("tid", d.tid.to_string());
     let e = match ppid {
         Some(p) => e.with("ppid", p.to_string()),
+        None => e,
+    };
+    let e = match d.traced {
+        Some(t) => e.with("traced", t),
         None => e,
     };
     e.with("mechanism", "fanotify")

@@ -15,6 +15,7 @@ pub mod bpf;
 pub mod event;
 pub mod fan;
 pub mod holder;
+pub mod identity;
 pub mod probe;
 pub mod selftest;
 

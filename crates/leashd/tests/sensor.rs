@@ -548,3 +548,122 @@ fn an_allowed_read_through_a_hard_link_never_opens_the_forbidden_name() {
         assert_ne!(code, "0", "{attempt} read the secret\n{stdout}");
     }
 }
+
+/// The exit codes a script printed as `name=code`.
+fn code_of<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap_or("missing")
+}
+
+#[test]
+fn a_forbidden_file_stays_forbidden_under_any_name_the_agent_gives_it() {
+    if !require_docker("a_forbidden_file_stays_forbidden_under_any_name_the_agent_gives_it") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    std::fs::write(format!("{p}/top-secret.txt"), "TOPSECRET\n").unwrap();
+    let policy = policy(
+        &stack,
+        &[
+            &no_secret(&p),
+            &format!(
+                "@id(\"no-top\") forbid (principal, action == Action::\"FileOpen\", resource == File::\"{p}/top-secret.txt\");"
+            ),
+            &format!(
+                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
+            ),
+        ],
+    );
+    let script = "ln top-secret.txt hard; cat hard; echo link-file=$?; \
+                  ln secret/key keylink; cat keylink; echo link-in-dir=$?; \
+                  mv top-secret.txt moved.txt; cat moved.txt; echo rename-file=$?; \
+                  mv secret stolen; cat stolen/key; echo rename-dir=$?; \
+                  mkdir -p a; mv stolen a/b; cat a/b/key; echo rename-parent=$?; \
+                  ln tool t2; ./t2 true; echo exec-link=$?; \
+                  mv tool t3; ./t3 true; echo exec-rename=$?; \
+                  cat open/sibling >/dev/null; echo control=$?";
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("s3cret") && !stdout.contains("TOPSECRET"), "{stdout}");
+    for attempt in
+        ["link-file", "link-in-dir", "rename-file", "rename-dir", "rename-parent", "exec-link", "exec-rename"]
+    {
+        assert_ne!(code_of(&stdout, attempt), "0", "{attempt} got through\n{stdout}\n{}", text(&out.stderr));
+    }
+    assert_eq!(code_of(&stdout, "control"), "0", "{stdout}");
+    // Each refusal names the forbidding policy and how the name was traced.
+    let events = stack.events();
+    let traced = |resource: &str| {
+        events.iter().find(|e| {
+            e["decision"] == "deny"
+                && e["resource"] == format!("{p}/{resource}").as_str()
+                && !e["details"]["traced"].is_null()
+        })
+    };
+    for (resource, policy, via) in [
+        ("hard", "no-top", "top-secret.txt"),
+        ("keylink", "no-secret", "secret/key"),
+        ("moved.txt", "no-top", "top-secret.txt"),
+        ("a/b/key", "no-secret", "secret/key"),
+        ("t3", "no-tool", "tool"),
+    ] {
+        let e = traced(resource).unwrap_or_else(|| panic!("no traced refusal of {resource}"));
+        assert_eq!(e["policy_ids"], serde_json::json!([policy]), "{e}");
+        assert_eq!(e["details"]["traced"], format!("via inode of {p}/{via}").as_str(), "{e}");
+    }
+}
+
+#[test]
+fn a_program_forbidden_to_run_does_not_run_through_the_dynamic_loader() {
+    const DEBIAN: &str = "leash-test-debian:latest";
+    if !require_docker("a_program_forbidden_to_run_does_not_run_through_the_dynamic_loader")
+        || !leash_testkit::require_image("a_program_forbidden_to_run_does_not_run_through_the_dynamic_loader", DEBIAN)
+    {
+        return;
+    }
+    let stack = stack();
+    let p = stack.project().display().to_string();
+    let policy = policy(
+        &stack,
+        &[
+            &format!(
+                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
+            ),
+            &format!(
+                "@id(\"no-lib\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/libevil.so\");"
+            ),
+        ],
+    );
+    let script = "ldso=$(ls /lib64/ld-linux-x86-64.so.2 /lib/ld-linux*.so* 2>/dev/null | head -n 1); \
+                  cp /usr/bin/id tool; cp \"$(ldd /usr/bin/id | sed -n 's/.*libc.so.6 => \\([^ ]*\\).*/\\1/p')\" libevil.so; \
+                  ./tool >/dev/null; echo exec=$?; \
+                  $ldso ./tool >/dev/null; echo ldso=$?; \
+                  $ldso --preload ./libevil.so /bin/true; echo preload-ran=$?; \
+                  $ldso /bin/true; echo control=$?";
+    let out = stack
+        .leash(&["--image", DEBIAN, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_ne!(code_of(&stdout, "exec"), "0", "{stdout}\n{stderr}");
+    assert_ne!(code_of(&stdout, "ldso"), "0", "the loader ran a forbidden program\n{stdout}\n{stderr}");
+    assert!(stderr.contains("libevil.so") && stderr.contains("cannot be preloaded"), "{stdout}\n{stderr}");
+    assert_eq!(code_of(&stdout, "control"), "0", "the loader runs what the policy allows\n{stdout}\n{stderr}");
+    let events = stack.events();
+    for (file, policy) in [("tool", "no-tool"), ("libevil.so", "no-lib")] {
+        let e = events
+            .iter()
+            .find(|e| {
+                e["decision"] == "deny"
+                    && e["resource"] == format!("{p}/{file}").as_str()
+                    && e["details"]["traced"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("loaded by the program interpreter"))
+            })
+            .unwrap_or_else(|| panic!("no refusal of {file} as loaded by the interpreter"));
+        assert_eq!(e["policy_ids"], serde_json::json!([policy]), "{e}");
+    }
+}
