@@ -585,6 +585,7 @@ impl Sensor for Service {
             capabilities: caps.capabilities.iter().map(capability_to_proto).collect(),
             tier: caps.tier.clone(),
             probes: caps.probes.iter().map(|(n, v)| pb::Fact { name: n.clone(), value: v.clone() }).collect(),
+            gaps: caps.gaps.iter().map(|(n, v)| pb::Fact { name: n.clone(), value: v.clone() }).collect(),
         }))
     }
 

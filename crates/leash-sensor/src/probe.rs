@@ -24,6 +24,8 @@ pub struct Report {
     pub tier: String,
     /// What each probe found.
     pub probes: Vec<(String, String)>,
+    /// What the agent can do that this tier does not refuse: (attempt, why).
+    pub gaps: Vec<(String, String)>,
 }
 
 /// Whether a fanotify group with permission events can be created.
@@ -96,12 +98,42 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
         },
         Err(e) => Capability { action, mechanism: "none", reason: e.clone() },
     };
+    let gaps = if fanotify.is_ok() {
+        FALLBACK_GAPS.iter().map(|(a, w)| ((*a).to_owned(), (*w).to_owned())).collect()
+    } else {
+        Vec::new()
+    };
     Report {
         capabilities: vec![file("file-read"), file("file-write"), file("exec"), net("connect"), net("sendmsg")],
         tier: "fallback".to_owned(),
         probes,
+        gaps,
     }
 }
+
+/// What the fallback tier's file decider does not refuse, and why (it
+/// decides opens and execs; these are neither). docs/SENSOR.md has the
+/// whole table, with what it does refuse.
+const FALLBACK_GAPS: [(&str, &str); 6] = [
+    (
+        "a rename, hard or symbolic link, mknod, chmod, chown, truncate or utime of a write-forbidden path",
+        "these are not opens; protect-host's locations that exist when the session starts are read-only mounts, so there the kernel refuses them (EROFS, EBUSY), but not elsewhere (an .envrc made by a rename, say)",
+    ),
+    (
+        "an O_CREAT open of a write-forbidden path that does not exist",
+        "refused, but the kernel creates the (empty) file before the open is decided",
+    ),
+    (
+        "a copy of a program the policy forbids to execute, run",
+        "exec rules name paths and identities; a copy is another file",
+    ),
+    (
+        "a file created in a forbidden directory and linked or moved out within 2 s",
+        "forbidden directories are read for identities when the tables change and every 2 s",
+    ),
+    ("mkdir or unlink under a forbidden directory", "not opens"),
+    ("a script run by an interpreter (sh script)", "the interpreter reads it: a read, not an exec"),
+];
 
 /// The capabilities with mechanisms switched off (the self-test's negative
 /// control): file actions fall back to what the tracepoints observe, and

@@ -291,6 +291,10 @@ fn doctor_reports_what_is_enforced_and_proves_it() {
     );
     assert_eq!((mechanism(&v, "file-read"), mechanism(&v, "connect")), ("fanotify".into(), "cgroup-sock".into()));
     assert!(v["self_test"]["checks"].as_array().unwrap().iter().all(|c| c["outcome"] == "denied"), "{v}");
+    // What this tier does not refuse is said, never silent.
+    let gaps = v["not_refused"].as_array().unwrap();
+    assert!(gaps.iter().any(|g| g["attempt"].as_str().unwrap().contains("rename")), "{v}");
+    assert!(gaps.iter().any(|g| g["attempt"].as_str().unwrap().contains("O_CREAT")), "{v}");
     // The negative control: with the mechanisms off, the report says so and
     // the self-test fails — it can fail.
     let (code, v) = doctor(&["--without", "fanotify", "--without", "cgroup-sock"]);

@@ -69,6 +69,7 @@ async function loadStatus() {
   $("#tier").textContent = `${tier} · events ${s.events.published} published, ${s.events.stored} stored, ${s.events.dropped} dropped`;
   $("#capabilities").innerHTML = (s.sensor?.capabilities ?? [])
     .map((c) => `<li><strong>${esc(c.action)}</strong>: ${esc(c.mechanism)}${c.reason ? ` <span class="muted">(${esc(c.reason)})</span>` : ""}</li>`)
+    .concat((s.sensor?.not_refused ?? []).map((g) => `<li class="gap"><strong>not refused</strong>: ${esc(g.attempt)} <span class="muted">(${esc(g.why)})</span></li>`))
     .join("");
 }
 

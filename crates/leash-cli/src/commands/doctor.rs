@@ -27,6 +27,7 @@ pub async fn run(ctx: &Ctx, without: &[String]) -> anyhow::Result<ExitCode> {
             "tier": caps.tier,
             "capabilities": test.capabilities.iter().map(cap).collect::<Vec<_>>(),
             "probes": caps.probes.iter().map(|f| (f.name.clone(), serde_json::Value::String(f.value.clone()))).collect::<serde_json::Map<_, _>>(),
+            "not_refused": caps.gaps.iter().map(|g| serde_json::json!({"attempt": g.name, "why": g.value})).collect::<Vec<_>>(),
             "self_test": {
                 "passed": test.passed,
                 "checks": test.checks.iter().map(|c| serde_json::json!({"action": c.action, "outcome": c.outcome, "passed": c.passed})).collect::<Vec<_>>(),
@@ -41,6 +42,12 @@ pub async fn run(ctx: &Ctx, without: &[String]) -> anyhow::Result<ExitCode> {
         output::text(&output::table(&table));
         for p in &caps.probes {
             output::line(&format!("probe {}: {}", p.name, p.value));
+        }
+        if !caps.gaps.is_empty() {
+            output::line(&format!("not refused on the {} tier:", caps.tier));
+            for g in &caps.gaps {
+                output::line(&format!("  {}: {}", g.name, g.value));
+            }
         }
         output::line(&format!(
             "self-test: a governed process tries a forbidden open, exec, connect and UDP datagram{}",

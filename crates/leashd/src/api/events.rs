@@ -190,6 +190,7 @@ pub(super) async fn status(State(ctx): State<Ctx>) -> Response {
             "capabilities": c.capabilities.iter().map(|x| json!({
                 "action": x.action, "mechanism": x.mechanism, "reason": x.reason,
             })).collect::<Vec<_>>(),
+            "not_refused": c.gaps.iter().map(|g| json!({ "attempt": g.name, "why": g.value })).collect::<Vec<_>>(),
         })),
     }))
 }
