@@ -45,7 +45,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             None => sensor(false),
             // The event pipeline alone (quick, while working on it).
             Some("--events-only") => sensor(true),
-            Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only)"),
+            // What tracing forbidden files by identity costs on new files.
+            Some("--new-files") => sensor_new_files(),
+            Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files)"),
         },
         Some(other) => {
             bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, proxy, ui")
@@ -135,7 +137,9 @@ pub(crate) fn governed_session(
     loop {
         let out = util::output(inst.command("leashctl").args(["sessions", "--json"]))?;
         let v: Value = serde_json::from_slice(&out)?;
-        if let Some(c) = v.as_array().and_then(|a| a.first()).filter(|s| s["state"] == "running") {
+        let here = project.canonicalize().unwrap_or_else(|_| project.to_owned());
+        let ours = |s: &&Value| s["project"].as_str().is_some_and(|p| Path::new(p) == here);
+        if let Some(c) = v.as_array().and_then(|a| a.iter().find(ours)).filter(|s| s["state"] == "running") {
             return Ok((session, c["container"].as_str().unwrap_or_default().to_owned()));
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -613,4 +617,122 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         unpaced["dropped"]
     ));
     write_report(if events_only { "sensor-events" } else { "sensor" }, &report)
+}
+
+/// Files each run of `bench sensor --new-files` creates and opens.
+const NEW_FILES: u32 = 10_000;
+/// Interleaved runs of `bench sensor --new-files`.
+const NEW_FILE_RUNS: usize = 10;
+/// Files in the forbidden directory whose identities the decider traces.
+const TRACED_FILES: usize = 1_000;
+
+/// Creating and opening 10,000 new files: in a session whose policy
+/// forbids a directory that exists (with 1,000 files, so the decider traces
+/// identities on every open it decides), in a session whose forbidden
+/// directory does not exist (nothing to trace), and under plain Docker; the
+/// same image, interleaved.
+fn sensor_new_files() -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("bench sensor runs leashd, Docker and BPF programs and needs root");
+    }
+    let bin = util::build_binaries(true)?;
+    let entry = util::build_static_entry(true)?;
+    crate::image::run(&["test".to_owned()])?;
+    let image = crate::image::tag("test");
+    let mut inst = Instance::new(&bin)?;
+    inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
+    inst.wait(Duration::from_secs(20), all_running)?;
+    let base = inst.project()?;
+    let (traced, untraced) = (base.join("traced"), base.join("untraced"));
+    let mut sessions = Vec::new();
+    let mut containers = Vec::new();
+    for (dir, forbidden) in [(&traced, traced.join("private")), (&untraced, PathBuf::from("/nonexistent/private"))] {
+        std::fs::create_dir_all(dir)?;
+        if forbidden.starts_with(dir) {
+            std::fs::create_dir_all(&forbidden)?;
+            for i in 0..TRACED_FILES {
+                std::fs::write(forbidden.join(format!("f{i}")), "s")?;
+            }
+        }
+        let policy = dir.with_extension("cedar");
+        std::fs::write(
+            &policy,
+            format!(
+                "@id(\"all\") permit (principal, action, resource);\n\
+                 @id(\"private\") forbid (principal, action == Action::\"FileOpen\", resource in Dir::\"{}/\");\n",
+                forbidden.display()
+            ),
+        )?;
+        let (session, container) = governed_session(&inst, &image, &policy, dir)?;
+        sessions.push(session);
+        containers.push((container, dir.clone()));
+    }
+    let plain = "leash-bench-new-files";
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    let mount = format!("{0}:{0}", base.display());
+    util::output(Command::new("docker").args(["run", "-d", "--name", plain, "-v", &mount, &image, "sleep", "3600"]))?;
+    containers.push((plain.to_owned(), untraced.clone()));
+    let script = format!("rm -rf nf && mkdir nf && cd nf && {}", timed_loop(NEW_FILES, "echo x > n$i; : < n$i"));
+    let run_in = |(container, dir): &(String, PathBuf)| -> anyhow::Result<f64> {
+        let out = util::output(Command::new("docker").args([
+            "exec",
+            "-w",
+            &dir.display().to_string(),
+            container,
+            "sh",
+            "-c",
+            &script,
+        ]))?;
+        micros(&out)
+    };
+    for c in &containers {
+        run_in(c)?;
+    }
+    let (mut traced_r, mut untraced_r, mut identity_r) = (Vec::new(), Vec::new(), Vec::new());
+    let mut abs = Vec::new();
+    for run in 0..NEW_FILE_RUNS {
+        let mut t = [0.0; 3];
+        // Rotate which goes first.
+        for k in 0..3 {
+            let i = (run + k) % 3;
+            t[i] = run_in(&containers[i])?;
+        }
+        traced_r.push(t[0] / t[2]);
+        untraced_r.push(t[1] / t[2]);
+        identity_r.push(t[0] / t[1]);
+        abs.push(t.map(|x| x / f64::from(NEW_FILES)));
+    }
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    for mut s in sessions {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    inst.stop()?;
+    let per_file = |k: usize| median_f64(abs.iter().map(|a| a[k]).collect());
+    let (tr, un, id) = (ratio_summary(traced_r), ratio_summary(untraced_r), ratio_summary(identity_r));
+    util::out(&format!(
+        "sensor --new-files (release, fallback tier; {NEW_FILE_RUNS} interleaved runs of {NEW_FILES} new files, \
+         each created then opened; medians of paired ratios)"
+    ));
+    util::out(&format!(
+        "  per file: {:.1} µs traced, {:.1} µs untraced, {:.1} µs plain Docker",
+        per_file(0),
+        per_file(1),
+        per_file(2)
+    ));
+    util::out(&describe("governed, tracing 1,000 forbidden files", tr, 1.05));
+    util::out(&describe("governed, nothing to trace", un, 1.05));
+    util::out(&describe("identity tracing alone (traced vs untraced)", id, 1.05));
+    write_report(
+        "sensor-new-files",
+        &serde_json::json!({
+            "runs": NEW_FILE_RUNS,
+            "files": NEW_FILES,
+            "traced_files": TRACED_FILES,
+            "per_file_us": { "traced": per_file(0), "untraced": per_file(1), "plain": per_file(2) },
+            "traced_vs_plain": { "ratio": tr.0, "ci95": [tr.1, tr.2] },
+            "untraced_vs_plain": { "ratio": un.0, "ci95": [un.1, un.2] },
+            "identity": { "ratio": id.0, "ci95": [id.1, id.2] },
+        }),
+    )
 }

@@ -32,7 +32,9 @@ verbs:
   bench policy     the authorizer at 10/100/1000 statements; compiling 1000 to tables
   bench session-start
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
-  bench sensor    governed vs ungoverned open/exec loops, host loops, the event rate
+  bench sensor [--events-only|--new-files]
+                  governed vs ungoverned open/exec loops, host loops, the event rate;
+                  --new-files: 10,000 new files with and without identity tracing
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
   facts           print what the tests rely on here (engines, kernel, cgroups,
