@@ -256,18 +256,24 @@ fn startup() -> anyhow::Result<()> {
     write_report("startup", &report)
 }
 
-/// `leash -- true` against `docker run --rm <same image> true`, warm.
-fn session_start() -> anyhow::Result<()> {
+/// A release instance with leashd running and the test image built, ready
+/// for sessions; `why_root` is the refusal when not root.
+fn sessions_ready(why_root: &str) -> anyhow::Result<(Instance, String)> {
     if !rustix::process::geteuid().is_root() {
-        bail!("bench session-start runs leashd and Docker and needs root");
+        bail!("{why_root}");
     }
     let bin = util::build_binaries(true)?;
     let entry = util::build_static_entry(true)?;
     crate::image::run(&["test".to_owned()])?;
-    let image = crate::image::tag("test");
     let mut inst = Instance::new(&bin)?;
     inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
     inst.wait(Duration::from_secs(20), all_running)?;
+    Ok((inst, crate::image::tag("test")))
+}
+
+/// `leash -- true` against `docker run --rm <same image> true`, warm.
+fn session_start() -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready("bench session-start runs leashd and Docker and needs root")?;
     let project = inst.project()?;
     let leash = || -> anyhow::Result<Duration> {
         let t = Instant::now();
@@ -632,16 +638,7 @@ const TRACED_FILES: usize = 1_000;
 /// directory does not exist (nothing to trace), and under plain Docker; the
 /// same image, interleaved.
 fn sensor_new_files() -> anyhow::Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!("bench sensor runs leashd, Docker and BPF programs and needs root");
-    }
-    let bin = util::build_binaries(true)?;
-    let entry = util::build_static_entry(true)?;
-    crate::image::run(&["test".to_owned()])?;
-    let image = crate::image::tag("test");
-    let mut inst = Instance::new(&bin)?;
-    inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
-    inst.wait(Duration::from_secs(20), all_running)?;
+    let (mut inst, image) = sessions_ready("bench sensor runs leashd, Docker and BPF programs and needs root")?;
     let base = inst.project()?;
     let (traced, untraced) = (base.join("traced"), base.join("untraced"));
     let mut sessions = Vec::new();
