@@ -671,3 +671,41 @@ fn a_program_forbidden_to_run_does_not_run_through_the_dynamic_loader() {
         assert_eq!(e["policy_ids"], serde_json::json!([policy]), "{e}");
     }
 }
+
+#[test]
+fn descriptor_and_exchange_tricks_do_not_open_or_run_what_is_forbidden() {
+    if !require_docker("descriptor_and_exchange_tricks_do_not_open_or_run_what_is_forbidden") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    let policy = policy(
+        &stack,
+        &[
+            &no_secret(&p),
+            &format!(
+                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
+            ),
+        ],
+    );
+    // O_PATH then /proc/self/fd/N; an exec from a descriptor; the forbidden
+    // file swapped with an allowed name (renameat2 RENAME_EXCHANGE).
+    let script = "./leash-storm opath secret/key; \
+                  ./leash-storm execveat ./tool true; \
+                  ./leash-storm exchange secret/key open/sibling; cat open/sibling; echo exchanged-read=$?; \
+                  ./leash-storm opath open/sibling";
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    assert!(stdout.contains("exchange=ok"), "the exchange itself is not an open\n{stdout}");
+    for attempt in ["opath", "execveat", "exchanged-read"] {
+        let outcomes: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix(&format!("{attempt}="))).collect();
+        assert!(!outcomes.is_empty(), "{attempt} did not run\n{stdout}\n{}", text(&out.stderr));
+        for code in outcomes {
+            assert!(!code.starts_with("ok") && code != "0", "{attempt} got through\n{stdout}\n{}", text(&out.stderr));
+        }
+    }
+}

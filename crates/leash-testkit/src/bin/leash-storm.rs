@@ -6,6 +6,13 @@
 //!
 //! `leash-storm icmp`: opens an unprivileged ICMP ("ping") socket and
 //! prints `icmp=ok` or `icmp=<error>`.
+//!
+//! Attempts a hostile agent would make on files, each printing
+//! `<attempt>=ok` (and what it read) or `<attempt>=<error>`:
+//! `leash-storm exchange A B` swaps two names (`renameat2(RENAME_EXCHANGE)`);
+//! `leash-storm opath FILE` opens FILE with `O_PATH`, then reads it through
+//! `/proc/self/fd/N`; `leash-storm execveat FILE ARG…` runs FILE from an
+//! `O_PATH` descriptor with `execveat(AT_EMPTY_PATH)`.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool's output")]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -25,6 +32,9 @@ fn main() -> ExitCode {
             Err(e) => println!("icmp={e}"),
         }
         return ExitCode::SUCCESS;
+    }
+    if let Some(code) = file_attempt(&args) {
+        return code;
     }
     let (what, n, addr, rate) = match args.as_slice() {
         [what, n, addr] => (what, n, addr, None),
@@ -67,4 +77,47 @@ fn main() -> ExitCode {
     }
     println!("{n} {} {failed}", start.elapsed().as_micros());
     ExitCode::SUCCESS
+}
+
+/// The file attempts; None when `args` names none.
+fn file_attempt(args: &[String]) -> Option<ExitCode> {
+    use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+    let say = |attempt: &str, r: Result<String, String>| {
+        match r {
+            Ok(v) => println!("{attempt}=ok {v}"),
+            Err(e) => println!("{attempt}={e}"),
+        }
+        ExitCode::SUCCESS
+    };
+    match args {
+        [what, a, b] if what == "exchange" => Some(say(
+            "exchange",
+            rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+                .map(|()| String::new())
+                .map_err(|e| e.to_string()),
+        )),
+        [what, file] if what == "opath" => {
+            let r = rustix::fs::open(file, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| e.to_string())
+                .and_then(|fd| {
+                    use std::os::fd::AsRawFd;
+                    std::fs::read_to_string(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())
+                });
+            Some(say("opath", r.map(|t| t.trim().to_owned())))
+        }
+        [what, file, rest @ ..] if what == "execveat" => {
+            let fd = match rustix::fs::open(file, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(e) => return Some(say("execveat", Err(e.to_string()))),
+            };
+            let cstr = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+            let argv: Vec<std::ffi::CString> =
+                std::iter::once(file.as_str()).chain(rest.iter().map(String::as_str)).map(cstr).collect();
+            let env: Vec<std::ffi::CString> = Vec::new();
+            // Returns only when the exec failed.
+            let e = nix::unistd::execveat(&fd, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH);
+            Some(say("execveat", Err(e.map_or_else(|e| e.desc().to_owned(), |_| "returned".to_owned()))))
+        }
+        _ => None,
+    }
 }
