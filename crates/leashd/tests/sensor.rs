@@ -53,6 +53,11 @@ fn no_secret(project: &str) -> String {
     )
 }
 
+/// Forbids executing one file, as policy `id`.
+fn no_exec(id: &str, file: &str) -> String {
+    format!("@id(\"{id}\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{file}\");")
+}
+
 /// Forbids connecting to 10.99.0.0/16.
 const NO_LAN: &str = "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");";
 
@@ -74,9 +79,7 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
             &format!(
                 "@id(\"ro\") forbid (principal, action == Action::\"FileOpenReadWrite\", resource in Dir::\"{p}/ro/\");"
             ),
-            &format!(
-                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
-            ),
+            &no_exec("no-tool", &format!("{p}/tool")),
             NO_LAN,
             "@id(\"no-v6\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"[2001:db8::7]:80\");",
         ],
@@ -573,9 +576,7 @@ fn a_forbidden_file_stays_forbidden_under_any_name_the_agent_gives_it() {
             &format!(
                 "@id(\"no-top\") forbid (principal, action == Action::\"FileOpen\", resource == File::\"{p}/top-secret.txt\");"
             ),
-            &format!(
-                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
-            ),
+            &no_exec("no-tool", &format!("{p}/tool")),
         ],
     );
     let script = "ln top-secret.txt hard; cat hard; echo link-file=$?; \
@@ -630,17 +631,8 @@ fn a_program_forbidden_to_run_does_not_run_through_the_dynamic_loader() {
     }
     let stack = stack();
     let p = stack.project().display().to_string();
-    let policy = policy(
-        &stack,
-        &[
-            &format!(
-                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
-            ),
-            &format!(
-                "@id(\"no-lib\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/libevil.so\");"
-            ),
-        ],
-    );
+    let policy =
+        policy(&stack, &[&no_exec("no-tool", &format!("{p}/tool")), &no_exec("no-lib", &format!("{p}/libevil.so"))]);
     let script = "ldso=$(ls /lib64/ld-linux-x86-64.so.2 /lib/ld-linux*.so* 2>/dev/null | head -n 1); \
                   cp /usr/bin/id tool; cp \"$(ldd /usr/bin/id | sed -n 's/.*libc.so.6 => \\([^ ]*\\).*/\\1/p')\" libevil.so; \
                   ./tool >/dev/null; echo exec=$?; \
@@ -679,15 +671,7 @@ fn descriptor_and_exchange_tricks_do_not_open_or_run_what_is_forbidden() {
     }
     let stack = stack();
     let p = project_files(&stack);
-    let policy = policy(
-        &stack,
-        &[
-            &no_secret(&p),
-            &format!(
-                "@id(\"no-tool\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{p}/tool\");"
-            ),
-        ],
-    );
+    let policy = policy(&stack, &[&no_secret(&p), &no_exec("no-tool", &format!("{p}/tool"))]);
     // O_PATH then /proc/self/fd/N; an exec from a descriptor; the forbidden
     // file swapped with an allowed name (renameat2 RENAME_EXCHANGE).
     let script = "./leash-storm opath secret/key; \
