@@ -1,13 +1,14 @@
 //! `cargo xtask`: leash's build tool.
 //!
 //! Verbs: `install`, `tidy`, `image <name>`, `entry`, `bench <what>`,
-//! `vmtest`, `facts`, `demo`.
+//! `vmtest`, `facts`, `fuzz`, `demo`.
 
 mod bench;
 mod bench_proxy;
 mod bench_ui;
 mod demo;
 mod facts;
+mod fuzz;
 mod image;
 mod install;
 mod tidy;
@@ -37,6 +38,8 @@ verbs:
                   --new-files: 10,000 new files with and without identity tracing
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
+  fuzz [TARGET] [--time S]
+                  run the fuzz targets in fuzz/ (nightly, cargo-fuzz), S seconds each (600)
   facts           print what the tests rely on here (engines, kernel, cgroups,
                   host address, resolvers, BPF LSM), as CI does before the tests
   demo            build, start leashd if needed, run a scripted session, show its events
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Some("image") => image::run(&args[1..]),
         Some("vmtest") => vmtest::run(&args[1..]),
         Some("facts") => facts::run(),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("entry") => util::build_static_entry(args.get(1).is_some_and(|a| a == "--release")).map(|p| {
             util::out(&p.display().to_string());
         }),
