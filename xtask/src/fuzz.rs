@@ -39,7 +39,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         c
     };
     if !fuzz(&["--version"]).output().is_ok_and(|o| o.status.success()) {
-        bail!("cargo-fuzz on the nightly toolchain is needed: `cargo install cargo-fuzz` (and `rustup toolchain list` shows nightly)");
+        bail!(
+            "cargo-fuzz on the nightly toolchain is needed: `cargo install cargo-fuzz` (and `rustup toolchain list` shows nightly)"
+        );
     }
     let mut summary = Vec::new();
     for t in &targets {
@@ -60,7 +62,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let (runs, per_s) = (stat("number_of_executed_units"), stat("average_exec_per_sec"));
         if !out.status.success() {
             util::err(&log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
-            bail!("fuzz target {t} failed after {} executions; the input is in fuzz/artifacts/{t}/", runs.unwrap_or_default());
+            bail!(
+                "fuzz target {t} failed after {} executions; the input is in fuzz/artifacts/{t}/",
+                runs.unwrap_or_default()
+            );
         }
         summary.push(format!(
             "  {t:<16} {} executions, {} per second, no crash",

@@ -112,13 +112,12 @@ pub fn sse_event(message: &Value) -> Bytes {
 }
 
 /// The tool names of a `tools/list` result, if `m` is one (a response
-/// whose result lists tools with their input schemas).
+/// whose result has a `tools` array). Every entry with a name counts,
+/// with an input schema or not: a server cannot keep a forbidden tool in
+/// the agent's view by listing one entry out of shape.
 pub fn listed_tools(m: &Value) -> Option<Vec<String>> {
     let tools = m.get("result")?.get("tools")?.as_array()?;
-    tools
-        .iter()
-        .map(|t| (t.get("inputSchema").is_some()).then(|| t.get("name")?.as_str().map(str::to_owned)).flatten())
-        .collect()
+    Some(tools.iter().filter_map(|t| t.get("name")?.as_str().map(str::to_owned)).collect())
 }
 
 /// Removes the tools named in `hidden` from a `tools/list` result.
@@ -194,6 +193,12 @@ mod tests {
         hide_tools(&mut m, &["get-env".to_owned()]);
         assert_eq!(listed_tools(&m), Some(vec!["echo".to_owned()]));
         assert_eq!(listed_tools(&serde_json::json!({"result":{"content":[]}})), None);
+        // One entry out of shape does not keep the others from the filter.
+        let mut m = serde_json::json!({"jsonrpc":"2.0","id":2,"result":{"tools":[
+            {"name":"get-env","inputSchema":{}},{"name":"odd"},7]}});
+        assert_eq!(listed_tools(&m), Some(vec!["get-env".to_owned(), "odd".to_owned()]));
+        hide_tools(&mut m, &["get-env".to_owned()]);
+        assert_eq!(listed_tools(&m), Some(vec!["odd".to_owned()]));
     }
 
     #[test]
