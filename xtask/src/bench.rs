@@ -361,6 +361,21 @@ fn timed_loop(n: u32, body: &str) -> String {
     )
 }
 
+/// Starts `name`, an ungoverned container of `image` with `dir` mounted at
+/// the same path (replacing one left by an earlier run): the baseline.
+fn start_plain(name: &str, image: &str, dir: &Path) -> anyhow::Result<()> {
+    let _ = Command::new("docker").args(["rm", "-f", name]).output();
+    let mount = format!("{0}:{0}", dir.display());
+    util::output(Command::new("docker").args(["run", "-d", "--name", name, "-v", &mount, image, "sleep", "3600"]))?;
+    Ok(())
+}
+
+/// Runs a [`timed_loop`] script in `container`, in `dir`; its microseconds.
+fn timed_exec(container: &str, dir: &Path, script: &str) -> anyhow::Result<f64> {
+    let dir = dir.display().to_string();
+    micros(&util::output(Command::new("docker").args(["exec", "-w", &dir, container, "sh", "-c", script]))?)
+}
+
 fn micros(out: &[u8]) -> anyhow::Result<f64> {
     let text = String::from_utf8_lossy(out);
     text.trim()
@@ -457,21 +472,8 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
     start(&mut inst)?;
     let (mut session, governed) = governed_session(&inst, &image, &policy_path, &project)?;
     let plain = "leash-bench-ungoverned";
-    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
-    let mount = format!("{0}:{0}", project.display());
-    util::output(Command::new("docker").args(["run", "-d", "--name", plain, "-v", &mount, &image, "sleep", "3600"]))?;
-    let exec_in = |container: &str, script: &str| -> anyhow::Result<f64> {
-        let out = util::output(Command::new("docker").args([
-            "exec",
-            "-w",
-            &project.display().to_string(),
-            container,
-            "sh",
-            "-c",
-            script,
-        ]))?;
-        micros(&out)
-    };
+    start_plain(plain, &image, &project)?;
+    let exec_in = |container: &str, script: &str| timed_exec(container, &project, script);
     let open_loop = timed_loop(OPENS, ": < f");
     let exec_loop = timed_loop(EXECS, "/bin/true");
     let runs = if events_only { 0 } else { SENSOR_RUNS };
@@ -665,23 +667,10 @@ fn sensor_new_files() -> anyhow::Result<()> {
         containers.push((container, dir.clone()));
     }
     let plain = "leash-bench-new-files";
-    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
-    let mount = format!("{0}:{0}", base.display());
-    util::output(Command::new("docker").args(["run", "-d", "--name", plain, "-v", &mount, &image, "sleep", "3600"]))?;
+    start_plain(plain, &image, &base)?;
     containers.push((plain.to_owned(), untraced.clone()));
     let script = format!("rm -rf nf && mkdir nf && cd nf && {}", timed_loop(NEW_FILES, "echo x > n$i; : < n$i"));
-    let run_in = |(container, dir): &(String, PathBuf)| -> anyhow::Result<f64> {
-        let out = util::output(Command::new("docker").args([
-            "exec",
-            "-w",
-            &dir.display().to_string(),
-            container,
-            "sh",
-            "-c",
-            &script,
-        ]))?;
-        micros(&out)
-    };
+    let run_in = |(container, dir): &(String, PathBuf)| timed_exec(container, dir, &script);
     for c in &containers {
         run_in(c)?;
     }

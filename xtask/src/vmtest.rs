@@ -55,13 +55,16 @@ fn download(debs: &Path, packages: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     util::out(&format!("vmtest: downloading {}", missing.join(" ")));
-    let fetch = || util::run(Command::new("apt-get").arg("download").args(&missing).current_dir(debs));
-    if fetch().is_err() {
-        // A machine that never refreshed its package lists.
+    with_package_lists(|| util::run(Command::new("apt-get").arg("download").args(&missing).current_dir(debs)))
+}
+
+/// Runs an apt query, and once more after `apt-get update` when it fails
+/// (a machine that never refreshed its package lists).
+fn with_package_lists<T>(apt: impl Fn() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    apt().or_else(|_| {
         util::run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        fetch()?;
-    }
-    Ok(())
+        apt()
+    })
 }
 
 fn unpack(deb: &Path, into: &Path) -> anyhow::Result<()> {
@@ -108,25 +111,15 @@ fn find_vmlinuz(kpkg: &Path) -> Option<PathBuf> {
 /// installed here, as apt resolves them (never a list kept by hand, which
 /// is right only for the machine it was made on).
 fn qemu_packages() -> anyhow::Result<Vec<String>> {
-    let simulate = || {
-        Command::new("apt-get")
-            .args(["install", "--simulate", "--no-install-recommends", "qemu-system-x86"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-    };
-    let mut out = simulate()?;
-    if !out.status.success() {
-        // A machine that never refreshed its package lists.
-        util::run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        out = simulate()?;
-    }
-    if !out.status.success() {
-        bail!(
-            "apt-get cannot resolve qemu-system-x86 on this machine: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let packages = inst_lines(&String::from_utf8_lossy(&out.stdout));
+    let simulated = with_package_lists(|| {
+        util::output(
+            Command::new("apt-get")
+                .args(["install", "--simulate", "--no-install-recommends", "qemu-system-x86"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    })
+    .context("apt-get cannot resolve qemu-system-x86 on this machine")?;
+    let packages = inst_lines(&String::from_utf8_lossy(&simulated));
     if packages.is_empty() {
         bail!(
             "apt-get names no packages for qemu-system-x86 (is it installed? then /usr/bin/qemu-system-x86_64 is used)"

@@ -16,6 +16,11 @@ pub use component::Component;
 pub use event::{Decision, Event, EventKind, Mode};
 pub use layout::Layout;
 
+/// The name of the protect-host layer's source: leash-policy adds it to
+/// every policy unless a session's user turned it off, and leashd's API
+/// shows it apart from the policy a user edits.
+pub const PROTECT_HOST_LAYER: &str = "protect-host";
+
 /// The build version of every leash binary (one workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

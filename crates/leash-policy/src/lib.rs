@@ -34,7 +34,7 @@ pub const PROTECT_HOST: &str = include_str!("../../../policies/protect-host.ceda
 pub fn default_sources() -> Vec<engine::Source> {
     vec![
         engine::Source { name: "default".into(), text: DEFAULT_POLICY.into() },
-        engine::Source { name: "protect-host".into(), text: PROTECT_HOST.into() },
+        engine::Source { name: leash_core::PROTECT_HOST_LAYER.into(), text: PROTECT_HOST.into() },
     ]
 }
 

@@ -51,16 +51,13 @@ pub struct Layers {
 
 /// The name of the runtime layer's source (its policies' ids start so).
 pub const RUNTIME: &str = "runtime";
-/// The name of the protect-host layer's source.
-pub const PROTECT_HOST: &str = "protect-host";
+use leash_core::PROTECT_HOST_LAYER as PROTECT_HOST;
 
 impl Layers {
     /// Every source, in order: the file layer, the runtime layer, the
-    /// administrator's, then protect-host (unless turned off). A file
-    /// source of protect-host's name (the built-in default carries one) is
-    /// that layer, not a second copy.
+    /// administrator's, then protect-host (unless turned off).
     pub fn sources(&self) -> Vec<Source> {
-        let mut v: Vec<Source> = self.file.iter().filter(|s| s.name != PROTECT_HOST).cloned().collect();
+        let mut v = self.file.clone();
         if !self.runtime.trim().is_empty() {
             v.push(Source { name: RUNTIME.into(), text: self.runtime.clone() });
         }
@@ -267,7 +264,9 @@ impl Store {
         let default = match saved_default.and_then(|s| load(&s.layers).ok().map(|e| (s, e))) {
             Some((s, e)) => Entry::new(s, e),
             None => {
-                let layers = Layers { file: defaults, ..Default::default() };
+                // The built-in default's copy of protect-host is the layer.
+                let file = defaults.into_iter().filter(|s| s.name != PROTECT_HOST).collect();
+                let layers = Layers { file, ..Default::default() };
                 let engine = load(&layers).map_err(|e| {
                     anyhow::anyhow!(
                         "the built-in default policy does not load: {}",
@@ -324,6 +323,9 @@ impl Store {
         if s.layers.file.is_empty() && !s.sources.is_empty() {
             s.layers.file = std::mem::take(&mut s.sources);
         }
+        // An older form carried protect-host in the file layer; it is a
+        // layer of its own now.
+        s.layers.file.retain(|x| x.name != PROTECT_HOST);
         Some(s)
     }
 
@@ -692,8 +694,7 @@ impl Store {
             if let Some(r) = &replace {
                 text = r.trim_end().to_owned();
             } else {
-                let mut parts: Vec<&str> =
-                    s.layers.file.iter().filter(|x| x.name != PROTECT_HOST).map(|x| x.text.trim_end()).collect();
+                let mut parts: Vec<&str> = s.layers.file.iter().map(|x| x.text.trim_end()).collect();
                 if !s.layers.runtime.trim().is_empty() {
                     parts.push(s.layers.runtime.trim_end());
                 }

@@ -192,15 +192,14 @@ impl Group {
         }
     }
 
-    /// Caches an allow for the file behind an event's descriptor.
-    fn cache_allow(&self, event_fd: i32, exec_too: bool) {
-        let mask =
-            if exec_too { MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM } else { MaskFlags::FAN_OPEN_PERM };
+    /// Caches an allow, for opens and execs, for the file behind an
+    /// event's descriptor.
+    fn cache_allow(&self, event_fd: i32) {
         // The descriptor's magic link names the very inode that was opened.
         let path = PathBuf::from(format!("/proc/self/fd/{event_fd}"));
         let _ = self.0.mark(
             MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY,
-            mask,
+            MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
             nix::fcntl::AT_FDCWD,
             Some(&path),
         );
@@ -365,15 +364,14 @@ pub fn run(
             if l.cache
                 && let Some(d) = &d
                 && d.mode != Mode::Record
-                && let Some(exec_too) = cacheable(&g, d)
-                && d.one_name
+                && cacheable(&g, d)
             {
                 if cached >= MAX_CACHED {
                     // Bounded: every mark pins an inode and counts against root's limit.
                     group.flush_cache();
                     cached = 0;
                 }
-                group.cache_allow(ev.fd, exec_too);
+                group.cache_allow(ev.fd);
                 cached += 1;
                 // The policy changed while this was decided: what was just
                 // cached belongs to the old one.
@@ -399,22 +397,12 @@ pub fn run(
 }
 
 /// Whether an allowed open may be cached: the policy allows the path in
-/// every open mode, by the tables alone. Some(true) when exec is allowed too.
-fn cacheable(g: &Governed, d: &FileDecision) -> Option<bool> {
+/// every open mode and to execute, by the tables alone, under the one name
+/// the file has. A file the policy forbids to execute is never cached, not
+/// even for reading: the program interpreter runs a program by reading it.
+fn cacheable(g: &Governed, d: &FileDecision) -> bool {
     let allowed = |a: FileAction| matches!(g.tables.lookup(a, &d.path), Lookup::Final(v) if v.allow);
-    // A file the policy forbids to execute is never cached, not even for
-    // reading: the program interpreter runs a program by reading it.
-    if !d.allow
-        || d.path.is_empty()
-        || d.traced.is_some()
-        || !allowed(FileAction::Read)
-        || !allowed(FileAction::Write)
-        || !allowed(FileAction::Open)
-        || !allowed(FileAction::Exec)
-    {
-        return None;
-    }
-    Some(true)
+    d.allow && d.one_name && d.traced.is_none() && !d.path.is_empty() && FileAction::ALL.into_iter().all(allowed)
 }
 
 /// Whether a file has one name only (a directory, or a regular file with

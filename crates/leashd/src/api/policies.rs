@@ -83,10 +83,6 @@ fn refused(errors: &[pb::PolicyError], conflict: bool) -> Response {
         .into_response()
 }
 
-/// The protect-host layer's source name (leash-policy adds it to every
-/// policy unless a session's user turned it off).
-const PROTECT_HOST: &str = "protect-host";
-
 /// The Go leash's policy snapshot, with ours beside it: the mode, each
 /// layer's Cedar, the compiled rules (`active`) and the policy lines.
 async fn snapshot(ctx: &Ctx, session: &str) -> Result<Value, Response> {
@@ -107,10 +103,12 @@ async fn snapshot(ctx: &Ctx, session: &str) -> Result<Value, Response> {
     let hub = &ctx.manager.hub;
     let session = &full_id(ctx, session);
     let runtime = hub.redact_text(session, &join(&|s| s.name == "runtime"));
-    let layered = |s: &pb::PolicySource| s.name == "runtime" || s.name == PROTECT_HOST || admin.contains(&s.name);
+    let layered = |s: &pb::PolicySource| {
+        s.name == "runtime" || s.name == leash_core::PROTECT_HOST_LAYER || admin.contains(&s.name)
+    };
     let file = hub.redact_text(session, &join(&|s| !layered(s)));
     let admin_text = hub.redact_text(session, &join(&|s| admin.contains(&s.name)));
-    let protect_text = join(&|s| s.name == PROTECT_HOST);
+    let protect_text = join(&|s| s.name == leash_core::PROTECT_HOST_LAYER);
     Ok(json!({
         "session": session,
         "mode": show.mode,
