@@ -7,11 +7,15 @@
 //!    variables Node, OpenSSL, Python and curl read; never through a bind mount;
 //! 2. prepares the target user (`--user UID:GID`): passwd and group entries
 //!    and a HOME;
-//! 3. waits on leashd's one-shot release channel (`--release SOCKET`): a
+//! 3. with `--supervise`, installs the supervised-calls filter
+//!    (`supervise`): from here on the calls that make names appear are
+//!    decided by leash-sensor, which takes the listener while leashd
+//!    admits the session; leash-entry closes its own copy on release;
+//! 4. waits on leashd's one-shot release channel (`--release SOCKET`): a
 //!    Unix socket on which leashd writes `go` once every admission step has
 //!    passed, or anything else to abort; the channel is closed before the
 //!    command starts;
-//! 4. starts the command as the target user, in its own process group and
+//! 5. starts the command as the target user, in its own process group and
 //!    in the terminal's foreground, forwards signals to it, reaps every
 //!    zombie, and exits with its status: the command's code, 128+n when a
 //!    signal ended it, 127 when it is not found, 126 when it cannot run.
@@ -20,6 +24,7 @@
 
 mod init;
 mod setup;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -41,6 +46,8 @@ struct Args {
     ca: Option<String>,
     /// The release socket.
     release: Option<String>,
+    /// Install the supervised-calls filter.
+    supervise: bool,
     /// The command.
     command: Vec<String>,
 }
@@ -69,6 +76,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--home" => a.home = Some(value("--home")?),
             "--ca" => a.ca = Some(value("--ca")?),
             "--release" => a.release = Some(value("--release")?),
+            "--supervise" => a.supervise = true,
             "--" => {
                 a.command = it.collect();
                 break;
@@ -81,7 +89,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         }
     }
     if a.command.is_empty() {
-        return Err("usage: leash-entry [--user UID:GID] [--name NAME] [--home DIR] [--ca PEM] [--release SOCKET] [--] COMMAND [ARG...]".into());
+        return Err("usage: leash-entry [--user UID:GID] [--name NAME] [--home DIR] [--ca PEM] [--release SOCKET] [--supervise] [--] COMMAND [ARG...]".into());
     }
     Ok(a)
 }
@@ -112,11 +120,19 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Installed after the setup above (which creates files) and before
+    // the release, so the sensor can take the listener while it admits.
+    let listener = match args.supervise.then(supervise::install).transpose() {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
     if let Some(sock) = &args.release
         && let Err(e) = setup::await_release(sock)
     {
         return fail(&e);
     }
+    // The sensor holds it now; a copy here would only be one more to guard.
+    drop(listener);
     if let Some((uid, gid)) = args.user
         && let Err(e) = init::drop_privileges(uid, gid, &args.groups)
     {
@@ -150,6 +166,7 @@ mod tests {
             "5,27",
             "--release",
             "/leash/release.sock",
+            "--supervise",
             "--",
             "sh",
             "-c",
@@ -159,6 +176,7 @@ mod tests {
         assert_eq!(a.user, Some((1000, 100)));
         assert_eq!(a.groups, [5, 27]);
         assert_eq!(a.release.as_deref(), Some("/leash/release.sock"));
+        assert!(a.supervise);
         assert_eq!(a.command, ["sh", "-c", "exit 3"]);
         assert_eq!(p(&["true", "--user"]).unwrap().command, ["true", "--user"]);
     }

@@ -536,7 +536,7 @@ pub fn executable(pid: u32) -> String {
 }
 
 /// A thread's process, parent and executable, from /proc.
-fn lineage(tid: u32) -> Option<(u32, u32, String)> {
+pub(crate) fn lineage(tid: u32) -> Option<(u32, u32, String)> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     let field =
         |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<u32>().ok()));

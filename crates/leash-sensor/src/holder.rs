@@ -13,6 +13,12 @@
 //! through); when a holder dies, the sensor freezes the session's cgroup,
 //! starts another holder on the same group, and thaws it.
 //! The holder exits when its session's cgroup is gone or the sensor says stop.
+//!
+//! A session whose leash-entry installed the supervised-calls filter also
+//! has the filter's listener decided here (`calls`), on a thread of its
+//! own, with the same tables; the sensor keeps a duplicate of it too, and
+//! a holder takes its copy from the sensor (`pidfd_getfd`, the descriptor
+//! number is its last argument).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -108,8 +114,10 @@ pub struct Spec {
     pub listen: PathBuf,
 }
 
-/// Starts a holder on (a duplicate of) `group`; its pid and control socket.
-pub fn spawn(spec: &Spec, group: &OwnedFd) -> anyhow::Result<(u32, UnixStream)> {
+/// Starts a holder on (a duplicate of) `group`, and `calls` when the
+/// session has a supervised-calls listener; its pid and control socket.
+pub fn spawn(spec: &Spec, group: &OwnedFd, calls: Option<&OwnedFd>) -> anyhow::Result<(u32, UnixStream)> {
+    use std::os::fd::AsRawFd;
     let (ours, theirs) = UnixStream::pair()?;
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
@@ -120,6 +128,7 @@ pub fn spawn(spec: &Spec, group: &OwnedFd) -> anyhow::Result<(u32, UnixStream)> 
             spec.cgroup_dir.clone().into_os_string(),
             spec.policy_socket.clone().into_os_string(),
             spec.listen.clone().into_os_string(),
+            OsString::from(calls.map_or_else(|| "-".to_owned(), |c| c.as_raw_fd().to_string())),
         ])
         .stdin(Stdio::from(group.try_clone()?))
         .stdout(Stdio::from(OwnedFd::from(theirs)))
@@ -157,8 +166,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
     if let Ok(s) = leash_daemon::trace::settings(&leash_daemon::env::ProcessEnv) {
         leash_daemon::trace::init(s);
     }
-    let [session, cgroup, cgroup_dir, policy_socket, listen] = args else {
-        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET LISTEN");
+    let [session, cgroup, cgroup_dir, policy_socket, listen, calls] = args else {
+        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET LISTEN CALLS_FD|-");
         return ExitCode::from(64);
     };
     let spec = Spec {
@@ -168,7 +177,17 @@ pub fn main(args: &[OsString]) -> ExitCode {
         policy_socket: PathBuf::from(policy_socket),
         listen: PathBuf::from(listen),
     };
-    match hold(&spec) {
+    let calls = match calls.to_str().filter(|c| *c != "-") {
+        None => None,
+        Some(n) => match parent_descriptor(n) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::error!(session_id = %spec.session, error = %format!("{e:#}"), "cannot take the supervised-calls listener");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match hold(&spec, calls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(session_id = %spec.session, error = %format!("{e:#}"), "the session's file decider stopped");
@@ -177,7 +196,15 @@ pub fn main(args: &[OsString]) -> ExitCode {
     }
 }
 
-fn hold(spec: &Spec) -> anyhow::Result<()> {
+/// A copy of descriptor `n` of the sensor that started this holder.
+fn parent_descriptor(n: &str) -> anyhow::Result<OwnedFd> {
+    let n: i32 = n.parse().map_err(|_| anyhow::anyhow!("{n:?} is not a descriptor number"))?;
+    let parent = rustix::process::getppid().ok_or_else(|| anyhow::anyhow!("no parent"))?;
+    let pidfd = rustix::process::pidfd_open(parent, rustix::process::PidfdFlags::empty())?;
+    Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?)
+}
+
+fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
     let group = Arc::new(fan::Group::from_owned(std::io::stdin().as_fd().try_clone_to_owned()?));
     let control = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     // Decisions never wait on a sensor that stopped reading: a late event is dropped.
@@ -253,17 +280,36 @@ fn hold(spec: &Spec) -> anyhow::Result<()> {
             Some((r.allow && !r.would_deny, r.reasons))
         })
     });
+    let publish = {
+        let writer = writer.clone();
+        move |e: leash_core::Event| {
+            let e = leash_proto::event::to_proto(&e, 0);
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = w.as_ref()
+                && write_frame(s, FRAME_EVENT, &e.encode_to_vec()).is_err()
+            {
+                *w = None;
+            }
+        }
+    };
+    if let Some(listener) = calls {
+        let s = crate::calls::Supervisor {
+            session: spec.session.clone(),
+            governed: governed.clone(),
+            evaluate: evaluate.clone(),
+            stop: stop.clone(),
+        };
+        let publish = publish.clone();
+        std::thread::Builder::new().name("holder-calls".into()).spawn(move || {
+            if let Err(e) = crate::calls::run(&s, &listener, publish) {
+                // The calls wait in the kernel for the next decider.
+                tracing::error!(session_id = %s.session, error = %format!("{e:#}"), "the supervised-calls decider stopped");
+            }
+        })?;
+    }
     let l =
         fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, evaluate, stop, cache: true };
-    let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| {
-        let e = leash_proto::event::to_proto(&fan::to_event(d), 0);
-        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = w.as_ref()
-            && write_frame(s, FRAME_EVENT, &e.encode_to_vec()).is_err()
-        {
-            *w = None;
-        }
-    });
+    let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| publish(fan::to_event(d)));
     let _ = std::fs::remove_file(&spec.listen);
     result
 }

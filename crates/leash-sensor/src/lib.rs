@@ -12,6 +12,7 @@
 //! does not perform.
 
 pub mod bpf;
+pub mod calls;
 pub mod event;
 pub mod fan;
 pub mod holder;
@@ -45,6 +46,10 @@ struct HolderLink {
     pid: u32,
     control: std::os::unix::net::UnixStream,
     group: std::os::fd::OwnedFd,
+    /// The sensor's duplicate of the session's supervised-calls listener
+    /// (kept for the same reason: a listener that closes answers every
+    /// supervised call ENOSYS for the rest of the session).
+    calls: Option<std::os::fd::OwnedFd>,
     stopping: bool,
 }
 
@@ -63,6 +68,8 @@ struct Session {
     resolvers: Vec<IpAddr>,
     /// leash-proxy intercepts its TCP 80/443.
     proxied: bool,
+    /// Its calls that make names appear are supervised (leash-entry's filter).
+    supervised: bool,
     /// Frozen until its tables are applied (taken back after a restart
     /// that lost its kernel state or its decider).
     thaw_on_refresh: bool,
@@ -79,6 +86,7 @@ impl Session {
             holder,
             resolvers: self.resolvers.clone(),
             proxied: self.proxied,
+            supervised: self.supervised,
         }
     }
 }
@@ -103,6 +111,9 @@ struct Saved {
     /// leash-proxy intercepts its TCP 80/443.
     #[serde(default)]
     proxied: bool,
+    /// Its calls are supervised: the listener is taken back from its holder.
+    #[serde(default)]
+    supervised: bool,
 }
 
 /// What the ring-buffer reader needs to name a session and its reasons.
@@ -237,7 +248,7 @@ impl Shared {
             // Its stream ended; make sure it is gone before another decides.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead as i32), nix::sys::signal::Signal::SIGKILL);
             let spec = self.holder_spec(&session, &rel, &cgroup_dir);
-            let replaced = holder::spawn(&spec, &l.group).and_then(|(new_pid, control)| {
+            let replaced = holder::spawn(&spec, &l.group, l.calls.as_ref()).and_then(|(new_pid, control)| {
                 let g = governed.read().unwrap_or_else(|p| p.into_inner()).clone();
                 holder::send_tables(&control, &g.tables, g.mode)?;
                 Ok((new_pid, control))
@@ -636,8 +647,16 @@ impl Sensor for Service {
                 return Err(Status::failed_precondition(format!("cannot govern the session's files: {e:#}")));
             }
         };
+        // Taken while leash-entry waits for its release: the agent has not run.
+        let calls = match req.supervised.then(|| calls::take_listener(req.pid)).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                undo(&s);
+                return Err(Status::failed_precondition(format!("cannot supervise the session's calls: {e:#}")));
+            }
+        };
         let spec = s.holder_spec(&req.session, &rel, &cgroup_dir);
-        let started = holder::spawn(&spec, &group).and_then(|(pid, control)| {
+        let started = holder::spawn(&spec, &group, calls.as_ref()).and_then(|(pid, control)| {
             holder::send_tables(&control, &tables, mode)?;
             Ok((pid, control))
         });
@@ -654,7 +673,7 @@ impl Sensor for Service {
             cgroup_id,
             Known { session: req.session.clone(), governed: governed.clone(), learned: learned.clone() },
         );
-        let link = HolderLink { pid: holder_pid, control, group, stopping: false };
+        let link = HolderLink { pid: holder_pid, control, group, calls, stopping: false };
         let session = Session {
             cgroup_id,
             cgroup_dir,
@@ -668,6 +687,7 @@ impl Sensor for Service {
             holder: Arc::new(Mutex::new(link)),
             resolvers: resolvers.clone(),
             proxied: req.proxied,
+            supervised: req.supervised,
             thaw_on_refresh: false,
         };
         s.save(&session.saved(&req.session, holder_pid));
@@ -917,17 +937,30 @@ fn restore(shared: &Arc<Shared>) {
             thaw_on_refresh = holder::freeze(&cgroup_dir, true).is_ok();
         }
         let spec = shared.holder_spec(&saved.session, &saved.cgroup, &cgroup_dir);
-        let (control, group, holder_pid) = match holder::reconnect(&spec.listen, saved.holder) {
-            Ok((control, group)) => (control, group, saved.holder),
+        let (control, group, holder_pid, calls) = match holder::reconnect(&spec.listen, saved.holder) {
+            Ok((control, group)) => {
+                let calls = if saved.supervised {
+                    calls::take_listener(saved.holder)
+                        .map_err(|e| tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "the session's supervised-calls listener is gone: its supervised calls fail (ENOSYS)"))
+                        .ok()
+                } else {
+                    None
+                };
+                (control, group, saved.holder, calls)
+            }
             Err(e) => {
                 // The holder died too: its group closed. Govern afresh, frozen
                 // until the new decider has its tables.
                 tracing::error!(session_id = %saved.session, error = %format!("{e:#}"), "the session's file decider was gone; starting another");
                 // Frozen until the new decider has its tables.
                 thaw_on_refresh |= holder::freeze(&cgroup_dir, true).is_ok();
+                if saved.supervised {
+                    // It was held by the sensor and the holder only.
+                    tracing::error!(session_id = %saved.session, "the session's supervised-calls listener is gone with its holder: its supervised calls fail (ENOSYS)");
+                }
                 let started = fan::create_group(&fan::Marks::Container(saved.pid)).and_then(|(group, _, _)| {
                     let group = group.duplicate()?;
-                    holder::spawn(&spec, &group).map(|(pid, control)| (control, group, pid))
+                    holder::spawn(&spec, &group, None).map(|(pid, control)| (control, group, pid, None))
                 });
                 match started {
                     Ok(h) => h,
@@ -958,9 +991,10 @@ fn restore(shared: &Arc<Shared>) {
                 governed,
                 learned,
                 generation: 0,
-                holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, stopping: false })),
+                holder: Arc::new(Mutex::new(HolderLink { pid: holder_pid, control, group, calls, stopping: false })),
                 resolvers: saved.resolvers.clone(),
                 proxied: saved.proxied,
+                supervised: saved.supervised,
                 thaw_on_refresh,
             },
         );

@@ -459,6 +459,11 @@ fn protect_host_holds_whatever_the_sessions_own_policy_says() {
                   chmod +x .git/hooks/pre-push.sample; echo chmod-hook=$?; \
                   printf '[core]\\n\\thooksPath = /tmp\\n' > cfg; mv cfg .git/config; echo rename-config=$?; \
                   mv .git .git-old; echo rename-git=$?; \
+                  echo w > staged; mv staged .envrc; echo rename-envrc=$?; \
+                  ln notes.txt .envrc; echo link-envrc=$?; \
+                  ln -s notes.txt .envrc; echo symlink-envrc=$?; \
+                  mkfifo .envrc; echo fifo-envrc=$?; \
+                  ln -s .envrc dangling; echo w > dangling; echo through-dangling=$?; \
                   sleep 2";
     let leash = stack
         .leash(&["--image", TEST_IMAGE, "--policy", permit_all.to_str().unwrap(), "--", "sh", "-c", script])
@@ -474,9 +479,21 @@ fn protect_host_holds_whatever_the_sessions_own_policy_says() {
     assert!(shown.contains("// protect-host"), "protect-host is a layer of the session's policy:\n{shown}");
     let out = leash.wait_with_output().unwrap();
     let stdout = text(&out.stdout);
-    for refused in
-        ["hook", "envrc", "rename-hook", "symlink-hook", "link-hook", "chmod-hook", "rename-config", "rename-git"]
-    {
+    for refused in [
+        "hook",
+        "envrc",
+        "rename-hook",
+        "symlink-hook",
+        "link-hook",
+        "chmod-hook",
+        "rename-config",
+        "rename-git",
+        "rename-envrc",
+        "link-envrc",
+        "symlink-envrc",
+        "fifo-envrc",
+        "through-dangling",
+    ] {
         let code = stdout.lines().find_map(|l| l.strip_prefix(&format!("{refused}="))).unwrap_or("missing");
         assert_ne!(code, "0", "{refused} was written\n{stdout}");
     }
@@ -486,6 +503,8 @@ fn protect_host_holds_whatever_the_sessions_own_policy_says() {
         assert!(!p.join(".git/hooks").join(planted).exists(), "{planted} was planted\n{stdout}");
     }
     assert_eq!(std::fs::read_to_string(p.join(".git/config")).unwrap(), config_before);
+    // Refused before it took effect: not even an empty file, link or fifo.
+    assert!(std::fs::symlink_metadata(p.join(".envrc")).is_err(), ".envrc appeared\n{stdout}");
     // The user's next commit, on the host, runs no hook.
     git(&["add", "notes.txt"]);
     git(&["commit", "-q", "-m", "after the session"]);

@@ -714,7 +714,13 @@ impl Sessions {
         let channel = self.component(leash_core::Component::Sensor).await?;
         let proxied = proxied.load(std::sync::atomic::Ordering::SeqCst);
         let r = pb::sensor_client::SensorClient::new(channel)
-            .register(pb::RegisterRequest { session: info.id.clone(), cgroup: String::new(), pid: pid as u32, proxied })
+            .register(pb::RegisterRequest {
+                session: info.id.clone(),
+                cgroup: String::new(),
+                pid: pid as u32,
+                proxied,
+                supervised: true,
+            })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();

@@ -468,6 +468,7 @@ impl Plan {
             self.home.clone(),
             "--release".into(),
             format!("{SESSION_DIR}/release.sock"),
+            "--supervise".into(),
             "--".into(),
         ];
         entrypoint.extend(self.command.iter().cloned());

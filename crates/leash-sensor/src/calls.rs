@@ -1,0 +1,841 @@
+//! Supervised calls on the fallback tier: the seccomp user notifications
+//! of the filter leash-entry installs before the agent's first instruction
+//! (renames, links, symbolic links, device nodes and fifos, mode, owner and
+//! time changes, truncation by path, and opens that may create).
+//!
+//! Each is decided as a write (`FileOpenReadWrite`) of every path it makes
+//! appear or changes. Its arguments live in the caller's memory, which
+//! another of its threads (or a process sharing or writing that memory)
+//! may change at any time; so the decider reads each argument once,
+//! resolves it in the session's root with the caller's credentials, decides
+//! on what it resolved, and **performs the call itself** on the directories
+//! it resolved: what is decided is what happens. The reply is the call's
+//! result. Only the opens that create are let through to the kernel after
+//! the decision (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`): the open itself is
+//! then decided by fanotify on the file the kernel opened, so a caller that
+//! swaps the path after the decision can at most leave an empty file where
+//! writing is forbidden, never write into one (docs/SENSOR.md).
+//!
+//! The decider runs on a thread of its own that has its own root and
+//! working directory (`unshare(CLONE_FS)`): it joins the caller's mount
+//! namespace (the kernel refuses to rename a mount point only as seen from
+//! the namespace of whoever renames: from the host's, the session's
+//! read-write bind of `.git` onto itself could be renamed away), enters the
+//! caller's root with `chroot`, so absolute symbolic links resolve as the
+//! caller's would, and takes the caller's file-system uid and gid, groups,
+//! effective capabilities and umask for each call.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use leash_core::Event;
+use leash_core::tables::FileAction;
+use nix::libc;
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::fan::{self, Evaluate, FileDecision, Governed};
+
+/// How a listener shows among a process's descriptors (`/proc/PID/fd/N`).
+pub const LISTENER_LINK: &str = "anon_inode:seccomp notify";
+
+/// The most symbolic links followed for one path (the kernel's limit).
+const MAX_LINKS: usize = 40;
+
+/// Takes a copy of the supervised-calls listener of process `pid`.
+pub fn take_listener(pid: u32) -> anyhow::Result<OwnedFd> {
+    let dir = format!("/proc/{pid}/fd");
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let is_listener =
+            std::fs::read_link(entry.path()).is_ok_and(|l| l.as_os_str() == std::ffi::OsStr::new(LISTENER_LINK));
+        let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if is_listener {
+            let pidfd = rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?,
+                rustix::process::PidfdFlags::empty(),
+            )?;
+            return Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?);
+        }
+    }
+    anyhow::bail!("process {pid} holds no supervised-calls listener ({dir} has no {LISTENER_LINK:?})")
+}
+
+/// One notification.
+#[derive(Clone, Copy, Debug)]
+struct Notif {
+    id: u64,
+    tid: u32,
+    nr: i64,
+    args: [u64; 6],
+}
+
+fn recv(listener: BorrowedFd<'_>) -> io::Result<Notif> {
+    // SAFETY: `seccomp_notif` is plain data, zeroed as the kernel requires;
+    // the ioctl writes at most its size.
+    #[allow(unsafe_code, reason = "the seccomp notification ioctls have no safe wrapper")]
+    let n = unsafe {
+        let mut n: libc::seccomp_notif = std::mem::zeroed();
+        if libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        n
+    };
+    Ok(Notif { id: n.id, tid: n.pid, nr: i64::from(n.data.nr), args: n.data.args })
+}
+
+/// What a call is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    /// The kernel performs it (an open that creates, decided).
+    Continue,
+    /// It returned this value.
+    Value(i64),
+    /// It failed with this error.
+    Error(Errno),
+}
+
+fn send(listener: BorrowedFd<'_>, id: u64, reply: Reply) -> io::Result<()> {
+    let (val, error, flags) = match reply {
+        Reply::Continue => (0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Reply::Value(v) => (v, 0, 0),
+        Reply::Error(e) => (0, -e.raw_os_error(), 0),
+    };
+    let mut resp = libc::seccomp_notif_resp { id, val, error, flags };
+    // SAFETY: `resp` is a valid `seccomp_notif_resp` the kernel only reads.
+    #[allow(unsafe_code, reason = "the seccomp notification ioctls have no safe wrapper")]
+    let r = unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Whether the caller is still waiting on this notification (so that the
+/// pid it named still is that caller).
+fn still_waiting(listener: BorrowedFd<'_>, id: u64) -> bool {
+    let mut id = id;
+    // SAFETY: the kernel reads one u64.
+    #[allow(unsafe_code, reason = "the seccomp notification ioctls have no safe wrapper")]
+    let r = unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id) };
+    r == 0
+}
+
+/// A call, its arguments read from the caller's memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Call {
+    /// An open with `O_CREAT`.
+    Create { dir: i32, path: Vec<u8>, flags: u64, in_root: bool },
+    Rename { old_dir: i32, old: Vec<u8>, new_dir: i32, new: Vec<u8>, flags: u32 },
+    Link { old_dir: i32, old: Vec<u8>, new_dir: i32, new: Vec<u8>, flags: u32 },
+    Symlink { target: Vec<u8>, dir: i32, path: Vec<u8> },
+    Mknod { dir: i32, path: Vec<u8>, mode: u32, dev: u64 },
+    /// A change of an existing file: `path` None is the descriptor `dir`
+    /// itself.
+    Change { dir: i32, path: Option<Vec<u8>>, follow: bool, change: Change },
+}
+
+/// What a `Call::Change` changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Mode(u32),
+    Owner(u32, u32),
+    /// Access and modification times; None: now.
+    Times(Option<[(i64, i64); 2]>),
+    Truncate(i64),
+}
+
+impl Call {
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Create { .. } => "open (create)",
+            Call::Rename { .. } => "rename",
+            Call::Link { .. } => "link",
+            Call::Symlink { .. } => "symlink",
+            Call::Mknod { .. } => "mknod",
+            Call::Change { change: Change::Mode(_), .. } => "chmod",
+            Call::Change { change: Change::Owner(..), .. } => "chown",
+            Call::Change { change: Change::Times(_), .. } => "utimes",
+            Call::Change { change: Change::Truncate(_), .. } => "truncate",
+        }
+    }
+}
+
+const AT_FDCWD: i32 = libc::AT_FDCWD;
+
+/// Reads what a notification's call is (None: not one of ours, which the
+/// filter never sends; answered ENOSYS).
+fn read_call(mem: &File, n: &Notif) -> Result<Option<Call>, Errno> {
+    let a = n.args;
+    let fd = |i: usize| a[i] as i32;
+    let s = |i: usize| read_string(mem, a[i]);
+    let opt = |i: usize| if a[i] == 0 { Ok(None) } else { read_string(mem, a[i]).map(Some) };
+    let follows = |flags: u64| flags & libc::AT_SYMLINK_NOFOLLOW as u64 == 0;
+    let change = |dir: i32, path: Option<Vec<u8>>, follow: bool, change: Change| Call::Change { dir, path, follow, change };
+    let call = match n.nr {
+        libc::SYS_open => Call::Create { dir: AT_FDCWD, path: s(0)?, flags: a[1], in_root: false },
+        libc::SYS_openat => Call::Create { dir: fd(0), path: s(1)?, flags: a[2], in_root: false },
+        libc::SYS_creat => Call::Create {
+            dir: AT_FDCWD,
+            path: s(0)?,
+            flags: (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+            in_root: false,
+        },
+        libc::SYS_openat2 => {
+            // struct open_how { u64 flags; u64 mode; u64 resolve; }
+            let how = read_bytes(mem, a[2], 24)?;
+            let word = |i: usize| u64::from_le_bytes(how[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            let resolve = word(2);
+            Call::Create { dir: fd(0), path: s(1)?, flags: word(0), in_root: resolve & 0x10 != 0 }
+        }
+        libc::SYS_rename => Call::Rename { old_dir: AT_FDCWD, old: s(0)?, new_dir: AT_FDCWD, new: s(1)?, flags: 0 },
+        libc::SYS_renameat => Call::Rename { old_dir: fd(0), old: s(1)?, new_dir: fd(2), new: s(3)?, flags: 0 },
+        libc::SYS_renameat2 => {
+            Call::Rename { old_dir: fd(0), old: s(1)?, new_dir: fd(2), new: s(3)?, flags: a[4] as u32 }
+        }
+        libc::SYS_link => Call::Link { old_dir: AT_FDCWD, old: s(0)?, new_dir: AT_FDCWD, new: s(1)?, flags: 0 },
+        libc::SYS_linkat => Call::Link { old_dir: fd(0), old: s(1)?, new_dir: fd(2), new: s(3)?, flags: a[4] as u32 },
+        libc::SYS_symlink => Call::Symlink { target: s(0)?, dir: AT_FDCWD, path: s(1)? },
+        libc::SYS_symlinkat => Call::Symlink { target: s(0)?, dir: fd(1), path: s(2)? },
+        libc::SYS_mknod => Call::Mknod { dir: AT_FDCWD, path: s(0)?, mode: a[1] as u32, dev: a[2] },
+        libc::SYS_mknodat => Call::Mknod { dir: fd(0), path: s(1)?, mode: a[2] as u32, dev: a[3] },
+        libc::SYS_chmod => change(AT_FDCWD, Some(s(0)?), true, Change::Mode(a[1] as u32)),
+        libc::SYS_fchmod => change(fd(0), None, true, Change::Mode(a[1] as u32)),
+        libc::SYS_fchmodat => change(fd(0), Some(s(1)?), true, Change::Mode(a[2] as u32)),
+        libc::SYS_fchmodat2 => {
+            let path = if a[3] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
+            change(fd(0), path, follows(a[3]), Change::Mode(a[2] as u32))
+        }
+        libc::SYS_chown => change(AT_FDCWD, Some(s(0)?), true, Change::Owner(a[1] as u32, a[2] as u32)),
+        libc::SYS_lchown => change(AT_FDCWD, Some(s(0)?), false, Change::Owner(a[1] as u32, a[2] as u32)),
+        libc::SYS_fchown => change(fd(0), None, true, Change::Owner(a[1] as u32, a[2] as u32)),
+        libc::SYS_fchownat => {
+            let path = if a[4] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
+            change(fd(0), path, follows(a[4]), Change::Owner(a[2] as u32, a[3] as u32))
+        }
+        libc::SYS_utime => {
+            // struct utimbuf { time_t actime; time_t modtime; }
+            let times = if a[1] == 0 {
+                None
+            } else {
+                let b = read_bytes(mem, a[1], 16)?;
+                Some([(i64_at(&b, 0), 0), (i64_at(&b, 8), 0)])
+            };
+            change(AT_FDCWD, Some(s(0)?), true, Change::Times(times))
+        }
+        libc::SYS_utimes | libc::SYS_futimesat => {
+            let (dir, path, tv) = if n.nr == libc::SYS_utimes { (AT_FDCWD, Some(s(0)?), a[1]) } else { (fd(0), opt(1)?, a[2]) };
+            // struct timeval[2] { time_t sec; suseconds_t usec; }
+            let times = if tv == 0 {
+                None
+            } else {
+                let b = read_bytes(mem, tv, 32)?;
+                Some([(i64_at(&b, 0), i64_at(&b, 8) * 1000), (i64_at(&b, 16), i64_at(&b, 24) * 1000)])
+            };
+            change(dir, path, true, Change::Times(times))
+        }
+        libc::SYS_utimensat => {
+            let times = if a[2] == 0 {
+                None
+            } else {
+                let b = read_bytes(mem, a[2], 32)?;
+                Some([(i64_at(&b, 0), i64_at(&b, 8)), (i64_at(&b, 16), i64_at(&b, 24))])
+            };
+            change(fd(0), opt(1)?, follows(a[3]), Change::Times(times))
+        }
+        libc::SYS_truncate => change(AT_FDCWD, Some(s(0)?), true, Change::Truncate(a[1] as i64)),
+        _ => return Ok(None),
+    };
+    Ok(Some(call))
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn read_bytes(mem: &File, addr: u64, len: usize) -> Result<Vec<u8>, Errno> {
+    let mut b = vec![0u8; len];
+    match mem.read_at(&mut b, addr) {
+        Ok(n) if n == len && addr != 0 => Ok(b),
+        _ => Err(Errno::FAULT),
+    }
+}
+
+/// A NUL-terminated string of the caller's, read once.
+fn read_string(mem: &File, addr: u64) -> Result<Vec<u8>, Errno> {
+    if addr == 0 {
+        return Err(Errno::FAULT);
+    }
+    let mut out = Vec::new();
+    let mut at = addr;
+    loop {
+        // Page by page: the string may end just before an unmapped page.
+        let room = 4096 - (at % 4096) as usize;
+        let mut buf = vec![0u8; room];
+        let n = mem.read_at(&mut buf, at).map_err(|_| Errno::FAULT)?;
+        if n == 0 {
+            return Err(Errno::FAULT);
+        }
+        if let Some(end) = buf[..n].iter().position(|b| *b == 0) {
+            out.extend_from_slice(&buf[..end]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.len() >= libc::PATH_MAX as usize {
+            return Err(Errno::NAMETOOLONG);
+        }
+        at += n as u64;
+    }
+}
+
+/// The caller's credentials, as its file operations use them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Creds {
+    fsuid: u32,
+    fsgid: u32,
+    groups: Vec<u32>,
+    effective: u64,
+    umask: u32,
+}
+
+impl Creds {
+    fn parse(status: &str) -> Option<Creds> {
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let fourth = |name: &str| field(name)?.split_whitespace().nth(3)?.parse::<u32>().ok();
+        Some(Creds {
+            fsuid: fourth("Uid:")?,
+            fsgid: fourth("Gid:")?,
+            groups: field("Groups:")?.split_whitespace().filter_map(|g| g.parse().ok()).collect(),
+            effective: u64::from_str_radix(field("CapEff:")?, 16).ok()?,
+            umask: u32::from_str_radix(field("Umask:").unwrap_or("0022"), 8).ok()?,
+        })
+    }
+}
+
+/// The decider thread's own credentials, put back after each call.
+struct Own {
+    caps: rustix::thread::CapabilitySets,
+    groups: Vec<rustix::process::Gid>,
+}
+
+/// Wears a caller's credentials until dropped.
+struct Wearing<'a>(&'a Own);
+
+impl<'a> Wearing<'a> {
+    fn put_on(own: &'a Own, c: &Creds) -> io::Result<Wearing<'a>> {
+        let guard = Wearing(own);
+        let groups: Vec<_> = c.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
+        rustix::thread::set_thread_groups(&groups)?;
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(c.fsgid));
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(c.fsuid));
+        let effective = rustix::thread::CapabilitySet::from_bits_retain(c.effective) & own.caps.permitted;
+        rustix::thread::set_capabilities(None, rustix::thread::CapabilitySets { effective, ..own.caps })?;
+        rustix::process::umask(Mode::from_bits_truncate(c.umask));
+        Ok(guard)
+    }
+}
+
+impl Drop for Wearing<'_> {
+    fn drop(&mut self) {
+        // Capabilities first: setting groups back needs CAP_SETGID.
+        let _ = rustix::thread::set_capabilities(None, self.0.caps);
+        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+        let _ = rustix::thread::set_thread_groups(&self.0.groups);
+        rustix::process::umask(Mode::from_bits_truncate(0o022));
+    }
+}
+
+/// What the decider needs of the caller, opened before it wears the
+/// caller's credentials (the caller may not be able to open its own /proc
+/// entries, a non-dumpable process say).
+struct Caller {
+    tid: u32,
+    mnt: OwnedFd,
+    root: OwnedFd,
+    proc_dir: OwnedFd,
+    cwd: Option<OwnedFd>,
+    creds: Creds,
+}
+
+impl Caller {
+    fn open(proc: &OwnedFd, tid: u32) -> Result<Caller, Errno> {
+        let dir = |p: String| rustix::fs::openat(proc, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+        let status = rustix::fs::openat(proc, format!("{tid}/status"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|_| Errno::SRCH)?;
+        let status = std::io::read_to_string(File::from(status)).map_err(|_| Errno::SRCH)?;
+        Ok(Caller {
+            tid,
+            mnt: rustix::fs::openat(proc, format!("{tid}/ns/mnt"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|_| Errno::SRCH)?,
+            root: dir(format!("{tid}/root")).map_err(|_| Errno::SRCH)?,
+            proc_dir: dir(format!("{tid}")).map_err(|_| Errno::SRCH)?,
+            cwd: dir(format!("{tid}/cwd")).ok(),
+            creds: Creds::parse(&status).ok_or(Errno::SRCH)?,
+        })
+    }
+
+    /// The descriptor a call names as its directory (or file).
+    fn dir(&self, proc: &OwnedFd, fd: i32) -> Result<OwnedFd, Errno> {
+        if fd == AT_FDCWD {
+            return match &self.cwd {
+                Some(c) => Ok(c.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM)?),
+                None => Err(Errno::NOENT),
+            };
+        }
+        if fd < 0 {
+            return Err(Errno::BADF);
+        }
+        rustix::fs::openat(proc, format!("{}/fd/{fd}", self.tid), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|_| Errno::BADF)
+    }
+}
+
+/// Where a path starts, and the rest of it: absolute paths from the root,
+/// the caller's `/proc/self/…` and `/dev/fd/…` from its own /proc entry,
+/// relative ones from the directory descriptor.
+fn start<'p>(
+    caller: &Caller,
+    proc: &OwnedFd,
+    dir: i32,
+    path: &'p [u8],
+    in_root: bool,
+) -> Result<(OwnedFd, &'p [u8]), Errno> {
+    let dup = |fd: &OwnedFd| fd.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM);
+    for prefix in [&b"/proc/self/"[..], b"/proc/thread-self/"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return Ok((dup(&caller.proc_dir)?, rest));
+        }
+    }
+    if let Some(rest) = path.strip_prefix(b"/dev/fd/") {
+        let fd_dir =
+            rustix::fs::openat(&caller.proc_dir, "fd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        return Ok((fd_dir, rest));
+    }
+    match path.first() {
+        Some(b'/') if !in_root => {
+            let rest = trim_leading(path);
+            Ok((dup(&caller.root)?, if rest.is_empty() { b"." } else { rest }))
+        }
+        Some(b'/') => Ok((caller.dir(proc, dir)?, trim_leading(path))),
+        Some(_) => Ok((caller.dir(proc, dir)?, path)),
+        None => Err(Errno::NOENT),
+    }
+}
+
+fn trim_leading(p: &[u8]) -> &[u8] {
+    let n = p.iter().take_while(|b| **b == b'/').count();
+    &p[n..]
+}
+
+/// The path of a descriptor, as the decider (in the caller's root) sees it.
+fn path_of(proc: &OwnedFd, fd: &OwnedFd) -> Result<String, Errno> {
+    let link = rustix::fs::readlinkat(proc, format!("thread-self/fd/{}", fd.as_raw_fd()), Vec::new())?;
+    Ok(link.to_string_lossy().into_owned())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') { format!("{dir}{name}") } else { format!("{dir}/{name}") }
+}
+
+/// A directory entry a call makes or changes: its directory (opened), the
+/// name in it as the call gives it, and its full path for the decision.
+struct Entry {
+    dir: OwnedFd,
+    name: Vec<u8>,
+    path: String,
+}
+
+/// Resolves the directory of `path` (following links), not its last name;
+/// `dot` is the error for a last name of `.` or `..`.
+fn entry(base: &OwnedFd, path: &[u8], proc: &OwnedFd, dot: Errno) -> Result<Entry, Errno> {
+    let slashes = path.iter().rev().take_while(|b| **b == b'/').count();
+    let trimmed = &path[..path.len() - slashes];
+    let (parent, last) = match trimmed.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&trimmed[..=i], &trimmed[i + 1..]),
+        None => (&b"."[..], trimmed),
+    };
+    if last.is_empty() || last == b"." || last == b".." {
+        return Err(dot);
+    }
+    let dir = rustix::fs::openat(base, parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let full = join(&path_of(proc, &dir)?, &String::from_utf8_lossy(last));
+    // The name keeps a trailing slash: the kernel then insists on a directory.
+    let mut name = last.to_vec();
+    if slashes > 0 {
+        name.push(b'/');
+    }
+    Ok(Entry { dir, name, path: full })
+}
+
+/// Resolves the file `path` names (following a last symbolic link when
+/// `follow`), opened `O_PATH`, and its path.
+fn target(base: &OwnedFd, path: &[u8], follow: bool, proc: &OwnedFd) -> Result<(OwnedFd, String), Errno> {
+    let nofollow = if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+    let fd = rustix::fs::openat(base, path, OFlags::PATH | OFlags::CLOEXEC | nofollow, Mode::empty())?;
+    let p = path_of(proc, &fd)?;
+    Ok((fd, p))
+}
+
+/// The entry an open with `O_CREAT` creates: a last name that is a symbolic
+/// link is followed (even dangling: the kernel creates its target), unless
+/// the open has `O_EXCL` or `O_NOFOLLOW`.
+fn created(caller: &Caller, mut base: OwnedFd, path: &[u8], flags: u64, proc: &OwnedFd) -> Result<Entry, Errno> {
+    let follow = flags & (libc::O_EXCL | libc::O_NOFOLLOW) as u64 == 0;
+    let mut path = path.to_vec();
+    for _ in 0..MAX_LINKS {
+        let e = entry(&base, &path, proc, Errno::ISDIR)?;
+        if !follow {
+            return Ok(e);
+        }
+        match rustix::fs::statat(&e.dir, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                let link = rustix::fs::readlinkat(&e.dir, e.name.as_slice(), Vec::new())?.into_bytes();
+                base = if link.first() == Some(&b'/') {
+                    caller.root.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM)?
+                } else {
+                    e.dir
+                };
+                path = if link.first() == Some(&b'/') { trim_leading(&link).to_vec() } else { link };
+                if path.is_empty() {
+                    path = b".".to_vec();
+                }
+            }
+            _ => return Ok(e),
+        }
+    }
+    Err(Errno::LOOP)
+}
+
+/// A call's outcome: the reply, and the paths it was decided on.
+#[derive(Debug)]
+struct Outcome {
+    reply: Reply,
+    /// Each path decided, with the decision and the deciding policies.
+    decided: Vec<(String, bool, Vec<String>)>,
+    /// Denied by the policy (whatever the mode made of it).
+    denied: bool,
+}
+
+/// What the decider decides with.
+#[derive(Clone)]
+pub struct Supervisor {
+    /// The session.
+    pub session: String,
+    /// The tables and mode.
+    pub governed: Arc<RwLock<Governed>>,
+    /// The policy service, for "evaluate".
+    pub evaluate: Evaluate,
+    /// Stop when set.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("session", &self.session).finish_non_exhaustive()
+    }
+}
+
+/// Answers a listener's notifications until `stop`, or until no process
+/// uses the filter any more; each decision goes to `out` as an event.
+pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> anyhow::Result<()> {
+    // The policy service is asked from a thread that stays in the host's
+    // namespaces (its socket is a host path).
+    let s = &Supervisor { evaluate: from_another_thread(s.evaluate.clone())?, ..s.clone() };
+    // A root and working directory of this thread's own, to chroot into
+    // each caller's root without moving the rest of the process.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+    let proc = rustix::fs::open("/proc", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let own = Own {
+        caps: rustix::thread::capabilities(None)?,
+        groups: rustix::process::getgroups()?,
+    };
+    // The mount namespace this thread is in (its inode), once it joined one.
+    let mut mnt_ns = None;
+    while !s.stop.load(Ordering::Relaxed) {
+        let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("polling the supervised-calls listener: {e}"),
+        }
+        let revents = fds[0].revents().unwrap_or(nix::poll::PollFlags::empty());
+        if !revents.contains(nix::poll::PollFlags::POLLIN) {
+            if revents.contains(nix::poll::PollFlags::POLLHUP) {
+                // No process of the session is left under the filter.
+                return Ok(());
+            }
+            continue;
+        }
+        let n = match recv(listener.as_fd()) {
+            Ok(n) => n,
+            // The caller went away before it was read.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => anyhow::bail!("reading the supervised-calls listener: {e}"),
+        };
+        let g = s.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (call, outcome) = handle(s, &g, &proc, &own, listener.as_fd(), &n, &mut mnt_ns);
+        if let Err(e) = send(listener.as_fd(), n.id, outcome.reply) {
+            tracing::debug!(session_id = %s.session, error = %e, "a supervised call's caller went away");
+        }
+        if let Some(call) = call {
+            for e in events(s, &g, &n, &call, &outcome) {
+                out(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `evaluate`, run on a thread of its own.
+fn from_another_thread(evaluate: Evaluate) -> io::Result<Evaluate> {
+    type Ask = (FileAction, String, std::sync::mpsc::SyncSender<Option<(bool, Vec<String>)>>);
+    let (tx, rx) = std::sync::mpsc::channel::<Ask>();
+    std::thread::Builder::new().name("holder-calls-ask".into()).spawn(move || {
+        for (action, path, reply) in rx {
+            let _ = reply.send(evaluate(action, &path));
+        }
+    })?;
+    let tx = std::sync::Mutex::new(tx);
+    Ok(Arc::new(move |action, path| {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        tx.lock().unwrap_or_else(|p| p.into_inner()).send((action, path.to_owned(), reply)).ok()?;
+        answer.recv().ok().flatten()
+    }))
+}
+
+/// Decides and performs one call.
+fn handle(
+    s: &Supervisor,
+    g: &Governed,
+    proc: &OwnedFd,
+    own: &Own,
+    listener: BorrowedFd<'_>,
+    n: &Notif,
+    mnt_ns: &mut Option<u64>,
+) -> (Option<Call>, Outcome) {
+    let failed = |e: Errno| Outcome { reply: Reply::Error(e), decided: Vec::new(), denied: false };
+    let mem = match rustix::fs::openat(proc, format!("{}/mem", n.tid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(m) => File::from(m),
+        Err(_) => return (None, failed(Errno::SRCH)),
+    };
+    let call = match read_call(&mem, n) {
+        Ok(Some(c)) => c,
+        Ok(None) => return (None, failed(Errno::NOSYS)),
+        Err(e) => return (None, failed(e)),
+    };
+    // An open that creates nothing new is fanotify's alone.
+    if let Call::Create { flags, .. } = &call
+        && flags & libc::O_CREAT as u64 == 0
+    {
+        return (Some(call), Outcome { reply: Reply::Continue, decided: Vec::new(), denied: false });
+    }
+    let caller = match Caller::open(proc, n.tid) {
+        Ok(c) => c,
+        Err(e) => return (Some(call), failed(e)),
+    };
+    // The pid still names the caller: nothing above was read from another process.
+    if !still_waiting(listener, n.id) {
+        return (Some(call), failed(Errno::SRCH));
+    }
+    let outcome = (|| -> Result<Outcome, Errno> {
+        let ns = rustix::fs::fstat(&caller.mnt)?.st_ino;
+        if *mnt_ns != Some(ns) {
+            nix::sched::setns(&caller.mnt, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| Errno::from_raw_os_error(e as i32))?;
+            *mnt_ns = Some(ns);
+        }
+        rustix::process::fchdir(&caller.root)?;
+        rustix::process::chroot(".")?;
+        let _wearing = Wearing::put_on(own, &caller.creds).map_err(|_| Errno::PERM)?;
+        perform(s, g, proc, &caller, &call)
+    })();
+    (Some(call), outcome.unwrap_or_else(failed))
+}
+
+/// Decides a write of each path; performs `act` when every one is allowed
+/// (or the mode lets it through).
+fn decide_then(
+    s: &Supervisor,
+    g: &Governed,
+    paths: &[&str],
+    act: impl FnOnce() -> Result<Reply, Errno>,
+) -> Result<Outcome, Errno> {
+    let mut decided = Vec::new();
+    for p in paths {
+        let (allow, reasons) = match g.mode {
+            leash_core::Mode::Record => (true, Vec::new()),
+            _ => fan::decide(g, FileAction::Write, p, &s.evaluate),
+        };
+        decided.push(((*p).to_owned(), allow, reasons));
+    }
+    let denied = decided.iter().any(|(_, a, _)| !a);
+    if denied && g.mode == leash_core::Mode::Enforce {
+        return Ok(Outcome { reply: Reply::Error(Errno::PERM), decided, denied });
+    }
+    let reply = act().unwrap_or_else(Reply::Error);
+    Ok(Outcome { reply, decided, denied })
+}
+
+fn done(r: rustix::io::Result<()>) -> Result<Reply, Errno> {
+    r.map(|()| Reply::Value(0))
+}
+
+/// Resolves, decides and performs one call, in the caller's root and
+/// credentials.
+fn perform(s: &Supervisor, g: &Governed, proc: &OwnedFd, caller: &Caller, call: &Call) -> Result<Outcome, Errno> {
+    match call {
+        Call::Create { dir, path, flags, in_root } => {
+            let (base, rest) = start(caller, proc, *dir, path, *in_root)?;
+            let e = created(caller, base, rest, *flags, proc)?;
+            decide_then(s, g, &[&e.path], || Ok(Reply::Continue))
+        }
+        Call::Rename { old_dir, old, new_dir, new, flags } => {
+            let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
+            let (nb, nrest) = start(caller, proc, *new_dir, new, false)?;
+            let o = entry(&ob, orest, proc, Errno::BUSY)?;
+            let n = entry(&nb, nrest, proc, Errno::BUSY)?;
+            decide_then(s, g, &[&o.path, &n.path], || {
+                let flags = RenameFlags::from_bits_retain(*flags);
+                done(rustix::fs::renameat_with(&o.dir, o.name.as_slice(), &n.dir, n.name.as_slice(), flags))
+            })
+        }
+        Call::Link { old_dir, old, new_dir, new, flags } => {
+            let (nb, nrest) = start(caller, proc, *new_dir, new, false)?;
+            let n = entry(&nb, nrest, proc, Errno::EXIST)?;
+            if old.is_empty() && flags & libc::AT_EMPTY_PATH as u32 != 0 {
+                // The file behind the descriptor, through its /proc link.
+                let fd = caller.dir(proc, *old_dir)?;
+                let link = format!("thread-self/fd/{}", fd.as_raw_fd());
+                return decide_then(s, g, &[&n.path], || {
+                    done(rustix::fs::linkat(proc, link.as_str(), &n.dir, n.name.as_slice(), AtFlags::SYMLINK_FOLLOW))
+                });
+            }
+            let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
+            let follow = AtFlags::from_bits_retain(*flags) & AtFlags::SYMLINK_FOLLOW;
+            decide_then(s, g, &[&n.path], || {
+                done(rustix::fs::linkat(&ob, orest, &n.dir, n.name.as_slice(), follow))
+            })
+        }
+        Call::Symlink { target, dir, path } => {
+            let (b, rest) = start(caller, proc, *dir, path, false)?;
+            let e = entry(&b, rest, proc, Errno::EXIST)?;
+            decide_then(s, g, &[&e.path], || done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice())))
+        }
+        Call::Mknod { dir, path, mode, dev } => {
+            let (b, rest) = start(caller, proc, *dir, path, false)?;
+            let e = entry(&b, rest, proc, Errno::EXIST)?;
+            let kind = rustix::fs::FileType::from_raw_mode(*mode);
+            let perm = Mode::from_raw_mode(*mode);
+            decide_then(s, g, &[&e.path], || done(rustix::fs::mknodat(&e.dir, e.name.as_slice(), kind, perm, *dev)))
+        }
+        Call::Change { dir, path, follow, change } => {
+            let (fd, p) = match path {
+                None => {
+                    let fd = caller.dir(proc, *dir)?;
+                    let p = path_of(proc, &fd)?;
+                    (fd, p)
+                }
+                Some(path) => {
+                    let (b, rest) = start(caller, proc, *dir, path, false)?;
+                    target(&b, rest, *follow, proc)?
+                }
+            };
+            decide_then(s, g, &[&p], || apply(proc, &fd, *change))
+        }
+    }
+}
+
+/// Applies a change to the file behind an `O_PATH` descriptor.
+fn apply(proc: &OwnedFd, fd: &OwnedFd, change: Change) -> Result<Reply, Errno> {
+    let st = rustix::fs::fstat(fd)?;
+    let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+    // Through the descriptor's /proc link, which names this very file.
+    let link = format!("thread-self/fd/{}", fd.as_raw_fd());
+    match change {
+        Change::Mode(_) if is_link => Err(Errno::OPNOTSUPP),
+        Change::Mode(mode) => done(rustix::fs::chmodat(proc, link.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())),
+        Change::Owner(uid, gid) => {
+            let id = |v: u32| (v != u32::MAX).then_some(v);
+            done(rustix::fs::chownat(
+                fd,
+                "",
+                id(uid).map(rustix::fs::Uid::from_raw),
+                id(gid).map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            ))
+        }
+        Change::Times(times) => {
+            let ts = |(sec, nsec): (i64, i64)| Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+            let now = Timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW as _ };
+            let t = match times {
+                Some([a, m]) => Timestamps { last_access: ts(a), last_modification: ts(m) },
+                None => Timestamps { last_access: now, last_modification: now },
+            };
+            if is_link {
+                // A link itself (lutimes): through its directory entry is not
+                // reachable from an O_PATH descriptor; the empty path is.
+                return done(rustix::fs::utimensat(fd, "", &t, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW));
+            }
+            done(rustix::fs::utimensat(proc, link.as_str(), &t, AtFlags::empty()))
+        }
+        Change::Truncate(len) => {
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                return Err(Errno::ISDIR);
+            }
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(Errno::INVAL);
+            }
+            if len < 0 {
+                return Err(Errno::INVAL);
+            }
+            let file = rustix::fs::openat(proc, link.as_str(), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+            done(rustix::fs::ftruncate(&file, len as u64))
+        }
+    }
+}
+
+/// The events of one call: one per path decided (an open that creates,
+/// only when refused: fanotify records the open itself).
+fn events(s: &Supervisor, g: &Governed, n: &Notif, call: &Call, o: &Outcome) -> Vec<Event> {
+    if matches!(call, Call::Create { .. }) && !o.denied {
+        return Vec::new();
+    }
+    let result = match o.reply {
+        Reply::Continue => "let through to the kernel".to_owned(),
+        Reply::Value(_) => "performed".to_owned(),
+        Reply::Error(e) => format!("failed: {e}"),
+    };
+    let lineage = fan::lineage(n.tid);
+    o.decided
+        .iter()
+        .map(|(path, allow, reasons)| {
+            let d = FileDecision {
+                session: s.session.clone(),
+                tid: n.tid,
+                lineage: lineage.clone(),
+                path: path.clone(),
+                action: FileAction::Write,
+                flags_known: true,
+                allow: *allow,
+                reasons: reasons.clone(),
+                mode: g.mode,
+                would_deny: !allow && g.mode == leash_core::Mode::Shadow,
+                one_name: false,
+                traced: None,
+            };
+            let mut e = fan::to_event(d)
+                .with("mechanism", "seccomp user notification")
+                .with("path_source", "resolved by the sensor in the session's root")
+                .with("call", call.name())
+                .with("result", result.clone());
+            e.details.remove("open_flags");
+            if let Call::Rename { .. } = call
+                && let [(from, ..), (to, ..)] = o.decided.as_slice()
+            {
+                e = e.with("renamed", format!("{from} -> {to}"));
+            }
+            e
+        })
+        .collect()
+}
