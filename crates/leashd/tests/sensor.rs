@@ -53,6 +53,13 @@ fn no_secret(project: &str) -> String {
     )
 }
 
+/// Forbids reading anything in the project's `secret/` (writing, and so
+/// linking and renaming, stays allowed: what is left to hold the files is
+/// their identity).
+fn no_read_secret(project: &str) -> String {
+    no_secret(project).replace("\"FileOpen\"", "\"FileOpenReadOnly\"")
+}
+
 /// Forbids executing one file, as policy `id`.
 fn no_exec(id: &str, file: &str) -> String {
     format!("@id(\"{id}\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{file}\");")
@@ -591,9 +598,9 @@ fn a_forbidden_file_stays_forbidden_under_any_name_the_agent_gives_it() {
     let policy = policy(
         &stack,
         &[
-            &no_secret(&p),
+            &no_read_secret(&p),
             &format!(
-                "@id(\"no-top\") forbid (principal, action == Action::\"FileOpen\", resource == File::\"{p}/top-secret.txt\");"
+                "@id(\"no-top\") forbid (principal, action == Action::\"FileOpenReadOnly\", resource == File::\"{p}/top-secret.txt\");"
             ),
             &no_exec("no-tool", &format!("{p}/tool")),
         ],
@@ -690,7 +697,7 @@ fn descriptor_and_exchange_tricks_do_not_open_or_run_what_is_forbidden() {
     }
     let stack = stack();
     let p = project_files(&stack);
-    let policy = policy(&stack, &[&no_secret(&p), &no_exec("no-tool", &format!("{p}/tool"))]);
+    let policy = policy(&stack, &[&no_read_secret(&p), &no_exec("no-tool", &format!("{p}/tool"))]);
     // O_PATH then /proc/self/fd/N; an exec from a descriptor; the forbidden
     // file swapped with an allowed name (renameat2 RENAME_EXCHANGE).
     let script = "./leash-storm opath secret/key; \
