@@ -30,6 +30,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use leash_core::Event;
@@ -39,6 +40,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::fan::{self, Evaluate, FileDecision, Governed};
+use crate::identity::Identities;
 
 /// How a listener shows among a process's descriptors (`/proc/PID/fd/N`).
 pub const LISTENER_LINK: &str = "anon_inode:seccomp notify";
@@ -512,8 +514,9 @@ fn created(caller: &Caller, mut base: OwnedFd, path: &[u8], flags: u64, proc: &O
 #[derive(Debug)]
 struct Outcome {
     reply: Reply,
-    /// Each path decided, with the decision and the deciding policies.
-    decided: Vec<(String, bool, Vec<String>)>,
+    /// Each path decided, with the decision, the deciding policies and how
+    /// it was traced to another name.
+    decided: Vec<(String, bool, Vec<String>, Option<String>)>,
     /// Denied by the policy (whatever the mode made of it).
     denied: bool,
 }
@@ -546,13 +549,12 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> an
     // A root and working directory of this thread's own, to chroot into
     // each caller's root without moving the rest of the process.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
-    let proc = rustix::fs::open("/proc", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-    let own = Own {
-        caps: rustix::thread::capabilities(None)?,
-        groups: rustix::process::getgroups()?,
+    let mut state = ThreadState {
+        proc: rustix::fs::open("/proc", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?,
+        own: Own { caps: rustix::thread::capabilities(None)?, groups: rustix::process::getgroups()? },
+        mnt_ns: None,
+        ids: Identities::default(),
     };
-    // The mount namespace this thread is in (its inode), once it joined one.
-    let mut mnt_ns = None;
     while !s.stop.load(Ordering::Relaxed) {
         let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
@@ -575,7 +577,7 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> an
             Err(e) => anyhow::bail!("reading the supervised-calls listener: {e}"),
         };
         let g = s.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let (call, outcome) = handle(s, &g, &proc, &own, listener.as_fd(), &n, &mut mnt_ns);
+        let (call, outcome) = handle(s, &g, &mut state, listener.as_fd(), &n);
         if let Err(e) = send(listener.as_fd(), n.id, outcome.reply) {
             tracing::debug!(session_id = %s.session, error = %e, "a supervised call's caller went away");
         }
@@ -586,6 +588,19 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> an
         }
     }
     Ok(())
+}
+
+/// What the decider thread keeps between calls.
+struct ThreadState {
+    /// The host's /proc.
+    proc: OwnedFd,
+    /// Its own credentials.
+    own: Own,
+    /// The mount namespace it is in (its inode), once it joined one.
+    mnt_ns: Option<u64>,
+    /// The forbidden files and directories by identity, read in the
+    /// caller's root (the thread's, once it entered one).
+    ids: Identities,
 }
 
 /// `evaluate`, run on a thread of its own.
@@ -606,15 +621,9 @@ fn from_another_thread(evaluate: Evaluate) -> io::Result<Evaluate> {
 }
 
 /// Decides and performs one call.
-fn handle(
-    s: &Supervisor,
-    g: &Governed,
-    proc: &OwnedFd,
-    own: &Own,
-    listener: BorrowedFd<'_>,
-    n: &Notif,
-    mnt_ns: &mut Option<u64>,
-) -> (Option<Call>, Outcome) {
+fn handle(s: &Supervisor, g: &Governed, t: &mut ThreadState, listener: BorrowedFd<'_>, n: &Notif) -> (Option<Call>, Outcome) {
+    let ThreadState { proc, own, mnt_ns, ids } = t;
+    let (proc, own) = (&*proc, &*own);
     let failed = |e: Errno| Outcome { reply: Reply::Error(e), decided: Vec::new(), denied: false };
     let mem = match rustix::fs::openat(proc, format!("{}/mem", n.tid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
         Ok(m) => File::from(m),
@@ -647,29 +656,96 @@ fn handle(
         }
         rustix::process::fchdir(&caller.root)?;
         rustix::process::chroot(".")?;
+        // Read as the decider (the caller may not see into what is forbidden).
+        if g.mode != leash_core::Mode::Record {
+            ids.refresh(&g.tables, Path::new("/"));
+        }
         let _wearing = Wearing::put_on(own, &caller.creds).map_err(|_| Errno::PERM)?;
-        perform(s, g, proc, &caller, &call)
+        perform(s, g, proc, &caller, &call, ids)
     })();
     (Some(call), outcome.unwrap_or_else(failed))
 }
 
-/// Decides a write of each path; performs `act` when every one is allowed
-/// (or the mode lets it through).
+/// A path to decide a write of: where the call names it, and the name the
+/// policy knows it by when that is another (`traced`, by identity).
+struct Target {
+    path: String,
+    traced: Option<String>,
+    /// Decided as a write into the directory `path` names (what the policy
+    /// forbids below it), not of the directory's own name.
+    inside: bool,
+}
+
+impl Target {
+    /// An entry: its directory's identity may be a forbidden directory (or
+    /// one below one) under another name (renamed, say), in which case the
+    /// entry is decided under that name too.
+    fn of_entry(e: &Entry, ids: &Identities) -> Target {
+        let traced = (|| {
+            let st = rustix::fs::fstat(&e.dir).ok()?;
+            let dir = e.path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d })?;
+            let other = ids.other_name(Path::new("/"), dir, (st.st_dev, st.st_ino))?;
+            Some(join(other.trim_end_matches('/'), e.path.rsplit('/').next().unwrap_or("")))
+        })();
+        Target { path: e.path.clone(), traced, inside: false }
+    }
+
+    /// A file: its own identity, or an ancestor's.
+    fn of_file(fd: &OwnedFd, path: &str, ids: &Identities) -> Target {
+        let traced = (|| {
+            let st = rustix::fs::fstat(fd).ok()?;
+            ids.other_name(Path::new("/"), path, (st.st_dev, st.st_ino))
+        })();
+        Target { path: path.to_owned(), traced, inside: false }
+    }
+
+    /// What moving the directory `dir` moves that the policy guards: the
+    /// guarded files and directories at or below it, each decided as a
+    /// write (a directory: of a name inside it).
+    fn below(dir: &str, g: &Governed) -> Vec<Target> {
+        let (files, dirs) = g.tables.guarded();
+        let at = format!("{}/", dir.trim_end_matches('/'));
+        let files = files.into_iter().filter(|f| f.starts_with(&at)).map(|f| (f, false));
+        let dirs = dirs.into_iter().filter(|d| d.starts_with(&at)).map(|d| (d, true));
+        files.chain(dirs).map(|(path, inside)| Target { path, traced: None, inside }).collect()
+    }
+
+    /// The path the tables are asked about.
+    fn decided_as(&self, path: &str) -> String {
+        // "/d/." is in "/d/"; "/d/" itself is not.
+        if self.inside { format!("{}/.", path.trim_end_matches('/')) } else { path.to_owned() }
+    }
+}
+
+/// Decides a write of each target (under its traced name too); performs
+/// `act` when every one is allowed (or the mode lets it through).
 fn decide_then(
     s: &Supervisor,
     g: &Governed,
-    paths: &[&str],
+    targets: &[Target],
     act: impl FnOnce() -> Result<Reply, Errno>,
 ) -> Result<Outcome, Errno> {
     let mut decided = Vec::new();
-    for p in paths {
-        let (allow, reasons) = match g.mode {
-            leash_core::Mode::Record => (true, Vec::new()),
-            _ => fan::decide(g, FileAction::Write, p, &s.evaluate),
+    for t in targets {
+        let (mut allow, mut reasons, mut traced) = match g.mode {
+            leash_core::Mode::Record => (true, Vec::new(), None),
+            _ => {
+                let (a, r) = fan::decide(g, FileAction::Write, &t.decided_as(&t.path), &s.evaluate);
+                (a, r, None)
+            }
         };
-        decided.push(((*p).to_owned(), allow, reasons));
+        if allow
+            && g.mode != leash_core::Mode::Record
+            && let Some(other) = &t.traced
+        {
+            let (a, r) = fan::decide(g, FileAction::Write, &t.decided_as(other), &s.evaluate);
+            if !a {
+                (allow, reasons, traced) = (false, r, Some(format!("via inode of {}", other.trim_end_matches('/'))));
+            }
+        }
+        decided.push((t.path.clone(), allow, reasons, traced));
     }
-    let denied = decided.iter().any(|(_, a, _)| !a);
+    let denied = decided.iter().any(|(_, a, _, _)| !a);
     if denied && g.mode == leash_core::Mode::Enforce {
         return Ok(Outcome { reply: Reply::Error(Errno::PERM), decided, denied });
     }
@@ -683,19 +759,38 @@ fn done(r: rustix::io::Result<()>) -> Result<Reply, Errno> {
 
 /// Resolves, decides and performs one call, in the caller's root and
 /// credentials.
-fn perform(s: &Supervisor, g: &Governed, proc: &OwnedFd, caller: &Caller, call: &Call) -> Result<Outcome, Errno> {
+fn perform(
+    s: &Supervisor,
+    g: &Governed,
+    proc: &OwnedFd,
+    caller: &Caller,
+    call: &Call,
+    ids: &Identities,
+) -> Result<Outcome, Errno> {
     match call {
         Call::Create { dir, path, flags, in_root } => {
             let (base, rest) = start(caller, proc, *dir, path, *in_root)?;
             let e = created(caller, base, rest, *flags, proc)?;
-            decide_then(s, g, &[&e.path], || Ok(Reply::Continue))
+            decide_then(s, g, &[Target::of_entry(&e, ids)], || Ok(Reply::Continue))
         }
         Call::Rename { old_dir, old, new_dir, new, flags } => {
             let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
             let (nb, nrest) = start(caller, proc, *new_dir, new, false)?;
             let o = entry(&ob, orest, proc, Errno::BUSY)?;
             let n = entry(&nb, nrest, proc, Errno::BUSY)?;
-            decide_then(s, g, &[&o.path, &n.path], || {
+            let mut targets = vec![Target::of_entry(&o, ids), Target::of_entry(&n, ids)];
+            // A directory moves everything below it: what the policy guards
+            // there is decided too (under the directory's traced name also).
+            let is_dir = rustix::fs::statat(&o.dir, o.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            if is_dir {
+                let traced = targets[0].traced.clone();
+                targets.extend(Target::below(&o.path, g));
+                if let Some(t) = traced {
+                    targets.extend(Target::below(&t, g));
+                }
+            }
+            decide_then(s, g, &targets, || {
                 let flags = RenameFlags::from_bits_retain(*flags);
                 done(rustix::fs::renameat_with(&o.dir, o.name.as_slice(), &n.dir, n.name.as_slice(), flags))
             })
@@ -707,27 +802,27 @@ fn perform(s: &Supervisor, g: &Governed, proc: &OwnedFd, caller: &Caller, call: 
                 // The file behind the descriptor, through its /proc link.
                 let fd = caller.dir(proc, *old_dir)?;
                 let link = format!("thread-self/fd/{}", fd.as_raw_fd());
-                return decide_then(s, g, &[&n.path], || {
+                return decide_then(s, g, &[Target::of_entry(&n, ids)], || {
                     done(rustix::fs::linkat(proc, link.as_str(), &n.dir, n.name.as_slice(), AtFlags::SYMLINK_FOLLOW))
                 });
             }
             let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
             let follow = AtFlags::from_bits_retain(*flags) & AtFlags::SYMLINK_FOLLOW;
-            decide_then(s, g, &[&n.path], || {
+            decide_then(s, g, &[Target::of_entry(&n, ids)], || {
                 done(rustix::fs::linkat(&ob, orest, &n.dir, n.name.as_slice(), follow))
             })
         }
         Call::Symlink { target, dir, path } => {
             let (b, rest) = start(caller, proc, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
-            decide_then(s, g, &[&e.path], || done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice())))
+            decide_then(s, g, &[Target::of_entry(&e, ids)], || done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice())))
         }
         Call::Mknod { dir, path, mode, dev } => {
             let (b, rest) = start(caller, proc, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
             let kind = rustix::fs::FileType::from_raw_mode(*mode);
             let perm = Mode::from_raw_mode(*mode);
-            decide_then(s, g, &[&e.path], || done(rustix::fs::mknodat(&e.dir, e.name.as_slice(), kind, perm, *dev)))
+            decide_then(s, g, &[Target::of_entry(&e, ids)], || done(rustix::fs::mknodat(&e.dir, e.name.as_slice(), kind, perm, *dev)))
         }
         Call::Change { dir, path, follow, change } => {
             let (fd, p) = match path {
@@ -741,7 +836,8 @@ fn perform(s: &Supervisor, g: &Governed, proc: &OwnedFd, caller: &Caller, call: 
                     target(&b, rest, *follow, proc)?
                 }
             };
-            decide_then(s, g, &[&p], || apply(proc, &fd, *change))
+            let t = Target::of_file(&fd, &p, ids);
+            decide_then(s, g, &[t], || apply(proc, &fd, *change))
         }
     }
 }
@@ -809,7 +905,7 @@ fn events(s: &Supervisor, g: &Governed, n: &Notif, call: &Call, o: &Outcome) -> 
     let lineage = fan::lineage(n.tid);
     o.decided
         .iter()
-        .map(|(path, allow, reasons)| {
+        .map(|(path, allow, reasons, traced)| {
             let d = FileDecision {
                 session: s.session.clone(),
                 tid: n.tid,
@@ -822,7 +918,7 @@ fn events(s: &Supervisor, g: &Governed, n: &Notif, call: &Call, o: &Outcome) -> 
                 mode: g.mode,
                 would_deny: !allow && g.mode == leash_core::Mode::Shadow,
                 one_name: false,
-                traced: None,
+                traced: traced.clone(),
             };
             let mut e = fan::to_event(d)
                 .with("mechanism", "seccomp user notification")
@@ -831,7 +927,7 @@ fn events(s: &Supervisor, g: &Governed, n: &Notif, call: &Call, o: &Outcome) -> 
                 .with("result", result.clone());
             e.details.remove("open_flags");
             if let Call::Rename { .. } = call
-                && let [(from, ..), (to, ..)] = o.decided.as_slice()
+                && let [(from, ..), (to, ..), ..] = o.decided.as_slice()
             {
                 e = e.with("renamed", format!("{from} -> {to}"));
             }

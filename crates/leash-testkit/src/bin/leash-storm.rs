@@ -12,7 +12,13 @@
 //! `leash-storm exchange A B` swaps two names (`renameat2(RENAME_EXCHANGE)`);
 //! `leash-storm opath FILE` opens FILE with `O_PATH`, then reads it through
 //! `/proc/self/fd/N`; `leash-storm execveat FILE ARG…` runs FILE from an
-//! `O_PATH` descriptor with `execveat(AT_EMPTY_PATH)`.
+//! `O_PATH` descriptor with `execveat(AT_EMPTY_PATH)`;
+//! `leash-storm handle FILE` opens FILE by a file handle
+//! (`name_to_handle_at`, `open_by_handle_at`); `leash-storm uring` sets up
+//! an io_uring (whose operations no seccomp filter sees; `uring=ok` means
+//! the session allows them); `leash-storm sendfile FILE` opens FILE and
+//! has a child that inherits the descriptor copy it to standard output
+//! with `sendfile`.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line tool's output")]
 
 use std::net::{SocketAddr, UdpSocket};
@@ -118,6 +124,72 @@ fn file_attempt(args: &[String]) -> Option<ExitCode> {
             let e = nix::unistd::execveat(&fd, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH);
             Some(say("execveat", Err(e.map_or_else(|e| e.desc().to_owned(), |_| "returned".to_owned()))))
         }
+        [what, file] if what == "handle" => Some(say("handle", by_handle(file))),
+        [what] if what == "uring" => Some(say("uring", uring())),
+        [what, file] if what == "sendfile" => {
+            let r = rustix::fs::open(file, OFlags::RDONLY, Mode::empty()).map_err(|e| e.to_string()).and_then(|fd| {
+                use std::os::fd::AsRawFd;
+                // The child inherits the descriptor (no close-on-exec).
+                let out = std::process::Command::new("/proc/self/exe")
+                    .args(["sendfile-fd", &fd.as_raw_fd().to_string()])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() { Ok(text.trim().to_owned()) } else { Err(text) }
+            });
+            Some(say("sendfile", r))
+        }
+        [what, fd] if what == "sendfile-fd" => {
+            let Ok(n) = fd.parse::<i32>() else { return Some(ExitCode::from(64)) };
+            // SAFETY: the descriptor was inherited from the parent, which
+            // passed its number; nothing else in this process owns it.
+            #[allow(unsafe_code, reason = "adopting an inherited descriptor by number")]
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
+            let stdout = std::io::stdout();
+            match rustix::fs::sendfile(&stdout, &fd, None, 1 << 20) {
+                Ok(_) => Some(ExitCode::SUCCESS),
+                Err(e) => {
+                    println!("{e}");
+                    Some(ExitCode::from(1))
+                }
+            }
+        }
         _ => None,
     }
+}
+
+/// Opens `file` by its handle: `open_by_handle_at` needs no path walk, so
+/// no name of the file is involved in the open.
+fn by_handle(file: &str) -> Result<String, String> {
+    use nix::libc;
+    let path = std::ffi::CString::new(file).map_err(|e| e.to_string())?;
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut handle = vec![0u8; 8 + 128];
+    handle[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0i32;
+    // SAFETY: `handle` has room for the header and 128 handle bytes, as
+    // its header says; `path` is NUL-terminated; `mount_id` is writable.
+    #[allow(unsafe_code, reason = "name_to_handle_at and open_by_handle_at have no wrappers")]
+    let fd = unsafe {
+        if libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, path.as_ptr(), handle.as_mut_ptr(), &mut mount_id, 0) != 0 {
+            return Err(format!("name_to_handle_at: {}", std::io::Error::last_os_error()));
+        }
+        let mount = libc::open(c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        libc::syscall(libc::SYS_open_by_handle_at, mount, handle.as_mut_ptr(), libc::O_RDONLY)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    std::fs::read_to_string(format!("/proc/self/fd/{fd}")).map(|t| t.trim().to_owned()).map_err(|e| e.to_string())
+}
+
+/// Sets up an io_uring.
+fn uring() -> Result<String, String> {
+    use nix::libc;
+    // struct io_uring_params: 120 bytes, zeroed.
+    let mut params = [0u8; 120];
+    // SAFETY: `params` is a zeroed io_uring_params the kernel fills in.
+    #[allow(unsafe_code, reason = "io_uring_setup has no wrapper")]
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8u32, params.as_mut_ptr()) };
+    if fd < 0 { Err(std::io::Error::last_os_error().to_string()) } else { Ok(String::new()) }
 }
