@@ -112,16 +112,18 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
 }
 
 /// What the fallback tier's file decider does not refuse, and why (it
-/// decides opens and execs; these are neither). docs/SENSOR.md has the
-/// whole table, with what it does refuse.
+/// decides opens and execs, and the calls leash-entry's filter hands it:
+/// renames, links, symbolic links, mknod, chmod, chown, utimes, truncate
+/// and creating opens). docs/SENSOR.md has the whole table, with what it
+/// does refuse.
 const FALLBACK_GAPS: [(&str, &str); 6] = [
     (
-        "a rename, hard or symbolic link, mknod, chmod, chown, truncate or utime of a write-forbidden path",
-        "these are not opens; protect-host's locations that exist when the session starts are read-only mounts, so there the kernel refuses them (EROFS, EBUSY), but not elsewhere (an .envrc made by a rename, say)",
+        "an O_CREAT open of a write-forbidden path whose name another thread rewrites between the decision and the kernel's own lookup",
+        "a creating open is let through to the kernel once decided; the open itself is refused (fanotify), but the empty file it created stays",
     ),
     (
-        "an O_CREAT open of a write-forbidden path that does not exist",
-        "refused, but the kernel creates the (empty) file before the open is decided",
+        "a rename, link, chmod or creating open by a process that entered the session from outside (docker exec)",
+        "the supervised-calls filter is inherited from leash-entry; such a process has none (its opens and execs are decided)",
     ),
     (
         "a copy of a program the policy forbids to execute, run",
@@ -131,7 +133,7 @@ const FALLBACK_GAPS: [(&str, &str); 6] = [
         "a file created in a forbidden directory and linked or moved out within 2 s",
         "forbidden directories are read for identities when the tables change and every 2 s",
     ),
-    ("mkdir or unlink under a forbidden directory", "not opens"),
+    ("mkdir or unlink under a forbidden directory", "not opens, and not among the supervised calls"),
     ("a script run by an interpreter (sh script)", "the interpreter reads it: a read, not an exec"),
 ];
 
