@@ -1,7 +1,7 @@
 //! `cargo xtask`: leash's build tool.
 //!
 //! Verbs: `install`, `tidy`, `image <name>`, `entry`, `bench <what>`,
-//! `vmtest`, `facts`, `fuzz`, `demo`.
+//! `vmtest`, `facts`, `fuzz`, `hostile`, `demo`.
 
 mod bench;
 mod bench_proxy;
@@ -9,6 +9,7 @@ mod bench_ui;
 mod demo;
 mod facts;
 mod fuzz;
+mod hostile;
 mod image;
 mod install;
 mod tidy;
@@ -40,6 +41,8 @@ verbs:
   vmtest          boot Debian's kernel under QEMU and check the sensor there
   fuzz [TARGET] [--time S]
                   run the fuzz targets in fuzz/ (nightly, cargo-fuzz), S seconds each (600)
+  hostile         the hostile-agent suite in real sessions, each attempt reported
+                  held or bypassed with the event that decided it
   facts           print what the tests rely on here (engines, kernel, cgroups,
                   host address, resolvers, BPF LSM), as CI does before the tests
   demo            build, start leashd if needed, run a scripted session, show its events
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Some("vmtest") => vmtest::run(&args[1..]),
         Some("facts") => facts::run(),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("hostile") => hostile::run(&args[1..]),
         Some("entry") => util::build_static_entry(args.get(1).is_some_and(|a| a == "--release")).map(|p| {
             util::out(&p.display().to_string());
         }),
