@@ -2,6 +2,7 @@
 //! the test image, the real BPF programs and fanotify, driven through
 //! `leash` and `leashctl` as a user would.
 
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -718,4 +719,84 @@ fn descriptor_and_exchange_tricks_do_not_open_or_run_what_is_forbidden() {
             assert!(!code.starts_with("ok") && code != "0", "{attempt} got through\n{stdout}\n{}", text(&out.stderr));
         }
     }
+}
+
+#[test]
+fn supervised_calls_do_what_the_kernel_would_for_the_agents_user() {
+    const DEBIAN: &str = "leash-test-debian:latest";
+    let name = "supervised_calls_do_what_the_kernel_would_for_the_agents_user";
+    if !require_docker(name) || !leash_testkit::require_image(name, DEBIAN) {
+        return;
+    }
+    let stack = stack();
+    // Let uid 4321 reach leashd (as a member of the leash group would).
+    leash_testkit::set_mode(&stack.runtime_dir, 0o755);
+    leash_testkit::set_mode(&stack.runtime_dir.join("leashd.sock"), 0o666);
+    let project = stack.project();
+    std::os::unix::fs::chown(&project, Some(4321), Some(4321)).unwrap();
+    std::fs::write(project.join("root-owned.txt"), "root\n").unwrap();
+    let policy = policy(&stack, &[]);
+    // Each call the filter hands to the sensor, as an ordinary program
+    // makes it; what it printed is what the kernel would have done (under
+    // plain Docker too: a rename across mounts and a link of an O_TMPFILE
+    // through /proc/self/fd are EXDEV there as well).
+    let script = r#"
+import os, errno
+def t(name, f):
+    try:
+        f(); print(f"{name}=ok")
+    except OSError as e:
+        print(f"{name}={errno.errorcode[e.errno]}")
+open("a.txt", "w").write("a")
+t("rename", lambda: os.rename("a.txt", "b.txt"))
+open("c.txt", "w").write("c")
+t("replace", lambda: os.replace("c.txt", "b.txt"))
+t("replace-result", lambda: None if open("b.txt").read() == "c" else (_ for _ in ()).throw(OSError(errno.EIO, "")))
+t("link", lambda: os.link("b.txt", "b2.txt"))
+t("link-exists", lambda: os.link("b.txt", "b2.txt"))
+t("symlink", lambda: os.symlink("b.txt", "s.txt"))
+t("mkfifo", lambda: os.mkfifo("fifo"))
+t("mknod-char", lambda: os.mknod("dev", 0o600 | 0o020000, os.makedev(1, 3)))
+t("chmod", lambda: os.chmod("b.txt", 0o640))
+t("truncate", lambda: os.truncate("b.txt", 1))
+t("utime", lambda: os.utime("b.txt", (1000000, 2000000)))
+t("chown-own-group", lambda: os.chown("b.txt", -1, 777))
+t("chown-to-root", lambda: os.chown("b.txt", 0, -1))
+t("chmod-root-owned", lambda: os.chmod("root-owned.txt", 0o777))
+t("create-in-etc", lambda: open("/etc/planted", "w"))
+t("rename-into-etc", lambda: os.rename("b2.txt", "/etc/b2"))
+os.umask(0o077)
+t("umask", lambda: open("u.txt", "w"))
+d = os.open(".", os.O_RDONLY)
+open("d1", "w").write("d")
+t("renameat", lambda: os.rename("d1", "d2", src_dir_fd=d, dst_dir_fd=d))
+fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644)
+os.write(fd, b"tmp")
+t("link-tmpfile", lambda: os.link(f"/proc/self/fd/{fd}", "tmp-linked", follow_symlinks=True))
+os.symlink("/tmp", "tmplink")
+t("symlink-through-absolute-link", lambda: os.symlink("target", "tmplink/leash-made-me"))
+t("lands-in-container-tmp", lambda: os.lstat("/tmp/leash-made-me"))
+t("missing", lambda: os.rename("nope", "nope2"))
+"#;
+    std::fs::write(project.join("calls.py"), script).unwrap();
+    let out = stack
+        .command("setpriv")
+        .args(["--reuid=4321", "--regid=4321", "--groups=4321,777", "--"])
+        .arg(stack.bin_dir.join("leash"))
+        .args(["--image", DEBIAN, "--policy", policy.to_str().unwrap(), "--", "python3", "calls.py"])
+        .current_dir(&project)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let expected = "rename=ok\nreplace=ok\nreplace-result=ok\nlink=ok\nlink-exists=EEXIST\nsymlink=ok\nmkfifo=ok\n\
+                    mknod-char=EPERM\nchmod=ok\ntruncate=ok\nutime=ok\nchown-own-group=ok\nchown-to-root=EPERM\n\
+                    chmod-root-owned=EPERM\ncreate-in-etc=EACCES\nrename-into-etc=EXDEV\numask=ok\nrenameat=ok\n\
+                    link-tmpfile=EXDEV\nsymlink-through-absolute-link=ok\nlands-in-container-tmp=ok\nmissing=ENOENT\n";
+    assert_eq!(stdout, expected, "{}", text(&out.stderr));
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let b = std::fs::metadata(project.join("b.txt")).unwrap();
+    assert_eq!((b.uid(), b.gid(), b.mode() & 0o777, b.mtime(), b.len()), (4321, 777, 0o640, 2000000, 1));
+    assert_eq!(std::fs::metadata(project.join("u.txt")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::symlink_metadata("/tmp/leash-made-me").is_err(), "an absolute link was followed on the host");
 }
