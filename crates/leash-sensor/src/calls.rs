@@ -532,6 +532,9 @@ pub struct Supervisor {
     pub evaluate: Evaluate,
     /// Stop when set.
     pub stop: Arc<AtomicBool>,
+    /// The session's fanotify group, whose cached allows a new name must
+    /// not inherit.
+    pub group: Option<Arc<fan::Group>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -792,7 +795,10 @@ fn perform(
             }
             decide_then(s, g, &targets, || {
                 let flags = RenameFlags::from_bits_retain(*flags);
-                done(rustix::fs::renameat_with(&o.dir, o.name.as_slice(), &n.dir, n.name.as_slice(), flags))
+                let rename = || rustix::fs::renameat_with(&o.dir, o.name.as_slice(), &n.dir, n.name.as_slice(), flags);
+                // Both names, either way: an exchange swaps them.
+                let names = [(o.dir.as_fd(), o.name.as_slice()), (n.dir.as_fd(), n.name.as_slice())];
+                done(renaming(s, &names, is_dir, rename))
             })
         }
         Call::Link { old_dir, old, new_dir, new, flags } => {
@@ -803,13 +809,17 @@ fn perform(
                 let fd = caller.dir(proc, *old_dir)?;
                 let link = format!("thread-self/fd/{}", fd.as_raw_fd());
                 return decide_then(s, g, &[Target::of_entry(&n, ids)], || {
-                    done(rustix::fs::linkat(proc, link.as_str(), &n.dir, n.name.as_slice(), AtFlags::SYMLINK_FOLLOW))
+                    let names = [(proc.as_fd(), link.as_bytes()), (n.dir.as_fd(), n.name.as_slice())];
+                    done(renaming(s, &names, false, || {
+                        rustix::fs::linkat(proc, link.as_str(), &n.dir, n.name.as_slice(), AtFlags::SYMLINK_FOLLOW)
+                    }))
                 });
             }
             let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
             let follow = AtFlags::from_bits_retain(*flags) & AtFlags::SYMLINK_FOLLOW;
             decide_then(s, g, &[Target::of_entry(&n, ids)], || {
-                done(rustix::fs::linkat(&ob, orest, &n.dir, n.name.as_slice(), follow))
+                let names = [(ob.as_fd(), orest), (n.dir.as_fd(), n.name.as_slice())];
+                done(renaming(s, &names, false, || rustix::fs::linkat(&ob, orest, &n.dir, n.name.as_slice(), follow)))
             })
         }
         Call::Symlink { target, dir, path } => {
@@ -839,6 +849,17 @@ fn perform(
             let t = Target::of_file(&fd, &p, ids);
             decide_then(s, g, &[t], || apply(proc, &fd, *change))
         }
+    }
+}
+
+/// Runs a link or rename under the cache's invariant (an allow cached for
+/// a file never answers for a name it was not decided for): the allows
+/// cached for the files named are dropped before and after, and none is
+/// cached meanwhile ([`fan::Group::naming`]); a directory drops them all.
+fn renaming<T>(s: &Supervisor, names: &[(BorrowedFd<'_>, &[u8])], whole: bool, name_it: impl FnOnce() -> T) -> T {
+    match &s.group {
+        Some(group) => group.naming(names, whole, name_it, names),
+        None => name_it(),
     }
 }
 

@@ -23,7 +23,7 @@
 //! of its names, so an allow decided through a hard link must not answer
 //! for the linked (perhaps forbidden) name.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -159,7 +159,13 @@ fn mount_points(pid: u32) -> std::io::Result<Vec<String>> {
 }
 
 /// A session's fanotify group.
-pub struct Group(Fanotify);
+pub struct Group {
+    fan: Fanotify,
+    /// Odd while a supervised call gives a file a new name (a link or a
+    /// rename), bumped again when it is done: an allow cached while it
+    /// changes, or across a change, is flushed (see [`Group::naming`]).
+    naming: AtomicU64,
+}
 
 impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,20 +182,58 @@ impl Group {
         // holder gets its group from the sensor, which created it.
         #[allow(unsafe_code, reason = "nix has no safe way to adopt an existing fanotify descriptor")]
         let f = unsafe { Fanotify::from_owned_fd(fd) };
-        Group(f)
+        Group { fan: f, naming: AtomicU64::new(0) }
     }
 
     /// A duplicate descriptor of the group (kept by the sensor).
     pub fn duplicate(&self) -> std::io::Result<OwnedFd> {
-        self.0.as_fd().try_clone_to_owned()
+        self.fan.as_fd().try_clone_to_owned()
     }
 
     /// Drops every cached allow.
     pub fn flush_cache(&self) {
-        let r = self.0.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), nix::fcntl::AT_FDCWD, None::<&Path>);
+        let r = self.fan.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), nix::fcntl::AT_FDCWD, None::<&Path>);
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot flush the fanotify cache");
         }
+    }
+
+    /// Gives a file a new name under the cache's invariant (an allow
+    /// cached for a file never answers for a name it was not decided
+    /// for): `name_it` runs with the allows cached for `before` (the files
+    /// about to get a new name, each a directory and a name in it) dropped,
+    /// no allow is cached meanwhile, and those for `after` (the names they
+    /// got) are dropped again; a directory renamed drops every cached allow
+    /// (the files below it get new names too).
+    pub fn naming<T>(&self, before: &[(BorrowedFd<'_>, &[u8])], whole: bool, name_it: impl FnOnce() -> T, after: &[(BorrowedFd<'_>, &[u8])]) -> T {
+        self.naming.fetch_add(1, Ordering::SeqCst);
+        let forget = |names: &[(BorrowedFd<'_>, &[u8])]| {
+            // The name itself and, when it is a symbolic link, the file it
+            // names (a link may be made to either).
+            for (dir, name) in names {
+                for follow in [MarkFlags::FAN_MARK_DONT_FOLLOW, MarkFlags::empty()] {
+                    let _ = self.fan.mark(
+                        MarkFlags::FAN_MARK_REMOVE | MarkFlags::FAN_MARK_IGNORED_MASK | follow,
+                        MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
+                        dir,
+                        Some(*name),
+                    );
+                }
+            }
+        };
+        if whole {
+            self.flush_cache();
+        } else {
+            forget(before);
+        }
+        let r = name_it();
+        if whole {
+            self.flush_cache();
+        } else {
+            forget(after);
+        }
+        self.naming.fetch_add(1, Ordering::SeqCst);
+        r
     }
 
     /// Caches an allow, for opens and execs, for the file behind an
@@ -197,7 +241,7 @@ impl Group {
     fn cache_allow(&self, event_fd: i32) {
         // The descriptor's magic link names the very inode that was opened.
         let path = PathBuf::from(format!("/proc/self/fd/{event_fd}"));
-        let _ = self.0.mark(
+        let _ = self.fan.mark(
             MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_IGNORED_MASK | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY,
             MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
             nix::fcntl::AT_FDCWD,
@@ -246,7 +290,7 @@ pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<St
         Marks::Paths(_) if !unmarked.is_empty() => anyhow::bail!("cannot mark {}", unmarked.join("; ")),
         _ => {}
     }
-    Ok((Group(group), marked, unmarked))
+    Ok((Group { fan: group, naming: AtomicU64::new(0) }, marked, unmarked))
 }
 
 /// Whether `tid` runs in the cgroup at `cgroup` (relative to the v2 root).
@@ -339,13 +383,13 @@ pub fn run(
         if cgroup_dir.is_some_and(|d| !d.exists()) {
             return Ok(());
         }
-        let mut fds = [nix::poll::PollFd::new(group.0.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(group.fan.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => anyhow::bail!("polling the fanotify group: {e}"),
         }
-        let n = match nix::unistd::read(group.0.as_fd(), &mut buf) {
+        let n = match nix::unistd::read(group.fan.as_fd(), &mut buf) {
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
             Err(e) => anyhow::bail!("reading the fanotify group: {e}"),
@@ -356,6 +400,7 @@ pub fn run(
                 tracing::warn!(session_id = %l.session, "fanotify queue overflow");
                 continue;
             }
+            let naming = group.naming.load(Ordering::SeqCst);
             let d = decide_one(l, &g, &ev, &mut identities);
             let answer = match &d {
                 None => true,
@@ -376,7 +421,9 @@ pub fn run(
                 // The policy changed while this was decided: what was just
                 // cached belongs to the old one.
                 let now = l.governed.read().unwrap_or_else(|p| p.into_inner());
-                if !Arc::ptr_eq(&now.tables, &g.tables) || now.mode != g.mode {
+                // So did a name while a link or rename was under way.
+                let renamed = naming % 2 == 1 || group.naming.load(Ordering::SeqCst) != naming;
+                if renamed || !Arc::ptr_eq(&now.tables, &g.tables) || now.mode != g.mode {
                     group.flush_cache();
                     cached = 0;
                 }
@@ -384,7 +431,7 @@ pub fn run(
             let mut response = Vec::with_capacity(8);
             response.extend_from_slice(&ev.fd.to_ne_bytes());
             response.extend_from_slice(&(if answer { FAN_ALLOW } else { FAN_DENY }).to_ne_bytes());
-            if let Err(e) = nix::unistd::write(&group.0, &response) {
+            if let Err(e) = nix::unistd::write(&group.fan, &response) {
                 tracing::warn!(error = %e, "cannot answer a fanotify event");
             }
             let _ = nix::unistd::close(ev.fd);

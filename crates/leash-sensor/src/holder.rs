@@ -298,6 +298,7 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
             governed: governed.clone(),
             evaluate: evaluate.clone(),
             stop: stop.clone(),
+            group: Some(group.clone()),
         };
         let publish = publish.clone();
         std::thread::Builder::new().name("holder-calls".into()).spawn(move || {

@@ -12,7 +12,8 @@
 //!
 //! The set is read again when the tables change and at most every
 //! [`REFRESH`] otherwise, so files that appear in a forbidden directory
-//! later are known from then on; a file created and linked out within that
+//! later are known from then on (and what was known keeps its name while
+//! the tables still forbid something there, though it was renamed since); a file created and linked out within that
 //! window is not traced (its content is the agent's own: nothing existed to
 //! read). At most [`MAX_ENTRIES`] entries are read below forbidden
 //! directories; past that, the rest are not traced, and the decider says so.
@@ -71,6 +72,26 @@ impl Identities {
         let mut truncated = false;
         for d in &dirs {
             truncated |= !walk(root, d, &mut names, &mut budget);
+        }
+        // What was known and is gone from its forbidden name now (renamed,
+        // or moved out with a directory) stays known while the tables still
+        // forbid something at that name: the next read of the set would
+        // otherwise forget a forbidden file the agent renamed a moment ago.
+        // (A forbidden file deleted, and its inode number reused for a new
+        // file, makes that file forbidden too: the safe side.)
+        let guarded = |name: &str| {
+            files.contains(name.trim_end_matches('/'))
+                || dirs.iter().any(|d| name.starts_with(d.as_str()) || format!("{}/", name.trim_end_matches('/')) == *d)
+        };
+        for (id, name) in std::mem::take(&mut self.names) {
+            if budget == 0 {
+                truncated = true;
+                break;
+            }
+            if !names.contains_key(&id) && guarded(&name) {
+                names.insert(id, name);
+                budget -= 1;
+            }
         }
         if truncated && !self.truncated {
             tracing::warn!(
@@ -203,6 +224,14 @@ mod tests {
         );
         // Anything else has no other name.
         assert_eq!(ids.other_name(root, "/w/open.txt", id("/w/open.txt")), None);
+        // Read again after the forbidden file was renamed away: still known.
+        std::fs::rename(w.join("secret.txt"), w.join("renamed")).unwrap();
+        ids.refresh(&tables("/w/secret.txt", "/w/private/"), root);
+        assert_eq!(ids.other_name(root, "/w/renamed", id("/w/renamed")).as_deref(), Some("/w/secret.txt"));
+        assert_eq!(ids.other_name(root, "/w/moved/other", id("/w/moved/other")).as_deref(), Some("/w/private/sub/other"));
+        // Tables that no longer forbid it forget it.
+        ids.refresh(&tables("/w/other.txt", "/w/elsewhere/"), root);
+        assert_eq!(ids.other_name(root, "/w/renamed", id("/w/renamed")), None);
     }
 
     #[test]

@@ -13,6 +13,9 @@ const DEBIAN: &str = "leash-test-debian:latest";
 /// leash-test with a volume the image declares, holding a file the policy forbids.
 const VOLUME_IMAGE: &str = "leash-test-volume:latest";
 
+/// What the forbidden files hold (none may appear in an attempt's output).
+const SECRETS: [&str; 4] = ["TOPSECRET", "s3cret", "PRIVATE", "volsecret"];
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -97,6 +100,12 @@ fn run(stack: &Stack, image: &str, policy: &Path, attempts: &[Attempt], project:
     };
     let mut report = Vec::new();
     let mut bypassed = Vec::new();
+    // Whatever the outcomes say, no secret's content came out.
+    for secret in SECRETS {
+        if stdout.contains(secret) {
+            bypassed.push(format!("the content of a forbidden file ({secret}) reached the agent"));
+        }
+    }
     for a in attempts {
         let got = outcome(&stdout, a.name);
         let held = !got_through(got) && got != "missing";
@@ -204,6 +213,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         ("top1.txt", "TOPSECRET1\n"),
         ("top2.txt", "TOPSECRET2\n"),
         ("top3.txt", "TOPSECRET3\n"),
+        ("top4.txt", "TOPSECRET4\n"),
         ("outer/private/key", "PRIVATE\n"),
         ("notes.txt", "notes\n"),
     ] {
@@ -230,6 +240,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         forbid("no-top1", "FileOpenReadOnly", &format!("== File::\"{p}/top1.txt\"")),
         forbid("no-top2", "FileOpenReadOnly", &format!("== File::\"{p}/top2.txt\"")),
         forbid("no-top3", "FileOpenReadOnly", &format!("== File::\"{p}/top3.txt\"")),
+        forbid("no-top4", "FileOpenReadOnly", &format!("== File::\"{p}/top4.txt\"")),
         forbid("no-private", "FileOpenReadOnly", &format!("in Dir::\"{p}/outer/private/\"")),
         forbid("no-tool", "ProcessExec", &format!("== File::\"{p}/tool\"")),
         forbid("no-volume", "FileOpen", "== File::\"/vol/secret\""),
@@ -243,6 +254,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         attempt("forbidden-name-after", "cat FILE after an allowed read of its link", "cat top1.txt; echo forbidden-name-after=$?", ev("top1.txt", "no-top1")),
         attempt("link-in-dir", "ln DIR/key keylink; cat keylink", "ln secret/key keylink; cat keylink; echo link-in-dir=$?", ev("keylink", "no-secret")),
         attempt("rename-file", "mv FILE moved; cat moved", "mv top2.txt moved.txt; cat moved.txt; echo rename-file=$?", ev("moved.txt", "no-top2")),
+        attempt("rename-then-wait", "mv FILE later; sleep 3; cat later", "mv top4.txt later.txt; sleep 3; cat later.txt; echo rename-then-wait=$?", ev("later.txt", "no-top4")),
         attempt("rename-dir", "mv DIR stolen", "mv secret stolen; cat stolen/key; echo rename-dir=$?", ev("secret/", "no-secret")),
         attempt("rename-parent", "mv PARENT p2; cat p2/DIR/key", "mv outer outer2; cat outer2/private/key; echo rename-parent=$?", ev("outer2/private/key", "no-private")),
         attempt("exchange", "renameat2(EXCHANGE) FILE, allowed; cat allowed", "./leash-storm exchange top3.txt open/sibling; cat open/sibling; echo exchange=$?", ev("open/sibling", "no-top3")),
