@@ -2,7 +2,6 @@
 //! the test image, the real BPF programs and fanotify, driven through
 //! `leash` and `leashctl` as a user would.
 
-use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -799,4 +798,184 @@ t("missing", lambda: os.rename("nope", "nope2"))
     assert_eq!((b.uid(), b.gid(), b.mode() & 0o777, b.mtime(), b.len()), (4321, 777, 0o640, 2000000, 1));
     assert_eq!(std::fs::metadata(project.join("u.txt")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(std::fs::symlink_metadata("/tmp/leash-made-me").is_err(), "an absolute link was followed on the host");
+}
+
+/// The model of the cache property: which names exist, which file each
+/// names, and which files the policy forbids reading by identity.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    /// Name (relative to the project) → file.
+    names: std::collections::BTreeMap<String, usize>,
+    /// Files forbidden by identity (they had a forbidden name when the
+    /// session's first decision read the set).
+    forbidden: std::collections::BTreeSet<usize>,
+    /// Files that got a forbidden name during the run: forbidden under
+    /// their other names from the next read of the set on, which may or
+    /// may not fall within the run.
+    later: std::collections::BTreeSet<usize>,
+    /// The forbidden directory's current name (`d`, or `e` once renamed).
+    dir: &'static str,
+}
+
+impl Model {
+    const FORBIDDEN_NAMES: [&'static str; 2] = ["s0", "s1"];
+
+    fn start() -> Model {
+        let mut m = Model { dir: "d", ..Default::default() };
+        for (i, n) in ["s0", "s1", "a0", "a1", "a2", "d/k"].iter().enumerate() {
+            m.names.insert((*n).to_owned(), i);
+        }
+        m.forbidden = [0, 1, 5].into_iter().collect();
+        m
+    }
+
+    /// Whether reading `name` succeeds (None: either may happen).
+    fn read(&self, name: &str) -> Option<bool> {
+        let Some(f) = self.names.get(name) else { return Some(false) };
+        // By name, or below the forbidden directory under any of its names.
+        if Self::FORBIDDEN_NAMES.contains(&name) || name.starts_with(&format!("{}/", self.dir)) {
+            return Some(false);
+        }
+        if self.forbidden.contains(f) {
+            return Some(false);
+        }
+        if self.later.contains(f) { None } else { Some(true) }
+    }
+
+    fn named(&mut self, to: &str, f: usize) {
+        self.names.insert(to.to_owned(), f);
+        if Self::FORBIDDEN_NAMES.contains(&to) {
+            self.later.insert(f);
+        }
+    }
+
+    /// `ln from to`; whether it succeeds.
+    fn link(&mut self, from: &str, to: &str) -> bool {
+        match (self.names.get(from).copied(), self.names.contains_key(to)) {
+            (Some(f), false) => {
+                self.named(to, f);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `mv -f from to` of a file; whether it succeeds (onto another name
+    /// of the same file, rename(2) succeeds and changes nothing).
+    fn rename(&mut self, from: &str, to: &str) -> bool {
+        let Some(f) = self.names.get(from).copied() else { return false };
+        if self.names.get(to) == Some(&f) {
+            return true;
+        }
+        self.names.remove(from);
+        self.named(to, f);
+        true
+    }
+
+    /// `mv d e` (or back): every name below moves.
+    fn rename_dir(&mut self) -> (String, bool) {
+        let (from, to) = if self.dir == "d" { ("d", "e") } else { ("e", "d") };
+        let below: Vec<String> = self.names.keys().filter(|n| n.starts_with(&format!("{from}/"))).cloned().collect();
+        for n in below {
+            let f = self.names.remove(&n).unwrap();
+            self.names.insert(format!("{to}{}", &n[from.len()..]), f);
+        }
+        self.dir = to;
+        (format!("mv {from} {to}"), true)
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The cache's invariant (an allow cached for a file never answers for a
+/// name it was not decided for) and file identity, under random links,
+/// renames (onto forbidden names too) and directory renames, each read
+/// done twice so that a cached allow would answer the second; against a
+/// model of what the policy means. `LEASH_PROPERTY_SEED` replays a seed.
+#[test]
+fn the_cache_never_answers_for_another_name_whatever_links_and_renames_do() {
+    let name = "the_cache_never_answers_for_another_name_whatever_links_and_renames_do";
+    if !require_docker(name) {
+        return;
+    }
+    let seed = std::env::var("LEASH_PROPERTY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    let stack = stack();
+    let p = stack.project();
+    let pd = p.display().to_string();
+    let forbid = |id: &str, r: String| {
+        format!("@id(\"{id}\") forbid (principal, action == Action::\"FileOpenReadOnly\", resource {r});")
+    };
+    let rules = [
+        forbid("no-s0", format!("== File::\"{pd}/s0\"")),
+        forbid("no-s1", format!("== File::\"{pd}/s1\"")),
+        forbid("no-d", format!("in Dir::\"{pd}/d/\"")),
+    ];
+    let policy = policy(&stack, &rules.iter().map(String::as_str).collect::<Vec<_>>());
+    // Sources are any name; targets stay out of the forbidden directory
+    // (what enters it would be traced from the next read of the set on).
+    let sources = ["s0", "s1", "a0", "a1", "a2", "n0", "n1", "n2", "d/k", "e/k"];
+    let targets = ["s0", "s1", "a0", "a1", "a2", "n0", "n1", "n2"];
+    for run in 0..3u64 {
+        let mut rng = Rng(seed.wrapping_add(run.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+        for d in ["d", "e"] {
+            let _ = std::fs::remove_dir_all(p.join(d));
+        }
+        for entry in std::fs::read_dir(&p).unwrap().flatten() {
+            if entry.file_type().unwrap().is_file() {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        std::fs::create_dir_all(p.join("d")).unwrap();
+        let mut model = Model::start();
+        for (n, f) in &model.names {
+            std::fs::write(p.join(n), format!("content-of-{f}\n")).unwrap();
+        }
+        // The first read takes the identities.
+        let mut script = vec!["cat a0 >/dev/null; echo op0=$?".to_owned()];
+        let mut expected = vec![("op0".to_owned(), Some(true), "cat a0".to_owned())];
+        for i in 1..=60 {
+            let op = format!("op{i}");
+            let (a, b) = (sources[rng.below(sources.len())], targets[rng.below(targets.len())]);
+            let (cmd, ok) = match rng.below(10) {
+                0..=4 => (format!("cat {a} >/dev/null && cat {a} >/dev/null"), model.read(a)),
+                5..=6 => (format!("ln {a} {b}"), Some(model.link(a, b))),
+                7..=8 => (format!("mv -f {a} {b}"), Some(model.rename(a, b))),
+                _ => {
+                    let (cmd, ok) = model.rename_dir();
+                    (cmd, Some(ok))
+                }
+            };
+            script.push(format!("{cmd} 2>/dev/null; echo {op}=$?"));
+            expected.push((op, ok, cmd));
+        }
+        let out = stack
+            .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script.join("\n")])
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        for (op, ok, cmd) in &expected {
+            let got = code_of(&stdout, op);
+            if let Some(ok) = ok {
+                assert_eq!(
+                    got == "0",
+                    *ok,
+                    "seed {seed} run {run}: `{cmd}` ({op}) answered {got}; the model says it {}\n{}\n{stdout}",
+                    if *ok { "succeeds" } else { "fails" },
+                    script.join("\n")
+                );
+            }
+        }
+    }
 }
