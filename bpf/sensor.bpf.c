@@ -355,9 +355,24 @@ struct {
 	__type(value, struct leash_verdict);
 } files_default SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__type(key, struct leash_inode_key);
+	__type(value, struct leash_ident);
+} inodes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LEASH_MAX_RULES);
+	__type(key, struct leash_entry_key);
+	__type(value, struct leash_ident);
+} entries SEC(".maps");
+
 struct scratch {
 	struct leash_path_exact exact;
 	struct leash_path_lpm lpm;
+	struct leash_entry_key entry;
 };
 
 struct {
@@ -429,6 +444,71 @@ static __always_inline __u32 decide_file(struct leash_session *s, __u32 action, 
 	return v ? v->v : LEASH_VERDICT_PRESENT;
 }
 
+/* Ancestors looked at, the file's own directory first. */
+#define LEASH_ANCESTORS 24
+
+/* What the tables deny `action` on by identity: the file (`below` = 0)
+ * itself, or the nearest guarded directory above it; 0 when nothing does.
+ * A link or rename of a guarded file or directory keeps its identity. */
+static __always_inline __u32 identity_denies(struct leash_session *s, __u32 action, struct dentry *d, int below)
+{
+	struct leash_inode_key k = {.slot = s->slot};
+	__u32 bit = 1u << action;
+	for (int i = 0; i < LEASH_ANCESTORS; i++) {
+		struct inode *in = BPF_CORE_READ(d, d_inode);
+		if (in) {
+			k.dev = BPF_CORE_READ(in, i_sb, s_dev);
+			k.ino = BPF_CORE_READ(in, i_ino);
+			struct leash_ident *v = bpf_map_lookup_elem(&inodes, &k);
+			if (v && (v->deny & bit) && (!below || (v->deny & LEASH_IDENT_BELOW)))
+				return LEASH_VERDICT_PRESENT | (v->reason << 8);
+		}
+		struct dentry *parent = BPF_CORE_READ(d, d_parent);
+		if (!parent || parent == d)
+			break;
+		d = parent;
+		below = 1;
+	}
+	return 0;
+}
+
+/* Whether the tables forbid a write of the entry `child` in `dir` (a name
+ * to make appear, or one to change): by the entry's own name there, or
+ * by a directory above it; returns the verdict, 0 when nothing forbids. */
+static __always_inline __u32 entry_denies(struct leash_session *s, struct dentry *dir, struct dentry *child)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return LEASH_VERDICT_PRESENT;
+	struct inode *di = BPF_CORE_READ(dir, d_inode);
+	if (!di)
+		return LEASH_VERDICT_PRESENT;
+	__builtin_memset(sc->entry.name, 0, sizeof(sc->entry.name));
+	sc->entry.slot = s->slot;
+	sc->entry.pad = 0;
+	sc->entry.dev = BPF_CORE_READ(di, i_sb, s_dev);
+	sc->entry.ino = BPF_CORE_READ(di, i_ino);
+	const unsigned char *name = BPF_CORE_READ(child, d_name.name);
+	bpf_probe_read_kernel_str(sc->entry.name, sizeof(sc->entry.name), name);
+	struct leash_ident *v = bpf_map_lookup_elem(&entries, &sc->entry);
+	if (v && (v->deny & (1u << LEASH_FILE_WRITE)))
+		return LEASH_VERDICT_PRESENT | (v->reason << 8);
+	return identity_denies(s, LEASH_FILE_WRITE, dir, 1);
+}
+
+/* The path's verdict; an allowed one is denied still when the file, or a
+ * directory above it, is one the tables deny `action` on under another
+ * name (a link, a rename). */
+static __always_inline __u32 decide_with_identity(struct leash_session *s, __u32 action, const struct path *p)
+{
+	__u32 v = decide_file(s, action, (struct path *)p);
+	if (!(v & LEASH_VERDICT_ALLOW))
+		return v;
+	__u32 traced = identity_denies(s, action, BPF_CORE_READ(p, dentry), 0);
+	return traced ? traced : v;
+}
+
 static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u32 verdict)
 {
 	struct leash_event *e = reserve();
@@ -455,7 +535,7 @@ int BPF_PROG(leash_lsm_file_open, struct file *file, int ret)
 	if (mode & FMODE_EXEC)
 		return 0; /* the exec is decided in bprm_check_security */
 	__u32 action = (mode & FMODE_WRITE) ? LEASH_FILE_WRITE : LEASH_FILE_READ;
-	return lsm_verdict(s, LEASH_EV_OPEN, decide_file(s, action, &file->f_path));
+	return lsm_verdict(s, LEASH_EV_OPEN, decide_with_identity(s, action, &file->f_path));
 }
 
 SEC("lsm/bprm_check_security")
@@ -466,7 +546,116 @@ int BPF_PROG(leash_lsm_bprm, struct linux_binprm *bprm, int ret)
 	struct leash_session *s = governed();
 	if (!s || s->mode == LEASH_MODE_RECORD)
 		return 0;
-	return lsm_verdict(s, LEASH_EV_EXEC, decide_file(s, LEASH_FILE_EXEC, &bprm->file->f_path));
+	return lsm_verdict(s, LEASH_EV_EXEC, decide_with_identity(s, LEASH_FILE_EXEC, &bprm->file->f_path));
+}
+
+#define PROT_EXEC 0x4
+
+/* Code mapped from a file is an exec of it: the dynamic loader run
+ * directly (`ld.so PROG`) maps the program without any execve. */
+static __always_inline int mapped_exec(struct file *file, unsigned long prot)
+{
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	return lsm_verdict(s, LEASH_EV_EXEC, decide_with_identity(s, LEASH_FILE_EXEC, &file->f_path));
+}
+
+SEC("lsm/mmap_file")
+int BPF_PROG(leash_lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot, unsigned long flags)
+{
+	return mapped_exec(file, prot);
+}
+
+/* Made executable later: bpf_d_path is not allowed here, so by identity
+ * alone (the files and directories the tables forbid to execute). */
+SEC("lsm/file_mprotect")
+int BPF_PROG(leash_lsm_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)
+{
+	if (!(prot & PROT_EXEC))
+		return 0;
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	if (!file)
+		return 0;
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	__u32 v = identity_denies(s, LEASH_FILE_EXEC, BPF_CORE_READ(file, f_path.dentry), 0);
+	return v ? lsm_verdict(s, LEASH_EV_EXEC, v) : 0;
+}
+
+/* Calls that make a name appear or change a file without opening it: a
+ * write of the entry, decided by identity (the path hooks cannot resolve
+ * paths: bpf_d_path is not allowed there). */
+static __always_inline int written(struct dentry *dir, struct dentry *child, struct dentry *target)
+{
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD)
+		return 0;
+	__u32 v = entry_denies(s, dir, child);
+	if (!v && target)
+		v = identity_denies(s, LEASH_FILE_WRITE, target, 0);
+	if (!v)
+		return 0;
+	return lsm_verdict(s, LEASH_EV_OPEN, v);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(leash_lsm_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)
+{
+	/* Also every open that creates a regular file. */
+	return written(BPF_CORE_READ(dir, dentry), dentry, 0);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(leash_lsm_path_symlink, const struct path *dir, struct dentry *dentry, const char *old_name)
+{
+	return written(BPF_CORE_READ(dir, dentry), dentry, 0);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(leash_lsm_path_link, struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry)
+{
+	return written(BPF_CORE_READ(new_dir, dentry), new_dentry, 0);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(leash_lsm_path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry, unsigned int flags)
+{
+	/* The name that goes away and the one that appears; the file or
+	 * directory moved, by identity (a guarded directory moves all below). */
+	int r = written(BPF_CORE_READ(old_dir, dentry), old_dentry, old_dentry);
+	if (r)
+		return r;
+	return written(BPF_CORE_READ(new_dir, dentry), new_dentry, 0);
+}
+
+/* A change of an existing file: its entry, its identity, and what is above it. */
+static __always_inline int changed(const struct path *path)
+{
+	struct dentry *d = BPF_CORE_READ(path, dentry);
+	return written(BPF_CORE_READ(d, d_parent), d, d);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(leash_lsm_path_chmod, const struct path *path, umode_t mode)
+{
+	return changed(path);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(leash_lsm_path_chown, const struct path *path, __u32 uid, __u32 gid)
+{
+	return changed(path);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(leash_lsm_path_truncate, const struct path *path)
+{
+	return changed(path);
 }
 
 /* Decides a destination for the LSM hooks; 0 or -EACCES. */

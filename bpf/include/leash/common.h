@@ -95,6 +95,36 @@ struct leash_file_default {
 	__u32 action;
 };
 
+/* A file or directory by identity: the kernel's device number
+ * (MKDEV(major, minor)) and inode, under a session slot. */
+struct leash_inode_key {
+	__u32 slot;
+	__u32 pad;
+	__u64 dev;
+	__u64 ino;
+};
+
+/* What the tables deny on a file or directory under any of its names:
+ * bit 1 << LEASH_FILE_* per action; LEASH_IDENT_BELOW: also on everything
+ * below the directory. */
+#define LEASH_IDENT_BELOW 0x100
+struct leash_ident {
+	__u32 deny;
+	__u32 reason;
+};
+
+/* A directory entry by its directory's identity and its name (the first
+ * LEASH_NAME_MAX bytes, zero-padded): a name the tables forbid to make
+ * appear there, whether or not it exists yet. */
+#define LEASH_NAME_MAX 64
+struct leash_entry_key {
+	__u32 slot;
+	__u32 pad;
+	__u64 dev;
+	__u64 ino;
+	char name[LEASH_NAME_MAX];
+};
+
 /* One event, as the ring buffer carries it. */
 struct leash_event {
 	__u64 time_ns;

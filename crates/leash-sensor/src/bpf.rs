@@ -115,6 +115,10 @@ pub struct Maps {
     pub files_default: MapHandle,
     /// What the LSM tier saw (decided, unresolved, exact, prefix, default).
     pub lsm_stats: MapHandle,
+    /// The LSM tier's guarded files and directories, by identity.
+    pub inodes: MapHandle,
+    /// The LSM tier's guarded directory entries, by directory and name.
+    pub entries: MapHandle,
 }
 
 impl Maps {
@@ -135,6 +139,8 @@ impl Maps {
             files_exact: handle("files_exact")?,
             files_default: handle("files_default")?,
             lsm_stats: handle("lsm_stats")?,
+            inodes: handle("inodes")?,
+            entries: handle("entries")?,
         })
     }
 }
@@ -319,6 +325,8 @@ pub struct Written {
     files_lpm: Vec<Vec<u8>>,
     files_exact: Vec<Vec<u8>>,
     files_default: Vec<Vec<u8>>,
+    inodes: Vec<Vec<u8>>,
+    entries: Vec<Vec<u8>>,
 }
 
 /// The LSM tier's file actions.
@@ -345,6 +353,32 @@ fn file_exact_key(slot: u32, action: u32, path: &str) -> anyhow::Result<Vec<u8>>
     k.extend_from_slice(path.as_bytes());
     k.resize(8 + 256, 0);
     Ok(k)
+}
+
+/// `LEASH_IDENT_BELOW`: a directory's denial holds below it too.
+const IDENT_BELOW: u32 = 0x100;
+/// `LEASH_NAME_MAX`.
+const NAME_MAX: usize = 64;
+
+/// The kernel's device number (`MKDEV`) of a user-space `st_dev`.
+fn kernel_dev(dev: u64) -> u64 {
+    let (major, minor) = (nix::libc::major(dev) as u64, nix::libc::minor(dev) as u64);
+    (major << 20) | minor
+}
+
+/// `struct leash_inode_key`.
+fn inode_key(slot: u32, dev: u64, ino: u64) -> Vec<u8> {
+    [&slot.to_ne_bytes()[..], &0u32.to_ne_bytes(), &kernel_dev(dev).to_ne_bytes(), &ino.to_ne_bytes()].concat()
+}
+
+/// `struct leash_entry_key`: the name's first bytes, zero-padded.
+fn entry_key(slot: u32, dev: u64, ino: u64, name: &str) -> Vec<u8> {
+    let mut k = inode_key(slot, dev, ino);
+    let bytes = name.as_bytes();
+    // The kernel's copy is NUL-terminated within the field.
+    k.extend_from_slice(&bytes[..bytes.len().min(NAME_MAX - 1)]);
+    k.resize(24 + NAME_MAX, 0);
+    k
 }
 
 /// `struct leash_path_lpm`: the prefix length in bits covers slot, action
@@ -452,6 +486,58 @@ impl Maps {
         Ok(())
     }
 
+    /// Writes the LSM tier's identities under `slot`: every file and
+    /// directory the tables deny something on, as it exists now through
+    /// `root` (the session's root), by device and inode, with the actions
+    /// denied (a directory: on everything below it too), and its entry (its
+    /// directory's identity and its name) with the same, so that a name
+    /// the tables forbid to write cannot be made to appear even where
+    /// nothing is yet. What does not exist is written as an entry only,
+    /// when its directory exists.
+    pub fn write_identities(
+        &self,
+        slot: u32,
+        t: &leash_core::tables::Tables,
+        root: &Path,
+        w: &mut Written,
+    ) -> anyhow::Result<()> {
+        use std::collections::BTreeMap;
+        use std::os::unix::fs::MetadataExt;
+        let (files, dirs) = t.guarded();
+        // Path → (denied action bits, reason), over every action's table.
+        let mut denied: BTreeMap<(String, bool), (u32, u32)> = BTreeMap::new();
+        for action in t.files.keys() {
+            let Some(a) = file_action_number(*action) else { continue };
+            for (path, is_dir) in files.iter().map(|f| (f, false)).chain(dirs.iter().map(|d| (d, true))) {
+                // "/d/." is in "/d/" (the directory's own name is not).
+                let probe = if is_dir { format!("{}.", path) } else { path.clone() };
+                if let leash_core::tables::Lookup::Final(v) = t.lookup(*action, &probe)
+                    && !v.allow
+                {
+                    let e = denied.entry((path.trim_end_matches('/').to_owned(), is_dir)).or_insert((0, v.reason));
+                    e.0 |= 1 << a;
+                }
+            }
+        }
+        let within = |p: &str| root.join(p.trim_start_matches('/'));
+        for ((path, is_dir), (bits, reason)) in denied {
+            let value = [(bits | if is_dir { IDENT_BELOW } else { 0 }).to_ne_bytes(), reason.to_ne_bytes()].concat();
+            if let Ok(m) = std::fs::symlink_metadata(within(&path)) {
+                let k = inode_key(slot, m.dev(), m.ino());
+                self.inodes.update(&k, &value, MapFlags::ANY).context("writing an identity")?;
+                w.inodes.push(k);
+            }
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            let parent = if parent.is_empty() { "/" } else { parent };
+            if let Ok(m) = std::fs::metadata(within(parent)) {
+                let k = entry_key(slot, m.dev(), m.ino(), name);
+                self.entries.update(&k, &value, MapFlags::ANY).context("writing an entry")?;
+                w.entries.push(k);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes one address learned from a name (port 0: every port) under
     /// `slot`, with its verdict word.
     pub fn write_learned(&self, slot: u32, ip: IpAddr, port: u16, word: u32) -> anyhow::Result<()> {
@@ -487,6 +573,12 @@ impl Maps {
         }
         for k in &w.files_default {
             let _ = self.files_default.delete(k);
+        }
+        for k in &w.inodes {
+            let _ = self.inodes.delete(k);
+        }
+        for k in &w.entries {
+            let _ = self.entries.delete(k);
         }
         for k in &w.net4 {
             let _ = self.net4.delete(k);

@@ -10,10 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     const NAME: &str = "leash-sensor";
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let [flag, dir] = args.as_slice()
+    if let [flag, dir, rest @ ..] = args.as_slice()
         && flag == leash_sensor::selftest::CHILD_FLAG
     {
-        return leash_sensor::selftest::child(std::path::Path::new(dir));
+        let hostile = rest.first().is_some_and(|a| a == leash_sensor::selftest::HOSTILE_FLAG);
+        return leash_sensor::selftest::child(std::path::Path::new(dir), hostile);
     }
     if args.first().is_some_and(|a| a == leash_sensor::probe::PROBE_FLAG) {
         return leash_sensor::probe::print();

@@ -4,6 +4,9 @@
 //! must be denied. The tables are fixed (no Cedar): the test is of the
 //! kernel mechanisms. Leaving a mechanism out is the negative control. The
 //! attempts: open, exec, connect, and a UDP datagram (sendmsg).
+//!
+//! In the VM, on the LSM tier, the child also makes a hostile agent's
+//! attempts on names, execs and writes ([`hostile`]); each must be held.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -21,6 +24,8 @@ use crate::{Shared, fan, probe};
 
 /// The hidden flag that makes the sensor binary the self-test's child.
 pub const CHILD_FLAG: &str = "--self-test-child";
+/// After the child's directory: also make the hostile attempts.
+pub const HOSTILE_FLAG: &str = "--hostile";
 /// A destination no policy of the test allows (TEST-NET-1, discard port).
 const FORBIDDEN_DESTINATION: &str = "192.0.2.1:9";
 
@@ -28,10 +33,26 @@ fn fixed_tables(dir: &Path) -> Tables {
     let allow = Verdict::new(true, 0);
     let deny = Verdict::new(false, 1);
     let mut files = BTreeMap::new();
+    let path = |n: &str| dir.join(n).display().to_string();
     for action in FileAction::ALL {
         let mut t = PathTable { default: Some(allow), ..Default::default() };
         let target = if action == FileAction::Exec { "forbidden-exec" } else { "forbidden" };
-        t.exact.insert(dir.join(target).display().to_string(), deny);
+        t.exact.insert(path(target), deny);
+        // What the hostile attempts go for: files and a directory forbidden
+        // to read (writing them, and so linking and renaming, is allowed),
+        // and a directory and a name forbidden to write.
+        match action {
+            FileAction::Read | FileAction::Open => {
+                t.exact.insert(path("secret-a"), deny);
+                t.exact.insert(path("secret-b"), deny);
+                t.prefixes.insert(format!("{}/", path("private")), deny);
+            }
+            FileAction::Write => {
+                t.prefixes.insert(format!("{}/", path("protected")), deny);
+                t.exact.insert(path(".envrc"), deny);
+            }
+            FileAction::Exec => {}
+        }
         files.insert(action, t);
     }
     let addr: std::net::SocketAddr = FORBIDDEN_DESTINATION.parse().expect("a literal address");
@@ -46,8 +67,9 @@ fn fixed_tables(dir: &Path) -> Tables {
     }
 }
 
-/// The child: waits for "go", tries the three, prints one line each.
-pub fn child(dir: &Path) -> ExitCode {
+/// The child: waits for "go", tries the four, prints one line each (and,
+/// with `hostile`, one per hostile attempt).
+pub fn child(dir: &Path, hostile: bool) -> ExitCode {
     let mut go = String::new();
     let _ = std::io::stdin().lock().read_line(&mut go);
     // EPERM from fanotify and the cgroup programs, EACCES from BPF LSM.
@@ -76,8 +98,147 @@ pub fn child(dir: &Path) -> ExitCode {
     #[allow(clippy::print_stdout, reason = "the child reports to the sensor through stdout")]
     {
         println!("open={open}\nexec={exec}\nconnect={connect}\nsendmsg={sendmsg}");
+        if hostile {
+            for (attempt, outcome) in hostile_attempts(dir) {
+                println!("hostile {attempt}={outcome}");
+            }
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// What the files the hostile attempts go for hold.
+const HOSTILE_FILES: [(&str, &str); 6] = [
+    ("secret-a", "SECRET-A"),
+    ("secret-b", "SECRET-B"),
+    ("private/key", "PRIVATE"),
+    ("protected/file", "protected"),
+    ("notes", "notes"),
+    ("evil", "#!/bin/sh\n"),
+];
+
+/// A hostile agent's attempts on names, execs and writes, each `held`
+/// (refused with EPERM or EACCES, and nothing left behind), `BYPASSED`, or
+/// `inconclusive` (a step before the attempt itself failed).
+fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
+    use std::io::Error;
+    use std::os::unix::fs::PermissionsExt;
+    let p = |n: &str| dir.join(n);
+    let denied = |e: &Error| matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EACCES));
+    let judge = |r: std::io::Result<()>| match r {
+        Ok(()) => "BYPASSED: it succeeded".to_owned(),
+        Err(e) if denied(&e) => "held".to_owned(),
+        Err(e) => format!("inconclusive: {e}"),
+    };
+    // A step that must succeed before the attempt proper.
+    let step = |r: std::io::Result<()>| r.map_err(|e| Error::other(format!("a step before the attempt failed: {e}")));
+    let read = |n: &str| std::fs::read(p(n)).map(drop);
+    let nothing_at = |n: &str, r: std::io::Result<()>| match (r, std::fs::symlink_metadata(p(n))) {
+        (Ok(()), _) => Ok(()),
+        (Err(e), Err(_)) => Err(e),
+        (Err(_), Ok(_)) => Ok(()), // refused, yet something appeared: a bypass
+    };
+    let run = |n: &str| {
+        std::process::Command::new(p(n)).stdout(Stdio::null()).stderr(Stdio::null()).status().map(drop)
+    };
+    let exec_map = |mprotect: bool| -> std::io::Result<()> {
+        let f = std::fs::File::open(p("forbidden-exec"))?;
+        use std::os::fd::AsRawFd;
+        let (first, then) = if mprotect {
+            (nix::libc::PROT_READ, nix::libc::PROT_READ | nix::libc::PROT_EXEC)
+        } else {
+            (nix::libc::PROT_READ | nix::libc::PROT_EXEC, 0)
+        };
+        // SAFETY: a private mapping of a file this process opened, never
+        // read through; unmapped before returning.
+        #[allow(unsafe_code, reason = "mapping a file for execution is what the attempt is")]
+        unsafe {
+            let m = nix::libc::mmap(std::ptr::null_mut(), 4096, first, nix::libc::MAP_PRIVATE, f.as_raw_fd(), 0);
+            if m == nix::libc::MAP_FAILED {
+                return Err(Error::last_os_error());
+            }
+            let r = if mprotect && nix::libc::mprotect(m, 4096, then) != 0 { Err(Error::last_os_error()) } else { Ok(()) };
+            nix::libc::munmap(m, 4096);
+            r
+        }
+    };
+    let by_handle = || -> std::io::Result<()> {
+        let path = std::ffi::CString::new(p("secret-a").as_os_str().as_encoded_bytes()).map_err(Error::other)?;
+        let mut handle = vec![0u8; 8 + 128];
+        handle[..4].copy_from_slice(&128u32.to_ne_bytes());
+        let mut mount_id = 0i32;
+        // SAFETY: the handle buffer has room for the 128 bytes its header
+        // announces; the path is NUL-terminated.
+        #[allow(unsafe_code, reason = "name_to_handle_at and open_by_handle_at have no wrappers")]
+        unsafe {
+            use nix::libc;
+            if libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, path.as_ptr(), handle.as_mut_ptr(), &mut mount_id, 0) != 0 {
+                return step(Err(Error::last_os_error()));
+            }
+            let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(Error::other)?;
+            let mount = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            let fd = libc::syscall(libc::SYS_open_by_handle_at, mount, handle.as_mut_ptr(), libc::O_RDONLY);
+            libc::close(mount);
+            if fd < 0 {
+                return Err(Error::last_os_error());
+            }
+            libc::close(fd as i32);
+        }
+        Ok(())
+    };
+    let fexecve = || -> std::io::Result<()> {
+        // A descriptor without close-on-exec, run through /proc/self/fd/N.
+        let fd = rustix::fs::open(p("forbidden-exec"), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty())?;
+        use std::os::fd::AsRawFd;
+        let r = std::process::Command::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).stdout(Stdio::null()).status();
+        drop(fd);
+        r.map(drop)
+    };
+    let reopen = || -> std::io::Result<()> {
+        let fd = rustix::fs::open(p("secret-a"), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+        use std::os::fd::AsRawFd;
+        std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(drop)
+    };
+    vec![
+        ("link-read", judge(step(std::fs::hard_link(p("secret-a"), p("hard"))).and_then(|()| read("hard")))),
+        ("rename-read", judge(step(std::fs::rename(p("secret-b"), p("moved"))).and_then(|()| read("moved")))),
+        ("rename-dir-read", judge(step(std::fs::rename(p("private"), p("stolen"))).and_then(|()| read("stolen/key")))),
+        (
+            "exchange-read",
+            judge(
+                step(
+                    rustix::fs::renameat_with(rustix::fs::CWD, p("hard"), rustix::fs::CWD, p("notes"), rustix::fs::RenameFlags::EXCHANGE)
+                        .map_err(Error::from),
+                )
+                .and_then(|()| read("notes")),
+            ),
+        ),
+        ("opath-reopen", judge(reopen())),
+        ("open-by-handle", judge(by_handle())),
+        ("fexecve", judge(fexecve())),
+        ("mmap-exec", judge(exec_map(false))),
+        ("mprotect-exec", judge(exec_map(true))),
+        ("link-exec", judge(step(std::fs::hard_link(p("forbidden-exec"), p("t2"))).and_then(|()| run("t2")))),
+        ("create-envrc", judge(nothing_at(".envrc", std::fs::File::create(p(".envrc")).map(drop)))),
+        ("create-in-protected", judge(nothing_at("protected/new", std::fs::File::create(p("protected/new")).map(drop)))),
+        ("rename-into-protected", judge(nothing_at("protected/hook", std::fs::rename(p("evil"), p("protected/hook"))))),
+        ("link-into-protected", judge(nothing_at("protected/l", std::fs::hard_link(p("notes"), p("protected/l"))))),
+        ("symlink-into-protected", judge(nothing_at("protected/s", std::os::unix::fs::symlink("x", p("protected/s"))))),
+        (
+            "mkfifo-in-protected",
+            judge(nothing_at(
+                "protected/fifo",
+                nix::unistd::mkfifo(&p("protected/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(Error::from),
+            )),
+        ),
+        ("chmod-protected", judge(std::fs::set_permissions(p("protected/file"), std::fs::Permissions::from_mode(0o755)))),
+        ("truncate-protected", judge(nix::unistd::truncate(&p("protected/file"), 0).map_err(Error::from))),
+        (
+            "rename-over-protected",
+            judge(step(std::fs::write(p("evil2"), "x")).and_then(|()| std::fs::rename(p("evil2"), p("protected/file")))),
+        ),
+        ("rename-protected-away", judge(std::fs::rename(p("protected"), p("elsewhere")))),
+    ]
 }
 
 /// Removes what the test made, whatever happened.
@@ -119,12 +280,18 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
     std::fs::write(dir.join("forbidden"), "self-test\n").map_err(|e| e.to_string())?;
     let program = ["/bin/true", "/usr/bin/true"].into_iter().find(|p| Path::new(p).exists()).ok_or("no /bin/true")?;
     std::fs::copy(program, dir.join("forbidden-exec")).map_err(|e| e.to_string())?;
+    for (name, body) in HOSTILE_FILES {
+        let f = dir.join(name);
+        std::fs::create_dir_all(f.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+        std::fs::write(&f, body).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
     std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
     let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe)
         .arg(CHILD_FLAG)
         .arg(&dir)
+        .args(lsm.then_some(HOSTILE_FLAG))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -149,7 +316,12 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
         if !off("cgroup-sock") {
             let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default())?;
             if lsm {
-                let w = kernel.maps.write_files(slot, &tables, &mut written);
+                let w = kernel.maps.write_files(slot, &tables, &mut written).and_then(|()| {
+                    if off("identities") {
+                        return Ok(());
+                    }
+                    kernel.maps.write_identities(slot, &tables, Path::new("/"), &mut written)
+                });
                 registered.2 = Some(written);
                 w.map_err(|e| format!("{e:#}"))?;
             } else {
@@ -286,11 +458,35 @@ pub fn vm_check() -> ExitCode {
             }
             match outcome {
                 Ok((_, lines)) => {
-                    for (action, outcome) in &lines {
+                    let (hostile, basic): (Vec<_>, Vec<_>) = lines.iter().partition(|(a, _)| a.starts_with("hostile "));
+                    for (action, outcome) in &basic {
                         say(&format!("lsm {action}: {outcome}"));
                     }
-                    if lines.len() != 4 || lines.iter().any(|(_, o)| o != "denied") {
+                    if basic.len() != 4 || basic.iter().any(|(_, o)| o != "denied") {
                         failures.push("lsm");
+                    }
+                    for (attempt, outcome) in &hostile {
+                        say(&format!("lsm {attempt}: {outcome}"));
+                    }
+                    let held = hostile.iter().filter(|(_, o)| o == "held").count();
+                    say(&format!("lsm hostile: {held} of {} held", hostile.len()));
+                    if hostile.is_empty() || held != hostile.len() {
+                        failures.push("lsm-hostile");
+                    }
+                    // The negative control: without the identities, a link
+                    // of a forbidden file reads it (the attempts can fail).
+                    match run_with(&lsm_shared, &["fanotify".to_owned(), "identities".to_owned()], true) {
+                        Ok((_, lines)) => {
+                            let link = lines.iter().find(|(a, _)| a == "hostile link-read").map(|(_, o)| o.as_str());
+                            say(&format!("lsm hostile negative control (no identities): link-read {}", link.unwrap_or("missing")));
+                            if !link.is_some_and(|o| o.starts_with("BYPASSED")) {
+                                failures.push("lsm-hostile-negative-control");
+                            }
+                        }
+                        Err(e) => {
+                            say(&format!("lsm hostile negative control: {e}"));
+                            failures.push("lsm-hostile-negative-control");
+                        }
                     }
                 }
                 Err(e) => {
