@@ -128,7 +128,7 @@ pub(crate) fn governed_session(
 ) -> anyhow::Result<(std::process::Child, String)> {
     let session = inst
         .command("leash")
-        .args(["--image", image, "--policy", &policy.display().to_string(), "--", "sleep", "3600"])
+        .args(["--image", image, "--policy", &policy.display().to_string(), "--", "sh", "-c", RUNNER])
         .current_dir(project)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -361,19 +361,42 @@ fn timed_loop(n: u32, body: &str) -> String {
     )
 }
 
+/// What a benchmark container runs: each job the bench hands it (a
+/// script in /tmp, started through a fifo) runs as a child of the
+/// container's command, so in a session it is governed exactly as the
+/// agent is (leash-entry's supervised-calls filter included, which a
+/// `docker exec` would not have).
+const RUNNER: &str = "mkfifo /tmp/leash-bench-go /tmp/leash-bench-done; \
+     while :; do read _ < /tmp/leash-bench-go; sh /tmp/leash-bench-job > /tmp/leash-bench-out 2>&1; \
+     echo done > /tmp/leash-bench-done; done";
+
 /// Starts `name`, an ungoverned container of `image` with `dir` mounted at
 /// the same path (replacing one left by an earlier run): the baseline.
 fn start_plain(name: &str, image: &str, dir: &Path) -> anyhow::Result<()> {
     let _ = Command::new("docker").args(["rm", "-f", name]).output();
     let mount = format!("{0}:{0}", dir.display());
-    util::output(Command::new("docker").args(["run", "-d", "--name", name, "-v", &mount, image, "sleep", "3600"]))?;
+    util::output(Command::new("docker").args(["run", "-d", "--name", name, "-v", &mount, image, "sh", "-c", RUNNER]))?;
     Ok(())
 }
 
-/// Runs a [`timed_loop`] script in `container`, in `dir`; its microseconds.
+/// Runs a [`timed_loop`] script as a job of `container`'s runner, in
+/// `dir`; its microseconds.
 fn timed_exec(container: &str, dir: &Path, script: &str) -> anyhow::Result<f64> {
-    let dir = dir.display().to_string();
-    micros(&util::output(Command::new("docker").args(["exec", "-w", &dir, container, "sh", "-c", script]))?)
+    use std::io::Write;
+    let job = format!("cd '{}' || exit 1\n{script}\n", dir.display());
+    let mut put = Command::new("docker")
+        .args(["exec", "-i", container, "sh", "-c", "cat > /tmp/leash-bench-job"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    put.stdin.take().context("stdin")?.write_all(job.as_bytes())?;
+    anyhow::ensure!(put.wait()?.success(), "cannot hand a job to {container}");
+    micros(&util::output(Command::new("docker").args([
+        "exec",
+        container,
+        "sh",
+        "-c",
+        "echo go > /tmp/leash-bench-go; cat /tmp/leash-bench-done > /dev/null; cat /tmp/leash-bench-out",
+    ]))?)
 }
 
 fn micros(out: &[u8]) -> anyhow::Result<f64> {
