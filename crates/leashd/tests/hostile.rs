@@ -232,6 +232,8 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
     std::fs::write(format!("{deep}/key"), "deep\n").unwrap();
     let deep_rel = deep.strip_prefix(&format!("{p}/")).unwrap().to_owned();
     let deep_key: &'static str = Box::leak(format!("{deep}/key").into_boxed_str());
+    let gateway = leash_testkit::host_address();
+    let host_port: &'static str = Box::leak(format!("{gateway}:18080").into_boxed_str());
 
     // Reading is forbidden (writing too, in secret/); the tops and private/
     // may be written, linked and renamed: their identity must hold them.
@@ -292,6 +294,8 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         attempt("tcp", "TCP to a forbidden address", "nc -w 1 10.99.1.1 80 </dev/null; echo tcp=$?", ev("10.99.1.1:80", "no-lan")),
         attempt("udp", "UDP (DNS) to a forbidden address", "nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?", ev("10.99.1.1:53", "no-lan")),
         attempt("v4-mapped", "TCP to ::ffff:10.99.1.2", "nc -w 1 ::ffff:10.99.1.2 80 </dev/null; echo v4-mapped=$?", ev("10.99.1.2:80", "no-lan")),
+        attempt("host-ports", "the host's own address (the Control UI's port)", &format!("nc -w 1 {gateway} 18080 </dev/null; echo host-ports=$?"), ev(host_port, "leash:local-address")),
+        attempt("metadata", "the cloud metadata address", "nc -w 1 169.254.169.254 80 </dev/null; echo metadata=$?", ev("169.254.169.254:80", "leash:local-address")),
         attempt("raw-socket", "ping (a raw socket)", "ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?", By::Kernel("no CAP_NET_RAW in the session")),
         attempt("icmp", "an unprivileged ICMP socket", "./leash-storm icmp", By::Kernel("ICMP sockets are refused to the session (EPERM)")),
     ];
