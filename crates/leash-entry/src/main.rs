@@ -23,6 +23,7 @@
 //! Errors print `leash-entry: …` on stderr and exit 125.
 
 mod init;
+mod release;
 mod setup;
 mod supervise;
 

@@ -6,6 +6,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use crate::release;
+
 /// Where the combined bundle is written (the Debian/Alpine system store).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Other places images keep their roots, read when the system store is absent.
@@ -115,12 +117,11 @@ fn append_line(path: &str, current: &str, line: &str) -> io::Result<()> {
 pub fn await_release(socket: &str) -> Result<(), String> {
     let mut s =
         UnixStream::connect(socket).map_err(|e| format!("cannot reach leashd's release channel {socket}: {e}"))?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| format!("release channel {socket}: {e}"))?;
+    let mut answer = Vec::new();
+    (&mut s)
+        .take(release::MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("release channel {socket}: {e}"))?;
     drop(s);
-    match answer.trim() {
-        "go" => Ok(()),
-        "" => Err("leashd closed the release channel without releasing the session".into()),
-        other => Err(format!("leashd refused to release the session: {other}")),
-    }
+    release::decide(&answer)
 }

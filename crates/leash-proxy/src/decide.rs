@@ -82,11 +82,15 @@ impl Decider {
         let (tables, mode) =
             leash_daemon::policy::session_tables(&self.policy_socket, "leash-proxy", session, &[]).await?;
         let generation = tables.generation;
-        self.sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session.to_owned(), Arc::new(Held { tables, mode: Some(mode) }));
+        self.hold(session, Held { tables, mode: Some(mode) });
         Ok(generation)
+    }
+
+    /// Holds `held` as a session's policy, as a refresh does with what the
+    /// policy service answers (for deciding without one).
+    #[doc(hidden)]
+    pub fn hold(&self, session: &str, held: Held) {
+        self.sessions.write().unwrap_or_else(|p| p.into_inner()).insert(session.to_owned(), Arc::new(held));
     }
 
     /// Forgets a session.

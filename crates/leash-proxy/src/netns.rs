@@ -56,6 +56,15 @@ impl Netns {
         Ok(Netns { jobs, pid })
     }
 
+    /// A namespace with no thread in it, for `pid`: everything run in it
+    /// fails, as when its thread is gone (for driving the data path with no
+    /// network to reach).
+    #[doc(hidden)]
+    pub fn detached(pid: u32) -> Netns {
+        let (jobs, _) = std::sync::mpsc::channel::<Job>();
+        Netns { jobs, pid }
+    }
+
     /// Runs `f` inside the namespace.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();

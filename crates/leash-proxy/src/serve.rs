@@ -203,6 +203,27 @@ async fn connection(stream: TcpStream, session: Arc<Session>, shared: Arc<Shared
     serve_http(TokioIo::new(tls), conn(sni, true, h2)).await
 }
 
+/// Serves one client connection whose TLS, if any, is already terminated:
+/// `sni` is the name its handshake asked for, `h2` whether it negotiated
+/// HTTP/2 (what the listener's accept does after the handshake; for
+/// driving the data path over any stream).
+#[doc(hidden)]
+pub async fn serve_connection<I>(
+    io: I,
+    session: Arc<Session>,
+    shared: Arc<Shared>,
+    dst: SocketAddr,
+    sni: Option<String>,
+    tls: bool,
+    h2: bool,
+) -> anyhow::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Conn { session, shared, dst, sni, tls, h2, upstream: Arc::new(tokio::sync::Mutex::new(None)) };
+    serve_http(TokioIo::new(io), conn).await
+}
+
 async fn serve_http<I>(io: TokioIo<I>, conn: Conn) -> anyhow::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -217,7 +238,7 @@ where
 }
 
 /// The host a request names (`:authority` or `Host`), lower case, no port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     let raw = match req.uri().authority() {
         Some(a) => a.host().to_owned(),
         None => {
@@ -396,17 +417,7 @@ async fn forward(req: Request<Body>, c: &Conn, name: Option<&str>) -> Result<Res
     match slot.as_mut() {
         Some(Upstream::H1(s)) => {
             let (mut parts, body) = req.into_parts();
-            let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-            parts.uri = pq.parse().map_err(|e| format!("{e}"))?;
-            if !parts.headers.contains_key(hyper::header::HOST) {
-                let host = match (c.dst.port(), c.tls) {
-                    (443, true) | (80, false) => authority,
-                    (p, _) => format!("{authority}:{p}"),
-                };
-                parts.headers.insert(hyper::header::HOST, host.parse().map_err(|e| format!("{e}"))?);
-            }
-            parts.version = hyper::Version::HTTP_11;
-            parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("1.1 leash-proxy"));
+            upstream_head(&mut parts, &authority, c.dst.port(), c.tls, false)?;
             let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
             Ok(r.map(BodyExt::boxed_unsync))
         }
@@ -414,16 +425,61 @@ async fn forward(req: Request<Body>, c: &Conn, name: Option<&str>) -> Result<Res
             let mut s = s.clone();
             drop(slot);
             let (mut parts, body) = req.into_parts();
-            let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-            parts.uri = format!("https://{authority}{pq}").parse().map_err(|e| format!("{e}"))?;
-            parts.headers.remove(hyper::header::HOST);
-            parts.version = hyper::Version::HTTP_2;
-            parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("2 leash-proxy"));
+            upstream_head(&mut parts, &authority, c.dst.port(), c.tls, true)?;
             let r = s.send_request(Request::from_parts(parts, body)).await.map_err(|e| e.to_string())?;
             Ok(r.map(BodyExt::boxed_unsync))
         }
         None => Err("no upstream".to_owned()),
     }
+}
+
+/// A request's head as it goes upstream to `authority` (the name decided,
+/// else the destination's address) on `port`: origin-form with a `Host`
+/// naming it over HTTP/1.1, the authority in the URI and no `Host` over
+/// h2, with a `Via` either way. The client's own `Host` never goes on: an
+/// absolute-form target, a second `Host` or an `:authority` beside a
+/// different `Host` would have the upstream serve a name other than the
+/// one decided (domain fronting). A name the upstream would read back as
+/// another (`a@b`, stray colons or brackets) is refused.
+pub fn upstream_head(
+    parts: &mut hyper::http::request::Parts,
+    authority: &str,
+    port: u16,
+    tls: bool,
+    h2: bool,
+) -> Result<(), String> {
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let host = match authority.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{authority}]"),
+        Err(_) => authority.to_owned(),
+    };
+    let named = match (port, tls) {
+        _ if h2 => host.clone(),
+        (443, true) | (80, false) => host.clone(),
+        (p, _) => format!("{host}:{p}"),
+    };
+    let read_back = named.parse::<hyper::http::uri::Authority>();
+    if !read_back.is_ok_and(|a| a.as_str() == named && a.host() == host) {
+        return Err(format!("{authority:?} is not a host name"));
+    }
+    if h2 {
+        let uri: hyper::Uri = format!("https://{named}{pq}").parse().map_err(|e| format!("{e}"))?;
+        // An asterisk-form target (`OPTIONS *`) would run into the authority.
+        if uri.authority().map(|a| a.as_str()) != Some(named.as_str()) {
+            return Err(format!("the target {pq:?} cannot go to {named} over h2"));
+        }
+        parts.uri = uri;
+        parts.headers.remove(hyper::header::HOST);
+        parts.version = hyper::Version::HTTP_2;
+        parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("2 leash-proxy"));
+    } else {
+        parts.uri = pq.parse().map_err(|e| format!("{e}"))?;
+        // `insert` replaces every `Host` the client sent.
+        parts.headers.insert(hyper::header::HOST, named.parse().map_err(|e| format!("{e}"))?);
+        parts.version = hyper::Version::HTTP_11;
+        parts.headers.append(hyper::header::VIA, hyper::header::HeaderValue::from_static("1.1 leash-proxy"));
+    }
+    Ok(())
 }
 
 async fn connect_upstream(c: &Conn, name: Option<&str>) -> Result<Upstream, String> {
@@ -812,5 +868,68 @@ mod tests {
         assert_eq!(request_host(&r).as_deref(), Some("2001:db8::1"));
         let r = Request::builder().uri("/").body(()).unwrap();
         assert_eq!(request_host(&r), None);
+    }
+
+    fn head(uri: &str, hosts: &[&str]) -> hyper::http::request::Parts {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn upstream(mut parts: hyper::http::request::Parts, authority: &str, port: u16, h2: bool) -> Request<()> {
+        upstream_head(&mut parts, authority, port, true, h2).unwrap();
+        Request::from_parts(parts, ())
+    }
+
+    #[test]
+    fn upstream_sees_the_name_decided_not_the_clients_host() {
+        // An absolute-form target decides on its authority; a different
+        // Host beside it must not reach the upstream.
+        let r = upstream(head("https://allowed.test/x?y=1", &["evil.test"]), "allowed.test", 443, false);
+        assert_eq!(r.uri(), "/x?y=1");
+        let hosts: Vec<_> = r.headers().get_all("host").iter().collect();
+        assert_eq!(hosts, ["allowed.test"]);
+        // A second Host (which one an upstream reads varies) is dropped.
+        let r = upstream(head("/", &["allowed.test", "evil.test"]), "allowed.test", 8443, false);
+        let hosts: Vec<_> = r.headers().get_all("host").iter().collect();
+        assert_eq!(hosts, ["allowed.test:8443"]);
+        // h2: the authority in the URI, no Host at all.
+        let r = upstream(head("https://allowed.test/x", &["evil.test"]), "allowed.test", 443, true);
+        assert_eq!(r.uri(), "https://allowed.test/x");
+        assert!(r.headers().get("host").is_none());
+        assert_eq!(request_host(&r).as_deref(), Some("allowed.test"));
+    }
+
+    #[test]
+    fn upstream_ipv6_addresses_are_bracketed() {
+        let r = upstream(head("/", &[]), "2001:db8::1", 8443, false);
+        assert_eq!(r.headers()["host"], "[2001:db8::1]:8443");
+        assert_eq!(request_host(&r).as_deref(), Some("2001:db8::1"));
+        let r = upstream(head("/a", &[]), "2001:db8::1", 443, true);
+        assert_eq!(r.uri(), "https://[2001:db8::1]/a");
+        let r = upstream(head("/", &[]), "::ffff:192.0.2.1", 443, false);
+        assert_eq!(r.headers()["host"], "[::ffff:192.0.2.1]");
+    }
+
+    #[test]
+    fn upstream_h2_keeps_an_asterisk_target_out_of_the_authority() {
+        let r = upstream(head("*", &[]), "192.0.2.1", 443, false);
+        assert_eq!(r.uri(), "*");
+        assert_eq!(r.headers()["host"], "192.0.2.1");
+        let mut parts = head("*", &[]);
+        assert!(upstream_head(&mut parts, "192.0.2.1", 443, true, true).is_err());
+    }
+
+    #[test]
+    fn upstream_refuses_a_name_it_would_read_back_as_another() {
+        // Names from a plain-HTTP Host are the client's word.
+        for name in ["x@evil.test", "thost1:db8::1]:8080", "a:b", "evil.test/x", "a b"] {
+            for h2 in [false, true] {
+                let mut parts = head("/", &[]);
+                assert!(upstream_head(&mut parts, name, 80, false, h2).is_err(), "{name:?} (h2 {h2})");
+            }
+        }
     }
 }
