@@ -11,6 +11,7 @@
 //!   default, and the kernel refuses sessions the host's addresses.
 
 mod auth;
+mod bodies;
 mod events;
 mod policies;
 pub mod suggest;

@@ -12,11 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leash_proto::v1 as pb;
 use leash_proto::v1::manager_server::Manager;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::suggest::{self, ActionRef};
-use super::{Ctx, as_admin, error, json_ok, session_of, status_error};
+use super::{Ctx, as_admin, bodies, error, json_ok, session_of, status_error, suggest};
 
 type Q = Query<HashMap<String, String>>;
 
@@ -27,7 +25,21 @@ const BASELINE: &str = include_str!("../../../../policies/default.cedar");
 /// holding a redacted secret (as the snapshot shows it) is refused: saving it
 /// would replace the secret with the marker.
 fn cedar_of(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
-    let text = extract_cedar(headers, body)?;
+    let text = bodies::cedar(super::header_str(headers, "content-type"), body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    not_redacted(text)
+}
+
+/// [`cedar_of`] for a body that may be left empty (`None`).
+fn optional_cedar_of(headers: &HeaderMap, body: &Bytes) -> Result<Option<String>, Response> {
+    match bodies::optional_cedar(super::header_str(headers, "content-type"), body) {
+        Ok(Some(text)) => not_redacted(text).map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e)),
+    }
+}
+
+fn not_redacted(text: String) -> Result<String, Response> {
     if text.contains(crate::hub::REDACTED) {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -36,23 +48,6 @@ fn cedar_of(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
                 crate::hub::REDACTED
             ),
         ));
-    }
-    Ok(text)
-}
-
-fn extract_cedar(headers: &HeaderMap, body: &Bytes) -> Result<String, Response> {
-    let text = String::from_utf8_lossy(body).trim().to_owned();
-    if text.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "empty body"));
-    }
-    let json_ct = super::header_str(headers, "content-type").contains("application/json");
-    if (json_ct || text.starts_with('{'))
-        && let Ok(v) = serde_json::from_str::<Value>(&text)
-    {
-        return match v.get("cedar").and_then(Value::as_str) {
-            Some(c) if !c.trim().is_empty() => Ok(c.to_owned()),
-            _ => Err(error(StatusCode::BAD_REQUEST, "missing cedar field")),
-        };
     }
     Ok(text)
 }
@@ -265,71 +260,16 @@ pub(super) async fn replace(State(ctx): State<Ctx>, Query(q): Q, headers: Header
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Patch {
-    #[serde(default)]
-    add: Vec<AddEntry>,
-    #[serde(default)]
-    remove: Vec<RemoveEntry>,
-    #[serde(default, rename = "applyMode")]
-    apply_mode: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AddEntry {
-    cedar: Option<String>,
-    effect: Option<String>,
-    action: Option<ActionRef>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RemoveEntry {
-    id: Option<String>,
-    cedar: Option<String>,
-}
-
 /// `PATCH /api/policies`: `{"add": [{"cedar"} | {"effect", "action"}],
 /// "remove": [{"id"} | {"cedar"}], "applyMode": "enforce"?}`.
 pub(super) async fn patch(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let Ok(p) = serde_json::from_slice::<Patch>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON payload");
+    let changes = match bodies::patch(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if p.add.is_empty() && p.remove.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "no changes provided");
-    }
-    if p.apply_mode.as_deref().is_some_and(|m| m != "enforce") {
-        return error(StatusCode::BAD_REQUEST, "applyMode must be \"enforce\" or omitted");
-    }
-    let mut add = Vec::new();
-    for a in p.add {
-        match (a.cedar, a.action) {
-            (Some(c), _) if !c.trim().is_empty() => add.push(c),
-            (_, Some(action)) => match suggest::from_action(a.effect.as_deref().unwrap_or(""), &action) {
-                Ok(c) => add.push(c),
-                Err(_)
-                    if !matches!(a.effect.as_deref().map(str::to_lowercase).as_deref(), Some("permit" | "forbid")) =>
-                {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "add entries with action require effect of permit or forbid",
-                    );
-                }
-                Err(e) => return error(StatusCode::BAD_REQUEST, e),
-            },
-            _ => return error(StatusCode::BAD_REQUEST, "add entries require cedar or action"),
-        }
-    }
-    let mut remove = Vec::new();
-    for r in p.remove {
-        match (r.id, r.cedar) {
-            (Some(id), _) if !id.is_empty() => remove.push(id),
-            (_, Some(c)) if !c.trim().is_empty() => remove.push(c),
-            _ => return error(StatusCode::BAD_REQUEST, "remove entries require id or cedar"),
-        }
-    }
     let session = session_of(&q);
-    let response = edit(&ctx, &session, add, remove).await;
-    if response.status() == StatusCode::OK && p.apply_mode.is_some() && !session.is_empty() {
+    let response = edit(&ctx, &session, changes.add, changes.remove).await;
+    if response.status() == StatusCode::OK && changes.enforce && !session.is_empty() {
         if let Err(r) = set_mode(&ctx, &session, "enforce").await {
             return r;
         }
@@ -341,13 +281,10 @@ pub(super) async fn patch(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> R
 /// `POST /api/policies/validate` (Cedar; empty validates nothing): errors
 /// with line and column, and lints.
 pub(super) async fn validate(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        return json_ok(json!({ "valid": true, "policies": 0, "issues": [], "errors": [] }));
-    } else {
-        match cedar_of(&headers, &body) {
-            Ok(t) => t,
-            Err(r) => return r,
-        }
+    let text = match optional_cedar_of(&headers, &body) {
+        Ok(Some(t)) => t,
+        Ok(None) => return json_ok(json!({ "valid": true, "policies": 0, "issues": [], "errors": [] })),
+        Err(r) => return r,
     };
     let req = pb::ValidateRequest { sources: vec![pb::PolicySource { name: "policy".into(), text }] };
     match ctx.manager.policy_validate(as_admin(req)).await {
@@ -364,51 +301,13 @@ pub(super) async fn validate(State(ctx): State<Ctx>, headers: HeaderMap, body: B
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRequest {
-    cedar: String,
-    cursor: Cursor,
-    #[serde(default, rename = "maxItems")]
-    max_items: Option<usize>,
-    #[serde(default, rename = "idHints")]
-    id_hints: Option<IdHints>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Cursor {
-    line: i64,
-    column: i64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct IdHints {
-    #[serde(default)]
-    tools: Vec<String>,
-    #[serde(default)]
-    servers: Vec<String>,
-}
-
 /// `POST /api/policies/complete`: completions at the cursor, with hints
 /// from what the agents did (recent events) and the policy in force.
 pub(super) async fn complete(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let req = match serde_json::from_slice::<CompleteRequest>(&body) {
+    let req = match bodies::complete(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": { "message": format!("invalid request: {e}") } })),
-            )
-                .into_response();
-        }
+        Err(e) => return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": { "message": e } }))).into_response(),
     };
-    if req.cursor.line < 1 || req.cursor.column < 1 {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "error": { "message": "cursor line and column must be positive" } })),
-        )
-            .into_response();
-    }
     let session = session_of(&q);
     let (history, _) = ctx.manager.hub.subscribe(256, false);
     let mut hints = suggest::Hints::default();
@@ -447,39 +346,19 @@ pub(super) async fn add(State(ctx): State<Ctx>, Query(q): Q, headers: HeaderMap,
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct FromAction {
-    #[serde(default)]
-    effect: String,
-    action: ActionRef,
-}
-
 /// `POST /api/policies/add-from-action` `{"effect", "action": {"type", "name", "server"?, "tool"?}}`.
 pub(super) async fn add_from_action(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<FromAction>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON payload");
-    };
-    match suggest::from_action(&req.effect, &req.action) {
+    match bodies::from_action(&body) {
         Ok(c) => edit(&ctx, &session_of(&q), vec![c], Vec::new()).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Delete {
-    id: Option<String>,
-    cedar: Option<String>,
-}
-
 /// `POST|DELETE /api/policies/delete` `{"id"} | {"cedar"}`.
 pub(super) async fn delete(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<Delete>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON payload");
-    };
-    let what = match (req.id, req.cedar) {
-        (Some(id), _) if !id.is_empty() => id,
-        (_, Some(c)) if !c.trim().is_empty() => c,
-        _ => return error(StatusCode::BAD_REQUEST, "id or cedar must be provided"),
+    let what = match bodies::delete(&body) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     edit(&ctx, &session_of(&q), Vec::new(), vec![what]).await
 }
@@ -489,13 +368,9 @@ pub(super) async fn delete(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> 
 /// body the runtime layer is folded into the file layer. A copy is kept in
 /// the state dir.
 pub(super) async fn persist(State(ctx): State<Ctx>, Query(q): Q, headers: HeaderMap, body: Bytes) -> Response {
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        String::new()
-    } else {
-        match cedar_of(&headers, &body) {
-            Ok(t) => t,
-            Err(r) => return r,
-        }
+    let text = match optional_cedar_of(&headers, &body) {
+        Ok(t) => t.unwrap_or_default(),
+        Err(r) => return r,
     };
     let session = session_of(&q);
     let req = pb::PersistRequest { session: session.clone(), text };
@@ -526,37 +401,25 @@ pub(super) async fn enforce_apply(State(ctx): State<Ctx>, Query(q): Q) -> Respon
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ModeRequest {
-    mode: String,
-}
-
 /// `POST /api/policies/mode` `{"mode": "record" | "shadow" | "enforce"}`.
 pub(super) async fn mode(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<ModeRequest>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON payload: {\"mode\": \"record|shadow|enforce\"}");
+    let mode = match bodies::mode(&body) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let session = session_of(&q);
-    match set_mode(&ctx, &session, &req.mode).await {
+    match set_mode(&ctx, &session, &mode).await {
         Ok(()) => respond_snapshot(&ctx, &session).await,
         Err(r) => r,
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ReplayBody {
-    cedar: String,
-    #[serde(default)]
-    session: Option<String>,
-    #[serde(default)]
-    limit: u32,
-}
-
 /// `POST /api/policies/replay` `{"cedar", "session"?}`: what the candidate
 /// would have decided differently for the session's recorded requests.
 pub(super) async fn replay(State(ctx): State<Ctx>, Query(q): Q, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<ReplayBody>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON payload: {\"cedar\": \"…\", \"session\": \"ID\"}");
+    let req = match bodies::replay(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let session = req.session.unwrap_or_else(|| session_of(&q));
     let r = pb::PolicyReplayRequest {

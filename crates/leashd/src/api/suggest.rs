@@ -25,9 +25,20 @@ pub struct ActionRef {
     pub tool: Option<String>,
 }
 
-/// A Cedar string literal's inside.
+/// A Cedar string literal's inside: backslashes and quotes escaped, and
+/// control characters (a bare carriage return does not parse; a file name
+/// or a request's name can hold one).
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn first_token(s: &str) -> &str {
@@ -548,6 +559,11 @@ mod tests {
             "permit (principal, action == Action::\"FileOpenReadOnly\", resource == File::\"/a \\\"b\\\"\");"
         );
         assert!(from_action("permit", &a("McpCall", "echo@mcp.test")).unwrap().contains("MCP::Tool::\"echo\""));
+        // A bare carriage return in a Cedar string does not parse.
+        assert_eq!(
+            from_action("forbid", &a("FileOpenReadWrite", "/tmp/a\rb\n\u{1b}\\")).unwrap(),
+            "forbid (principal, action == Action::\"FileOpenReadWrite\", resource == File::\"/tmp/a\\u{d}b\\u{a}\\u{1b}\\\\\");"
+        );
         assert_eq!(from_action("allow", &a("file/open", "/x")).unwrap_err(), "effect must be permit or forbid");
         assert_eq!(from_action("permit", &a("", "/x")).unwrap_err(), "action.type is required");
         assert_eq!(from_action("permit", &a("x/y", "/x")).unwrap_err(), "unsupported action type \"x/y\"");
