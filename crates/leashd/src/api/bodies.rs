@@ -182,7 +182,8 @@ pub fn delete(body: &[u8]) -> Result<String, String> {
         return Err("invalid JSON payload".into());
     };
     match (req.id, req.cedar) {
-        (Some(id), _) if !id.is_empty() => Ok(id),
+        // A blank id names no statement (and is not a Cedar text either).
+        (Some(id), _) if !id.trim().is_empty() => Ok(id),
         (_, Some(c)) if !c.trim().is_empty() => Ok(c),
         _ => Err("id or cedar must be provided".into()),
     }
@@ -224,6 +225,13 @@ pub fn replay(body: &[u8]) -> Result<Replay, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blank_id_is_no_id() {
+        assert_eq!(delete(br#"{"id":" ","a":":"}"#).unwrap_err(), "id or cedar must be provided");
+        assert_eq!(delete(br#"{"id":" ","cedar":"permit (principal, action, resource);"}"#).unwrap(), "permit (principal, action, resource);");
+        assert_eq!(delete(br#"{"id":"p1"}"#).unwrap(), "p1");
+    }
 
     #[test]
     fn cedar_is_the_raw_body_or_its_cedar_field() {
