@@ -23,6 +23,7 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const O_CREAT: u32 = 0o100;
 
+
 /// Calls handed to the sensor whatever their arguments.
 const SUPERVISED: &[libc::c_long] = &[
     libc::SYS_rename,
@@ -63,17 +64,36 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code: code as u16, jt, jf, k }
 }
 
-/// The filter program.
-pub fn program() -> Vec<libc::sock_filter> {
-    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
+/// What the filter does with one system call number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Notify,
+    Refuse,
+    /// An open: handed over when the flags at this offset of
+    /// `seccomp_data` have `O_CREAT`.
+    NotifyIfCreating(u32),
+}
+
+/// The numbers the filter does not simply allow, sorted.
+fn special() -> Vec<(u32, Act)> {
     // The low halves of args[1] and args[2] (little-endian).
     const ARG1: u32 = 16 + 8;
     const ARG2: u32 = 16 + 2 * 8;
-    let allow = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW);
-    let notify = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_USER_NOTIF);
-    let eperm = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    let mut v: Vec<(u32, Act)> = SUPERVISED.iter().map(|n| (*n as u32, Act::Notify)).collect();
+    v.extend(REFUSED.iter().map(|n| (*n as u32, Act::Refuse)));
+    v.push((libc::SYS_open as u32, Act::NotifyIfCreating(ARG1)));
+    v.push((libc::SYS_openat as u32, Act::NotifyIfCreating(ARG2)));
+    v.sort_by_key(|(n, _)| *n);
+    v
+}
+
+/// The filter program: the architecture and ABI checks, then a binary
+/// search over [`special`] (every system call passes the filter, so the
+/// common ones must not walk a list of thirty).
+pub fn program() -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
     let enosys = stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
     let mut p = vec![
         stmt(BPF_LD | BPF_W | BPF_ABS, ARCH),
@@ -83,24 +103,43 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(BPF_JMP | BPF_JGE | BPF_K, X32_SYSCALL_BIT, 0, 1),
         enosys,
     ];
-    for nr in REFUSED {
-        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr as u32, 0, 1));
-        p.push(eperm);
-    }
-    for nr in SUPERVISED {
-        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr as u32, 0, 1));
-        p.push(notify);
-    }
-    // open(path, flags) and openat(dirfd, path, flags): only with O_CREAT.
-    for (nr, flags) in [(libc::SYS_open, ARG1), (libc::SYS_openat, ARG2)] {
-        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, nr as u32, 0, 4));
-        p.push(stmt(BPF_LD | BPF_W | BPF_ABS, flags));
-        p.push(jump(BPF_JMP | BPF_JSET | BPF_K, O_CREAT, 0, 1));
-        p.push(notify);
-        p.push(allow);
-    }
-    p.push(allow);
+    p.extend(search(&special()));
     p
+}
+
+/// The code for one range of [`special`]: every path ends in a return
+/// (jumps only go forward, so each subtree is self-contained).
+fn search(calls: &[(u32, Act)]) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let ret = |v: u32| stmt(BPF_RET | BPF_K, v);
+    let allow = ret(libc::SECCOMP_RET_ALLOW);
+    let notify = ret(libc::SECCOMP_RET_USER_NOTIF);
+    if calls.len() <= 3 {
+        let mut code = Vec::new();
+        for (nr, act) in calls {
+            let block = match act {
+                Act::Notify => vec![notify],
+                Act::Refuse => vec![ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32)],
+                Act::NotifyIfCreating(flags) => vec![
+                    stmt(BPF_LD | BPF_W | BPF_ABS, *flags),
+                    jump(BPF_JMP | BPF_JSET | BPF_K, O_CREAT, 0, 1),
+                    notify,
+                    allow,
+                ],
+            };
+            code.push(jump(BPF_JMP | BPF_JEQ | BPF_K, *nr, 0, block.len() as u8));
+            code.extend(block);
+        }
+        code.push(allow);
+        return code;
+    }
+    let (low, high) = calls.split_at(calls.len() / 2);
+    let left = search(low);
+    let skip = u8::try_from(left.len()).expect("a subtree of the filter fits a jump");
+    let mut code = vec![jump(BPF_JMP | BPF_JGE | BPF_K, high[0].0, skip, 0)];
+    code.extend(left);
+    code.extend(search(high));
+    code
 }
 
 /// Installs the filter on this process (and so on everything it starts);
@@ -189,5 +228,29 @@ mod tests {
         assert_eq!(verdict(libc::SYS_rename | X32_SYSCALL_BIT as libc::c_long, x86, [0; 6]), enosys);
         // i386's rename (38) through int 0x80.
         assert_eq!(verdict(38, 0x4000_0003, [0; 6]), enosys);
+    }
+
+    #[test]
+    fn the_search_answers_every_number_as_the_lists_say() {
+        let x86 = AUDIT_ARCH_X86_64;
+        let creat = u64::from(O_CREAT);
+        for nr in 0..600 {
+            let expected = |flags_creat: bool| {
+                if SUPERVISED.contains(&nr) {
+                    libc::SECCOMP_RET_USER_NOTIF
+                } else if REFUSED.contains(&nr) {
+                    libc::SECCOMP_RET_ERRNO | libc::EPERM as u32
+                } else if (nr == libc::SYS_open || nr == libc::SYS_openat) && flags_creat {
+                    libc::SECCOMP_RET_USER_NOTIF
+                } else {
+                    libc::SECCOMP_RET_ALLOW
+                }
+            };
+            assert_eq!(verdict(nr, x86, [0; 6]), expected(false), "{nr}");
+            assert_eq!(verdict(nr, x86, [0, creat, creat, 0, 0, 0]), expected(true), "{nr} with O_CREAT");
+        }
+        // Short enough to cost little on every call.
+        let depth = special().len().ilog2() + 2;
+        assert!(depth < 8, "{depth}");
     }
 }
