@@ -57,11 +57,7 @@ pub fn take_listener(pid: u32) -> anyhow::Result<OwnedFd> {
             std::fs::read_link(entry.path()).is_ok_and(|l| l.as_os_str() == std::ffi::OsStr::new(LISTENER_LINK));
         let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
         if is_listener {
-            let pidfd = rustix::process::pidfd_open(
-                rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?,
-                rustix::process::PidfdFlags::empty(),
-            )?;
-            return Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?);
+            return crate::holder::descriptor_of(pid, n);
         }
     }
     anyhow::bail!("process {pid} holds no supervised-calls listener ({dir} has no {LISTENER_LINK:?})")

@@ -146,11 +146,7 @@ pub fn spawn(spec: &Spec, group: &OwnedFd, calls: Option<&OwnedFd>) -> anyhow::R
 
 /// Reconnects to a running holder: a new control socket and its group.
 pub fn reconnect(listen: &Path, pid: u32) -> anyhow::Result<(UnixStream, OwnedFd)> {
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?,
-        rustix::process::PidfdFlags::empty(),
-    )?;
-    let group = rustix::process::pidfd_getfd(&pidfd, 0, rustix::process::PidfdGetfdFlags::empty())?;
+    let group = descriptor_of(pid, 0)?;
     let stream = UnixStream::connect(listen)?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     Ok((stream, group))
@@ -200,7 +196,13 @@ pub fn main(args: &[OsString]) -> ExitCode {
 fn parent_descriptor(n: &str) -> anyhow::Result<OwnedFd> {
     let n: i32 = n.parse().map_err(|_| anyhow::anyhow!("{n:?} is not a descriptor number"))?;
     let parent = rustix::process::getppid().ok_or_else(|| anyhow::anyhow!("no parent"))?;
-    let pidfd = rustix::process::pidfd_open(parent, rustix::process::PidfdFlags::empty())?;
+    descriptor_of(parent.as_raw_nonzero().get() as u32, n)
+}
+
+/// A copy of descriptor `n` of process `pid` (`pidfd_getfd`).
+pub fn descriptor_of(pid: u32, n: i32) -> anyhow::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?)
 }
 

@@ -29,6 +29,18 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Runs `git` on the host in `project` (with a committer identity);
+/// panics when it fails.
+pub fn git(project: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=leash", "-c", "user.email=leash@example.com", "-C"])
+        .arg(project)
+        .args(args)
+        .output()
+        .expect("git on the host");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
 /// The directory holding the workspace's built binaries (the test
 /// executable lives in `<target>/<profile>/deps/`).
 pub fn bin_dir() -> PathBuf {

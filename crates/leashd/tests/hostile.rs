@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use leash_testkit::{Stack, TEST_IMAGE, require_docker, require_image};
+use leash_testkit::{Stack, TEST_IMAGE, git, require_docker, require_image};
 
 const DEBIAN: &str = "leash-test-debian:latest";
 /// leash-test with a volume the image declares, holding a file the policy forbids.
@@ -164,16 +164,6 @@ fn run(stack: &Stack, image: &str, policy: &Path, attempts: &[Attempt], project:
 /// absolute path, an address).
 fn resource(project: &str, r: &str) -> String {
     if r.starts_with('/') || r.contains(':') { r.to_owned() } else { format!("{project}/{r}") }
-}
-
-fn git(project: &Path, args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .args(["-c", "user.name=leash", "-c", "user.email=leash@example.com", "-C"])
-        .arg(project)
-        .args(args)
-        .output()
-        .expect("git on the host");
-    assert!(out.status.success(), "git {args:?}: {out:?}");
 }
 
 /// Builds leash-test with a declared volume holding `/vol/secret`.

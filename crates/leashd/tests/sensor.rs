@@ -444,15 +444,7 @@ fn protect_host_holds_whatever_the_sessions_own_policy_says() {
     }
     let stack = stack();
     let p = stack.project();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=leash", "-c", "user.email=leash@example.com", "-C"])
-            .arg(&p)
-            .args(args)
-            .output()
-            .expect("git on the host");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
+    let git = |args: &[&str]| leash_testkit::git(&p, args);
     git(&["init", "-q"]);
     let config_before = std::fs::read_to_string(p.join(".git/config")).unwrap();
     // The session's own policy permits everything: protect-host still holds.
