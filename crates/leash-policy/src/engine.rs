@@ -43,11 +43,13 @@ pub enum Action {
     HttpRewrite,
     /// Call an MCP tool.
     McpCall,
+    /// Send a secret's real value in place of its decoy.
+    SecretUse,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::FileOpen,
         Action::FileOpenReadOnly,
         Action::FileOpenReadWrite,
@@ -55,6 +57,7 @@ impl Action {
         Action::NetworkConnect,
         Action::HttpRewrite,
         Action::McpCall,
+        Action::SecretUse,
     ];
 
     /// The Cedar action id.
@@ -67,6 +70,7 @@ impl Action {
             Action::NetworkConnect => "NetworkConnect",
             Action::HttpRewrite => "HttpRewrite",
             Action::McpCall => "McpCall",
+            Action::SecretUse => "SecretUse",
         }
     }
 
@@ -534,7 +538,7 @@ fn parse_errors(src: &Source, e: &cedar_policy::ParseErrors) -> Vec<LoadError> {
 fn suggestion(message: &str) -> String {
     let m = message.to_ascii_lowercase();
     if m.contains("unrecognized action") || m.contains("unknown action") {
-        "actions are FileOpen, FileOpenReadOnly, FileOpenReadWrite, ProcessExec, NetworkConnect, HttpRewrite, McpCall"
+        "actions are FileOpen, FileOpenReadOnly, FileOpenReadWrite, ProcessExec, NetworkConnect, HttpRewrite, McpCall, SecretUse"
             .into()
     } else if m.contains("entity type") {
         "entity types are File, Dir, Host, Net::IpRange, Net::DnsZone, MCP::Server, MCP::Tool and User".into()
@@ -723,9 +727,11 @@ fn split_mixed_sets(v: &mut Value, found: &mut Vec<(&'static str, String)>) {
 }
 
 /// The context attributes a request may lack: `hostname` (only connections
-/// the proxy saw by name have one) and `arguments` (only MCP calls whose
-/// arguments the proxy read).
-const OPTIONAL_CONTEXT: [&str; 2] = ["hostname", "arguments"];
+/// the proxy saw by name have one), the request's `scheme`, `method`,
+/// `path` and `query` (only HTTP requests the proxy decides have them),
+/// `arguments` (only MCP calls whose arguments the proxy read), and a
+/// secret use's `port` and `location`.
+const OPTIONAL_CONTEXT: [&str; 8] = ["hostname", "scheme", "method", "path", "query", "arguments", "port", "location"];
 
 /// `when { context.hostname == "h" }`: the Go leash's spelling reads an
 /// attribute a request may lack, which Cedar's strict validation refuses

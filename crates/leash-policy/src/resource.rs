@@ -33,6 +33,8 @@ pub enum Resource {
         /// The tool's name (lower case).
         tool: String,
     },
+    /// A secret, by name (as the session's environment names it).
+    Secret(String),
 }
 
 /// A network destination.
@@ -143,7 +145,8 @@ pub fn parse_for(action: crate::engine::Action, s: &str) -> Result<Resource, Str
             "Dir" => Ok(Resource::Dir(id.to_owned())),
             "Host" => Host::parse(id).map(Resource::Host),
             "MCP::Tool" => Ok(Resource::McpTool { server: String::new(), tool: id.to_ascii_lowercase() }),
-            other => Err(format!("{s:?}: requests name File, Dir, Host or MCP::Tool resources, not {other}")),
+            "Secret" => secret_name(id).map(Resource::Secret),
+            other => Err(format!("{s:?}: requests name File, Dir, Host, MCP::Tool or Secret resources, not {other}")),
         };
     }
     match action {
@@ -158,7 +161,17 @@ pub fn parse_for(action: crate::engine::Action, s: &str) -> Result<Resource, Str
             let (tool, server) = s.split_once('@').ok_or_else(|| format!("{s:?}: write an MCP tool as tool@server"))?;
             Ok(Resource::McpTool { server: server.to_ascii_lowercase(), tool: tool.to_ascii_lowercase() })
         }
+        Action::SecretUse => secret_name(s).map(Resource::Secret),
     }
+}
+
+/// A secret's name: an environment variable's (letters, digits, `_`, not
+/// starting with a digit).
+pub fn secret_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok { Ok(s.to_owned()) } else { Err(format!("{s:?}: a secret is named as an environment variable (A-Z, 0-9, _)")) }
 }
 
 /// The resource as Cedar names it: `File::"/etc/hosts"`.
@@ -168,6 +181,7 @@ pub fn display(r: &Resource) -> String {
         Resource::Dir(p) => format!("Dir::{p:?}"),
         Resource::Host(h) => format!("Host::{:?}", h.id()),
         Resource::McpTool { server, tool } => format!("MCP::Tool::{tool:?} in MCP::Server::{server:?}"),
+        Resource::Secret(name) => format!("Secret::{name:?}"),
     }
 }
 
@@ -189,6 +203,8 @@ pub mod types {
     pub const MCP_SERVER: &str = "MCP::Server";
     /// `MCP::Tool`.
     pub const MCP_TOOL: &str = "MCP::Tool";
+    /// `Secret`.
+    pub const SECRET: &str = "Secret";
 }
 
 /// An entity uid of the vocabulary.
@@ -333,6 +349,10 @@ pub fn entities(resource: &Resource, ranges: &[(String, IpRange)]) -> (EntityUid
             out.push(plain(types::MCP_SERVER, server, []));
             out.push(plain(types::MCP_TOOL, tool, [uid(types::MCP_SERVER, server)]));
             (uid(types::MCP_TOOL, tool), out)
+        }
+        Resource::Secret(name) => {
+            out.push(plain(types::SECRET, name, []));
+            (uid(types::SECRET, name), out)
         }
     }
 }

@@ -737,7 +737,7 @@ impl Sessions {
     async fn prepare_proxy(&self, id: &str, dir: &std::path::Path) -> Result<(), String> {
         let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
-            .prepare(pb::ProxyPrepareRequest { session: id.to_owned() })
+            .prepare(pb::ProxyPrepareRequest { session: id.to_owned(), secrets: Vec::new() })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
@@ -765,7 +765,7 @@ impl Sessions {
         }
         let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
-            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32 })
+            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32, dns_refusal: String::new() })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
