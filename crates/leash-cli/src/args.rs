@@ -32,6 +32,11 @@ pub struct Args {
     /// Set KEY=VALUE in the container, or pass KEY from your environment (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]", allow_hyphen_values = true)]
     pub env: Vec<String>,
+    /// A credential the container gets only as a decoy: NAME (from your
+    /// environment), NAME=VALUE or NAME@FILE (repeatable). The proxy puts
+    /// the real value back in requests where a SecretUse policy allows it.
+    #[arg(long = "secret", value_name = "NAME[=VALUE|@FILE]")]
+    pub secrets: Vec<String>,
     /// Publish a container port: [IP:][HOST:]CONTAINER[/tcp|udp] (repeatable).
     #[arg(short = 'p', long = "publish", visible_alias = "port-forward", value_name = "SPEC")]
     pub publish: Vec<String>,
@@ -74,6 +79,10 @@ pub struct Args {
     /// what runs code later (git hooks, .envrc, the agents' settings).
     #[arg(long)]
     pub no_protect_host: bool,
+    /// A resolver for the container, by IP address (repeatable; docker's
+    /// --dns). The session's DNS still goes through leash's relay.
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
     /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
     #[arg(value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<String>,
@@ -81,8 +90,9 @@ pub struct Args {
 
 /// Flags of `leash` that take a value, so the `-v` fix-up knows where the
 /// command starts.
-const TAKES_VALUE: [&str; 15] = [
+const TAKES_VALUE: [&str; 16] = [
     "--policy",
+    "--dns",
     "-v",
     "--volume",
     "-e",
@@ -165,6 +175,8 @@ mod tests {
         assert_eq!(a.image.as_deref(), Some("img"));
         assert_eq!(a.publish, ["8080:80"]);
         assert_eq!(a.command, ["sh", "-c", "true"]);
+        let a = Args::try_parse_from(fx("leash --dns 172.17.0.1 --dns ::1 -- true")).unwrap();
+        assert_eq!(a.dns, ["172.17.0.1", "::1"]);
         let a = Args::try_parse_from(fx("leash claude --resume")).unwrap();
         assert_eq!(a.command, ["claude", "--resume"]);
         assert!(Args::try_parse_from(fx("leash --bogus true")).is_err());

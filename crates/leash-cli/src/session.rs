@@ -117,6 +117,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             }
         }
     }
+    let secrets = args.secrets.iter().map(|spec| resolve_secret(spec, env)).collect::<anyhow::Result<Vec<_>>>()?;
     for v in &args.volumes {
         if !v.contains(':') {
             bail!("invalid volume mount {v:?}; expected src:dst[:ro]");
@@ -135,7 +136,13 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
     };
     let tty = !args.no_interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let size = tty.then(|| rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()).flatten();
-    let client_env = FORWARDED_ENV.iter().filter_map(|k| env.get(*k).map(|v| ((*k).to_owned(), v.clone()))).collect();
+    // The configuration's variables, and those a config file's `[secrets]`
+    // may name (`env:VAR`): leashd uses a credential only when it is named.
+    let client_env = env
+        .iter()
+        .filter(|(k, _)| FORWARDED_ENV.contains(&k.as_str()) || credential_like(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     Ok((
         pb::SessionStart {
             command: args.command.clone(),
@@ -164,9 +171,50 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             no_interactive: args.no_interactive,
             degraded: args.degraded,
             no_protect_host: args.no_protect_host,
+            secrets,
+            dns: args.dns.clone(),
         },
         warnings,
     ))
+}
+
+/// A variable whose name says it holds a credential.
+fn credential_like(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"].iter().any(|w| n.contains(w))
+}
+
+/// `--secret NAME` (from the environment), `NAME=VALUE` or `NAME@FILE`
+/// (read here, as you; one trailing newline dropped), as `NAME=VALUE`.
+fn resolve_secret(spec: &str, env: &HashMap<String, String>) -> anyhow::Result<String> {
+    let eq = spec.find('=');
+    let at = spec.find('@');
+    let (name, value) = match (eq, at) {
+        (Some(i), _) if at.is_none_or(|a| i < a) => (&spec[..i], spec[i + 1..].to_owned()),
+        (_, Some(a)) => {
+            let path = expand_home(&spec[a + 1..], env);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("--secret {spec}: cannot read {}: {e}", path.display()))?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            (&spec[..a], text.strip_suffix('\r').unwrap_or(text).to_owned())
+        }
+        _ => {
+            let v = env.get(spec).filter(|v| !v.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!("--secret {spec}: {spec} is not set in your environment (or write {spec}=VALUE or {spec}@FILE)")
+            })?;
+            (spec, v.clone())
+        }
+    };
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        bail!("--secret {spec:?}: a secret is named as an environment variable (A-Z, 0-9, _)");
+    }
+    if value.is_empty() {
+        bail!("--secret {name}: the value is empty");
+    }
+    Ok(format!("{name}={value}"))
 }
 
 fn expand_home(p: &str, env: &HashMap<String, String>) -> std::path::PathBuf {
@@ -363,6 +411,23 @@ fn choose(p: &pb::Prompt, typed: &str, default: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_resolve_from_the_environment_a_value_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let env = HashMap::from([("GH_TOKEN".to_owned(), "from-env".to_owned())]);
+        assert_eq!(resolve_secret("GH_TOKEN", &env).unwrap(), "GH_TOKEN=from-env");
+        assert_eq!(resolve_secret("A=b@c=d", &env).unwrap(), "A=b@c=d");
+        assert_eq!(resolve_secret(&format!("T@{}", f.display()), &env).unwrap(), "T=from-file");
+        let e = resolve_secret("MISSING", &env).unwrap_err().to_string();
+        assert!(e.contains("--secret MISSING") && e.contains("not set"), "{e}");
+        let e = resolve_secret("T@/nonexistent/x", &env).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x"), "{e}");
+        assert!(resolve_secret("1X=y", &env).is_err());
+        assert!(resolve_secret("X=", &env).unwrap_err().to_string().contains("empty"));
+    }
 
     #[test]
     fn prompt_answers() {

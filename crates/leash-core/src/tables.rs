@@ -242,6 +242,12 @@ pub struct NetTable {
     pub default_v6: Option<Verdict>,
     /// A condition the table cannot carve: every lookup needs evaluation.
     pub evaluate_all: bool,
+    /// A policy that may match an address reads the request (its method,
+    /// path, query or scheme, or the name the proxy saw): the entries
+    /// decide what the kernel sees, connections without any of these, and
+    /// an HTTP request the proxy decides by address needs evaluation
+    /// (but for the guards).
+    pub evaluate_requests: bool,
 }
 
 /// Whether `ip` is in `addr/prefix`.
@@ -276,6 +282,16 @@ impl NetTable {
         }
         let default = if ip.is_ipv4() { self.default_v4 } else { self.default_v6 };
         default.map(Lookup::Final).unwrap_or(Lookup::Evaluate)
+    }
+
+    /// Looks up a destination for an HTTP request the proxy decides by
+    /// address: as [`NetTable::lookup`], but where a policy on addresses
+    /// reads the request, only the guards are final.
+    pub fn lookup_request(&self, ip: std::net::IpAddr, port: u16) -> Lookup {
+        match self.lookup(ip, port) {
+            Lookup::Final(v) if self.evaluate_requests && !v.guard => Lookup::Evaluate,
+            found => found,
+        }
     }
 }
 
@@ -420,12 +436,21 @@ pub struct HostTable {
     pub default: Option<Verdict>,
     /// A condition the table cannot carve: every lookup needs evaluation.
     pub evaluate_all: bool,
+    /// Names a policy that reads the request (its method, path, query,
+    /// scheme, or the name seen) limits itself to: `(name, None)` every
+    /// port, `(name, Some(port))` that port (0: a request without a port,
+    /// as in `exact_port`). Their lookups need evaluation;
+    /// their entries still say what a request without any of these gets.
+    pub evaluate: BTreeSet<(String, Option<u16>)>,
+    /// The same for dot-boundary wildcards and zones, by suffix: every name
+    /// strictly below one needs evaluation (the apex does not).
+    pub evaluate_below: BTreeSet<String>,
 }
 
 impl HostTable {
     /// Looks a host name up (lower case, no trailing dot).
     pub fn lookup(&self, name: &str, port: Option<u16>) -> Lookup {
-        if self.evaluate_all {
+        if self.evaluate_all || self.evaluates(name, port) {
             return Lookup::Evaluate;
         }
         match self.entry(name, port) {
@@ -450,6 +475,26 @@ impl HostTable {
         }
         None
     }
+
+    /// Whether a policy that reads the request may match `name` on `port`
+    /// (not counting `evaluate_all`).
+    pub fn evaluates(&self, name: &str, port: Option<u16>) -> bool {
+        if self.evaluate.is_empty() && self.evaluate_below.is_empty() {
+            return false;
+        }
+        let named = |p: Option<u16>| self.evaluate.contains(&(name.to_owned(), p));
+        if named(None) || named(Some(port.unwrap_or(0))) {
+            return true;
+        }
+        let mut rest = name;
+        while let Some(i) = rest.find('.') {
+            rest = &rest[i + 1..];
+            if self.evaluate_below.contains(rest) {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +515,28 @@ mod host_tests {
         assert_eq!(t.lookup("example.com", Some(443)), Lookup::Final(v(false, 2)), "the apex is not in *.example.com");
         assert_eq!(t.lookup("badexample.com", Some(443)), Lookup::Final(v(false, 2)));
         assert_eq!(t.lookup("localhost", None), Lookup::Final(v(false, 0)));
+    }
+
+    #[test]
+    fn names_a_request_rule_covers_evaluate_and_keep_their_entries() {
+        let v = Verdict::new;
+        let mut t = HostTable { default: Some(v(true, 0)), ..Default::default() };
+        t.exact.insert("api.example.com".into(), v(true, 1));
+        t.evaluate.insert(("api.example.com".into(), None));
+        t.evaluate.insert(("git.example.com".into(), Some(443)));
+        t.evaluate.insert(("bare.example.com".into(), Some(0)));
+        t.evaluate_below.insert("corp.example".into());
+        assert_eq!(t.lookup("bare.example.com", None), Lookup::Evaluate);
+        assert_eq!(t.lookup("bare.example.com", Some(443)), Lookup::Final(v(true, 0)));
+        assert_eq!(t.lookup("api.example.com", Some(443)), Lookup::Evaluate);
+        assert_eq!(t.lookup("api.example.com", None), Lookup::Evaluate);
+        assert_eq!(t.entry("api.example.com", Some(22)), Some(v(true, 1)), "what a request without one gets");
+        assert_eq!(t.lookup("git.example.com", Some(443)), Lookup::Evaluate);
+        assert_eq!(t.lookup("git.example.com", Some(22)), Lookup::Final(v(true, 0)));
+        assert_eq!(t.lookup("git.example.com", None), Lookup::Final(v(true, 0)));
+        assert_eq!(t.lookup("a.b.corp.example", Some(443)), Lookup::Evaluate);
+        assert_eq!(t.lookup("corp.example", Some(443)), Lookup::Final(v(true, 0)), "the apex is not below");
+        assert_eq!(t.lookup("badcorp.example", Some(443)), Lookup::Final(v(true, 0)));
     }
 }
 
@@ -553,6 +620,23 @@ mod guard_tests {
         assert!(allowed(&t, "8.8.8.8", 53).0);
         assert!(!allowed(&t, "8.8.8.8", 443).0);
         assert_eq!(allowed(&t, "8.8.4.4", 53), (false, vec!["no-dns".to_owned()]));
+    }
+
+    #[test]
+    fn requests_by_address_evaluate_where_a_policy_reads_them() {
+        let mut t = Tables { reasons: vec![vec!["lan".into()]], ..Default::default() };
+        t.net.ranges.push((ip("10.0.0.0"), 8, Verdict::new(true, 0)));
+        t.net.default_v4 = Some(Verdict::new(false, 0));
+        t.net.evaluate_requests = true;
+        t.guard_net(&NetGuards::standard(&[], &[]));
+        // The kernel's connections carry no request: the entries decide.
+        assert!(matches!(t.net.lookup(ip("10.1.2.3"), 443), Lookup::Final(v) if v.allow));
+        assert!(matches!(t.net.lookup(ip("11.0.0.1"), 443), Lookup::Final(v) if !v.allow));
+        assert_eq!(t.net.lookup_request(ip("10.1.2.3"), 443), Lookup::Evaluate);
+        assert_eq!(t.net.lookup_request(ip("11.0.0.1"), 443), Lookup::Evaluate);
+        assert!(matches!(t.net.lookup_request(ip("127.0.0.1"), 80), Lookup::Final(v) if v.guard && !v.allow));
+        t.net.evaluate_requests = false;
+        assert_eq!(t.net.lookup_request(ip("10.1.2.3"), 443), t.net.lookup(ip("10.1.2.3"), 443));
     }
 
     #[test]

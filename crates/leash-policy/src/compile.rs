@@ -37,6 +37,9 @@ pub enum Mutation {
     OffByOnePrefix,
     /// A wildcard's apex is decided as if it were inside it.
     ApexInWildcard,
+    /// Conditions on the request (method, path, query, scheme, name) are
+    /// ignored: the tables decide as if no request carried them.
+    IgnoreRequestConditions,
 }
 
 /// A label no real host has, for wildcard representatives.
@@ -123,8 +126,11 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
         table.default = table.prefixes.get("/").copied();
         files.insert(action, table);
     }
-    let net = compile_net(engine, principal, &policies, &sliced, slice, &mut verdict);
-    let hosts = compile_hosts(engine, principal, &policies, &sliced, slice, mutation, &mut verdict);
+    let mut net = compile_net(engine, principal, &policies, &sliced, slice, &mut verdict);
+    let mut hosts = compile_hosts(engine, principal, &policies, &sliced, slice, mutation, &mut verdict);
+    if mutation != Mutation::IgnoreRequestConditions {
+        mark_request_rules(&policies, &mut net, &mut hosts);
+    }
     let rewrites = compile_rewrites(engine, principal, &policies, &mut verdict);
     Tables { generation, files, net, hosts, reasons, rewrites }
 }
@@ -327,7 +333,9 @@ fn host_carve(
                 }
                 return;
             }
-            if map.get("Var").and_then(Value::as_str) == Some("context") || resource_attr(Some(v)).is_some() {
+            // The context is the request's: `mark_request_rules` marks
+            // what a policy reading it can match.
+            if resource_attr(Some(v)).is_some() {
                 *evaluate_all = true;
                 return;
             }
@@ -335,6 +343,127 @@ fn host_carve(
         }
         Value::Array(items) => items.iter().for_each(|c| host_carve(c, names, suffixes, evaluate_all)),
         _ => {}
+    }
+}
+
+/// What a policy that reads the context can match, as far as its head and
+/// the `resource in …`/`resource == …` terms its `when` clauses require
+/// say: a superset of the resources it can match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Any host.
+    Any,
+    /// A name on every port (`None`) or on one.
+    Name(String, Option<u16>),
+    /// Every name strictly below a suffix (a wildcard, a zone).
+    Below(String),
+    /// Some address (an IP literal, a range).
+    Address,
+    /// No host (an entity no host is in).
+    Nothing,
+}
+
+/// What `resource in <ty::id>` (or with `equal`, `resource == …`) can match.
+fn reach_of(ty: &str, id: &str, equal: bool) -> Reach {
+    if equal && ty == "Host" {
+        // Only that very entity: a bare name is the request without a port.
+        return match crate::resource::Host::parse(id) {
+            Ok(crate::resource::Host::Name(n, p)) => Reach::Name(n, Some(p.unwrap_or(0))),
+            Ok(crate::resource::Host::Ip(..)) => Reach::Address,
+            Err(_) => Reach::Any,
+        };
+    }
+    match ty {
+        "Host" if id == "*" => Reach::Any,
+        "Host" => match id.strip_prefix("*.") {
+            Some(suffix) => Reach::Below(suffix.trim_end_matches('.').to_ascii_lowercase()),
+            None => match crate::resource::Host::parse(id) {
+                Ok(crate::resource::Host::Name(n, p)) if !n.contains('*') => Reach::Name(n, p),
+                Ok(crate::resource::Host::Ip(..)) => Reach::Address,
+                _ => Reach::Any,
+            },
+        },
+        "Net::DnsZone" => Reach::Below(id.trim_end_matches('.').to_ascii_lowercase()),
+        "Net::IpRange" => Reach::Address,
+        _ => Reach::Nothing,
+    }
+}
+
+/// The hosts a `when` body requires the resource to be among, if it says.
+fn required(body: &Value) -> Option<Vec<Reach>> {
+    let is_resource = |v: &Value| v.get("Var").and_then(Value::as_str) == Some("resource");
+    let literal = |v: &Value, equal| entity_of(v.get("Value")?).map(|(t, id)| reach_of(t, id, equal));
+    let map = body.as_object().filter(|m| m.len() == 1)?;
+    let (op, args) = map.iter().next()?;
+    match op.as_str() {
+        "in" if is_resource(&args["left"]) => match args["right"].get("Set") {
+            Some(Value::Array(items)) => items.iter().map(|i| literal(i, false)).collect(),
+            _ => literal(&args["right"], false).map(|r| vec![r]),
+        },
+        "==" if is_resource(&args["left"]) => literal(&args["right"], true).map(|r| vec![r]),
+        "==" if is_resource(&args["right"]) => literal(&args["left"], true).map(|r| vec![r]),
+        // Both sides must hold: either one's limit is a limit.
+        "&&" => required(&args["left"]).or_else(|| required(&args["right"])),
+        // Either may hold: both must limit.
+        "||" => {
+            let (mut l, r) = (required(&args["left"])?, required(&args["right"])?);
+            l.extend(r);
+            Some(l)
+        }
+        _ => None,
+    }
+}
+
+/// Where a `NetworkConnect` policy that reads the context can match: its
+/// head's resource, or the hosts a `when` clause requires (the first that
+/// does not say "any host"); `None` when it does not read the context.
+fn request_reach(json: &Value) -> Option<Vec<Reach>> {
+    let conditions = json.get("conditions")?;
+    if !conditions.to_string().contains("{\"Var\":\"context\"}") {
+        return None;
+    }
+    let r = &json["resource"];
+    let head = match r.get("op").and_then(Value::as_str) {
+        Some(op @ ("==" | "in")) => entity_of(r).map(|(t, id)| vec![reach_of(t, id, op == "==")]),
+        Some("is") if r.get("entity_type").and_then(Value::as_str) != Some("Host") => Some(vec![Reach::Nothing]),
+        Some("is") => r.get("in").and_then(entity_of).map(|(t, id)| vec![reach_of(t, id, false)]),
+        _ => None,
+    };
+    let whens = conditions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("kind").and_then(Value::as_str) == Some("when"))
+        .filter_map(|c| required(c.get("body")?));
+    let limits = head.into_iter().chain(whens).find(|l| !l.contains(&Reach::Any));
+    Some(limits.unwrap_or_else(|| vec![Reach::Any]))
+}
+
+/// Marks what the policies that read the context (the request's method,
+/// path, query and scheme, the name the proxy saw) can match: the names,
+/// ports and wildcards they limit themselves to evaluate in the name table
+/// (any host: all of it), and an address they may match makes the address
+/// table evaluate HTTP requests. Entries stay decided with the empty
+/// context: what a connection without a request gets — every connection
+/// the kernel decides.
+fn mark_request_rules(policies: &[(Policy, Value)], net: &mut NetTable, hosts: &mut HostTable) {
+    for (_, json) in policies.iter().filter(|(_, j)| applies_to(j, Action::NetworkConnect)) {
+        for reach in request_reach(json).into_iter().flatten() {
+            match reach {
+                Reach::Any => {
+                    hosts.evaluate_all = true;
+                    net.evaluate_requests = true;
+                }
+                Reach::Name(n, p) => {
+                    hosts.evaluate.insert((n, p));
+                }
+                Reach::Below(s) => {
+                    hosts.evaluate_below.insert(s);
+                }
+                Reach::Address => net.evaluate_requests = true,
+                Reach::Nothing => {}
+            }
+        }
     }
 }
 
@@ -416,7 +545,10 @@ fn net_carve(
                 }
                 return;
             }
-            if map.get("Var").and_then(Value::as_str) == Some("context") || resource_attr(Some(v)).is_some() {
+            // The context is not here: the kernel's connections carry none
+            // (no name, no request), and the table decides them with the
+            // empty context they have.
+            if resource_attr(Some(v)).is_some() {
                 *evaluate_all = true;
                 return;
             }

@@ -301,6 +301,8 @@ impl Engine {
                 }
                 collect_ranges(&json, &mut ranges);
                 lints.extend(shape_lints(&json, &id, &location));
+                let statement = starts.get(n).map(|o| (*o, starts.get(n + 1).copied().unwrap_or(src.text.len())));
+                lints.extend(secret_lints(&json, &id, src, statement));
                 match cedar_policy::Policy::from_json(Some(PolicyId::new(&id)), json) {
                     Ok(p) => policies.push(p),
                     Err(e) => errors.push(LoadError::at(src, line, e.to_string())),
@@ -341,16 +343,17 @@ impl Engine {
         }
         if lints.iter().any(|l| l.severity == Severity::Error) {
             for l in lints.iter().filter(|l| l.severity == Severity::Error) {
-                let (file, line) = l
-                    .location
-                    .rsplit_once(':')
-                    .map(|(f, n)| (f.to_owned(), n.parse().unwrap_or(1)))
-                    .unwrap_or_default();
+                let (file, line, column) = split_location(&l.location);
+                let text = sources.iter().find(|s| s.name == file).map(|s| s.text.as_str()).unwrap_or("");
                 errors.push(LoadError {
                     file,
                     line,
-                    column: 1,
-                    snippet: String::new(),
+                    column,
+                    snippet: if column > 1 {
+                        text.lines().nth(line.saturating_sub(1)).unwrap_or("").to_owned()
+                    } else {
+                        String::new()
+                    },
                     message: format!("{} ({}): {}", l.policy, l.code, l.message),
                     suggestion: String::new(),
                 });
@@ -792,6 +795,87 @@ fn guard_optional_context(json: &mut Value, found: &mut Vec<(&'static str, Strin
             guard_terms(body, found);
         }
     }
+}
+
+/// A lint's `file:line` or `file:line:column`, as (file, line, column).
+fn split_location(location: &str) -> (String, usize, usize) {
+    let mut parts = location.rsplitn(3, ':');
+    let (last, middle, rest) = (parts.next(), parts.next(), parts.next());
+    let num = |s: Option<&str>| s.and_then(|s| s.parse::<usize>().ok());
+    match (num(middle), num(last), rest) {
+        (Some(line), Some(column), Some(file)) => (file.to_owned(), line, column),
+        _ => match location.rsplit_once(':') {
+            Some((f, n)) => (f.to_owned(), n.parse().unwrap_or(1), 1),
+            None => (location.to_owned(), 1, 1),
+        },
+    }
+}
+
+/// A `SecretUse` permit that tests `context.scheme` against `"http"`
+/// would send a secret in the clear (the proxy never does): an error, at
+/// the literal's line and column. One that does not test
+/// `context.location` lets the secret go in queries and bodies too: a
+/// warning (a server that echoes a request would hand the value back).
+fn secret_lints(json: &Value, id: &str, src: &Source, statement: Option<(usize, usize)>) -> Vec<Lint> {
+    if json.get("effect").and_then(Value::as_str) != Some("permit")
+        || !crate::compile::applies_to(json, Action::SecretUse)
+    {
+        return Vec::new();
+    }
+    /// Whether `v` compares `context.<attr>` with the string `lit`.
+    fn compares(v: &Value, attr: &str, lit: &str) -> bool {
+        match v {
+            Value::Object(map) => {
+                let hit = ["==", "like"].iter().any(|op| {
+                    map.get(*op).is_some_and(|args| {
+                        let sides = [args.get("left"), args.get("right")];
+                        let access = sides.iter().flatten().any(|s| {
+                            s.get(".").is_some_and(|d| d["left"]["Var"] == "context" && d["attr"] == attr)
+                        });
+                        let pattern = args.get("pattern").map(|p| p.to_string().to_ascii_lowercase().contains(lit));
+                        let literal = sides.iter().flatten().any(|s| s["Value"].as_str() == Some(lit));
+                        access && (literal || pattern == Some(true))
+                    })
+                });
+                hit || map.values().any(|c| compares(c, attr, lit))
+            }
+            Value::Array(items) => items.iter().any(|c| compares(c, attr, lit)),
+            _ => false,
+        }
+    }
+    let mentions = |v: &Value, attr: &str| v.to_string().contains(&format!("\"attr\":\"{attr}\""));
+    let (start, end) = statement.unwrap_or((0, src.text.len()));
+    let at = |needle: &str| {
+        let offset = src.text.get(start..end).and_then(|t| t.find(needle)).map_or(start, |i| start + i);
+        let (line, column) = line_col(&src.text, offset);
+        format!("{}:{line}:{column}", src.name)
+    };
+    let conditions = json.get("conditions").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    if compares(&conditions, "scheme", "http") {
+        out.push(Lint {
+            code: "secret_over_plain_http",
+            severity: Severity::Error,
+            policy: id.to_owned(),
+            location: at("\"http\""),
+            message: "a SecretUse permit for plain HTTP would send the secret in the clear; secrets go only over \
+                      HTTPS verified for the host (remove the scheme test or write \"https\")"
+                .into(),
+        });
+    }
+    if !mentions(&conditions, "location") {
+        out.push(Lint {
+            code: "secret_any_location",
+            severity: Severity::Warning,
+            policy: id.to_owned(),
+            location: at("permit"),
+            message: "this SecretUse permit does not test `context.location`, so the secret may replace its decoy in \
+                      queries and bodies too, where a server that echoes requests would hand it back; add \
+                      `context.location == \"header\"` unless the body or query needs it"
+                .into(),
+        });
+    }
+    out
 }
 
 /// `resource == Host::"name"` on `NetworkConnect` names the bare host

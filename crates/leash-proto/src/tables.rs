@@ -67,6 +67,7 @@ pub fn to_proto(t: &Tables, mode: &str) -> pb::DecisionTables {
         default_v4: t.net.default_v4.map(verdict),
         default_v6: t.net.default_v6.map(verdict),
         evaluate_all: t.net.evaluate_all,
+        evaluate_requests: t.net.evaluate_requests,
     };
     let mut host_exact: Vec<pb::PathEntry> =
         t.hosts.exact_port.iter().map(|((n, p), v)| entry(&format!("{n}:{p}"), *v)).collect();
@@ -76,6 +77,13 @@ pub fn to_proto(t: &Tables, mode: &str) -> pb::DecisionTables {
         wildcards: t.hosts.wildcards.iter().map(|(s, v)| entry(&format!("*.{s}"), *v)).collect(),
         default: t.hosts.default.map(verdict),
         evaluate_all: t.hosts.evaluate_all,
+        evaluate: t
+            .hosts
+            .evaluate
+            .iter()
+            .map(|(n, p)| p.map_or_else(|| n.clone(), |p| format!("{n}:{p}")))
+            .chain(t.hosts.evaluate_below.iter().map(|s| format!("*.{s}")))
+            .collect(),
     };
     pb::DecisionTables {
         generation: t.generation,
@@ -130,6 +138,7 @@ pub fn from_proto(p: &pb::DecisionTables) -> Result<Tables, String> {
             default_v4: n.default_v4.as_ref().map(from_verdict),
             default_v6: n.default_v6.as_ref().map(from_verdict),
             evaluate_all: n.evaluate_all,
+            evaluate_requests: n.evaluate_requests,
             ..Default::default()
         };
         for e in &n.exact {
@@ -171,6 +180,20 @@ pub fn from_proto(p: &pb::DecisionTables) -> Result<Tables, String> {
             let suffix = e.path.strip_prefix("*.").ok_or_else(|| format!("bad wildcard {:?}", e.path))?;
             hosts.wildcards.insert(suffix.to_owned(), v(&e.verdict, &e.path)?);
         }
+        for e in &h.evaluate {
+            match (e.rsplit_once(':'), e.strip_prefix("*.")) {
+                (Some((name, port)), _) => {
+                    let port = port.parse::<u16>().map_err(|_| format!("bad port in {e:?}"))?;
+                    hosts.evaluate.insert((name.to_owned(), Some(port)));
+                }
+                (None, Some(suffix)) => {
+                    hosts.evaluate_below.insert(suffix.to_owned());
+                }
+                (None, None) => {
+                    hosts.evaluate.insert((e.clone(), None));
+                }
+            }
+        }
         t.hosts = hosts;
     }
     t.reasons = p.reasons.iter().map(|r| r.ids.clone()).collect();
@@ -209,6 +232,11 @@ mod tests {
         t.hosts.exact.insert("example.com".into(), v(false, 2));
         t.hosts.wildcards.insert("example.com".into(), v(true, 0));
         t.hosts.default = Some(v(false, 0));
+        t.hosts.evaluate.insert(("api.github.com".into(), None));
+        t.hosts.evaluate.insert(("git.example.com".into(), Some(443)));
+        t.hosts.evaluate.insert(("*.example.com".into(), Some(0)));
+        t.hosts.evaluate_below.insert("corp.example".into());
+        t.net.evaluate_requests = true;
         t.reasons = vec![vec![], vec!["a".into()], vec!["b".into(), "c".into()]];
         let wire = to_proto(&t, "shadow");
         assert_eq!(wire.mode, "shadow");

@@ -103,18 +103,7 @@ impl SessionCa {
         private_dir(dir)?;
         let (cert_path, key_path) = paths(dir, session);
         std::fs::write(&cert_path, &self.cert_pem).with_context(|| format!("writing {}", cert_path.display()))?;
-        let tmp = key_path.with_extension("key.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, self.key_pem.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &key_path).with_context(|| format!("writing {}", key_path.display()))?;
-        Ok(())
+        write_private(dir, &key_path, self.key_pem.as_bytes())
     }
 
     /// The leaf certificate for a server name (or IP address), with this CA
@@ -181,10 +170,29 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_private(path: &Path) -> anyhow::Result<String> {
+/// Writes `bytes` to `path` in `dir` (root's and 0700), 0600, replacing it
+/// whole (a reader never sees half).
+pub(crate) fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    private_dir(dir)?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a file [`write_private`] wrote: refused unless root's and 0600.
+pub(crate) fn read_private(path: &Path) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
-        bail!("{}: a CA key must be root's and 0600 (it is {:o})", path.display(), meta.mode() & 0o777);
+        bail!("{}: a private file must be root's and 0600 (it is {:o})", path.display(), meta.mode() & 0o777);
     }
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }

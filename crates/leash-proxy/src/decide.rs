@@ -51,12 +51,40 @@ pub struct Decider {
     sessions: RwLock<HashMap<String, Arc<Held>>>,
     /// One channel to leash-policy, made on first use (it redials by itself).
     policy: tokio::sync::OnceCell<pb::policy_client::PolicyClient<tonic::transport::Channel>>,
+    /// `SecretUse` answers, by session, generation and request: Cedar
+    /// decides on exactly these, so an answer holds until the policy changes.
+    secret_uses: std::sync::Mutex<HashMap<String, (bool, Vec<String>)>>,
+}
+
+/// The most `SecretUse` answers kept (then forgotten all at once).
+const SECRET_USES: usize = 4096;
+
+/// Where a decoy was found in a request, and the request (`SecretUse`'s context).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretUse<'a> {
+    /// The name decided (the TLS connection's).
+    pub host: &'a str,
+    /// The destination port.
+    pub port: u16,
+    /// `https` (a secret never goes over plain HTTP).
+    pub scheme: &'a str,
+    /// The request's method.
+    pub method: &'a str,
+    /// Its path, without the query.
+    pub path: &'a str,
+    /// `header`, `query` or `body`.
+    pub location: &'a str,
 }
 
 impl Decider {
     /// Decides through the policy service at `policy_socket`.
     pub fn new(policy_socket: PathBuf) -> Decider {
-        Decider { policy_socket, sessions: RwLock::new(HashMap::new()), policy: tokio::sync::OnceCell::new() }
+        Decider {
+            policy_socket,
+            sessions: RwLock::new(HashMap::new()),
+            policy: tokio::sync::OnceCell::new(),
+            secret_uses: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     async fn client(&self) -> Result<pb::policy_client::PolicyClient<tonic::transport::Channel>, String> {
@@ -176,6 +204,46 @@ impl Decider {
         }
     }
 
+    /// `SecretUse` of `secret` in a request: whether its real value may
+    /// replace the decoy. Decided by the policy in every mode (record and
+    /// shadow never send a secret where the policy does not), and denied
+    /// when there is no policy or no answer.
+    pub async fn secret_use(&self, session: &str, secret: &str, u: &SecretUse<'_>) -> Decision {
+        let deny = |why: &str| Decision { allow: false, reasons: vec![why.to_owned()], mode: Mode::Enforce };
+        let Some(generation) = self.generation(session) else { return deny("leash:no-policy") };
+        let port = u.port.to_string();
+        let key = [session, &generation.to_string(), secret, u.host, &port, u.scheme, u.method, u.path, u.location]
+            .join("\0");
+        if let Some((allow, reasons)) = self.secret_uses.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+            return Decision { allow, reasons, mode: Mode::Enforce };
+        }
+        let context: HashMap<String, String> = [
+            ("host", u.host),
+            ("port", port.as_str()),
+            ("scheme", u.scheme),
+            ("method", u.method),
+            ("path", u.path),
+            ("location", u.location),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        match self.check(session, "SecretUse", secret, context).await {
+            Ok((allow, reasons)) => {
+                let mut cache = self.secret_uses.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= SECRET_USES {
+                    cache.clear();
+                }
+                cache.insert(key, (allow, reasons.clone()));
+                Decision { allow, reasons, mode: Mode::Enforce }
+            }
+            Err(e) => {
+                tracing::warn!(session_id = %session, %secret, error = %e, "cannot ask leash-policy: the decoy stays");
+                deny("leash:policy-unavailable")
+            }
+        }
+    }
+
     /// What the policy decides for a name on ports other than 80 and 443:
     /// `(port, allow, policies)`, port 0 for every other port; empty when
     /// only the default decides (the kernel then decides by address).
@@ -194,6 +262,69 @@ impl Decider {
             out.push((0, v.allow, reasons(v)));
         }
         out
+    }
+
+    /// Whether the session's DNS may ask for `name`: allowed unless the
+    /// policy refuses `NetworkConnect` to it on every port — the name
+    /// without a port, any port no policy names, and each port one names
+    /// for it. A name a policy reading the request limits itself to is
+    /// allowed (each request to it is decided on its own). What else the
+    /// compiled table cannot decide is asked of the policy service, without
+    /// a request (denied when it cannot answer). No policy held: denied.
+    pub async fn resolve(&self, session: &str, name: &str) -> Decision {
+        let (held, mode) = match self.evaluating(session) {
+            Ok(e) => e,
+            Err(d) => return d,
+        };
+        let t = &held.tables;
+        let reasons = |v: Verdict| t.reasons.get(v.reason as usize).cloned().unwrap_or_default();
+        let mut named: Vec<u16> = t.hosts.exact_port.keys().filter(|(n, _)| n == name).map(|(_, p)| *p).collect();
+        named.extend(t.hosts.evaluate.iter().filter(|(n, _)| n == name).filter_map(|(_, p)| *p));
+        named.retain(|p| *p != 0);
+        named.sort_unstable();
+        named.dedup();
+        let other = (1..=u16::MAX).rev().find(|p| !named.contains(p)).unwrap_or(1);
+        // 0: the name without a port (`Host::"name"`).
+        let ports: Vec<u16> = [0, other].into_iter().chain(named).collect();
+        if ports.iter().any(|p| t.hosts.evaluates(name, Some(*p))) {
+            return Decision { allow: true, reasons: Vec::new(), mode };
+        }
+        let mut denied_by: Vec<String> = Vec::new();
+        let mut evaluate = false;
+        for port in &ports {
+            match t.hosts.lookup(name, Some(*port)) {
+                Lookup::Final(v) if v.allow => return Decision { allow: true, reasons: reasons(v), mode },
+                Lookup::Final(v) => {
+                    for r in reasons(v) {
+                        if !denied_by.contains(&r) {
+                            denied_by.push(r);
+                        }
+                    }
+                }
+                Lookup::Evaluate => evaluate = true,
+            }
+        }
+        if !evaluate {
+            return Decision { allow: false, reasons: denied_by, mode };
+        }
+        for port in ports {
+            let resource = if port == 0 { name.to_owned() } else { format!("{name}:{port}") };
+            match self.check(session, "NetworkConnect", &resource, HashMap::new()).await {
+                Ok((true, reasons)) => return Decision { allow: true, reasons, mode },
+                Ok((false, reasons)) => {
+                    for r in reasons {
+                        if !denied_by.contains(&r) {
+                            denied_by.push(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %session, %resource, error = %e, "cannot ask leash-policy: denied");
+                    return Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode };
+                }
+            }
+        }
+        Decision { allow: false, reasons: denied_by, mode }
     }
 
     /// Whether an entry of the address table (a policy's, or a guard)

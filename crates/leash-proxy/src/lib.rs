@@ -14,6 +14,7 @@ pub mod egress;
 pub mod mcp;
 pub mod netns;
 pub mod relay;
+pub mod secrets;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 struct Entry {
     ca: Arc<ca::SessionCa>,
+    vault: Arc<secrets::Vault>,
     intercepted: Option<Arc<serve::Session>>,
 }
 
@@ -54,6 +56,9 @@ struct Saved {
     /// from the container, which the agent can write).
     #[serde(default)]
     resolvers: Vec<std::net::IpAddr>,
+    /// How the DNS relay answers a refused name (`InterceptRequest.dns_refusal`).
+    #[serde(default)]
+    dns_refusal: String,
 }
 
 struct Service {
@@ -80,6 +85,10 @@ impl Service {
         self.state.join("ca")
     }
 
+    fn secrets_dir(&self) -> PathBuf {
+        self.state.join("secrets")
+    }
+
     fn saved_path(&self, session: &str) -> PathBuf {
         self.state.join("sessions").join(format!("{session}.json"))
     }
@@ -90,23 +99,25 @@ impl Service {
         session: &str,
         pid: u32,
         ca: Arc<ca::SessionCa>,
-        resolvers: Vec<std::net::IpAddr>,
+        vault: Arc<secrets::Vault>,
+        relay: relay::Config,
     ) -> anyhow::Result<(Arc<serve::Session>, Vec<String>)> {
         let netns = netns::Netns::enter(pid)?;
         let listeners = netns.run(netns::open_listeners).await??;
         let rules = netns::install_rules(pid, listeners.v6.is_some())?;
         self.shared.decider.refresh(session).await.map_err(|e| anyhow::anyhow!(e))?;
-        let s = Arc::new(serve::Session { id: session.to_owned(), netns, ca, stop: self.core.shutdown.child_token() });
+        let s =
+            Arc::new(serve::Session { id: session.to_owned(), netns, ca, vault, stop: self.core.shutdown.child_token() });
         for l in std::iter::once(listeners.v4).chain(listeners.v6) {
             let l = tokio::net::TcpListener::from_std(l)?;
             tokio::spawn(serve::accept(l, s.clone(), self.shared.clone()));
         }
-        let resolvers = Arc::new(resolvers);
+        let relay = Arc::new(relay);
         for u in listeners.dns_udp {
-            tokio::spawn(relay::udp(u, s.clone(), self.shared.clone(), resolvers.clone()));
+            tokio::spawn(relay::udp(u, s.clone(), self.shared.clone(), relay.clone()));
         }
         for t in listeners.dns_tcp {
-            tokio::spawn(relay::tcp(t, s.clone(), self.shared.clone(), resolvers.clone()));
+            tokio::spawn(relay::tcp(t, s.clone(), self.shared.clone(), relay.clone()));
         }
         Ok((s, rules))
     }
@@ -122,20 +133,25 @@ impl Service {
             let Some(saved) = alive else {
                 let _ = std::fs::remove_file(&path);
                 ca::forget(&self.ca_dir(), &session);
+                secrets::Vault::forget(&self.secrets_dir(), &session);
                 continue;
             };
             let restored = async {
                 let ca = Arc::new(ca::SessionCa::load(&self.ca_dir(), &session, self.shared.provider.clone())?);
-                let (s, _) = self.start_intercepting(&session, saved.pid, ca.clone(), saved.resolvers.clone()).await?;
-                anyhow::Ok((ca, s))
+                let vault = Arc::new(secrets::Vault::load(&self.secrets_dir(), &session)?);
+                // A setting this proxy cannot read refuses as by default.
+                let refusal = relay::Refusal::parse(&saved.dns_refusal).unwrap_or_default();
+                let config = relay::Config { resolvers: saved.resolvers.clone(), refusal };
+                let (s, _) = self.start_intercepting(&session, saved.pid, ca.clone(), vault.clone(), config).await?;
+                anyhow::Ok((ca, vault, s))
             };
             match restored.await {
-                Ok((ca, s)) => {
+                Ok((ca, vault, s)) => {
                     tracing::info!(session_id = %session, pid = saved.pid, "intercepting the session again");
                     self.sessions
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(session, Entry { ca, intercepted: Some(s) });
+                        .insert(session, Entry { ca, vault, intercepted: Some(s) });
                 }
                 Err(e) => {
                     tracing::error!(session_id = %session, error = %format!("{e:#}"), "cannot intercept the session again; its HTTP(S) is refused");
@@ -172,17 +188,20 @@ impl Proxy for Service {
         req: Request<pb::ProxyPrepareRequest>,
     ) -> Result<Response<pb::ProxyPrepareResponse>, Status> {
         leash_daemon::access::require_privileged(&req, "preparing a session")?;
-        let session = req.into_inner().session;
+        let req = req.into_inner();
+        let session = req.session;
         valid_session_id(&session)?;
+        let vault = secrets::Vault::new(req.secrets).map_err(Status::invalid_argument)?;
         let ca = ca::SessionCa::mint(&session, self.shared.provider.clone())
             .map_err(|e| Status::internal(format!("{e:#}")))?;
         ca.save(&self.ca_dir(), &session).map_err(|e| Status::internal(format!("{e:#}")))?;
+        vault.save(&self.secrets_dir(), &session).map_err(|e| Status::internal(format!("{e:#}")))?;
         let pem = ca.cert_pem.clone();
         let old = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session, Entry { ca: Arc::new(ca), intercepted: None });
+            .insert(session, Entry { ca: Arc::new(ca), vault: Arc::new(vault), intercepted: None });
         if let Some(s) = old.and_then(|e| e.intercepted) {
             s.stop.cancel();
         }
@@ -193,20 +212,27 @@ impl Proxy for Service {
         leash_daemon::access::require_privileged(&req, "intercepting a session")?;
         let req = req.into_inner();
         valid_session_id(&req.session)?;
-        let ca = self
+        let refusal = relay::Refusal::parse(&req.dns_refusal).map_err(Status::invalid_argument)?;
+        let (ca, vault) = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&req.session)
-            .map(|e| e.ca.clone())
+            .map(|e| (e.ca.clone(), e.vault.clone()))
             .ok_or_else(|| Status::failed_precondition(format!("session {} was not prepared", req.session)))?;
         // Read before the session's command runs: nothing of the agent's yet.
         let resolvers = leash_daemon::net::resolvers_of(req.pid);
+        let config = relay::Config { resolvers: resolvers.clone(), refusal };
         let (s, rules) = self
-            .start_intercepting(&req.session, req.pid, ca, resolvers.clone())
+            .start_intercepting(&req.session, req.pid, ca, vault, config)
             .await
             .map_err(|e| Status::failed_precondition(format!("cannot intercept the session: {e:#}")))?;
-        let saved = Saved { pid: req.pid, start: start_time(req.pid).unwrap_or(0), resolvers };
+        let saved = Saved {
+            pid: req.pid,
+            start: start_time(req.pid).unwrap_or(0),
+            resolvers,
+            dns_refusal: refusal.as_str().to_owned(),
+        };
         let path = self.saved_path(&req.session);
         let written = std::fs::create_dir_all(path.parent().unwrap_or(&self.state))
             .and_then(|()| std::fs::write(&path, serde_json::to_vec(&saved).unwrap_or_default()));
@@ -232,6 +258,7 @@ impl Proxy for Service {
             s.stop.cancel();
         }
         ca::forget(&self.ca_dir(), &session);
+        secrets::Vault::forget(&self.secrets_dir(), &session);
         let _ = std::fs::remove_file(self.saved_path(&session));
         self.shared.decider.forget(&session);
         Ok(Response::new(pb::ProxyCloseResponse {}))

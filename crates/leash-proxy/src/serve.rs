@@ -46,6 +46,8 @@ pub struct Session {
     pub netns: Netns,
     /// Its certificate authority.
     pub ca: Arc<SessionCa>,
+    /// Its credentials.
+    pub vault: Arc<crate::secrets::Vault>,
     /// Cancelled when it is closed.
     pub stop: CancellationToken,
 }
@@ -292,6 +294,8 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
     let name = if c.tls { c.sni.clone().or_else(|| host.clone()) } else { host.clone() };
     let resource = format!("{}:{port}", name.clone().unwrap_or_else(|| c.dst.ip().to_string()));
     let (mut rewrites, mut rewrite_errors): (Vec<(String, Vec<String>)>, Vec<String>) = (Vec::new(), Vec::new());
+    // The credentials whose real value the request carries, where, and the permitting policies.
+    let mut used: Vec<(String, String, Vec<String>)> = Vec::new();
     let (response, outcome) = if c.tls && c.sni.is_some() && host.is_some() && c.sni != host {
         let why = format!(
             "leash: the request names {} but the TLS connection was for {}: refused (domain fronting)\n",
@@ -337,11 +341,12 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
             let server = name.clone().unwrap_or_else(|| c.dst.ip().to_string());
             match mcp_gate(req, &c, &server).await {
                 Err((r, status)) => (r, Outcome { decision: Some(d), status, error: None, bytes: None }),
-                Ok((req, is_mcp)) => match forward(req, &c, name.as_deref()).await {
+                Ok((req, is_mcp)) => match forward(credentials_out(req, &c, name.as_deref(), &mut used).await, &c, name.as_deref()).await {
                     Ok(r) => {
                         let bytes =
                             r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
                         let status = r.status().as_u16();
+                        let r = credentials_back(r, &c, &server);
                         let r = mcp_response(r, &c, &server, is_mcp).await;
                         (r, Outcome { decision: Some(d), status, error: None, bytes })
                     }
@@ -356,6 +361,16 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
                 },
             }
         } else {
+            if !c.session.vault.is_empty() {
+                // Nothing goes on; a decoy on its way to a refused
+                // destination is still worth knowing of.
+                let head = req.into_parts().0;
+                let said = Said::of(&head);
+                for (i, location) in decoys_in_head(&c.session.vault, &head) {
+                    let why = Decision { allow: false, reasons: d.reasons.clone(), mode: leash_core::Mode::Enforce };
+                    publish_decoy_seen(&c, name.as_deref(), i, &location, &why, &said);
+                }
+            }
             let ids = if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
             let body = format!("leash: {resource} denied by policy {ids}\n");
             (text(StatusCode::FORBIDDEN, body), Outcome { decision: Some(d), status: 403, error: None, bytes: None })
@@ -376,6 +391,15 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
     }
     if !rewrite_errors.is_empty() {
         e.details.insert("rewrite_errors".to_owned(), rewrite_errors.join("; "));
+    }
+    if !used.is_empty() {
+        // Which credentials went in and where, by which policies; never a value.
+        let said: Vec<String> = used.iter().map(|(n, at, _)| format!("{n} ({at})")).collect();
+        let mut policies: Vec<String> = used.into_iter().flat_map(|(_, _, p)| p).collect();
+        policies.sort();
+        policies.dedup();
+        e.details.insert("secrets".to_owned(), said.join(", "));
+        e.details.insert("secret_policies".to_owned(), policies.join(", "));
     }
     c.shared.events.publish(e);
     response
@@ -431,6 +455,295 @@ async fn forward(req: Request<Body>, c: &Conn, name: Option<&str>) -> Result<Res
         }
         None => Err("no upstream".to_owned()),
     }
+}
+
+/// The decoys in a request's head: `(secret, where)`, `where` being
+/// `header NAME`, `query` or `path`.
+fn decoys_in_head(vault: &crate::secrets::Vault, head: &hyper::http::request::Parts) -> Vec<(usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::new();
+    for (h, v) in &head.headers {
+        for i in vault.decoys_in(v.as_bytes()) {
+            out.push((i, format!("header {h}")));
+        }
+    }
+    for i in vault.decoys_in(head.uri.query().unwrap_or_default().as_bytes()) {
+        out.push((i, "query".to_owned()));
+    }
+    for i in vault.decoys_in(head.uri.path().as_bytes()) {
+        out.push((i, "path".to_owned()));
+    }
+    out.dedup();
+    out
+}
+
+/// The `SecretUse` location of a place [`decoys_in_head`] names.
+fn location_kind(place: &str) -> &str {
+    place.split(' ').next().unwrap_or(place)
+}
+
+/// What an event says of a request: its method and its path without the
+/// query's values.
+#[derive(Clone)]
+struct Said {
+    method: String,
+    path: String,
+}
+
+impl Said {
+    fn of(head: &hyper::http::request::Parts) -> Said {
+        Said { method: head.method.to_string(), path: redacted_path(&head.uri) }
+    }
+}
+
+/// `secret.decoy_seen`: a decoy on its way where its secret may not go
+/// (it travels as it is, worthless), naming the destination.
+fn publish_decoy_seen(c: &Conn, name: Option<&str>, secret: usize, place: &str, why: &Decision, said: &Said) {
+    let Some(s) = c.session.vault.secrets().get(secret) else { return };
+    let destination = format!("{}:{}", name.map(str::to_owned).unwrap_or_else(|| c.dst.ip().to_string()), c.dst.port());
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("secret".to_owned(), s.name.clone());
+    details.insert("location".to_owned(), place.to_owned());
+    details.insert("method".to_owned(), said.method.clone());
+    details.insert("path".to_owned(), said.path.clone());
+    details.insert("protocol".to_owned(), if c.tls { "https" } else { "http" }.to_owned());
+    tracing::warn!(session_id = %c.session.id, secret = %s.name, %destination, %place, "a decoy on its way where its secret may not go");
+    c.shared.events.publish(proxy_event(c, pb::EventKind::Http, "secret.decoy_seen", &destination, Some(why), details));
+}
+
+/// The request on its way upstream with each decoy in its headers and
+/// query replaced by the real value where `SecretUse` allows (over TLS
+/// verified for the name only), and its body swapped the same way as it
+/// streams; `used` gets what went in. Elsewhere the decoy stays, and
+/// `secret.decoy_seen` says where it was going.
+async fn credentials_out(
+    req: Request<Body>,
+    c: &Conn,
+    name: Option<&str>,
+    used: &mut Vec<(String, String, Vec<String>)>,
+) -> Request<Body> {
+    let vault = c.session.vault.clone();
+    if vault.is_empty() {
+        return req;
+    }
+    let (mut head, body) = req.into_parts();
+    let host = name.filter(|_| c.tls && c.sni.is_some());
+    let method = head.method.to_string();
+    let path = head.uri.path().to_owned();
+    let said = Said::of(&head);
+    // Each (secret, location) is decided once per request.
+    let mut allowed: Vec<(usize, String)> = Vec::new();
+    for (i, place) in decoys_in_head(&vault, &head) {
+        let kind = location_kind(&place).to_owned();
+        let d = match host {
+            Some(h) if kind != "path" => {
+                let u = crate::decide::SecretUse {
+                    host: h,
+                    port: c.dst.port(),
+                    scheme: "https",
+                    method: &method,
+                    path: &path,
+                    location: &kind,
+                };
+                c.shared.decider.secret_use(&c.session.id, &vault.secrets()[i].name, &u).await
+            }
+            Some(_) => Decision { allow: false, reasons: vec!["leash:secret-in-path".into()], mode: leash_core::Mode::Enforce },
+            None => Decision { allow: false, reasons: vec!["leash:not-verified-https".into()], mode: leash_core::Mode::Enforce },
+        };
+        if d.allow {
+            used.push((vault.secrets()[i].name.clone(), place.clone(), d.reasons.clone()));
+            allowed.push((i, kind));
+        } else {
+            publish_decoy_seen(c, name, i, &place, &d, &said);
+        }
+    }
+    let pairs = |kind: &str| -> Vec<(&[u8], &[u8])> {
+        allowed
+            .iter()
+            .filter(|(_, k)| k == kind)
+            .map(|(i, _)| (vault.secrets()[*i].decoy.as_bytes(), vault.secrets()[*i].value.as_bytes()))
+            .collect()
+    };
+    let in_headers = pairs("header");
+    if !in_headers.is_empty() {
+        for v in head.headers.values_mut() {
+            if vault.decoys_in(v.as_bytes()).is_empty() {
+                continue;
+            }
+            let mut bytes = v.as_bytes().to_vec();
+            crate::secrets::replace_all(&mut bytes, &in_headers);
+            if let Ok(mut swapped) = hyper::header::HeaderValue::from_bytes(&bytes) {
+                swapped.set_sensitive(true);
+                *v = swapped;
+            }
+        }
+    }
+    let in_query = pairs("query");
+    if !in_query.is_empty()
+        && let Some(pq) = head.uri.path_and_query()
+    {
+        let mut bytes = pq.as_str().as_bytes().to_vec();
+        let at = pq.path().len();
+        crate::secrets::replace_all(&mut bytes[at..], &in_query);
+        let mut parts = head.uri.clone().into_parts();
+        if let Ok(pq) = hyper::http::uri::PathAndQuery::from_maybe_shared(Bytes::from(bytes)) {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = hyper::Uri::from_parts(parts) {
+                head.uri = uri;
+            }
+        }
+    }
+    let body = credentials_in_body(body, c.clone(), host.map(str::to_owned), method, path, said);
+    Request::from_parts(head, body)
+}
+
+/// A request body whose decoys are swapped (where `SecretUse` allows the
+/// body) or reported, as it streams: same length, held back only by a
+/// decoy's length.
+fn credentials_in_body(
+    body: Body,
+    c: Conn,
+    host: Option<String>,
+    method: String,
+    path: String,
+    said: Said,
+) -> Body {
+    use futures_util::StreamExt;
+    let vault = c.session.vault.clone();
+    let swapper = crate::secrets::Swapper::new(vault.longest());
+    // Per secret: None undecided, Some(allowed).
+    let decided: Vec<Option<bool>> = vec![None; vault.secrets().len()];
+    let state = (http_body_util::BodyStream::new(body), swapper, decided, false);
+    let stream = futures_util::stream::unfold(state, move |(mut upstream, mut sw, mut decided, done)| {
+        let (c, vault, host, method, path, said) =
+            (c.clone(), vault.clone(), host.clone(), method.clone(), path.clone(), said.clone());
+        async move {
+            if done {
+                return None;
+            }
+            let frame = match upstream.next().await {
+                None => {
+                    let rest = sw.finish();
+                    return Some((Ok(hyper::body::Frame::data(rest)), (upstream, sw, decided, true)));
+                }
+                Some(Err(e)) => return Some((Err(e), (upstream, sw, decided, true))),
+                Some(Ok(f)) => f,
+            };
+            let data = match frame.into_data() {
+                Ok(d) => d,
+                Err(other) => return Some((Ok(other), (upstream, sw, decided, false))),
+            };
+            // Decide the secrets whose decoys this chunk (with the held-back
+            // bytes) shows, then swap those allowed.
+            let mut probe = Vec::with_capacity(vault.longest() + data.len());
+            probe.extend_from_slice(sw.pending());
+            probe.extend_from_slice(&data);
+            for i in vault.decoys_in(&probe) {
+                if decided[i].is_some() {
+                    continue;
+                }
+                let d = match &host {
+                    Some(h) => {
+                        let u = crate::decide::SecretUse {
+                            host: h,
+                            port: c.dst.port(),
+                            scheme: "https",
+                            method: &method,
+                            path: &path,
+                            location: "body",
+                        };
+                        c.shared.decider.secret_use(&c.session.id, &vault.secrets()[i].name, &u).await
+                    }
+                    None => Decision {
+                        allow: false,
+                        reasons: vec!["leash:not-verified-https".into()],
+                        mode: leash_core::Mode::Enforce,
+                    },
+                };
+                if !d.allow {
+                    publish_decoy_seen(&c, host.as_deref(), i, "body", &d, &said);
+                }
+                decided[i] = Some(d.allow);
+            }
+            let pairs: Vec<(&[u8], &[u8])> = (0..decided.len())
+                .filter(|i| decided[*i] == Some(true))
+                .map(|i| (vault.secrets()[i].decoy.as_bytes(), vault.secrets()[i].value.as_bytes()))
+                .collect();
+            let out = sw.push(&data, &mut |b| crate::secrets::replace_all(b, &pairs));
+            Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, decided, false)))
+        }
+    });
+    UnsyncBoxBody::new(http_body_util::StreamBody::new(stream))
+}
+
+/// An upstream's answer on its way back with every real value of the
+/// session's credentials (an upstream that echoes a request) turned back
+/// into its decoy, in headers and body: the container never reads one.
+fn credentials_back(r: Response<Body>, c: &Conn, server: &str) -> Response<Body> {
+    use futures_util::StreamExt;
+    let vault = c.session.vault.clone();
+    if vault.is_empty() {
+        return r;
+    }
+    let (mut head, body) = r.into_parts();
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+        vault.secrets().iter().map(|s| (s.value.as_bytes().to_vec(), s.decoy.as_bytes().to_vec())).collect();
+    for (h, v) in head.headers.iter_mut() {
+        let found = vault.values_in(v.as_bytes());
+        if found.is_empty() {
+            continue;
+        }
+        let mut bytes = v.as_bytes().to_vec();
+        let refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+        crate::secrets::replace_all(&mut bytes, &refs);
+        if let Ok(back) = hyper::header::HeaderValue::from_bytes(&bytes) {
+            *v = back;
+        }
+        for i in found {
+            publish_echoed(c, server, &vault.secrets()[i].name, &format!("header {h}"));
+        }
+    }
+    let swapper = crate::secrets::Swapper::new(vault.longest());
+    let (c, server) = (c.clone(), server.to_owned());
+    let state = (http_body_util::BodyStream::new(body), swapper, vec![false; pairs.len()], false);
+    let stream = futures_util::stream::unfold(state, move |(mut upstream, mut sw, mut said, done)| {
+        let (c, pairs, vault, server) = (c.clone(), pairs.clone(), vault.clone(), server.clone());
+        async move {
+            if done {
+                return None;
+            }
+            let data = match upstream.next().await {
+                None => return Some((Ok(hyper::body::Frame::data(sw.finish())), (upstream, sw, said, true))),
+                Some(Err(e)) => return Some((Err(e), (upstream, sw, said, true))),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(other) => return Some((Ok(other), (upstream, sw, said, false))),
+                },
+            };
+            let refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+            let out = sw.push(&data, &mut |b| {
+                for i in vault.values_in(b) {
+                    if !said[i] {
+                        said[i] = true;
+                        publish_echoed(&c, &server, &vault.secrets()[i].name, "body");
+                    }
+                }
+                crate::secrets::replace_all(b, &refs);
+            });
+            Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, said, false)))
+        }
+    });
+    Response::from_parts(head, UnsyncBoxBody::new(http_body_util::StreamBody::new(stream)))
+}
+
+/// `secret.echoed`: an upstream answered with a credential's real value
+/// (turned back into the decoy before the container reads it).
+fn publish_echoed(c: &Conn, server: &str, secret: &str, place: &str) {
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("secret".to_owned(), secret.to_owned());
+    details.insert("location".to_owned(), place.to_owned());
+    let why = Decision { allow: false, reasons: vec!["leash:secret-echoed".into()], mode: leash_core::Mode::Enforce };
+    tracing::warn!(session_id = %c.session.id, %secret, %server, %place, "an upstream answered with a secret's value; the container gets the decoy");
+    c.shared.events.publish(proxy_event(c, pb::EventKind::Http, "secret.echoed", server, Some(&why), details));
 }
 
 /// A request's head as it goes upstream to `authority` (the name decided,

@@ -452,3 +452,184 @@ fn rewrites_are_declared_by_permits_and_vetoed_by_forbids() {
     );
     assert!(compile(&load(&vetoed), "agent", 1).rewrites.is_empty());
 }
+
+/// Conditions on the request: the method, path, query and scheme the proxy
+/// reads from an HTTP request, and the name it saw.
+const REQUEST_CONDITIONS: [&str; 7] = [
+    "context.method == \"GET\"",
+    "context.method == \"POST\"",
+    "context.path like \"/repos/org/*\"",
+    "context.query like \"*token=*\"",
+    "context.scheme == \"http\"",
+    "context.hostname like \"*.example.com\"",
+    "context has method && (context.method == \"GET\" || context.method == \"HEAD\")",
+];
+
+/// A statement that reads the request, and the same statement with the
+/// request taken out (a permit of whatever it could match under some
+/// request): where the tables must evaluate.
+fn request_statement() -> impl Strategy<Value = (String, String)> {
+    let effect = prop_oneof![Just("permit"), Just("forbid")];
+    let named = prop::sample::select(HOSTS.to_vec());
+    let hosts_only = named.clone().prop_filter("a set holds one type", |h| h.starts_with("Host"));
+    // The head limits the hosts, or the `when` does (not both).
+    let head = prop_oneof![
+        2 => Just(String::new()),
+        1 => Just("resource in Host::\"*\"".to_owned()),
+        2 => named.clone().prop_map(|h| format!("resource in {h}")),
+        1 => named.clone().prop_filter("== needs a Host", |h| h.starts_with("Host")).prop_map(|h| format!("resource == {h}")),
+        1 => prop::sample::select(vec!["Net::IpRange::\"10.0.0.0/8\"", "Host::\"10.1.2.3\"", "Host::\"[2001:db8::1]:443\""])
+            .prop_map(|h| format!("resource in {h}")),
+    ];
+    let limit = prop_oneof![
+        2 => Just(String::new()),
+        1 => (hosts_only.clone(), hosts_only.clone()).prop_map(|(a, b)| format!("resource in [{a}, {b}]")),
+        1 => hosts_only.clone().prop_map(|h| format!("resource == {h}")),
+        1 => (named.clone(), named).prop_map(|(a, b)| format!("(resource in {a} || resource in {b})")),
+        1 => Just("resource in [Host::\"10.1.2.3\", Host::\"api.example.com\"]".to_owned()),
+    ];
+    let condition = prop::sample::select(REQUEST_CONDITIONS.to_vec());
+    (effect, head, limit, condition, any::<bool>(), any::<bool>()).prop_map(|(e, head, limit, c, unless, first)| {
+        let limit = if head.is_empty() || head.ends_with("Host::\"*\"") { limit } else { String::new() };
+        let scope = if head.is_empty() { "resource".to_owned() } else { head };
+        let start = format!("(principal, action == Action::\"NetworkConnect\", {scope})");
+        let narrow = if limit.is_empty() { String::new() } else { format!(" when {{ {limit} }}") };
+        let statement = match (unless, limit.is_empty()) {
+            // `unless` needs its guard written out.
+            (true, _) => format!("{e} {start}{narrow} unless {{ context has method && context.method == \"GET\" }};"),
+            (false, true) => format!("{e} {start} when {{ {c} }};"),
+            (false, false) if first => format!("{e} {start} when {{ {c} && {limit} }};"),
+            (false, false) => format!("{e} {start} when {{ {limit} && {c} }};"),
+        };
+        (statement, format!("permit {start}{narrow};"))
+    })
+}
+
+/// Requests as the proxy and the kernel have them: none (a connection),
+/// the name alone, and HTTP requests.
+fn request_contexts(name: Option<&str>) -> Vec<BTreeMap<String, String>> {
+    let request = |scheme: &str, method: &str, path: &str, query: &str| {
+        let mut c: BTreeMap<String, String> = [("scheme", scheme), ("method", method), ("path", path), ("query", query)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if let Some(n) = name {
+            c.insert("hostname".to_owned(), n.to_owned());
+        }
+        c
+    };
+    let mut out = vec![BTreeMap::new()];
+    if let Some(n) = name {
+        out.push(BTreeMap::from([("hostname".to_owned(), n.to_owned())]));
+    }
+    out.push(request("https", "GET", "/repos/org/x", ""));
+    out.push(request("https", "POST", "/repos/org/x", ""));
+    out.push(request("http", "GET", "/repos/other/x", "token=1"));
+    out.push(request("https", "HEAD", "/", "a=b"));
+    out
+}
+
+fn check_requests(mutation: Mutation, cases: u32) -> Result<(), String> {
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let other = prop_oneof![host_statement(), net_statement()];
+    let strategy = (
+        prop::collection::vec(other, 0..5),
+        prop::collection::vec(request_statement(), 1..4),
+        prop::collection::vec(host_name(), 1..10),
+        prop::collection::vec(destination(), 1..8),
+    );
+    runner
+        .run(&strategy, |(others, requests, names, dests)| {
+            let statements: Vec<String> =
+                others.iter().cloned().chain(requests.iter().map(|(s, _)| s.clone())).collect();
+            let engine = engine_for(&statements);
+            let tables = compile_with(&engine, "claude", 1, mutation, true);
+            let reach: Vec<Engine> = requests.iter().map(|(_, r)| engine_for(std::slice::from_ref(r))).collect();
+            let reaches = |r: &Resource| {
+                reach.iter().any(|e| e.authorize_one("claude", Action::NetworkConnect, r, &BTreeMap::new()).allow)
+            };
+            let fail = |what: String| Err(TestCaseError::fail(format!("{what}\n{}", statements.join("\n"))));
+            for (name, port) in &names {
+                let r = Resource::Host(crate::resource::Host::Name(name.clone(), *port));
+                let what = format!("{name}:{port:?}");
+                let lookup = tables.hosts.lookup(name, *port);
+                // Evaluate exactly where a policy that reads the request can match.
+                if (lookup == Lookup::Evaluate) != reaches(&r) {
+                    return fail(format!("{what}: the name table says {lookup:?}"));
+                }
+                for ctx in request_contexts(Some(name)) {
+                    let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &ctx);
+                    agree(&tables, lookup, &expected, &format!("{what} {ctx:?}"), &statements)?;
+                }
+                // Without a request, the entry says what Cedar says.
+                if let Some(v) = tables.hosts.entry(name, *port).or(tables.hosts.default) {
+                    let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &BTreeMap::new());
+                    agree(&tables, Lookup::Final(v), &expected, &format!("{what} entry"), &statements)?;
+                }
+            }
+            let mut addresses_reached = false;
+            for (ip, port) in &dests {
+                let r = Resource::Host(crate::resource::Host::Ip(*ip, Some(*port)));
+                addresses_reached |= reaches(&r);
+                let what = format!("{ip}:{port}");
+                // The kernel's connections carry no request: the address
+                // table decides them with the empty context, never evaluating.
+                let kernel = engine.authorize_one("claude", Action::NetworkConnect, &r, &BTreeMap::new());
+                let Lookup::Final(v) = tables.net.lookup(*ip, *port) else {
+                    return fail(format!("{what}: the address table evaluates"));
+                };
+                agree(&tables, Lookup::Final(v), &kernel, &what, &statements)?;
+                // A request decided by address: final only where no request changes it.
+                let lookup = tables.net.lookup_request(*ip, *port);
+                for ctx in request_contexts(None).into_iter().chain(request_contexts(Some("api.example.com"))) {
+                    let expected = engine.authorize_one("claude", Action::NetworkConnect, &r, &ctx);
+                    agree(&tables, lookup, &expected, &format!("{what} {ctx:?}"), &statements)?;
+                }
+            }
+            if addresses_reached && !tables.net.evaluate_requests {
+                return fail("a policy that reads the request matches an address; requests by address are final".into());
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn request_rules_evaluate_exactly_where_a_request_can_change_the_answer() {
+    check_requests(Mutation::None, 500).unwrap();
+}
+
+#[test]
+fn ignoring_request_conditions_is_caught() {
+    assert!(
+        check_requests(Mutation::IgnoreRequestConditions, 500).is_err(),
+        "a compiler that ignores the request was not caught"
+    );
+}
+
+#[test]
+fn a_request_rule_on_one_host_leaves_the_rest_final() {
+    let engine = engine_for(&[
+        "@id(\"any\") permit (principal, action == Action::\"NetworkConnect\", resource);".into(),
+        "@id(\"org-read\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.github.com\") when { context.method == \"GET\" && context.path like \"/repos/org/*\" };".into(),
+        "@id(\"no-post\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.github.com\") when { context.method == \"POST\" };".into(),
+        "@id(\"no-ssh-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.0.0.0/8\");".into(),
+    ]);
+    let t = compile(&engine, "claude", 1);
+    assert!(!t.hosts.evaluate_all && !t.net.evaluate_all && !t.net.evaluate_requests, "{t:?}");
+    assert_eq!(t.hosts.lookup("api.github.com", Some(443)), Lookup::Evaluate);
+    assert!(matches!(t.hosts.lookup("github.com", Some(443)), Lookup::Final(v) if v.allow));
+    assert!(matches!(t.hosts.lookup("uploads.api.github.com", Some(443)), Lookup::Final(v) if v.allow));
+    // The kernel decides addresses with no request, as the table says.
+    assert!(matches!(t.net.lookup("10.1.2.3".parse().unwrap(), 22), Lookup::Final(v) if !v.allow));
+    assert!(matches!(t.net.lookup("192.0.2.1".parse().unwrap(), 22), Lookup::Final(v) if v.allow));
+    // The name's entry is what a connection without a request gets.
+    let v = t.hosts.entry("api.github.com", Some(22)).unwrap();
+    assert_eq!((v.allow, t.reasons(v)), (true, ["any".to_owned()].as_slice()));
+    // On any host, the whole name table evaluates, and requests by address.
+    let any = engine_for(&[
+        "@id(\"no-post\") forbid (principal, action == Action::\"NetworkConnect\", resource) when { context.method == \"POST\" };".into(),
+    ]);
+    let t = compile(&any, "claude", 1);
+    assert!(t.hosts.evaluate_all && t.net.evaluate_requests && !t.net.evaluate_all, "{t:?}");
+}

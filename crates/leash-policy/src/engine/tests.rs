@@ -337,3 +337,43 @@ fn optional_context_outside_a_when_conjunction_stays_an_error() {
         assert!(e[0].message.contains("optional attribute `hostname`"), "{}", e[0]);
     }
 }
+
+fn secret_use(e: &Engine, secret: &str, pairs: &[(&str, &str)]) -> (bool, Vec<String>) {
+    let context: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let d = e.authorize("claude", Action::SecretUse, &Resource::Secret(secret.into()), &context);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    (d.allow, d.reasons)
+}
+
+#[test]
+fn the_default_sends_each_agents_key_to_its_vendor_in_a_header_only() {
+    let e = Engine::load(&crate::default_sources()).unwrap();
+    let at = |host: &'static str, location: &'static str| {
+        [("host", host), ("port", "443"), ("scheme", "https"), ("method", "POST"), ("path", "/v1/messages"), ("location", location)]
+    };
+    assert_eq!(
+        secret_use(&e, "ANTHROPIC_API_KEY", &at("api.anthropic.com", "header")),
+        (true, vec!["default-secret-anthropic".into()])
+    );
+    assert!(!secret_use(&e, "ANTHROPIC_API_KEY", &at("api.anthropic.com", "body")).0, "not in the body");
+    assert!(!secret_use(&e, "ANTHROPIC_API_KEY", &at("paste.example.com", "header")).0, "not elsewhere");
+    assert!(!secret_use(&e, "ANTHROPIC_API_KEY", &at("api.openai.com", "header")).0, "not to another vendor");
+    assert!(secret_use(&e, "OPENAI_API_KEY", &at("api.openai.com", "header")).0);
+    assert!(secret_use(&e, "DASHSCOPE_API_KEY", &at("dashscope-intl.aliyuncs.com", "header")).0);
+    assert!(!secret_use(&e, "GITHUB_TOKEN", &at("api.github.com", "header")).0, "no policy: nowhere");
+    // `policy check` with only the host: the location is optional, the guard holds.
+    assert!(!secret_use(&e, "ANTHROPIC_API_KEY", &[("host", "api.anthropic.com")]).0);
+    assert!(secret_use(&e, "ANTHROPIC_API_KEY", &[("host", "api.anthropic.com"), ("location", "header")]).0);
+}
+
+#[test]
+fn a_secret_over_plain_http_is_refused_at_its_line_and_column() {
+    let text = "@id(\"ok\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\")\n  when { context.host == \"h.test\" && context.location == \"header\" };\n@id(\"clear\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\")\n  when { context.host == \"h.test\" && context.scheme == \"http\" };\n";
+    let errors = Engine::load(&[Source { name: "p.cedar".into(), text: text.into() }]).unwrap_err();
+    let e = errors.iter().find(|e| e.message.contains("secret_over_plain_http")).expect("the lint's error");
+    assert_eq!((e.file.as_str(), e.line, e.column), ("p.cedar", 4, 56), "{e}");
+    assert!(e.message.starts_with("clear "), "{e}");
+    // Without the scheme test it loads, with a warning about where it may go.
+    let e = load("@id(\"anywhere\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\") when { context.host == \"h.test\" };");
+    assert!(codes(&e).iter().any(|(c, p)| *c == "secret_any_location" && p == "anywhere"), "{:?}", codes(&e));
+}

@@ -10,7 +10,7 @@
 //! - the agent's container cannot reach it: it listens on loopback by
 //!   default, and the kernel refuses sessions the host's addresses.
 
-mod auth;
+pub(crate) mod auth;
 mod bodies;
 mod events;
 mod policies;

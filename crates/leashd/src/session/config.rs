@@ -35,6 +35,9 @@ pub struct File {
     pub target_image: Option<String>,
     /// `[leash] protect_host`: `false` turns the protect-host layer off.
     pub protect_host: Option<bool>,
+    /// `[leash] dns_refusal`: how the DNS relay answers a name the policy
+    /// refuses, `refused` or `nxdomain`.
+    pub dns_refusal: Option<String>,
     /// `[leash.envvars]`.
     pub envvars: BTreeMap<String, String>,
     /// `[volumes]`: agent toggles.
@@ -43,6 +46,41 @@ pub struct File {
     pub volumes: BTreeMap<String, Option<String>>,
     /// `[projects."<dir>"]`, keyed by the normalized directory.
     pub projects: BTreeMap<PathBuf, Project>,
+    /// `[secrets]`: each name's reference, `env`, `env:VAR` or `file:PATH`.
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// Where a `[secrets]` entry's value is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRef {
+    /// The caller's environment variable of that name.
+    Env(String),
+    /// A file (`~/` is the caller's home).
+    File(PathBuf),
+}
+
+/// Reads `env`, `env:VAR` or `file:PATH` for the secret `name`.
+fn secret_ref(name: &str, v: &str, home: Option<&Path>) -> Result<SecretRef, String> {
+    if v == "env" {
+        return Ok(SecretRef::Env(name.to_owned()));
+    }
+    if let Some(var) = v.strip_prefix("env:") {
+        if !super::secrets::valid_name(var) {
+            return Err(format!("{var:?} is not a variable name"));
+        }
+        return Ok(SecretRef::Env(var.to_owned()));
+    }
+    if let Some(path) = v.strip_prefix("file:") {
+        let path = match (path.strip_prefix("~/"), home) {
+            (Some(rest), Some(h)) => h.join(rest),
+            _ => PathBuf::from(path),
+        };
+        if !path.is_absolute() {
+            return Err(format!("{} is not an absolute path", path.display()));
+        }
+        return Ok(SecretRef::File(path));
+    }
+    Err("expected \"env\", \"env:VAR\" or \"file:PATH\" (a secret's value never goes in this file)".into())
 }
 
 /// A project's table.
@@ -65,6 +103,8 @@ pub struct Resolved {
     pub target_image: Option<String>,
     /// `protect_host`, if a file sets it.
     pub protect_host: Option<bool>,
+    /// `dns_refusal`, if a file sets it.
+    pub dns_refusal: Option<String>,
     /// Environment, lowest precedence first.
     pub envvars: BTreeMap<String, String>,
     /// The agent's mount toggle and where it came from.
@@ -140,9 +180,27 @@ fn parse(dict: &Dict, home: Option<&Path>) -> Result<File, KeyError> {
                         Some(v.to_bool().ok_or_else(|| key_err(&["leash", "protect_host"], "expected true or false"))?)
                 }
                 "envvars" => f.envvars = envvars(v, &["leash", "envvars"])?,
+                "dns_refusal" => {
+                    let kp = ["leash", "dns_refusal"];
+                    let s = string(v, &kp)?;
+                    if !matches!(s.as_str(), "refused" | "nxdomain") {
+                        return Err(key_err(&kp, &format!("{s:?}: expected \"refused\" or \"nxdomain\"")));
+                    }
+                    f.dns_refusal = Some(s);
+                }
                 // The Go leash ignores other keys here too (toggles live in [volumes]).
                 _ => {}
             }
+        }
+    }
+    if let Some(v) = dict.get("secrets") {
+        for (name, v) in table(v, &["secrets"])? {
+            let kp = ["secrets", name.as_str()];
+            if !super::secrets::valid_name(name) {
+                return Err(key_err(&kp, "a secret is named as an environment variable (A-Z, 0-9, _)"));
+            }
+            let r = secret_ref(name, &string(v, &kp)?, home).map_err(|e| key_err(&kp, &e))?;
+            f.secrets.insert(name.clone(), r);
         }
     }
     if let Some(v) = dict.get("projects") {
@@ -262,6 +320,9 @@ pub fn resolve(files: &[(&File, &Path)], cwd: &Path, agent: Option<&str>) -> Res
     for (f, _) in files {
         if f.protect_host.is_some() {
             r.protect_host = f.protect_host;
+        }
+        if f.dns_refusal.is_some() {
+            r.dns_refusal = f.dns_refusal.clone();
         }
         for (scope, image, env, toggles, vols) in [(Scope::Global, &f.target_image, &f.envvars, &f.toggles, &f.volumes)]
             .into_iter()
@@ -413,6 +474,20 @@ B = "project"
         assert!(e.contains("legacy table is no longer supported"), "{e}");
         let e = load_str("[volumes\ncodex = true\n").unwrap_err();
         assert!(e.contains("DIR/config.toml") && e.contains("line 1"), "{e}");
+        let e = load_str("[leash]\ntarget_image = \"x\"\ndns_refusal = \"drop\"\n").unwrap_err();
+        assert_eq!(e, "DIR/config.toml:3: leash.dns_refusal: \"drop\": expected \"refused\" or \"nxdomain\"");
+        let e = load_str("[leash]\ndns_refusal = 3\n").unwrap_err();
+        assert_eq!(e, "DIR/config.toml:2: leash.dns_refusal: expected a string");
+    }
+
+    #[test]
+    fn dns_refusal_is_read_and_the_last_file_wins() {
+        let system = load_str("[leash]\ndns_refusal = \"nxdomain\"\n").unwrap();
+        let user = load_str("[leash]\ndns_refusal = \"refused\"\n").unwrap();
+        let (here, cwd) = (Path::new("/"), Path::new("/work/p"));
+        assert_eq!(resolve(&[(&system, here)], cwd, None).dns_refusal.as_deref(), Some("nxdomain"));
+        assert_eq!(resolve(&[(&system, here), (&user, here)], cwd, None).dns_refusal.as_deref(), Some("refused"));
+        assert_eq!(resolve(&[], cwd, None).dns_refusal, None);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Spec {
     pub nano_cpus: Option<i64>,
     /// Process limit.
     pub pids_limit: Option<i64>,
+    /// Resolvers for the container's `resolv.conf`; empty: the engine's.
+    pub dns: Vec<String>,
 }
 
 /// A container found by label.
@@ -211,6 +213,7 @@ impl Engine {
             memory: spec.memory,
             nano_cpus: spec.nano_cpus,
             pids_limit: spec.pids_limit,
+            dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
             ..Default::default()
         };
         let body = ContainerCreateBody {

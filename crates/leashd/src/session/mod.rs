@@ -12,6 +12,7 @@ pub mod engine;
 pub mod mounts;
 pub mod names;
 pub mod plan;
+pub mod secrets;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -302,8 +303,12 @@ impl Sessions {
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
         timings.lap("prepare_ms");
         let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
-        // Secret values this session's events never carry.
-        self.ctx.hub.redact_for(&id, plan::secret_values(&plan.env));
+        // Secret values this session's events never carry (the container
+        // holds decoys; the real values are redacted wherever they appear).
+        self.ctx.hub.redact_for(
+            &id,
+            plan::secret_values(&plan.env).into_iter().chain(plan.secrets.iter().map(|s| s.value.clone())),
+        );
         let base = names::sanitize_project(&plan.cwd);
 
         // The session dir holds the release socket; the container sees it read-only.
@@ -315,7 +320,7 @@ impl Sessions {
 
         // The session's certificate authority, for the proxy's interception:
         // its certificate reaches the container, never its key.
-        let intercepted = match self.prepare_proxy(&id, &dir).await {
+        let intercepted = match self.prepare_proxy(&id, &dir, &plan.secrets).await {
             Ok(()) => true,
             Err(e) if plan.degraded => {
                 emit(out, Output::Notice(format!("degraded: running without leash-proxy ({e})"))).await;
@@ -462,7 +467,13 @@ impl Sessions {
                 component: "leash-proxy",
                 what: "intercept the session's HTTP(S)",
                 timeout: Duration::from_secs(10),
-                run: Box::pin(self.intercept(info, pid.unwrap_or(0), intercepted, proxied.clone())),
+                run: Box::pin(self.intercept(
+                    info,
+                    pid.unwrap_or(0),
+                    intercepted,
+                    plan.dns_refusal.clone(),
+                    proxied.clone(),
+                )),
             },
             admission::Step {
                 component: "leash-sensor",
@@ -734,10 +745,19 @@ impl Sessions {
 
     /// Has leash-proxy mint the session's CA; its certificate (alone, and
     /// after the host's roots) goes in the session dir the container sees.
-    async fn prepare_proxy(&self, id: &str, dir: &std::path::Path) -> Result<(), String> {
+    async fn prepare_proxy(
+        &self,
+        id: &str,
+        dir: &std::path::Path,
+        secrets: &[secrets::Secret],
+    ) -> Result<(), String> {
         let channel = self.component(leash_core::Component::Proxy).await?;
+        let secrets = secrets
+            .iter()
+            .map(|s| pb::SessionSecret { name: s.name.clone(), value: s.value.clone(), decoy: s.decoy.clone() })
+            .collect();
         let r = pb::proxy_client::ProxyClient::new(channel)
-            .prepare(pb::ProxyPrepareRequest { session: id.to_owned(), secrets: Vec::new() })
+            .prepare(pb::ProxyPrepareRequest { session: id.to_owned(), secrets })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
@@ -758,6 +778,7 @@ impl Sessions {
         info: &Info,
         pid: i64,
         prepared: bool,
+        dns_refusal: String,
         proxied: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
         if !prepared {
@@ -765,7 +786,7 @@ impl Sessions {
         }
         let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
-            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32, dns_refusal: String::new() })
+            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32, dns_refusal })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();

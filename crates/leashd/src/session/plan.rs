@@ -24,9 +24,14 @@ pub const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The image when nothing names one.
 pub const DEFAULT_IMAGE: &str = "leash-coder:latest";
 
-/// The agents whose API keys are forwarded automatically.
-const AGENT_KEYS: [(&str, &[&str]); 5] = [
-    ("claude", &["ANTHROPIC_API_KEY", "IS_SANDBOX"]),
+/// The agents' settings forwarded automatically from the caller's
+/// environment.
+const AGENT_ENV: [(&str, &[&str]); 1] = [("claude", &["IS_SANDBOX"])];
+
+/// The agents' credentials taken automatically from the caller's
+/// environment: each is a secret (the container gets a decoy).
+pub const AGENT_KEYS: [(&str, &[&str]); 5] = [
+    ("claude", &["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"]),
     ("codex", &["OPENAI_API_KEY"]),
     ("gemini", &["GEMINI_API_KEY"]),
     ("qwen", &["DASHSCOPE_API_KEY"]),
@@ -84,8 +89,15 @@ pub struct Plan {
     /// protect-host's fixed locations bound onto themselves
     /// ([`Plan::pin_protected`]).
     pub pinned: Vec<Bind>,
+    /// How the DNS relay answers a name the policy refuses (`[leash]
+    /// dns_refusal`): `refused` or `nxdomain`.
+    pub dns_refusal: String,
+    /// The container's resolvers (`--dns`); empty: the engine's default.
+    pub dns: Vec<String>,
     /// The `--policy` file (name, contents) the client sent, if any.
     pub policy: Option<(String, String)>,
+    /// The credentials the container holds only as decoys.
+    pub secrets: Vec<super::secrets::Secret>,
 }
 
 /// An agent's host config to mount into the session.
@@ -285,10 +297,10 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
     .next()
     .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
 
-    // Environment: the agent's API keys from the caller's environment, then
+    // Environment: the agent's settings from the caller's environment, then
     // the config files' envvars, then -e (which wins).
     let mut env: Vec<(String, String)> = Vec::new();
-    if let Some((_, keys)) = AGENT_KEYS.iter().find(|(a, _)| *a == agent) {
+    if let Some((_, keys)) = AGENT_ENV.iter().find(|(a, _)| *a == agent) {
         for k in *keys {
             if let Some(v) = client(k) {
                 env.push(((*k).to_owned(), v));
@@ -303,6 +315,13 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         let (k, v) = parse_env(spec)?;
         env.retain(|(ek, _)| *ek != k);
         env.push((k, v));
+    }
+    // Credentials: the container gets a decoy of each, never the value.
+    let files = [(&system, &ctx.system_config, None), (&user_file, user_path.as_ref().unwrap_or(&ctx.system_config), Some(caller.uid))];
+    let secrets = gather_secrets(&agent, &files, &start.secrets, &env, &start.client_env)?;
+    for s in &secrets {
+        env.retain(|(k, _)| *k != s.name);
+        env.push((s.name.clone(), s.decoy.clone()));
     }
     // With a terminal, TERM is the caller's unless -e set it.
     if start.tty && !env.iter().any(|(k, _)| k == "TERM") {
@@ -346,6 +365,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
                 .ok_or_else(|| format!("--cpus {:?}: expected a positive number", start.cpus))
         })
         .transpose()?;
+    let dns = parse_dns(&start.dns)?;
     let pids_limit = (start.pids_limit != 0).then_some(start.pids_limit);
     if start.pids_limit < 0 {
         return Err(format!("--pids-limit {}: expected a positive number", start.pids_limit));
@@ -391,17 +411,99 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         degraded: start.degraded,
         protect_host: !start.no_protect_host && resolved.protect_host.unwrap_or(true),
         pinned: Vec::new(),
+        dns_refusal: resolved.dns_refusal.clone().unwrap_or_else(|| "refused".to_owned()),
+        dns,
         policy: (!start.policy.is_empty()).then(|| {
             (
                 if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
                 start.policy.clone(),
             )
         }),
+        secrets,
     };
     if plan.agent_mount.as_ref().is_some_and(|m| m.decision.is_some_and(|(yes, _)| yes)) {
         plan.mount_agent();
     }
     Ok(plan)
+}
+
+/// A config file, its path, and the uid that must own the files its
+/// `[secrets]` name (`None`: root, and unreadable by others).
+type SecretsFile<'a> = (&'a config::File, &'a PathBuf, Option<u32>);
+
+/// The session's credentials with their decoys, lowest precedence first:
+/// the agent's keys from the caller's environment, the config files'
+/// `[secrets]`, a `-e` value of a secret's name, `--secret`.
+fn gather_secrets(
+    agent: &str,
+    files: &[SecretsFile<'_>],
+    flags: &[String],
+    env: &[(String, String)],
+    client_env: &HashMap<String, String>,
+) -> Result<Vec<super::secrets::Secret>, String> {
+    let mut wanted: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    if let Some((_, keys)) = AGENT_KEYS.iter().find(|(a, _)| *a == agent) {
+        for k in *keys {
+            if let Some(v) = client_env.get(*k).filter(|v| !v.is_empty()) {
+                wanted.insert((*k).to_owned(), (v.clone(), format!("{k} from your environment")));
+            }
+        }
+    }
+    for (file, path, owner) in files {
+        for (name, r) in &file.secrets {
+            let origin = format!("[secrets] {name} in {}", path.display());
+            let value = match r {
+                config::SecretRef::Env(var) => client_env
+                    .get(var)
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .ok_or_else(|| format!("{origin}: the variable {var} is not set in your environment"))?,
+                config::SecretRef::File(p) => read_secret_file(p, *owner).map_err(|e| format!("{origin}: {e}"))?,
+            };
+            wanted.insert(name.clone(), (value, origin));
+        }
+    }
+    for (k, v) in env {
+        if let Some(w) = wanted.get_mut(k) {
+            *w = (v.clone(), format!("-e {k}"));
+        }
+    }
+    for spec in flags {
+        let (name, value) = spec.split_once('=').ok_or_else(|| format!("--secret {spec:?}: expected NAME=VALUE"))?;
+        if !super::secrets::valid_name(name) {
+            return Err(format!("--secret {name:?}: a secret is named as an environment variable (A-Z, 0-9, _)"));
+        }
+        wanted.insert(name.to_owned(), (value.to_owned(), format!("--secret {name}")));
+    }
+    super::secrets::decoys(wanted)
+}
+
+/// A secret's file, read on the descriptor that is checked: a regular
+/// file owned by `owner` (the caller's config names it), or by root and
+/// unreadable by others (the system's). One trailing newline is dropped.
+fn read_secret_file(path: &Path, owner: Option<u32>) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    match owner {
+        Some(uid) if meta.uid() != uid => {
+            return Err(format!("{}: owned by uid {}, not by you (uid {uid})", path.display(), meta.uid()));
+        }
+        None if meta.uid() != 0 || meta.mode() & 0o077 != 0 => {
+            return Err(format!("{}: must be root's and unreadable by others (0600)", path.display()));
+        }
+        _ => {}
+    }
+    let mut text = String::new();
+    f.take(super::secrets::MAX_LEN as u64 + 2)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 /// The container HOME of the target user.
@@ -498,6 +600,7 @@ impl Plan {
             memory: self.memory,
             nano_cpus: self.nano_cpus,
             pids_limit: self.pids_limit,
+            dns: self.dns.clone(),
         }
     }
 }
@@ -553,6 +656,12 @@ pub fn parse_publish(spec: &str) -> Result<(String, (String, String)), String> {
     }
     let ip = if ip.is_empty() { "127.0.0.1" } else { ip };
     Ok((format!("{ctr}/{proto}"), (ip.to_owned(), host.to_owned())))
+}
+
+/// `--dns` values: IP addresses, written as the engine reads them.
+pub fn parse_dns(values: &[String]) -> Result<Vec<String>, String> {
+    let parse = |a: &String| a.parse::<std::net::IpAddr>().map_err(|_| format!("--dns {a:?}: expected an IP address"));
+    values.iter().map(|a| parse(a).map(|ip| ip.to_string())).collect()
 }
 
 /// `512m`, `2g`, `1048576` → bytes.
@@ -682,6 +791,15 @@ mod tests {
         assert!(parse_publish("80/sctp").unwrap_err().contains("unknown protocol"));
         assert!(parse_publish("1:2:3:4").unwrap_err().contains("invalid publish format"));
         assert!(parse_publish("99999").unwrap_err().contains("invalid port"));
+    }
+
+    #[test]
+    fn dns_values_are_addresses() {
+        let v = |s: &[&str]| s.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(parse_dns(&v(&["172.17.0.1", "2001:DB8::1"])).unwrap(), ["172.17.0.1", "2001:db8::1"]);
+        assert_eq!(parse_dns(&[]).unwrap(), Vec::<String>::new());
+        let e = parse_dns(&v(&["1.1.1.1", "dns.example"])).unwrap_err();
+        assert_eq!(e, "--dns \"dns.example\": expected an IP address");
     }
 
     #[test]
