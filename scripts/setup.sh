@@ -21,6 +21,7 @@ packages=(
   cpio                                          # the VM test's initramfs
   util-linux                                    # nsenter (sessions' pid-namespace settings)
   iptables                                      # the proxy's redirect rules in session containers
+  dnsmasq-base                                  # a real resolver on the host for the DNS relay's test
   chromium chromium-driver fonts-liberation     # the Control UI's browser tests
 )
 missing=()

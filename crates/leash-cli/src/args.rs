@@ -83,6 +83,11 @@ pub struct Args {
     /// --dns). The session's DNS still goes through leash's relay.
     #[arg(long = "dns", value_name = "IP")]
     pub dns: Vec<String>,
+    /// An entry of the container's /etc/hosts: NAME:IP (repeatable; docker's
+    /// --add-host). The proxy still decides by name and verifies the
+    /// upstream's certificate for it.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_hosts: Vec<String>,
     /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
     #[arg(value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<String>,
@@ -90,9 +95,10 @@ pub struct Args {
 
 /// Flags of `leash` that take a value, so the `-v` fix-up knows where the
 /// command starts.
-const TAKES_VALUE: [&str; 16] = [
+const TAKES_VALUE: [&str; 17] = [
     "--policy",
     "--dns",
+    "--add-host",
     "-v",
     "--volume",
     "-e",
@@ -177,6 +183,8 @@ mod tests {
         assert_eq!(a.command, ["sh", "-c", "true"]);
         let a = Args::try_parse_from(fx("leash --dns 172.17.0.1 --dns ::1 -- true")).unwrap();
         assert_eq!(a.dns, ["172.17.0.1", "::1"]);
+        let a = Args::try_parse_from(fx("leash --add-host api.test:10.0.0.1 --add-host v6.test:::1 -- true")).unwrap();
+        assert_eq!(a.add_hosts, ["api.test:10.0.0.1", "v6.test:::1"]);
         let a = Args::try_parse_from(fx("leash claude --resume")).unwrap();
         assert_eq!(a.command, ["claude", "--resume"]);
         assert!(Args::try_parse_from(fx("leash --bogus true")).is_err());

@@ -173,6 +173,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             no_protect_host: args.no_protect_host,
             secrets,
             dns: args.dns.clone(),
+            add_hosts: args.add_hosts.clone(),
         },
         warnings,
     ))

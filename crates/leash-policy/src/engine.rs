@@ -1016,6 +1016,26 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
             Ok(_) => {}
         }
     }
+    let mut read = BTreeSet::new();
+    if connect && let Some(conds) = json.get("conditions") {
+        context_reads(conds, &mut read);
+    }
+    read.retain(|a| REQUEST_CONTEXT.contains(&a.as_str()));
+    if !read.is_empty() {
+        let read: Vec<String> = read.iter().map(|a| format!("`context.{a}`")).collect();
+        let (effect, never) = match json.get("effect").and_then(Value::as_str) {
+            Some("forbid") => ("forbid", "forbids"),
+            _ => ("permit", "permits"),
+        };
+        out.push(lint(
+            "decided_per_request",
+            Severity::Warning,
+            format!(
+                "reads the HTTP request ({}): leash-proxy decides the hosts this policy covers per request, in user space, for the HTTP and HTTPS it intercepts (TCP 80 and 443); connections the kernel decides (not HTTP: SSH, databases, other ports, and every port of an address a policy names) carry no method, path or query, so this {effect} never {never} one of them",
+                read.join(", ")
+            ),
+        ));
+    }
     if text.contains("\"Net::DnsZone\"") {
         out.push(lint(
             "dnszone_apex_excluded",
@@ -1055,6 +1075,29 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
         ));
     }
     out
+}
+
+/// The request's attributes in `NetworkConnect`'s context (the proxy's,
+/// per HTTP request): no connection the kernel decides has them.
+const REQUEST_CONTEXT: [&str; 4] = ["scheme", "method", "path", "query"];
+
+/// The context attributes a policy's conditions read (`context.a`, `context has a`).
+fn context_reads(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for op in [".", "has"] {
+                if let Some(access) = map.get(op)
+                    && access.get("left").and_then(|l| l.get("Var")).and_then(Value::as_str) == Some("context")
+                    && let Some(attr) = access.get("attr").and_then(Value::as_str)
+                {
+                    out.insert(attr.to_owned());
+                }
+            }
+            map.values().for_each(|c| context_reads(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| context_reads(c, out)),
+        _ => {}
+    }
 }
 
 /// The `Host` ids a policy names.

@@ -193,6 +193,21 @@ pub fn check_with(
             leash_core::tables::Lookup::Final(_) => "final".to_owned(),
             leash_core::tables::Lookup::Evaluate => "evaluate".to_owned(),
         },
+        // The proxy's name table, or the address table (the kernel's for a
+        // connection; an HTTP request's when the context has one).
+        (None, resource::Resource::Host(h)) if action == engine::Action::NetworkConnect => {
+            let t = engine.tables(principal);
+            let request = context.keys().any(|k| ["scheme", "method", "path", "query"].contains(&k.as_str()));
+            let found = match h {
+                resource::Host::Name(n, p) => t.hosts.lookup(n, *p),
+                resource::Host::Ip(ip, p) if request => t.net.lookup_request(*ip, p.unwrap_or(0)),
+                resource::Host::Ip(ip, p) => t.net.lookup(*ip, p.unwrap_or(0)),
+            };
+            match found {
+                leash_core::tables::Lookup::Final(_) => "final".to_owned(),
+                leash_core::tables::Lookup::Evaluate => "evaluate".to_owned(),
+            }
+        }
         _ => String::new(),
     };
     Ok(pb::CheckResponse {

@@ -186,6 +186,65 @@ impl Decider {
         }
     }
 
+    /// `NetworkConnect` of one HTTP request to `name` (when the client named
+    /// one) at `ip:port`, with the request's scheme, method, path and query
+    /// (and the name, as `hostname`) in the context: as [`Decider::connect`],
+    /// but where a policy that reads the request can match, the policy
+    /// service decides with it. An address entry that denies wins as there,
+    /// re-decided with the request where a policy on addresses reads it (the
+    /// guards always stand).
+    pub async fn request(
+        &self,
+        session: &str,
+        name: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+        req: &crate::request::RequestFacts,
+    ) -> Decision {
+        let (held, mode) = match self.evaluating(session) {
+            Ok(e) => e,
+            Err(d) => return d,
+        };
+        let t = &held.tables;
+        let reasons = |v: Verdict| t.reasons.get(v.reason as usize).cloned().unwrap_or_default();
+        let ip = leash_core::tables::normalize_ip(ip);
+        let address = match ip {
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+        };
+        let ask = |resource: String| async move {
+            match self.check(session, "NetworkConnect", &resource, req.context(name)).await {
+                Ok((allow, reasons)) => Decision { allow, reasons, mode },
+                Err(e) => {
+                    tracing::warn!(session_id = %session, %resource, error = %e, "cannot ask leash-policy: denied");
+                    Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode }
+                }
+            }
+        };
+        let Some(n) = name else {
+            return match t.net.lookup_request(ip, port) {
+                Lookup::Final(v) => Decision { allow: v.allow, reasons: reasons(v), mode },
+                Lookup::Evaluate => ask(address).await,
+            };
+        };
+        // (entry, whether it stands whatever the request: a guard, or no
+        // policy on addresses reads the request)
+        match t.net.entry(ip, port).map(|v| (v, v.guard || !t.net.evaluate_requests)) {
+            Some((v, true)) if !v.allow => return Decision { allow: false, reasons: reasons(v), mode },
+            Some((_, false)) => {
+                let by_address = ask(address).await;
+                if !by_address.allow {
+                    return by_address;
+                }
+            }
+            _ => {}
+        }
+        match t.hosts.lookup(n, Some(port)) {
+            Lookup::Final(v) => Decision { allow: v.allow, reasons: reasons(v), mode },
+            Lookup::Evaluate => ask(format!("{n}:{port}")).await,
+        }
+    }
+
     /// `McpCall` on `tool` of `server`, with the call's arguments (JSON) as
     /// context when given (record mode decides nothing).
     pub async fn mcp_call(&self, session: &str, server: &str, tool: &str, arguments: Option<&str>) -> Decision {

@@ -14,6 +14,7 @@ pub mod egress;
 pub mod mcp;
 pub mod netns;
 pub mod relay;
+pub mod request;
 pub mod secrets;
 pub mod serve;
 

@@ -232,11 +232,41 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let c = conn.clone();
-        async move { Ok::<_, Infallible>(request(req, c).await) }
+        async move {
+            Ok::<_, Infallible>(match dot_segment_refused(&req, &c) {
+                Some(refused) => refused,
+                None => request(req, c).await,
+            })
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADERS);
     builder.serve_connection(io, service).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A request whose path has a dot-segment (`..`, `%2e%2e`, between encoded
+/// slashes too): refused with 400 before any decision, in every mode — the
+/// server would resolve it to another path than the one the policy saw
+/// (`/repos/org/../other` is `/repos/other`) — with an event saying so.
+fn dot_segment_refused<B>(req: &Request<B>, c: &Conn) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if !crate::request::has_dot_segment(path) {
+        return None;
+    }
+    c.shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    c.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+    let host = request_host(req);
+    let name = if c.tls { c.sni.clone().or(host) } else { host };
+    let resource = format!("{}:{}", name.unwrap_or_else(|| c.dst.ip().to_string()), c.dst.port());
+    let reason = crate::request::DOT_SEGMENT.to_owned();
+    let d = Decision { allow: false, reasons: vec![reason], mode: leash_core::Mode::Enforce };
+    let outcome = Outcome { decision: Some(d), status: 400, error: None, bytes: None };
+    let method = req.method().to_string();
+    c.shared.events.publish(event(c, &method, &redacted_path(req.uri()), &resource, Duration::ZERO, outcome));
+    let why = format!(
+        "leash: the path {path:?} has a dot-segment (`.` or `..`, also percent-encoded): refused, as the server would read another path than the one decided\n"
+    );
+    Some(text(StatusCode::BAD_REQUEST, why))
 }
 
 /// The host a request names (`:authority` or `Host`), lower case, no port.
@@ -306,7 +336,8 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
             Decision { allow: false, reasons: vec!["leash:sni-host-mismatch".into()], mode: leash_core::Mode::Enforce };
         (text(StatusCode::FORBIDDEN, why), Outcome { decision: Some(d), status: 403, error: None, bytes: None })
     } else {
-        let mut d = c.shared.decider.connect(&c.session.id, name.as_deref(), c.dst.ip(), port).await;
+        let facts = crate::request::RequestFacts::of(&req, c.tls);
+        let mut d = c.shared.decider.request(&c.session.id, name.as_deref(), c.dst.ip(), port, &facts).await;
         if !c.tls && d.allow && name.is_some() {
             // Plain HTTP: the Host header is the client's word; the address
             // must be allowed too.

@@ -216,7 +216,8 @@ fn https_is_intercepted_and_decided_by_name() {
              @id(\"allowed\") permit (principal, action == Action::\"NetworkConnect\", resource) when {{ resource in [Host::\"allowed.test\", Host::\"*.allowed.test\", Host::\"unverified.test\"] }};\n\
              @id(\"no-forbidden\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"forbidden.test\");\n\
              @id(\"any-address\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"0.0.0.0/0\");\n\
-             @id(\"no-debian\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"deb.debian.org\");\n\
+             @id(\"debian\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"deb.debian.org\");\n\
+             @id(\"no-debian\") forbid (principal, action == Action::\"NetworkConnect\", resource == Host::\"deb.debian.org:22\");\n\
              @id(\"inject\") permit (principal, action == Action::\"HttpRewrite\", resource == Host::\"api.allowed.test\") when {{ context.header == \"Authorization\" && context.value == \"leash-secret:env:LEASH_TEST_CANARY\" }};\n"
         ),
     )
@@ -283,8 +284,9 @@ fn https_is_intercepted_and_decided_by_name() {
         .stdout,
     );
     assert!(out.contains("/leak/tok-"), "{out}");
-    // A name forbidden on every port: once the session resolves it (through
-    // the DNS relay), its address is refused by the kernel on any port.
+    // A name forbidden on a port: once the session resolves it (through the
+    // DNS relay), its address is refused by the kernel on that port. (A name
+    // forbidden on every port is not resolved at all: tests/dns.rs.)
     let dns = "getent hosts deb.debian.org | cut -d' ' -f1 | head -n 1 > resolved; \
                python3 -c \"import socket\nip = open('resolved').read().strip()\ntry:\n  socket.create_connection((ip, 22), timeout=3)\n  print('ssh=connected', ip)\nexcept OSError as e:\n  print('ssh=refused', e.errno, ip)\"";
     let out = text(&exec(&container, &format!("cd {} && {dns}", stack.project().display())).stdout);
@@ -339,7 +341,7 @@ fn https_is_intercepted_and_decided_by_name() {
         .find(|e| e["action"] == "dns.answer" && e["resource"] == "deb.debian.org")
         .expect("the DNS answer's event");
     assert!(
-        answer["details"]["kernel_entries"].as_str().is_some_and(|k| k.contains(&format!("{resolved} deny"))),
+        answer["details"]["kernel_entries"].as_str().is_some_and(|k| k.contains(&format!("{resolved}:22 deny"))),
         "{answer}"
     );
     let refused = events

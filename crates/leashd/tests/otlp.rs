@@ -2,55 +2,12 @@
 //! receiver built from the OpenTelemetry protocol's own definitions
 //! (opentelemetry-proto), and to nothing at all.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leash_testkit::{Stack, eventually, require_root};
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
-/// A record with its resource's attributes.
-type Received = (Vec<(String, String)>, LogRecord);
-
-#[derive(Clone, Default)]
-struct Receiver {
-    records: Arc<Mutex<Vec<Received>>>,
-}
-
-#[tonic::async_trait]
-impl LogsService for Receiver {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        for rl in req.into_inner().resource_logs {
-            let resource: Vec<(String, String)> = rl
-                .resource
-                .map(|r| r.attributes.into_iter().map(|kv| (kv.key, text(kv.value.and_then(|v| v.value)))).collect())
-                .unwrap_or_default();
-            for sl in rl.scope_logs {
-                for r in sl.log_records {
-                    self.records.lock().unwrap().push((resource.clone(), r));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-fn text(v: Option<AnyValue>) -> String {
-    match v {
-        Some(AnyValue::StringValue(s)) => s,
-        Some(AnyValue::IntValue(i)) => i.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn attr(r: &LogRecord, key: &str) -> Option<String> {
-    r.attributes.iter().find(|kv| kv.key == key).map(|kv| text(kv.value.clone().and_then(|v| v.value)))
-}
+mod common;
+use common::otlp::{attr, text};
 
 #[test]
 fn events_are_exported_to_an_otlp_collector_and_an_absent_one_is_counted() {
@@ -58,16 +15,7 @@ fn events_are_exported_to_an_otlp_collector_and_an_absent_one_is_counted() {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let receiver = Receiver::default();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = LogsServiceServer::new(receiver.clone());
-    rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let (receiver, addr) = common::otlp::serve(&rt);
 
     let mut stack = Stack::new();
     stack.start_leashd_with(|c| {

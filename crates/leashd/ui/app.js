@@ -185,7 +185,7 @@ function renderEvents() {
   const shown = [...rows.values()].reverse().slice(0, 200);
   $("#events tbody").innerHTML = shown.map(({ e, count }) => {
     const d = decisionOf(e);
-    const decidable = ["FileOpen", "FileOpenReadOnly", "FileOpenReadWrite", "ProcessExec", "NetworkConnect", "McpCall"].includes(e.action);
+    const decidable = ["FileOpen", "FileOpenReadOnly", "FileOpenReadWrite", "ProcessExec", "NetworkConnect", "McpCall", "dns.refused", "dns.suspicious"].includes(e.action);
     const buttons = decidable
       ? `<button class="allow" title="allow this" data-effect="permit">✓</button><button class="deny" title="deny this" data-effect="forbid">✗</button>`
       : "";

@@ -117,6 +117,11 @@ pub async fn check(
             _ => format!(" by {}", r.reasons.join(", ")),
         };
         output::line(&format!("{} {action} {}{why}", if r.allow { "allow" } else { "deny" }, r.resource));
+        if r.action == "NetworkConnect" && r.tables == "evaluate" {
+            output::line(
+                "  decided per request: a policy reads the request (method, path, query, scheme) or the name, so leash-proxy asks leash-policy for each HTTP request to it",
+            );
+        }
         for e in &r.errors {
             output::line(&format!("  error: {e}"));
         }
@@ -329,6 +334,18 @@ pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode
     let verdict = |v: &leash_core::tables::Verdict| {
         format!("{} [{}]", if v.allow { "allow" } else { "deny" }, tables.reasons(*v).join(", "))
     };
+    // What a policy that reads the request limits itself to: decided per request.
+    let evaluated: Vec<String> = tables
+        .hosts
+        .evaluate
+        .iter()
+        .map(|(n, p)| match p {
+            None => n.clone(),
+            Some(0) => format!("{n} (no port)"),
+            Some(p) => format!("{n}:{p}"),
+        })
+        .chain(tables.hosts.evaluate_below.iter().map(|s| format!("*.{s}")))
+        .collect();
     if ctx.json {
         let entries = |m: &std::collections::BTreeMap<String, leash_core::tables::Verdict>| {
             m.iter()
@@ -348,7 +365,12 @@ pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode
             "hosts": {
                 "exact": entries(&tables.hosts.exact),
                 "wildcards": entries(&tables.hosts.wildcards),
+                "evaluate": evaluated,
                 "evaluate_all": tables.hosts.evaluate_all,
+            },
+            "net": {
+                "evaluate_all": tables.net.evaluate_all,
+                "evaluate_requests": tables.net.evaluate_requests,
             },
             "rewrites": tables.rewrites.iter().map(|r| serde_json::json!({
                 "host": r.host, "header": r.header, "reasons": tables.reasons.get(r.reason as usize),
@@ -379,6 +401,15 @@ pub async fn tables(ctx: &Ctx, session: Option<&str>) -> anyhow::Result<ExitCode
     }
     if let Some(v) = &tables.hosts.default {
         output::line(&format!("  {:<40} {}", "(default)", verdict(v)));
+    }
+    for k in &evaluated {
+        output::line(&format!("  {k:<40} evaluate per request"));
+    }
+    if tables.hosts.evaluate_all {
+        output::line("  (every request evaluates: a policy on any host reads the request or the name)");
+    }
+    if tables.net.evaluate_requests {
+        output::line("connect by address: HTTP requests evaluate (a policy on addresses reads the request)");
     }
     if !tables.rewrites.is_empty() {
         output::line("headers set on HTTPS requests (values never shown):");

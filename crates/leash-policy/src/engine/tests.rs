@@ -377,3 +377,55 @@ fn a_secret_over_plain_http_is_refused_at_its_line_and_column() {
     let e = load("@id(\"anywhere\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\") when { context.host == \"h.test\" };");
     assert!(codes(&e).iter().any(|(c, p)| *c == "secret_any_location" && p == "anywhere"), "{:?}", codes(&e));
 }
+
+/// An HTTP request's context as the proxy gives it.
+fn http(method: &str, path: &str, query: &str) -> BTreeMap<String, String> {
+    [("scheme", "https"), ("method", method), ("path", path), ("query", query), ("hostname", "api.github.com")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn http_requests_are_decided_by_method_path_and_query() {
+    let e = load(
+        r#"@id("org-read") permit (principal, action == Action::"NetworkConnect", resource in Host::"api.github.com")
+             when { context.method == "GET" && context.path like "/repos/org/*" };
+           @id("no-post") forbid (principal, action == Action::"NetworkConnect", resource)
+             when { context.method == "POST" };
+           @id("no-token") forbid (principal, action == Action::"NetworkConnect", resource in Host::"api.github.com")
+             when { context has query && context.query like "*access_token=*" };"#,
+    );
+    let api = host("api.github.com:443");
+    let d = |ctx: &BTreeMap<String, String>| {
+        let d = e.authorize("claude", Action::NetworkConnect, &api, ctx);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        (d.allow, d.reasons)
+    };
+    assert_eq!(d(&http("GET", "/repos/org/x", "")), (true, vec!["org-read".into()]));
+    assert_eq!(d(&http("POST", "/repos/org/x", "")), (false, vec!["no-post".into()]));
+    assert_eq!(d(&http("GET", "/repos/other/x", "")), (false, vec![]));
+    assert_eq!(d(&http("GET", "/repos/org/x", "page=2&access_token=abc")), (false, vec!["no-token".into()]));
+    // A connection without a request (the kernel's): no permit reads as met.
+    assert_eq!(d(&BTreeMap::new()), (false, vec![]));
+    // Each policy that reads the request says where it is decided.
+    let lints: Vec<&Lint> = e.lints().iter().filter(|l| l.code == "decided_per_request").collect();
+    let ids: Vec<&str> = lints.iter().map(|l| l.policy.as_str()).collect();
+    assert_eq!(ids, ["no-post", "no-token", "org-read"], "{lints:?}");
+    let permit = lints.iter().find(|l| l.policy == "org-read").unwrap();
+    assert_eq!(permit.severity, Severity::Warning);
+    assert!(
+        permit.message.contains("`context.method`, `context.path`")
+            && permit.message.contains("leash-proxy decides")
+            && permit.message.contains("this permit never permits one"),
+        "{}",
+        permit.message
+    );
+    let forbid = lints.iter().find(|l| l.policy == "no-post").unwrap();
+    assert!(forbid.message.contains("this forbid never forbids one"), "{}", forbid.message);
+    // The name alone is not the request.
+    let named = load(
+        r#"@id("n") permit (principal, action == Action::"NetworkConnect", resource) when { context.hostname == "x.example" };"#,
+    );
+    assert!(!named.lints().iter().any(|l| l.code == "decided_per_request"));
+}

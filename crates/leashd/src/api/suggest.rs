@@ -120,7 +120,8 @@ pub fn from_action(effect: &str, a: &ActionRef) -> Result<String, String> {
             }
             simple("ProcessExec", format!("File::\"{}\"", esc(cmd)))
         }
-        "net/connect" | "dns/resolve" | "NetworkConnect" => {
+        // The DNS relay's refusals and flags name a host.
+        "net/connect" | "dns/resolve" | "NetworkConnect" | "dns.refused" | "dns.suspicious" => {
             simple("NetworkConnect", format!("Host::\"{}\"", esc(&host_of(name))))
         }
         "McpCall" => {
@@ -242,9 +243,11 @@ pub fn suggest(events: &[pb::Event]) -> Vec<Suggestion> {
                 dirs.entry(dir).or_default().add(&e.action, &e.resource, denied);
             }
             "ProcessExec" if e.resource.starts_with('/') => execs.add(&e.action, &e.resource, denied),
-            "NetworkConnect" => match host_name(&e.resource) {
-                Some(h) => domains.entry(base_domain(h)).or_default().add(&e.action, h, denied),
-                None => addrs.entry(e.resource.clone()).or_default().add(&e.action, &e.resource, denied),
+            // A name the DNS relay refused was never connected to: its
+            // refusal is the only trace of it.
+            "NetworkConnect" | "dns.refused" => match host_name(&e.resource) {
+                Some(h) => domains.entry(base_domain(h)).or_default().add("NetworkConnect", h, denied),
+                None => addrs.entry(e.resource.clone()).or_default().add("NetworkConnect", &e.resource, denied),
             },
             "McpCall" => {
                 let (tool, server) = e.resource.split_once('@').unwrap_or(("", &e.resource));
@@ -543,6 +546,11 @@ mod tests {
             from_action("permit", &a("dns/resolve", "TCP pypi.org")).unwrap(),
             "permit (principal, action == Action::\"NetworkConnect\", resource == Host::\"pypi.org\");"
         );
+        assert_eq!(
+            from_action("forbid", &a("dns.suspicious", "x.tunnel.example")).unwrap(),
+            "forbid (principal, action == Action::\"NetworkConnect\", resource == Host::\"x.tunnel.example\");"
+        );
+        assert!(from_action("permit", &a("dns.refused", "pypi.org")).unwrap().contains("Host::\"pypi.org\""));
         assert!(from_action("permit", &a("net/connect", "")).unwrap().contains("Host::\"example.com\""));
         assert_eq!(
             from_action("forbid", &a("mcp/call", "tools/call tool=get-env server=http://mcp.test:3001/mcp")).unwrap(),
@@ -591,6 +599,7 @@ mod tests {
             ev("NetworkConnect", "b.github.com:443", false),
             ev("NetworkConnect", "c.github.com:443", false),
             ev("NetworkConnect", "10.0.0.1:22", false),
+            ev("dns.refused", "pypi.org", true),
             ev("McpCall", "echo@mcp.test", false),
             ev("daemon.start", "leashd", false),
         ];
@@ -610,7 +619,12 @@ mod tests {
             by("binaries")[0].proposed_cedar.contains("resource in [File::\"/usr/bin/cargo\", File::\"/usr/bin/git\"]")
         );
         assert!(by("domain-group")[0].proposed_cedar.contains("Host::\"*.github.com\""));
-        assert!(by("host")[0].proposed_cedar.contains("Host::\"10.0.0.1:22\""));
+        assert!(by("host").iter().any(|h| h.proposed_cedar.contains("Host::\"10.0.0.1:22\"")));
+        let refused = by("host").into_iter().find(|h| h.examples == ["pypi.org"]).expect("the refused name");
+        assert_eq!(
+            (refused.proposed_cedar.as_str(), refused.denied_count),
+            ("permit (principal, action == Action::\"NetworkConnect\", resource == Host::\"pypi.org\");", 1)
+        );
         assert!(by("mcp-server")[0].proposed_cedar.contains("MCP::Tool::\"echo\""));
     }
 

@@ -100,6 +100,8 @@ pub struct Spec {
     pub pids_limit: Option<i64>,
     /// Resolvers for the container's `resolv.conf`; empty: the engine's.
     pub dns: Vec<String>,
+    /// Entries of the container's `/etc/hosts`, `NAME:IP`.
+    pub extra_hosts: Vec<String>,
 }
 
 /// A container found by label.
@@ -214,6 +216,7 @@ impl Engine {
             nano_cpus: spec.nano_cpus,
             pids_limit: spec.pids_limit,
             dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -94,6 +94,8 @@ pub struct Plan {
     pub dns_refusal: String,
     /// The container's resolvers (`--dns`); empty: the engine's default.
     pub dns: Vec<String>,
+    /// Entries of the container's `/etc/hosts` (`--add-host`), `NAME:IP`.
+    pub extra_hosts: Vec<String>,
     /// The `--policy` file (name, contents) the client sent, if any.
     pub policy: Option<(String, String)>,
     /// The credentials the container holds only as decoys.
@@ -366,6 +368,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         })
         .transpose()?;
     let dns = parse_dns(&start.dns)?;
+    let extra_hosts = start.add_hosts.iter().map(|h| parse_add_host(h)).collect::<Result<Vec<_>, _>>()?;
     let pids_limit = (start.pids_limit != 0).then_some(start.pids_limit);
     if start.pids_limit < 0 {
         return Err(format!("--pids-limit {}: expected a positive number", start.pids_limit));
@@ -413,6 +416,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         pinned: Vec::new(),
         dns_refusal: resolved.dns_refusal.clone().unwrap_or_else(|| "refused".to_owned()),
         dns,
+        extra_hosts,
         policy: (!start.policy.is_empty()).then(|| {
             (
                 if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
@@ -601,6 +605,7 @@ impl Plan {
             nano_cpus: self.nano_cpus,
             pids_limit: self.pids_limit,
             dns: self.dns.clone(),
+            extra_hosts: self.extra_hosts.clone(),
         }
     }
 }
@@ -662,6 +667,28 @@ pub fn parse_publish(spec: &str) -> Result<(String, (String, String)), String> {
 pub fn parse_dns(values: &[String]) -> Result<Vec<String>, String> {
     let parse = |a: &String| a.parse::<std::net::IpAddr>().map_err(|_| format!("--dns {a:?}: expected an IP address"));
     values.iter().map(|a| parse(a).map(|ip| ip.to_string())).collect()
+}
+
+/// An `--add-host` value, `NAME:IP` (an IPv6 address may be bracketed), as
+/// the engine reads it: `NAME:IP`.
+pub fn parse_add_host(spec: &str) -> Result<String, String> {
+    let (name, ip) = spec.split_once(':').ok_or_else(|| format!("--add-host {spec:?}: expected NAME:IP"))?;
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "--add-host {spec:?}: {name:?} is not a host name (dot-separated labels of letters, digits, '-' and '_')"
+        ));
+    }
+    let bare = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
+    let ip = bare
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| format!("--add-host {spec:?}: {ip:?} is not an IP address"))?;
+    Ok(format!("{name}:{ip}"))
 }
 
 /// `512m`, `2g`, `1048576` → bytes.
@@ -800,6 +827,26 @@ mod tests {
         assert_eq!(parse_dns(&[]).unwrap(), Vec::<String>::new());
         let e = parse_dns(&v(&["1.1.1.1", "dns.example"])).unwrap_err();
         assert_eq!(e, "--dns \"dns.example\": expected an IP address");
+    }
+
+    #[test]
+    fn add_host_values_are_a_name_and_an_address() {
+        assert_eq!(parse_add_host("api.anthropic.com:172.17.0.1").unwrap(), "api.anthropic.com:172.17.0.1");
+        assert_eq!(parse_add_host("db:2001:DB8::1").unwrap(), "db:2001:db8::1");
+        assert_eq!(parse_add_host("db:[::1]").unwrap(), "db:::1");
+        assert_eq!(parse_add_host("my_host.local:10.0.0.2").unwrap(), "my_host.local:10.0.0.2");
+        assert_eq!(parse_add_host("api.test").unwrap_err(), "--add-host \"api.test\": expected NAME:IP");
+        for bad in [":10.0.0.1", "a..b:10.0.0.1", "-a:10.0.0.1", "a b:10.0.0.1", "a.b.:10.0.0.1"] {
+            let e = parse_add_host(bad).unwrap_err();
+            assert!(e.starts_with(&format!("--add-host {bad:?}: ")) && e.contains("is not a host name"), "{e}");
+        }
+        let long = format!("{}:10.0.0.1", "a".repeat(64));
+        assert!(parse_add_host(&long).unwrap_err().contains("is not a host name"));
+        assert_eq!(
+            parse_add_host("api.test:host-gateway").unwrap_err(),
+            "--add-host \"api.test:host-gateway\": \"host-gateway\" is not an IP address"
+        );
+        assert!(parse_add_host("api.test:10.0.0.300").unwrap_err().contains("is not an IP address"));
     }
 
     #[test]
