@@ -125,10 +125,13 @@ pub(crate) fn governed_session(
     image: &str,
     policy: &Path,
     project: &Path,
+    flags: &[&str],
 ) -> anyhow::Result<(std::process::Child, String)> {
     let session = inst
         .command("leash")
-        .args(["--image", image, "--policy", &policy.display().to_string(), "--", "sh", "-c", RUNNER])
+        .args(["--image", image, "--policy", &policy.display().to_string()])
+        .args(flags)
+        .args(["--", "sh", "-c", RUNNER])
         .current_dir(project)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -493,7 +496,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
     }
 
     start(&mut inst)?;
-    let (mut session, governed) = governed_session(&inst, &image, &policy_path, &project)?;
+    let (mut session, governed) = governed_session(&inst, &image, &policy_path, &project, &[])?;
     let plain = "leash-bench-ungoverned";
     start_plain(plain, &image, &project)?;
     let exec_in = |container: &str, script: &str| timed_exec(container, &project, script);
@@ -685,7 +688,7 @@ fn sensor_new_files() -> anyhow::Result<()> {
                 forbidden.display()
             ),
         )?;
-        let (session, container) = governed_session(&inst, &image, &policy, dir)?;
+        let (session, container) = governed_session(&inst, &image, &policy, dir, &[])?;
         sessions.push(session);
         containers.push((container, dir.clone()));
     }

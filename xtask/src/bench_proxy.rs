@@ -146,11 +146,15 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::write(
         &policy,
         format!(
-            "@id(\"all\") permit (principal, action, resource);\n\
-             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n"
+            "@id(\"all\") permit (principal, action, resource) unless {{ action == Action::\"SecretUse\" }};\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
+             @id(\"bench-key\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"BENCH_KEY\") when {{ context.host == \"bench.test\" && context has location && [\"header\", \"body\"].contains(context.location) }};\n"
         ),
     )?;
-    let (session, governed) = governed_session(&inst, &image, &policy, &project)?;
+    // A credential the session holds as a decoy, and the same-length
+    // value sent in its place where nothing is swapped (the baseline).
+    let bench_key = format!("sk-bench-{}", "k7Qx".repeat(16));
+    let (session, governed) = governed_session(&inst, &image, &policy, &project, &["--secret", &format!("BENCH_KEY={bench_key}")])?;
     reaper.0.push(session);
     let plain = "leash-bench-proxy-plain";
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
@@ -167,11 +171,30 @@ pub fn run() -> anyhow::Result<()> {
     ]))?;
     reaper.1.push(plain.to_owned());
     exec(&governed, &format!("echo '{gw} bench.test' >> /etc/hosts"))?;
+    // Requests with a credential in a header, and 64 KiB JSON bodies: each
+    // with the decoy (swapped) and with a value of the same length that is
+    // not one (passed as it is).
+    let other = "sk-bench-".to_owned() + &"z".repeat(bench_key.len() - 9);
+    let body = |key: &str| format!("{{\"pad\":\"{}\",\"key\":\"{key}\"}}", "p".repeat(64 << 10));
+    let lua = |key: &str| {
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{}'\n",
+            body(key)
+        )
+    };
+    std::fs::write(project.join("body-plain.lua"), lua(&other))?;
+    std::fs::write(project.join("body-decoy.lua"), lua("DECOY"))?;
+    exec(&governed, &format!("cd {} && sed -i \"s/DECOY/$BENCH_KEY/\" body-decoy.lua", project.display()))?;
+    let lua_path = |name: &str| project.join(name).display().to_string();
     // mitmproxy listens on the host; warm everything once.
     let targets = [
         ("direct", plain.to_owned(), format!("https://bench.test:{UPSTREAM_PORT}/")),
         ("leash", governed.clone(), "https://bench.test:443/".to_owned()),
         ("mitmproxy", plain.to_owned(), format!("https://{gw}:{MITM_PORT}/")),
+        ("leash, header without a decoy", governed.clone(), format!("-H 'x-api-key: {other}' https://bench.test:443/")),
+        ("leash, header decoy swapped", governed.clone(), "-H \"x-api-key: $BENCH_KEY\" https://bench.test:443/".to_owned()),
+        ("leash, 64 KiB body without a decoy", governed.clone(), format!("-s {} https://bench.test:443/", lua_path("body-plain.lua"))),
+        ("leash, 64 KiB body decoy swapped", governed.clone(), format!("-s {} https://bench.test:443/", lua_path("body-decoy.lua"))),
     ];
     for (_, c, url) in &targets {
         exec(c, &format!("wrk -t1 -c4 -d1s {url} >/dev/null"))?;
@@ -192,6 +215,7 @@ pub fn run() -> anyhow::Result<()> {
     let summary: Vec<(f64, f64, f64)> =
         results.iter().map(|(r, p50, p99)| (median(r.clone()), median(p50.clone()), median(p99.clone()))).collect();
     let (direct, leash, mitm) = (summary[0], summary[1], summary[2]);
+    let (header_plain, header_swap, body_plain, body_swap) = (summary[3], summary[4], summary[5], summary[6]);
 
     // First requests: a TLS handshake with a leaf minted for a new name,
     // against the same handshake made directly.
@@ -263,12 +287,30 @@ pub fn run() -> anyhow::Result<()> {
         "  memory: {per_thousand_mib:.1} MiB of leash-proxy RSS per 1,000 idle TLS connections ({line})",
         line = line.trim()
     ));
+    let swaps = [("header", header_plain, header_swap), ("64 KiB body", body_plain, body_swap)];
+    for (what, without, with) in swaps {
+        util::out(&format!(
+            "  decoy swapped in a {what}: {:.0} req/s vs {:.0} without a decoy ({:.3}x the time per request, target <= 1.05x); p50 {:.3} vs {:.3} ms (+{:.3} ms)",
+            with.0,
+            without.0,
+            without.0 / with.0,
+            with.1,
+            without.1,
+            with.1 - without.1
+        ));
+    }
     let entry = |s: (f64, f64, f64)| serde_json::json!({"rps": s.0, "p50_ms": s.1, "p99_ms": s.2});
     let report: Value = serde_json::json!({
         "repeats": REPEATS,
         "direct": entry(direct),
         "leash": entry(leash),
         "mitmproxy": entry(mitm),
+        "header_without_decoy": entry(header_plain),
+        "header_decoy_swapped": entry(header_swap),
+        "body_64k_without_decoy": entry(body_plain),
+        "body_64k_decoy_swapped": entry(body_swap),
+        "header_swap_time_ratio": header_plain.0 / header_swap.0,
+        "body_swap_time_ratio": body_plain.0 / body_swap.0,
         "leash_vs_direct_rps": leash.0 / direct.0,
         "leash_vs_mitmproxy_rps": leash.0 / mitm.0,
         "added_p50_ms": leash.1 - direct.1,

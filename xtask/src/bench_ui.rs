@@ -50,7 +50,7 @@ pub fn run(fanout_only: bool) -> anyhow::Result<()> {
     let project = inst.project()?;
     let policy = project.with_file_name("all.cedar");
     std::fs::write(&policy, "permit (principal, action, resource);\n")?;
-    let (mut session, container) = governed_session(&inst, &image, &policy, &project)?;
+    let (mut session, container) = governed_session(&inst, &image, &policy, &project, &[])?;
     std::fs::copy(&storm, project.join("leash-storm"))?;
     let counts = |inst: &Instance| {
         let s = inst.status().unwrap_or(Value::Null);

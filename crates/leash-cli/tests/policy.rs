@@ -96,6 +96,14 @@ fn validate_and_check_through_the_daemons() {
         check(&["McpCall", "search@mcp.example.com"]),
         "deny McpCall MCP::Tool::\"search\" in MCP::Server::\"mcp.example.com\" (no policy permits it)"
     );
+    assert_eq!(
+        check(&["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=api.anthropic.com", "--context", "location=header"]),
+        "allow SecretUse Secret::\"ANTHROPIC_API_KEY\" by default-secret-anthropic"
+    );
+    assert_eq!(
+        check(&["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=paste.example.com", "--context", "location=header"]),
+        "deny SecretUse Secret::\"ANTHROPIC_API_KEY\" (no policy permits it)"
+    );
     let out = stack.leashctl(&["policy", "lines"]);
     assert_eq!(
         text(&out.stdout),
@@ -103,6 +111,10 @@ fn validate_and_check_through_the_daemons() {
          Allow run processes directory / [default-exec]\n\
          Allow network connect any host [default-network]\n\
          Allow network connect range 127.0.0.0/8, range ::1/128 [default-loopback]\n\
+         Allow send secrets secret ANTHROPIC_API_KEY, secret CLAUDE_CODE_OAUTH_TOKEN (with conditions) [default-secret-anthropic]\n\
+         Allow send secrets secret OPENAI_API_KEY (with conditions) [default-secret-openai]\n\
+         Allow send secrets secret GEMINI_API_KEY (with conditions) [default-secret-gemini]\n\
+         Allow send secrets secret DASHSCOPE_API_KEY (with conditions) [default-secret-dashscope]\n\
          Deny write files any file (with conditions) [protect-host]\n"
     );
     let out = stack.leashctl(&["policy", "show", "--sources"]);
@@ -155,7 +167,7 @@ fn the_default_policy_is_edited_live_persisted_and_reloaded_from_its_file() {
     // Runtime edits: add, then remove by id.
     let out = stack.leashctl(&["policy", "add", no_tmp]);
     assert!(out.status.success(), "{out:?}");
-    assert!(text(&out.stdout).contains("default policy (new sessions): 6 policies in force"), "{out:?}");
+    assert!(text(&out.stdout).contains("default policy (new sessions): 10 policies in force"), "{out:?}");
     assert_eq!(check("/tmp/x"), "deny FileOpen File::\"/tmp/x\" by no-tmp");
     let out = stack.leashctl(&["policy", "remove", "no-tmp"]);
     assert!(out.status.success(), "{out:?}");

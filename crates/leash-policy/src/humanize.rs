@@ -12,6 +12,7 @@ fn action_phrase(id: &str) -> &str {
         "NetworkConnect" => "network connect",
         "HttpRewrite" => "rewrite headers",
         "McpCall" => "call MCP tools",
+        "SecretUse" => "send secrets",
         other => other,
     }
 }
@@ -31,6 +32,7 @@ fn resource_phrase((ty, id): &(String, String)) -> String {
         "Net::DnsZone" => format!("zone {id}"),
         "MCP::Server" => format!("MCP server {id}"),
         "MCP::Tool" => format!("MCP tool {id}"),
+        "Secret" => format!("secret {id}"),
         other => format!("{other} {id}"),
     }
 }
@@ -98,7 +100,13 @@ pub fn line(id: &str, json: &Value) -> String {
         resources.iter().map(resource_phrase).collect::<Vec<_>>().join(", ")
     };
     let mut out = format!("{effect} {} {}{what}", actions.join(", "), if unless { "except " } else { "" });
-    if !conditions.is_empty() && !conditions.iter().all(|c| c.to_string().contains("\"in\"")) {
+    // A condition that only places the resource (`resource in [...]`) is
+    // said by the resources; anything else, or a test of the context, is a condition.
+    let conditional = conditions.iter().any(|c| {
+        let t = c.to_string();
+        !t.contains("\"in\"") || t.contains("\"Var\":\"context\"")
+    });
+    if conditional {
         out.push_str(" (with conditions)");
     }
     out.push_str(&format!(" [{id}]"));

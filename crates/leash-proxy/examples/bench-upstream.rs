@@ -33,7 +33,9 @@ fn config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(c))
 }
 
-async fn ok(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn ok(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the body whole, as a server would (and the connection stays open).
+    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
     Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
 }
 

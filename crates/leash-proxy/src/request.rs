@@ -104,6 +104,48 @@ mod tests {
         assert!(!f.context(None).contains_key("hostname"));
     }
 
+    /// A decider holding `tables` with no policy service to ask: what it
+    /// would ask is denied as `leash:policy-unavailable`.
+    fn decider(tables: leash_core::tables::Tables) -> crate::decide::Decider {
+        let d = crate::decide::Decider::new("/nonexistent/leash-policy.sock".into());
+        d.hold("s", crate::decide::Held { tables, mode: Some(leash_core::Mode::Enforce) });
+        d
+    }
+
+    #[tokio::test]
+    async fn only_what_a_request_rule_covers_is_asked() {
+        use leash_core::tables::{NetGuards, Tables, Verdict};
+        let mut t = Tables { reasons: vec![vec!["any".into()], vec!["no-lan".into()]], ..Default::default() };
+        t.hosts.default = Some(Verdict::new(true, 0));
+        t.hosts.evaluate.insert(("api.github.com".into(), None));
+        t.net.default_v4 = Some(Verdict::new(true, 0));
+        t.net.ranges.push(("10.0.0.0".parse().unwrap(), 8, Verdict::new(false, 1)));
+        t.guard_net(&NetGuards::standard(&[], &[]));
+        let get = RequestFacts { scheme: "https".into(), method: "GET".into(), path: "/".into(), query: String::new() };
+        let ip = "192.0.2.1".parse().unwrap();
+        let d = decider(t.clone());
+        let asked = d.request("s", Some("api.github.com"), ip, 443, &get).await;
+        assert_eq!((asked.allow, asked.reasons), (false, vec!["leash:policy-unavailable".to_owned()]));
+        let other = d.request("s", Some("github.com"), ip, 443, &get).await;
+        assert_eq!((other.allow, other.reasons), (true, vec!["any".to_owned()]));
+        // An address entry that denies wins, and a guard always does.
+        let lan = d.request("s", Some("github.com"), "10.1.2.3".parse().unwrap(), 443, &get).await;
+        assert_eq!((lan.allow, lan.reasons), (false, vec!["no-lan".to_owned()]));
+        let local = d.request("s", Some("github.com"), "127.0.0.1".parse().unwrap(), 443, &get).await;
+        assert_eq!(local.reasons, [leash_core::tables::GUARD_LOCAL]);
+        // Where a policy on addresses reads the request, the entry is asked again.
+        t.net.evaluate_requests = true;
+        let d = decider(t);
+        let lan = d.request("s", Some("github.com"), "10.1.2.3".parse().unwrap(), 443, &get).await;
+        assert_eq!(lan.reasons, ["leash:policy-unavailable"]);
+        let local = d.request("s", None, "127.0.0.1".parse().unwrap(), 80, &get).await;
+        assert_eq!(local.reasons, [leash_core::tables::GUARD_LOCAL]);
+        let by_address = d.request("s", None, ip, 80, &get).await;
+        assert_eq!(by_address.reasons, ["leash:policy-unavailable"]);
+        // A connection without a request keeps the tables' answer.
+        assert!(d.connect("s", None, ip, 80).await.allow);
+    }
+
     #[test]
     fn dot_segments_are_found_however_they_are_written() {
         for path in [

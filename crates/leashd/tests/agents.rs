@@ -129,7 +129,10 @@ const AGENTS: [Agent; 5] = [
         name: "opencode",
         keys: &[&ANTHROPIC, &OPENAI, &GEMINI, &DASHSCOPE],
         uses: ("ANTHROPIC_API_KEY", "api.anthropic.com", "x-api-key"),
-        env: &["OPENCODE_DISABLE_MODELS_FETCH=1", "OPENCODE_DISABLE_AUTOUPDATE=1"],
+        // opencode writes opencode.jsonc and .gitignore into its config dir
+        // at every start, and protect-host forbids writing anything under
+        // `*/.config/opencode/`: its config dir moves out of that path.
+        env: &["OPENCODE_DISABLE_MODELS_FETCH=1", "OPENCODE_DISABLE_AUTOUPDATE=1", "XDG_CONFIG_HOME=/tmp/config"],
         setup: "",
         args: &["run", "-m", "anthropic/claude-sonnet-4-5", "hello"],
         // It looks up its plugin package on npm (no key goes there).

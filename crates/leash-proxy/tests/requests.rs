@@ -1,0 +1,221 @@
+//! HTTP request rules end to end: a session in enforce mode whose policy
+//! allows `GET` to `api.allowed.test/repos/org/*` and forbids `POST`
+//! anywhere, real `curl` in its container, and an HTTPS server (its own CA,
+//! trusted through `LEASH_UPSTREAM_CA`) on the host side that records what
+//! reaches it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use leash_testkit::{Stack, eventually, require_docker};
+
+const IMAGE: &str = "leash-test-debian:latest";
+const NAMES: [&str; 2] = ["allowed.test", "api.allowed.test"];
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A CA and a server certificate for the test names; the CA's PEM file.
+fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "leash test upstream CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(NAMES.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let ca_path = dir.join("upstream-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (Arc::new(config), ca_path)
+}
+
+/// The host-side HTTPS server on port 443: records `<method> <path>?<query>`
+/// of every request that reaches it.
+fn server(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>, seen: Arc<Mutex<Vec<String>>>) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 443))))
+        .unwrap_or_else(|e| panic!("bind port 443 on the host: {e} (`ss -ltnp 'sport = :443'` shows what holds it)"));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    rt.spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { continue };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else { return };
+                let svc = hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let target = r.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+                        seen.lock().unwrap().push(format!("{} {target}", r.method()));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("upstream {target}\n")))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// `curl` in the container to `url` at the host's address; the body, then
+/// the status on a line of its own.
+fn curl(container: &str, gw: &str, args: &str, url: &str) -> String {
+    let host = url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
+    let script =
+        format!("curl -sS --max-time 10 --resolve {host}:443:{gw} -w '\\n%{{http_code}}\\n' {args} '{url}' 2>&1");
+    let out = std::process::Command::new("docker").args(["exec", container, "sh", "-c", &script]).output().unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+fn http_requests_are_decided_by_method_path_and_query() {
+    if !require_docker("http_requests_are_decided_by_method_path_and_query")
+        || !leash_testkit::require_image("http_requests_are_decided_by_method_path_and_query", IMAGE)
+    {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut stack = Stack::new();
+    let (tls, upstream_ca) = server_tls(stack.root());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    server(&rt, tls, seen.clone());
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    let gw = leash_testkit::host_address();
+    let policy = stack.root().join("policy.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
+             @id(\"site\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"allowed.test\");\n\
+             @id(\"org-read\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
+               when {{ context.method == \"GET\" && context.path like \"/repos/org/*\" }};\n\
+             @id(\"no-post\") forbid (principal, action == Action::\"NetworkConnect\", resource) when {{ context.method == \"POST\" }};\n\
+             @id(\"no-token\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
+               when {{ context.query like \"*access_token=*\" }};\n"
+        ),
+    )
+    .unwrap();
+    let out = stack.leashctl(&["policy", "validate", policy.to_str().unwrap()]);
+    let said = text(&out.stdout);
+    assert!(out.status.success() && said.contains("[decided_per_request]"), "{said}{}", text(&out.stderr));
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (session_id, container) = stack.running_session(Duration::from_secs(20));
+    let reached = |what: &str| seen.lock().unwrap().iter().any(|s| s == what);
+    let api = "https://api.allowed.test";
+
+    // GET under /repos/org/: allowed, and the server answers.
+    let out = curl(&container, &gw, "", &format!("{api}/repos/org/x"));
+    assert!(out.contains("upstream /repos/org/x") && out.ends_with("\n200\n"), "{out}");
+    assert!(reached("GET /repos/org/x"));
+    // POST to the same path: refused by the forbid, never forwarded.
+    let out = curl(&container, &gw, "-X POST -d x=1", &format!("{api}/repos/org/x"));
+    assert!(out.contains("api.allowed.test:443 denied by policy no-post") && out.ends_with("\n403\n"), "{out}");
+    // Elsewhere on the same host: nothing permits it.
+    let out = curl(&container, &gw, "", &format!("{api}/repos/other/x"));
+    assert!(out.contains("denied by policy (no policy permits it)") && out.ends_with("\n403\n"), "{out}");
+    // The query: a forbidden parameter.
+    let out = curl(&container, &gw, "", &format!("{api}/repos/org/x?page=2&access_token=abc"));
+    assert!(out.contains("denied by policy no-token") && out.ends_with("\n403\n"), "{out}");
+    // Dot-segments: what the server would resolve to another path is refused.
+    for (args, path) in [
+        ("--path-as-is", "/repos/org/../other/x"),
+        ("", "/repos/org/%2e%2e/other/x"),
+        ("", "/repos/org%2f..%2fother/x"),
+        ("--path-as-is", "/repos/org/./x"),
+    ] {
+        let out = curl(&container, &gw, args, &format!("{api}{path}"));
+        assert!(out.contains("has a dot-segment") && out.ends_with("\n400\n"), "{path}: {out}");
+    }
+    // The rule on one host leaves another to its own policy (POST excepted).
+    let out = curl(&container, &gw, "", "https://allowed.test/anything");
+    assert!(out.contains("upstream /anything") && out.ends_with("\n200\n"), "{out}");
+    let out = curl(&container, &gw, "-X POST -d x=1", "https://allowed.test/anything");
+    assert!(out.contains("denied by policy no-post") && out.ends_with("\n403\n"), "{out}");
+    let reached_all = seen.lock().unwrap().clone();
+    assert_eq!(reached_all, ["GET /repos/org/x", "GET /anything"], "only the allowed requests reach the server");
+
+    // leashctl explains a request as the proxy decides it.
+    let out = stack.leashctl(&[
+        "policy",
+        "check",
+        "--session",
+        &session_id,
+        "--context",
+        "method=POST",
+        "--context",
+        "path=/repos/org/x",
+        "NetworkConnect",
+        "api.allowed.test:443",
+    ]);
+    let said = text(&out.stdout);
+    assert!(said.starts_with("deny NetworkConnect Host::\"api.allowed.test:443\" by no-post"), "{said}");
+    assert!(said.contains("decided per request"), "{said}");
+    let out = stack.leashctl(&[
+        "policy",
+        "check",
+        "--session",
+        &session_id,
+        "--context",
+        "method=GET",
+        "--context",
+        "path=/repos/org/x",
+        "NetworkConnect",
+        "api.allowed.test:443",
+    ]);
+    assert!(text(&out.stdout).starts_with("allow NetworkConnect Host::\"api.allowed.test:443\" by org-read"));
+
+    // The events carry each request's decision and policies.
+    let find = |path: &str, method: &str| {
+        eventually(Duration::from_secs(10), &format!("the event of {method} {path}"), || {
+            stack.events().into_iter().find(|e| {
+                e["kind"] == "http"
+                    && e["resource"] == "api.allowed.test:443"
+                    && e["details"]["path"] == path
+                    && e["details"]["method"] == method
+            })
+        })
+    };
+    let e = find("/repos/org/x", "GET");
+    assert_eq!((&e["decision"], &e["policy_ids"]), (&"allow".into(), &serde_json::json!(["org-read"])), "{e}");
+    let e = find("/repos/org/x", "POST");
+    assert_eq!((&e["decision"], &e["policy_ids"]), (&"deny".into(), &serde_json::json!(["no-post"])), "{e}");
+    assert_eq!(e["details"]["status"], "403", "{e}");
+    let e = find("/repos/other/x", "GET");
+    assert!(e["decision"] == "deny" && e["policy_ids"].as_array().is_none_or(Vec::is_empty), "{e}");
+    let e = find("/repos/org/x?page=&access_token=", "GET");
+    assert_eq!((&e["decision"], &e["policy_ids"]), (&"deny".into(), &serde_json::json!(["no-token"])), "{e}");
+    let e = find("/repos/org/%2e%2e/other/x", "GET");
+    assert_eq!((&e["decision"], &e["policy_ids"]), (&"deny".into(), &serde_json::json!(["leash:dot-segment"])), "{e}");
+    assert_eq!(e["details"]["status"], "400", "{e}");
+
+    let _ = session.kill();
+    let _ = session.wait();
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+}
