@@ -15,7 +15,7 @@ pub fn tag(name: &str) -> String {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() {
-        bail!("usage: cargo xtask image <name>... (available: test, test-debian, coder)");
+        bail!("usage: cargo xtask image <name>... (available: test, test-debian, agents, coder)");
     }
     args.iter().try_for_each(|name| build(name))
 }
@@ -24,6 +24,14 @@ fn build(name: &str) -> anyhow::Result<()> {
     let dir = util::root().join("images").join(name);
     if !dir.join("Dockerfile").exists() {
         bail!("no image {name:?}: {} has no Dockerfile", dir.display());
+    }
+    // An image built on another of these images (`FROM leash-<name>:latest`)
+    // builds that one first when it is missing.
+    if let Some(parent) = local_parent(&dir)? {
+        let present = Command::new("docker").args(["image", "inspect", &tag(&parent)]).output()?.status.success();
+        if !present {
+            build(&parent)?;
+        }
     }
     let context = tempfile::Builder::new().prefix("leash-image-").tempdir()?;
     copy_dir(&dir, context.path())?;
@@ -54,6 +62,15 @@ fn build(name: &str) -> anyhow::Result<()> {
 
 /// The local Debian base image that the Debian-based images build on.
 pub const DEBIAN_BASE: &str = "leash-debian-base:bookworm";
+
+/// The image of this repository a Dockerfile builds on, if any.
+fn local_parent(dir: &Path) -> anyhow::Result<Option<String>> {
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile"))?;
+    Ok(dockerfile.lines().find_map(|l| {
+        let name = l.trim().strip_prefix("FROM leash-")?.strip_suffix(":latest")?;
+        util::root().join("images").join(name).join("Dockerfile").exists().then(|| name.to_owned())
+    }))
+}
 
 fn uses_debian_base(dir: &Path) -> anyhow::Result<bool> {
     let dockerfile = std::fs::read_to_string(dir.join("Dockerfile"))?;

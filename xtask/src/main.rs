@@ -27,7 +27,7 @@ verbs:
                   into DIR/bin (default /usr/local) with the systemd unit
                   (default /etc/systemd/system)
   tidy            check the dependency rules and file headers
-  image <name>    build images/<name> as leash-<name>:latest (test, test-debian, coder)
+  image <name>    build images/<name> as leash-<name>:latest (test, test-debian, agents, coder)
   entry [--release]
                   build the static leash-entry and print its path
   bench startup   cold start to all-healthy, restart-to-healthy, idle RSS

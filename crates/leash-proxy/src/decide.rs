@@ -124,6 +124,8 @@ impl Decider {
     /// Forgets a session.
     pub fn forget(&self, session: &str) {
         self.sessions.write().unwrap_or_else(|p| p.into_inner()).remove(session);
+        let ours = format!("{session}\0");
+        self.secret_uses.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(&ours));
     }
 
     fn held(&self, session: &str) -> Option<Arc<Held>> {

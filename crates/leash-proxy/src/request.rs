@@ -31,15 +31,11 @@ impl RequestFacts {
     /// `NetworkConnect`'s context: `scheme`, `method`, `path`, `query`, and
     /// `hostname` when the request was for a name.
     pub fn context(&self, name: Option<&str>) -> HashMap<String, String> {
-        let mut c: HashMap<String, String> = [
-            ("scheme", &self.scheme),
-            ("method", &self.method),
-            ("path", &self.path),
-            ("query", &self.query),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.clone()))
-        .collect();
+        let mut c: HashMap<String, String> =
+            [("scheme", &self.scheme), ("method", &self.method), ("path", &self.path), ("query", &self.query)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.clone()))
+                .collect();
         if let Some(n) = name {
             c.insert("hostname".to_owned(), n.to_owned());
         }

@@ -2,8 +2,6 @@
 //! `curl`, Python and Node, the real redirect rules in its namespace, and
 //! an HTTPS server (HTTP/1.1 and h2, its own CA) on the host side.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use leash_testkit::{Stack, eventually, require_docker};
+use leash_testkit::{Stack, eventually, require_docker, upstream};
 
 const IMAGE: &str = "leash-test-debian:latest";
 const NAMES: [&str; 4] = ["allowed.test", "api.allowed.test", "badallowed.test", "forbidden.test"];
@@ -22,35 +19,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A CA and a server certificate for every test name.
-fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "leash test upstream CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(NAMES.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (Arc::new(config), ca_path)
-}
-
 /// Answers `<version> <host> <path> auth=<Authorization>`; counts requests.
-async fn answer(
-    req: Request<hyper::body::Incoming>,
-    hits: Arc<AtomicU64>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<hyper::body::Incoming>, hits: Arc<AtomicU64>) -> Response<Full<Bytes>> {
     hits.fetch_add(1, Ordering::SeqCst);
     let host = req
         .uri()
@@ -61,47 +31,14 @@ async fn answer(
     let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok()).unwrap_or("-").to_owned();
     let (auth, via) = (header("authorization"), header("via"));
     let body = format!("upstream {:?} {host} {} auth={auth} via={via}\n", req.version(), req.uri().path());
-    Ok(Response::new(Full::new(Bytes::from(body))))
+    Response::new(Full::new(Bytes::from(body)))
 }
 
 /// The host-side servers: HTTPS on 443, plain HTTP on 80.
 fn servers(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>, hits: Arc<AtomicU64>) {
-    let bind = |port| {
-        rt.block_on(tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))).unwrap_or_else(|e| {
-            panic!(
-                "bind port {port} on the host: {e} (this test serves the session's HTTPS and HTTP on the host's \
-                     ports 443 and 80; `ss -ltnp 'sport = :{port}'` shows what holds it)"
-            )
-        })
-    };
-    let (l443, l80) = (bind(443), bind(80));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let h = hits.clone();
-    rt.spawn(async move {
-        loop {
-            let Ok((s, _)) = l443.accept().await else { continue };
-            let (acceptor, hits) = (acceptor.clone(), h.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else { return };
-                let svc = hyper::service::service_fn(move |r| answer(r, hits.clone()));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    rt.spawn(async move {
-        loop {
-            let Ok((s, _)) = l80.accept().await else { continue };
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |r| answer(r, hits.clone()));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    let handler: upstream::Handler = Arc::new(move |r| Box::pin(answer(r, hits.clone())));
+    upstream::serve(rt, 443, Some(tls), handler.clone());
+    upstream::serve(rt, 80, None, handler);
 }
 
 fn rand_suffix() -> u64 {
@@ -194,7 +131,7 @@ fn https_is_intercepted_and_decided_by_name() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut stack = Stack::new();
-    let (tls, upstream_ca) = server_tls(stack.root());
+    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
     let hits = Arc::new(AtomicU64::new(0));
     servers(&rt, tls, hits.clone());
     let entry = leash_testkit::static_entry();

@@ -4,16 +4,13 @@
 //! trusted through `LEASH_UPSTREAM_CA`) on the host side that records what
 //! reaches it.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use leash_testkit::{Stack, eventually, require_docker};
+use leash_testkit::{Stack, eventually, require_docker, upstream};
 
 const IMAGE: &str = "leash-test-debian:latest";
 const NAMES: [&str; 2] = ["allowed.test", "api.allowed.test"];
@@ -22,57 +19,15 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A CA and a server certificate for the test names; the CA's PEM file.
-fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "leash test upstream CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(NAMES.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (Arc::new(config), ca_path)
-}
-
 /// The host-side HTTPS server on port 443: records `<method> <path>?<query>`
 /// of every request that reaches it.
 fn server(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>, seen: Arc<Mutex<Vec<String>>>) {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], 443))))
-        .unwrap_or_else(|e| panic!("bind port 443 on the host: {e} (`ss -ltnp 'sport = :443'` shows what holds it)"));
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    rt.spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
-            let (acceptor, seen) = (acceptor.clone(), seen.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(s).await else { return };
-                let svc = hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let target = r.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-                        seen.lock().unwrap().push(format!("{} {target}", r.method()));
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("upstream {target}\n")))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
+    let handler: upstream::Handler = Arc::new(move |r: Request<hyper::body::Incoming>| {
+        let target = r.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        seen.lock().unwrap().push(format!("{} {target}", r.method()));
+        Box::pin(async move { Response::new(Full::new(Bytes::from(format!("upstream {target}\n")))) })
     });
+    upstream::serve(rt, 443, Some(tls), handler);
 }
 
 /// `curl` in the container to `url` at the host's address; the body, then
@@ -94,7 +49,7 @@ fn http_requests_are_decided_by_method_path_and_query() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut stack = Stack::new();
-    let (tls, upstream_ca) = server_tls(stack.root());
+    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
     let seen = Arc::new(Mutex::new(Vec::new()));
     server(&rt, tls, seen.clone());
     let entry = leash_testkit::static_entry();

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod upstream;
 
 /// Patience multiplier for slow machines: `LEASH_TEST_PATIENCE=3` triples
 /// every wait.

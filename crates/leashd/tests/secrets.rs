@@ -5,16 +5,13 @@
 //! the server gets the real value only where `SecretUse` allows it; the
 //! real value is nowhere a reader can see.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use leash_testkit::{Stack, eventually, require_docker, require_image};
+use leash_testkit::{Stack, eventually, require_docker, require_image, upstream};
 
 mod common;
 
@@ -24,31 +21,9 @@ const NAMES: [&str; 2] = ["api.secret.test", "paste.secret.test"];
 /// What one request brought: `<host> <method> <path?query> <header: value>... body=<body>`.
 type Seen = Arc<Mutex<Vec<String>>>;
 
-fn server_tls(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::default();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "leash secrets test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(NAMES.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let ca_path = dir.join("upstream-ca.pem");
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .unwrap();
-    (Arc::new(config), ca_path)
-}
-
 /// Records the request and echoes it whole (an upstream that hands a
 /// request's credentials back).
-async fn echo(req: Request<hyper::body::Incoming>, seen: Seen) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(req: Request<hyper::body::Incoming>, seen: Seen) -> Response<Full<Bytes>> {
     let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("-").to_owned();
     let mut line = format!("{host} {} {}", req.method(), req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     for (k, v) in req.headers() {
@@ -61,35 +36,13 @@ async fn echo(req: Request<hyper::body::Incoming>, seen: Seen) -> Result<Respons
     if let Some(k) = line.split(" x-api-key: ").nth(1).and_then(|r| r.split(' ').next()) {
         r.headers_mut().insert("x-echo", k.parse().unwrap());
     }
-    Ok(r)
+    r
 }
 
-fn serve(rt: &tokio::runtime::Runtime, tls: Arc<rustls::ServerConfig>, seen: Seen) {
-    for (port, tls) in [(443u16, Some(tls)), (80, None)] {
-        let l = rt
-            .block_on(tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))))
-            .unwrap_or_else(|e| panic!("bind port {port} on the host: {e}"));
-        let seen = seen.clone();
-        rt.spawn(async move {
-            loop {
-                let Ok((s, _)) = l.accept().await else { continue };
-                let (tls, seen) = (tls.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |r| echo(r, seen.clone()));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        Some(tls) => {
-                            let Ok(s) = tokio_rustls::TlsAcceptor::from(tls).accept(s).await else { return };
-                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                    }
-                });
-            }
-        });
-    }
+fn serve(rt: &tokio::runtime::Runtime, tls: std::sync::Arc<rustls::ServerConfig>, seen: Seen) {
+    let handler: upstream::Handler = Arc::new(move |r| Box::pin(echo(r, seen.clone())));
+    upstream::serve(rt, 443, Some(tls), handler.clone());
+    upstream::serve(rt, 80, None, handler);
 }
 
 fn text(b: &[u8]) -> String {
@@ -156,7 +109,7 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut stack = Stack::new();
-    let (tls, upstream_ca) = server_tls(stack.root());
+    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
     let seen: Seen = Arc::default();
     serve(&rt, tls, seen.clone());
     let (otlp, otlp_addr) = common::otlp::serve(&rt);

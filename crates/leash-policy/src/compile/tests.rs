@@ -509,10 +509,11 @@ fn request_statement() -> impl Strategy<Value = (String, String)> {
 /// the name alone, and HTTP requests.
 fn request_contexts(name: Option<&str>) -> Vec<BTreeMap<String, String>> {
     let request = |scheme: &str, method: &str, path: &str, query: &str| {
-        let mut c: BTreeMap<String, String> = [("scheme", scheme), ("method", method), ("path", path), ("query", query)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let mut c: BTreeMap<String, String> =
+            [("scheme", scheme), ("method", method), ("path", path), ("query", query)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
         if let Some(n) = name {
             c.insert("hostname".to_owned(), n.to_owned());
         }
@@ -587,7 +588,9 @@ fn check_requests(mutation: Mutation, cases: u32) -> Result<(), String> {
                 }
             }
             if addresses_reached && !tables.net.evaluate_requests {
-                return fail("a policy that reads the request matches an address; requests by address are final".into());
+                return fail(
+                    "a policy that reads the request matches an address; requests by address are final".into(),
+                );
             }
             Ok(())
         })
