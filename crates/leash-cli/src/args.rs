@@ -95,8 +95,9 @@ pub struct Args {
 
 /// Flags of `leash` that take a value, so the `-v` fix-up knows where the
 /// command starts.
-const TAKES_VALUE: [&str; 17] = [
+const TAKES_VALUE: [&str; 18] = [
     "--policy",
+    "--secret",
     "--dns",
     "--add-host",
     "-v",

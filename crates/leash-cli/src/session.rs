@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::args::Args;
 
 /// Variables of the user's environment that configure a session.
-const FORWARDED_ENV: [&str; 14] = [
+const FORWARDED_ENV: [&str; 16] = [
     "LEASH_TARGET_IMAGE",
     "TARGET_IMAGE",
     "LEASH_HOME",
@@ -26,7 +26,9 @@ const FORWARDED_ENV: [&str; 14] = [
     "TERM",
     "ANTHROPIC_API_KEY",
     "IS_SANDBOX",
+    "CLAUDE_CODE_OAUTH_TOKEN",
     "OPENAI_API_KEY",
+    "CODEX_API_KEY",
     "GEMINI_API_KEY",
     "DASHSCOPE_API_KEY",
     "COLORTERM",

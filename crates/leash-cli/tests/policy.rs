@@ -112,7 +112,7 @@ fn validate_and_check_through_the_daemons() {
          Allow network connect any host [default-network]\n\
          Allow network connect range 127.0.0.0/8, range ::1/128 [default-loopback]\n\
          Allow send secrets secret ANTHROPIC_API_KEY, secret CLAUDE_CODE_OAUTH_TOKEN (with conditions) [default-secret-anthropic]\n\
-         Allow send secrets secret OPENAI_API_KEY (with conditions) [default-secret-openai]\n\
+         Allow send secrets secret OPENAI_API_KEY, secret CODEX_API_KEY (with conditions) [default-secret-openai]\n\
          Allow send secrets secret GEMINI_API_KEY (with conditions) [default-secret-gemini]\n\
          Allow send secrets secret DASHSCOPE_API_KEY (with conditions) [default-secret-dashscope]\n\
          Deny write files any file (with conditions) [protect-host]\n"

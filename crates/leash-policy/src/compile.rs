@@ -8,8 +8,13 @@
 //! mentions) — against only the policies that can match it. Conditions on
 //! the resource's `path` or `name` cut across regions: paths they may match
 //! are marked for evaluation in user space, and anything else the tables
-//! cannot carve makes the whole action evaluate. The property test in this
-//! module's tests checks lookup against the authorizer.
+//! cannot carve makes the whole action evaluate. For `NetworkConnect`, the
+//! context (an HTTP request's method, path, query and scheme, the name the
+//! proxy saw) is never the kernel's: the address table is decided with the
+//! empty context its connections have, and the name table marks what a
+//! policy reading the context can match for evaluation per request. The
+//! property tests in this module's tests check lookup against the
+//! authorizer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -133,6 +133,10 @@ mod tests {
                 "Allow network connect range 127.0.0.0/8, range ::1/128 [default-loopback]",
                 "Allow open files, read files, write files directory / [default-files]",
                 "Allow run processes directory / [default-exec]",
+                "Allow send secrets secret ANTHROPIC_API_KEY, secret CLAUDE_CODE_OAUTH_TOKEN (with conditions) [default-secret-anthropic]",
+                "Allow send secrets secret DASHSCOPE_API_KEY (with conditions) [default-secret-dashscope]",
+                "Allow send secrets secret GEMINI_API_KEY (with conditions) [default-secret-gemini]",
+                "Allow send secrets secret OPENAI_API_KEY, secret CODEX_API_KEY (with conditions) [default-secret-openai]",
             ]
         );
         assert_eq!(

@@ -29,13 +29,12 @@ use serde_json::{Value, json};
 const IMAGE: &str = "leash-agents:latest";
 
 /// Every name the stand-in answers for.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 6] = [
     "api.anthropic.com",
     "api.openai.com",
     "chatgpt.com",
     "generativelanguage.googleapis.com",
     "dashscope.aliyuncs.com",
-    "dashscope-intl.aliyuncs.com",
     "registry.npmjs.org",
 ];
 

@@ -32,7 +32,7 @@ const AGENT_ENV: [(&str, &[&str]); 1] = [("claude", &["IS_SANDBOX"])];
 /// environment: each is a secret (the container gets a decoy).
 pub const AGENT_KEYS: [(&str, &[&str]); 5] = [
     ("claude", &["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"]),
-    ("codex", &["OPENAI_API_KEY"]),
+    ("codex", &["OPENAI_API_KEY", "CODEX_API_KEY"]),
     ("gemini", &["GEMINI_API_KEY"]),
     ("qwen", &["DASHSCOPE_API_KEY"]),
     ("opencode", &["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DASHSCOPE_API_KEY"]),
