@@ -117,24 +117,32 @@ impl Vault {
     }
 }
 
-/// Replaces every occurrence of each `(from, to)` pair (of equal lengths) in `buf`.
-pub fn replace_all(buf: &mut [u8], pairs: &[(&[u8], &[u8])]) {
-    for (from, to) in pairs {
-        debug_assert_eq!(from.len(), to.len());
-        if from.is_empty() {
-            continue;
-        }
-        let mut at = 0;
-        while let Some(i) = memchr::memmem::find(&buf[at..], from) {
-            let start = at + i;
-            buf[start..start + from.len()].copy_from_slice(to);
-            at = start + from.len();
-        }
-    }
+/// Replaces every occurrence of each `(from, to)` pair (of equal lengths)
+/// in `buf`; whether each pair was found.
+pub fn replace_all(buf: &mut [u8], pairs: &[(&[u8], &[u8])]) -> Vec<bool> {
+    pairs
+        .iter()
+        .map(|(from, to)| {
+            debug_assert_eq!(from.len(), to.len());
+            let mut found = false;
+            if from.is_empty() {
+                return found;
+            }
+            let mut at = 0;
+            while let Some(i) = memchr::memmem::find(&buf[at..], from) {
+                let start = at + i;
+                buf[start..start + from.len()].copy_from_slice(to);
+                at = start + from.len();
+                found = true;
+            }
+            found
+        })
+        .collect()
 }
 
 /// Swaps equal-length needles in a stream of chunks, holding back the last
-/// `longest - 1` bytes of each (a needle may straddle two chunks).
+/// `longest - 1` bytes of each (a needle may straddle two chunks): feed a
+/// chunk, look at and edit [`Swapper::buffer`], take what is safe to send.
 #[derive(Debug)]
 pub struct Swapper {
     carry: BytesMut,
@@ -147,19 +155,20 @@ impl Swapper {
         Swapper { carry: BytesMut::new(), keep: longest.saturating_sub(1) }
     }
 
-    /// Takes a chunk; `edit` sees every byte that may hold a needle, with
-    /// the held-back bytes of the last chunk in front (and may replace
-    /// needles in place); what is safe to send goes out.
-    pub fn push(&mut self, chunk: &[u8], edit: &mut dyn FnMut(&mut [u8])) -> Bytes {
+    /// Appends a chunk to the held-back bytes.
+    pub fn feed(&mut self, chunk: &[u8]) {
         self.carry.extend_from_slice(chunk);
-        edit(&mut self.carry);
-        let out = self.carry.len().saturating_sub(self.keep);
-        self.carry.split_to(out).freeze()
     }
 
-    /// The bytes held back so far.
-    pub fn pending(&self) -> &[u8] {
-        &self.carry
+    /// Every byte that may hold a needle: the held-back bytes and the chunk fed.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        &mut self.carry
+    }
+
+    /// What is safe to send: all but the last `longest - 1` bytes.
+    pub fn take(&mut self) -> Bytes {
+        let out = self.carry.len().saturating_sub(self.keep);
+        self.carry.split_to(out).freeze()
     }
 
     /// The held-back bytes, at the end of the stream.
@@ -208,7 +217,9 @@ mod tests {
             let mut out = Vec::new();
             let pairs = [(s.decoy.as_bytes(), s.value.as_bytes())];
             for chunk in text.as_bytes().chunks(size) {
-                out.extend_from_slice(&sw.push(chunk, &mut |b| replace_all(b, &pairs)));
+                sw.feed(chunk);
+                replace_all(sw.buffer(), &pairs);
+                out.extend_from_slice(&sw.take());
             }
             out.extend_from_slice(&sw.finish());
             assert_eq!(String::from_utf8(out).unwrap(), want, "chunks of {size}");

@@ -623,8 +623,23 @@ async fn credentials_out(
             }
         }
     }
+    // An empty body stays as it is (wrapped, it would lose its size and
+    // go upstream chunked).
+    if hyper::body::Body::is_end_stream(&body) {
+        return Request::from_parts(head, body);
+    }
     let body = credentials_in_body(body, c.clone(), host.map(str::to_owned), method, path, said);
     Request::from_parts(head, body)
+}
+
+/// What a body's stream needs to decide and report its decoys.
+struct BodyCtx {
+    c: Conn,
+    /// The name the secret would go to (None: not verified HTTPS).
+    host: Option<String>,
+    method: String,
+    path: String,
+    said: Said,
 }
 
 /// A request body whose decoys are swapped (where `SecretUse` allows the
@@ -639,69 +654,64 @@ fn credentials_in_body(
     said: Said,
 ) -> Body {
     use futures_util::StreamExt;
-    let vault = c.session.vault.clone();
+    let ctx = Arc::new(BodyCtx { c, host, method, path, said });
+    let vault = ctx.c.session.vault.clone();
     let swapper = crate::secrets::Swapper::new(vault.longest());
     // Per secret: None undecided, Some(allowed).
     let decided: Vec<Option<bool>> = vec![None; vault.secrets().len()];
-    let state = (http_body_util::BodyStream::new(body), swapper, decided, false);
-    let stream = futures_util::stream::unfold(state, move |(mut upstream, mut sw, mut decided, done)| {
-        let (c, vault, host, method, path, said) =
-            (c.clone(), vault.clone(), host.clone(), method.clone(), path.clone(), said.clone());
-        async move {
-            if done {
-                return None;
-            }
-            let frame = match upstream.next().await {
-                None => {
-                    let rest = sw.finish();
-                    return Some((Ok(hyper::body::Frame::data(rest)), (upstream, sw, decided, true)));
-                }
-                Some(Err(e)) => return Some((Err(e), (upstream, sw, decided, true))),
-                Some(Ok(f)) => f,
-            };
-            let data = match frame.into_data() {
-                Ok(d) => d,
-                Err(other) => return Some((Ok(other), (upstream, sw, decided, false))),
-            };
-            // Decide the secrets whose decoys this chunk (with the held-back
-            // bytes) shows, then swap those allowed.
-            let mut probe = Vec::with_capacity(vault.longest() + data.len());
-            probe.extend_from_slice(sw.pending());
-            probe.extend_from_slice(&data);
-            for i in vault.decoys_in(&probe) {
-                if decided[i].is_some() {
-                    continue;
-                }
-                let d = match &host {
-                    Some(h) => {
-                        let u = crate::decide::SecretUse {
-                            host: h,
-                            port: c.dst.port(),
-                            scheme: "https",
-                            method: &method,
-                            path: &path,
-                            location: "body",
-                        };
-                        c.shared.decider.secret_use(&c.session.id, &vault.secrets()[i].name, &u).await
-                    }
-                    None => Decision {
-                        allow: false,
-                        reasons: vec!["leash:not-verified-https".into()],
-                        mode: leash_core::Mode::Enforce,
-                    },
-                };
-                if !d.allow {
-                    publish_decoy_seen(&c, host.as_deref(), i, "body", &d, &said);
-                }
-                decided[i] = Some(d.allow);
-            }
-            let pairs: Vec<(&[u8], &[u8])> = (0..decided.len())
-                .filter(|i| decided[*i] == Some(true))
-                .map(|i| (vault.secrets()[i].decoy.as_bytes(), vault.secrets()[i].value.as_bytes()))
-                .collect();
-            let out = sw.push(&data, &mut |b| crate::secrets::replace_all(b, &pairs));
-            Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, decided, false)))
+    let state = (http_body_util::BodyStream::new(body), swapper, decided, ctx, false);
+    let stream = futures_util::stream::unfold(state, |(mut upstream, mut sw, mut decided, ctx, done)| async move {
+        if done {
+            return None;
         }
+        let data = match upstream.next().await {
+            None => return Some((Ok(hyper::body::Frame::data(sw.finish())), (upstream, sw, decided, ctx, true))),
+            Some(Err(e)) => return Some((Err(e), (upstream, sw, decided, ctx, true))),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(other) => return Some((Ok(other), (upstream, sw, decided, ctx, false))),
+            },
+        };
+        // Decide the secrets whose decoys the held-back bytes and this
+        // chunk show, then swap those allowed.
+        sw.feed(&data);
+        let vault = &ctx.c.session.vault;
+        for i in vault.decoys_in(sw.buffer()) {
+            if decided[i].is_some() {
+                continue;
+            }
+            let d = match &ctx.host {
+                Some(h) => {
+                    let u = crate::decide::SecretUse {
+                        host: h,
+                        port: ctx.c.dst.port(),
+                        scheme: "https",
+                        method: &ctx.method,
+                        path: &ctx.path,
+                        location: "body",
+                    };
+                    ctx.c.shared.decider.secret_use(&ctx.c.session.id, &vault.secrets()[i].name, &u).await
+                }
+                None => Decision {
+                    allow: false,
+                    reasons: vec!["leash:not-verified-https".into()],
+                    mode: leash_core::Mode::Enforce,
+                },
+            };
+            if !d.allow {
+                publish_decoy_seen(&ctx.c, ctx.host.as_deref(), i, "body", &d, &ctx.said);
+            }
+            decided[i] = Some(d.allow);
+        }
+        let pairs: Vec<(&[u8], &[u8])> = (0..decided.len())
+            .filter(|i| decided[*i] == Some(true))
+            .map(|i| (vault.secrets()[i].decoy.as_bytes(), vault.secrets()[i].value.as_bytes()))
+            .collect();
+        if !pairs.is_empty() {
+            crate::secrets::replace_all(sw.buffer(), &pairs);
+        }
+        let out = sw.take();
+        Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, decided, ctx, false)))
     });
     UnsyncBoxBody::new(http_body_util::StreamBody::new(stream))
 }
@@ -716,52 +726,54 @@ fn credentials_back(r: Response<Body>, c: &Conn, server: &str) -> Response<Body>
         return r;
     }
     let (mut head, body) = r.into_parts();
-    let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-        vault.secrets().iter().map(|s| (s.value.as_bytes().to_vec(), s.decoy.as_bytes().to_vec())).collect();
+    // Each real value, and the decoy it turns back into.
+    let pairs: Arc<Vec<(Vec<u8>, Vec<u8>)>> = Arc::new(
+        vault.secrets().iter().map(|s| (s.value.as_bytes().to_vec(), s.decoy.as_bytes().to_vec())).collect(),
+    );
     for (h, v) in head.headers.iter_mut() {
-        let found = vault.values_in(v.as_bytes());
-        if found.is_empty() {
+        if vault.values_in(v.as_bytes()).is_empty() {
             continue;
         }
         let mut bytes = v.as_bytes().to_vec();
-        let refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
-        crate::secrets::replace_all(&mut bytes, &refs);
+        let as_refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+        let found = crate::secrets::replace_all(&mut bytes, &as_refs);
         if let Ok(back) = hyper::header::HeaderValue::from_bytes(&bytes) {
             *v = back;
         }
-        for i in found {
+        for (i, _) in found.iter().enumerate().filter(|(_, f)| **f) {
             publish_echoed(c, server, &vault.secrets()[i].name, &format!("header {h}"));
         }
     }
+    if hyper::body::Body::is_end_stream(&body) {
+        return Response::from_parts(head, body);
+    }
     let swapper = crate::secrets::Swapper::new(vault.longest());
-    let (c, server) = (c.clone(), server.to_owned());
-    let state = (http_body_util::BodyStream::new(body), swapper, vec![false; pairs.len()], false);
-    let stream = futures_util::stream::unfold(state, move |(mut upstream, mut sw, mut said, done)| {
-        let (c, pairs, vault, server) = (c.clone(), pairs.clone(), vault.clone(), server.clone());
-        async move {
-            if done {
-                return None;
-            }
-            let data = match upstream.next().await {
-                None => return Some((Ok(hyper::body::Frame::data(sw.finish())), (upstream, sw, said, true))),
-                Some(Err(e)) => return Some((Err(e), (upstream, sw, said, true))),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(other) => return Some((Ok(other), (upstream, sw, said, false))),
-                },
-            };
-            let refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
-            let out = sw.push(&data, &mut |b| {
-                for i in vault.values_in(b) {
-                    if !said[i] {
-                        said[i] = true;
-                        publish_echoed(&c, &server, &vault.secrets()[i].name, "body");
-                    }
-                }
-                crate::secrets::replace_all(b, &refs);
-            });
-            Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, said, false)))
+    let ctx = Arc::new((c.clone(), server.to_owned(), pairs));
+    let state = (http_body_util::BodyStream::new(body), swapper, vec![false; vault.secrets().len()], ctx, false);
+    let stream = futures_util::stream::unfold(state, |(mut upstream, mut sw, mut said, ctx, done)| async move {
+        if done {
+            return None;
         }
+        let data = match upstream.next().await {
+            None => return Some((Ok(hyper::body::Frame::data(sw.finish())), (upstream, sw, said, ctx, true))),
+            Some(Err(e)) => return Some((Err(e), (upstream, sw, said, ctx, true))),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) => d,
+                Err(other) => return Some((Ok(other), (upstream, sw, said, ctx, false))),
+            },
+        };
+        let (c, server, pairs) = &*ctx;
+        sw.feed(&data);
+        let as_refs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(a, b)| (a.as_slice(), b.as_slice())).collect();
+        let found = crate::secrets::replace_all(sw.buffer(), &as_refs);
+        for (i, f) in found.into_iter().enumerate() {
+            if f && !said[i] {
+                said[i] = true;
+                publish_echoed(c, server, &c.session.vault.secrets()[i].name, "body");
+            }
+        }
+        let out = sw.take();
+        Some((Ok(hyper::body::Frame::data(out)), (upstream, sw, said, ctx, false)))
     });
     Response::from_parts(head, UnsyncBoxBody::new(http_body_util::StreamBody::new(stream)))
 }
