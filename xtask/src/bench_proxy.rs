@@ -154,7 +154,8 @@ pub fn run() -> anyhow::Result<()> {
     // A credential the session holds as a decoy, and the same-length
     // value sent in its place where nothing is swapped (the baseline).
     let bench_key = format!("sk-bench-{}", "k7Qx".repeat(16));
-    let (session, governed) = governed_session(&inst, &image, &policy, &project, &["--secret", &format!("BENCH_KEY={bench_key}")])?;
+    let (session, governed) =
+        governed_session(&inst, &image, &policy, &project, &["--secret", &format!("BENCH_KEY={bench_key}")])?;
     reaper.0.push(session);
     let plain = "leash-bench-proxy-plain";
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
@@ -192,9 +193,21 @@ pub fn run() -> anyhow::Result<()> {
         ("leash", governed.clone(), "https://bench.test:443/".to_owned()),
         ("mitmproxy", plain.to_owned(), format!("https://{gw}:{MITM_PORT}/")),
         ("leash, header without a decoy", governed.clone(), format!("-H 'x-api-key: {other}' https://bench.test:443/")),
-        ("leash, header decoy swapped", governed.clone(), "-H \"x-api-key: $BENCH_KEY\" https://bench.test:443/".to_owned()),
-        ("leash, 64 KiB body without a decoy", governed.clone(), format!("-s {} https://bench.test:443/", lua_path("body-plain.lua"))),
-        ("leash, 64 KiB body decoy swapped", governed.clone(), format!("-s {} https://bench.test:443/", lua_path("body-decoy.lua"))),
+        (
+            "leash, header decoy swapped",
+            governed.clone(),
+            "-H \"x-api-key: $BENCH_KEY\" https://bench.test:443/".to_owned(),
+        ),
+        (
+            "leash, 64 KiB body without a decoy",
+            governed.clone(),
+            format!("-s {} https://bench.test:443/", lua_path("body-plain.lua")),
+        ),
+        (
+            "leash, 64 KiB body decoy swapped",
+            governed.clone(),
+            format!("-s {} https://bench.test:443/", lua_path("body-decoy.lua")),
+        ),
     ];
     for (_, c, url) in &targets {
         exec(c, &format!("wrk -t1 -c4 -d1s {url} >/dev/null"))?;

@@ -203,7 +203,9 @@ fn resolve_secret(spec: &str, env: &HashMap<String, String>) -> anyhow::Result<S
         }
         _ => {
             let v = env.get(spec).filter(|v| !v.is_empty()).ok_or_else(|| {
-                anyhow::anyhow!("--secret {spec}: {spec} is not set in your environment (or write {spec}=VALUE or {spec}@FILE)")
+                anyhow::anyhow!(
+                    "--secret {spec}: {spec} is not set in your environment (or write {spec}=VALUE or {spec}@FILE)"
+                )
             })?;
             (spec, v.clone())
         }

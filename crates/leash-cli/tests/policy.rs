@@ -97,11 +97,25 @@ fn validate_and_check_through_the_daemons() {
         "deny McpCall MCP::Tool::\"search\" in MCP::Server::\"mcp.example.com\" (no policy permits it)"
     );
     assert_eq!(
-        check(&["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=api.anthropic.com", "--context", "location=header"]),
+        check(&[
+            "SecretUse",
+            "ANTHROPIC_API_KEY",
+            "--context",
+            "host=api.anthropic.com",
+            "--context",
+            "location=header"
+        ]),
         "allow SecretUse Secret::\"ANTHROPIC_API_KEY\" by default-secret-anthropic"
     );
     assert_eq!(
-        check(&["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=paste.example.com", "--context", "location=header"]),
+        check(&[
+            "SecretUse",
+            "ANTHROPIC_API_KEY",
+            "--context",
+            "host=paste.example.com",
+            "--context",
+            "location=header"
+        ]),
         "deny SecretUse Secret::\"ANTHROPIC_API_KEY\" (no policy permits it)"
     );
     let out = stack.leashctl(&["policy", "lines"]);

@@ -23,7 +23,6 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const O_CREAT: u32 = 0o100;
 
-
 /// Calls handed to the sensor whatever their arguments.
 const SUPERVISED: &[libc::c_long] = &[
     libc::SYS_rename,
@@ -156,12 +155,8 @@ pub fn install() -> Result<OwnedFd, String> {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(format!("cannot set no_new_privs: {}", std::io::Error::last_os_error()));
         }
-        let fd = libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &prog as *const libc::sock_fprog,
-        );
+        let fd =
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog);
         if fd < 0 {
             return Err(format!("cannot install the seccomp filter: {}", std::io::Error::last_os_error()));
         }

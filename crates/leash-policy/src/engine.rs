@@ -829,9 +829,10 @@ fn secret_lints(json: &Value, id: &str, src: &Source, statement: Option<(usize, 
                 let hit = ["==", "like"].iter().any(|op| {
                     map.get(*op).is_some_and(|args| {
                         let sides = [args.get("left"), args.get("right")];
-                        let access = sides.iter().flatten().any(|s| {
-                            s.get(".").is_some_and(|d| d["left"]["Var"] == "context" && d["attr"] == attr)
-                        });
+                        let access = sides
+                            .iter()
+                            .flatten()
+                            .any(|s| s.get(".").is_some_and(|d| d["left"]["Var"] == "context" && d["attr"] == attr));
                         let pattern = args.get("pattern").map(|p| p.to_string().to_ascii_lowercase().contains(lit));
                         let literal = sides.iter().flatten().any(|s| s["Value"].as_str() == Some(lit));
                         access && (literal || pattern == Some(true))

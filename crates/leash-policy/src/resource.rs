@@ -171,7 +171,11 @@ pub fn secret_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok { Ok(s.to_owned()) } else { Err(format!("{s:?}: a secret is named as an environment variable (A-Z, 0-9, _)")) }
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: a secret is named as an environment variable (A-Z, 0-9, _)"))
+    }
 }
 
 /// The resource as Cedar names it: `File::"/etc/hosts"`.

@@ -107,8 +107,13 @@ impl Service {
         let listeners = netns.run(netns::open_listeners).await??;
         let rules = netns::install_rules(pid, listeners.v6.is_some())?;
         self.shared.decider.refresh(session).await.map_err(|e| anyhow::anyhow!(e))?;
-        let s =
-            Arc::new(serve::Session { id: session.to_owned(), netns, ca, vault, stop: self.core.shutdown.child_token() });
+        let s = Arc::new(serve::Session {
+            id: session.to_owned(),
+            netns,
+            ca,
+            vault,
+            stop: self.core.shutdown.child_token(),
+        });
         for l in std::iter::once(listeners.v4).chain(listeners.v6) {
             let l = tokio::net::TcpListener::from_std(l)?;
             tokio::spawn(serve::accept(l, s.clone(), self.shared.clone()));

@@ -49,10 +49,14 @@ impl Vault {
                 return Err("a secret without a name".into());
             }
             if s.decoy.len() < MIN_DECOY || s.decoy.len() != s.value.len() {
-                return Err(format!("secret {}: its decoy must be as long as its value, and at least {MIN_DECOY} bytes", s.name));
+                return Err(format!(
+                    "secret {}: its decoy must be as long as its value, and at least {MIN_DECOY} bytes",
+                    s.name
+                ));
             }
             let clash = secrets.iter().any(|o| {
-                o.value.contains(&s.decoy) || (o.name != s.name && (o.decoy.contains(&s.decoy) || s.decoy.contains(&o.decoy)))
+                o.value.contains(&s.decoy)
+                    || (o.name != s.name && (o.decoy.contains(&s.decoy) || s.decoy.contains(&o.decoy)))
             });
             if clash {
                 return Err(format!("secret {}: its decoy collides with a value or another decoy", s.name));
@@ -73,12 +77,16 @@ impl Vault {
 
     /// The secrets whose decoy occurs in `text`.
     pub fn decoys_in(&self, text: &[u8]) -> Vec<usize> {
-        (0..self.secrets.len()).filter(|i| memchr::memmem::find(text, self.secrets[*i].decoy.as_bytes()).is_some()).collect()
+        (0..self.secrets.len())
+            .filter(|i| memchr::memmem::find(text, self.secrets[*i].decoy.as_bytes()).is_some())
+            .collect()
     }
 
     /// The secrets whose real value occurs in `text`.
     pub fn values_in(&self, text: &[u8]) -> Vec<usize> {
-        (0..self.secrets.len()).filter(|i| memchr::memmem::find(text, self.secrets[*i].value.as_bytes()).is_some()).collect()
+        (0..self.secrets.len())
+            .filter(|i| memchr::memmem::find(text, self.secrets[*i].value.as_bytes()).is_some())
+            .collect()
     }
 
     /// The longest decoy (values are as long).
@@ -183,8 +191,16 @@ mod tests {
 
     fn vault() -> Vault {
         Vault::new(vec![
-            pb::SessionSecret { name: "A".into(), value: "real-AAAAAAAAAAAAAAAA".into(), decoy: "fake-aaaaaaaaaaaaaaaa".into() },
-            pb::SessionSecret { name: "B".into(), value: "real-BBBBBBBBBBBBBBBB".into(), decoy: "fake-bbbbbbbbbbbbbbbb".into() },
+            pb::SessionSecret {
+                name: "A".into(),
+                value: "real-AAAAAAAAAAAAAAAA".into(),
+                decoy: "fake-aaaaaaaaaaaaaaaa".into(),
+            },
+            pb::SessionSecret {
+                name: "B".into(),
+                value: "real-BBBBBBBBBBBBBBBB".into(),
+                decoy: "fake-bbbbbbbbbbbbbbbb".into(),
+            },
         ])
         .unwrap()
     }
@@ -199,10 +215,14 @@ mod tests {
 
     #[test]
     fn bad_sets_are_refused() {
-        let one = |value: &str, decoy: &str| pb::SessionSecret { name: "K".into(), value: value.into(), decoy: decoy.into() };
+        let one =
+            |value: &str, decoy: &str| pb::SessionSecret { name: "K".into(), value: value.into(), decoy: decoy.into() };
         assert!(Vault::new(vec![one("short", "tiny")]).is_err());
         assert!(Vault::new(vec![one("0123456789abcdefXY", "0123456789abcdef")]).is_err(), "lengths differ");
-        let e = Vault::new(vec![one("xx0123456789abcdefgh", "0123456789abcdefgh"), one("aaaaaaaaaaaaaaaaaaaa", "0123456789abcdefghij")]);
+        let e = Vault::new(vec![
+            one("xx0123456789abcdefgh", "0123456789abcdefgh"),
+            one("aaaaaaaaaaaaaaaaaaaa", "0123456789abcdefghij"),
+        ]);
         assert!(e.is_err(), "a decoy inside a value");
     }
 

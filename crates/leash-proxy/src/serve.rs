@@ -341,7 +341,7 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
         if !c.tls && d.allow && name.is_some() {
             // Plain HTTP: the Host header is the client's word; the address
             // must be allowed too.
-            let by_ip = c.shared.decider.connect(&c.session.id, None, c.dst.ip(), port).await;
+            let by_ip = c.shared.decider.request(&c.session.id, None, c.dst.ip(), port, &facts).await;
             if !by_ip.allow {
                 d = by_ip;
             }
@@ -372,24 +372,29 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
             let server = name.clone().unwrap_or_else(|| c.dst.ip().to_string());
             match mcp_gate(req, &c, &server).await {
                 Err((r, status)) => (r, Outcome { decision: Some(d), status, error: None, bytes: None }),
-                Ok((req, is_mcp)) => match forward(credentials_out(req, &c, name.as_deref(), &mut used).await, &c, name.as_deref()).await {
-                    Ok(r) => {
-                        let bytes =
-                            r.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-                        let status = r.status().as_u16();
-                        let r = credentials_back(r, &c, &server);
-                        let r = mcp_response(r, &c, &server, is_mcp).await;
-                        (r, Outcome { decision: Some(d), status, error: None, bytes })
+                Ok((req, is_mcp)) => {
+                    match forward(credentials_out(req, &c, name.as_deref(), &mut used).await, &c, name.as_deref()).await
+                    {
+                        Ok(r) => {
+                            let bytes = r
+                                .headers()
+                                .get(hyper::header::CONTENT_LENGTH)
+                                .and_then(|v| v.to_str().ok()?.parse().ok());
+                            let status = r.status().as_u16();
+                            let r = credentials_back(r, &c, &server);
+                            let r = mcp_response(r, &c, &server, is_mcp).await;
+                            (r, Outcome { decision: Some(d), status, error: None, bytes })
+                        }
+                        Err(e) => {
+                            c.shared.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                            let body = format!("leash: upstream {resource}: {e}\n");
+                            (
+                                text(StatusCode::BAD_GATEWAY, body),
+                                Outcome { decision: Some(d), status: 502, error: Some(e), bytes: None },
+                            )
+                        }
                     }
-                    Err(e) => {
-                        c.shared.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                        let body = format!("leash: upstream {resource}: {e}\n");
-                        (
-                            text(StatusCode::BAD_GATEWAY, body),
-                            Outcome { decision: Some(d), status: 502, error: Some(e), bytes: None },
-                        )
-                    }
-                },
+                }
             }
         } else {
             if !c.session.vault.is_empty() {
@@ -577,8 +582,14 @@ async fn credentials_out(
                 };
                 c.shared.decider.secret_use(&c.session.id, &vault.secrets()[i].name, &u).await
             }
-            Some(_) => Decision { allow: false, reasons: vec!["leash:secret-in-path".into()], mode: leash_core::Mode::Enforce },
-            None => Decision { allow: false, reasons: vec!["leash:not-verified-https".into()], mode: leash_core::Mode::Enforce },
+            Some(_) => {
+                Decision { allow: false, reasons: vec!["leash:secret-in-path".into()], mode: leash_core::Mode::Enforce }
+            }
+            None => Decision {
+                allow: false,
+                reasons: vec!["leash:not-verified-https".into()],
+                mode: leash_core::Mode::Enforce,
+            },
         };
         if d.allow {
             used.push((vault.secrets()[i].name.clone(), place.clone(), d.reasons.clone()));
@@ -645,14 +656,7 @@ struct BodyCtx {
 /// A request body whose decoys are swapped (where `SecretUse` allows the
 /// body) or reported, as it streams: same length, held back only by a
 /// decoy's length.
-fn credentials_in_body(
-    body: Body,
-    c: Conn,
-    host: Option<String>,
-    method: String,
-    path: String,
-    said: Said,
-) -> Body {
+fn credentials_in_body(body: Body, c: Conn, host: Option<String>, method: String, path: String, said: Said) -> Body {
     use futures_util::StreamExt;
     let ctx = Arc::new(BodyCtx { c, host, method, path, said });
     let vault = ctx.c.session.vault.clone();
@@ -727,9 +731,8 @@ fn credentials_back(r: Response<Body>, c: &Conn, server: &str) -> Response<Body>
     }
     let (mut head, body) = r.into_parts();
     // Each real value, and the decoy it turns back into.
-    let pairs: Arc<Vec<(Vec<u8>, Vec<u8>)>> = Arc::new(
-        vault.secrets().iter().map(|s| (s.value.as_bytes().to_vec(), s.decoy.as_bytes().to_vec())).collect(),
-    );
+    let pairs: Arc<Vec<(Vec<u8>, Vec<u8>)>> =
+        Arc::new(vault.secrets().iter().map(|s| (s.value.as_bytes().to_vec(), s.decoy.as_bytes().to_vec())).collect());
     for (h, v) in head.headers.iter_mut() {
         if vault.values_in(v.as_bytes()).is_empty() {
             continue;

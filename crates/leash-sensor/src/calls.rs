@@ -29,8 +29,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use leash_core::Event;
@@ -124,14 +124,45 @@ fn still_waiting(listener: BorrowedFd<'_>, id: u64) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Call {
     /// An open with `O_CREAT`.
-    Create { dir: i32, path: Vec<u8>, flags: u64, in_root: bool },
-    Rename { old_dir: i32, old: Vec<u8>, new_dir: i32, new: Vec<u8>, flags: u32 },
-    Link { old_dir: i32, old: Vec<u8>, new_dir: i32, new: Vec<u8>, flags: u32 },
-    Symlink { target: Vec<u8>, dir: i32, path: Vec<u8> },
-    Mknod { dir: i32, path: Vec<u8>, mode: u32, dev: u64 },
+    Create {
+        dir: i32,
+        path: Vec<u8>,
+        flags: u64,
+        in_root: bool,
+    },
+    Rename {
+        old_dir: i32,
+        old: Vec<u8>,
+        new_dir: i32,
+        new: Vec<u8>,
+        flags: u32,
+    },
+    Link {
+        old_dir: i32,
+        old: Vec<u8>,
+        new_dir: i32,
+        new: Vec<u8>,
+        flags: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+        dir: i32,
+        path: Vec<u8>,
+    },
+    Mknod {
+        dir: i32,
+        path: Vec<u8>,
+        mode: u32,
+        dev: u64,
+    },
     /// A change of an existing file: `path` None is the descriptor `dir`
     /// itself.
-    Change { dir: i32, path: Option<Vec<u8>>, follow: bool, change: Change },
+    Change {
+        dir: i32,
+        path: Option<Vec<u8>>,
+        follow: bool,
+        change: Change,
+    },
 }
 
 /// What a `Call::Change` changes.
@@ -170,7 +201,8 @@ fn read_call(mem: &File, n: &Notif) -> Result<Option<Call>, Errno> {
     let s = |i: usize| read_string(mem, a[i]);
     let opt = |i: usize| if a[i] == 0 { Ok(None) } else { read_string(mem, a[i]).map(Some) };
     let follows = |flags: u64| flags & libc::AT_SYMLINK_NOFOLLOW as u64 == 0;
-    let change = |dir: i32, path: Option<Vec<u8>>, follow: bool, change: Change| Call::Change { dir, path, follow, change };
+    let change =
+        |dir: i32, path: Option<Vec<u8>>, follow: bool, change: Change| Call::Change { dir, path, follow, change };
     let call = match n.nr {
         libc::SYS_open => Call::Create { dir: AT_FDCWD, path: s(0)?, flags: a[1], in_root: false },
         libc::SYS_openat => Call::Create { dir: fd(0), path: s(1)?, flags: a[2], in_root: false },
@@ -202,14 +234,16 @@ fn read_call(mem: &File, n: &Notif) -> Result<Option<Call>, Errno> {
         libc::SYS_fchmod => change(fd(0), None, true, Change::Mode(a[1] as u32)),
         libc::SYS_fchmodat => change(fd(0), Some(s(1)?), true, Change::Mode(a[2] as u32)),
         libc::SYS_fchmodat2 => {
-            let path = if a[3] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
+            let path =
+                if a[3] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
             change(fd(0), path, follows(a[3]), Change::Mode(a[2] as u32))
         }
         libc::SYS_chown => change(AT_FDCWD, Some(s(0)?), true, Change::Owner(a[1] as u32, a[2] as u32)),
         libc::SYS_lchown => change(AT_FDCWD, Some(s(0)?), false, Change::Owner(a[1] as u32, a[2] as u32)),
         libc::SYS_fchown => change(fd(0), None, true, Change::Owner(a[1] as u32, a[2] as u32)),
         libc::SYS_fchownat => {
-            let path = if a[4] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
+            let path =
+                if a[4] & libc::AT_EMPTY_PATH as u64 != 0 { opt(1)?.filter(|p| !p.is_empty()) } else { Some(s(1)?) };
             change(fd(0), path, follows(a[4]), Change::Owner(a[2] as u32, a[3] as u32))
         }
         libc::SYS_utime => {
@@ -223,7 +257,8 @@ fn read_call(mem: &File, n: &Notif) -> Result<Option<Call>, Errno> {
             change(AT_FDCWD, Some(s(0)?), true, Change::Times(times))
         }
         libc::SYS_utimes | libc::SYS_futimesat => {
-            let (dir, path, tv) = if n.nr == libc::SYS_utimes { (AT_FDCWD, Some(s(0)?), a[1]) } else { (fd(0), opt(1)?, a[2]) };
+            let (dir, path, tv) =
+                if n.nr == libc::SYS_utimes { (AT_FDCWD, Some(s(0)?), a[1]) } else { (fd(0), opt(1)?, a[2]) };
             // struct timeval[2] { time_t sec; suseconds_t usec; }
             let times = if tv == 0 {
                 None
@@ -359,7 +394,8 @@ struct Caller {
 
 impl Caller {
     fn open(proc: &OwnedFd, tid: u32) -> Result<Caller, Errno> {
-        let dir = |p: String| rustix::fs::openat(proc, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
+        let dir =
+            |p: String| rustix::fs::openat(proc, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
         let status = rustix::fs::openat(proc, format!("{tid}/status"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|_| Errno::SRCH)?;
         let status = std::io::read_to_string(File::from(status)).map_err(|_| Errno::SRCH)?;
@@ -407,8 +443,12 @@ fn start<'p>(
         }
     }
     if let Some(rest) = path.strip_prefix(b"/dev/fd/") {
-        let fd_dir =
-            rustix::fs::openat(&caller.proc_dir, "fd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd_dir = rustix::fs::openat(
+            &caller.proc_dir,
+            "fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         return Ok((fd_dir, rest));
     }
     match path.first() {
@@ -620,11 +660,18 @@ fn from_another_thread(evaluate: Evaluate) -> io::Result<Evaluate> {
 }
 
 /// Decides and performs one call.
-fn handle(s: &Supervisor, g: &Governed, t: &mut ThreadState, listener: BorrowedFd<'_>, n: &Notif) -> (Option<Call>, Outcome) {
+fn handle(
+    s: &Supervisor,
+    g: &Governed,
+    t: &mut ThreadState,
+    listener: BorrowedFd<'_>,
+    n: &Notif,
+) -> (Option<Call>, Outcome) {
     let ThreadState { proc, own, mnt_ns, ids } = t;
     let (proc, own) = (&*proc, &*own);
     let failed = |e: Errno| Outcome { reply: Reply::Error(e), decided: Vec::new(), denied: false };
-    let mem = match rustix::fs::openat(proc, format!("{}/mem", n.tid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+    let mem = match rustix::fs::openat(proc, format!("{}/mem", n.tid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+    {
         Ok(m) => File::from(m),
         Err(_) => return (None, failed(Errno::SRCH)),
     };
@@ -650,7 +697,8 @@ fn handle(s: &Supervisor, g: &Governed, t: &mut ThreadState, listener: BorrowedF
     let outcome = (|| -> Result<Outcome, Errno> {
         let ns = rustix::fs::fstat(&caller.mnt)?.st_ino;
         if *mnt_ns != Some(ns) {
-            nix::sched::setns(&caller.mnt, nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| Errno::from_raw_os_error(e as i32))?;
+            nix::sched::setns(&caller.mnt, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| Errno::from_raw_os_error(e as i32))?;
             *mnt_ns = Some(ns);
         }
         rustix::process::fchdir(&caller.root)?;
@@ -821,14 +869,18 @@ fn perform(
         Call::Symlink { target, dir, path } => {
             let (b, rest) = start(caller, proc, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
-            decide_then(s, g, &[Target::of_entry(&e, ids)], || done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice())))
+            decide_then(s, g, &[Target::of_entry(&e, ids)], || {
+                done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice()))
+            })
         }
         Call::Mknod { dir, path, mode, dev } => {
             let (b, rest) = start(caller, proc, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
             let kind = rustix::fs::FileType::from_raw_mode(*mode);
             let perm = Mode::from_raw_mode(*mode);
-            decide_then(s, g, &[Target::of_entry(&e, ids)], || done(rustix::fs::mknodat(&e.dir, e.name.as_slice(), kind, perm, *dev)))
+            decide_then(s, g, &[Target::of_entry(&e, ids)], || {
+                done(rustix::fs::mknodat(&e.dir, e.name.as_slice(), kind, perm, *dev))
+            })
         }
         Call::Change { dir, path, follow, change } => {
             let (fd, p) = match path {
@@ -867,7 +919,9 @@ fn apply(proc: &OwnedFd, fd: &OwnedFd, change: Change) -> Result<Reply, Errno> {
     let link = format!("thread-self/fd/{}", fd.as_raw_fd());
     match change {
         Change::Mode(_) if is_link => Err(Errno::OPNOTSUPP),
-        Change::Mode(mode) => done(rustix::fs::chmodat(proc, link.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())),
+        Change::Mode(mode) => {
+            done(rustix::fs::chmodat(proc, link.as_str(), Mode::from_raw_mode(mode), AtFlags::empty()))
+        }
         Change::Owner(uid, gid) => {
             let id = |v: u32| (v != u32::MAX).then_some(v);
             done(rustix::fs::chownat(

@@ -205,7 +205,13 @@ impl Group {
     /// no allow is cached meanwhile, and those for `after` (the names they
     /// got) are dropped again; a directory renamed drops every cached allow
     /// (the files below it get new names too).
-    pub fn naming<T>(&self, before: &[(BorrowedFd<'_>, &[u8])], whole: bool, name_it: impl FnOnce() -> T, after: &[(BorrowedFd<'_>, &[u8])]) -> T {
+    pub fn naming<T>(
+        &self,
+        before: &[(BorrowedFd<'_>, &[u8])],
+        whole: bool,
+        name_it: impl FnOnce() -> T,
+        after: &[(BorrowedFd<'_>, &[u8])],
+    ) -> T {
         self.naming.fetch_add(1, Ordering::SeqCst);
         let forget = |names: &[(BorrowedFd<'_>, &[u8])]| {
             // The name itself and, when it is a symbolic link, the file it

@@ -228,7 +228,10 @@ mod tests {
         std::fs::rename(w.join("secret.txt"), w.join("renamed")).unwrap();
         ids.refresh(&tables("/w/secret.txt", "/w/private/"), root);
         assert_eq!(ids.other_name(root, "/w/renamed", id("/w/renamed")).as_deref(), Some("/w/secret.txt"));
-        assert_eq!(ids.other_name(root, "/w/moved/other", id("/w/moved/other")).as_deref(), Some("/w/private/sub/other"));
+        assert_eq!(
+            ids.other_name(root, "/w/moved/other", id("/w/moved/other")).as_deref(),
+            Some("/w/private/sub/other")
+        );
         // Tables that no longer forbid it forget it.
         ids.refresh(&tables("/w/other.txt", "/w/elsewhere/"), root);
         assert_eq!(ids.other_name(root, "/w/renamed", id("/w/renamed")), None);

@@ -138,9 +138,7 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
         (Err(e), Err(_)) => Err(e),
         (Err(_), Ok(_)) => Ok(()), // refused, yet something appeared: a bypass
     };
-    let run = |n: &str| {
-        std::process::Command::new(p(n)).stdout(Stdio::null()).stderr(Stdio::null()).status().map(drop)
-    };
+    let run = |n: &str| std::process::Command::new(p(n)).stdout(Stdio::null()).stderr(Stdio::null()).status().map(drop);
     let exec_map = |mprotect: bool| -> std::io::Result<()> {
         let f = std::fs::File::open(p("forbidden-exec"))?;
         use std::os::fd::AsRawFd;
@@ -157,7 +155,8 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
             if m == nix::libc::MAP_FAILED {
                 return Err(Error::last_os_error());
             }
-            let r = if mprotect && nix::libc::mprotect(m, 4096, then) != 0 { Err(Error::last_os_error()) } else { Ok(()) };
+            let r =
+                if mprotect && nix::libc::mprotect(m, 4096, then) != 0 { Err(Error::last_os_error()) } else { Ok(()) };
             nix::libc::munmap(m, 4096);
             r
         }
@@ -172,7 +171,15 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
         #[allow(unsafe_code, reason = "name_to_handle_at and open_by_handle_at have no wrappers")]
         unsafe {
             use nix::libc;
-            if libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, path.as_ptr(), handle.as_mut_ptr(), &mut mount_id, 0) != 0 {
+            if libc::syscall(
+                libc::SYS_name_to_handle_at,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                handle.as_mut_ptr(),
+                &mut mount_id,
+                0,
+            ) != 0
+            {
                 return step(Err(Error::last_os_error()));
             }
             let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(Error::other)?;
@@ -195,7 +202,11 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
         r.map(drop)
     };
     let reopen = || -> std::io::Result<()> {
-        let fd = rustix::fs::open(p("secret-a"), rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+        let fd = rustix::fs::open(
+            p("secret-a"),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
         use std::os::fd::AsRawFd;
         std::fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(drop)
     };
@@ -207,8 +218,14 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
             "exchange-read",
             judge(
                 step(
-                    rustix::fs::renameat_with(rustix::fs::CWD, p("hard"), rustix::fs::CWD, p("notes"), rustix::fs::RenameFlags::EXCHANGE)
-                        .map_err(Error::from),
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        p("hard"),
+                        rustix::fs::CWD,
+                        p("notes"),
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .map_err(Error::from),
                 )
                 .and_then(|()| read("notes")),
             ),
@@ -220,7 +237,10 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
         ("mprotect-exec", judge(exec_map(true))),
         ("link-exec", judge(step(std::fs::hard_link(p("forbidden-exec"), p("t2"))).and_then(|()| run("t2")))),
         ("create-envrc", judge(nothing_at(".envrc", std::fs::File::create(p(".envrc")).map(drop)))),
-        ("create-in-protected", judge(nothing_at("protected/new", std::fs::File::create(p("protected/new")).map(drop)))),
+        (
+            "create-in-protected",
+            judge(nothing_at("protected/new", std::fs::File::create(p("protected/new")).map(drop))),
+        ),
         ("rename-into-protected", judge(nothing_at("protected/hook", std::fs::rename(p("evil"), p("protected/hook"))))),
         ("link-into-protected", judge(nothing_at("protected/l", std::fs::hard_link(p("notes"), p("protected/l"))))),
         ("symlink-into-protected", judge(nothing_at("protected/s", std::os::unix::fs::symlink("x", p("protected/s"))))),
@@ -228,14 +248,20 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
             "mkfifo-in-protected",
             judge(nothing_at(
                 "protected/fifo",
-                nix::unistd::mkfifo(&p("protected/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(Error::from),
+                nix::unistd::mkfifo(&p("protected/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(Error::from),
             )),
         ),
-        ("chmod-protected", judge(std::fs::set_permissions(p("protected/file"), std::fs::Permissions::from_mode(0o755)))),
+        (
+            "chmod-protected",
+            judge(std::fs::set_permissions(p("protected/file"), std::fs::Permissions::from_mode(0o755))),
+        ),
         ("truncate-protected", judge(nix::unistd::truncate(&p("protected/file"), 0).map_err(Error::from))),
         (
             "rename-over-protected",
-            judge(step(std::fs::write(p("evil2"), "x")).and_then(|()| std::fs::rename(p("evil2"), p("protected/file")))),
+            judge(
+                step(std::fs::write(p("evil2"), "x")).and_then(|()| std::fs::rename(p("evil2"), p("protected/file"))),
+            ),
         ),
         ("rename-protected-away", judge(std::fs::rename(p("protected"), p("elsewhere")))),
     ]
@@ -478,7 +504,10 @@ pub fn vm_check() -> ExitCode {
                     match run_with(&lsm_shared, &["fanotify".to_owned(), "identities".to_owned()], true) {
                         Ok((_, lines)) => {
                             let link = lines.iter().find(|(a, _)| a == "hostile link-read").map(|(_, o)| o.as_str());
-                            say(&format!("lsm hostile negative control (no identities): link-read {}", link.unwrap_or("missing")));
+                            say(&format!(
+                                "lsm hostile negative control (no identities): link-read {}",
+                                link.unwrap_or("missing")
+                            ));
                             if !link.is_some_and(|o| o.starts_with("BYPASSED")) {
                                 failures.push("lsm-hostile-negative-control");
                             }

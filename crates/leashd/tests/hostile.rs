@@ -83,9 +83,7 @@ fn run(stack: &Stack, image: &str, policy: &Path, attempts: &[Attempt], project:
     let expected: Vec<String> = attempts
         .iter()
         .filter_map(|a| match a.by {
-            By::Event(path, _) if !got_through(outcome(&stdout, a.name)) => {
-                Some(resource(project, path))
-            }
+            By::Event(path, _) if !got_through(outcome(&stdout, a.name)) => Some(resource(project, path)),
             _ => None,
         })
         .collect();
@@ -115,7 +113,9 @@ fn run(stack: &Stack, image: &str, policy: &Path, attempts: &[Attempt], project:
                 let e = events.iter().find(|e| e["decision"] == "deny" && e["resource"] == path.as_str());
                 match e {
                     Some(e) => {
-                        let ids = e["policy_ids"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","));
+                        let ids = e["policy_ids"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(","));
                         let ids = ids.unwrap_or_default();
                         if ids != policy {
                             bypassed.push(format!("{}: refused by {ids}, not {policy}", a.name));
@@ -168,9 +168,7 @@ fn resource(project: &str, r: &str) -> String {
 
 /// Builds leash-test with a declared volume holding `/vol/secret`.
 fn volume_image() {
-    let dockerfile = format!(
-        "FROM {TEST_IMAGE}\nRUN mkdir -p /vol && echo volsecret > /vol/secret\nVOLUME /vol\n"
-    );
+    let dockerfile = format!("FROM {TEST_IMAGE}\nRUN mkdir -p /vol && echo volsecret > /vol/secret\nVOLUME /vol\n");
     let mut build = std::process::Command::new("docker")
         .args(["build", "-q", "-t", VOLUME_IMAGE, "-"])
         .stdin(std::process::Stdio::piped())
@@ -242,52 +240,247 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
     let ev = By::Event;
     let attempts = vec![
         // Names.
-        attempt("hard-link", "ln FILE hard; cat hard", "ln top1.txt hard; cat hard; echo hard-link=$?", ev("hard", "no-top1")),
-        attempt("forbidden-name-after", "cat FILE after an allowed read of its link", "cat top1.txt; echo forbidden-name-after=$?", ev("top1.txt", "no-top1")),
-        attempt("link-in-dir", "ln DIR/key keylink; cat keylink", "ln secret/key keylink; cat keylink; echo link-in-dir=$?", ev("keylink", "no-secret")),
-        attempt("rename-file", "mv FILE moved; cat moved", "mv top2.txt moved.txt; cat moved.txt; echo rename-file=$?", ev("moved.txt", "no-top2")),
-        attempt("rename-then-wait", "mv FILE later; sleep 3; cat later", "mv top4.txt later.txt; sleep 3; cat later.txt; echo rename-then-wait=$?", ev("later.txt", "no-top4")),
-        attempt("rename-dir", "mv DIR stolen", "mv secret stolen; cat stolen/key; echo rename-dir=$?", ev("secret/", "no-secret")),
-        attempt("rename-parent", "mv PARENT p2; cat p2/DIR/key", "mv outer outer2; cat outer2/private/key; echo rename-parent=$?", ev("outer2/private/key", "no-private")),
-        attempt("exchange", "renameat2(EXCHANGE) FILE, allowed; cat allowed", "./leash-storm exchange top3.txt open/sibling; cat open/sibling; echo exchange=$?", ev("open/sibling", "no-top3")),
-        attempt("symlink", "ln -s DIR/key slink; cat slink", "ln -s secret/key slink; cat slink; echo symlink=$?", ev("secret/key", "no-secret")),
-        attempt("proc-root", "cat /proc/self/root/…/key", &format!("cat /proc/self/root{p}/secret/key; echo proc-root=$?"), ev("secret/key", "no-secret")),
-        attempt("dotdot", "cd open; cat ../secret/key", "(cd open && cat ../secret/key); echo dotdot=$?", ev("secret/key", "no-secret")),
-        attempt("long-path", "a path over 255 bytes", &format!("cat {deep_rel}/key; echo long-path=$?"), ev(deep_key, "no-secret")),
-        attempt("opath", "O_PATH, then /proc/self/fd/N", "./leash-storm opath secret/key", ev("secret/key", "no-secret")),
-        attempt("handle", "open_by_handle_at", "./leash-storm handle open/../secret/key", By::Kernel("open_by_handle_at is refused (EPERM)")),
-        attempt("uring", "io_uring (opens no filter sees)", "./leash-storm uring", By::Kernel("io_uring_setup is refused (EPERM)")),
-        attempt("sendfile", "sendfile from an inherited descriptor", "./leash-storm sendfile hard", ev("hard", "no-top1")),
-        attempt("volume", "a file in a volume the image declares", "cat /vol/secret; echo volume=$?", ev("/vol/secret", "no-volume")),
+        attempt(
+            "hard-link",
+            "ln FILE hard; cat hard",
+            "ln top1.txt hard; cat hard; echo hard-link=$?",
+            ev("hard", "no-top1"),
+        ),
+        attempt(
+            "forbidden-name-after",
+            "cat FILE after an allowed read of its link",
+            "cat top1.txt; echo forbidden-name-after=$?",
+            ev("top1.txt", "no-top1"),
+        ),
+        attempt(
+            "link-in-dir",
+            "ln DIR/key keylink; cat keylink",
+            "ln secret/key keylink; cat keylink; echo link-in-dir=$?",
+            ev("keylink", "no-secret"),
+        ),
+        attempt(
+            "rename-file",
+            "mv FILE moved; cat moved",
+            "mv top2.txt moved.txt; cat moved.txt; echo rename-file=$?",
+            ev("moved.txt", "no-top2"),
+        ),
+        attempt(
+            "rename-then-wait",
+            "mv FILE later; sleep 3; cat later",
+            "mv top4.txt later.txt; sleep 3; cat later.txt; echo rename-then-wait=$?",
+            ev("later.txt", "no-top4"),
+        ),
+        attempt(
+            "rename-dir",
+            "mv DIR stolen",
+            "mv secret stolen; cat stolen/key; echo rename-dir=$?",
+            ev("secret/", "no-secret"),
+        ),
+        attempt(
+            "rename-parent",
+            "mv PARENT p2; cat p2/DIR/key",
+            "mv outer outer2; cat outer2/private/key; echo rename-parent=$?",
+            ev("outer2/private/key", "no-private"),
+        ),
+        attempt(
+            "exchange",
+            "renameat2(EXCHANGE) FILE, allowed; cat allowed",
+            "./leash-storm exchange top3.txt open/sibling; cat open/sibling; echo exchange=$?",
+            ev("open/sibling", "no-top3"),
+        ),
+        attempt(
+            "symlink",
+            "ln -s DIR/key slink; cat slink",
+            "ln -s secret/key slink; cat slink; echo symlink=$?",
+            ev("secret/key", "no-secret"),
+        ),
+        attempt(
+            "proc-root",
+            "cat /proc/self/root/…/key",
+            &format!("cat /proc/self/root{p}/secret/key; echo proc-root=$?"),
+            ev("secret/key", "no-secret"),
+        ),
+        attempt(
+            "dotdot",
+            "cd open; cat ../secret/key",
+            "(cd open && cat ../secret/key); echo dotdot=$?",
+            ev("secret/key", "no-secret"),
+        ),
+        attempt(
+            "long-path",
+            "a path over 255 bytes",
+            &format!("cat {deep_rel}/key; echo long-path=$?"),
+            ev(deep_key, "no-secret"),
+        ),
+        attempt(
+            "opath",
+            "O_PATH, then /proc/self/fd/N",
+            "./leash-storm opath secret/key",
+            ev("secret/key", "no-secret"),
+        ),
+        attempt(
+            "handle",
+            "open_by_handle_at",
+            "./leash-storm handle open/../secret/key",
+            By::Kernel("open_by_handle_at is refused (EPERM)"),
+        ),
+        attempt(
+            "uring",
+            "io_uring (opens no filter sees)",
+            "./leash-storm uring",
+            By::Kernel("io_uring_setup is refused (EPERM)"),
+        ),
+        attempt(
+            "sendfile",
+            "sendfile from an inherited descriptor",
+            "./leash-storm sendfile hard",
+            ev("hard", "no-top1"),
+        ),
+        attempt(
+            "volume",
+            "a file in a volume the image declares",
+            "cat /vol/secret; echo volume=$?",
+            ev("/vol/secret", "no-volume"),
+        ),
         // Execs.
         attempt("exec", "./tool", "./tool true; echo exec=$?", ev("tool", "no-tool")),
         attempt("exec-link", "ln tool t2; ./t2", "ln tool t2; ./t2 true; echo exec-link=$?", ev("t2", "no-tool")),
-        attempt("execveat", "execveat(AT_EMPTY_PATH) of tool", "./leash-storm execveat ./tool true", ev("tool", "no-tool")),
+        attempt(
+            "execveat",
+            "execveat(AT_EMPTY_PATH) of tool",
+            "./leash-storm execveat ./tool true",
+            ev("tool", "no-tool"),
+        ),
         attempt("exec-rename", "mv tool t3; ./t3", "mv tool t3; ./t3 true; echo exec-rename=$?", ev("t3", "no-tool")),
         // Planting (protect-host, on whatever the session's policy says).
-        attempt("create-hook", "echo > .git/hooks/pre-commit", "echo x > .git/hooks/pre-commit; echo create-hook=$?", ev(".git/hooks/pre-commit", "protect-host")),
-        attempt("create-envrc", "echo > .envrc (nothing left behind)", "echo y > .envrc; echo create-envrc=$?", ev(".envrc", "protect-host")),
-        attempt("rename-hook", "mv evil .git/hooks/pre-commit", "printf '#!/bin/sh\\ntouch hook-ran\\n' > evil; chmod +x evil; mv evil .git/hooks/pre-commit; echo rename-hook=$?", ev(".git/hooks/pre-commit", "protect-host")),
-        attempt("symlink-hook", "ln -s ../../evil .git/hooks/commit-msg", "ln -s ../../evil .git/hooks/commit-msg; echo symlink-hook=$?", ev(".git/hooks/commit-msg", "protect-host")),
-        attempt("link-hook", "ln notes.txt .git/hooks/post-commit", "ln notes.txt .git/hooks/post-commit; echo link-hook=$?", ev(".git/hooks/post-commit", "protect-host")),
-        attempt("chmod-hook", "chmod +x .git/hooks/pre-push.sample", "chmod +x .git/hooks/pre-push.sample; echo chmod-hook=$?", ev(".git/hooks/pre-push.sample", "protect-host")),
-        attempt("rename-config", "mv cfg .git/config", "printf '[core]\\n\\thooksPath = /tmp\\n' > cfg; mv cfg .git/config; echo rename-config=$?", ev(".git/config", "protect-host")),
-        attempt("rename-git", "mv .git .git-old", "mv .git .git-old; echo rename-git=$?", By::Kernel(".git is a mount point in the session (EBUSY)")),
-        attempt("rename-envrc", "mv staged .envrc", "echo w > staged; mv staged .envrc; echo rename-envrc=$?", ev(".envrc", "protect-host")),
-        attempt("link-envrc", "ln notes.txt .envrc", "ln notes.txt .envrc; echo link-envrc=$?", ev(".envrc", "protect-host")),
-        attempt("symlink-envrc", "ln -s notes.txt .envrc", "ln -s notes.txt .envrc; echo symlink-envrc=$?", ev(".envrc", "protect-host")),
+        attempt(
+            "create-hook",
+            "echo > .git/hooks/pre-commit",
+            "echo x > .git/hooks/pre-commit; echo create-hook=$?",
+            ev(".git/hooks/pre-commit", "protect-host"),
+        ),
+        attempt(
+            "create-envrc",
+            "echo > .envrc (nothing left behind)",
+            "echo y > .envrc; echo create-envrc=$?",
+            ev(".envrc", "protect-host"),
+        ),
+        attempt(
+            "rename-hook",
+            "mv evil .git/hooks/pre-commit",
+            "printf '#!/bin/sh\\ntouch hook-ran\\n' > evil; chmod +x evil; mv evil .git/hooks/pre-commit; echo rename-hook=$?",
+            ev(".git/hooks/pre-commit", "protect-host"),
+        ),
+        attempt(
+            "symlink-hook",
+            "ln -s ../../evil .git/hooks/commit-msg",
+            "ln -s ../../evil .git/hooks/commit-msg; echo symlink-hook=$?",
+            ev(".git/hooks/commit-msg", "protect-host"),
+        ),
+        attempt(
+            "link-hook",
+            "ln notes.txt .git/hooks/post-commit",
+            "ln notes.txt .git/hooks/post-commit; echo link-hook=$?",
+            ev(".git/hooks/post-commit", "protect-host"),
+        ),
+        attempt(
+            "chmod-hook",
+            "chmod +x .git/hooks/pre-push.sample",
+            "chmod +x .git/hooks/pre-push.sample; echo chmod-hook=$?",
+            ev(".git/hooks/pre-push.sample", "protect-host"),
+        ),
+        attempt(
+            "rename-config",
+            "mv cfg .git/config",
+            "printf '[core]\\n\\thooksPath = /tmp\\n' > cfg; mv cfg .git/config; echo rename-config=$?",
+            ev(".git/config", "protect-host"),
+        ),
+        attempt(
+            "rename-git",
+            "mv .git .git-old",
+            "mv .git .git-old; echo rename-git=$?",
+            By::Kernel(".git is a mount point in the session (EBUSY)"),
+        ),
+        attempt(
+            "rename-envrc",
+            "mv staged .envrc",
+            "echo w > staged; mv staged .envrc; echo rename-envrc=$?",
+            ev(".envrc", "protect-host"),
+        ),
+        attempt(
+            "link-envrc",
+            "ln notes.txt .envrc",
+            "ln notes.txt .envrc; echo link-envrc=$?",
+            ev(".envrc", "protect-host"),
+        ),
+        attempt(
+            "symlink-envrc",
+            "ln -s notes.txt .envrc",
+            "ln -s notes.txt .envrc; echo symlink-envrc=$?",
+            ev(".envrc", "protect-host"),
+        ),
         attempt("fifo-envrc", "mkfifo .envrc", "mkfifo .envrc; echo fifo-envrc=$?", ev(".envrc", "protect-host")),
-        attempt("dangling", "ln -s .envrc d; echo > d", "ln -s .envrc dangling; echo w > dangling; echo dangling=$?", ev(".envrc", "protect-host")),
-        attempt("touch-config", "touch .git/config", "touch .git/config; echo touch-config=$?", ev(".git/config", "protect-host")),
-        attempt("truncate-config", "truncate -s 0 .git/config", "truncate -s 0 .git/config; echo truncate-config=$?", ev(".git/config", "protect-host")),
+        attempt(
+            "dangling",
+            "ln -s .envrc d; echo > d",
+            "ln -s .envrc dangling; echo w > dangling; echo dangling=$?",
+            ev(".envrc", "protect-host"),
+        ),
+        attempt(
+            "touch-config",
+            "touch .git/config",
+            "touch .git/config; echo touch-config=$?",
+            ev(".git/config", "protect-host"),
+        ),
+        attempt(
+            "truncate-config",
+            "truncate -s 0 .git/config",
+            "truncate -s 0 .git/config; echo truncate-config=$?",
+            ev(".git/config", "protect-host"),
+        ),
         // Network.
-        attempt("tcp", "TCP to a forbidden address", "nc -w 1 10.99.1.1 80 </dev/null; echo tcp=$?", ev("10.99.1.1:80", "no-lan")),
-        attempt("udp", "UDP (DNS) to a forbidden address", "nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?", ev("10.99.1.1:53", "no-lan")),
-        attempt("v4-mapped", "TCP to ::ffff:10.99.1.2", "nc -w 1 ::ffff:10.99.1.2 80 </dev/null; echo v4-mapped=$?", ev("10.99.1.2:80", "no-lan")),
-        attempt("host-ports", "the host's own address (the Control UI's port)", &format!("nc -w 1 {gateway} 18080 </dev/null; echo host-ports=$?"), ev(host_port, "leash:local-address")),
-        attempt("metadata", "the cloud metadata address", "nc -w 1 169.254.169.254 80 </dev/null; echo metadata=$?", ev("169.254.169.254:80", "leash:local-address")),
-        attempt("raw-socket", "ping (a raw socket)", "ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?", By::Kernel("no CAP_NET_RAW in the session")),
-        attempt("icmp", "an unprivileged ICMP socket", "./leash-storm icmp", By::Kernel("ICMP sockets are refused to the session (EPERM)")),
+        attempt(
+            "tcp",
+            "TCP to a forbidden address",
+            "nc -w 1 10.99.1.1 80 </dev/null; echo tcp=$?",
+            ev("10.99.1.1:80", "no-lan"),
+        ),
+        attempt(
+            "udp",
+            "UDP (DNS) to a forbidden address",
+            "nslookup example.com 10.99.1.1 >/dev/null 2>&1; echo udp=$?",
+            ev("10.99.1.1:53", "no-lan"),
+        ),
+        attempt(
+            "v4-mapped",
+            "TCP to ::ffff:10.99.1.2",
+            "nc -w 1 ::ffff:10.99.1.2 80 </dev/null; echo v4-mapped=$?",
+            ev("10.99.1.2:80", "no-lan"),
+        ),
+        attempt(
+            "host-ports",
+            "the host's own address (the Control UI's port)",
+            &format!("nc -w 1 {gateway} 18080 </dev/null; echo host-ports=$?"),
+            ev(host_port, "leash:local-address"),
+        ),
+        attempt(
+            "metadata",
+            "the cloud metadata address",
+            "nc -w 1 169.254.169.254 80 </dev/null; echo metadata=$?",
+            ev("169.254.169.254:80", "leash:local-address"),
+        ),
+        attempt(
+            "raw-socket",
+            "ping (a raw socket)",
+            "ping -c 1 -W 1 10.99.1.1 >/dev/null 2>&1; echo raw-socket=$?",
+            By::Kernel("no CAP_NET_RAW in the session"),
+        ),
+        attempt(
+            "icmp",
+            "an unprivileged ICMP socket",
+            "./leash-storm icmp",
+            By::Kernel("ICMP sockets are refused to the session (EPERM)"),
+        ),
     ];
     let (mut report, mut bypassed) = run(&stack, VOLUME_IMAGE, &pol, &attempts, &p);
 
@@ -304,8 +497,16 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         .filter(|h| std::fs::symlink_metadata(proj.join(".git/hooks").join(h)).is_ok())
         .collect();
     host("hooks-on-host", "no hook in .git/hooks on the host", planted.is_empty());
-    host("envrc-on-host", "no .envrc on the host, not even empty", std::fs::symlink_metadata(proj.join(".envrc")).is_err());
-    host("config-on-host", ".git/config unchanged", std::fs::read_to_string(proj.join(".git/config")).unwrap_or_default() == config_before);
+    host(
+        "envrc-on-host",
+        "no .envrc on the host, not even empty",
+        std::fs::symlink_metadata(proj.join(".envrc")).is_err(),
+    );
+    host(
+        "config-on-host",
+        ".git/config unchanged",
+        std::fs::read_to_string(proj.join(".git/config")).unwrap_or_default() == config_before,
+    );
     git(&proj, &["add", "notes.txt"]);
     git(&proj, &["commit", "-q", "-m", "after the session"]);
     host("git-commit-on-host", "git commit on the host runs no hook", !proj.join("hook-ran").exists());
@@ -320,7 +521,12 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
              $ldso ./prog >/dev/null; echo ld.so=$?",
             ev("prog", "no-prog"),
         ),
-        attempt("ld.so-preload", "ld.so --preload ./libevil.so /bin/true", "$ldso --preload ./libevil.so /bin/true 2>&1 | grep -q 'cannot be preloaded'; echo ld.so-preload=$((1 - $?))", ev("libevil.so", "no-lib")),
+        attempt(
+            "ld.so-preload",
+            "ld.so --preload ./libevil.so /bin/true",
+            "$ldso --preload ./libevil.so /bin/true 2>&1 | grep -q 'cannot be preloaded'; echo ld.so-preload=$((1 - $?))",
+            ev("libevil.so", "no-lib"),
+        ),
     ];
     let pol = policy(
         &stack,

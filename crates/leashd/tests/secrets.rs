@@ -80,7 +80,11 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
 /// The environment of every process in the container, read from the host.
 fn container_environ(container: &str) -> String {
     let pid = text(
-        &std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().unwrap().stdout,
+        &std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", container])
+            .output()
+            .unwrap()
+            .stdout,
     );
     let ns = std::fs::read_link(format!("/proc/{}/ns/pid", pid.trim())).unwrap();
     let mut all = String::new();
@@ -137,7 +141,10 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     std::fs::write(home.join("config-key"), format!("{config_key}\n")).unwrap();
     std::fs::write(
         home.join("config.toml"),
-        format!("[secrets]\nCONFIG_KEY = \"file:{}\"\nENV_KEY = \"env:MY_ENV_TOKEN\"\n", home.join("config-key").display()),
+        format!(
+            "[secrets]\nCONFIG_KEY = \"file:{}\"\nENV_KEY = \"env:MY_ENV_TOKEN\"\n",
+            home.join("config-key").display()
+        ),
     )
     .unwrap();
     let reals = [&header_key, &body_key, &file_key, &config_key, &env_key];
@@ -203,12 +210,21 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     // the echo comes back with the decoy (headers and body).
     let out = curl("-H \"x-api-key: $HEADER_KEY\"", "https://api.secret.test/v1/messages");
     assert!(last().contains(&format!("x-api-key: {header_key}")), "{}", last());
-    assert!(out.contains(&format!("x-echo: {header_decoy}")) && out.contains(&format!("x-api-key: {header_decoy}")), "{out}");
+    assert!(
+        out.contains(&format!("x-echo: {header_decoy}")) && out.contains(&format!("x-api-key: {header_decoy}")),
+        "{out}"
+    );
     assert!(!out.contains(header_key.as_str()), "{out}");
     // Every source's secret works alike.
-    curl("-H \"authorization: Bearer $FILE_KEY\" -H \"x-config: $CONFIG_KEY\" -H \"x-env: $ENV_KEY\"", "https://api.secret.test/all");
+    curl(
+        "-H \"authorization: Bearer $FILE_KEY\" -H \"x-config: $CONFIG_KEY\" -H \"x-env: $ENV_KEY\"",
+        "https://api.secret.test/all",
+    );
     let all = last();
-    assert!(all.contains(&format!("Bearer {file_key}")) && all.contains(&config_key) && all.contains(&env_key), "{all}");
+    assert!(
+        all.contains(&format!("Bearer {file_key}")) && all.contains(&config_key) && all.contains(&env_key),
+        "{all}"
+    );
     // Elsewhere (another host, plain HTTP, the body for a header-only
     // secret), the decoy travels as it is.
     curl("-H \"x-api-key: $HEADER_KEY\"", "https://paste.secret.test/up");
@@ -221,9 +237,16 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     // (a 64 KiB body: swapped as it streams, its length unchanged).
     let big = format!("{{\"pad\":\"{}\",\"key\":\"{body_decoy}\"}}", "x".repeat(64 << 10));
     std::fs::write(stack.project().join("big.json"), &big).unwrap();
-    curl(&format!("-H 'content-type: application/json' --data-binary @{}/big.json", stack.project().display()), "https://api.secret.test/big");
+    curl(
+        &format!("-H 'content-type: application/json' --data-binary @{}/big.json", stack.project().display()),
+        "https://api.secret.test/big",
+    );
     let got = last();
-    assert!(got.contains(&format!("\"key\":\"{body_key}\"}}")) && !got.contains(body_decoy), "the body's decoy was not swapped: {}", &got[got.len().saturating_sub(300)..]);
+    assert!(
+        got.contains(&format!("\"key\":\"{body_key}\"}}")) && !got.contains(body_decoy),
+        "the body's decoy was not swapped: {}",
+        &got[got.len().saturating_sub(300)..]
+    );
     curl("", &format!("https://api.secret.test/q?key={body_decoy}&x=1"));
     assert!(last().contains(&format!("/q?key={body_key}&x=1")), "{}", last());
     curl("", &format!("https://paste.secret.test/q?key={body_decoy}"));
@@ -282,7 +305,11 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
         for (i, r) in readable.iter().enumerate() {
             assert!(!r.contains(real.as_str()), "a real value in view {i}");
         }
-        assert_eq!(files_containing(stack.root(), real, &[&secrets_dir, &home]), Vec::<String>::new(), "a real value on disk");
+        assert_eq!(
+            files_containing(stack.root(), real, &[&secrets_dir, &home]),
+            Vec::<String>::new(),
+            "a real value on disk"
+        );
     }
 
     let _ = session.kill();

@@ -349,7 +349,14 @@ fn secret_use(e: &Engine, secret: &str, pairs: &[(&str, &str)]) -> (bool, Vec<St
 fn the_default_sends_each_agents_key_to_its_vendor_in_a_header_only() {
     let e = Engine::load(&crate::default_sources()).unwrap();
     let at = |host: &'static str, location: &'static str| {
-        [("host", host), ("port", "443"), ("scheme", "https"), ("method", "POST"), ("path", "/v1/messages"), ("location", location)]
+        [
+            ("host", host),
+            ("port", "443"),
+            ("scheme", "https"),
+            ("method", "POST"),
+            ("path", "/v1/messages"),
+            ("location", location),
+        ]
     };
     assert_eq!(
         secret_use(&e, "ANTHROPIC_API_KEY", &at("api.anthropic.com", "header")),
@@ -374,7 +381,9 @@ fn a_secret_over_plain_http_is_refused_at_its_line_and_column() {
     assert_eq!((e.file.as_str(), e.line, e.column), ("p.cedar", 4, 56), "{e}");
     assert!(e.message.starts_with("clear "), "{e}");
     // Without the scheme test it loads, with a warning about where it may go.
-    let e = load("@id(\"anywhere\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\") when { context.host == \"h.test\" };");
+    let e = load(
+        "@id(\"anywhere\") permit (principal, action == Action::\"SecretUse\", resource == Secret::\"T\") when { context.host == \"h.test\" };",
+    );
     assert!(codes(&e).iter().any(|(c, p)| *c == "secret_any_location" && p == "anywhere"), "{:?}", codes(&e));
 }
 

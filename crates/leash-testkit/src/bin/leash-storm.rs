@@ -171,7 +171,15 @@ fn by_handle(file: &str) -> Result<String, String> {
     // its header says; `path` is NUL-terminated; `mount_id` is writable.
     #[allow(unsafe_code, reason = "name_to_handle_at and open_by_handle_at have no wrappers")]
     let fd = unsafe {
-        if libc::syscall(libc::SYS_name_to_handle_at, libc::AT_FDCWD, path.as_ptr(), handle.as_mut_ptr(), &mut mount_id, 0) != 0 {
+        if libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            handle.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        ) != 0
+        {
             return Err(format!("name_to_handle_at: {}", std::io::Error::last_os_error()));
         }
         let mount = libc::open(c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);

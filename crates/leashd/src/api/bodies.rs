@@ -229,7 +229,10 @@ mod tests {
     #[test]
     fn a_blank_id_is_no_id() {
         assert_eq!(delete(br#"{"id":" ","a":":"}"#).unwrap_err(), "id or cedar must be provided");
-        assert_eq!(delete(br#"{"id":" ","cedar":"permit (principal, action, resource);"}"#).unwrap(), "permit (principal, action, resource);");
+        assert_eq!(
+            delete(br#"{"id":" ","cedar":"permit (principal, action, resource);"}"#).unwrap(),
+            "permit (principal, action, resource);"
+        );
         assert_eq!(delete(br#"{"id":"p1"}"#).unwrap(), "p1");
     }
 

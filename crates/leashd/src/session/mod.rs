@@ -745,12 +745,7 @@ impl Sessions {
 
     /// Has leash-proxy mint the session's CA; its certificate (alone, and
     /// after the host's roots) goes in the session dir the container sees.
-    async fn prepare_proxy(
-        &self,
-        id: &str,
-        dir: &std::path::Path,
-        secrets: &[secrets::Secret],
-    ) -> Result<(), String> {
+    async fn prepare_proxy(&self, id: &str, dir: &std::path::Path, secrets: &[secrets::Secret]) -> Result<(), String> {
         let channel = self.component(leash_core::Component::Proxy).await?;
         let secrets = secrets
             .iter()

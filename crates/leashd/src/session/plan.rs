@@ -319,7 +319,10 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         env.push((k, v));
     }
     // Credentials: the container gets a decoy of each, never the value.
-    let files = [(&system, &ctx.system_config, None), (&user_file, user_path.as_ref().unwrap_or(&ctx.system_config), Some(caller.uid))];
+    let files = [
+        (&system, &ctx.system_config, None),
+        (&user_file, user_path.as_ref().unwrap_or(&ctx.system_config), Some(caller.uid)),
+    ];
     let secrets = gather_secrets(&agent, &files, &start.secrets, &env, &start.client_env)?;
     for s in &secrets {
         env.retain(|(k, _)| *k != s.name);
@@ -685,9 +688,8 @@ pub fn parse_add_host(spec: &str) -> Result<String, String> {
         ));
     }
     let bare = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
-    let ip = bare
-        .parse::<std::net::IpAddr>()
-        .map_err(|_| format!("--add-host {spec:?}: {ip:?} is not an IP address"))?;
+    let ip =
+        bare.parse::<std::net::IpAddr>().map_err(|_| format!("--add-host {spec:?}: {ip:?} is not an IP address"))?;
     Ok(format!("{name}:{ip}"))
 }
 
