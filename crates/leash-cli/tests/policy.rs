@@ -97,14 +97,7 @@ fn validate_and_check_through_the_daemons() {
         "deny McpCall MCP::Tool::\"search\" in MCP::Server::\"mcp.example.com\" (no policy permits it)"
     );
     assert_eq!(
-        check(&[
-            "SecretUse",
-            "ANTHROPIC_API_KEY",
-            "--context",
-            "host=api.anthropic.com",
-            "--context",
-            "location=header"
-        ]),
+        check(&["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=api.anthropic.com"]),
         "allow SecretUse Secret::\"ANTHROPIC_API_KEY\" by default-secret-anthropic"
     );
     assert_eq!(
@@ -118,6 +111,9 @@ fn validate_and_check_through_the_daemons() {
         ]),
         "deny SecretUse Secret::\"ANTHROPIC_API_KEY\" (no policy permits it)"
     );
+    let in_body =
+        ["SecretUse", "ANTHROPIC_API_KEY", "--context", "host=api.anthropic.com", "--context", "location=body"];
+    assert_eq!(check(&in_body), "deny SecretUse Secret::\"ANTHROPIC_API_KEY\" (no policy permits it)");
     let out = stack.leashctl(&["policy", "lines"]);
     assert_eq!(
         text(&out.stdout),

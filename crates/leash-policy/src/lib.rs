@@ -103,6 +103,17 @@ pub fn apply_mode(mode: leash_core::Mode, mut r: pb::CheckResponse) -> pb::Check
     r
 }
 
+/// A check's answer in the session's mode: [`apply_mode`], except for
+/// `SecretUse`, which grants (a credential's value where its decoy is) and
+/// is the policy's answer in every mode, so that record and shadow modes
+/// never send a secret where the policy does not.
+pub fn answer_in_mode(mode: leash_core::Mode, action: &str, r: pb::CheckResponse) -> pb::CheckResponse {
+    if engine::Action::from_name(action) == Some(engine::Action::SecretUse) {
+        return pb::CheckResponse { mode: mode_name(mode).to_owned(), ..r };
+    }
+    apply_mode(mode, r)
+}
+
 /// A session id safe as a file name.
 fn valid_session_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -179,7 +190,13 @@ pub fn check_with(
     })?;
     let resource = resource::parse_for(action, &req.resource)?;
     let principal = if req.principal.is_empty() { store::DEFAULT_PRINCIPAL } else { req.principal.as_str() };
-    let context: BTreeMap<String, String> = req.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut context: BTreeMap<String, String> = req.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if action == engine::Action::SecretUse {
+        // The proxy always says where the decoy is and over what; a question
+        // that does not is about a header over HTTPS (the answer shows it).
+        context.entry("location".to_owned()).or_insert_with(|| "header".to_owned());
+        context.entry("scheme".to_owned()).or_insert_with(|| "https".to_owned());
+    }
     let d = decide(principal, action, &resource, &context);
     let file_action = match action {
         engine::Action::FileOpen => Some(leash_core::tables::FileAction::Open),
@@ -316,6 +333,7 @@ impl Policy for Service {
         let req = req.into_inner();
         let current = self.current(Self::key(&req.session)?)?;
         let (mode, generation) = (current.mode, current.generation);
+        let action = req.action.clone();
         let r = tokio::task::spawn_blocking(move || {
             let engine = current.engine.clone();
             check_with(&engine, &req, |principal, action, resource, context| {
@@ -329,7 +347,7 @@ impl Policy for Service {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        r.map(|r| Response::new(apply_mode(mode, pb::CheckResponse { generation, ..r })))
+        r.map(|r| Response::new(answer_in_mode(mode, &action, pb::CheckResponse { generation, ..r })))
             .map_err(Status::invalid_argument)
     }
 
@@ -567,6 +585,19 @@ mod tests {
 
     fn root() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+    }
+
+    #[test]
+    fn record_and_shadow_modes_never_release_a_secret() {
+        let denied = || super::pb::CheckResponse { allow: false, reasons: vec!["x".into()], ..Default::default() };
+        for mode in [leash_core::Mode::Record, leash_core::Mode::Shadow, leash_core::Mode::Enforce] {
+            let r = super::answer_in_mode(mode, "SecretUse", denied());
+            assert!(!r.allow, "{mode:?}");
+            assert_eq!(r.mode, super::mode_name(mode));
+        }
+        // Other actions follow the mode.
+        assert!(super::answer_in_mode(leash_core::Mode::Record, "NetworkConnect", denied()).allow);
+        assert!(super::answer_in_mode(leash_core::Mode::Shadow, "networkconnect", denied()).allow);
     }
 
     #[test]

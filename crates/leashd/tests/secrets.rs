@@ -252,6 +252,18 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     curl("", &format!("https://paste.secret.test/q?key={body_decoy}"));
     assert!(last().contains(&format!("/q?key={body_decoy}")), "{}", last());
 
+    // Record mode lets everything through, but a secret still goes only
+    // where the policy says.
+    let out = stack.leashctl(&["policy", "mode", "record", "--session", &session_id]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(Duration::from_secs(10), "record mode at the proxy", || {
+        curl("-H \"x-api-key: $HEADER_KEY\"", "https://paste.secret.test/in-record-mode");
+        last().contains("/in-record-mode").then_some(())
+    });
+    assert!(last().contains(&format!("x-api-key: {header_decoy}")), "record mode released a secret: {}", last());
+    curl("-H \"x-api-key: $HEADER_KEY\"", "https://api.secret.test/still");
+    assert!(last().contains(&format!("x-api-key: {header_key}")), "{}", last());
+
     // Events: where each secret went (never a value), and each decoy seen
     // where its secret may not go.
     let events = eventually(Duration::from_secs(10), "the decoys' events", || {
