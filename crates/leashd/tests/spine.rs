@@ -34,7 +34,7 @@ fn leashctl_status_lists_all_four_daemons_healthy() {
         assert!(alive(c["pid"].as_u64().unwrap() as u32), "{c}");
         assert!(c["socket"].as_str().unwrap().starts_with(stack.runtime_dir.to_str().unwrap()), "{c}");
     }
-    assert_eq!(Stack::component(&status, "leash-policy")["facts"]["policies"], "5");
+    assert_eq!(Stack::component(&status, "leash-policy")["facts"]["policies"], "9");
     // leashd reaches the container engine (CI starts dockerd).
     let engine = status["host"]["engine"].as_str().unwrap_or_default();
     if leash_testkit::must_run() {
