@@ -264,6 +264,19 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
     curl("-H \"x-api-key: $HEADER_KEY\"", "https://api.secret.test/still");
     assert!(last().contains(&format!("x-api-key: {header_key}")), "{}", last());
 
+    // A restarted proxy holds the session's secrets again (from its own
+    // root-only file): the real value still goes where it may, and only there.
+    let pid = Stack::component(&stack.status().unwrap(), "leash-proxy")["pid"].as_u64().unwrap();
+    leash_testkit::kill(pid as u32, rustix::process::Signal::KILL);
+    eventually(Duration::from_secs(20), "the restarted proxy swapping the decoy", || {
+        curl("-H \"x-api-key: $HEADER_KEY\"", "https://api.secret.test/after-restart");
+        let l = last();
+        (l.contains("/after-restart") && l.contains(&format!("x-api-key: {header_key}"))).then_some(())
+    });
+    assert_ne!(Stack::component(&stack.status().unwrap(), "leash-proxy")["pid"].as_u64().unwrap(), pid);
+    curl("-H \"x-api-key: $HEADER_KEY\"", "https://paste.secret.test/after-restart");
+    assert!(last().contains(&format!("x-api-key: {header_decoy}")), "{}", last());
+
     // Events: where each secret went (never a value), and each decoy seen
     // where its secret may not go.
     let events = eventually(Duration::from_secs(10), "the decoys' events", || {
