@@ -72,18 +72,105 @@ struct Notif {
     args: [u64; 6],
 }
 
-fn recv(listener: BorrowedFd<'_>) -> io::Result<Notif> {
-    // SAFETY: `seccomp_notif` is plain data, zeroed as the kernel requires;
-    // the ioctl writes at most its size.
-    #[allow(unsafe_code, reason = "the seccomp notification ioctls have no safe wrapper")]
-    let n = unsafe {
-        let mut n: libc::seccomp_notif = std::mem::zeroed();
-        if libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) != 0 {
+impl Notif {
+    fn of(n: &libc::seccomp_notif) -> Notif {
+        Notif { id: n.id, tid: n.pid, nr: i64::from(n.data.nr), args: n.data.args }
+    }
+}
+
+/// Where a decider receives its notifications: a shared page of a file
+/// its successor opens too. The kernel hands a notification over once
+/// (`SECCOMP_IOCTL_NOTIF_RECV`) and never again, and nothing else can
+/// answer it while the listener stays open (the sensor keeps a copy), so
+/// a decider killed between receiving a call and answering it would leave
+/// its caller waiting for ever. So the kernel writes each notification
+/// straight into this page as it hands it over, the decider clears the
+/// page once it answered, and a successor decides whatever it finds there
+/// whose caller still waits (`SECCOMP_IOCTL_NOTIF_ID_VALID`).
+pub struct Inbox {
+    slot: std::ptr::NonNull<libc::seccomp_notif>,
+    _file: File,
+}
+
+// SAFETY: the page is only read and written through `&self` by the one
+// thread that decides, and by the kernel during `recv`.
+#[allow(unsafe_code, reason = "a shared mapping is a raw pointer")]
+unsafe impl Send for Inbox {}
+
+const INBOX_BYTES: usize = std::mem::size_of::<libc::seccomp_notif>();
+
+impl Inbox {
+    /// Opens (or creates, 0600) the inbox at `path`, keeping what a
+    /// predecessor left in it.
+    pub fn open(path: &Path) -> io::Result<Inbox> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        if file.metadata()?.len() < INBOX_BYTES as u64 {
+            file.set_len(INBOX_BYTES as u64)?;
+        }
+        // SAFETY: a shared mapping of `INBOX_BYTES` of a file at least that
+        // long, which `Inbox` keeps open until it unmaps it.
+        #[allow(unsafe_code, reason = "mapping the inbox's page")]
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                INBOX_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        n
-    };
-    Ok(Notif { id: n.id, tid: n.pid, nr: i64::from(n.data.nr), args: n.data.args })
+        let slot = std::ptr::NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Inbox { slot, _file: file })
+    }
+
+    /// The notification a decider received and did not answer, if any.
+    fn left(&self) -> Option<Notif> {
+        // SAFETY: the slot is mapped, aligned and plain data.
+        #[allow(unsafe_code, reason = "reading the inbox's page")]
+        let n = unsafe { std::ptr::read_volatile(self.slot.as_ptr()) };
+        (n.id != 0).then(|| Notif::of(&n))
+    }
+
+    /// Empties the slot: its notification was answered (or its caller is gone).
+    fn clear(&self) {
+        // SAFETY: as in `left`; zeroes are a valid `seccomp_notif`.
+        #[allow(unsafe_code, reason = "clearing the inbox's page")]
+        unsafe {
+            std::ptr::write_volatile(self.slot.as_ptr(), std::mem::zeroed())
+        };
+    }
+
+    /// Receives the next notification into the slot.
+    fn recv(&self, listener: BorrowedFd<'_>) -> io::Result<Notif> {
+        // The kernel wants the buffer zeroed.
+        self.clear();
+        // SAFETY: the slot is a mapped, writable `seccomp_notif`; the ioctl
+        // writes at most its size.
+        #[allow(unsafe_code, reason = "the seccomp notification ioctls have no safe wrapper")]
+        let r = unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, self.slot.as_ptr()) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            self.clear();
+            return Err(e);
+        }
+        self.left().ok_or_else(|| io::Error::other("the kernel wrote no notification"))
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `open`, `INBOX_BYTES` long, unmapped once.
+        #[allow(unsafe_code, reason = "unmapping the inbox's page")]
+        unsafe {
+            libc::munmap(self.slot.as_ptr().cast(), INBOX_BYTES)
+        };
+    }
 }
 
 /// What a call is answered.
@@ -581,7 +668,7 @@ impl std::fmt::Debug for Supervisor {
 
 /// Answers a listener's notifications until `stop`, or until no process
 /// uses the filter any more; each decision goes to `out` as an event.
-pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> anyhow::Result<()> {
+pub fn run(s: &Supervisor, listener: &OwnedFd, inbox: &Inbox, mut out: impl FnMut(Event)) -> anyhow::Result<()> {
     // The policy service is asked from a thread that stays in the host's
     // namespaces (its socket is a host path).
     let s = &Supervisor { evaluate: from_another_thread(s.evaluate.clone())?, ..s.clone() };
@@ -594,6 +681,30 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> an
         mnt_ns: None,
         ids: Identities::default(),
     };
+    let mut answer = |n: &Notif, state: &mut ThreadState| {
+        let g = s.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (call, outcome) = handle(s, &g, state, listener.as_fd(), n);
+        if let Err(e) = send(listener.as_fd(), n.id, outcome.reply) {
+            tracing::debug!(session_id = %s.session, error = %e, "a supervised call's caller went away");
+        }
+        inbox.clear();
+        if let Some(call) = call {
+            for e in events(s, &g, n, &call, &outcome) {
+                out(e);
+            }
+        }
+    };
+    // What a decider that died had received and not answered: decided
+    // again (a call it performed before dying fails the second time, as
+    // a repeated call would; never silently twice).
+    if let Some(n) = inbox.left() {
+        if still_waiting(listener.as_fd(), n.id) {
+            tracing::warn!(session_id = %s.session, id = n.id, "deciding a call the previous decider left unanswered");
+            answer(&n, &mut state);
+        } else {
+            inbox.clear();
+        }
+    }
     while !s.stop.load(Ordering::Relaxed) {
         let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
@@ -609,22 +720,13 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, mut out: impl FnMut(Event)) -> an
             }
             continue;
         }
-        let n = match recv(listener.as_fd()) {
+        let n = match inbox.recv(listener.as_fd()) {
             Ok(n) => n,
             // The caller went away before it was read.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => anyhow::bail!("reading the supervised-calls listener: {e}"),
         };
-        let g = s.governed.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let (call, outcome) = handle(s, &g, &mut state, listener.as_fd(), &n);
-        if let Err(e) = send(listener.as_fd(), n.id, outcome.reply) {
-            tracing::debug!(session_id = %s.session, error = %e, "a supervised call's caller went away");
-        }
-        if let Some(call) = call {
-            for e in events(s, &g, &n, &call, &outcome) {
-                out(e);
-            }
-        }
+        answer(&n, &mut state);
     }
     Ok(())
 }

@@ -125,6 +125,9 @@ const FAN_ALLOW: u32 = 1;
 /// Cached allows per group before the cache starts over.
 const MAX_CACHED: usize = 65_536;
 const FAN_DENY: u32 = 2;
+/// The most descriptors a decider process may have open (its
+/// `RLIMIT_NOFILE`): every event it reads gets a number below it.
+pub const DECIDER_FDS: u64 = 4096;
 /// `struct fanotify_event_metadata`.
 const METADATA_BYTES: usize = 24;
 
@@ -188,6 +191,29 @@ impl Group {
     /// A duplicate descriptor of the group (kept by the sensor).
     pub fn duplicate(&self) -> std::io::Result<OwnedFd> {
         self.fan.as_fd().try_clone_to_owned()
+    }
+
+    /// Refuses every permission event a decider that died had read and not
+    /// answered; how many. Nothing else can answer them: the kernel keeps
+    /// them until someone writes a response naming the descriptor number
+    /// the dead reader got for the event, or the group closes (which the
+    /// sensor's copy prevents); meanwhile the opener waits. The number is
+    /// below the reader's descriptor limit (`DECIDER_FDS`, which a holder
+    /// sets for itself), so a new decider refuses them all before it reads
+    /// (fail closed: the file behind one is unknown). A number may stand
+    /// for several events, of deciders that died in turn.
+    pub fn refuse_unanswered(&self) -> usize {
+        let mut refused = 0;
+        for fd in 0..DECIDER_FDS as i32 {
+            let mut response = [0u8; 8];
+            response[..4].copy_from_slice(&fd.to_ne_bytes());
+            response[4..].copy_from_slice(&FAN_DENY.to_ne_bytes());
+            // ENOENT: no event waits on this number.
+            while nix::unistd::write(&self.fan, &response).is_ok() {
+                refused += 1;
+            }
+        }
+        refused
     }
 
     /// Drops every cached allow.

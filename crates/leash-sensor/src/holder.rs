@@ -11,7 +11,10 @@
 //! socket. The sensor keeps a duplicate of every group, so the group never
 //! closes while the session runs (a closing group lets every pending open
 //! through); when a holder dies, the sensor freezes the session's cgroup,
-//! starts another holder on the same group, and thaws it.
+//! starts another holder on the same group, and thaws it. The new holder
+//! first answers what the dead one received and left unanswered (refuses
+//! its permission events, decides its supervised call again: see
+//! `fan::Group::refuse_unanswered` and `calls::Inbox`).
 //! The holder exits when its session's cgroup is gone or the sensor says stop.
 //!
 //! A session whose leash-entry installed the supervised-calls filter also
@@ -206,8 +209,23 @@ pub fn descriptor_of(pid: u32, n: i32) -> anyhow::Result<OwnedFd> {
     Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?)
 }
 
+/// Where a holder keeps the supervised call it is deciding, for its
+/// successor (`calls::Inbox`).
+fn inbox_path(listen: &Path) -> PathBuf {
+    listen.with_extension("calls")
+}
+
 fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
+    // Every event this holder reads gets a descriptor number below this,
+    // which is how a successor finds the ones it leaves unanswered.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, fan::DECIDER_FDS, fan::DECIDER_FDS)?;
     let group = Arc::new(fan::Group::from_owned(std::io::stdin().as_fd().try_clone_to_owned()?));
+    // A holder that died mid-decision left its callers waiting: refuse
+    // those before reading anything (the first holder finds none).
+    let refused = group.refuse_unanswered();
+    if refused > 0 {
+        tracing::warn!(session_id = %spec.session, refused, "refused the opens the previous decider left unanswered");
+    }
     let control = UnixStream::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     // Decisions never wait on a sensor that stopped reading: a late event is dropped.
     control.set_write_timeout(Some(Duration::from_millis(100)))?;
@@ -295,6 +313,7 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
         }
     };
     if let Some(listener) = calls {
+        let inbox = crate::calls::Inbox::open(&inbox_path(&spec.listen))?;
         let s = crate::calls::Supervisor {
             session: spec.session.clone(),
             governed: governed.clone(),
@@ -304,7 +323,7 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
         };
         let publish = publish.clone();
         std::thread::Builder::new().name("holder-calls".into()).spawn(move || {
-            if let Err(e) = crate::calls::run(&s, &listener, publish) {
+            if let Err(e) = crate::calls::run(&s, &listener, &inbox, publish) {
                 // The calls wait in the kernel for the next decider.
                 tracing::error!(session_id = %s.session, error = %format!("{e:#}"), "the supervised-calls decider stopped");
             }
@@ -314,6 +333,10 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
         fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, evaluate, stop, cache: true };
     let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| publish(fan::to_event(d)));
     let _ = std::fs::remove_file(&spec.listen);
+    if result.is_ok() {
+        // The session is over (or stopped): nothing waits on its calls.
+        let _ = std::fs::remove_file(inbox_path(&spec.listen));
+    }
     result
 }
 

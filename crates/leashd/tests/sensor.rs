@@ -3,6 +3,7 @@
 //! `leash` and `leashctl` as a user would.
 
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leash_testkit::{Stack, TEST_IMAGE, eventually, require_docker};
@@ -369,13 +370,109 @@ fn enforcement_never_pauses_when_the_sensor_or_the_decider_is_killed() {
     eventually(Duration::from_secs(3), "the edit in force", || {
         (!docker_exec(&container, &format!("cat {p}/open/sibling")).status.success()).then_some(())
     });
-    let out = leash.wait_with_output().unwrap();
+    let out = finished(leash, Duration::from_secs(60));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("done"), "{stdout}");
     assert!(!stdout.contains("LEAK"), "a forbidden operation got through: {stdout}");
     let events = stack.events();
     let restart = events.iter().find(|e| e["action"] == "sensor.decider.restart").expect("the decider's restart");
     assert_eq!((restart["session"].as_str(), restart["details"]["frozen"].as_str()), (Some(id.as_str()), Some("yes")));
+}
+
+/// What a child prints, collected as it prints it.
+fn collect(stdout: Option<std::process::ChildStdout>) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let printed = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            let (mut buf, Some(mut stdout)) = ([0u8; 4096], stdout) else { return };
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                printed.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    (printed, reader)
+}
+
+/// The output of `child` once it exits (its stdout, unless taken
+/// already); a failure when it still runs after `limit`.
+fn finished(mut child: std::process::Child, limit: Duration) -> Output {
+    let (printed, reader) = collect(child.stdout.take());
+    let status = eventually(limit, "the session's end", || child.try_wait().unwrap());
+    reader.join().unwrap();
+    let stdout = std::mem::take(&mut *printed.lock().unwrap()).into_bytes();
+    Output { status, stdout, stderr: Vec::new() }
+}
+
+/// Continues a stopped process when dropped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        leash_testkit::kill(pid, rustix::process::Signal::STOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        leash_testkit::kill(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+#[test]
+fn a_decision_in_flight_when_its_decider_dies_is_answered_not_lost() {
+    if !require_docker("a_decision_in_flight_when_its_decider_dies_is_answered_not_lost") {
+        return;
+    }
+    let stack = stack();
+    let p = project_files(&stack);
+    std::fs::write(format!("{p}/slow.txt"), "slow\n").unwrap();
+    std::fs::create_dir_all(format!("{p}/made")).unwrap();
+    // Decisions about files named slow.txt go to the policy service (a
+    // condition on the name), which the test stops to hold them in flight;
+    // reading one is forbidden, writing one allowed.
+    let policy = policy(
+        &stack,
+        &[
+            "@id(\"slow-read\") forbid (principal, action == Action::\"FileOpenReadOnly\", resource is File) when { resource.name == \"slow.txt\" };",
+            "@id(\"slow-write\") forbid (principal, action == Action::\"FileOpenReadWrite\", resource is File) when { resource.name == \"slow.txt\" && resource.path like \"/nowhere/*\" };",
+        ],
+    );
+    let script = "while [ ! -e go1 ]; do sleep 0.1; done; cat slow.txt; echo read=$?; \
+                  while [ ! -e go2 ]; do sleep 0.1; done; echo new > made/slow.txt; echo create=$?; echo done";
+    let mut leash = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (id, _container) = running(&stack);
+    let (printed, reader) = collect(leash.stdout.take());
+    let policy_pid = Stack::component(&stack.status().unwrap(), "leash-policy")["pid"].as_u64().unwrap() as u32;
+    // An open (fanotify) and then a creating open (a supervised call),
+    // each in flight when its decider is killed.
+    for (go, answer) in [("go1", "read=1"), ("go2", "create=0")] {
+        let holder = holder_pid(&id).expect("the session's holder");
+        let stopped = Stopped::stop(policy_pid);
+        std::fs::write(format!("{p}/{go}"), "").unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let before = printed.lock().unwrap().clone();
+        assert!(!before.contains(answer.split('=').next().unwrap()), "the decision was not in flight: {before}");
+        leash_testkit::kill(holder, rustix::process::Signal::KILL);
+        drop(stopped);
+        eventually(Duration::from_secs(10), &format!("{answer} once the decider was replaced"), || {
+            let now = printed.lock().unwrap().clone();
+            now.contains(answer).then_some(())
+        });
+    }
+    let out = finished(leash, Duration::from_secs(20));
+    reader.join().unwrap();
+    let printed = printed.lock().unwrap().clone();
+    assert!(out.status.success() && printed.contains("done"), "{printed}");
+    // The successor decided the call again and the kernel performed it.
+    assert_eq!(std::fs::read_to_string(format!("{p}/made/slow.txt")).unwrap(), "new\n");
+    let restarts = stack.events().iter().filter(|e| e["action"] == "sensor.decider.restart").count();
+    assert_eq!(restarts, 2);
 }
 
 #[test]
