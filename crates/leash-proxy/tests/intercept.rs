@@ -45,27 +45,6 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos().into()
 }
 
-/// Files under `dir` (logs, state) that contain `needle`.
-fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t)
-                    if t.is_file() && std::fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) =>
-                {
-                    found.push(p.display().to_string());
-                }
-                _ => {}
-            }
-        }
-    }
-    found
-}
-
 /// Bad clients, in Python inside the session container.
 const BAD_INPUT: &str = r#"
 import socket, ssl, sys, time
@@ -308,7 +287,11 @@ fn https_is_intercepted_and_decided_by_name() {
     );
     let listed = text(&stack.leashctl(&["policy", "tables", "--json", "--session", &session_id]).stdout);
     assert!(listed.contains("Authorization") && !listed.contains(token), "{listed}");
-    assert_eq!(files_containing(stack.root(), token), Vec::<String>::new(), "the secret is on disk");
+    assert_eq!(
+        leash_testkit::files_containing(stack.root(), token, &[]),
+        Vec::<String>::new(),
+        "the secret is on disk"
+    );
 
     // Bad input: the proxy answers or drops it, and keeps serving others.
     let bad = stack.project().join("bad-input.py");

@@ -502,6 +502,46 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+/// Files under `dir` whose bytes contain `needle` (a canary), but those
+/// under `except`.
+pub fn files_containing(dir: &Path, needle: &str, except: &[&Path]) -> Vec<String> {
+    let needle = needle.as_bytes();
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() && !except.contains(&p.as_path()) => stack.push(p),
+                Ok(t)
+                    if t.is_file() && std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) =>
+                {
+                    found.push(p.display().to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// The environment and command line of every process in a container (in
+/// its pid namespace), read from the host.
+pub fn container_environ(container: &str) -> String {
+    let out = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().expect("docker");
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else { return String::new() };
+    let mut all = String::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let p = e.path();
+        if std::fs::read_link(p.join("ns/pid")).is_ok_and(|n| n == ns) {
+            let read = |f: &str| String::from_utf8_lossy(&std::fs::read(p.join(f)).unwrap_or_default()).into_owned();
+            all.push_str(&read("environ").replace('\0', "\n"));
+            all.push_str(&read("cmdline").replace('\0', " "));
+        }
+    }
+    all
+}
 
 /// True when `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {

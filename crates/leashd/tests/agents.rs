@@ -378,23 +378,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The environment and command line of every process in the container,
-/// read from the host.
-fn container_environ(container: &str) -> String {
-    let pid =
-        text(&Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().unwrap().stdout);
-    let Ok(ns) = std::fs::read_link(format!("/proc/{}/ns/pid", pid.trim())) else { return String::new() };
-    let mut all = String::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let p = e.path();
-        if std::fs::read_link(p.join("ns/pid")).is_ok_and(|n| n == ns) {
-            all.push_str(&text(&std::fs::read(p.join("environ")).unwrap_or_default()).replace('\0', "\n"));
-            all.push_str(&text(&std::fs::read(p.join("cmdline")).unwrap_or_default()).replace('\0', " "));
-        }
-    }
-    all
-}
-
 /// Runs one agent in a session and checks it; panics saying what failed.
 fn run(stack: &Stack, gw: &str, log: &Log, agent: &Agent) {
     let project = stack.project();
@@ -468,7 +451,7 @@ fn run(stack: &Stack, gw: &str, log: &Log, agent: &Agent) {
     .to_owned();
     assert!(!container.is_empty() && !container.contains('\n'), "one running session container: {container:?}");
     let inspect = text(&Command::new("docker").args(["inspect", &container]).output().unwrap().stdout);
-    let environ = container_environ(&container);
+    let environ = leash_testkit::container_environ(&container);
     let inspected: Value = serde_json::from_str(&inspect).unwrap();
     let session = inspected[0]["Config"]["Labels"]["leash.session"].as_str().unwrap_or_default().to_owned();
     std::fs::write(&go_file, "").unwrap();

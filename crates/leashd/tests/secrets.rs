@@ -54,50 +54,6 @@ fn exec(container: &str, script: &str) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
 
-/// Files under `dir` whose bytes contain `needle`, but those under `except`.
-fn files_containing(dir: &std::path::Path, needle: &str, except: &[&std::path::Path]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() && !except.contains(&p.as_path()) => stack.push(p),
-                Ok(t) if t.is_file() && std::fs::read(&p).is_ok_and(|b| memfind(&b, needle.as_bytes())) => {
-                    found.push(p.display().to_string());
-                }
-                _ => {}
-            }
-        }
-    }
-    found
-}
-
-fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The environment of every process in the container, read from the host.
-fn container_environ(container: &str) -> String {
-    let pid = text(
-        &std::process::Command::new("docker")
-            .args(["inspect", "-f", "{{.State.Pid}}", container])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    let ns = std::fs::read_link(format!("/proc/{}/ns/pid", pid.trim())).unwrap();
-    let mut all = String::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let p = e.path();
-        if std::fs::read_link(p.join("ns/pid")).is_ok_and(|n| n == ns) {
-            all.push_str(&text(&std::fs::read(p.join("environ")).unwrap_or_default()).replace('\0', "\n"));
-            all.push_str(&text(&std::fs::read(p.join("cmdline")).unwrap_or_default()).replace('\0', " "));
-        }
-    }
-    all
-}
-
 fn random_token(len: usize) -> String {
     let mut bytes = vec![0u8; len];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
@@ -195,7 +151,7 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
         assert_eq!(&d[..3], &real[..3], "the prefix stays: {d}");
     }
     let (header_decoy, body_decoy) = (decoys[0], decoys[1]);
-    let environ = container_environ(&container);
+    let environ = leash_testkit::container_environ(&container);
     for real in reals {
         assert!(!environ.contains(real.as_str()), "a real value in the container's /proc");
     }
@@ -331,7 +287,7 @@ fn the_container_holds_decoys_and_real_values_go_only_where_the_policy_says() {
             assert!(!r.contains(real.as_str()), "a real value in view {i}");
         }
         assert_eq!(
-            files_containing(stack.root(), real, &[&secrets_dir, &home]),
+            leash_testkit::files_containing(stack.root(), real, &[&secrets_dir, &home]),
             Vec::<String>::new(),
             "a real value on disk"
         );
