@@ -6,9 +6,10 @@
  * sock_create program refuses ICMP sockets; tracepoints report execs, forks
  * and exits (opens and execs are decided by fanotify in user space).
  *
- * LSM tier (kernels that run BPF LSM): file_open, bprm_check_security and
- * socket_connect decide from the session's file and address tables in the
- * maps below; the sensor says which tier is in force.
+ * LSM tier (kernels that run BPF LSM): file_open, bprm_check_security,
+ * mmap_file/file_mprotect and the path hooks decide from the session's
+ * file tables in the maps below, for the actions the sensor hands them
+ * (`lsm_files`; a table only user space can decide stays with fanotify).
  *
  * Only sessions registered in `sessions` (by their container's cgroup id)
  * are governed; anything else costs one hash lookup.
@@ -448,8 +449,9 @@ static __always_inline __u32 decide_file(struct leash_session *s, __u32 action, 
 #define LEASH_ANCESTORS 24
 
 /* What the tables deny `action` on by identity: the file (`below` = 0)
- * itself, or the nearest guarded directory above it; 0 when nothing does.
- * A link or rename of a guarded file or directory keeps its identity. */
+ * itself, or the nearest guarded directory above it; 0 when nothing does,
+ * or when an exception the tables allow is nearer. A link or rename of a
+ * guarded file or directory keeps its identity. */
 static __always_inline __u32 identity_denies(struct leash_session *s, __u32 action, struct dentry *d, int below)
 {
 	struct leash_inode_key k = {.slot = s->slot};
@@ -462,6 +464,9 @@ static __always_inline __u32 identity_denies(struct leash_session *s, __u32 acti
 			struct leash_ident *v = bpf_map_lookup_elem(&inodes, &k);
 			if (v && (v->deny & bit) && (!below || (v->deny & LEASH_IDENT_BELOW)))
 				return LEASH_VERDICT_PRESENT | (v->reason << 8);
+			/* The nearest answer wins: an exception the tables allow. */
+			if (v && (v->deny & (bit << LEASH_IDENT_ALLOW_SHIFT)))
+				return 0;
 		}
 		struct dentry *parent = BPF_CORE_READ(d, d_parent);
 		if (!parent || parent == d)
@@ -509,13 +514,46 @@ static __always_inline __u32 decide_with_identity(struct leash_session *s, __u32
 	return traced ? traced : v;
 }
 
-static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u32 verdict)
+/* Files already reported allowed, per slot and action: an allow is
+ * reported once per file until the tables change (a new slot), as the
+ * fallback tier's cache does; a denial is reported every time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct leash_reported_key);
+	__type(value, __u8);
+} lsm_reported SEC(".maps");
+
+/* The session of the current task when the LSM tier decides `action` for
+ * it (else 0: not governed, record mode, or fanotify decides it). */
+static __always_inline struct leash_session *lsm_governed(__u32 action)
+{
+	struct leash_session *s = governed();
+	if (!s || s->mode == LEASH_MODE_RECORD || !(s->lsm_files & (1u << action)))
+		return 0;
+	return s;
+}
+
+/* Reports a decision and answers it: the path the decision resolved (in
+ * the scratch), or the entry's `name` when the hook had no path. */
+static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u32 action, __u32 verdict,
+				       const unsigned char *name)
 {
 	struct leash_event *e = reserve();
 	if (e) {
 		e->kind = kind;
 		e->mode = s->mode;
 		e->verdict = verdict;
+		e->flags = action | LEASH_EV_LSM;
+		if (name) {
+			e->flags |= LEASH_EV_NAME_ONLY;
+			bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
+		} else {
+			__u32 zero = 0;
+			struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+			if (sc)
+				__builtin_memcpy(e->path, sc->exact.path, LEASH_PATH_MAX);
+		}
 		submit(e);
 	}
 	if (s->mode == LEASH_MODE_ENFORCE && !(verdict & LEASH_VERDICT_ALLOW))
@@ -523,30 +561,47 @@ static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u3
 	return 0;
 }
 
+/* A decision on an opened file: an allow already reported for this file
+ * passes silently. */
+static __always_inline int lsm_file_verdict(struct leash_session *s, __u32 kind, __u32 action, struct file *file)
+{
+	__u32 verdict = decide_with_identity(s, action, &file->f_path);
+	if (verdict & LEASH_VERDICT_ALLOW) {
+		struct leash_reported_key k = {.slot = s->slot, .action = action};
+		k.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+		k.ino = BPF_CORE_READ(file, f_inode, i_ino);
+		__u8 one = 1;
+		if (bpf_map_update_elem(&lsm_reported, &k, &one, BPF_NOEXIST) != 0)
+			return 0;
+	}
+	return lsm_verdict(s, kind, action, verdict, 0);
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(leash_lsm_file_open, struct file *file, int ret)
 {
 	if (ret)
 		return ret;
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
-		return 0;
 	__u32 mode = BPF_CORE_READ(file, f_mode);
 	if (mode & FMODE_EXEC)
 		return 0; /* the exec is decided in bprm_check_security */
 	__u32 action = (mode & FMODE_WRITE) ? LEASH_FILE_WRITE : LEASH_FILE_READ;
-	return lsm_verdict(s, LEASH_EV_OPEN, decide_with_identity(s, action, &file->f_path));
+	struct leash_session *s = lsm_governed(action);
+	if (!s)
+		return 0;
+	return lsm_file_verdict(s, LEASH_EV_OPEN, action, file);
 }
 
+/* Every exec, execveat included (both pass here with the file to run). */
 SEC("lsm/bprm_check_security")
 int BPF_PROG(leash_lsm_bprm, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret;
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
+	struct leash_session *s = lsm_governed(LEASH_FILE_EXEC);
+	if (!s)
 		return 0;
-	return lsm_verdict(s, LEASH_EV_EXEC, decide_with_identity(s, LEASH_FILE_EXEC, &bprm->file->f_path));
+	return lsm_file_verdict(s, LEASH_EV_EXEC, LEASH_FILE_EXEC, bprm->file);
 }
 
 #define PROT_EXEC 0x4
@@ -557,10 +612,10 @@ static __always_inline int mapped_exec(struct file *file, unsigned long prot)
 {
 	if (!file || !(prot & PROT_EXEC))
 		return 0;
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
+	struct leash_session *s = lsm_governed(LEASH_FILE_EXEC);
+	if (!s)
 		return 0;
-	return lsm_verdict(s, LEASH_EV_EXEC, decide_with_identity(s, LEASH_FILE_EXEC, &file->f_path));
+	return lsm_file_verdict(s, LEASH_EV_EXEC, LEASH_FILE_EXEC, file);
 }
 
 SEC("lsm/mmap_file")
@@ -579,11 +634,12 @@ int BPF_PROG(leash_lsm_file_mprotect, struct vm_area_struct *vma, unsigned long 
 	struct file *file = BPF_CORE_READ(vma, vm_file);
 	if (!file)
 		return 0;
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
+	struct leash_session *s = lsm_governed(LEASH_FILE_EXEC);
+	if (!s)
 		return 0;
-	__u32 v = identity_denies(s, LEASH_FILE_EXEC, BPF_CORE_READ(file, f_path.dentry), 0);
-	return v ? lsm_verdict(s, LEASH_EV_EXEC, v) : 0;
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	__u32 v = identity_denies(s, LEASH_FILE_EXEC, d, 0);
+	return v ? lsm_verdict(s, LEASH_EV_EXEC, LEASH_FILE_EXEC, v, BPF_CORE_READ(d, d_name.name)) : 0;
 }
 
 /* Calls that make a name appear or change a file without opening it: a
@@ -591,15 +647,15 @@ int BPF_PROG(leash_lsm_file_mprotect, struct vm_area_struct *vma, unsigned long 
  * paths: bpf_d_path is not allowed there). */
 static __always_inline int written(struct dentry *dir, struct dentry *child, struct dentry *target)
 {
-	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD)
+	struct leash_session *s = lsm_governed(LEASH_FILE_WRITE);
+	if (!s)
 		return 0;
 	__u32 v = entry_denies(s, dir, child);
 	if (!v && target)
 		v = identity_denies(s, LEASH_FILE_WRITE, target, 0);
 	if (!v)
 		return 0;
-	return lsm_verdict(s, LEASH_EV_OPEN, v);
+	return lsm_verdict(s, LEASH_EV_OPEN, LEASH_FILE_WRITE, v, BPF_CORE_READ(child, d_name.name));
 }
 
 SEC("lsm/path_mknod")

@@ -106,7 +106,7 @@ fn ensure_debian_base() -> anyhow::Result<()> {
 }
 
 /// The host's Debian mirror, from its apt sources.
-fn host_mirror() -> Option<String> {
+pub(crate) fn host_mirror() -> Option<String> {
     let mut texts = Vec::new();
     for entry in std::fs::read_dir("/etc/apt/sources.list.d").into_iter().flatten().flatten() {
         texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());

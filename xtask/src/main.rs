@@ -15,6 +15,7 @@ mod install;
 mod tidy;
 mod util;
 mod vmtest;
+mod vmtest_sessions;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,10 @@ verbs:
                   --new-files: 10,000 new files with and without identity tracing
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
+  vmtest --sessions [FILTER...]
+                  boot a Debian VM with Docker under QEMU and run the session tests
+                  (crates/leashd/tests/sensor.rs, hostile.rs) there, each test whose
+                  name contains a FILTER (all without one)
   fuzz [TARGET] [--time S]
                   run the fuzz targets in fuzz/ (nightly, cargo-fuzz), S seconds each (600)
   hostile         the hostile-agent suite in real sessions, each attempt reported

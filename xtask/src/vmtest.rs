@@ -36,7 +36,7 @@ sync
 poweroff -f
 "#;
 
-fn dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn dir() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join("vmtest"))
 }
 
@@ -80,7 +80,7 @@ fn debs_named(debs: &Path, prefix: &str) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// The guest kernel (bzImage) from Debian's `linux-image-amd64`.
-fn kernel(work: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn kernel(work: &Path) -> anyhow::Result<PathBuf> {
     let kpkg = work.join("kpkg");
     if let Some(k) = find_vmlinuz(&kpkg) {
         return Ok(k);
@@ -147,7 +147,7 @@ fn missing_libraries(bin: &Path, libs: &std::ffi::OsStr) -> anyhow::Result<Vec<S
 /// unpacked under `work` with every package apt says it needs (installing
 /// it would replace the machine's qemu-utils); (binary, library path, data
 /// dirs).
-fn qemu(work: &Path) -> anyhow::Result<(PathBuf, std::ffi::OsString, Vec<PathBuf>)> {
+pub(crate) fn qemu(work: &Path) -> anyhow::Result<(PathBuf, std::ffi::OsString, Vec<PathBuf>)> {
     let system = Path::new("/usr/bin/qemu-system-x86_64");
     if system.exists() && missing_libraries(system, "".as_ref())?.is_empty() {
         return Ok((system.to_path_buf(), Default::default(), vec![]));
@@ -184,7 +184,19 @@ fn qemu(work: &Path) -> anyhow::Result<(PathBuf, std::ffi::OsString, Vec<PathBuf
 /// The initramfs: busybox and its applets, the static sensor, /init.
 fn initramfs(work: &Path, sensor: &Path) -> anyhow::Result<PathBuf> {
     let tree = work.join("initramfs");
-    let _ = std::fs::remove_dir_all(&tree);
+    busybox_tree(&tree)?;
+    std::fs::copy(sensor, tree.join("bin/leash-sensor"))?;
+    std::fs::write(tree.join("init"), INIT)?;
+    util::run(Command::new("chmod").arg("755").arg(tree.join("init")))?;
+    let image = work.join("initramfs.cpio.gz");
+    pack(&tree, &image)?;
+    Ok(image)
+}
+
+/// A fresh initramfs tree at `tree`: busybox and its applets in /bin, the
+/// console and null devices.
+pub(crate) fn busybox_tree(tree: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir_all(tree);
     for d in ["bin", "dev", "proc", "sys", "tmp"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
@@ -196,22 +208,27 @@ fn initramfs(work: &Path, sensor: &Path) -> anyhow::Result<PathBuf> {
             std::os::unix::fs::symlink("busybox", link)?;
         }
     }
-    std::fs::copy(sensor, tree.join("bin/leash-sensor"))?;
-    std::fs::write(tree.join("init"), INIT)?;
-    util::run(Command::new("chmod").arg("755").arg(tree.join("init")))?;
     util::run(Command::new("mknod").args(["-m", "600"]).arg(tree.join("dev/console")).args(["c", "5", "1"]))?;
     util::run(Command::new("mknod").args(["-m", "666"]).arg(tree.join("dev/null")).args(["c", "1", "3"]))?;
-    let image = work.join("initramfs.cpio.gz");
+    Ok(())
+}
+
+/// Packs an initramfs tree into a gzipped cpio archive.
+pub(crate) fn pack(tree: &Path, image: &Path) -> anyhow::Result<()> {
     util::run(
-        Command::new("sh").current_dir(&tree).arg("-c").arg(format!(
+        Command::new("sh").current_dir(tree).arg("-c").arg(format!(
             "find . -print0 | cpio --null -o -H newc --owner=0:0 --quiet | gzip -1 > {}",
             image.display()
         )),
-    )?;
-    Ok(image)
+    )
 }
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("--sessions") => return crate::vmtest_sessions::run(&args[1..]),
+        Some(other) => bail!("unknown option {other:?} of vmtest (it takes --sessions [FILTER...])"),
+        None => {}
+    }
     if !rustix::process::geteuid().is_root() {
         bail!("vmtest builds an initramfs with device nodes and needs root");
     }

@@ -38,6 +38,7 @@ struct leash_session {
 	__u32 evaluate;  /* the table cannot decide: every connect but the guards' is allowed and reported for user space */
 	__u32 generation;
 	__u32 proxied;   /* leash-proxy intercepts TCP 80/443: what no table entry names goes to the redirect */
+	__u32 lsm_files; /* 1 << LEASH_FILE_*: the file actions the LSM tier decides for this session (fanotify the rest) */
 };
 
 /* A table entry's verdict: LEASH_VERDICT_* | reason << 8. */
@@ -108,6 +109,9 @@ struct leash_inode_key {
  * bit 1 << LEASH_FILE_* per action; LEASH_IDENT_BELOW: also on everything
  * below the directory. */
 #define LEASH_IDENT_BELOW 0x100
+/* (1 << LEASH_FILE_*) << LEASH_IDENT_ALLOW_SHIFT: the tables allow the
+ * action here (an exception below a denied directory): the walk up stops. */
+#define LEASH_IDENT_ALLOW_SHIFT 16
 struct leash_ident {
 	__u32 deny;
 	__u32 reason;
@@ -123,6 +127,18 @@ struct leash_entry_key {
 	__u64 dev;
 	__u64 ino;
 	char name[LEASH_NAME_MAX];
+};
+
+/* An LSM tier event's flags: the LEASH_FILE_* action in the low byte, and: */
+#define LEASH_EV_LSM 0x200       /* decided by the LSM tier */
+#define LEASH_EV_NAME_ONLY 0x100 /* `path` is the entry's name alone (the path hooks cannot resolve paths) */
+
+/* A file reported allowed under a slot, so that each is reported once. */
+struct leash_reported_key {
+	__u32 slot;
+	__u32 action;
+	__u64 dev;
+	__u64 ino;
 };
 
 /* One event, as the ring buffer carries it. */

@@ -64,11 +64,13 @@ pub struct SessionEntry {
     pub generation: u32,
     /// leash-proxy intercepts TCP 80/443: what no entry names goes to it.
     pub proxied: u32,
+    /// `1 << action number` of the file actions the LSM tier decides.
+    pub lsm_files: u32,
 }
 
 impl SessionEntry {
     fn bytes(&self) -> Vec<u8> {
-        [self.slot, self.mode, self.default4, self.default6, self.evaluate, self.generation, self.proxied]
+        [self.slot, self.mode, self.default4, self.default6, self.evaluate, self.generation, self.proxied, self.lsm_files]
             .iter()
             .flat_map(|v| v.to_ne_bytes())
             .collect()
@@ -211,8 +213,17 @@ pub fn probe_lsm() -> Result<(), String> {
     Ok(())
 }
 
-/// The maps that carry state across a restart (pinned and reused).
-const PINNED_MAPS: [&str; 5] = ["sessions", "net4", "net6", "ports", "dropped"];
+/// The maps that carry state across a restart (pinned and reused): the
+/// programs of a restarted sensor decide from the same tables.
+const PINNED_MAPS: [&str; 10] =
+    ["sessions", "net4", "net6", "ports", "dropped", "files_lpm", "files_exact", "files_default", "inodes", "entries"];
+
+/// The LSM programs a session's files are decided by (the LSM tier's
+/// connect and sendmsg hooks are not attached for sessions: the cgroup
+/// programs decide those on both tiers, from the first instruction).
+fn lsm_for_sessions(name: &str) -> bool {
+    name.starts_with("leash_lsm_") && name != "leash_lsm_connect" && name != "leash_lsm_sendmsg"
+}
 
 /// The path of a pinned map.
 pub fn map_pin(pins: &Path, name: &str) -> PathBuf {
@@ -220,13 +231,18 @@ pub fn map_pin(pins: &Path, name: &str) -> PathBuf {
 }
 
 /// Loads the fallback tier's programs and attaches them: the network
-/// programs to `cgroup`, the tracepoints globally (they filter by cgroup).
+/// programs to `cgroup`, the tracepoints globally (they filter by cgroup);
+/// with `lsm`, the LSM tier's file programs too (globally; they decide
+/// for the sessions and actions the `sessions` map hands them).
 ///
 /// Maps and links are pinned under `pins`. A restarted sensor reuses the
 /// pinned maps (so registered sessions and their tables carry over) and
 /// swaps the program of each pinned cgroup link atomically, so the network
-/// decisions never pause; the tracepoints are attached anew.
-pub fn load(cgroup: &Path, pins: &Path) -> anyhow::Result<Kernel> {
+/// decisions never pause; the tracepoints are attached anew, and each LSM
+/// program is attached before the previous sensor's is detached (both
+/// decide from the same maps meanwhile), so the file decisions never
+/// pause either.
+pub fn load(cgroup: &Path, pins: &Path, lsm: bool) -> anyhow::Result<Kernel> {
     // libbpf finds tracepoint ids in tracefs; pins need bpffs.
     ensure_mounted("tracefs", "/sys/kernel/tracing", "tracepoints may not attach");
     ensure_mounted("bpf", "/sys/fs/bpf", "nothing will be pinned");
@@ -235,7 +251,7 @@ pub fn load(cgroup: &Path, pins: &Path) -> anyhow::Result<Kernel> {
     if let Err(e) = &pinning {
         tracing::warn!(dir = %pins.display(), error = %e, "cannot pin; a sensor restart will not keep enforcement");
     }
-    let kernel = match load_pinned(cgroup, pins, pinning.is_ok()) {
+    let kernel = match load_pinned(cgroup, pins, pinning.is_ok(), lsm) {
         Ok(k) => k,
         Err(e) if pinning.is_ok() => {
             // Pinned state from an incompatible build: start over.
@@ -243,16 +259,16 @@ pub fn load(cgroup: &Path, pins: &Path) -> anyhow::Result<Kernel> {
             unpin_all(pins);
             let _ = std::fs::create_dir_all(pins.join("maps"));
             let _ = std::fs::create_dir_all(pins.join("links"));
-            load_pinned(cgroup, pins, true)?
+            load_pinned(cgroup, pins, true, lsm)?
         }
         Err(e) => return Err(e),
     };
     Ok(kernel)
 }
 
-fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> {
+fn load_pinned(cgroup: &Path, pins: &Path, pin: bool, lsm: bool) -> anyhow::Result<Kernel> {
     let mut object = MaybeUninit::uninit();
-    let mut open = open_with(&mut object, |name| !name.starts_with("leash_lsm_"))?;
+    let mut open = open_with(&mut object, |name| !name.starts_with("leash_lsm_") || (lsm && lsm_for_sessions(name)))?;
     if pin {
         for mut m in open.open_object_mut().maps_mut() {
             let name = m.name().to_string_lossy().into_owned();
@@ -267,7 +283,7 @@ fn load_pinned(cgroup: &Path, pins: &Path, pin: bool) -> anyhow::Result<Kernel> 
     let mut links = Vec::new();
     for p in skel.object_mut().progs_mut() {
         let name = p.name().to_string_lossy().into_owned();
-        if name.starts_with("leash_lsm_") {
+        if name.starts_with("leash_lsm_") && !(lsm && lsm_for_sessions(&name)) {
             continue;
         }
         let pin_path = pins.join("links").join(&name);
@@ -344,6 +360,35 @@ fn file_action_number(a: leash_core::tables::FileAction) -> Option<u32> {
 /// The longest path an LSM prefix entry can hold.
 pub const LPM_PATH: usize = 248;
 
+/// The file actions (`1 << action number`) the LSM tier can decide for
+/// `t` on its own: those whose table decides every path by exact files,
+/// directory prefixes and a default, each short enough for the kernel's
+/// keys. An action whose table has path patterns or name conditions (or
+/// none at all) needs user space, and stays with fanotify.
+pub fn lsm_coverage(t: &leash_core::tables::Tables) -> u32 {
+    use leash_core::tables::FileAction;
+    let mut covered = 0;
+    for action in [FileAction::Read, FileAction::Write, FileAction::Exec] {
+        let Some(a) = file_action_number(action) else { continue };
+        let Some(table) = t.files.get(&action) else { continue };
+        let decides = !table.evaluate_all
+            && table.path_patterns.is_empty()
+            && table.names.is_empty()
+            && table.default.is_some()
+            && table.exact.keys().all(|p| p.len() < 256)
+            && table.prefixes.keys().all(|p| p.len() <= LPM_PATH);
+        if decides {
+            covered |= 1 << a;
+        }
+    }
+    covered
+}
+
+/// The LSM tier's bit for a file action.
+pub fn lsm_bit(action: leash_core::tables::FileAction) -> u32 {
+    file_action_number(action).map_or(0, |a| 1 << a)
+}
+
 /// `struct leash_path_exact`: slot, action, the path zero-padded to 256.
 fn file_exact_key(slot: u32, action: u32, path: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(path.len() < 256, "{path}: longer than the LSM tier's 255 bytes");
@@ -357,6 +402,12 @@ fn file_exact_key(slot: u32, action: u32, path: &str) -> anyhow::Result<Vec<u8>>
 
 /// `LEASH_IDENT_BELOW`: a directory's denial holds below it too.
 const IDENT_BELOW: u32 = 0x100;
+/// `LEASH_IDENT_ALLOW_SHIFT`: the actions allowed here, shifted (an
+/// exception below a denied directory stops the walk up to it).
+const IDENT_ALLOW_SHIFT: u32 = 16;
+/// Files and directories below forbidden directories written per session
+/// at most (the `inodes` map holds `LEASH_MAX_RULES` for every session).
+pub const MAX_IDENTITIES: usize = 8192;
 /// `LEASH_NAME_MAX`.
 const NAME_MAX: usize = 64;
 
@@ -455,15 +506,25 @@ impl Maps {
         Ok(w)
     }
 
-    /// Writes the file tables under `slot`, for the LSM tier. Patterns and
-    /// names the tables cannot decide are refused here: the LSM tier cannot
-    /// ask user space.
-    pub fn write_files(&self, slot: u32, t: &leash_core::tables::Tables, w: &mut Written) -> anyhow::Result<()> {
+    /// Writes the file tables of the actions in `actions` (`1 << action
+    /// number`) under `slot`, for the LSM tier. Patterns and names the
+    /// tables cannot decide are refused here: the LSM tier cannot ask user
+    /// space ([`lsm_coverage`] says which actions it can take).
+    pub fn write_files(
+        &self,
+        slot: u32,
+        t: &leash_core::tables::Tables,
+        actions: u32,
+        w: &mut Written,
+    ) -> anyhow::Result<()> {
         let put = |map: &MapHandle, k: &[u8], v: Verdict| {
             map.update(k, &encode(v).to_ne_bytes(), MapFlags::ANY).context("writing a file table entry")
         };
         for (action, table) in &t.files {
             let Some(a) = file_action_number(*action) else { continue };
+            if actions & (1 << a) == 0 {
+                continue;
+            }
             if table.evaluate_all || !table.path_patterns.is_empty() || !table.names.is_empty() {
                 anyhow::bail!("the {action:?} table has conditions only user space can decide");
             }
@@ -486,54 +547,106 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the LSM tier's identities under `slot`: every file and
-    /// directory the tables deny something on, as it exists now through
-    /// `root` (the session's root), by device and inode, with the actions
-    /// denied (a directory: on everything below it too), and its entry (its
-    /// directory's identity and its name) with the same, so that a name
+    /// Writes the LSM tier's identities under `slot`, for the actions in
+    /// `actions`: every file and directory the tables deny something on,
+    /// and every file and directory below such a directory, as they exist
+    /// now through `root` (the session's root), by device and inode, each
+    /// with what the tables answer for it under the name it has now — the
+    /// actions denied (a directory: on everything below it too), or, for
+    /// an exception the tables allow below a denied directory, an allow
+    /// that stops the kernel's walk up to that directory. So a file keeps
+    /// the answer of its name under any other name (a link, a rename of it
+    /// or of a directory above it). Each forbidden name is also written as
+    /// an entry (its directory's identity and its name), so that a name
     /// the tables forbid to write cannot be made to appear even where
-    /// nothing is yet. What does not exist is written as an entry only,
-    /// when its directory exists.
+    /// nothing is yet. At most [`MAX_IDENTITIES`] files below forbidden
+    /// directories are written; past that, a warning says so.
     pub fn write_identities(
         &self,
         slot: u32,
         t: &leash_core::tables::Tables,
+        actions: u32,
         root: &Path,
         w: &mut Written,
     ) -> anyhow::Result<()> {
-        use std::collections::BTreeMap;
+        use std::collections::{BTreeMap, HashMap};
         use std::os::unix::fs::MetadataExt;
-        let (files, dirs) = t.guarded();
-        // Path → (denied action bits, reason), over every action's table.
-        let mut denied: BTreeMap<(String, bool), (u32, u32)> = BTreeMap::new();
-        for action in t.files.keys() {
-            let Some(a) = file_action_number(*action) else { continue };
-            for (path, is_dir) in files.iter().map(|f| (f, false)).chain(dirs.iter().map(|d| (d, true))) {
-                // "/d/." is in "/d/" (the directory's own name is not).
-                let probe = if is_dir { format!("{}.", path) } else { path.clone() };
-                if let leash_core::tables::Lookup::Final(v) = t.lookup(*action, &probe)
-                    && !v.allow
-                {
-                    let e = denied.entry((path.trim_end_matches('/').to_owned(), is_dir)).or_insert((0, v.reason));
-                    e.0 |= 1 << a;
+        let covered: Vec<(leash_core::tables::FileAction, u32)> = t
+            .files
+            .keys()
+            .filter_map(|a| file_action_number(*a).map(|n| (*a, n)))
+            .filter(|(_, n)| actions & (1 << n) != 0)
+            .collect();
+        // What the tables answer for a path (directories: below them):
+        // (denied bits, allowed bits, a reason of a denial).
+        let answer = |path: &str, is_dir: bool| {
+            // "/d/." is in "/d/" (the directory's own name is not).
+            let probe = if is_dir { format!("{}/.", path.trim_end_matches('/')) } else { path.to_owned() };
+            let (mut deny, mut allow, mut reason) = (0u32, 0u32, 0u32);
+            for (action, n) in &covered {
+                if let leash_core::tables::Lookup::Final(v) = t.lookup(*action, &probe) {
+                    if v.allow {
+                        allow |= 1 << n;
+                    } else {
+                        deny |= 1 << n;
+                        reason = v.reason;
+                    }
                 }
             }
-        }
+            (deny, allow, reason)
+        };
+        let (files, dirs) = t.guarded();
+        let value = |deny: u32, allow: u32, is_dir: bool, reason: u32| {
+            let below = if is_dir && deny != 0 { IDENT_BELOW } else { 0 };
+            [(deny | below | (allow << IDENT_ALLOW_SHIFT)).to_ne_bytes(), reason.to_ne_bytes()].concat()
+        };
         let within = |p: &str| root.join(p.trim_start_matches('/'));
-        for ((path, is_dir), (bits, reason)) in denied {
-            let value = [(bits | if is_dir { IDENT_BELOW } else { 0 }).to_ne_bytes(), reason.to_ne_bytes()].concat();
-            if let Ok(m) = std::fs::symlink_metadata(within(&path)) {
+        // The forbidden names: their identities and their entries.
+        let mut named: BTreeMap<(String, bool), (u32, u32)> = BTreeMap::new();
+        for (path, is_dir) in files.iter().map(|f| (f, false)).chain(dirs.iter().map(|d| (d, true))) {
+            let (deny, _, reason) = answer(path, is_dir);
+            if deny != 0 {
+                named.insert((path.trim_end_matches('/').to_owned(), is_dir), (deny, reason));
+            }
+        }
+        let mut written_ids = std::collections::HashSet::new();
+        for ((path, is_dir), (deny, reason)) in &named {
+            let v = value(*deny, 0, *is_dir, *reason);
+            if let Ok(m) = std::fs::symlink_metadata(within(path)) {
                 let k = inode_key(slot, m.dev(), m.ino());
-                self.inodes.update(&k, &value, MapFlags::ANY).context("writing an identity")?;
+                self.inodes.update(&k, &v, MapFlags::ANY).context("writing an identity")?;
+                written_ids.insert((m.dev(), m.ino()));
                 w.inodes.push(k);
             }
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
             let parent = if parent.is_empty() { "/" } else { parent };
             if let Ok(m) = std::fs::metadata(within(parent)) {
                 let k = entry_key(slot, m.dev(), m.ino(), name);
-                self.entries.update(&k, &value, MapFlags::ANY).context("writing an entry")?;
+                self.entries.update(&k, &v, MapFlags::ANY).context("writing an entry")?;
                 w.entries.push(k);
             }
+        }
+        // Everything below the forbidden directories, each with its own answer.
+        let mut below: HashMap<crate::identity::Id, String> = HashMap::new();
+        let mut budget = MAX_IDENTITIES;
+        let mut complete = true;
+        for (path, is_dir) in named.keys() {
+            if *is_dir {
+                complete &= crate::identity::walk(root, path, &mut below, &mut budget);
+            }
+        }
+        if !complete {
+            tracing::warn!(slot, limit = MAX_IDENTITIES, "more files below forbidden directories than the LSM tier traces; the rest keep their answer only under their own names");
+        }
+        for ((dev, ino), path) in below {
+            if written_ids.contains(&(dev, ino)) {
+                continue;
+            }
+            let is_dir = path.ends_with('/');
+            let (deny, allow, reason) = answer(&path, is_dir);
+            let k = inode_key(slot, dev, ino);
+            self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY).context("writing an identity")?;
+            w.inodes.push(k);
         }
         Ok(())
     }
@@ -604,7 +717,7 @@ impl Maps {
                 let id = u64::from_ne_bytes(k.get(..8)?.try_into().ok()?);
                 let v = self.sessions.lookup(&k, MapFlags::ANY).ok()??;
                 let w = |i: usize| u32::from_ne_bytes(v[i * 4..i * 4 + 4].try_into().unwrap_or_default());
-                (v.len() >= 28).then(|| {
+                (v.len() >= 32).then(|| {
                     (
                         id,
                         SessionEntry {
@@ -615,6 +728,7 @@ impl Maps {
                             evaluate: w(4),
                             generation: w(5),
                             proxied: w(6),
+                            lsm_files: w(7),
                         },
                     )
                 })
@@ -704,7 +818,7 @@ mod tests {
         assert!(!v4);
         assert_eq!(k.len(), 24);
         assert_eq!(port_key(1, "10.0.0.1".parse().unwrap(), 443).len(), 24);
-        assert_eq!(SessionEntry::default().bytes().len(), 28);
+        assert_eq!(SessionEntry::default().bytes().len(), 32);
     }
 
     #[test]

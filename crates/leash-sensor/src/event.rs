@@ -14,6 +14,12 @@ pub const KIND_SENDMSG: u32 = 2;
 pub const KIND_OPEN: u32 = 3;
 /// See [`KIND_CONNECT`].
 pub const KIND_EXEC: u32 = 4;
+/// An open or exec event's flags: decided by the LSM tier (the file
+/// action's number in the low byte: 1 read, 2 write, 3 exec).
+pub const FLAG_LSM: u32 = 0x200;
+/// With [`FLAG_LSM`]: the path is the entry's name alone (the path hooks
+/// have no path).
+pub const FLAG_NAME_ONLY: u32 = 0x100;
 /// An ICMP socket (`ping`), refused in enforce mode.
 pub const KIND_ICMP: u32 = 5;
 /// A new process (`pid`) and its parent (`ppid`).
@@ -95,8 +101,8 @@ impl RawEvent {
             addr,
             port: u16::from_ne_bytes(b[52..54].try_into().ok()?),
             comm: c_string(&b[72..88]),
-            // Only execs carry a path.
-            path: if u32_at(b, 32) == KIND_EXEC { c_string(&b[88..344]) } else { String::new() },
+            // Only execs and the LSM tier's file decisions carry a path.
+            path: if matches!(u32_at(b, 32), KIND_EXEC | KIND_OPEN) { c_string(&b[88..344]) } else { String::new() },
         })
     }
 }

@@ -282,9 +282,61 @@ impl Group {
     }
 }
 
-/// A fanotify group for permission events, marked; with what was marked
-/// and what could not be (and why).
-pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<String>)> {
+/// The permission events a session's group is marked for when the LSM
+/// tier decides the file actions in `lsm_files` (`1 << action number`):
+/// opens unless it decides both reads and writes, execs unless it decides
+/// execs. Nothing at all when it decides every file action.
+pub fn events_for(lsm_files: u32) -> MaskFlags {
+    let decides = |a| lsm_files & crate::bpf::lsm_bit(a) != 0;
+    let mut m = MaskFlags::empty();
+    if !decides(FileAction::Read) || !decides(FileAction::Write) {
+        m |= MaskFlags::FAN_OPEN_PERM;
+    }
+    if !decides(FileAction::Exec) {
+        m |= MaskFlags::FAN_OPEN_EXEC_PERM;
+    }
+    m
+}
+
+/// The places `marks` names: (as reported, as marked).
+fn targets(marks: &Marks) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    Ok(match marks {
+        Marks::Container(pid) => {
+            let root = PathBuf::from(format!("/proc/{pid}/root"));
+            mount_points(*pid)?.into_iter().map(|m| (m.clone(), root.join(m.trim_start_matches('/')))).collect()
+        }
+        Marks::Paths(paths) => paths.iter().map(|p| (p.display().to_string(), p.clone())).collect(),
+    })
+}
+
+/// Marks a session's group (`group`, a descriptor of it) for `add` and
+/// unmarks it for `remove`, on every mount of its container. A change of
+/// who decides marks what fanotify takes over before the LSM tier lets it
+/// go, and unmarks what it hands over after, so that nothing is undecided.
+pub fn remark(group: &OwnedFd, pid: u32, add: MaskFlags, remove: MaskFlags) -> anyhow::Result<()> {
+    let group = Group::from_owned(group.try_clone()?);
+    for (m, path) in targets(&Marks::Container(pid))? {
+        let mark = |flags: MarkFlags, mask: MaskFlags| {
+            group.fan.mark(flags | MarkFlags::FAN_MARK_MOUNT, mask, nix::fcntl::AT_FDCWD, Some(&path))
+        };
+        if !add.is_empty()
+            && let Err(e) = mark(MarkFlags::FAN_MARK_ADD, add)
+            && m == "/"
+        {
+            anyhow::bail!("cannot mark the container's root mount: {e}");
+        }
+        if !remove.is_empty() {
+            // ENOENT: not marked for those.
+            let _ = mark(MarkFlags::FAN_MARK_REMOVE, remove);
+        }
+    }
+    Ok(())
+}
+
+/// A fanotify group for permission events, marked for `events` (none:
+/// not marked at all, the LSM tier decides); with what was marked and
+/// what could not be (and why).
+pub fn create_group(marks: &Marks, events: MaskFlags) -> anyhow::Result<(Group, Vec<String>, Vec<String>)> {
     let group = Fanotify::init(
         // Unlimited: a full queue would drop permission events, and a dropped
         // permission event is an allowed open.
@@ -296,17 +348,13 @@ pub fn create_group(marks: &Marks) -> anyhow::Result<(Group, Vec<String>, Vec<St
         EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
     )?;
     let (mut marked, mut unmarked) = (Vec::new(), Vec::new());
-    let targets: Vec<(String, PathBuf)> = match marks {
-        Marks::Container(pid) => {
-            let root = PathBuf::from(format!("/proc/{pid}/root"));
-            mount_points(*pid)?.into_iter().map(|m| (m.clone(), root.join(m.trim_start_matches('/')))).collect()
-        }
-        Marks::Paths(paths) => paths.iter().map(|p| (p.display().to_string(), p.clone())).collect(),
-    };
-    for (m, path) in targets {
+    if events.is_empty() {
+        return Ok((Group { fan: group, naming: AtomicU64::new(0) }, marked, unmarked));
+    }
+    for (m, path) in targets(marks)? {
         let r = group.mark(
             MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
-            MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_OPEN_EXEC_PERM,
+            events,
             nix::fcntl::AT_FDCWD,
             Some(&path),
         );

@@ -147,7 +147,7 @@ fn within(root: &Path, path: &str) -> PathBuf {
 
 /// Adds `dir` and everything below it (symlinks not followed); false when
 /// the budget ran out.
-fn walk(root: &Path, dir: &str, names: &mut HashMap<Id, String>, budget: &mut usize) -> bool {
+pub(crate) fn walk(root: &Path, dir: &str, names: &mut HashMap<Id, String>, budget: &mut usize) -> bool {
     let mut stack = vec![dir.trim_end_matches('/').to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(m) = std::fs::symlink_metadata(within(root, &d)) else { continue };

@@ -70,6 +70,11 @@ struct Session {
     proxied: bool,
     /// Its calls that make names appear are supervised (leash-entry's filter).
     supervised: bool,
+    /// The file actions the LSM tier decides for it, as the kernel and its
+    /// fanotify marks have them (None: not known, after a restart).
+    lsm_files: Option<u32>,
+    /// Shared with the event reader.
+    lsm_known: Arc<AtomicU32>,
     /// Frozen until its tables are applied (taken back after a restart
     /// that lost its kernel state or its decider).
     thaw_on_refresh: bool,
@@ -122,6 +127,19 @@ struct Known {
     session: String,
     governed: Arc<RwLock<fan::Governed>>,
     learned: Arc<Mutex<Learned>>,
+    /// The file actions the LSM tier decides for it (`1 << action number`).
+    lsm_files: Arc<AtomicU32>,
+}
+
+/// What the LSM tier decides for a session's files, when its tables are
+/// written: the actions (`1 << action number`, none on the fallback tier),
+/// the session's root (its files' identities are read through it), and
+/// whether to write those identities (the VM check's negative control
+/// leaves them out).
+pub(crate) struct LsmFiles<'a> {
+    actions: u32,
+    root: &'a std::path::Path,
+    identities: bool,
 }
 
 /// Reason indexes at and above this are a learned address's.
@@ -171,6 +189,8 @@ fn statically_named(t: &Tables, ip: IpAddr, port: u16) -> bool {
 
 struct Shared {
     kernel: Option<bpf::Kernel>,
+    /// The LSM tier's file programs are attached.
+    lsm: bool,
     caps: probe::Report,
     sessions: Mutex<HashMap<String, Session>>,
     by_cgroup: RwLock<HashMap<u64, Known>>,
@@ -293,6 +313,11 @@ impl Shared {
 
     /// Writes a session's tables into the kernel under a fresh slot, then
     /// flips the session to it (one map update), then removes the old ones.
+    /// The file actions the LSM tier takes for `tables` here.
+    fn lsm_actions(&self, tables: &Tables) -> u32 {
+        if self.lsm { bpf::lsm_coverage(tables) } else { 0 }
+    }
+
     fn apply(
         &self,
         cgroup_id: u64,
@@ -300,11 +325,24 @@ impl Shared {
         mode: Mode,
         proxied: bool,
         learned: &Learned,
+        files: &LsmFiles<'_>,
     ) -> Result<(u32, bpf::Written), String> {
         let kernel = self.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
         let _written_alone = self.tables_lock.lock().unwrap_or_else(|p| p.into_inner());
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        let written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
+        let mut written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
+        if files.actions != 0 {
+            let w = kernel.maps.write_files(slot, tables, files.actions, &mut written).and_then(|()| {
+                if !files.identities {
+                    return Ok(());
+                }
+                kernel.maps.write_identities(slot, tables, files.actions, files.root, &mut written)
+            });
+            if let Err(e) = w {
+                kernel.maps.clear(&written);
+                return Err(format!("{e:#}"));
+            }
+        }
         // What the session learned from names goes into the new slot before
         // the switch, so it never goes missing.
         let now = std::time::Instant::now();
@@ -321,6 +359,7 @@ impl Shared {
             evaluate: u32::from(tables.net.evaluate_all),
             generation: tables.generation as u32,
             proxied: u32::from(proxied),
+            lsm_files: files.actions,
         };
         if let Err(e) = kernel.maps.set_session(cgroup_id, &entry) {
             kernel.maps.clear(&written);
@@ -351,8 +390,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(session)
-            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied));
-        let Some((cgroup_id, resolvers, proxied)) = found else {
+            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied, s.pid, s.lsm_files, s.holder.clone()));
+        let Some((cgroup_id, resolvers, proxied, pid, lsm_before, link)) = found else {
             return true;
         };
         let (tables, mode) = match self.tables(session, &resolvers).await {
@@ -366,7 +405,22 @@ impl Shared {
         let tables = Arc::new(tables);
         let learned = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| s.learned.clone());
         let learned = learned.unwrap_or_default();
-        let applied = self.apply(cgroup_id, &tables, mode, proxied, &learned.lock().unwrap_or_else(|p| p.into_inner()));
+        let actions = self.lsm_actions(&tables);
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let files = LsmFiles { actions, root: &root, identities: true };
+        let events = fan::events_for(actions);
+        // What fanotify takes over is marked before the LSM tier lets it go
+        // (and what it hands over is unmarked after): never undecided.
+        let remark = lsm_before != Some(actions);
+        if remark {
+            let l = link.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = fan::remark(&l.group, pid, events, nix::sys::fanotify::MaskFlags::empty()) {
+                tracing::warn!(session_id = %session, error = %format!("{e:#}"), "cannot mark the session's mounts; the previous tables stay, retrying");
+                return false;
+            }
+        }
+        let applied =
+            self.apply(cgroup_id, &tables, mode, proxied, &learned.lock().unwrap_or_else(|p| p.into_inner()), &files);
         match applied {
             Ok((slot, written)) => {
                 let found = {
@@ -378,6 +432,8 @@ impl Shared {
                         s.slot = slot;
                         s.written = written;
                         s.generation = generation;
+                        s.lsm_files = Some(actions);
+                        s.lsm_known.store(actions, Ordering::Relaxed);
                         *s.governed.write().unwrap_or_else(|p| p.into_inner()) =
                             fan::Governed { tables: tables.clone(), mode };
                         let thaw = std::mem::take(&mut s.thaw_on_refresh).then(|| s.cgroup_dir.clone());
@@ -387,6 +443,13 @@ impl Shared {
                 if let Some((link, thaw)) = found {
                     // Written outside the sessions' lock (the socket has a write timeout).
                     let l = link.lock().unwrap_or_else(|p| p.into_inner());
+                    if remark {
+                        let all = nix::sys::fanotify::MaskFlags::FAN_OPEN_PERM
+                            | nix::sys::fanotify::MaskFlags::FAN_OPEN_EXEC_PERM;
+                        if let Err(e) = fan::remark(&l.group, pid, nix::sys::fanotify::MaskFlags::empty(), all - events) {
+                            tracing::warn!(session_id = %session, error = %format!("{e:#}"), "cannot unmark what the LSM tier took over (both decide it)");
+                        }
+                    }
                     if let Err(e) = holder::send_tables(&l.control, &tables, mode) {
                         tracing::warn!(session_id = %session, error = %e, "cannot reach the session's file decider");
                     }
@@ -413,7 +476,7 @@ impl Shared {
     /// `procs` is the lineage the kernel reported (forks, execs, exits) for
     /// naming each process's executable without asking /proc again.
     fn kernel_event(&self, raw: &event::RawEvent, procs: &mut Lineage) -> Option<pb::Event> {
-        let (session, reasons, name) = {
+        let (session, reasons, name, lsm_files) = {
             let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
             let k = known.get(&raw.cgroup_id)?;
             // A learned address's verdict names the name behind it too.
@@ -429,8 +492,11 @@ impl Shared {
                 }
                 None => (None, None),
             };
-            (k.session.clone(), reasons.unwrap_or_default(), name)
+            (k.session.clone(), reasons.unwrap_or_default(), name, k.lsm_files.load(Ordering::Relaxed))
         };
+        // A decision of the LSM tier, rather than an observation.
+        let lsm = raw.flags & event::FLAG_LSM != 0 && matches!(raw.kind, event::KIND_OPEN | event::KIND_EXEC);
+        let lsm_execs = lsm_files & bpf::lsm_bit(leash_core::tables::FileAction::Exec) != 0;
         let executable = procs.executable(raw);
         let (kind, action, resource) = match raw.kind {
             event::KIND_CONNECT | event::KIND_SENDMSG => {
@@ -441,6 +507,10 @@ impl Shared {
                 (pb::EventKind::Connect, "NetworkConnect", resource)
             }
             event::KIND_EXEC => (pb::EventKind::Exec, "ProcessExec", raw.path.clone()),
+            event::KIND_OPEN if lsm => {
+                let action = if raw.flags & 0xff == 2 { "FileOpenReadWrite" } else { "FileOpenReadOnly" };
+                (pb::EventKind::File, action, raw.path.clone())
+            }
             event::KIND_ICMP => (pb::EventKind::Connect, "NetworkConnect", "ICMP socket (ping)".to_owned()),
             event::KIND_FORK => (pb::EventKind::Process, "process.fork", executable.clone()),
             event::KIND_EXIT => (pb::EventKind::Process, "process.exit", executable.clone()),
@@ -453,8 +523,14 @@ impl Shared {
         };
         let allow = bpf::decode(raw.verdict).0;
         let lifecycle = matches!(raw.kind, event::KIND_FORK | event::KIND_EXIT);
-        let observed = raw.kind == event::KIND_EXEC || lifecycle;
+        let observed = (raw.kind == event::KIND_EXEC && !lsm) || lifecycle;
         let (mechanism, syscall) = match raw.kind {
+            _ if lsm && raw.flags & event::FLAG_NAME_ONLY != 0 => {
+                ("bpf-lsm (a path hook, by the entry's directory and name)", None)
+            }
+            event::KIND_OPEN => ("bpf-lsm (file_open)", None),
+            event::KIND_EXEC if lsm => ("bpf-lsm (bprm_check_security or a mapping of code)", None),
+            event::KIND_EXEC if lsm_execs => ("tracepoint (observed; execs are decided by bpf-lsm)", None),
             event::KIND_EXEC => ("tracepoint (observed; execs are decided by fanotify)", None),
             event::KIND_FORK | event::KIND_EXIT => ("tracepoint (observed)", None),
             event::KIND_CONNECT if raw.verdict & bpf::VERDICT_PROXY != 0 => {
@@ -630,15 +706,20 @@ impl Sensor for Service {
         let generation = tables.generation;
         let tables = Arc::new(tables);
         let learned = Arc::new(Mutex::new(Learned::default()));
+        // The LSM tier takes the file actions it can decide alone; fanotify
+        // is marked for the rest.
+        let lsm_files = s.lsm_actions(&tables);
+        let root = PathBuf::from(format!("/proc/{}/root", req.pid));
+        let files = LsmFiles { actions: lsm_files, root: &root, identities: true };
         let (slot, written) =
-            s.apply(cgroup_id, &tables, mode, req.proxied, &Learned::default()).map_err(Status::internal)?;
+            s.apply(cgroup_id, &tables, mode, req.proxied, &Learned::default(), &files).map_err(Status::internal)?;
         let undo = |s: &Shared| {
             if let Some(k) = &s.kernel {
                 k.maps.remove_session(cgroup_id);
                 k.maps.clear(&written);
             }
         };
-        let created = fan::create_group(&fan::Marks::Container(req.pid))
+        let created = fan::create_group(&fan::Marks::Container(req.pid), fan::events_for(lsm_files))
             .and_then(|(g, marked, unmarked)| Ok((g.duplicate()?, marked, unmarked)));
         let (group, marked, unmarked) = match created {
             Ok(g) => g,
@@ -669,9 +750,15 @@ impl Sensor for Service {
         };
         let reader = control.try_clone().map_err(|e| Status::internal(e.to_string()))?;
         let governed = Arc::new(RwLock::new(fan::Governed { tables, mode }));
+        let lsm_known = Arc::new(AtomicU32::new(lsm_files));
         s.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).insert(
             cgroup_id,
-            Known { session: req.session.clone(), governed: governed.clone(), learned: learned.clone() },
+            Known {
+                session: req.session.clone(),
+                governed: governed.clone(),
+                learned: learned.clone(),
+                lsm_files: lsm_known.clone(),
+            },
         );
         let link = HolderLink { pid: holder_pid, control, group, calls, stopping: false };
         let session = Session {
@@ -688,6 +775,8 @@ impl Sensor for Service {
             resolvers: resolvers.clone(),
             proxied: req.proxied,
             supervised: req.supervised,
+            lsm_files: Some(lsm_files),
+            lsm_known,
             thaw_on_refresh: false,
         };
         s.save(&session.saved(&req.session, holder_pid));
@@ -697,9 +786,9 @@ impl Sensor for Service {
             .name("holder-events".into())
             .spawn(move || sup.supervise(id, reader))
             .map_err(|e| Status::internal(e.to_string()))?;
-        tracing::info!(session_id = %req.session, cgroup_id, holder = holder_pid, marked = marked.len(), unmarked = ?unmarked, "governing the session");
+        tracing::info!(session_id = %req.session, cgroup_id, holder = holder_pid, marked = marked.len(), unmarked = ?unmarked, lsm_files, "governing the session");
         Ok(Response::new(pb::RegisterResponse {
-            capabilities: s.caps.capabilities.iter().map(capability_to_proto).collect(),
+            capabilities: session_capabilities(&s.caps.capabilities, lsm_files).iter().map(capability_to_proto).collect(),
             marked: marked.len() as u32,
             unmarked,
             generation,
@@ -768,8 +857,10 @@ impl Sensor for Service {
     async fn self_test(&self, req: Request<pb::SelfTestRequest>) -> Result<Response<pb::SelfTestResponse>, Status> {
         let without = req.into_inner().without;
         for w in &without {
-            if w != "fanotify" && w != "cgroup-sock" {
-                return Err(Status::invalid_argument(format!("unknown mechanism {w:?}: fanotify or cgroup-sock")));
+            if w != "fanotify" && w != "cgroup-sock" && w != "bpf-lsm" {
+                return Err(Status::invalid_argument(format!(
+                    "unknown mechanism {w:?}: fanotify, bpf-lsm or cgroup-sock"
+                )));
             }
         }
         let shared = self.shared.clone();
@@ -795,6 +886,31 @@ impl Sensor for Service {
     async fn events(&self, _: Request<pb::SensorEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         Ok(Response::new(self.shared.events.follow(self.core.shutdown.clone())))
     }
+}
+
+/// The host's capabilities as they apply to one session: a file action
+/// the LSM tier does not take for it (its rules need user space) is
+/// fanotify's.
+fn session_capabilities(caps: &[probe::Capability], lsm_files: u32) -> Vec<probe::Capability> {
+    use leash_core::tables::FileAction;
+    caps.iter()
+        .map(|c| {
+            let action = match c.action {
+                "file-read" => FileAction::Read,
+                "file-write" => FileAction::Write,
+                "exec" => FileAction::Exec,
+                _ => return c.clone(),
+            };
+            if c.mechanism != "bpf-lsm" || lsm_files & bpf::lsm_bit(action) != 0 {
+                return c.clone();
+            }
+            probe::Capability {
+                action: c.action,
+                mechanism: "fanotify",
+                reason: "this session's rules for it need user space (path patterns or name conditions)".into(),
+            }
+        })
+        .collect()
 }
 
 /// Reads the ring buffer on a thread of its own.
@@ -958,7 +1074,9 @@ fn restore(shared: &Arc<Shared>) {
                     // It was held by the sensor and the holder only.
                     tracing::error!(session_id = %saved.session, "the session's supervised-calls listener is gone with its holder: its supervised calls fail (ENOSYS)");
                 }
-                let started = fan::create_group(&fan::Marks::Container(saved.pid)).and_then(|(group, _, _)| {
+                // Marked for everything until the tables say what the LSM tier takes.
+                let started = fan::create_group(&fan::Marks::Container(saved.pid), fan::events_for(0))
+                    .and_then(|(group, _, _)| {
                     let group = group.duplicate()?;
                     holder::spawn(&spec, &group, None).map(|(pid, control)| (control, group, pid, None))
                 });
@@ -975,9 +1093,23 @@ fn restore(shared: &Arc<Shared>) {
         let governed =
             Arc::new(RwLock::new(fan::Governed { tables: Arc::new(Tables::default()), mode: Mode::Enforce }));
         let learned = Arc::new(Mutex::new(Learned::default()));
+        // What the kernel still has: the pinned sessions map says what the
+        // LSM tier decides (until the first refresh writes it again).
+        let lsm_known = Arc::new(AtomicU32::new(
+            shared
+                .kernel
+                .as_ref()
+                .and_then(|k| k.maps.sessions().into_iter().find(|(id, _)| *id == saved.cgroup_id))
+                .map_or(0, |(_, e)| e.lsm_files),
+        ));
         shared.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).insert(
             saved.cgroup_id,
-            Known { session: saved.session.clone(), governed: governed.clone(), learned: learned.clone() },
+            Known {
+                session: saved.session.clone(),
+                governed: governed.clone(),
+                learned: learned.clone(),
+                lsm_files: lsm_known.clone(),
+            },
         );
         shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
             saved.session.clone(),
@@ -995,6 +1127,8 @@ fn restore(shared: &Arc<Shared>) {
                 resolvers: saved.resolvers.clone(),
                 proxied: saved.proxied,
                 supervised: saved.supervised,
+                lsm_files: None,
+                lsm_known,
                 thaw_on_refresh,
             },
         );
@@ -1017,8 +1151,11 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let bound = ctx.bind_component(Component::Sensor)?;
     let cgroup = bpf::cgroup2_root().map(|r| r.join(ctx.layout.cgroup_parent()));
     let pins = ctx.layout.bpffs_dir();
-    let kernel = cgroup.and_then(|c| bpf::load(&c, &pins));
-    let caps = probe::run(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()));
+    // The LSM tier where the kernel runs BPF LSM (found by trying).
+    let lsm_probe = bpf::probe_lsm();
+    let kernel = cgroup.and_then(|c| bpf::load(&c, &pins, lsm_probe.is_ok()));
+    let lsm = kernel.as_ref().is_ok_and(|k| k.links.iter().any(|(name, _)| name.starts_with("leash_lsm_")));
+    let caps = probe::decide(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()), lsm_probe, lsm, probe::fanotify());
     for c in &caps.capabilities {
         tracing::info!(action = c.action, mechanism = c.mechanism, reason = %c.reason, "capability");
     }
@@ -1027,6 +1164,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let next_slot = kernel.as_ref().map_or(1, |k| k.maps.sessions().iter().map(|(_, e)| e.slot).max().unwrap_or(0) + 1);
     let shared = Arc::new(Shared {
         kernel,
+        lsm,
         caps,
         sessions: Mutex::default(),
         by_cgroup: RwLock::default(),

@@ -29,7 +29,7 @@ pub struct Report {
 }
 
 /// Whether a fanotify group with permission events can be created.
-fn probe_fanotify() -> Result<(), String> {
+pub fn fanotify() -> Result<(), String> {
     Fanotify::init(InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC, EventFFlags::O_RDONLY)
         .map(drop)
         .map_err(|e| format!("fanotify permission events unavailable: {e}"))
@@ -42,21 +42,27 @@ pub const PROBE_FLAG: &str = "--probe";
 /// Prints `bpf-lsm: …` and `fanotify: …` (`ok` or why not).
 pub fn print() -> std::process::ExitCode {
     #[allow(clippy::print_stdout, reason = "the probe's whole output")]
-    for (what, outcome) in [("bpf-lsm", crate::bpf::probe_lsm()), ("fanotify", probe_fanotify())] {
+    for (what, outcome) in [("bpf-lsm", crate::bpf::probe_lsm()), ("fanotify", fanotify())] {
         println!("{what}: {}", outcome.err().unwrap_or_else(|| "ok".to_owned()));
     }
     std::process::ExitCode::SUCCESS
 }
 
-/// Builds the report; `programs` is the outcome of loading the fallback tier.
+/// Builds the report of a sensor that loaded the fallback tier alone
+/// (`programs` is the outcome).
 pub fn run(programs: Result<(), String>) -> Report {
-    let lsm = crate::bpf::probe_lsm();
-    let fanotify = probe_fanotify();
-    decide(programs, lsm, fanotify)
+    decide(programs, crate::bpf::probe_lsm(), false, fanotify())
 }
 
-/// The report for given probe outcomes.
-pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: Result<(), String>) -> Report {
+/// The report for given probe outcomes; `attached`: the LSM tier's file
+/// programs are attached (they decide sessions' files where their tables
+/// allow).
+pub fn decide(
+    programs: Result<(), String>,
+    lsm: Result<(), String>,
+    attached: bool,
+    fanotify: Result<(), String>,
+) -> Report {
     let show = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
@@ -67,10 +73,25 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
         ("fanotify".to_owned(), show(&fanotify)),
     ];
     let lsm_note = match &lsm {
-        Ok(()) => "BPF LSM programs load here, but leash's LSM tier is not built yet".to_owned(),
+        Ok(()) => "BPF LSM programs load here, but the sensor did not attach them".to_owned(),
         Err(e) => e.clone(),
     };
+    let lsm_tier = attached && lsm.is_ok() && programs.is_ok();
     let file = |action: &'static str| match (&fanotify, &programs) {
+        _ if lsm_tier => Capability {
+            action,
+            mechanism: "bpf-lsm",
+            reason: format!(
+                "LSM hooks ({}) decide from the session's tables in the kernel; a session whose rules for this action \
+                 need user space (path patterns, name conditions) has it decided by {} instead",
+                match action {
+                    "exec" => "bprm_check_security, mmap_file, file_mprotect",
+                    "file-write" => "file_open, path_mknod, path_symlink, path_link, path_rename, path_chmod, path_chown, path_truncate",
+                    _ => "file_open",
+                },
+                if fanotify.is_ok() { "fanotify" } else { "nothing (fanotify is unavailable: such a session is refused)" },
+            ),
+        },
         (Ok(()), Ok(())) => Capability {
             action,
             mechanism: "fanotify",
@@ -98,14 +119,16 @@ pub fn decide(programs: Result<(), String>, lsm: Result<(), String>, fanotify: R
         },
         Err(e) => Capability { action, mechanism: "none", reason: e.clone() },
     };
-    let gaps = if fanotify.is_ok() {
+    let gaps = if lsm_tier {
+        LSM_GAPS.iter().map(|(a, w)| ((*a).to_owned(), (*w).to_owned())).collect()
+    } else if fanotify.is_ok() {
         FALLBACK_GAPS.iter().map(|(a, w)| ((*a).to_owned(), (*w).to_owned())).collect()
     } else {
         Vec::new()
     };
     Report {
         capabilities: vec![file("file-read"), file("file-write"), file("exec"), net("connect"), net("sendmsg")],
-        tier: "fallback".to_owned(),
+        tier: if lsm_tier { "bpf-lsm" } else { "fallback" }.to_owned(),
         probes,
         gaps,
     }
@@ -137,6 +160,25 @@ const FALLBACK_GAPS: [(&str, &str); 6] = [
     ("a script run by an interpreter (sh script)", "the interpreter reads it: a read, not an exec"),
 ];
 
+/// What the LSM tier does not refuse, and why (docs/SENSOR.md has the
+/// whole table). A session's actions that fanotify decides (their rules
+/// need user space) have the fallback tier's gaps too.
+const LSM_GAPS: [(&str, &str); 4] = [
+    (
+        "utimes/utimensat on a write-forbidden file",
+        "the hook's signature changed across kernels; not decided on this tier (the supervised calls decide it)",
+    ),
+    (
+        "a file created in a forbidden directory after the tables were written, then linked or moved out",
+        "identities are read when the tables are written; names are decided at every open",
+    ),
+    (
+        "a copy of a program the policy forbids to execute, run",
+        "exec rules name paths and identities; a copy is another file",
+    ),
+    ("a script run by an interpreter (sh script)", "the interpreter reads it: a read, not an exec"),
+];
+
 /// The capabilities with mechanisms switched off (the self-test's negative
 /// control): file actions fall back to what the tracepoints observe, and
 /// connections to nothing.
@@ -146,7 +188,7 @@ pub fn without(report: &Report, off: &[String]) -> Vec<Capability> {
         .iter()
         .map(|c| {
             if off.iter().any(|o| o == c.mechanism) {
-                let mechanism = if c.mechanism == "fanotify" { "observe-only" } else { "none" };
+                let mechanism = if matches!(c.mechanism, "fanotify" | "bpf-lsm") { "observe-only" } else { "none" };
                 Capability { action: c.action, mechanism, reason: format!("{} switched off", c.mechanism) }
             } else {
                 c.clone()
@@ -161,12 +203,18 @@ mod tests {
 
     #[test]
     fn never_reports_enforcement_that_is_not_there() {
-        let r = decide(Err("EPERM".into()), Err("refused".into()), Err("ENOSYS".into()));
+        let r = decide(Err("EPERM".into()), Err("refused".into()), false, Err("ENOSYS".into()));
         assert!(r.capabilities.iter().all(|c| c.mechanism == "none"), "{r:?}");
-        let r = decide(Ok(()), Err("refused".into()), Err("ENOSYS".into()));
+        let r = decide(Ok(()), Err("refused".into()), false, Err("ENOSYS".into()));
         let m = |a| r.capabilities.iter().find(|c| c.action == a).unwrap().mechanism;
         assert_eq!((m("file-read"), m("exec"), m("connect")), ("observe-only", "observe-only", "cgroup-sock"));
-        let r = decide(Ok(()), Ok(()), Ok(()));
-        assert_eq!(r.tier, "fallback", "the LSM tier is not claimed until it is built");
+        let r = decide(Ok(()), Ok(()), false, Ok(()));
+        assert_eq!(r.tier, "fallback", "the LSM tier is claimed only with its programs attached");
+        // Attached where the probe failed cannot happen; claimed only with both.
+        let r = decide(Ok(()), Err("refused".into()), true, Ok(()));
+        assert_eq!(r.tier, "fallback");
+        let r = decide(Ok(()), Ok(()), true, Ok(()));
+        let m = |a| r.capabilities.iter().find(|c| c.action == a).unwrap().mechanism;
+        assert_eq!((r.tier.as_str(), m("file-read"), m("exec"), m("connect")), ("bpf-lsm", "bpf-lsm", "bpf-lsm", "cgroup-sock"));
     }
 }

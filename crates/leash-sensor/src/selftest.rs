@@ -339,20 +339,13 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
             }
         }
         let mut registered = Unregister(&kernel.maps, cgroup_id, None);
+        // The LSM tier decides what it can, as for a session.
+        let actions = if off("bpf-lsm") { 0 } else { shared.lsm_actions(&tables) };
         if !off("cgroup-sock") {
-            let (slot, mut written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default())?;
-            if lsm {
-                let w = kernel.maps.write_files(slot, &tables, &mut written).and_then(|()| {
-                    if off("identities") {
-                        return Ok(());
-                    }
-                    kernel.maps.write_identities(slot, &tables, Path::new("/"), &mut written)
-                });
-                registered.2 = Some(written);
-                w.map_err(|e| format!("{e:#}"))?;
-            } else {
-                registered.2 = Some(written);
-            }
+            let files = crate::LsmFiles { actions, root: Path::new("/"), identities: !off("identities") };
+            let (_, written) =
+                shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?;
+            registered.2 = Some(written);
         }
         let rel = format!(
             "/{}",
@@ -362,10 +355,11 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
                 .display()
         );
         let mut decider = None;
-        if !off("fanotify") && !lsm {
+        let events = fan::events_for(actions);
+        if !off("fanotify") && !events.is_empty() {
             let governed = Arc::new(RwLock::new(fan::Governed { tables: tables.clone(), mode: Mode::Enforce }));
             let (group, _, _) =
-                fan::create_group(&fan::Marks::Paths(vec![dir.clone()])).map_err(|e| format!("{e:#}"))?;
+                fan::create_group(&fan::Marks::Paths(vec![dir.clone()]), events).map_err(|e| format!("{e:#}"))?;
             let l = fan::Loop {
                 session: "self-test".into(),
                 cgroup: rel,
@@ -397,9 +391,10 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
 
 /// A sensor's shared state with nothing but a kernel (no sessions, no
 /// policy service), for the VM check.
-fn bare(kernel: crate::bpf::Kernel, caps: probe::Report) -> Arc<Shared> {
+fn bare(kernel: crate::bpf::Kernel, caps: probe::Report, lsm: bool) -> Arc<Shared> {
     Arc::new(Shared {
         kernel: Some(kernel),
+        lsm,
         caps,
         sessions: Default::default(),
         by_cgroup: Default::default(),
@@ -438,7 +433,7 @@ pub fn vm_check() -> ExitCode {
         say("RESULT: FAIL: no cgroup2");
         return ExitCode::from(1);
     };
-    let kernel = match crate::bpf::load(&root.join("leash-vm"), Path::new("/sys/fs/bpf/leash/vm")) {
+    let kernel = match crate::bpf::load(&root.join("leash-vm"), Path::new("/sys/fs/bpf/leash/vm"), false) {
         Ok(k) => k,
         Err(e) => {
             say(&format!("programs: {e:#}"));
@@ -451,7 +446,7 @@ pub fn vm_check() -> ExitCode {
     for c in &caps.capabilities {
         say(&format!("capability {} = {} ({})", c.action, c.mechanism, c.reason));
     }
-    let shared = bare(kernel, caps);
+    let shared = bare(kernel, caps, false);
     for (label, without) in
         [("self-test", vec![]), ("negative control", vec!["fanotify".to_owned(), "cgroup-sock".to_owned()])]
     {
@@ -477,7 +472,7 @@ pub fn vm_check() -> ExitCode {
     match crate::bpf::load_lsm() {
         Ok(k) => {
             say(&format!("lsm programs: {} attached", k.links.len()));
-            let lsm_shared = bare(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }, Default::default());
+            let lsm_shared = bare(crate::bpf::Kernel { cgroup: root.join("leash-vm"), ..k }, Default::default(), true);
             let outcome = run_with(&lsm_shared, &["fanotify".to_owned()], true);
             if let Some(k) = &lsm_shared.kernel {
                 say(&format!("lsm counters (decided, unresolved, exact, prefix, default): {:?}", k.maps.lsm_stats()));

@@ -57,6 +57,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// How this kernel has sessions' files decided: "bpf-lsm" where the
+/// sensor's own probe finds that BPF LSM programs load and `bpf` is an
+/// active LSM (the sensor then attaches its LSM tier), else "fanotify".
+pub fn file_mechanism() -> &'static str {
+    static MECHANISM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    MECHANISM.get_or_init(|| {
+        let out = Command::new(bin_dir().join("leash-sensor")).arg("--probe").output().expect("leash-sensor --probe");
+        let probe = String::from_utf8_lossy(&out.stdout).into_owned();
+        if probe.lines().any(|l| l == "bpf-lsm: ok") { "bpf-lsm" } else { "fanotify" }
+    })
+}
+
 /// The static leash-entry, built once per test process into
 /// `<target>/static` (a target dir of its own, so this works while the outer
 /// cargo holds the main one).
@@ -72,8 +84,16 @@ pub fn static_storm() -> PathBuf {
     STORM.get_or_init(|| build_static("leash-testkit", "leash-storm")).clone()
 }
 
-/// Builds one binary statically (glibc `crt-static`) under `<target>/static`.
+/// Builds one binary statically (glibc `crt-static`) under `<target>/static`,
+/// or, when `LEASH_TEST_STATIC_DIR` names a directory of them built
+/// beforehand, takes it from there (`cargo xtask vmtest --sessions`: the
+/// VM has no cargo).
 fn build_static(package: &str, bin: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LEASH_TEST_STATIC_DIR") {
+        let prebuilt = Path::new(&dir).join(bin);
+        assert!(prebuilt.exists(), "{} is missing (LEASH_TEST_STATIC_DIR names the prebuilt ones)", prebuilt.display());
+        return prebuilt;
+    }
     let target = bin_dir().parent().expect("target dir").to_path_buf();
     let triple = std::env::var("LEASH_TEST_TRIPLE").unwrap_or_else(|_| host_triple());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

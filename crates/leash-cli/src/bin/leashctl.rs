@@ -79,7 +79,7 @@ enum Command {
     /// which a governed process must be denied a forbidden open, exec and
     /// connect (root). Exits 1 when the self-test fails.
     Doctor {
-        /// Leave a mechanism off for the self-test (fanotify, cgroup-sock): the
+        /// Leave a mechanism off for the self-test (fanotify, bpf-lsm, cgroup-sock): the
         /// negative control, which must fail.
         #[arg(long, value_name = "MECHANISM")]
         without: Vec<String>,

@@ -1,0 +1,773 @@
+//! `cargo xtask vmtest --sessions`: the session tests
+//! (`crates/leashd/tests/sensor.rs` and `hostile.rs`) run unchanged against
+//! the workspace's binaries and a real Docker, in a VM that boots the
+//! Debian kernel `cargo xtask vmtest` boots (QEMU, TCG): there BPF LSM is an
+//! active LSM, where these machines refuse it.
+//!
+//! The VM has three disks:
+//! - the root file system (`rootfs.ext4`): Debian bookworm (debootstrap
+//!   minbase) with docker.io, busybox-static, git and the kernel's modules,
+//!   made without mounting anything (`mkfs.ext4 -d`), kept until its package
+//!   list or the kernel changes (`rootfs.key`), with the initramfs that loads
+//!   the disk modules and mounts it;
+//! - Docker's data (`docker.ext4`): the test images, `docker save`d here and
+//!   loaded by a first boot, kept until an image or the root file system
+//!   changes (`docker.key`);
+//! - the run's own disk: the binaries and test executables just built, at
+//!   the paths they have here (the test kit finds the daemons next to the
+//!   test executable), and the guest's script.
+//!
+//! The first two are attached as snapshots (a run keeps nothing). The guest
+//! starts dockerd, prints the active LSMs and what `leashctl doctor` says,
+//! then runs each test on its own (`--exact`) and prints its time; every
+//! line meant for this side starts with `VMSESSIONS`. The console goes to
+//! `<target>/vmtest/sessions-console.log`.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{util, vmtest};
+
+/// The root file system's Debian release and packages (besides minbase).
+const SUITE: &str = "bookworm";
+const PACKAGES: [&str; 7] = [
+    "docker.io",      // the engine the sessions run on (with containerd, runc, iptables, tini)
+    "busybox-static", // /bin/busybox, which the tests copy into projects
+    "git",            // the hostile suite commits on the "host"
+    "kmod",           // modprobe, for dockerd and the kernel's module requests
+    "libelf1",        // leash-sensor (libbpf)
+    "iproute2",       // ip
+    "procps",         // ps, for reading a failure
+];
+/// Changes whenever the root file system is made differently.
+const LAYOUT: &str = "1";
+
+/// The images the tests run (the hostile suite builds leash-test-volume on
+/// leash-test itself).
+const IMAGES: [&str; 2] = ["leash-test:latest", "leash-test-debian:latest"];
+/// The test targets of leashd run in the VM.
+const TESTS: [&str; 2] = ["sensor", "hostile"];
+/// What the initramfs loads to mount the disks and to feed the kernel's
+/// entropy pool, with their dependencies (from `modules.dep`).
+const BOOT_MODULES: [&str; 5] = ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_rng", "ext4"];
+
+/// The tests' waits are scaled by this (`LEASH_TEST_PATIENCE`): TCG runs
+/// the guest several times slower than the host.
+const PATIENCE: u32 = 6;
+/// One test's limit in the guest, in seconds.
+const PER_TEST: u32 = 600;
+/// The limits of the boot that loads the images and of the test run.
+const PREPARE_LIMIT: Duration = Duration::from_secs(20 * 60);
+const RUN_LIMIT: Duration = Duration::from_secs(40 * 60);
+
+const MIB: u64 = 1 << 20;
+
+/// The initramfs's /init: loads the modules, mounts the root disk (vda) and
+/// the run's disk (vdc), and hands over to the run's script under tini.
+const INITRD_INIT: &str = r#"#!/bin/busybox sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+fail() { echo "VMSESSIONS RESULT: FAIL in the initramfs: $*"; poweroff -f; }
+echo "VMSESSIONS initramfs"
+for m in $(cat /modules/order); do insmod "/modules/$m" || fail "insmod $m"; done
+for i in $(seq 1 100); do [ -b /dev/vdc ] && break; sleep 0.1; done
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || fail "cannot mount the root disk /dev/vda"
+mkdir -p /newroot/mnt/run
+mount -t ext4 /dev/vdc /newroot/mnt/run || fail "cannot mount the run's disk /dev/vdc"
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /usr/bin/tini -- /bin/bash /mnt/run/guest.sh
+"#;
+
+/// The guest's script (under tini, PID 1), from the run's disk with its
+/// settings (`vm.env`) and test executables (`tests`).
+const GUEST: &str = r#"#!/bin/bash
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+. /mnt/run/vm.env
+mark() { echo "VMSESSIONS $*"; }
+up() { cut -d' ' -f1 /proc/uptime; }
+end() { sync; busybox poweroff -f; }
+fail() { mark "RESULT: FAIL $*"; end; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t securityfs securityfs /sys/kernel/security
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+hostname leash-vm
+ip link set lo up
+mark "root file system mounted"
+mark "kernel $(uname -r), $(nproc) CPUs, $(free -m | awk '/Mem:/{print $2}') MiB"
+mark "active LSMs: $(cat /sys/kernel/security/lsm)"
+mkdir -p /var/lib/docker
+mount -t ext4 /dev/vdb /var/lib/docker || fail "cannot mount Docker's disk /dev/vdb"
+
+dockerd >/var/log/dockerd.log 2>&1 &
+dockerd_pid=$!
+for i in $(seq 1 300); do docker info >/dev/null 2>&1 && break; sleep 1; done
+if ! docker info >/dev/null 2>&1; then
+  tail -n 40 /var/log/dockerd.log
+  fail "dockerd did not answer within 300 s (its log above)"
+fi
+mark "dockerd ready ($(docker version --format '{{.Server.Version}}'))"
+
+if [ "$MODE" = prepare ]; then
+  docker load -i /mnt/run/images.tar || fail "docker load of the test images"
+  for i in $IMAGES; do docker image inspect "$i" >/dev/null || fail "the image $i was not loaded"; done
+  mark "images loaded"
+  kill "$dockerd_pid"
+  wait "$dockerd_pid"
+  umount /var/lib/docker || fail "cannot unmount Docker's disk"
+  mark "RESULT: PREPARED"
+  end
+fi
+
+for i in $IMAGES; do docker image inspect "$i" >/dev/null 2>&1 || fail "the image $i is missing in the VM"; done
+# The binaries at the path they have on the host, next to the test executables.
+mkdir -p "$TARGET"
+mount --bind /mnt/run/target "$TARGET" || fail "cannot bind the run's binaries at $TARGET"
+BIN=$TARGET/debug
+for f in $BINARIES $(cut -d' ' -f2 /mnt/run/tests); do
+  case $f in /*) ;; *) f=$BIN/$f ;; esac
+  missing=$(ldd "$f" 2>&1 | grep 'not found')
+  [ -z "$missing" ] || fail "$f misses libraries in the VM: $missing"
+done
+
+mark "doctor"
+(
+  export LEASH_RUNTIME_DIR=/run/leash-vm LEASH_STATE_DIR=/var/lib/leash-vm LEASH_INSTANCE=vm LEASH_LISTEN=
+  "$BIN/leashd" >/var/log/leashd-vm.log 2>&1 &
+  leashd_pid=$!
+  for i in $(seq 1 120); do "$BIN/leashctl" status >/dev/null 2>&1 && break; sleep 1; done
+  "$BIN/leashctl" status 2>&1 || tail -n 40 /var/log/leashd-vm.log
+  out=$(timeout 300 "$BIN/leashctl" doctor 2>&1)
+  echo "$out"
+  mark "leashctl doctor: tier $(echo "$out" | sed -n 's/^tier: //p'), $(echo "$out" | grep -E '^self-test (passed|FAILED)')"
+  timeout 60 "$BIN/leashctl" stop --all >/dev/null 2>&1
+  for i in $(seq 1 60); do kill -0 "$leashd_pid" 2>/dev/null || break; sleep 1; done
+  kill -9 "$leashd_pid" 2>/dev/null
+)
+
+failed=
+while read -r bin exe; do
+  for t in $("$exe" --list 2>/dev/null | sed -n 's/: test$//p'); do
+    if [ -n "$FILTERS" ]; then
+      keep=
+      for f in $FILTERS; do case $t in *"$f"*) keep=1 ;; esac; done
+      [ -n "$keep" ] || continue
+    fi
+    mark "BEGIN $bin::$t"
+    start=$(up)
+    CI=true LEASH_TEST_PATIENCE=$PATIENCE LEASH_TEST_STATIC_DIR=$STATIC RUST_BACKTRACE=1 \
+      timeout -k 10 "$PER_TEST" "$exe" --exact "$t" --test-threads=1 --nocapture 2>&1
+    rc=$?
+    secs=$(echo "$(up) $start" | awk '{printf "%.1f", $1 - $2}')
+    if [ "$rc" = 0 ]; then
+      mark "TEST $bin::$t ok $secs"
+    else
+      [ "$rc" = 124 ] && why="timed out after $PER_TEST s" || why="exit $rc"
+      mark "TEST $bin::$t FAILED $secs ($why)"
+      failed="$failed $bin::$t"
+    fi
+  done
+done < /mnt/run/tests
+
+if [ -z "$failed" ]; then
+  mark "RESULT: PASS"
+else
+  dmesg | tail -n 30
+  mark "RESULT: FAIL:$failed"
+fi
+end
+"#;
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.iter().find(|a| a.starts_with('-')) {
+        bail!("unknown option {a:?} of vmtest --sessions (it takes test-name filters)");
+    }
+    if !rustix::process::geteuid().is_root() {
+        bail!("vmtest --sessions makes a root file system (debootstrap, device nodes) and needs root");
+    }
+    let started = Instant::now();
+    let mut times = Timings::default();
+    let work = vmtest::dir()?;
+    let dir = work.join("sessions");
+    std::fs::create_dir_all(work.join("debs"))?;
+    std::fs::create_dir_all(&dir)?;
+    let vmlinuz = vmtest::kernel(&work)?;
+    let (qemu, libs, data) = vmtest::qemu(&work)?;
+
+    let t = Instant::now();
+    let target = util::target_dir()?;
+    util::build_binaries(false)?;
+    let entry = util::build_static("leash-entry", "leash-entry", false)?;
+    let storm = util::build_static("leash-testkit", "leash-storm", false)?;
+    let tests = test_executables()?;
+    times.add("build (cargo)", t, "");
+
+    let t = Instant::now();
+    let (rootfs, initrd, rootfs_key, built) = root_file_system(&dir, &work.join("kpkg"), &vmlinuz)?;
+    times.add("root file system", t, if built { "made" } else { "cached" });
+    let vm = Vm { qemu, libs, data, vmlinuz, initrd };
+
+    let (t, at) = (Instant::now(), times.parts.len());
+    let (docker, loaded) = docker_disk(&dir, &vm, &rootfs, &rootfs_key, &mut times)?;
+    let part = ("Docker disk with the test images".to_owned(), t.elapsed().as_secs_f64(), (if loaded { "loaded" } else { "cached" }).to_owned());
+    times.parts.insert(at, part);
+
+    let t = Instant::now();
+    let run_disk = run_disk(&dir, &target, &tests, &[&entry, &storm], args)?;
+    times.add("run disk (binaries, test executables)", t, "");
+
+    util::out(&format!(
+        "vmtest: booting {} with Docker under QEMU (TCG, 2 vCPUs) to run the session tests{}",
+        vm.vmlinuz.display(),
+        if args.is_empty() { String::new() } else { format!(" matching {}", args.join(" ")) }
+    ));
+    let log = work.join("sessions-console.log");
+    let console = boot(&vm, &[(&rootfs, false), (&docker, false), (&run_disk, false)], RUN_LIMIT, &log)?;
+    let _ = std::fs::remove_file(&run_disk);
+    console.times(&mut times);
+    times.total = started.elapsed().as_secs_f64();
+    times.print();
+    console.verdict("the session tests", "RESULT: PASS", RUN_LIMIT, &log)
+}
+
+/// The test executables of leashd's [`TESTS`], built as `cargo test` builds
+/// them: (target name, path).
+fn test_executables() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut c = util::cargo();
+    c.args(["test", "--package", "leashd", "--no-run", "--message-format=json"]);
+    for t in TESTS {
+        c.args(["--test", t]);
+    }
+    let out = util::output(&mut c)?;
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out).lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let name = m["target"]["name"].as_str().unwrap_or_default();
+        if m["reason"] == "compiler-artifact" && TESTS.contains(&name) {
+            if let Some(exe) = m["executable"].as_str() {
+                found.push((name.to_owned(), PathBuf::from(exe)));
+            }
+        }
+    }
+    for t in TESTS {
+        if !found.iter().any(|(n, _)| n == t) {
+            bail!("cargo test --no-run named no executable for leashd's test {t}");
+        }
+    }
+    Ok(found)
+}
+
+/// The root file system and its initramfs, made when missing or when the
+/// packages or the kernel changed: (image, initramfs, key, made now).
+fn root_file_system(dir: &Path, kpkg: &Path, vmlinuz: &Path) -> anyhow::Result<(PathBuf, PathBuf, String, bool)> {
+    let kver = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("vmlinuz-"))
+        .context("the kernel's file is not named vmlinuz-<version>")?
+        .to_owned();
+    let key = format!("layout {LAYOUT}\nsuite {SUITE}\npackages {}\nkernel {kver}\n", PACKAGES.join(" "));
+    let (image, initrd, key_file) = (dir.join("rootfs.ext4"), dir.join("initrd.cpio.gz"), dir.join("rootfs.key"));
+    if image.exists() && initrd.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        return Ok((image, initrd, key, false));
+    }
+    let _ = std::fs::remove_file(&key_file);
+    let tree = dir.join("rootfs.tree");
+    remove_dir(&tree)?;
+    std::fs::create_dir_all(&tree)?;
+    let mirror = crate::image::host_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_owned());
+    util::out(&format!(
+        "vmtest: making the VM's root file system: debootstrap {SUITE} from {mirror} with {} (a few minutes, once)",
+        PACKAGES.join(" ")
+    ));
+    let log = dir.join("debootstrap.log");
+    let file = std::fs::File::create(&log)?;
+    let status = Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(SUITE)
+        .arg(&tree)
+        .arg(&mirror)
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .context("cannot run debootstrap (scripts/setup.sh installs it)")?;
+    if !status.success() {
+        bail!("debootstrap failed ({status}); the end of {}:\n{}", log.display(), tail(&log, 20));
+    }
+    // The downloaded packages are not needed in the VM.
+    for e in std::fs::read_dir(tree.join("var/cache/apt/archives"))?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    let modules = tree.join("usr/lib/modules");
+    std::fs::create_dir_all(&modules)?;
+    util::run(Command::new("cp").arg("-a").arg(kpkg.join("lib/modules").join(&kver)).arg(&modules))
+        .context("copying the kernel's modules into the root file system")?;
+    util::run(Command::new("chroot").arg(&tree).args(["depmod", "-a", &kver]))
+        .context("depmod in the root file system")?;
+    std::fs::write(tree.join("etc/hostname"), "leash-vm\n")?;
+    std::fs::write(tree.join("etc/hosts"), "127.0.0.1 localhost leash-vm\n::1 localhost ip6-localhost\n")?;
+
+    let tmp_initrd = dir.join("initrd.cpio.gz.tmp");
+    initramfs(dir, &modules.join(&kver), &tmp_initrd)?;
+    let tmp_image = dir.join("rootfs.ext4.tmp");
+    // Room for what the tests write outside Docker's disk.
+    mkfs("leash-root", Some(&tree), &tmp_image, du(&tree)? + 3 * 1024 * MIB)?;
+    std::fs::rename(&tmp_initrd, &initrd)?;
+    std::fs::rename(&tmp_image, &image)?;
+    std::fs::write(&key_file, &key)?;
+    remove_dir(&tree)?;
+    Ok((image, initrd, key, true))
+}
+
+/// The initramfs: busybox, the [`BOOT_MODULES`] in load order, /init.
+fn initramfs(dir: &Path, modules: &Path, image: &Path) -> anyhow::Result<()> {
+    let read = |f: &str| std::fs::read_to_string(modules.join(f)).with_context(|| format!("reading {f} of the kernel"));
+    let order = module_order(&read("modules.dep")?, &read("modules.builtin")?, &BOOT_MODULES)?;
+    let tree = dir.join("initramfs.tree");
+    vmtest::busybox_tree(&tree)?;
+    std::fs::create_dir_all(tree.join("modules"))?;
+    let mut names = Vec::new();
+    for m in &order {
+        let name = Path::new(m).file_name().context("a module path without a name")?;
+        std::fs::copy(modules.join(m), tree.join("modules").join(name)).with_context(|| format!("copying {m}"))?;
+        names.push(name.to_string_lossy().into_owned());
+    }
+    std::fs::write(tree.join("modules/order"), names.join("\n") + "\n")?;
+    std::fs::write(tree.join("init"), INITRD_INIT)?;
+    util::run(Command::new("chmod").arg("755").arg(tree.join("init")))?;
+    vmtest::pack(&tree, image)?;
+    remove_dir(&tree)
+}
+
+/// The `modules.dep` paths to load, dependencies first, for `wanted`
+/// (module names; those built into the kernel are skipped).
+fn module_order(modules_dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
+    fn name(path: &str) -> String {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split(".ko").next().unwrap_or(file).replace('-', "_")
+    }
+    fn visit<'a>(
+        path: &'a str,
+        deps: &HashMap<&'a str, Vec<&'a str>>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> anyhow::Result<()> {
+        if depth > 32 {
+            bail!("modules.dep has a dependency cycle through {path}");
+        }
+        if order.iter().any(|o| o == path) {
+            return Ok(());
+        }
+        for d in deps.get(path).into_iter().flatten() {
+            visit(d, deps, order, depth + 1)?;
+        }
+        order.push(path.to_owned());
+        Ok(())
+    }
+    let deps: HashMap<&str, Vec<&str>> = modules_dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
+        .collect();
+    let by_name: HashMap<String, &str> = deps.keys().map(|p| (name(p), *p)).collect();
+    let builtin: HashSet<String> = builtin.lines().map(name).collect();
+    let mut order = Vec::new();
+    for w in wanted {
+        match by_name.get(*w) {
+            Some(path) => visit(path, &deps, &mut order, 0)?,
+            None if builtin.contains(*w) => {}
+            None => bail!("the kernel has no module {w} (neither in modules.dep nor built in)"),
+        }
+    }
+    Ok(order)
+}
+
+/// Docker's disk with the test images loaded, made by a first boot when
+/// missing or when an image or the root file system changed: (disk, made now).
+fn docker_disk(
+    dir: &Path,
+    vm: &Vm,
+    rootfs: &Path,
+    rootfs_key: &str,
+    times: &mut Timings,
+) -> anyhow::Result<(PathBuf, bool)> {
+    let mut key = rootfs_key.to_owned();
+    for image in IMAGES {
+        let id = util::output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]))
+            .with_context(|| {
+                let name = image.trim_start_matches("leash-").trim_end_matches(":latest");
+                format!("the image {image} is missing here (`cargo xtask image {name}` builds it)")
+            })?;
+        key.push_str(&format!("image {image} {}\n", String::from_utf8_lossy(&id).trim()));
+    }
+    let (disk, key_file) = (dir.join("docker.ext4"), dir.join("docker.key"));
+    if disk.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        return Ok((disk, false));
+    }
+    let _ = std::fs::remove_file(&key_file);
+    let stage = dir.join("prepare.tree");
+    remove_dir(&stage)?;
+    std::fs::create_dir_all(stage.join("target"))?;
+    util::out(&format!("vmtest: loading {} into the VM's Docker disk (once per image change)", IMAGES.join(" ")));
+    let t = Instant::now();
+    util::run(Command::new("docker").arg("save").arg("-o").arg(stage.join("images.tar")).args(IMAGES))
+        .context("docker save of the test images")?;
+    times.add("  docker save", t, "");
+    write_guest(&stage, &[("MODE", "prepare".into()), ("IMAGES", IMAGES.join(" "))], &[])?;
+    let prepare = dir.join("prepare.ext4");
+    mkfs("leash-run", Some(&stage), &prepare, du(&stage)? + 256 * MIB)?;
+    remove_dir(&stage)?;
+    // Sparse: it takes what the images take.
+    mkfs("leash-docker", None, &disk, 20 * 1024 * MIB)?;
+    let log = vmtest::dir()?.join("sessions-prepare-console.log");
+    let console = boot(vm, &[(rootfs, false), (&disk, true), (&prepare, false)], PREPARE_LIMIT, &log)?;
+    let _ = std::fs::remove_file(&prepare);
+    if let (Some(ready), Some(loaded)) = (console.at("dockerd ready"), console.at("images loaded")) {
+        times.add_secs("  boot to dockerd ready", ready, "");
+        times.add_secs("  docker load in the VM", loaded - ready, "");
+    }
+    console.verdict("loading the test images", "RESULT: PREPARED", PREPARE_LIMIT, &log)?;
+    std::fs::write(&key_file, &key)?;
+    Ok((disk, true))
+}
+
+/// The run's disk: the binaries, test executables and static helpers at
+/// their paths below the target dir (`target/…`), the guest's script and
+/// settings, and the list of test executables.
+fn run_disk(
+    dir: &Path,
+    target: &Path,
+    tests: &[(String, PathBuf)],
+    statics: &[&Path],
+    filters: &[String],
+) -> anyhow::Result<PathBuf> {
+    let stage = dir.join("run.tree");
+    remove_dir(&stage)?;
+    let place = |file: &Path| -> anyhow::Result<PathBuf> {
+        let rel = file
+            .strip_prefix(target)
+            .with_context(|| format!("{} is not below the target dir {}", file.display(), target.display()))?;
+        let to = stage.join("target").join(rel);
+        std::fs::create_dir_all(to.parent().context("a path without a parent")?)?;
+        // A hard link where it can be (same file system), else a copy.
+        if std::fs::hard_link(file, &to).is_err() {
+            std::fs::copy(file, &to).with_context(|| format!("copying {}", file.display()))?;
+        }
+        Ok(to)
+    };
+    for b in util::BINARIES {
+        place(&target.join("debug").join(b))?;
+    }
+    for s in statics {
+        place(s)?;
+    }
+    let mut list = String::new();
+    for (name, exe) in tests {
+        place(exe)?;
+        list.push_str(&format!("{name} {}\n", exe.display()));
+    }
+    let static_dir = statics.first().and_then(|s| s.parent()).context("no static binaries")?;
+    let settings = [
+        ("MODE", "run".to_owned()),
+        ("TARGET", target.display().to_string()),
+        ("STATIC", static_dir.display().to_string()),
+        ("PATIENCE", PATIENCE.to_string()),
+        ("PER_TEST", PER_TEST.to_string()),
+        ("FILTERS", filters.join(" ")),
+        ("IMAGES", IMAGES.join(" ")),
+        ("BINARIES", util::BINARIES.join(" ")),
+    ];
+    write_guest(&stage, &settings, list.as_bytes())?;
+    let disk = dir.join("run.ext4");
+    mkfs("leash-run", Some(&stage), &disk, du(&stage)? + 256 * MIB)?;
+    remove_dir(&stage)?;
+    Ok(disk)
+}
+
+/// Writes the guest's script, its settings and the list of test executables.
+fn write_guest(stage: &Path, settings: &[(&str, String)], tests: &[u8]) -> anyhow::Result<()> {
+    let env: String = settings.iter().map(|(k, v)| format!("{k}='{}'\n", v.replace('\'', r"'\''"))).collect();
+    std::fs::write(stage.join("vm.env"), env)?;
+    std::fs::write(stage.join("tests"), tests)?;
+    std::fs::write(stage.join("guest.sh"), GUEST)?;
+    util::run(Command::new("chmod").arg("755").arg(stage.join("guest.sh")))
+}
+
+/// An ext4 image of `bytes` (sparse) labelled `label`, holding `from`'s tree.
+fn mkfs(label: &str, from: Option<&Path>, image: &Path, bytes: u64) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(image);
+    std::fs::File::create(image)?.set_len(bytes.div_ceil(MIB) * MIB)?;
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-m", "0", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
+    if let Some(tree) = from {
+        c.arg("-d").arg(tree);
+    }
+    util::run(c.arg(image)).with_context(|| format!("making {} (mkfs.ext4, from e2fsprogs)", image.display()))
+}
+
+/// The bytes below a directory (`du -sb`).
+fn du(tree: &Path) -> anyhow::Result<u64> {
+    let out = util::output(Command::new("du").arg("-sb").arg(tree))?;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("du printed no size for {}", tree.display()))
+}
+
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(file: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What boots: QEMU (with its libraries and data), the kernel, the initramfs.
+struct Vm {
+    qemu: PathBuf,
+    libs: OsString,
+    data: Vec<PathBuf>,
+    vmlinuz: PathBuf,
+    initrd: PathBuf,
+}
+
+/// Boots the VM with `disks` (vda, vdb, vdc; each kept or a snapshot),
+/// printing the guest's `VMSESSIONS` lines as they come and every line to
+/// `log`; stops it after `limit`.
+fn boot(vm: &Vm, disks: &[(&Path, bool)], limit: Duration, log: &Path) -> anyhow::Result<Console> {
+    let mut cmd = Command::new(&vm.qemu);
+    for d in &vm.data {
+        cmd.arg("-L").arg(d);
+    }
+    if !vm.libs.is_empty() {
+        cmd.env("LD_LIBRARY_PATH", &vm.libs);
+    }
+    cmd.args(["-accel", "tcg,thread=multi,tb-size=512", "-smp", "2", "-m", "3G"])
+        .args(["-nographic", "-no-reboot", "-nic", "none", "-device", "virtio-rng-pci"])
+        .arg("-kernel")
+        .arg(&vm.vmlinuz)
+        .arg("-initrd")
+        .arg(&vm.initrd)
+        .args(["-append", "console=ttyS0 loglevel=4 lsm=lockdown,capability,landlock,yama,bpf panic=-1"]);
+    for (disk, keep) in disks {
+        let mut spec = OsString::from("file=");
+        spec.push(disk.as_os_str());
+        spec.push(if *keep { ",format=raw,if=virtio,cache=writeback" } else { ",format=raw,if=virtio,cache=unsafe,snapshot=on" });
+        cmd.arg("-drive").arg(spec);
+    }
+    let errors = log.with_extension("qemu-stderr");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(&errors)?);
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {}", vm.qemu.display()))?;
+    let stdout = child.stdout.take().context("qemu's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf).replace('\r', "").trim_end_matches('\n').to_owned();
+            if tx.send(line).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut console = Console::default();
+    loop {
+        match rx.recv_timeout(limit.saturating_sub(started.elapsed())) {
+            Ok(line) => {
+                let t = started.elapsed().as_secs_f64();
+                writeln!(file, "[{t:7.1}] {line}")?;
+                console.line(t, &line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                console.timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().context("waiting for qemu")?;
+    if !console.timed_out && !status.success() {
+        console.failure = Some(format!("qemu exited with {status}: {}", std::fs::read_to_string(&errors)?.trim()));
+    }
+    Ok(console)
+}
+
+/// What the guest said: its `VMSESSIONS` lines with the seconds since QEMU
+/// started, and each test's result.
+#[derive(Default)]
+struct Console {
+    marks: Vec<(f64, String)>,
+    /// Each test's name, whether it passed, its seconds in the guest.
+    tests: Vec<(String, bool, f64)>,
+    /// The lines since the last test began.
+    current: Vec<String>,
+    timed_out: bool,
+    failure: Option<String>,
+}
+
+impl Console {
+    fn line(&mut self, t: f64, line: &str) {
+        let Some(mark) = line.find("VMSESSIONS ").map(|i| &line[i + "VMSESSIONS ".len()..]) else {
+            self.current.push(line.to_owned());
+            return;
+        };
+        self.marks.push((t, mark.to_owned()));
+        if mark.starts_with("BEGIN ") {
+            self.current.clear();
+            return;
+        }
+        if let Some(result) = mark.strip_prefix("TEST ") {
+            // NAME ok|FAILED SECONDS [(WHY)]
+            let mut words = result.splitn(4, ' ');
+            let mut word = || words.next().unwrap_or_default();
+            let (name, verdict, secs, why) = (word(), word(), word(), word());
+            let ok = verdict == "ok";
+            util::out(&format!("  | {t:7.1} s  {name} {verdict} in {secs} s {why}"));
+            if !ok {
+                for l in &self.current {
+                    util::out(&format!("  |   {l}"));
+                }
+            }
+            self.tests.push((name.to_owned(), ok, secs.parse().unwrap_or(0.0)));
+            self.current.clear();
+            return;
+        }
+        util::out(&format!("  | {t:7.1} s  {mark}"));
+    }
+
+    /// When the first mark starting with `prefix` came.
+    fn at(&self, prefix: &str) -> Option<f64> {
+        self.marks.iter().find(|(_, m)| m.starts_with(prefix)).map(|(t, _)| *t)
+    }
+
+    /// The run's parts, into `times`.
+    fn times(&self, times: &mut Timings) {
+        if let Some(t) = self.at("initramfs") {
+            times.add_secs("boot: QEMU start to the initramfs", t, "");
+        }
+        if let Some(t) = self.at("dockerd ready") {
+            times.add_secs("boot: QEMU start to dockerd ready", t, "");
+            if let (Some(d), Some(b)) = (self.at("doctor"), self.at("BEGIN ")) {
+                times.add_secs("leashd, leashctl status and doctor", b - d, "");
+            }
+        }
+        for (name, ok, secs) in &self.tests {
+            times.add_secs(&format!("  {name}"), *secs, if *ok { "ok" } else { "FAILED" });
+        }
+        if let Some((t, _)) = self.marks.iter().find(|(_, m)| m.starts_with("RESULT:")) {
+            times.add_secs("guest, QEMU start to the result", *t, "");
+        }
+    }
+
+    /// Ok when the guest printed `expected`; else an error saying what
+    /// failed or where it stopped.
+    fn verdict(&self, what: &str, expected: &str, limit: Duration, log: &Path) -> anyhow::Result<()> {
+        if self.marks.iter().any(|(_, m)| m == expected) {
+            util::out(&format!("vmtest: {what}: PASS; the console is in {}", log.display()));
+            return Ok(());
+        }
+        let last = self.marks.last().map_or("nothing (no VMSESSIONS line)".to_owned(), |(t, m)| format!("{m:?} at {t:.1} s"));
+        let failed: Vec<&str> = self.tests.iter().filter(|(_, ok, _)| !ok).map(|(n, _, _)| n.as_str()).collect();
+        let why = if self.timed_out {
+            format!("the VM did not finish within {} s; the last line it printed for the host: {last}", limit.as_secs())
+        } else if let Some(result) = self.marks.iter().find_map(|(_, m)| m.strip_prefix("RESULT: FAIL")) {
+            if failed.is_empty() { format!("the guest failed: {}", result.trim()) } else { format!("failed: {}", failed.join(", ")) }
+        } else if let Some(f) = &self.failure {
+            format!("{f}; the last line it printed for the host: {last}")
+        } else {
+            format!("the VM stopped without a result after {last}")
+        };
+        bail!("vmtest: {what}: FAIL: {why}; the console is in {}", log.display())
+    }
+}
+
+/// The parts of a run and how long each took.
+#[derive(Default)]
+struct Timings {
+    parts: Vec<(String, f64, String)>,
+    total: f64,
+}
+
+impl Timings {
+    fn add(&mut self, part: &str, since: Instant, note: &str) {
+        self.add_secs(part, since.elapsed().as_secs_f64(), note);
+    }
+
+    fn add_secs(&mut self, part: &str, secs: f64, note: &str) {
+        self.parts.push((part.to_owned(), secs, note.to_owned()));
+    }
+
+    fn print(&self) {
+        util::out("vmtest --sessions: where the time went");
+        let width = self.parts.iter().map(|(p, _, _)| p.len()).max().unwrap_or(0).max(5);
+        for (part, secs, note) in &self.parts {
+            util::out(&format!("  {part:<width$}  {secs:7.1} s  {note}"));
+        }
+        util::out(&format!("  {:<width$}  {:7.1} s", "total", self.total));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn modules_load_after_their_dependencies_once_each() {
+        let dep = "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
+                   kernel/lib/crc16.ko:\n\
+                   kernel/fs/mbcache.ko:\n\
+                   kernel/fs/jbd2/jbd2.ko:\n\
+                   kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n\
+                   kernel/drivers/virtio/virtio.ko:\n\
+                   kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n";
+        let order =
+            super::module_order(dep, "kernel/crypto/crc32c_generic.ko\n", &["crc32c_generic", "virtio_blk", "virtio_rng", "ext4"])
+                .unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+                "kernel/drivers/char/hw_random/virtio-rng.ko",
+                "kernel/lib/crc16.ko",
+                "kernel/fs/mbcache.ko",
+                "kernel/fs/jbd2/jbd2.ko",
+                "kernel/fs/ext4/ext4.ko",
+            ]
+        );
+        assert!(super::module_order(dep, "", &["nope"]).is_err());
+    }
+}
