@@ -16,6 +16,9 @@ fn main() -> ExitCode {
         let hostile = rest.first().is_some_and(|a| a == leash_sensor::selftest::HOSTILE_FLAG);
         return leash_sensor::selftest::child(std::path::Path::new(dir), hostile);
     }
+    if args.first().is_some_and(|a| a == leash_sensor::selftest::CORPUS_FLAG) {
+        return leash_sensor::selftest::corpus_child();
+    }
     if args.first().is_some_and(|a| a == leash_sensor::probe::PROBE_FLAG) {
         return leash_sensor::probe::print();
     }

@@ -108,10 +108,11 @@ pub fn child(dir: &Path, hostile: bool) -> ExitCode {
 }
 
 /// What the files the hostile attempts go for hold.
-const HOSTILE_FILES: [(&str, &str); 6] = [
+const HOSTILE_FILES: [(&str, &str); 7] = [
     ("secret-a", "SECRET-A"),
     ("secret-b", "SECRET-B"),
     ("private/key", "PRIVATE"),
+    ("private/key2", "PRIVATE"),
     ("protected/file", "protected"),
     ("notes", "notes"),
     ("evil", "#!/bin/sh\n"),
@@ -213,6 +214,10 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("link-read", judge(step(std::fs::hard_link(p("secret-a"), p("hard"))).and_then(|()| read("hard")))),
         ("rename-read", judge(step(std::fs::rename(p("secret-b"), p("moved"))).and_then(|()| read("moved")))),
+        (
+            "link-in-dir-read",
+            judge(step(std::fs::hard_link(p("private/key2"), p("hard2"))).and_then(|()| read("hard2"))),
+        ),
         ("rename-dir-read", judge(step(std::fs::rename(p("private"), p("stolen"))).and_then(|()| read("stolen/key")))),
         (
             "exchange-read",
@@ -265,6 +270,164 @@ fn hostile_attempts(dir: &Path) -> Vec<(&'static str, String)> {
         ),
         ("rename-protected-away", judge(std::fs::rename(p("protected"), p("elsewhere")))),
     ]
+}
+
+/// The flag that makes the sensor binary the corpus check's child.
+pub const CORPUS_FLAG: &str = "--corpus-child";
+
+/// The corpus check's child: after a "go" line on stdin, opens each path
+/// of the following lines for reading and prints `path<TAB>outcome`.
+pub fn corpus_child() -> ExitCode {
+    let mut lines = std::io::stdin().lock().lines().map_while(Result::ok);
+    // Governed from here on.
+    let _go = lines.next();
+    let denied = |e: &std::io::Error| matches!(e.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EACCES));
+    let mut out = std::io::stdout().lock();
+    for path in lines {
+        let outcome = match std::fs::File::open(&path) {
+            Ok(_) => "allowed".to_owned(),
+            Err(e) if denied(&e) => "denied".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let _ = writeln!(out, "{path}\t{outcome}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// A small deterministic generator (xorshift64*), so a seed replays a corpus.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// The LSM tier against the tables, on a generated corpus: a tree of
+/// files, random read tables over it (exact files, directory prefixes,
+/// exceptions inside them, a default), every file opened by a governed
+/// process; each answer must be the tables' (`Tables::lookup`). Returns
+/// the paths where they differ, with both answers.
+fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), String> {
+    let kernel = shared.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
+    let mut rng = Rng(seed | 1);
+    let n = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+    let me = std::process::id();
+    let dir = std::env::temp_dir().join(format!("leash-corpus-{me}-{n}"));
+    let cgroup = kernel.cgroup.join(format!("corpus-{me}-{n}"));
+    let _cleanup = Cleanup { dir: dir.clone(), cgroup: cgroup.clone() };
+    let names = ["a", "b", "c", "d"];
+    let mut dirs = vec![dir.clone()];
+    for _ in 0..12 {
+        let mut d = dirs[rng.below(dirs.len())].clone();
+        d.push(names[rng.below(names.len())]);
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    let mut files = Vec::new();
+    for i in 0..150 {
+        let f = dirs[rng.below(dirs.len())].join(format!("f{i}"));
+        std::fs::create_dir_all(f.parent().unwrap_or(&dir)).map_err(|e| e.to_string())?;
+        std::fs::write(&f, "corpus\n").map_err(|e| format!("{}: {e}", f.display()))?;
+        files.push(f.display().to_string());
+    }
+    let verdict = |rng: &mut Rng| Verdict::new(rng.coin(), if rng.coin() { 1 } else { 0 });
+    let mut read = PathTable { default: Some(verdict(&mut rng)), ..Default::default() };
+    for _ in 0..8 {
+        let d = format!("{}/", dirs[rng.below(dirs.len())].display());
+        read.prefixes.insert(d, verdict(&mut rng));
+    }
+    for _ in 0..25 {
+        read.exact.insert(files[rng.below(files.len())].clone(), verdict(&mut rng));
+    }
+    let allow = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
+    let mut tables = fixed_tables(&dir);
+    tables.files = BTreeMap::from([
+        (FileAction::Read, read.clone()),
+        (FileAction::Open, read),
+        (FileAction::Write, allow.clone()),
+        (FileAction::Exec, allow),
+    ]);
+    std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .arg(CORPUS_FLAG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the corpus process: {e}"))?;
+    let answers = (|| -> Result<Vec<String>, String> {
+        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string())
+            .map_err(|e| format!("cannot move the corpus process into {}: {e}", cgroup.display()))?;
+        let actions = shared.lsm_actions(&tables);
+        if actions & crate::bpf::lsm_bit(FileAction::Read) == 0 {
+            return Err(format!("the LSM tier does not take the corpus's read table (actions {actions:#x})"));
+        }
+        let files_ = crate::LsmFiles { actions, root: Path::new("/"), identities: true };
+        let (_, written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files_)?;
+        let _registered = Unregister(&kernel.maps, cgroup_id, Some(written));
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut input = String::from("go\n");
+        for f in &files {
+            input.push_str(f);
+            input.push('\n');
+        }
+        stdin.write_all(input.as_bytes()).map_err(|e| e.to_string())?;
+        drop(stdin);
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        Ok(std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let answers = answers?;
+    let mut differ = Vec::new();
+    for line in &answers {
+        let Some((path, outcome)) = line.split_once('\t') else { continue };
+        let expected = match tables.lookup(FileAction::Read, path) {
+            leash_core::tables::Lookup::Final(v) => v.allow,
+            leash_core::tables::Lookup::Evaluate => false,
+        };
+        let got = match outcome {
+            "allowed" => true,
+            "denied" => false,
+            other => {
+                differ.push(format!("{path}: {other}"));
+                continue;
+            }
+        };
+        if got != expected {
+            differ.push(format!("{path}: the tables {}, the kernel {outcome}", if expected { "allow" } else { "deny" }));
+        }
+    }
+    if answers.len() != files.len() {
+        differ.push(format!("{} answers for {} files", answers.len(), files.len()));
+    }
+    Ok((answers.len(), differ))
+}
+
+/// Removes a test cgroup from the kernel's maps (and its table entries)
+/// whatever happens next.
+struct Unregister<'a>(&'a crate::bpf::Maps, u64, Option<crate::bpf::Written>);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.remove_session(self.1);
+        if let Some(w) = &self.2 {
+            self.0.clear(w);
+        }
+    }
 }
 
 /// Removes what the test made, whatever happened.
@@ -329,15 +492,6 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
         let tables = Arc::new(fixed_tables(&dir));
         let off = |m: &str| without.iter().any(|w| w == m);
         // Whatever happens next, the test cgroup leaves the kernel's maps.
-        struct Unregister<'a>(&'a crate::bpf::Maps, u64, Option<crate::bpf::Written>);
-        impl Drop for Unregister<'_> {
-            fn drop(&mut self) {
-                self.0.remove_session(self.1);
-                if let Some(w) = &self.2 {
-                    self.0.clear(w);
-                }
-            }
-        }
         let mut registered = Unregister(&kernel.maps, cgroup_id, None);
         // The LSM tier decides what it can, as for a session.
         let actions = if off("bpf-lsm") { 0 } else { shared.lsm_actions(&tables) };
@@ -467,8 +621,75 @@ pub fn vm_check() -> ExitCode {
             }
         }
     }
-    // The LSM tier: the same test, decided by the LSM programs alone.
     drop(shared);
+    // Sessions' tier: the programs as the sensor loads them where the
+    // kernel runs BPF LSM (the cgroup programs, and the LSM tier for files).
+    let pins = Path::new("/sys/fs/bpf/leash/vm-sessions");
+    match crate::bpf::load(&root.join("leash-vm-sessions"), pins, true) {
+        Ok(k) => {
+            let attached = k.links.iter().any(|(n, _)| n.starts_with("leash_lsm_"));
+            let caps = probe::decide(Ok(()), crate::bpf::probe_lsm(), attached, probe::fanotify());
+            say(&format!("sessions' tier: {} ({} programs attached)", caps.tier, k.links.len()));
+            if caps.tier != "bpf-lsm" {
+                failures.push("sessions-tier");
+            }
+            let shared = bare(k, caps, attached);
+            for (label, without, denied_expected) in [
+                ("sessions' self-test", vec![], true),
+                // Without fanotify: the LSM tier alone denies the files.
+                ("sessions' self-test without fanotify", vec!["fanotify".to_owned()], true),
+                (
+                    "sessions' negative control",
+                    vec!["bpf-lsm".to_owned(), "fanotify".to_owned(), "cgroup-sock".to_owned()],
+                    false,
+                ),
+            ] {
+                match run(&shared, &without) {
+                    Ok((_, lines)) => {
+                        for (action, outcome) in &lines {
+                            say(&format!("{label} {action}: {outcome}"));
+                        }
+                        let denied = lines.iter().filter(|(_, o)| o == "denied").count();
+                        if lines.len() != 4 || denied != if denied_expected { 4 } else { 0 } {
+                            failures.push("sessions-self-test");
+                        }
+                    }
+                    Err(e) => {
+                        say(&format!("{label}: {e}"));
+                        failures.push("sessions-self-test");
+                    }
+                }
+            }
+            // The LSM programs' lookups against the tables, on generated corpora.
+            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+            for round in 0..3u64 {
+                let seed = base.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                match corpus(&shared, seed) {
+                    Ok((n, differ)) if differ.is_empty() => {
+                        say(&format!("corpus seed {seed}: {n} files, the LSM tier agrees with the tables"));
+                    }
+                    Ok((n, differ)) => {
+                        say(&format!("corpus seed {seed}: {n} files, {} differ:", differ.len()));
+                        for d in differ.iter().take(20) {
+                            say(&format!("  {d}"));
+                        }
+                        failures.push("corpus");
+                    }
+                    Err(e) => {
+                        say(&format!("corpus seed {seed}: {e}"));
+                        failures.push("corpus");
+                    }
+                }
+            }
+            drop(shared);
+            crate::bpf::unpin_all(pins);
+        }
+        Err(e) => {
+            say(&format!("sessions' tier: {e:#}"));
+            failures.push("sessions-tier");
+        }
+    }
+    // The LSM tier: the same test, decided by the LSM programs alone.
     match crate::bpf::load_lsm() {
         Ok(k) => {
             say(&format!("lsm programs: {} attached", k.links.len()));
