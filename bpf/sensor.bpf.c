@@ -525,11 +525,12 @@ struct {
 } lsm_reported SEC(".maps");
 
 /* The session of the current task when the LSM tier decides `action` for
- * it (else 0: not governed, record mode, or fanotify decides it). */
+ * it (else 0: not governed, or fanotify decides it). In record mode it
+ * decides and reports, and refuses nothing. */
 static __always_inline struct leash_session *lsm_governed(__u32 action)
 {
 	struct leash_session *s = governed();
-	if (!s || s->mode == LEASH_MODE_RECORD || !(s->lsm_files & (1u << action)))
+	if (!s || !(s->lsm_files & (1u << action)))
 		return 0;
 	return s;
 }

@@ -35,6 +35,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "reload",
         ])),
         Some("proxy") => crate::bench_proxy::run(),
+        Some("lsm") => crate::bench_lsm::run(),
         Some("ui") => match args.get(1).map(String::as_str) {
             None => crate::bench_ui::run(false),
             // The WebSocket fan-out alone.
@@ -50,9 +51,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files)"),
         },
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, proxy, ui")
+            bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, lsm, proxy, ui")
         }
-        None => bail!("which benchmark? available: startup, session-start, policy, sensor, proxy, ui"),
+        None => bail!("which benchmark? available: startup, session-start, policy, sensor, lsm, proxy, ui"),
     }
 }
 

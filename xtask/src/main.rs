@@ -4,6 +4,7 @@
 //! `vmtest`, `facts`, `fuzz`, `hostile`, `demo`.
 
 mod bench;
+mod bench_lsm;
 mod bench_proxy;
 mod bench_ui;
 mod demo;
@@ -38,6 +39,8 @@ verbs:
   bench sensor [--events-only|--new-files]
                   governed vs ungoverned open/exec loops, host loops, the event rate;
                   --new-files: 10,000 new files with and without identity tracing
+  bench lsm       in the VM: open, new-file and exec loops on the LSM tier, the
+                  fallback tier and ungoverned (ratios within the VM)
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
   vmtest --sessions [FILTER...]

@@ -645,7 +645,12 @@ impl Maps {
             let is_dir = path.ends_with('/');
             let (deny, allow, reason) = answer(&path, is_dir);
             let k = inode_key(slot, dev, ino);
-            self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY).context("writing an identity")?;
+            // A full map (every session's identities share it) leaves the
+            // rest to their names, as the budget does.
+            if let Err(e) = self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY) {
+                tracing::warn!(slot, error = %e, "the LSM tier's identities map is full; the rest keep their answer only under their own names");
+                break;
+            }
             w.inodes.push(k);
         }
         Ok(())

@@ -19,6 +19,7 @@ pub mod holder;
 pub mod identity;
 pub mod probe;
 pub mod selftest;
+pub mod vmbench;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

@@ -16,6 +16,14 @@ fn main() -> ExitCode {
         let hostile = rest.first().is_some_and(|a| a == leash_sensor::selftest::HOSTILE_FLAG);
         return leash_sensor::selftest::child(std::path::Path::new(dir), hostile);
     }
+    if let [flag, workload, dir] = args.as_slice()
+        && flag == leash_sensor::vmbench::CHILD_FLAG
+    {
+        return leash_sensor::vmbench::child(&workload.to_string_lossy(), std::path::Path::new(dir));
+    }
+    if args.first().is_some_and(|a| a == leash_sensor::vmbench::VM_BENCH_FLAG) {
+        return leash_sensor::vmbench::vm_bench();
+    }
     if args.first().is_some_and(|a| a == leash_sensor::selftest::CORPUS_FLAG) {
         return leash_sensor::selftest::corpus_child();
     }

@@ -545,7 +545,7 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
 
 /// A sensor's shared state with nothing but a kernel (no sessions, no
 /// policy service), for the VM check.
-fn bare(kernel: crate::bpf::Kernel, caps: probe::Report, lsm: bool) -> Arc<Shared> {
+pub(crate) fn bare(kernel: crate::bpf::Kernel, caps: probe::Report, lsm: bool) -> Arc<Shared> {
     Arc::new(Shared {
         kernel: Some(kernel),
         lsm,

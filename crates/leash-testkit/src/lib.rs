@@ -122,41 +122,129 @@ fn host_triple() -> String {
 /// The image most session tests run in (`cargo xtask image test`).
 pub const TEST_IMAGE: &str = "leash-test:latest";
 
-/// Returns false (after printing why) when Docker or the test image is
-/// missing and the test may skip; panics instead in CI.
+/// The container engine a test run's sessions use: Docker, or Podman
+/// through its Docker-compatible API (`LEASH_TEST_ENGINE=podman`). The
+/// stacks' leashd, the `docker` CLI of [`docker`] and every helper here talk
+/// to it, so one test binary runs on either engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// The Docker engine (the default).
+    Docker,
+    /// Podman's Docker-compatible API at [`PODMAN_SOCKET`].
+    Podman,
+}
+
+impl Engine {
+    /// The `DOCKER_HOST` that reaches it; `None`: the local Docker socket.
+    pub fn docker_host(self) -> Option<String> {
+        match self {
+            Engine::Docker => None,
+            Engine::Podman => Some(format!("unix://{PODMAN_SOCKET}")),
+        }
+    }
+
+    /// Its name, as `LEASH_TEST_ENGINE` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+}
+
+/// The engine this test run uses (`LEASH_TEST_ENGINE`: `docker`, the
+/// default, or `podman`); panics on anything else.
+pub fn engine() -> Engine {
+    match std::env::var("LEASH_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("" | "docker") => Engine::Docker,
+        Ok("podman") => Engine::Podman,
+        Ok(other) => panic!("LEASH_TEST_ENGINE={other:?}: expected docker or podman"),
+    }
+}
+
+/// The `docker` CLI talking to this test run's engine ([`engine`]).
+pub fn docker() -> Command {
+    docker_on(engine())
+}
+
+/// The `docker` CLI talking to `engine`.
+pub fn docker_on(engine: Engine) -> Command {
+    let mut c = Command::new("docker");
+    match engine.docker_host() {
+        Some(host) => c.env("DOCKER_HOST", host),
+        None => c.env_remove("DOCKER_HOST"),
+    };
+    c
+}
+
+/// Runs `docker ARGS` on `engine` quietly; true when it succeeds.
+fn docker_ok(engine: Engine, args: &[&str]) -> bool {
+    docker_on(engine).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Returns false (after printing why) when this run's engine ([`engine`])
+/// or the test image is missing and the test may skip; panics instead in
+/// CI.
 pub fn require_docker(test: &str) -> bool {
+    require_engine(test, engine())
+}
+
+/// Returns false (after printing why) when `engine` or the test image is
+/// missing and the test may skip; panics instead in CI. The images are
+/// built in Docker (`cargo xtask image`), so Podman needs Docker too.
+fn require_engine(test: &str, engine: Engine) -> bool {
     if !require_root(test) {
         return false;
     }
-    let ok = |args: &[&str]| {
-        Command::new("docker")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok(&["info"]) {
+    if !docker_ok(Engine::Docker, &["info"]) {
         return skip(test, "the Docker engine is not running (scripts/setup.sh starts it)");
     }
-    require_image(test, TEST_IMAGE)
+    if engine == Engine::Podman && !docker_ok(Engine::Podman, &["version"]) {
+        return skip(test, "Podman's API service is not running (scripts/setup.sh starts it)");
+    }
+    require_image_on(test, engine, TEST_IMAGE)
 }
 
 /// Returns false (after printing why) when Docker lacks `image` (a
 /// `leash-<name>` image, which leash never pulls) and the test may skip;
-/// panics instead in CI, naming the command that builds it.
+/// panics instead in CI, naming the command that builds it. On Podman, the
+/// image is then copied there from Docker unless Podman holds the same one.
 pub fn require_image(test: &str, image: &str) -> bool {
-    let present = Command::new("docker")
-        .args(["image", "inspect", image])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if present {
-        return true;
+    require_image_on(test, engine(), image)
+}
+
+fn require_image_on(test: &str, engine: Engine, image: &str) -> bool {
+    if !docker_ok(Engine::Docker, &["image", "inspect", image]) {
+        let name = image.strip_prefix("leash-").and_then(|r| r.split(':').next()).unwrap_or(image);
+        return skip(test, &format!("the image {image} is missing (`cargo xtask image {name}` builds it)"));
     }
-    let name = image.strip_prefix("leash-").and_then(|r| r.split(':').next()).unwrap_or(image);
-    skip(test, &format!("the image {image} is missing (`cargo xtask image {name}` builds it)"))
+    if engine == Engine::Podman {
+        copy_to_podman(image);
+    }
+    true
+}
+
+/// Copies `image` from Docker into Podman (`docker save | podman load`)
+/// unless Podman has the same image (by id) already; once at a time.
+fn copy_to_podman(image: &str) {
+    static COPYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = COPYING.lock().unwrap_or_else(|p| p.into_inner());
+    let id = |engine: Engine| {
+        let out = docker_on(engine).args(["image", "inspect", "-f", "{{.Id}}", image]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let wanted = id(Engine::Docker).unwrap_or_else(|| panic!("{image} vanished from Docker"));
+    if id(Engine::Podman).as_ref() == Some(&wanted) {
+        return;
+    }
+    let status = Command::new("sh")
+        .args(["-c", "docker save \"$1\" | podman load", "sh", image])
+        .env_remove("DOCKER_HOST")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run docker save | podman load");
+    assert!(status.success(), "loading {image} into Podman failed");
+    assert_eq!(id(Engine::Podman), Some(wanted), "{image} in Podman is not Docker's after loading it");
 }
 
 /// Skips `test` saying why, or panics where tests must not skip.
@@ -179,7 +267,7 @@ pub fn host_address() -> String {
     FOUND
         .get_or_init(|| {
             let args = leash_core::hostside::probe_args(TEST_IMAGE);
-            let out = Command::new("docker")
+            let out = docker()
                 .args(args)
                 .output()
                 .unwrap_or_else(|e| panic!("no host address: `docker {}` did not run: {e}", args.join(" ")));
@@ -202,33 +290,9 @@ pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 
 /// Returns false (after printing why) when Podman's API is not served and
 /// the test may skip; panics instead in CI. Loads the test image into Podman
-/// from Docker when it is missing there.
+/// from Docker unless Podman has the same one.
 pub fn require_podman(test: &str) -> bool {
-    if !require_docker(test) {
-        return false;
-    }
-    let host = format!("unix://{PODMAN_SOCKET}");
-    let docker = |args: &[&str]| {
-        Command::new("docker")
-            .env("DOCKER_HOST", &host)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !docker(&["version"]) {
-        return skip(test, "Podman's API service is not running (scripts/setup.sh starts it)");
-    }
-    if !docker(&["image", "inspect", TEST_IMAGE]) {
-        let status = Command::new("sh")
-            .args(["-c", &format!("docker save {TEST_IMAGE} | podman load")])
-            .stdout(Stdio::null())
-            .status()
-            .expect("load the test image into podman");
-        assert!(status.success(), "loading {TEST_IMAGE} into podman failed");
-    }
-    true
+    require_engine(test, Engine::Podman)
 }
 
 /// True when tests must not skip (in CI, or when asked).
@@ -355,6 +419,10 @@ impl Stack {
         let log = self.root().join(format!("leashd-{}.log", self.leashds.len()));
         let mut c = self.command("leashd");
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        // Sessions on this test run's engine (a test may name another).
+        if let Some(host) = engine().docker_host() {
+            c.env("DOCKER_HOST", host);
+        }
         f(&mut c);
         // The machine's /etc/leash (config.toml, policy.d) is not the test's.
         if !c.get_args().any(|a| a == "--config") {
@@ -464,11 +532,19 @@ impl Stack {
 
     /// Session containers of this stack's instance (any state).
     pub fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
+        let out = docker()
             .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", self.instance)])
             .output()
             .expect("docker ps");
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Removes the session containers of this stack's instance (best effort).
+    fn remove_containers(&self) {
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let _ = docker().args(["rm", "-f"]).args(&ids).output();
+        }
     }
 
     /// Every live process of this stack (leashd and components).
@@ -485,16 +561,10 @@ impl Default for Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // Session containers of this instance, if a test left any.
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", self.instance)])
-            .output()
-        {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
-            }
-        }
+        // Session containers of this instance, if a test left any; again once
+        // leashd is gone (Podman refuses to remove a container that leashd is
+        // stopping at that moment).
+        self.remove_containers();
         for pid in self.all_processes() {
             kill(pid, rustix::process::Signal::KILL);
         }
@@ -502,11 +572,15 @@ impl Drop for Stack {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.remove_containers();
         // What the killed sensor left pinned and attached (a sensor stopped
         // gracefully with no sessions removes these itself).
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/leash/{}", self.instance));
-        for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-            remove_cgroup_tree(&Path::new(root).join(format!("leash-{}", self.instance)));
+        // The instance's cgroup parent in every hierarchy (v2, and each v1
+        // one of a hybrid host, where the engine made it too).
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten().map(|e| e.path());
+        for root in hierarchies.chain([PathBuf::from("/sys/fs/cgroup")]) {
+            remove_cgroup_tree(&root.join(format!("leash-{}", self.instance)));
         }
     }
 }
@@ -548,7 +622,7 @@ pub fn files_containing(dir: &Path, needle: &str, except: &[&Path]) -> Vec<Strin
 /// The environment and command line of every process in a container (in
 /// its pid namespace), read from the host.
 pub fn container_environ(container: &str) -> String {
-    let out = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", container]).output().expect("docker");
+    let out = docker().args(["inspect", "-f", "{{.State.Pid}}", container]).output().expect("docker");
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/pid")) else { return String::new() };
     let mut all = String::new();

@@ -166,10 +166,12 @@ fn resource(project: &str, r: &str) -> String {
     if r.starts_with('/') || r.contains(':') { r.to_owned() } else { format!("{project}/{r}") }
 }
 
-/// Builds leash-test with a declared volume holding `/vol/secret`.
+/// Builds leash-test with a declared volume holding `/vol/secret` (in
+/// Docker, where the images are built; `require_image` copies it to the
+/// run's engine).
 fn volume_image() {
     let dockerfile = format!("FROM {TEST_IMAGE}\nRUN mkdir -p /vol && echo volsecret > /vol/secret\nVOLUME /vol\n");
-    let mut build = std::process::Command::new("docker")
+    let mut build = leash_testkit::docker_on(leash_testkit::Engine::Docker)
         .args(["build", "-q", "-t", VOLUME_IMAGE, "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -190,6 +192,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         return;
     }
     volume_image();
+    assert!(require_image("a_hostile_agent_gets_around_nothing_on_the_fallback_tier", VOLUME_IMAGE));
     let mut stack = Stack::new();
     stack.start_leashd_for_sessions();
     stack.wait_healthy(Duration::from_secs(10));

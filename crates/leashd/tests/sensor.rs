@@ -70,7 +70,7 @@ fn no_exec(id: &str, file: &str) -> String {
 const NO_LAN: &str = "@id(\"no-lan\") forbid (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"10.99.0.0/16\");";
 
 fn docker_exec(container: &str, script: &str) -> Output {
-    std::process::Command::new("docker").args(["exec", container, "sh", "-c", script]).output().unwrap()
+    leash_testkit::docker().args(["exec", container, "sh", "-c", script]).output().unwrap()
 }
 
 #[test]
@@ -262,8 +262,7 @@ fn modes_and_edits_apply_live_and_outsiders_are_never_affected() {
     // Processes outside the session are never affected, even looking into
     // the container's mounts.
     assert_eq!(std::fs::read_to_string(format!("{p}/secret/key")).unwrap(), "s3cret\n");
-    let pid =
-        std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &container]).output().unwrap();
+    let pid = leash_testkit::docker().args(["inspect", "-f", "{{.State.Pid}}", &container]).output().unwrap();
     let pid = text(&pid.stdout).trim().to_owned();
     let through = std::fs::read_to_string(format!("/proc/{pid}/root{p}/secret/key")).unwrap();
     assert_eq!(through, "s3cret\n");

@@ -5,7 +5,8 @@
 //!
 //! leashd's own step verifies the mounts. The policy service, the sensor and
 //! the proxy add theirs (open the session's policy, attach the cgroup, start
-//! the listener) as they gain session methods.
+//! the listener) as they gain session methods; the sensor's step first
+//! checks that the engine placed the container below its cgroup parent.
 
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
@@ -68,6 +69,38 @@ pub fn verify_mounts(pid: i64, mounts: &[(std::path::PathBuf, String)]) -> Resul
     Ok(())
 }
 
+/// Checks that the engine placed the container (`pid`, its PID 1) below
+/// the session's cgroup parent in the cgroup v2 hierarchy (`below_root`,
+/// relative to its root): leash-sensor's programs are attached above it, so
+/// a container anywhere else would run with none of them. Read from the
+/// host's view of `/proc/<pid>/cgroup`, before leash-entry is released.
+pub fn verify_cgroup(pid: i64, below_root: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read the container's cgroup (process {pid}): {e}"))?;
+    let expected = format!("/{}/", below_root.trim_matches('/'));
+    match placed_below(&text, &expected) {
+        Ok(()) => Ok(()),
+        Err(None) => Err(format!(
+            "the container has no cgroup v2 membership (/proc/{pid}/cgroup has no `0::` line): leash-sensor \
+             governs containers through cgroup v2 (alone, or beside v1 in hybrid mode)"
+        )),
+        Err(Some(actual)) => Err(format!(
+            "the container engine placed the container in the cgroup {actual}, not below {expected}, the \
+             session's cgroup parent, where leash-sensor governs it: the engine did not honour the cgroup \
+             parent (leash needs the cgroupfs driver, and the container's cgroup created in cgroup v2)"
+        )),
+    }
+}
+
+/// Whether the `0::` line of a `/proc/<pid>/cgroup` text names a cgroup
+/// below `expected` (`/a/b/`): `Err(None)` when there is no such line,
+/// `Err(Some(path))` with the path when it is elsewhere.
+fn placed_below(text: &str, expected: &str) -> Result<(), Option<String>> {
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or(None)?;
+    let inside = path.starts_with(expected) && !path[expected.len()..].split('/').any(|c| c == "..");
+    if inside { Ok(()) } else { Err(Some(path.to_owned())) }
+}
+
 /// Makes the session's memfds non-executable: `vm.memfd_noexec=2` in the
 /// container's pid namespace (the sysctl is per pid namespace, and a child
 /// namespace cannot loosen it). fanotify never sees an exec of a memfd (it
@@ -126,6 +159,28 @@ mod tests {
         };
         let e = admit(vec![slow], false).await.unwrap_err();
         assert!(e.contains("leash-proxy (listener): no answer within"), "{e}");
+    }
+
+    #[test]
+    fn a_container_is_placed_below_its_cgroup_parent_or_refused() {
+        let below = "/leash-t/s1/";
+        // Docker's and Podman's cgroupfs placement, on a hybrid host.
+        assert_eq!(placed_below("4:memory:/leash-t/s1/abc\n0::/leash-t/s1/abc\n", below), Ok(()));
+        assert_eq!(placed_below("0::/leash-t/s1/libpod-abc\n", below), Ok(()));
+        // The systemd driver's slices, the engine's own cgroup, a sibling
+        // session, a climb out, and a v1-only host.
+        for elsewhere in [
+            "0::/leash_t.slice/leash_t-s1.slice/docker-abc.scope",
+            "0::/",
+            "0::/leash-t/s12/abc",
+            "0::/leash-t/s1/../s2/abc",
+        ] {
+            assert!(matches!(placed_below(elsewhere, below), Err(Some(_))), "{elsewhere}");
+        }
+        assert_eq!(placed_below("1:name=systemd:/x\n4:memory:/leash-t/s1/abc\n", below), Err(None));
+        // Our own process is not in a session's cgroup.
+        let e = verify_cgroup(std::process::id() as i64, "leash-t/s1").unwrap_err();
+        assert!(e.contains("not below /leash-t/s1/") || e.contains("no cgroup v2"), "{e}");
     }
 
     #[test]

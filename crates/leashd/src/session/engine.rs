@@ -53,12 +53,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// The engine refused because a name is taken.
+    /// The engine refused because a name is taken: Docker answers 409;
+    /// Podman's Docker-compatible API (4.x) answers 500, saying so.
     pub fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            EngineError::Api { source: bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }, .. }
-        )
+        match self {
+            EngineError::Api {
+                source: bollard::errors::Error::DockerResponseServerError { status_code, message }, ..
+            } => *status_code == 409 || (*status_code == 500 && message.contains("is already in use")),
+            _ => false,
+        }
     }
 }
 
@@ -126,15 +129,55 @@ pub struct Engine {
     systemd_cgroups: bool,
 }
 
+/// How long a connection (its negotiated API version and the engine's
+/// cgroup driver) is reused: Podman takes about a second to answer
+/// `/version` and half of one to answer `/info`, on every session's start.
+const REUSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The last connection, and when it was made.
+static CONNECTED: tokio::sync::Mutex<Option<(std::time::Instant, Engine)>> = tokio::sync::Mutex::const_new(None);
+
 impl Engine {
-    /// Connects (DOCKER_HOST or the local socket) and negotiates the API version.
+    /// Connects (DOCKER_HOST or the local socket) and negotiates the API
+    /// version; a connection made less than [`REUSE`] ago is reused once the
+    /// engine answers a ping.
     pub async fn connect() -> Result<Engine, EngineError> {
+        let mut last = CONNECTED.lock().await;
+        if let Some((at, engine)) = last.as_ref()
+            && at.elapsed() < REUSE
+        {
+            match engine.docker.ping().await {
+                Ok(_) => return Ok(engine.clone()),
+                Err(e) => {
+                    *last = None;
+                    return Err(EngineError::Unreachable(e.to_string()));
+                }
+            }
+        }
         let docker = Docker::connect_with_local_defaults().map_err(|e| EngineError::Unreachable(e.to_string()))?;
         let docker = docker.negotiate_version().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;
         let info = docker.info().await.map_err(|e| EngineError::Unreachable(e.to_string()))?;
         let systemd_cgroups =
             info.cgroup_driver.is_some_and(|d| d == bollard::models::SystemInfoCgroupDriverEnum::SYSTEMD);
-        Ok(Engine { docker, systemd_cgroups })
+        let engine = Engine { docker, systemd_cgroups };
+        *last = Some((std::time::Instant::now(), engine.clone()));
+        Ok(engine)
+    }
+
+    /// Why leash-sensor cannot govern this engine's containers, if it
+    /// cannot: the sensor's programs are attached to the instance's cgroup
+    /// parent, `<cgroup2>/leash-<instance>`, which an engine honours only
+    /// with the cgroupfs driver (the systemd driver puts every container
+    /// below a systemd slice instead).
+    pub fn ungovernable(&self, layout: &leash_core::Layout) -> Option<String> {
+        self.systemd_cgroups.then(|| {
+            format!(
+                "the container engine places containers with the systemd cgroup driver, below systemd slices, and \
+                 leash-sensor governs only containers below the cgroup {} (the cgroupfs driver: Docker's \
+                 `exec-opts: [\"native.cgroupdriver=cgroupfs\"]`, Podman's `cgroup_manager = \"cgroupfs\"`)",
+                layout.cgroup_parent()
+            )
+        })
     }
 
     /// The cgroup parent of a session's container: one per session, below
@@ -171,7 +214,8 @@ impl Engine {
 
     /// Whether a container of this name exists (in any state).
     pub async fn name_taken(&self, name: &str) -> Result<bool, EngineError> {
-        let filters = HashMap::from([("name".to_owned(), vec![format!("^/{name}$")])]);
+        // Docker matches the filter against `/NAME`, Podman against `NAME`.
+        let filters = HashMap::from([("name".to_owned(), vec![format!("^/?{name}$")])]);
         let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         Ok(!self.docker.list_containers(Some(opts)).await.map_err(api("listing containers"))?.is_empty())
     }

@@ -300,6 +300,13 @@ impl Sessions {
             emit(out, Output::Notice(w.clone())).await;
         }
         let engine = Engine::connect().await.map_err(|e| e.to_string())?;
+        // Refused before anything is created when the sensor could not govern
+        // the container (`--degraded` runs it without the sensor instead).
+        if !plan.degraded
+            && let Some(why) = engine.ungovernable(&self.ctx.layout)
+        {
+            return Err(format!("refused: {why}"));
+        }
         engine.require_image(&plan.image).await.map_err(|e| e.to_string())?;
         timings.lap("prepare_ms");
         let id = names::new_id().map_err(|e| format!("cannot make a session id: {e}"))?;
@@ -437,6 +444,7 @@ impl Sessions {
         let (pid, _, _) = engine.inspect(cid).await.map_err(|e| e.to_string())?;
         self.note_host_side(&info.id, pid);
         let mounts = plan.mounts(&self.ctx, &self.session_dir(&info.id));
+        let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
         // Set by the proxy's step, read by the sensor's (they run in order).
         let proxied = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let steps = vec![
@@ -479,7 +487,7 @@ impl Sessions {
                 component: "leash-sensor",
                 what: "govern the session's cgroup and files",
                 timeout: Duration::from_secs(10),
-                run: Box::pin(self.register_sensor(info, pid.unwrap_or(0), proxied.clone())),
+                run: Box::pin(self.register_sensor(info, pid.unwrap_or(0), below_root, proxied.clone())),
             },
         ];
         let passed: Vec<String> = steps.iter().map(|s| format!("{}: {}", s.component, s.what)).collect();
@@ -715,13 +723,17 @@ impl Sessions {
     }
 
     /// Has leash-sensor govern the session's container (its cgroup, its
-    /// mounts) before the command runs.
+    /// mounts) before the command runs, once the engine is seen to have
+    /// placed it below the session's cgroup parent (`below_root`, relative
+    /// to the cgroup v2 root), where the sensor's programs run.
     async fn register_sensor(
         &self,
         info: &Info,
         pid: i64,
+        below_root: String,
         proxied: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), String> {
+        admission::verify_cgroup(pid, &below_root)?;
         let channel = self.component(leash_core::Component::Sensor).await?;
         let proxied = proxied.load(std::sync::atomic::Ordering::SeqCst);
         let r = pb::sensor_client::SensorClient::new(channel)
@@ -883,17 +895,34 @@ async fn relay(out: &mpsc::Sender<Result<pb::SessionOutput, Status>>, chunk: Log
     }
 }
 
-/// Removes a session's cgroup parent from every hierarchy (best effort: the
-/// engine removes the container's own cgroup, not its parents).
+/// Removes a session's cgroup parent from every hierarchy, with what the
+/// engine left below it (best effort: the engine removes the container's
+/// own cgroup, not its parents; Podman also leaves its monitor's, `conmon`,
+/// in each cgroup v1 hierarchy). A cgroup that still holds a process stays.
 fn remove_cgroup_dirs(below_root: &str) {
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
     let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
     for root in roots {
-        let dir = root.join(below_root);
-        if dir.is_dir() {
-            let _ = std::fs::remove_dir(&dir);
+        remove_cgroup_tree(&root.join(below_root), 4);
+    }
+}
+
+/// Removes a cgroup and the cgroups below it (down to `depth` levels),
+/// deepest first. Only directories are followed: a cgroup's files cannot be
+/// removed, and `rmdir` removes a cgroup with them.
+fn remove_cgroup_tree(dir: &std::path::Path, depth: u32) {
+    if depth > 0
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path(), depth - 1);
+            }
         }
+    }
+    if dir.is_dir() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
