@@ -73,7 +73,7 @@ pub fn decide(
         ("fanotify".to_owned(), show(&fanotify)),
     ];
     let lsm_note = match &lsm {
-        Ok(()) => "BPF LSM programs load here, but the sensor did not attach them".to_owned(),
+        Ok(()) => "BPF LSM programs load here; sessions use them with LEASH_SENSOR_LSM=1".to_owned(),
         Err(e) => e.clone(),
     };
     let lsm_tier = attached && lsm.is_ok() && programs.is_ok();

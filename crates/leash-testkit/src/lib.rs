@@ -59,13 +59,15 @@ pub fn bin_dir() -> PathBuf {
 
 /// How this kernel has sessions' files decided: "bpf-lsm" where the
 /// sensor's own probe finds that BPF LSM programs load and `bpf` is an
-/// active LSM (the sensor then attaches its LSM tier), else "fanotify".
+/// active LSM and the run asks for the LSM tier (`LEASH_SENSOR_LSM=1`, which
+/// the daemons inherit), else "fanotify".
 pub fn file_mechanism() -> &'static str {
     static MECHANISM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     MECHANISM.get_or_init(|| {
         let out = Command::new(bin_dir().join("leash-sensor")).arg("--probe").output().expect("leash-sensor --probe");
         let probe = String::from_utf8_lossy(&out.stdout).into_owned();
-        if probe.lines().any(|l| l == "bpf-lsm: ok") { "bpf-lsm" } else { "fanotify" }
+        let asked = std::env::var_os("LEASH_SENSOR_LSM").is_some_and(|v| v == "1");
+        if asked && probe.lines().any(|l| l == "bpf-lsm: ok") { "bpf-lsm" } else { "fanotify" }
     })
 }
 
@@ -238,7 +240,7 @@ fn copy_to_podman(image: &str) {
         return;
     }
     let status = Command::new("sh")
-        .args(["-c", "docker save \"$1\" | podman load", "sh", image])
+        .args(["-c", "docker save \"$1\" | podman load -q", "sh", image])
         .env_remove("DOCKER_HOST")
         .stdout(Stdio::null())
         .status()
@@ -320,6 +322,8 @@ pub struct Stack {
     /// Where the binaries are.
     pub bin_dir: PathBuf,
     leashds: Vec<Child>,
+    /// The `DOCKER_HOST` the latest leashd was started with.
+    docker_host: Option<std::ffi::OsString>,
 }
 
 impl Stack {
@@ -338,6 +342,7 @@ impl Stack {
             bin_dir: bin_dir(),
             root,
             leashds: Vec::new(),
+            docker_host: None,
         }
     }
 
@@ -431,6 +436,7 @@ impl Stack {
             std::fs::write(&config, "").expect("config file");
             c.arg("--config").arg(config);
         }
+        self.docker_host = c.get_envs().find(|(k, _)| *k == "DOCKER_HOST").and_then(|(_, v)| v.map(Into::into));
         let child = c.spawn().expect("spawn leashd");
         let pid = child.id();
         self.leashds.push(child);
@@ -496,11 +502,21 @@ impl Stack {
 
     /// Waits until leashd reports every component running; returns the status.
     pub fn wait_healthy(&self, limit: Duration) -> serde_json::Value {
-        eventually(limit, "all components running", || {
+        let status = eventually(limit, "all components running", || {
             self.status().filter(|s| {
                 s["components"].as_array().is_some_and(|cs| cs.len() == 3 && cs.iter().all(|c| c["state"] == "running"))
             })
-        })
+        });
+        // On a run on Podman, a leashd started for it says it talks to
+        // Podman: the run is seen to run there.
+        let podman = Engine::Podman.docker_host();
+        if engine() == Engine::Podman && self.docker_host.as_deref().and_then(|h| h.to_str()) == podman.as_deref() {
+            let named = |s: &serde_json::Value| s["host"]["engine"].as_str()?.starts_with("Podman").then_some(());
+            if named(&status).is_none() {
+                eventually(limit, "leashd reporting Podman as its engine", || self.status().as_ref().and_then(named));
+            }
+        }
+        status
     }
 
     /// The pid of a component by binary name, from a status value.
@@ -530,9 +546,21 @@ impl Stack {
         pids
     }
 
-    /// Session containers of this stack's instance (any state).
+    /// The `docker` CLI talking to the engine of the stack's latest leashd.
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        match &self.docker_host {
+            Some(host) => c.env("DOCKER_HOST", host),
+            None => c.env_remove("DOCKER_HOST"),
+        };
+        c
+    }
+
+    /// Session containers of this stack's instance (any state), on the
+    /// engine of its latest leashd.
     pub fn containers(&self) -> Vec<String> {
-        let out = docker()
+        let out = self
+            .docker()
             .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", self.instance)])
             .output()
             .expect("docker ps");
@@ -543,7 +571,7 @@ impl Stack {
     fn remove_containers(&self) {
         let ids = self.containers();
         if !ids.is_empty() {
-            let _ = docker().args(["rm", "-f"]).args(&ids).output();
+            let _ = self.docker().args(["rm", "-f"]).args(&ids).output();
         }
     }
 
