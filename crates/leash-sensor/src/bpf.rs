@@ -548,28 +548,29 @@ impl Maps {
     }
 
     /// Writes the LSM tier's identities under `slot`, for the actions in
-    /// `actions`: every file and directory the tables deny something on,
-    /// and every file and directory below such a directory, as they exist
-    /// now through `root` (the session's root), by device and inode, each
-    /// with what the tables answer for it under the name it has now — the
-    /// actions denied (a directory: on everything below it too), or, for
-    /// an exception the tables allow below a denied directory, an allow
-    /// that stops the kernel's walk up to that directory. So a file keeps
-    /// the answer of its name under any other name (a link, a rename of it
-    /// or of a directory above it). Each forbidden name is also written as
-    /// an entry (its directory's identity and its name), so that a name
-    /// the tables forbid to write cannot be made to appear even where
-    /// nothing is yet. At most [`MAX_IDENTITIES`] files below forbidden
-    /// directories are written; past that, a warning says so.
+    /// `actions`: every file and directory of `known` (the forbidden ones
+    /// and everything below forbidden directories, by identity, with the
+    /// name each has where the policy forbids something: what
+    /// [`crate::identity::Identities`] keeps, renamed ones included), each
+    /// with what the tables answer under that name — the actions denied (a
+    /// directory: on everything below it too), or, for an exception the
+    /// tables allow below a denied directory, an allow that stops the
+    /// kernel's walk up to that directory. So a file keeps the answer of
+    /// its name under any other name (a link, a rename of it or of a
+    /// directory above it). Each forbidden name is also written as an
+    /// entry (its directory's identity, through `root`, and its name), so
+    /// that a name the tables forbid to write cannot be made to appear even
+    /// where nothing is yet. At most [`MAX_IDENTITIES`] identities are
+    /// written; past that (or when the shared map is full), a warning says so.
     pub fn write_identities(
         &self,
         slot: u32,
         t: &leash_core::tables::Tables,
         actions: u32,
         root: &Path,
+        known: &std::collections::HashMap<crate::identity::Id, String>,
         w: &mut Written,
     ) -> anyhow::Result<()> {
-        use std::collections::{BTreeMap, HashMap};
         use std::os::unix::fs::MetadataExt;
         let covered: Vec<(leash_core::tables::FileAction, u32)> = t
             .files
@@ -595,62 +596,49 @@ impl Maps {
             }
             (deny, allow, reason)
         };
-        let (files, dirs) = t.guarded();
         let value = |deny: u32, allow: u32, is_dir: bool, reason: u32| {
             let below = if is_dir && deny != 0 { IDENT_BELOW } else { 0 };
             [(deny | below | (allow << IDENT_ALLOW_SHIFT)).to_ne_bytes(), reason.to_ne_bytes()].concat()
         };
+        // The forbidden names, as entries of their directories.
+        let (files, dirs) = t.guarded();
         let within = |p: &str| root.join(p.trim_start_matches('/'));
-        // The forbidden names: their identities and their entries.
-        let mut named: BTreeMap<(String, bool), (u32, u32)> = BTreeMap::new();
         for (path, is_dir) in files.iter().map(|f| (f, false)).chain(dirs.iter().map(|d| (d, true))) {
             let (deny, _, reason) = answer(path, is_dir);
-            if deny != 0 {
-                named.insert((path.trim_end_matches('/').to_owned(), is_dir), (deny, reason));
+            if deny == 0 {
+                continue;
             }
-        }
-        let mut written_ids = std::collections::HashSet::new();
-        for ((path, is_dir), (deny, reason)) in &named {
-            let v = value(*deny, 0, *is_dir, *reason);
-            if let Ok(m) = std::fs::symlink_metadata(within(path)) {
-                let k = inode_key(slot, m.dev(), m.ino());
-                self.inodes.update(&k, &v, MapFlags::ANY).context("writing an identity")?;
-                written_ids.insert((m.dev(), m.ino()));
-                w.inodes.push(k);
-            }
+            let path = path.trim_end_matches('/');
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
             let parent = if parent.is_empty() { "/" } else { parent };
             if let Ok(m) = std::fs::metadata(within(parent)) {
                 let k = entry_key(slot, m.dev(), m.ino(), name);
-                self.entries.update(&k, &v, MapFlags::ANY).context("writing an entry")?;
+                self.entries.update(&k, &value(deny, 0, is_dir, reason), MapFlags::ANY).context("writing an entry")?;
                 w.entries.push(k);
             }
         }
-        // Everything below the forbidden directories, each with its own answer.
-        let mut below: HashMap<crate::identity::Id, String> = HashMap::new();
-        let mut budget = MAX_IDENTITIES;
-        let mut complete = true;
-        for (path, is_dir) in named.keys() {
-            if *is_dir {
-                complete &= crate::identity::walk(root, path, &mut below, &mut budget);
-            }
-        }
-        if !complete {
-            tracing::warn!(slot, limit = MAX_IDENTITIES, "more files below forbidden directories than the LSM tier traces; the rest keep their answer only under their own names");
-        }
-        for ((dev, ino), path) in below {
-            if written_ids.contains(&(dev, ino)) {
+        // Every identity known, each with its name's answer; forbidden
+        // files and directories first, so a full map keeps them.
+        let mut ids: Vec<(&crate::identity::Id, &String)> = known.iter().collect();
+        ids.sort_by_key(|(_, name)| {
+            let first = files.contains(name.trim_end_matches('/')) || dirs.contains(name.as_str());
+            (!first, name.len())
+        });
+        let mut written = 0;
+        for ((dev, ino), name) in ids {
+            let is_dir = name.ends_with('/');
+            let (deny, allow, reason) = answer(name, is_dir);
+            if deny == 0 && allow == 0 {
                 continue;
             }
-            let is_dir = path.ends_with('/');
-            let (deny, allow, reason) = answer(&path, is_dir);
-            let k = inode_key(slot, dev, ino);
-            // A full map (every session's identities share it) leaves the
-            // rest to their names, as the budget does.
-            if let Err(e) = self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY) {
-                tracing::warn!(slot, error = %e, "the LSM tier's identities map is full; the rest keep their answer only under their own names");
+            let k = inode_key(slot, *dev, *ino);
+            let full = written >= MAX_IDENTITIES
+                || self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY).is_err();
+            if full {
+                tracing::warn!(slot, written, "more identities than the LSM tier holds; the rest keep their answer only under their own names");
                 break;
             }
+            written += 1;
             w.inodes.push(k);
         }
         Ok(())

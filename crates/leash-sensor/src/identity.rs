@@ -102,6 +102,12 @@ impl Identities {
         *self = Identities { tables: Some(tables.clone()), taken: Some(Instant::now()), names, truncated };
     }
 
+    /// Every file and directory known, by identity, with the name it has
+    /// where the policy forbids something (directories end in `/`).
+    pub fn names(&self) -> &HashMap<Id, String> {
+        &self.names
+    }
+
     /// Whether nothing is traced (no forbidden file or directory exists).
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()

@@ -76,6 +76,8 @@ struct Session {
     lsm_files: Option<u32>,
     /// Shared with the event reader.
     lsm_known: Arc<AtomicU32>,
+    /// What the LSM tier traces by identity (kept across tables).
+    lsm_ids: Arc<Mutex<identity::Identities>>,
     /// Frozen until its tables are applied (taken back after a restart
     /// that lost its kernel state or its decider).
     thaw_on_refresh: bool,
@@ -135,12 +137,12 @@ struct Known {
 /// What the LSM tier decides for a session's files, when its tables are
 /// written: the actions (`1 << action number`, none on the fallback tier),
 /// the session's root (its files' identities are read through it), and
-/// whether to write those identities (the VM check's negative control
-/// leaves them out).
+/// the session's identities, read again with each write and keeping what
+/// was renamed (None: none written, the VM check's negative control).
 pub(crate) struct LsmFiles<'a> {
     actions: u32,
     root: &'a std::path::Path,
-    identities: bool,
+    identities: Option<&'a Mutex<identity::Identities>>,
 }
 
 /// Reason indexes at and above this are a learned address's.
@@ -322,7 +324,7 @@ impl Shared {
     fn apply(
         &self,
         cgroup_id: u64,
-        tables: &Tables,
+        tables: &Arc<Tables>,
         mode: Mode,
         proxied: bool,
         learned: &Learned,
@@ -334,10 +336,10 @@ impl Shared {
         let mut written = kernel.maps.write_net(slot, &tables.net).map_err(|e| format!("{e:#}"))?;
         if files.actions != 0 {
             let w = kernel.maps.write_files(slot, tables, files.actions, &mut written).and_then(|()| {
-                if !files.identities {
-                    return Ok(());
-                }
-                kernel.maps.write_identities(slot, tables, files.actions, files.root, &mut written)
+                let Some(ids) = files.identities else { return Ok(()) };
+                let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
+                ids.refresh(tables, files.root);
+                kernel.maps.write_identities(slot, tables, files.actions, files.root, ids.names(), &mut written)
             });
             if let Err(e) = w {
                 kernel.maps.clear(&written);
@@ -391,8 +393,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(session)
-            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied, s.pid, s.lsm_files, s.holder.clone()));
-        let Some((cgroup_id, resolvers, proxied, pid, lsm_before, link)) = found else {
+            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied, s.pid, s.lsm_files, s.holder.clone(), s.lsm_ids.clone()));
+        let Some((cgroup_id, resolvers, proxied, pid, lsm_before, link, lsm_ids)) = found else {
             return true;
         };
         let (tables, mode) = match self.tables(session, &resolvers).await {
@@ -408,7 +410,7 @@ impl Shared {
         let learned = learned.unwrap_or_default();
         let actions = self.lsm_actions(&tables);
         let root = PathBuf::from(format!("/proc/{pid}/root"));
-        let files = LsmFiles { actions, root: &root, identities: true };
+        let files = LsmFiles { actions, root: &root, identities: Some(&lsm_ids) };
         let events = fan::events_for(actions);
         // What fanotify takes over is marked before the LSM tier lets it go
         // (and what it hands over is unmarked after): never undecided.
@@ -711,7 +713,8 @@ impl Sensor for Service {
         // is marked for the rest.
         let lsm_files = s.lsm_actions(&tables);
         let root = PathBuf::from(format!("/proc/{}/root", req.pid));
-        let files = LsmFiles { actions: lsm_files, root: &root, identities: true };
+        let lsm_ids = Arc::new(Mutex::new(identity::Identities::default()));
+        let files = LsmFiles { actions: lsm_files, root: &root, identities: Some(&lsm_ids) };
         let (slot, written) =
             s.apply(cgroup_id, &tables, mode, req.proxied, &Learned::default(), &files).map_err(Status::internal)?;
         let undo = |s: &Shared| {
@@ -778,6 +781,7 @@ impl Sensor for Service {
             supervised: req.supervised,
             lsm_files: Some(lsm_files),
             lsm_known,
+            lsm_ids,
             thaw_on_refresh: false,
         };
         s.save(&session.saved(&req.session, holder_pid));
@@ -1130,6 +1134,7 @@ fn restore(shared: &Arc<Shared>) {
                 supervised: saved.supervised,
                 lsm_files: None,
                 lsm_known,
+                lsm_ids: Arc::default(),
                 thaw_on_refresh,
             },
         );

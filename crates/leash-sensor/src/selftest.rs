@@ -358,6 +358,7 @@ fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), Strin
         (FileAction::Write, allow.clone()),
         (FileAction::Exec, allow),
     ]);
+    let tables = Arc::new(tables);
     std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
     let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -375,7 +376,8 @@ fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), Strin
         if actions & crate::bpf::lsm_bit(FileAction::Read) == 0 {
             return Err(format!("the LSM tier does not take the corpus's read table (actions {actions:#x})"));
         }
-        let files_ = crate::LsmFiles { actions, root: Path::new("/"), identities: true };
+        let ids = std::sync::Mutex::default();
+        let files_ = crate::LsmFiles { actions, root: Path::new("/"), identities: Some(&ids) };
         let (_, written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files_)?;
         let _registered = Unregister(&kernel.maps, cgroup_id, Some(written));
         let mut stdin = child.stdin.take().ok_or("no stdin")?;
@@ -415,6 +417,70 @@ fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), Strin
         differ.push(format!("{} answers for {} files", answers.len(), files.len()));
     }
     Ok((answers.len(), differ))
+}
+
+/// The LSM tier keeps a renamed forbidden directory's identity when the
+/// tables are written again (as on every reconnection to leash-policy):
+/// `private/` is forbidden to read; it is renamed to `moved/`, the tables
+/// are written again, and a governed process reads `moved/key`. With
+/// `carry` false the identities start afresh at the second write (the
+/// negative control: the read must then get through). The outcome:
+/// "denied", or what happened.
+fn renamed_then_rewritten(shared: &Arc<Shared>, carry: bool) -> Result<String, String> {
+    let kernel = shared.kernel.as_ref().ok_or("the kernel programs are not loaded")?;
+    let n = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+    let me = std::process::id();
+    let dir = std::env::temp_dir().join(format!("leash-rewrite-{me}-{n}"));
+    let cgroup = kernel.cgroup.join(format!("rewrite-{me}-{n}"));
+    let _cleanup = Cleanup { dir: dir.clone(), cgroup: cgroup.clone() };
+    std::fs::create_dir_all(dir.join("private")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("private/key"), "PRIVATE\n").map_err(|e| e.to_string())?;
+    let deny = Verdict::new(false, 1);
+    let mut read = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
+    read.prefixes.insert(format!("{}/private/", dir.display()), deny);
+    let allow = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
+    let mut tables = fixed_tables(&dir);
+    tables.files = BTreeMap::from([
+        (FileAction::Read, read.clone()),
+        (FileAction::Open, read),
+        (FileAction::Write, allow.clone()),
+        (FileAction::Exec, allow),
+    ]);
+    let tables = Arc::new(tables);
+    std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .arg(CORPUS_FLAG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the test process: {e}"))?;
+    let outcome = (|| -> Result<String, String> {
+        std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).map_err(|e| e.to_string())?;
+        let actions = shared.lsm_actions(&tables);
+        let ids = std::sync::Mutex::default();
+        let files = crate::LsmFiles { actions, root: Path::new("/"), identities: Some(&ids) };
+        let (_, first) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?;
+        std::fs::rename(dir.join("private"), dir.join("moved")).map_err(|e| e.to_string())?;
+        let fresh = std::sync::Mutex::default();
+        let again = crate::LsmFiles { identities: Some(if carry { &ids } else { &fresh }), ..files };
+        // The same tables, written again under a new slot (a new Arc, as a refresh has).
+        let (_, second) =
+            shared.apply(cgroup_id, &Arc::new((*tables).clone()), Mode::Enforce, false, &Default::default(), &again)?;
+        kernel.maps.clear(&first);
+        let _registered = Unregister(&kernel.maps, cgroup_id, Some(second));
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        writeln!(stdin, "go\n{}", dir.join("moved/key").display()).map_err(|e| e.to_string())?;
+        drop(stdin);
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let line = std::io::BufReader::new(stdout).lines().map_while(Result::ok).next().unwrap_or_default();
+        Ok(line.split_once('\t').map_or(line.clone(), |(_, o)| o.to_owned()))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
 }
 
 /// Removes a test cgroup from the kernel's maps (and its table entries)
@@ -496,7 +562,9 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
         // The LSM tier decides what it can, as for a session.
         let actions = if off("bpf-lsm") { 0 } else { shared.lsm_actions(&tables) };
         if !off("cgroup-sock") {
-            let files = crate::LsmFiles { actions, root: Path::new("/"), identities: !off("identities") };
+            let ids = std::sync::Mutex::default();
+            let files =
+                crate::LsmFiles { actions, root: Path::new("/"), identities: (!off("identities")).then_some(&ids) };
             let (_, written) =
                 shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?;
             registered.2 = Some(written);
@@ -657,6 +725,24 @@ pub fn vm_check() -> ExitCode {
                     Err(e) => {
                         say(&format!("{label}: {e}"));
                         failures.push("sessions-self-test");
+                    }
+                }
+            }
+            // A renamed forbidden directory keeps its identity when the
+            // tables are written again; without what was known, it does not.
+            for (label, carry, expected) in
+                [("rename then rewrite", true, true), ("rename then rewrite, nothing kept (negative control)", false, false)]
+            {
+                match renamed_then_rewritten(&shared, carry) {
+                    Ok(o) => {
+                        say(&format!("{label}: {o}"));
+                        if (o == "denied") != expected {
+                            failures.push("rename-rewrite");
+                        }
+                    }
+                    Err(e) => {
+                        say(&format!("{label}: {e}"));
+                        failures.push("rename-rewrite");
                     }
                 }
             }

@@ -154,7 +154,8 @@ fn once(shared: &Arc<Shared>, dir: &Path, workload: &str, tier: Tier) -> Result<
         let mut decider = None;
         if tier != Tier::Ungoverned {
             let actions = if tier == Tier::Lsm { shared.lsm_actions(&tables) } else { 0 };
-            let files = LsmFiles { actions, root: Path::new("/"), identities: true };
+            let ids = std::sync::Mutex::default();
+            let files = LsmFiles { actions, root: Path::new("/"), identities: Some(&ids) };
             written = Some(shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?);
             let events = fan::events_for(actions);
             if !events.is_empty() {
