@@ -82,10 +82,13 @@ if ! grep -qs default_ulimits "$conf"; then
     printf '[containers]\n%s\n' "$ulimits" >> "$conf"
   fi
 fi
+# Its cgroupfs manager places containers below the cgroup parent leash gives
+# them (the systemd manager, the default where systemd runs, would not).
 if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; then
   echo "setup.sh: starting podman's API service"
   mkdir -p /run/podman
-  nohup podman system service --time=0 unix:///run/podman/podman.sock >/var/log/podman-service.log 2>&1 &
+  nohup podman --cgroup-manager=cgroupfs system service --time=0 unix:///run/podman/podman.sock \
+    >/var/log/podman-service.log 2>&1 &
   for _ in $(seq 1 40); do
     DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1 && break
     sleep 0.25
@@ -95,5 +98,10 @@ if ! DOCKER_HOST=unix:///run/podman/podman.sock docker version >/dev/null 2>&1; 
     tail -n 20 /var/log/podman-service.log >&2 || true
     exit 1
   fi
+fi
+driver=$(DOCKER_HOST=unix:///run/podman/podman.sock docker info --format '{{.CgroupDriver}}' 2>/dev/null || true)
+if [ "$driver" != cgroupfs ]; then
+  echo "setup.sh: podman's API service uses the ${driver:-unknown} cgroup manager; leash refuses its sessions" \
+    "(restart it with: podman --cgroup-manager=cgroupfs system service --time=0 unix:///run/podman/podman.sock)" >&2
 fi
 echo "setup.sh: ready ($(docker version --format 'docker {{.Server.Version}}' 2>/dev/null), podman $(podman version --format '{{.Server.Version}}' 2>/dev/null))"

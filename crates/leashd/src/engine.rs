@@ -35,8 +35,7 @@ pub async fn describe() -> String {
             let name = podman.map(str::to_owned).unwrap_or_else(|| {
                 v.platform.map(|p| p.name).filter(|n| !n.is_empty()).unwrap_or_else(|| "Docker Engine".to_owned())
             });
-            let line =
-                format!("{name} {} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default());
+            let line = format!("{name} {} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default());
             *described = Some((Instant::now(), line.clone()));
             line
         }

@@ -615,12 +615,157 @@ fn sessions_run_on_podman_through_its_docker_api() {
     child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "piped\n".to_owned()));
+    // A second session in the same project while the first runs takes the
+    // next name (Podman spells a taken name differently from Docker).
+    let mut first = stack.leash(&["--image", TEST_IMAGE, "--", "sleep", "30"]).spawn().unwrap();
+    let (_, name) = stack.running_session(Duration::from_secs(10));
+    let out = run(&stack, &["--", "echo", "second"]);
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "second\n".to_owned()), "{out:?}");
+    let second = stack.events().into_iter().filter(|e| e["action"] == "session.create").nth(3).expect("its create");
+    assert_eq!(second["details"]["container"], format!("{name}1"), "{second}");
+    first.kill().unwrap();
+    let _ = first.wait();
+    eventually(Duration::from_secs(30), "the first session removed", || {
+        stack.leashctl(&["sessions", "--json"]).stdout.starts_with(b"[]").then_some(())
+    });
     // Nothing left in Podman.
     let ps = std::process::Command::new("podman")
         .args(["ps", "-aq", "--filter", &format!("label=leash.instance={}", stack.instance)])
         .output()
         .unwrap();
     assert!(ps.stdout.is_empty(), "{ps:?}");
+}
+
+/// A Podman API service of a test's own (global `flags`), on the socket
+/// `<dir>/<name>.sock`; stopped when dropped.
+struct PodmanService {
+    child: std::process::Child,
+    host: String,
+    log: std::path::PathBuf,
+}
+
+impl PodmanService {
+    fn start(dir: &std::path::Path, name: &str, flags: &[&str]) -> PodmanService {
+        let sock = dir.join(format!("{name}.sock"));
+        let host = format!("unix://{}", sock.display());
+        let log = sock.with_extension("log");
+        let child = std::process::Command::new("podman")
+            .args(flags)
+            .args(["system", "service", "--time=0", &host])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("podman");
+        let service = PodmanService { child, host, log };
+        eventually(Duration::from_secs(20), "the Podman service answering", || {
+            service.docker(&["version"]).status.success().then_some(())
+        });
+        service
+    }
+
+    /// `docker ARGS` against this service.
+    fn docker(&self, args: &[&str]) -> Output {
+        std::process::Command::new("docker").env("DOCKER_HOST", &self.host).args(args).output().unwrap()
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A session on an engine that would place the container where the sensor
+/// does not govern it, run as `leash -- touch ran`: refused with exit 125
+/// and the reason, the command never ran and no container is left.
+fn refused(stack: &mut Stack, service: &PodmanService, why: &str) {
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).env("DOCKER_HOST", &service.host);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    let out = run(stack, &["--", "touch", "ran"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains(why), "{err}");
+    assert!(!stack.project().join("ran").exists(), "the command ran");
+    let filter = format!("label=leash.instance={}", stack.instance);
+    let left = service.docker(&["ps", "-a", "--filter", &filter]);
+    assert!(
+        text(&left.stdout).lines().count() <= 1,
+        "left: {left:?}\n{}\n{}",
+        stack.leashd_log(0),
+        std::fs::read_to_string(&service.log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn an_engine_that_would_place_containers_where_the_sensor_does_not_govern_is_refused() {
+    let name = "an_engine_that_would_place_containers_where_the_sensor_does_not_govern_is_refused";
+    if !leash_testkit::require_podman(name) {
+        return;
+    }
+    // Podman with the systemd cgroup manager places containers below
+    // systemd slices, never below the instance's cgroup parent: refused
+    // before anything is created.
+    let mut stack = Stack::new();
+    let systemd = PodmanService::start(stack.root(), "podman-systemd", &["--cgroup-manager", "systemd"]);
+    let driver = systemd.docker(&["info", "-f", "{{.CgroupDriver}}"]);
+    assert_eq!(text(&driver.stdout).trim(), "systemd", "{driver:?}");
+    let why = format!(
+        "refused: the container engine places containers with the systemd cgroup driver, below systemd slices, \
+         and leash-sensor governs only containers below the cgroup leash-{}",
+        stack.instance
+    );
+    refused(&mut stack, &systemd, &why);
+    drop((systemd, stack));
+
+    // An engine that reports the cgroupfs driver but does not honour the
+    // cgroup parent (its runtime creates every container in a cgroup of its
+    // own choosing): the container starts, and admission refuses it before
+    // leash-entry lets the command run.
+    let mut stack = Stack::new();
+    let elsewhere = format!("/leash-misplaced-{}/c", stack.instance);
+    let runtime = stack.root().join("misplacing-runc");
+    std::fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\n\
+             prev=\n\
+             for a in \"$@\"; do case \"$prev\" in --bundle|-b) bundle=$a ;; esac; prev=$a; done\n\
+             for a in \"$@\"; do\n\
+               if [ \"$a\" = create ] && [ -n \"$bundle\" ]; then\n\
+                 sed -i 's#\"cgroupsPath\":\"[^\"]*\"#\"cgroupsPath\":\"{elsewhere}\"#' \"$bundle/config.json\"; break\n\
+               fi\n\
+             done\n\
+             exec runc \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    set_mode(&runtime, 0o755);
+    let misplacing = PodmanService::start(stack.root(), "podman-misplacing", &["--runtime", runtime.to_str().unwrap()]);
+    let why = format!(
+        "admission failed at leash-sensor (govern the session's cgroup and files): the container engine placed \
+         the container in the cgroup {elsewhere}, not below /leash-{}/",
+        stack.instance
+    );
+    let _misplaced = RemoveCgroup(elsewhere.clone());
+    refused(&mut stack, &misplacing, &why);
+}
+
+/// Removes a cgroup (`/a/b`, empty by then) and its parent from every
+/// hierarchy when dropped.
+struct RemoveCgroup(String);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let dir = hierarchy.path().join(self.0.trim_start_matches('/'));
+            let _ = std::fs::remove_dir(&dir);
+            let _ = std::fs::remove_dir(dir.parent().expect("a parent"));
+        }
+    }
 }
 
 #[test]

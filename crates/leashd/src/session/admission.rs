@@ -86,8 +86,7 @@ pub fn verify_cgroup(pid: i64, below_root: &str) -> Result<(), String> {
         )),
         Err(Some(actual)) => Err(format!(
             "the container engine placed the container in the cgroup {actual}, not below {expected}, the \
-             session's cgroup parent, where leash-sensor governs it: the engine did not honour the cgroup \
-             parent (leash needs the cgroupfs driver, and the container's cgroup created in cgroup v2)"
+             cgroup parent it was given, where leash-sensor governs it; the command did not run"
         )),
     }
 }

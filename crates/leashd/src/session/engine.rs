@@ -58,7 +58,8 @@ impl EngineError {
     pub fn is_conflict(&self) -> bool {
         match self {
             EngineError::Api {
-                source: bollard::errors::Error::DockerResponseServerError { status_code, message }, ..
+                source: bollard::errors::Error::DockerResponseServerError { status_code, message },
+                ..
             } => *status_code == 409 || (*status_code == 500 && message.contains("is already in use")),
             _ => false,
         }
@@ -333,12 +334,27 @@ impl Engine {
         self.docker.kill_container(id, Some(opts)).await.map_err(api(format!("sending {signal}")))
     }
 
-    /// Removes it, running or not.
+    /// Removes it, running or not. Podman refuses a forced removal of a
+    /// container that stops while it kills it ("could not be stopped …
+    /// container state improper": leash-entry exits by itself when its
+    /// session is refused); the container is stopped by then, so the removal
+    /// is tried again, a few times.
     pub async fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        match self.docker.remove_container(id, Some(opts)).await {
-            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
-            Err(e) => Err(api("removing the container")(e)),
+        let mut attempts = 0;
+        loop {
+            let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            match self.docker.remove_container(id, Some(opts)).await {
+                Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                    return Ok(());
+                }
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 409 | 500, .. })
+                    if attempts < 4 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
+                }
+                Err(e) => return Err(api("removing the container")(e)),
+            }
         }
     }
 }

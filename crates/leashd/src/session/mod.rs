@@ -256,7 +256,19 @@ impl Sessions {
             tracing::warn!(session_id = %info.id, dir = %dir.display(), error = %e, "cannot remove the session dir");
         }
         let (_, below_root) = engine.cgroup_parent(&self.ctx.layout, &info.id);
-        remove_cgroup_dirs(&below_root);
+        if !remove_cgroup_dirs(&below_root) {
+            // Podman keeps the monitor of each `exec` into the container for
+            // five minutes after it ends, in the session's cgroup v1
+            // directories: they are removed once it has gone.
+            tokio::spawn(async move {
+                for _ in 0..12 {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    if remove_cgroup_dirs(&below_root) {
+                        break;
+                    }
+                }
+            });
+        }
         self.unregister_sensor(&info.id).await;
         self.close_proxy(&info.id).await;
         self.close_policy(&info.id).await;
@@ -899,13 +911,18 @@ async fn relay(out: &mpsc::Sender<Result<pb::SessionOutput, Status>>, chunk: Log
 /// engine left below it (best effort: the engine removes the container's
 /// own cgroup, not its parents; Podman also leaves its monitor's, `conmon`,
 /// in each cgroup v1 hierarchy). A cgroup that still holds a process stays.
-fn remove_cgroup_dirs(below_root: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+/// True when none is left.
+fn remove_cgroup_dirs(below_root: &str) -> bool {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return true };
     let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
+    let mut gone = true;
     for root in roots {
-        remove_cgroup_tree(&root.join(below_root), 4);
+        let dir = root.join(below_root);
+        remove_cgroup_tree(&dir, 4);
+        gone &= !dir.is_dir();
     }
+    gone
 }
 
 /// Removes a cgroup and the cgroups below it (down to `depth` levels),
