@@ -14,7 +14,8 @@ packages=(
   docker.io                                     # the container engine sessions run on
   podman                                        # the other engine (its Docker-compatible API)
   busybox-static                                # the offline test image
-  debootstrap                                   # the Debian base of the larger images
+  debootstrap                                   # the Debian base of the larger images, the session VM's root
+  e2fsprogs                                     # mkfs.ext4: the session VM's disks (cargo xtask vmtest --sessions)
   systemd                                       # systemd-analyze verify of the unit
   iproute2 procps                               # network namespaces and process tools in tests
   openssl                                       # test certificates

@@ -14,22 +14,6 @@ use serde_json::json;
 
 use crate::{util, vmtest};
 
-const INIT: &str = r#"#!/bin/busybox sh
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t securityfs securityfs /sys/kernel/security
-mount -t bpf bpf /sys/fs/bpf
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tracefs tracefs /sys/kernel/tracing
-mount -t tmpfs tmpfs /tmp
-ip link set lo up
-/bin/leash-sensor --vm-bench
-sync
-poweroff -f
-"#;
-
 pub fn run() -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench lsm builds an initramfs with device nodes and needs root");
@@ -43,7 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     let tree = work.join("bench-initramfs");
     vmtest::busybox_tree(&tree)?;
     std::fs::copy(&sensor, tree.join("bin/leash-sensor"))?;
-    std::fs::write(tree.join("init"), INIT)?;
+    std::fs::write(tree.join("init"), vmtest::init("/bin/leash-sensor --vm-bench"))?;
     util::run(Command::new("chmod").arg("755").arg(tree.join("init")))?;
     let image = work.join("bench-initramfs.cpio.gz");
     vmtest::pack(&tree, &image)?;
@@ -83,7 +67,8 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     let ratio = |workload: &str, over: &str, under: &str| -> Option<f64> {
-        let (a, b) = (runs.get(&(workload.to_owned(), over.to_owned()))?, runs.get(&(workload.to_owned(), under.to_owned()))?);
+        let (a, b) =
+            (runs.get(&(workload.to_owned(), over.to_owned()))?, runs.get(&(workload.to_owned(), under.to_owned()))?);
         let per_round: Vec<f64> = a.iter().filter_map(|(r, x)| Some(x / b.get(r)?)).collect();
         (!per_round.is_empty()).then(|| crate::bench::median_f64(per_round))
     };
@@ -96,7 +81,8 @@ pub fn run() -> anyhow::Result<()> {
     util::out("workload        ungoverned   bpf-lsm   fallback   lsm/ungoverned  fallback/ungoverned  lsm/fallback");
     let mut report = serde_json::Map::new();
     for w in workloads {
-        let (l, f, lf) = (ratio(w, "bpf-lsm", "ungoverned"), ratio(w, "fallback", "ungoverned"), ratio(w, "bpf-lsm", "fallback"));
+        let (l, f, lf) =
+            (ratio(w, "bpf-lsm", "ungoverned"), ratio(w, "fallback", "ungoverned"), ratio(w, "bpf-lsm", "fallback"));
         let show = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.3}x"));
         util::out(&format!(
             "{w:<15} {:>8.1} ms {:>7.1} ms {:>7.1} ms   {:>12}  {:>19}  {:>12}",

@@ -43,10 +43,11 @@ verbs:
                   fallback tier and ungoverned (ratios within the VM)
   bench ui        audit ingest and queries over 10M events; WebSocket fan-out to 5 followers
   vmtest          boot Debian's kernel under QEMU and check the sensor there
-  vmtest --sessions [FILTER...]
+  vmtest --sessions [--without-bpf-lsm] [FILTER...]
                   boot a Debian VM with Docker under QEMU and run the session tests
                   (crates/leashd/tests/sensor.rs, hostile.rs) there, each test whose
-                  name contains a FILTER (all without one)
+                  name contains a FILTER (all without one); --without-bpf-lsm boots
+                  the kernel with BPF LSM inactive
   fuzz [TARGET] [--time S]
                   run the fuzz targets in fuzz/ (nightly, cargo-fuzz), S seconds each (600)
   hostile         the hostile-agent suite in real sessions, each attempt reported

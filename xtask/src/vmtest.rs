@@ -19,7 +19,10 @@ use anyhow::{Context, bail};
 
 use crate::util;
 
-const INIT: &str = r#"#!/bin/busybox sh
+/// The guest's /init: mounts what the sensor needs, runs `command`, powers off.
+pub(crate) fn init(command: &str) -> String {
+    format!(
+        r#"#!/bin/busybox sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -31,10 +34,12 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t tmpfs tmpfs /tmp
 ip link set lo up
 echo "VMCHECK kernel $(uname -r)"
-/bin/leash-sensor --vm-check
+{command}
 sync
 poweroff -f
-"#;
+"#
+    )
+}
 
 pub(crate) fn dir() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join("vmtest"))
@@ -186,7 +191,7 @@ fn initramfs(work: &Path, sensor: &Path) -> anyhow::Result<PathBuf> {
     let tree = work.join("initramfs");
     busybox_tree(&tree)?;
     std::fs::copy(sensor, tree.join("bin/leash-sensor"))?;
-    std::fs::write(tree.join("init"), INIT)?;
+    std::fs::write(tree.join("init"), init("/bin/leash-sensor --vm-check"))?;
     util::run(Command::new("chmod").arg("755").arg(tree.join("init")))?;
     let image = work.join("initramfs.cpio.gz");
     pack(&tree, &image)?;
@@ -226,7 +231,9 @@ pub(crate) fn pack(tree: &Path, image: &Path) -> anyhow::Result<()> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("--sessions") => return crate::vmtest_sessions::run(&args[1..]),
-        Some(other) => bail!("unknown option {other:?} of vmtest (it takes --sessions [FILTER...])"),
+        Some(other) => {
+            bail!("unknown option {other:?} of vmtest (it takes --sessions [--without-bpf-lsm] [FILTER...])")
+        }
         None => {}
     }
     if !rustix::process::geteuid().is_root() {

@@ -70,10 +70,19 @@ pub struct SessionEntry {
 
 impl SessionEntry {
     fn bytes(&self) -> Vec<u8> {
-        [self.slot, self.mode, self.default4, self.default6, self.evaluate, self.generation, self.proxied, self.lsm_files]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect()
+        [
+            self.slot,
+            self.mode,
+            self.default4,
+            self.default6,
+            self.evaluate,
+            self.generation,
+            self.proxied,
+            self.lsm_files,
+        ]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
     }
 }
 
@@ -635,7 +644,11 @@ impl Maps {
             let full = written >= MAX_IDENTITIES
                 || self.inodes.update(&k, &value(deny, allow, is_dir, reason), MapFlags::ANY).is_err();
             if full {
-                tracing::warn!(slot, written, "more identities than the LSM tier holds; the rest keep their answer only under their own names");
+                tracing::warn!(
+                    slot,
+                    written,
+                    "more identities than the LSM tier holds; the rest keep their answer only under their own names"
+                );
                 break;
             }
             written += 1;

@@ -352,12 +352,8 @@ pub fn create_group(marks: &Marks, events: MaskFlags) -> anyhow::Result<(Group, 
         return Ok((Group { fan: group, naming: AtomicU64::new(0) }, marked, unmarked));
     }
     for (m, path) in targets(marks)? {
-        let r = group.mark(
-            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
-            events,
-            nix::fcntl::AT_FDCWD,
-            Some(&path),
-        );
+        let r =
+            group.mark(MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT, events, nix::fcntl::AT_FDCWD, Some(&path));
         match r {
             Ok(()) => marked.push(m),
             Err(e) => unmarked.push(format!("{m}: {e}")),

@@ -388,12 +388,9 @@ impl Shared {
 
     /// One attempt; true when applied (or nothing left to apply).
     async fn refresh_once(&self, session: &str) -> bool {
-        let found = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(session)
-            .map(|s| (s.cgroup_id, s.resolvers.clone(), s.proxied, s.pid, s.lsm_files, s.holder.clone(), s.lsm_ids.clone()));
+        let found = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(session).map(|s| {
+            (s.cgroup_id, s.resolvers.clone(), s.proxied, s.pid, s.lsm_files, s.holder.clone(), s.lsm_ids.clone())
+        });
         let Some((cgroup_id, resolvers, proxied, pid, lsm_before, link, lsm_ids)) = found else {
             return true;
         };
@@ -449,7 +446,8 @@ impl Shared {
                     if remark {
                         let all = nix::sys::fanotify::MaskFlags::FAN_OPEN_PERM
                             | nix::sys::fanotify::MaskFlags::FAN_OPEN_EXEC_PERM;
-                        if let Err(e) = fan::remark(&l.group, pid, nix::sys::fanotify::MaskFlags::empty(), all - events) {
+                        if let Err(e) = fan::remark(&l.group, pid, nix::sys::fanotify::MaskFlags::empty(), all - events)
+                        {
                             tracing::warn!(session_id = %session, error = %format!("{e:#}"), "cannot unmark what the LSM tier took over (both decide it)");
                         }
                     }
@@ -793,7 +791,10 @@ impl Sensor for Service {
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(session_id = %req.session, cgroup_id, holder = holder_pid, marked = marked.len(), unmarked = ?unmarked, lsm_files, "governing the session");
         Ok(Response::new(pb::RegisterResponse {
-            capabilities: session_capabilities(&s.caps.capabilities, lsm_files).iter().map(capability_to_proto).collect(),
+            capabilities: session_capabilities(&s.caps.capabilities, lsm_files)
+                .iter()
+                .map(capability_to_proto)
+                .collect(),
             marked: marked.len() as u32,
             unmarked,
             generation,
@@ -1080,11 +1081,12 @@ fn restore(shared: &Arc<Shared>) {
                     tracing::error!(session_id = %saved.session, "the session's supervised-calls listener is gone with its holder: its supervised calls fail (ENOSYS)");
                 }
                 // Marked for everything until the tables say what the LSM tier takes.
-                let started = fan::create_group(&fan::Marks::Container(saved.pid), fan::events_for(0))
-                    .and_then(|(group, _, _)| {
-                    let group = group.duplicate()?;
-                    holder::spawn(&spec, &group, None).map(|(pid, control)| (control, group, pid, None))
-                });
+                let started = fan::create_group(&fan::Marks::Container(saved.pid), fan::events_for(0)).and_then(
+                    |(group, _, _)| {
+                        let group = group.duplicate()?;
+                        holder::spawn(&spec, &group, None).map(|(pid, control)| (control, group, pid, None))
+                    },
+                );
                 match started {
                     Ok(h) => h,
                     Err(e) => {
@@ -1174,7 +1176,8 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     }
     let kernel = cgroup.and_then(|c| bpf::load(&c, &pins, lsm_wanted));
     let lsm = kernel.as_ref().is_ok_and(|k| k.links.iter().any(|(name, _)| name.starts_with("leash_lsm_")));
-    let caps = probe::decide(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()), lsm_probe, lsm, probe::fanotify());
+    let caps =
+        probe::decide(kernel.as_ref().map_err(|e| format!("{e:#}")).map(|_| ()), lsm_probe, lsm, probe::fanotify());
     for c in &caps.capabilities {
         tracing::info!(action = c.action, mechanism = c.mechanism, reason = %c.reason, "capability");
     }

@@ -86,10 +86,15 @@ pub fn decide(
                  need user space (path patterns, name conditions) has it decided by {} instead",
                 match action {
                     "exec" => "bprm_check_security, mmap_file, file_mprotect",
-                    "file-write" => "file_open, path_mknod, path_symlink, path_link, path_rename, path_chmod, path_chown, path_truncate",
+                    "file-write" =>
+                        "file_open, path_mknod, path_symlink, path_link, path_rename, path_chmod, path_chown, path_truncate",
                     _ => "file_open",
                 },
-                if fanotify.is_ok() { "fanotify" } else { "nothing (fanotify is unavailable: such a session is refused)" },
+                if fanotify.is_ok() {
+                    "fanotify"
+                } else {
+                    "nothing (fanotify is unavailable: such a session is refused)"
+                },
             ),
         },
         (Ok(()), Ok(())) => Capability {
@@ -215,6 +220,9 @@ mod tests {
         assert_eq!(r.tier, "fallback");
         let r = decide(Ok(()), Ok(()), true, Ok(()));
         let m = |a| r.capabilities.iter().find(|c| c.action == a).unwrap().mechanism;
-        assert_eq!((r.tier.as_str(), m("file-read"), m("exec"), m("connect")), ("bpf-lsm", "bpf-lsm", "bpf-lsm", "cgroup-sock"));
+        assert_eq!(
+            (r.tier.as_str(), m("file-read"), m("exec"), m("connect")),
+            ("bpf-lsm", "bpf-lsm", "bpf-lsm", "cgroup-sock")
+        );
     }
 }

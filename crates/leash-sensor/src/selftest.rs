@@ -294,6 +294,34 @@ pub fn corpus_child() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Tables that decide reads by `read` and allow everything else.
+fn reading(dir: &Path, read: PathTable) -> Arc<Tables> {
+    let allow = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
+    let mut tables = fixed_tables(dir);
+    tables.files = BTreeMap::from([
+        (FileAction::Read, read.clone()),
+        (FileAction::Open, read),
+        (FileAction::Write, allow.clone()),
+        (FileAction::Exec, allow),
+    ]);
+    Arc::new(tables)
+}
+
+/// A new cgroup's id, and a corpus child (waiting for "go") to move into it.
+fn corpus_child_in(cgroup: &Path) -> Result<(u64, std::process::Child), String> {
+    std::fs::create_dir_all(cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let cgroup_id = std::fs::metadata(cgroup).map_err(|e| e.to_string())?.ino();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .arg(CORPUS_FLAG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the test process: {e}"))?;
+    Ok((cgroup_id, child))
+}
+
 /// A small deterministic generator (xorshift64*), so a seed replays a corpus.
 struct Rng(u64);
 
@@ -350,25 +378,8 @@ fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), Strin
     for _ in 0..25 {
         read.exact.insert(files[rng.below(files.len())].clone(), verdict(&mut rng));
     }
-    let allow = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
-    let mut tables = fixed_tables(&dir);
-    tables.files = BTreeMap::from([
-        (FileAction::Read, read.clone()),
-        (FileAction::Open, read),
-        (FileAction::Write, allow.clone()),
-        (FileAction::Exec, allow),
-    ]);
-    let tables = Arc::new(tables);
-    std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
-    let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(exe)
-        .arg(CORPUS_FLAG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the corpus process: {e}"))?;
+    let tables = reading(&dir, read);
+    let (cgroup_id, mut child) = corpus_child_in(&cgroup)?;
     let answers = (|| -> Result<Vec<String>, String> {
         std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string())
             .map_err(|e| format!("cannot move the corpus process into {}: {e}", cgroup.display()))?;
@@ -410,7 +421,8 @@ fn corpus(shared: &Arc<Shared>, seed: u64) -> Result<(usize, Vec<String>), Strin
             }
         };
         if got != expected {
-            differ.push(format!("{path}: the tables {}, the kernel {outcome}", if expected { "allow" } else { "deny" }));
+            differ
+                .push(format!("{path}: the tables {}, the kernel {outcome}", if expected { "allow" } else { "deny" }));
         }
     }
     if answers.len() != files.len() {
@@ -438,25 +450,8 @@ fn renamed_then_rewritten(shared: &Arc<Shared>, carry: bool) -> Result<String, S
     let deny = Verdict::new(false, 1);
     let mut read = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
     read.prefixes.insert(format!("{}/private/", dir.display()), deny);
-    let allow = PathTable { default: Some(Verdict::new(true, 0)), ..Default::default() };
-    let mut tables = fixed_tables(&dir);
-    tables.files = BTreeMap::from([
-        (FileAction::Read, read.clone()),
-        (FileAction::Open, read),
-        (FileAction::Write, allow.clone()),
-        (FileAction::Exec, allow),
-    ]);
-    let tables = Arc::new(tables);
-    std::fs::create_dir_all(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
-    let cgroup_id = std::fs::metadata(&cgroup).map_err(|e| e.to_string())?.ino();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = std::process::Command::new(exe)
-        .arg(CORPUS_FLAG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the test process: {e}"))?;
+    let tables = reading(&dir, read);
+    let (cgroup_id, mut child) = corpus_child_in(&cgroup)?;
     let outcome = (|| -> Result<String, String> {
         std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).map_err(|e| e.to_string())?;
         let actions = shared.lsm_actions(&tables);
@@ -565,8 +560,7 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
             let ids = std::sync::Mutex::default();
             let files =
                 crate::LsmFiles { actions, root: Path::new("/"), identities: (!off("identities")).then_some(&ids) };
-            let (_, written) =
-                shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?;
+            let (_, written) = shared.apply(cgroup_id, &tables, Mode::Enforce, false, &Default::default(), &files)?;
             registered.2 = Some(written);
         }
         let rel = format!(
@@ -730,9 +724,10 @@ pub fn vm_check() -> ExitCode {
             }
             // A renamed forbidden directory keeps its identity when the
             // tables are written again; without what was known, it does not.
-            for (label, carry, expected) in
-                [("rename then rewrite", true, true), ("rename then rewrite, nothing kept (negative control)", false, false)]
-            {
+            for (label, carry, expected) in [
+                ("rename then rewrite", true, true),
+                ("rename then rewrite, nothing kept (negative control)", false, false),
+            ] {
                 match renamed_then_rewritten(&shared, carry) {
                     Ok(o) => {
                         say(&format!("{label}: {o}"));
@@ -747,7 +742,8 @@ pub fn vm_check() -> ExitCode {
                 }
             }
             // The LSM programs' lookups against the tables, on generated corpora.
-            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+            let base =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
             for round in 0..3u64 {
                 let seed = base.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 match corpus(&shared, seed) {

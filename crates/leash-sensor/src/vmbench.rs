@@ -63,9 +63,9 @@ pub fn child(workload: &str, dir: &Path) -> ExitCode {
             std::fs::remove_dir_all(&new)
         })(),
         "fork-exec" => (0..EXECS).try_for_each(|_| {
-            std::process::Command::new("/bin/true").status().and_then(|s| {
-                if s.success() { Ok(()) } else { Err(std::io::Error::other(format!("/bin/true: {s}"))) }
-            })
+            std::process::Command::new("/bin/true")
+                .status()
+                .and_then(|s| if s.success() { Ok(()) } else { Err(std::io::Error::other(format!("/bin/true: {s}"))) })
         }),
         other => Err(std::io::Error::other(format!("no workload {other}"))),
     };
