@@ -528,14 +528,18 @@ fn cacheable(g: &Governed, d: &FileDecision) -> bool {
     d.allow && d.one_name && d.traced.is_none() && !d.path.is_empty() && FileAction::ALL.into_iter().all(allowed)
 }
 
-/// Whether a file has one name only (a directory, or a regular file with
-/// one link). An ignore mark is on the inode, so it answers for every name
-/// the inode has: an allow decided for one of several names (a hard link
-/// the agent made of a forbidden file, say) must not be cached, or it would
-/// open the forbidden name too.
+/// Whether a file has one name only, and an allow cached for it answers
+/// for it alone: a regular file with one link. An ignore mark is on the
+/// inode, so it answers for every name the inode has: an allow decided
+/// for one of several names (a hard link the agent made of a forbidden
+/// file, say) must not be cached, or it would open the forbidden name too.
+/// Nor a directory's: an ignore mark on a directory can answer for the
+/// events of the files in it (Debian 12's kernel 6.1 does: with the
+/// project directory's allow cached, renamed and linked forbidden files in
+/// it opened unseen), so directories are decided at every open.
 fn one_name(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    meta.is_dir() || (meta.is_file() && meta.nlink() == 1)
+    meta.is_file() && meta.nlink() == 1
 }
 
 /// Whether an executable is a program interpreter (the dynamic loader):
