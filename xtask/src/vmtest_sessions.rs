@@ -13,13 +13,15 @@
 //! - Docker's data (`docker.ext4`): the test images, `docker save`d here and
 //!   loaded by a first boot, kept until an image or the root file system
 //!   changes (`docker.key`);
-//! - the run's own disk: the binaries and test executables just built, at
-//!   the paths they have here (the test kit finds the daemons next to the
-//!   test executable), and the guest's script.
+//! - the run's own disk: the binaries, test executables and static helpers
+//!   just built (release: under TCG a debug build starts too slowly for
+//!   leashd's supervisor), at the paths they have here (the test kit finds
+//!   the daemons next to the test executable), and the guest's script.
 //!
 //! The first two are attached as snapshots (a run keeps nothing). The guest
-//! starts dockerd, prints the active LSMs and what `leashctl doctor` says,
-//! then runs each test on its own (`--exact`) and prints its time; every
+//! starts dockerd, prints the active LSMs and what `leashctl status` and
+//! `leashctl doctor` say, then runs each test on its own (`--exact`, with
+//! `CI=true` and this side's `LEASH_*` variables) and prints its time; every
 //! line meant for this side starts with `VMSESSIONS`. The console goes to
 //! `<target>/vmtest/sessions-console.log`.
 
@@ -160,7 +162,8 @@ mark "doctor"
   grep -E ' (WARN|ERROR) ' /var/log/leashd-vm.log | tail -n 20
   out=$(timeout 300 "$BIN/leashctl" doctor 2>&1)
   echo "$out"
-  mark "leashctl doctor: tier $(echo "$out" | sed -n 's/^tier: //p'), $(echo "$out" | grep -E '^self-test (passed|FAILED)')"
+  tier=$(echo "$out" | sed -n 's/^tier: //p')
+  mark "leashctl doctor: tier $tier, $(echo "$out" | grep -E '^self-test (passed|FAILED)')"
   timeout 60 "$BIN/leashctl" stop --all >/dev/null 2>&1
   for i in $(seq 1 60); do kill -0 "$leashd_pid" 2>/dev/null || break; sleep 1; done
   kill -9 "$leashd_pid" 2>/dev/null
@@ -534,9 +537,16 @@ fn run_disk(
     Ok(disk)
 }
 
-/// Writes the guest's script, its settings and the list of test executables.
+/// Writes the guest's script, its settings (the `LEASH_*` ones exported)
+/// and the list of test executables.
 fn write_guest(stage: &Path, settings: &[(&str, String)], tests: &[u8]) -> anyhow::Result<()> {
-    let env: String = settings.iter().map(|(k, v)| format!("export {k}='{}'\n", v.replace('\'', r"'\''"))).collect();
+    let env: String = settings
+        .iter()
+        .map(|(k, v)| {
+            let export = if k.starts_with("LEASH_") { "export " } else { "" };
+            format!("{export}{k}='{}'\n", v.replace('\'', r"'\''"))
+        })
+        .collect();
     std::fs::write(stage.join("vm.env"), env)?;
     std::fs::write(stage.join("tests"), tests)?;
     std::fs::write(stage.join("guest.sh"), GUEST)?;
@@ -787,14 +797,18 @@ impl Timings {
 mod tests {
     #[test]
     fn modules_load_after_their_dependencies_once_each() {
-        let dep = "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
-                   kernel/lib/crc16.ko:\n\
-                   kernel/fs/mbcache.ko:\n\
-                   kernel/fs/jbd2/jbd2.ko:\n\
-                   kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n\
-                   kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n\
-                   kernel/drivers/virtio/virtio.ko:\n\
-                   kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n";
+        let dep = [
+            "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko",
+            "kernel/lib/crc16.ko:",
+            "kernel/fs/mbcache.ko:",
+            "kernel/fs/jbd2/jbd2.ko:",
+            "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko",
+            "kernel/drivers/virtio/virtio.ko:",
+            "kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko",
+        ]
+        .join("\n");
+        let dep = dep.as_str();
         let order = super::module_order(
             dep,
             "kernel/crypto/crc32c_generic.ko\n",
