@@ -87,9 +87,8 @@ static __always_inline void count_drop(void)
 		*n += 1;
 }
 
-static __always_inline struct leash_event *reserve(void)
+static __always_inline struct leash_event *fill(struct leash_event *e)
 {
-	struct leash_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
 		return 0;
@@ -111,6 +110,17 @@ static __always_inline struct leash_event *reserve(void)
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->path[0] = 0;
 	return e;
+}
+
+static __always_inline struct leash_event *reserve(void)
+{
+	return fill(bpf_ringbuf_reserve(&events, sizeof(struct leash_event), 0));
+}
+
+/* An event with room for the whole of a long path after it. */
+static __always_inline struct leash_event_long *reserve_long(void)
+{
+	return (struct leash_event_long *)fill(bpf_ringbuf_reserve(&events, sizeof(struct leash_event_long), 0));
 }
 
 static __always_inline void submit(struct leash_event *e)
@@ -374,6 +384,13 @@ struct scratch {
 	struct leash_path_exact exact;
 	struct leash_path_lpm lpm;
 	struct leash_entry_key entry;
+	/* The path as resolved (`full_len` with its NUL), and what an
+	 * identity denial was traced to (`traced_ino` 0: nothing). */
+	char full[LEASH_FULL_PATH];
+	__s64 full_len;
+	__u64 traced_dev;
+	__u64 traced_ino;
+	__u32 traced_depth;
 };
 
 struct {
@@ -407,22 +424,29 @@ static __always_inline __u32 decide_file(struct leash_session *s, __u32 action, 
 	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sc)
 		return LEASH_VERDICT_PRESENT;
-	__builtin_memset(sc->exact.path, 0, sizeof(sc->exact.path));
 	lsm_count(0);
-	long n = bpf_d_path(p, sc->exact.path, sizeof(sc->exact.path));
-	if (n <= 1 || n > LEASH_PATH_MAX) {
+	sc->traced_ino = 0;
+	long n = bpf_d_path(p, sc->full, sizeof(sc->full));
+	sc->full_len = n;
+	if (n <= 1) {
 		lsm_count(1);
+		sc->exact.path[0] = 0;
 		return LEASH_VERDICT_PRESENT; /* no path: denied */
 	}
 	/* d_path builds the path at the buffer's end and moves it to the front:
-	 * the bytes after the NUL are left over, and the key must be zero-padded. */
+	 * the bytes after the NUL are left over, and the key must be zero-padded.
+	 * A path longer than the exact keys (255 bytes) is no exact key, and
+	 * its first LEASH_LPM_PATH bytes decide every prefix the tables have
+	 * (none is longer). */
+	bpf_probe_read_kernel(sc->exact.path, LEASH_PATH_MAX, sc->full);
 	for (int i = 0; i < LEASH_PATH_MAX; i++) {
 		if (i >= n)
 			sc->exact.path[i] = 0;
 	}
+	sc->exact.path[LEASH_PATH_MAX - 1] = 0;
 	sc->exact.slot = s->slot;
 	sc->exact.action = action;
-	struct leash_verdict *v = bpf_map_lookup_elem(&files_exact, &sc->exact);
+	struct leash_verdict *v = n <= LEASH_PATH_MAX ? bpf_map_lookup_elem(&files_exact, &sc->exact) : 0;
 	if (v) {
 		lsm_count(2);
 		return v->v;
@@ -456,14 +480,24 @@ static __always_inline __u32 identity_denies(struct leash_session *s, __u32 acti
 {
 	struct leash_inode_key k = {.slot = s->slot};
 	__u32 bit = 1u << action;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (sc)
+		sc->traced_ino = 0;
 	for (int i = 0; i < LEASH_ANCESTORS; i++) {
 		struct inode *in = BPF_CORE_READ(d, d_inode);
 		if (in) {
 			k.dev = BPF_CORE_READ(in, i_sb, s_dev);
 			k.ino = BPF_CORE_READ(in, i_ino);
 			struct leash_ident *v = bpf_map_lookup_elem(&inodes, &k);
-			if (v && (v->deny & bit) && (!below || (v->deny & LEASH_IDENT_BELOW)))
+			if (v && (v->deny & bit) && (!below || (v->deny & LEASH_IDENT_BELOW))) {
+				if (sc) {
+					sc->traced_dev = k.dev;
+					sc->traced_ino = k.ino;
+					sc->traced_depth = i;
+				}
 				return LEASH_VERDICT_PRESENT | (v->reason << 8);
+			}
 			/* The nearest answer wins: an exception the tables allow. */
 			if (v && (v->deny & (bit << LEASH_IDENT_ALLOW_SHIFT)))
 				return 0;
@@ -540,7 +574,11 @@ static __always_inline struct leash_session *lsm_governed(__u32 action)
 static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u32 action, __u32 verdict,
 				       const unsigned char *name)
 {
-	struct leash_event *e = reserve();
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	int long_path = !name && sc && sc->full_len > LEASH_PATH_MAX;
+	struct leash_event_long *l = long_path ? reserve_long() : 0;
+	struct leash_event *e = long_path ? (l ? &l->e : 0) : reserve();
 	if (e) {
 		e->kind = kind;
 		e->mode = s->mode;
@@ -549,11 +587,18 @@ static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u3
 		if (name) {
 			e->flags |= LEASH_EV_NAME_ONLY;
 			bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
-		} else {
-			__u32 zero = 0;
-			struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
-			if (sc)
-				__builtin_memcpy(e->path, sc->exact.path, LEASH_PATH_MAX);
+		} else if (sc) {
+			__builtin_memcpy(e->path, sc->exact.path, LEASH_PATH_MAX);
+			if (l) {
+				e->flags |= LEASH_EV_LONG_PATH;
+				bpf_probe_read_kernel(l->full, sizeof(l->full), sc->full);
+			}
+			if (!(verdict & LEASH_VERDICT_ALLOW) && sc->traced_ino) {
+				e->flags |= LEASH_EV_TRACED;
+				__builtin_memcpy(e->addr, &sc->traced_dev, 8);
+				__builtin_memcpy(e->addr + 8, &sc->traced_ino, 8);
+				e->port = sc->traced_depth;
+			}
 		}
 		submit(e);
 	}

@@ -132,6 +132,12 @@ struct leash_entry_key {
 /* An LSM tier event's flags: the LEASH_FILE_* action in the low byte, and: */
 #define LEASH_EV_LSM 0x200       /* decided by the LSM tier */
 #define LEASH_EV_NAME_ONLY 0x100 /* `path` is the entry's name alone (the path hooks cannot resolve paths) */
+#define LEASH_EV_TRACED 0x400    /* denied by identity: `addr` holds the dev and ino of the file or directory
+				  * the tables forbid by another name, `port` how far below it the file is */
+#define LEASH_EV_LONG_PATH 0x800 /* a `struct leash_event_long`: the whole path follows the event */
+
+/* The longest path the LSM tier resolves (the kernel's PATH_MAX). */
+#define LEASH_FULL_PATH 4096
 
 /* A file reported allowed under a slot, so that each is reported once. */
 struct leash_reported_key {
@@ -159,6 +165,12 @@ struct leash_event {
 	__u8 addr[16];
 	char comm[LEASH_COMM_LEN];
 	char path[LEASH_PATH_MAX];
+};
+
+/* An event whose path is longer than `path` holds. */
+struct leash_event_long {
+	struct leash_event e;
+	char full[LEASH_FULL_PATH];
 };
 
 #endif

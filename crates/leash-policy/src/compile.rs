@@ -68,15 +68,8 @@ pub fn compile(engine: &Engine, principal: &str, generation: u64) -> Tables {
 /// [`compile`] with a mutation and slicing switch (for tests and benchmarks).
 #[doc(hidden)]
 pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation: Mutation, slice: bool) -> Tables {
-    let mut carving = Carving::default();
-    carving.dirs.insert("/".to_owned());
     let policies: Vec<(Policy, Value)> =
         engine.policies().policies().map(|p| (p.clone(), p.to_json().unwrap_or(Value::Null))).collect();
-    // Only policies that can decide a file action carve the file tables.
-    let file_actions = [Action::FileOpen, Action::FileOpenReadOnly, Action::FileOpenReadWrite, Action::ProcessExec];
-    for (_, json) in policies.iter().filter(|(_, j)| file_actions.iter().any(|a| applies_to(j, *a))) {
-        carve(json, &mut carving);
-    }
     let sliced = Slices::new(&policies);
     let mut reasons: Vec<Vec<String>> = Vec::new();
     let mut reason_ids: HashMap<Vec<String>, u32> = HashMap::new();
@@ -90,6 +83,14 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
     };
     let mut files = BTreeMap::new();
     for action in FileAction::ALL {
+        // Only the policies that can decide this action carve its table: a
+        // pattern that forbids writes (protect-host's) leaves the read and
+        // exec tables exact, which the kernel's LSM tier can then decide.
+        let mut carving = Carving::default();
+        carving.dirs.insert("/".to_owned());
+        for (_, json) in policies.iter().filter(|(_, j)| cedar_actions(action).iter().any(|a| applies_to(j, *a))) {
+            carve(json, &mut carving);
+        }
         let decide = |path: &str| -> Decision {
             let resource = Resource::File(path.to_owned());
             let one = |a: Action| {
@@ -105,11 +106,10 @@ pub fn compile_with(engine: &Engine, principal: &str, generation: u64, mutation:
                     _ => engine.authorize_in(&set, principal, a, &resource, &BTreeMap::new()),
                 }
             };
-            match action {
-                FileAction::Open => one(Action::FileOpen),
-                FileAction::Read => combine(one(Action::FileOpenReadOnly), one(Action::FileOpen)),
-                FileAction::Write => combine(one(Action::FileOpenReadWrite), one(Action::FileOpen)),
-                FileAction::Exec => one(Action::ProcessExec),
+            match cedar_actions(action) {
+                [a] => one(*a),
+                [a, b] => combine(one(*a), one(*b)),
+                _ => unreachable!("a file action is one or two Cedar actions"),
             }
         };
         let mut table = PathTable {
@@ -631,6 +631,16 @@ pub(crate) fn applies_to(json: &Value, action: Action) -> bool {
             None => named(a),
         },
         _ => true,
+    }
+}
+
+/// The Cedar actions a file action is decided by (both must allow).
+fn cedar_actions(action: FileAction) -> &'static [Action] {
+    match action {
+        FileAction::Open => &[Action::FileOpen],
+        FileAction::Read => &[Action::FileOpenReadOnly, Action::FileOpen],
+        FileAction::Write => &[Action::FileOpenReadWrite, Action::FileOpen],
+        FileAction::Exec => &[Action::ProcessExec],
     }
 }
 

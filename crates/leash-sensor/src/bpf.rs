@@ -421,7 +421,8 @@ pub const MAX_IDENTITIES: usize = 8192;
 const NAME_MAX: usize = 64;
 
 /// The kernel's device number (`MKDEV`) of a user-space `st_dev`.
-fn kernel_dev(dev: u64) -> u64 {
+/// A device number as the kernel keeps it (`s_dev`), from `st_dev`.
+pub(crate) fn kernel_dev(dev: u64) -> u64 {
     let (major, minor) = (nix::libc::major(dev) as u64, nix::libc::minor(dev) as u64);
     (major << 20) | minor
 }

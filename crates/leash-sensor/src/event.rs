@@ -20,6 +20,13 @@ pub const FLAG_LSM: u32 = 0x200;
 /// With [`FLAG_LSM`]: the path is the entry's name alone (the path hooks
 /// have no path).
 pub const FLAG_NAME_ONLY: u32 = 0x100;
+/// With [`FLAG_LSM`]: denied by identity, traced to [`RawEvent::traced`].
+pub const FLAG_TRACED: u32 = 0x400;
+/// With [`FLAG_LSM`]: the record carries the whole path after the event
+/// (`struct leash_event_long`).
+pub const FLAG_LONG_PATH: u32 = 0x800;
+/// `LEASH_FULL_PATH`: the longest path a long record carries.
+pub const FULL_PATH: usize = 4096;
 /// An ICMP socket (`ping`), refused in enforce mode.
 pub const KIND_ICMP: u32 = 5;
 /// A new process (`pid`) and its parent (`ppid`).
@@ -58,10 +65,18 @@ pub struct RawEvent {
     pub comm: String,
     /// The path (exec).
     pub path: String,
+    /// An LSM denial by identity: the file or directory the tables forbid
+    /// by another name (its device as the kernel numbers it, its inode),
+    /// and how many levels below it the file is.
+    pub traced: Option<(u64, u64, u16)>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes(b[at..at + 2].try_into().expect("2 bytes"))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -79,6 +94,8 @@ impl RawEvent {
         if b.len() < RAW_EVENT_BYTES {
             return None;
         }
+        let (kind, flags) = (u32_at(b, 32), u32_at(b, 44));
+        let file = matches!(kind, KIND_EXEC | KIND_OPEN);
         let family = u32_at(b, 48);
         let octets: [u8; 16] = b[56..72].try_into().ok()?;
         let v6 = std::net::Ipv6Addr::from(octets);
@@ -94,15 +111,22 @@ impl RawEvent {
             tid: u32_at(b, 20),
             ppid: u32_at(b, 24),
             uid: u32_at(b, 28),
-            kind: u32_at(b, 32),
+            kind,
             verdict: u32_at(b, 36),
             mode: u32_at(b, 40),
-            flags: u32_at(b, 44),
+            flags,
             addr,
             port: u16::from_ne_bytes(b[52..54].try_into().ok()?),
             comm: c_string(&b[72..88]),
             // Only execs and the LSM tier's file decisions carry a path.
-            path: if matches!(u32_at(b, 32), KIND_EXEC | KIND_OPEN) { c_string(&b[88..344]) } else { String::new() },
+            path: match () {
+                () if file && flags & FLAG_LONG_PATH != 0 && b.len() >= RAW_EVENT_BYTES + FULL_PATH => {
+                    c_string(&b[RAW_EVENT_BYTES..RAW_EVENT_BYTES + FULL_PATH])
+                }
+                () if file => c_string(&b[88..344]),
+                () => String::new(),
+            },
+            traced: (file && flags & FLAG_TRACED != 0).then(|| (u64_at(b, 56), u64_at(b, 64), u16_at(b, 52))),
         })
     }
 }
@@ -124,5 +148,23 @@ mod tests {
         assert_eq!((e.pid, e.kind, e.port, e.comm.as_str()), (42, KIND_CONNECT, 443, "curl"));
         assert_eq!(e.addr, Some("10.1.2.3".parse().unwrap()));
         assert!(RawEvent::parse(&b[..100]).is_none());
+    }
+
+    #[test]
+    fn a_long_path_and_a_traced_denial_parse() {
+        let mut b = vec![0u8; RAW_EVENT_BYTES + FULL_PATH];
+        let long = format!("/w/{}", "d/".repeat(200));
+        b[32..36].copy_from_slice(&KIND_OPEN.to_ne_bytes());
+        b[44..48].copy_from_slice(&(FLAG_LSM | FLAG_LONG_PATH | FLAG_TRACED | 1).to_ne_bytes());
+        b[52..54].copy_from_slice(&3u16.to_ne_bytes());
+        b[56..64].copy_from_slice(&7u64.to_ne_bytes());
+        b[64..72].copy_from_slice(&99u64.to_ne_bytes());
+        b[88..88 + 255].copy_from_slice(&long.as_bytes()[..255]);
+        b[RAW_EVENT_BYTES..RAW_EVENT_BYTES + long.len()].copy_from_slice(long.as_bytes());
+        let e = RawEvent::parse(&b).unwrap();
+        assert_eq!((e.path.as_str(), e.traced, e.addr), (long.as_str(), Some((7, 99, 3)), None));
+        // A record of the short size keeps the first 255 bytes.
+        let e = RawEvent::parse(&b[..RAW_EVENT_BYTES]).unwrap();
+        assert_eq!(e.path, long[..255]);
     }
 }

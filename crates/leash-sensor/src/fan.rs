@@ -493,6 +493,7 @@ pub fn run(
                     cached = 0;
                 }
                 group.cache_allow(ev.fd);
+                tracing::debug!(session_id = %l.session, path = %d.path, "an allow cached");
                 cached += 1;
                 // The policy changed while this was decided: what was just
                 // cached belongs to the old one.
@@ -584,6 +585,7 @@ fn decide_one(
     // (`docker exec` joins it late), and thread ids are reused.
     if !in_cgroup(tid, &l.cgroup) {
         // Outside the session (a host process looking in): never affected.
+        tracing::debug!(session_id = %l.session, tid, "an open outside the session's cgroup");
         return None;
     }
     let exec = ev.mask & FAN_OPEN_EXEC_PERM != 0;
@@ -631,6 +633,7 @@ fn decide_one(
         }
     }
     let path = path.unwrap_or_default();
+    tracing::debug!(session_id = %l.session, tid, %path, ?action, ?flags, allow, ?traced, known = identities.names().len(), "fanotify decision");
     Some(FileDecision {
         session: l.session.clone(),
         tid,

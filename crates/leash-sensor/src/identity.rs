@@ -146,6 +146,19 @@ impl Identities {
     }
 }
 
+/// The name a file opened as `path` has where the policy forbids it: the
+/// file or directory known as `known` is `depth` levels above it (0: the
+/// file itself), so the rest of the path follows the known name.
+pub fn traced_name(known: &str, path: &str, depth: usize) -> String {
+    let known = known.trim_end_matches('/');
+    if depth == 0 {
+        return known.to_owned();
+    }
+    let path = path.trim_end_matches('/');
+    let cut = path.rmatch_indices('/').nth(depth - 1).map_or(0, |(i, _)| i);
+    format!("{known}{}", &path[cut..])
+}
+
 /// `path` (absolute, in the container) under `root`.
 fn within(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
@@ -241,6 +254,13 @@ mod tests {
         // Tables that no longer forbid it forget it.
         ids.refresh(&tables("/w/other.txt", "/w/elsewhere/"), root);
         assert_eq!(ids.other_name(root, "/w/renamed", id("/w/renamed")), None);
+    }
+
+    #[test]
+    fn a_traced_name_keeps_the_path_below_the_known_directory() {
+        assert_eq!(traced_name("/w/secret.txt", "/w/hard", 0), "/w/secret.txt");
+        assert_eq!(traced_name("/w/secret/", "/w/a/b/key", 1), "/w/secret/key");
+        assert_eq!(traced_name("/w/outer/", "/w/outer2/private/key", 2), "/w/outer/private/key");
     }
 
     #[test]

@@ -132,6 +132,9 @@ struct Known {
     learned: Arc<Mutex<Learned>>,
     /// The file actions the LSM tier decides for it (`1 << action number`).
     lsm_files: Arc<AtomicU32>,
+    /// The identities written for the LSM tier (what a denial by identity
+    /// is traced to).
+    lsm_ids: Arc<Mutex<identity::Identities>>,
 }
 
 /// What the LSM tier decides for a session's files, when its tables are
@@ -477,7 +480,7 @@ impl Shared {
     /// `procs` is the lineage the kernel reported (forks, execs, exits) for
     /// naming each process's executable without asking /proc again.
     fn kernel_event(&self, raw: &event::RawEvent, procs: &mut Lineage) -> Option<pb::Event> {
-        let (session, reasons, name, lsm_files) = {
+        let (session, reasons, name, lsm_files, traced) = {
             let known = self.by_cgroup.read().unwrap_or_else(|p| p.into_inner());
             let k = known.get(&raw.cgroup_id)?;
             // A learned address's verdict names the name behind it too.
@@ -493,7 +496,13 @@ impl Shared {
                 }
                 None => (None, None),
             };
-            (k.session.clone(), reasons.unwrap_or_default(), name, k.lsm_files.load(Ordering::Relaxed))
+            // A denial by identity, under the name the tables forbid.
+            let traced = raw.traced.and_then(|(dev, ino, depth)| {
+                let ids = k.lsm_ids.lock().unwrap_or_else(|p| p.into_inner());
+                let known = ids.names().iter().find(|(id, _)| id.1 == ino && bpf::kernel_dev(id.0) == dev)?.1.clone();
+                Some(identity::traced_name(&known, &raw.path, depth.into()))
+            });
+            (k.session.clone(), reasons.unwrap_or_default(), name, k.lsm_files.load(Ordering::Relaxed), traced)
         };
         // A decision of the LSM tier, rather than an observation.
         let lsm = raw.flags & event::FLAG_LSM != 0 && matches!(raw.kind, event::KIND_OPEN | event::KIND_EXEC);
@@ -550,6 +559,9 @@ impl Shared {
         }
         if let Some(n) = name {
             details.insert("name".into(), n);
+        }
+        if let Some(t) = traced {
+            details.insert("traced".into(), format!("via inode of {t}"));
         }
         if raw.kind == event::KIND_EXIT {
             // As wait() reports it: a signal in the low 7 bits, else the status.
@@ -760,6 +772,7 @@ impl Sensor for Service {
                 governed: governed.clone(),
                 learned: learned.clone(),
                 lsm_files: lsm_known.clone(),
+                lsm_ids: lsm_ids.clone(),
             },
         );
         let link = HolderLink { pid: holder_pid, control, group, calls, stopping: false };
@@ -1109,6 +1122,7 @@ fn restore(shared: &Arc<Shared>) {
                 .and_then(|k| k.maps.sessions().into_iter().find(|(id, _)| *id == saved.cgroup_id))
                 .map_or(0, |(_, e)| e.lsm_files),
         ));
+        let lsm_ids = Arc::new(Mutex::new(identity::Identities::default()));
         shared.by_cgroup.write().unwrap_or_else(|p| p.into_inner()).insert(
             saved.cgroup_id,
             Known {
@@ -1116,6 +1130,7 @@ fn restore(shared: &Arc<Shared>) {
                 governed: governed.clone(),
                 learned: learned.clone(),
                 lsm_files: lsm_known.clone(),
+                lsm_ids: lsm_ids.clone(),
             },
         );
         shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -1136,7 +1151,7 @@ fn restore(shared: &Arc<Shared>) {
                 supervised: saved.supervised,
                 lsm_files: None,
                 lsm_known,
-                lsm_ids: Arc::default(),
+                lsm_ids,
                 thaw_on_refresh,
             },
         );

@@ -428,6 +428,10 @@ impl Stack {
         if let Some(host) = engine().docker_host() {
             c.env("DOCKER_HOST", host);
         }
+        // A run that wants the daemons' detail: `LEASH_TEST_LOG=leash_sensor=debug`.
+        if let Some(filter) = std::env::var_os("LEASH_TEST_LOG") {
+            c.env("LEASH_LOG", filter);
+        }
         f(&mut c);
         // The machine's /etc/leash (config.toml, policy.d) is not the test's.
         if !c.get_args().any(|a| a == "--config") {
@@ -587,8 +591,21 @@ impl Default for Stack {
     }
 }
 
+/// Lines of each leashd's log a failed test prints.
+const LOG_TAIL: usize = 80;
+
 impl Drop for Stack {
     fn drop(&mut self) {
+        // A failed test shows what its daemons said last.
+        #[allow(clippy::print_stderr, reason = "a failed test's output is where its reader looks")]
+        if std::thread::panicking() {
+            for n in 0..self.leashds.len() {
+                let log = self.leashd_log(n);
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+                eprintln!("--- the last {LOG_TAIL} lines of leashd-{n}.log ---\n{tail}\n---");
+            }
+        }
         // Session containers of this instance, if a test left any; again once
         // leashd is gone (Podman refuses to remove a container that leashd is
         // stopping at that moment).

@@ -542,7 +542,7 @@ fn bypass_attempts_are_denied() {
     if std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() {
         assert!(stdout.contains("memfd-noexec=2"), "{stdout}");
     } else {
-        let log = stack.leashd_log(200);
+        let log = stack.leashd_log(0);
         assert!(
             log.contains("no vm.memfd_noexec: memfd execs are not refused"),
             "this kernel lacks vm.memfd_noexec:\n{log}"

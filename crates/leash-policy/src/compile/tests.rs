@@ -211,6 +211,14 @@ fn patterns_evaluate_and_everything_else_is_final() {
     let Lookup::Final(v) = tables.lookup(FileAction::Write, "/w/p/src/main.rs") else { panic!("not final") };
     assert!(v.allow);
     assert_eq!(tables.reasons(v), ["default-files"]);
+    // protect-host's patterns forbid writes only: the other tables carry
+    // none of them (and are exact, for the kernel's LSM tier to decide).
+    assert_eq!(tables.lookup(FileAction::Read, "/w/p/.git/hooks/pre-commit"), Lookup::Final(v));
+    for action in [FileAction::Open, FileAction::Read, FileAction::Exec] {
+        let t = &tables.files[&action];
+        assert!(t.path_patterns.is_empty() && t.names.is_empty() && !t.evaluate_all, "{action:?}: {t:?}");
+    }
+    assert!(!tables.files[&FileAction::Write].path_patterns.is_empty());
 }
 
 #[test]
