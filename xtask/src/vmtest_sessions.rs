@@ -10,15 +10,20 @@
 //!   made without mounting anything (`mkfs.ext4 -d`), kept until its package
 //!   list or the kernel changes (`rootfs.key`), with the initramfs that loads
 //!   the disk modules and mounts it;
-//! - Docker's data (`docker.ext4`): the test images, `docker save`d here and
-//!   loaded by a first boot, kept until an image or the root file system
-//!   changes (`docker.key`);
+//! - Docker's data (`docker.ext4`): the test images, made here without a
+//!   boot: a private dockerd (this machine's, with its own data root, exec
+//!   root, socket and containerd and no networking, in
+//!   `sessions/docker.tree`) `docker load`s them from this machine's
+//!   dockerd, and once it has stopped, its data root becomes the disk
+//!   (`mkfs.ext4 -d`, which keeps overlay2's whiteouts, attributes, owners
+//!   and modes; checked with debugfs), kept until an image or the root file
+//!   system changes (`docker.key`);
 //! - the run's own disk: the binaries, test executables and static helpers
 //!   just built (release: under TCG a debug build starts too slowly for
 //!   leashd's supervisor), at the paths they have here (the test kit finds
 //!   the daemons next to the test executable), and the guest's script.
 //!
-//! The first two are attached as snapshots (a run keeps nothing). The guest
+//! All three are attached as snapshots (a run keeps nothing). The guest
 //! starts dockerd, prints the active LSMs and what `leashctl status` and
 //! `leashctl doctor` say, then runs each test on its own (`--exact`, with
 //! `CI=true` and this side's `LEASH_*` variables) and prints its time; every
@@ -47,7 +52,8 @@ const PACKAGES: [&str; 7] = [
     "iproute2",       // ip
     "procps",         // ps, for reading a failure
 ];
-/// Changes whenever the root file system is made differently.
+/// Changes whenever the root file system is made differently (its key
+/// also holds the initramfs's /init).
 const LAYOUT: &str = "1";
 
 /// The images the tests run (the hostile suite builds leash-test-volume on
@@ -60,12 +66,11 @@ const TESTS: [&str; 2] = ["sensor", "hostile"];
 const BOOT_MODULES: [&str; 5] = ["crc32c_generic", "virtio_pci", "virtio_blk", "virtio_rng", "ext4"];
 
 /// The tests' waits are scaled by this (`LEASH_TEST_PATIENCE`, unless it is
-/// set here): TCG runs the guest tens of times slower than the host.
+/// set here): a test takes 15 to 25 times as long in the guest as here.
 const PATIENCE: &str = "6";
 /// One test's limit in the guest, in seconds.
 const PER_TEST: u32 = 300;
-/// The limits of the boot that loads the images and of the test run.
-const PREPARE_LIMIT: Duration = Duration::from_secs(25 * 60);
+/// The limit of the test run.
 const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 const MIB: u64 = 1 << 20;
@@ -122,24 +127,12 @@ mkdir -p /var/lib/docker
 mount -t ext4 /dev/vdb /var/lib/docker || fail "cannot mount Docker's disk /dev/vdb"
 
 dockerd >/var/log/dockerd.log 2>&1 &
-dockerd_pid=$!
 for i in $(seq 1 300); do docker info >/dev/null 2>&1 && break; sleep 1; done
 if ! docker info >/dev/null 2>&1; then
   tail -n 40 /var/log/dockerd.log
   fail "dockerd did not answer within 300 s (its log above)"
 fi
 mark "dockerd ready ($(docker version --format '{{.Server.Version}}'))"
-
-if [ "$MODE" = prepare ]; then
-  docker load -q -i /mnt/run/images.tar || fail "docker load of the test images"
-  for i in $IMAGES; do docker image inspect "$i" >/dev/null || fail "the image $i was not loaded"; done
-  mark "images loaded"
-  kill "$dockerd_pid"
-  wait "$dockerd_pid"
-  umount /var/lib/docker || fail "cannot unmount Docker's disk"
-  mark "RESULT: PREPARED"
-  end
-fi
 
 for i in $IMAGES; do docker image inspect "$i" >/dev/null 2>&1 || fail "the image $i is missing in the VM"; done
 # The binaries at the path they have on the host, next to the test executables.
@@ -224,6 +217,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let dir = work.join("sessions");
     std::fs::create_dir_all(work.join("debs"))?;
     std::fs::create_dir_all(&dir)?;
+    let _lock = lock(&dir)?;
     let vmlinuz = vmtest::kernel(&work)?;
     let (qemu, libs, data) = vmtest::qemu(&work)?;
 
@@ -243,11 +237,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let vm = Vm { qemu, libs, data, vmlinuz, initrd };
 
     let (t, at) = (Instant::now(), times.parts.len());
-    let (docker, loaded) = docker_disk(&dir, &vm, &rootfs, &rootfs_key, &mut times)?;
+    let (docker, made) = docker_disk(&dir, &rootfs_key, &mut times)?;
     let part = (
         "Docker disk with the test images".to_owned(),
         t.elapsed().as_secs_f64(),
-        (if loaded { "loaded" } else { "cached" }).to_owned(),
+        (if made { "made" } else { "cached" }).to_owned(),
     );
     times.parts.insert(at, part);
 
@@ -261,12 +255,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if filters.is_empty() { String::new() } else { format!(" matching {}", filters.join(" ")) }
     ));
     let log = work.join("sessions-console.log");
-    let console = boot(&vm, lsms, &[(&rootfs, false), (&docker, false), (&run_disk, false)], RUN_LIMIT, &log)?;
+    let console = boot(&vm, lsms, &[&rootfs, &docker, &run_disk], RUN_LIMIT, &log)?;
     let _ = std::fs::remove_file(&run_disk);
     console.times(&mut times);
     times.total = started.elapsed().as_secs_f64();
     times.print();
     console.verdict("the session tests", "RESULT: PASS", RUN_LIMIT, &log)
+}
+
+/// Holds `<dir>/lock` while it lives: runs share the cached disks and the
+/// run's disk, so a second run waits for the first.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        util::out(&format!("vmtest: another vmtest --sessions holds {}; waiting for it to end", path.display()));
+        flock(&file, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
 }
 
 /// The test executables of leashd's [`TESTS`], built as `cargo test` builds
@@ -305,7 +317,14 @@ fn root_file_system(dir: &Path, kpkg: &Path, vmlinuz: &Path) -> anyhow::Result<(
         .and_then(|n| n.to_str()?.strip_prefix("vmlinuz-"))
         .context("the kernel's file is not named vmlinuz-<version>")?
         .to_owned();
-    let key = format!("layout {LAYOUT}\nsuite {SUITE}\npackages {}\nkernel {kver}\n", PACKAGES.join(" "));
+    let init = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        INITRD_INIT.hash(&mut h);
+        h.finish()
+    };
+    let key =
+        format!("layout {LAYOUT}\nsuite {SUITE}\npackages {}\nkernel {kver}\ninit {init:016x}\n", PACKAGES.join(" "));
     let (image, initrd, key_file) = (dir.join("rootfs.ext4"), dir.join("initrd.cpio.gz"), dir.join("rootfs.key"));
     if image.exists() && initrd.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
         return Ok((image, initrd, key, false));
@@ -424,16 +443,17 @@ fn module_order(modules_dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Re
     Ok(order)
 }
 
-/// Docker's disk with the test images loaded, made by a first boot when
-/// missing or when an image or the root file system changed: (disk, made now).
-fn docker_disk(
-    dir: &Path,
-    vm: &Vm,
-    rootfs: &Path,
-    rootfs_key: &str,
-    times: &mut Timings,
-) -> anyhow::Result<(PathBuf, bool)> {
-    let mut key = rootfs_key.to_owned();
+/// Docker's disk with the test images, made here when missing or when an
+/// image or the root file system changed: (disk, made now).
+///
+/// A private dockerd on this machine (see [`StagingDockerd`]) loads the
+/// images from this machine's dockerd (`docker save | docker load`); once
+/// it has stopped, its data root, less what the guest's dockerd must make
+/// itself, becomes the disk (`mkfs.ext4 -d`), which is checked to hold
+/// overlay2's whiteouts and `trusted.overlay.*` attributes as the tree does.
+fn docker_disk(dir: &Path, rootfs_key: &str, times: &mut Timings) -> anyhow::Result<(PathBuf, bool)> {
+    let mut key = format!("{rootfs_key}docker disk made here\n");
+    let mut ids = Vec::new();
     for image in IMAGES {
         let id = util::output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image])).with_context(
             || {
@@ -441,38 +461,479 @@ fn docker_disk(
                 format!("the image {image} is missing here (`cargo xtask image {name}` builds it)")
             },
         )?;
-        key.push_str(&format!("image {image} {}\n", String::from_utf8_lossy(&id).trim()));
+        let id = String::from_utf8_lossy(&id).trim().to_owned();
+        key.push_str(&format!("image {image} {id}\n"));
+        ids.push(id);
     }
     let (disk, key_file) = (dir.join("docker.ext4"), dir.join("docker.key"));
     if disk.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
         return Ok((disk, false));
     }
     let _ = std::fs::remove_file(&key_file);
-    let stage = dir.join("prepare.tree");
-    remove_dir(&stage)?;
-    std::fs::create_dir_all(stage.join("target"))?;
-    util::out(&format!("vmtest: loading {} into the VM's Docker disk (once per image change)", IMAGES.join(" ")));
+
     let t = Instant::now();
-    util::run(Command::new("docker").arg("save").arg("-o").arg(stage.join("images.tar")).args(IMAGES))
-        .context("docker save of the test images")?;
-    times.add("  docker save", t, "");
-    write_guest(&stage, &[("MODE", "prepare".into()), ("IMAGES", IMAGES.join(" "))], &[])?;
-    let prepare = dir.join("prepare.ext4");
-    mkfs("leash-run", Some(&stage), &prepare, du(&stage)? + 256 * MIB)?;
-    remove_dir(&stage)?;
-    // Sparse: it takes what the images take.
-    mkfs("leash-docker", None, &disk, 20 * 1024 * MIB)?;
-    let log = vmtest::dir()?.join("sessions-prepare-console.log");
-    let console = boot(vm, LSMS, &[(rootfs, false), (&disk, true), (&prepare, false)], PREPARE_LIMIT, &log)?;
-    let _ = std::fs::remove_file(&prepare);
-    if let (Some(ready), Some(loaded)) = (console.at("dockerd ready"), console.at("images loaded")) {
-        times.add_secs("  boot to dockerd ready", ready, "");
-        times.add_secs("  docker load in the VM", loaded - ready, "");
+    let stage = std::fs::canonicalize(dir)?.join("docker.tree");
+    let mut daemon = StagingDockerd::start(&stage)?;
+    util::out(&format!(
+        "vmtest: making the VM's Docker disk here: {} into a private dockerd {} (data root {}; once per image change)",
+        IMAGES.join(" "),
+        daemon.version,
+        daemon.data().display()
+    ));
+    times.add("  private dockerd ready", t, "");
+
+    let t = Instant::now();
+    daemon.load(&IMAGES, &ids)?;
+    times.add("  docker save | docker load here", t, "");
+
+    let t = Instant::now();
+    daemon.stop()?;
+    let data = daemon.data();
+    // What the guest's dockerd makes itself: its networks (the default
+    // bridge), the state of the containerd it starts, and the local volume
+    // driver's device node for this machine's disk.
+    for state in ["network", "containerd", "volumes/backingFsBlockDev"] {
+        let path = data.join(state);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => remove_dir(&path)?,
+            Ok(_) => std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?,
+            Err(_) => {}
+        }
     }
-    console.verdict("loading the test images", "RESULT: PREPARED", PREPARE_LIMIT, &log)?;
-    std::fs::File::open(&disk)?.sync_all().with_context(|| format!("syncing {}", disk.display()))?;
+    let samples = Samples::of(&data)?;
+    let tmp = dir.join("docker.ext4.tmp");
+    // Sparse: it takes what the images take, with room for the tests'
+    // containers and the images the hostile suite builds.
+    mkfs("leash-docker", Some(&data), &tmp, (du(&data)? + 16 * 1024 * MIB).max(20 * 1024 * MIB))?;
+    if let Err(e) = samples.check(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    util::out(&format!(
+        "vmtest: Docker's disk holds the data root's {} whiteouts and {} entries with trusted.overlay.* attributes \
+         (samples checked with debugfs)",
+        samples.whiteouts, samples.overlay_xattrs
+    ));
+    std::fs::rename(&tmp, &disk)?;
+    daemon.remove()?;
     std::fs::write(&key_file, &key)?;
+    times.add("  mkfs.ext4 -d and its check", t, "");
     Ok((disk, true))
+}
+
+/// The private dockerd that makes Docker's disk: this machine's dockerd
+/// binary with everything of its own in `stage` (data root, exec root with
+/// its containerd's state and socket, socket, pid file, config, trust key,
+/// log) and no networking (no bridge, no iptables rules, no IP forwarding),
+/// so that it shares nothing with the dockerd this machine runs. Dropping
+/// it stops the daemon if it still runs, unmounts whatever is mounted below
+/// `stage` and removes `stage`.
+struct StagingDockerd {
+    stage: PathBuf,
+    child: Option<std::process::Child>,
+    version: String,
+}
+
+/// How long the private dockerd may take to answer and to stop.
+const STAGING_READY: Duration = Duration::from_secs(120);
+const STAGING_STOP: Duration = Duration::from_secs(60);
+
+impl StagingDockerd {
+    fn start(stage: &Path) -> anyhow::Result<Self> {
+        clear_stage(stage)?;
+        // From here on, dropping it cleans up.
+        let mut daemon = StagingDockerd { stage: stage.to_owned(), child: None, version: String::new() };
+        std::fs::create_dir_all(stage.join("data"))?;
+        std::fs::create_dir_all(stage.join("exec"))?;
+        // overlay2 cannot keep its layers on overlayfs.
+        let fs = util::output(Command::new("stat").args(["--file-system", "--format=%t"]).arg(stage))?;
+        if String::from_utf8_lossy(&fs).trim() == "794c7630" {
+            bail!(
+                "{} is on overlayfs, where Docker's overlay2 storage driver cannot keep its layers; \
+                 put the target dir on another file system (ext4, xfs) to make the VM's Docker disk",
+                stage.display()
+            );
+        }
+        // A socket's path has at most 107 bytes; the longest is the
+        // containerd's that dockerd starts.
+        let longest = stage.join("exec/containerd/containerd.sock.ttrpc");
+        if longest.as_os_str().len() > 107 {
+            bail!(
+                "the private dockerd's sockets would be longer than a socket's path may be ({}); \
+                 use a shorter target dir",
+                longest.display()
+            );
+        }
+        // Its own config (not /etc/docker/daemon.json) and trust key (not
+        // /etc/docker/key.json).
+        let config = serde_json::json!({ "deprecated-key-path": stage.join("key.json") });
+        std::fs::write(stage.join("daemon.json"), config.to_string())?;
+        let log = std::fs::File::create(stage.join("dockerd.log"))?;
+        // In a network namespace of its own: a dockerd without a bridge
+        // deletes the `docker0` interface of the namespace it runs in,
+        // which here would be this machine's dockerd's.
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--", "dockerd"])
+            .arg("--data-root")
+            .arg(stage.join("data"))
+            .arg("--exec-root")
+            .arg(stage.join("exec"))
+            .arg("--pidfile")
+            .arg(stage.join("docker.pid"))
+            .arg("--config-file")
+            .arg(stage.join("daemon.json"))
+            .arg("--host")
+            .arg(format!("unix://{}", stage.join("docker.sock").display()))
+            // A containerd of its own is started with its state and socket
+            // in the exec root; should a system containerd serve instead,
+            // these namespaces keep them apart from this machine's dockerd.
+            .args(["--containerd-namespace", "leash-vmtest", "--containerd-plugins-namespace", "leash-vmtest-plugins"])
+            .args(["--storage-driver", "overlay2"])
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--ip-forward=false"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        daemon.child = Some(c.spawn().context("cannot run dockerd (the docker.io package) for the VM's Docker disk")?);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                daemon.child = None;
+                bail!("the private dockerd exited ({status}); the end of its log:\n{}", daemon.log_tail());
+            }
+            let out = daemon.docker().args(["version", "--format", "{{.Server.Version}}"]).output()?;
+            if out.status.success() {
+                daemon.version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                return Ok(daemon);
+            }
+            if started.elapsed() > STAGING_READY {
+                bail!(
+                    "the private dockerd did not answer within {} s; the end of its log:\n{}",
+                    STAGING_READY.as_secs(),
+                    daemon.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.stage.join("data")
+    }
+
+    /// `docker` talking to this daemon.
+    fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("--host").arg(format!("unix://{}", self.stage.join("docker.sock").display()));
+        c
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.stage.join("dockerd.log"), 30)
+    }
+
+    /// Loads `images` from this machine's dockerd and checks that they are
+    /// there with the ids they have here.
+    fn load(&self, images: &[&str], ids: &[String]) -> anyhow::Result<()> {
+        let mut save = Command::new("docker")
+            .arg("save")
+            .args(images)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run docker save")?;
+        let stream = save.stdout.take().context("docker save's stdout")?;
+        let loaded =
+            self.docker().args(["load", "--quiet"]).stdin(stream).output().context("cannot run docker load")?;
+        let saved = save.wait_with_output().context("waiting for docker save")?;
+        if !saved.status.success() {
+            bail!(
+                "docker save {} failed ({}): {}",
+                images.join(" "),
+                saved.status,
+                String::from_utf8_lossy(&saved.stderr)
+            );
+        }
+        if !loaded.status.success() {
+            bail!(
+                "docker load into the private dockerd failed ({}): {}\nthe end of its log:\n{}",
+                loaded.status,
+                String::from_utf8_lossy(&loaded.stderr),
+                self.log_tail()
+            );
+        }
+        for (image, id) in images.iter().zip(ids) {
+            let out = self.docker().args(["image", "inspect", "-f", "{{.Id}}", image]).output()?;
+            let there = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !out.status.success() || there != *id {
+                bail!("the private dockerd has not {image} as {id} after docker load (it has {there:?})");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after [`STAGING_STOP`]) and
+    /// unmounts what is left mounted below the stage.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        if let Some(mut child) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let started = Instant::now();
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if started.elapsed() < STAGING_STOP => std::thread::sleep(Duration::from_millis(100)),
+                    _ => break None,
+                }
+            };
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => failure = Some(format!("the private dockerd exited with {s} when stopped")),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failure = Some(format!("the private dockerd did not stop within {} s", STAGING_STOP.as_secs()));
+                }
+            }
+        }
+        // A containerd left behind by a dockerd that did not stop.
+        stop_leftovers(&self.stage);
+        unmount_below(&self.stage)?;
+        match failure {
+            Some(f) => bail!("{f}; the end of its log:\n{}", self.log_tail()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the daemon and removes the stage.
+    fn remove(mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        clear_stage(&self.stage)
+    }
+}
+
+impl Drop for StagingDockerd {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop().and_then(|()| clear_stage(&self.stage)) {
+            util::err(&format!("vmtest: cleaning up the private dockerd in {}: {e:#}", self.stage.display()));
+        }
+    }
+}
+
+/// Stops a private dockerd (or its containerd) that a run which did not end
+/// cleanly left running in `stage`, unmounts what is mounted below it and
+/// removes it.
+fn clear_stage(stage: &Path) -> anyhow::Result<()> {
+    stop_leftovers(stage);
+    unmount_below(stage)?;
+    remove_dir(stage)
+}
+
+/// Stops the processes named by the stage's pid files that are still
+/// running from the stage (SIGTERM, then SIGKILL).
+fn stop_leftovers(stage: &Path) {
+    use rustix::process::{Pid, Signal, kill_process};
+    for file in ["docker.pid", "exec/containerd/containerd.pid"] {
+        let Some(pid) = std::fs::read_to_string(stage.join(file)).ok().and_then(|p| p.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(stage.as_os_str().len()).any(|w| w == stage.as_os_str().as_encoded_bytes()))
+        };
+        let Some(p) = Pid::from_raw(pid).filter(|_| ours(pid)) else { continue };
+        util::out(&format!("vmtest: stopping process {pid} left running in {}", stage.display()));
+        let _ = kill_process(p, Signal::TERM);
+        let started = Instant::now();
+        while ours(pid) && started.elapsed() < STAGING_STOP {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if ours(pid) {
+            let _ = kill_process(p, Signal::KILL);
+        }
+    }
+}
+
+/// Unmounts everything mounted at or below `dir` (overlay layers, the data
+/// root's bind mount, network namespaces), the latest first.
+fn unmount_below(dir: &Path) -> anyhow::Result<()> {
+    for point in mounts_below(dir)? {
+        // Detached even when busy: nothing may use it by now.
+        let out = Command::new("umount").arg("--lazy").arg(&point).output().context("cannot run umount")?;
+        if !out.status.success() {
+            util::err(&format!("vmtest: umount {}: {}", point.display(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    let left = mounts_below(dir)?;
+    if !left.is_empty() {
+        let left: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
+        bail!("cannot unmount {} (so {} is kept)", left.join(", "), dir.display());
+    }
+    Ok(())
+}
+
+/// The mount points at or below `dir`, from the latest mount to the first.
+fn mounts_below(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStringExt;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut found = Vec::new();
+    for line in info.lines() {
+        let Some(field) = line.split(' ').nth(4) else { continue };
+        // Spaces, tabs, newlines and backslashes come as \ooo.
+        let (mut bytes, mut rest) = (Vec::new(), field.as_bytes());
+        while let Some((&b, tail)) = rest.split_first() {
+            let octal = tail.get(..3).and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok());
+            match octal {
+                Some(o) if b == b'\\' => {
+                    bytes.push(o);
+                    rest = &tail[3..];
+                }
+                _ => {
+                    bytes.push(b);
+                    rest = tail;
+                }
+            }
+        }
+        let point = PathBuf::from(OsString::from_vec(bytes));
+        if point.starts_with(dir) {
+            found.push(point);
+        }
+    }
+    found.reverse();
+    Ok(found)
+}
+
+/// What `mkfs.ext4 -d` must carry from Docker's data root into the disk
+/// besides the files' contents: overlay2's whiteouts (character devices
+/// 0/0), its opaque directories (`trusted.overlay.*` attributes), owners
+/// and modes. Counts them in the tree and keeps a sample of each to look
+/// up in the image.
+struct Samples {
+    whiteouts: usize,
+    overlay_xattrs: usize,
+    picked: Vec<Sample>,
+}
+
+/// An entry of the tree as the image must have it.
+struct Sample {
+    /// Its path in the image.
+    path: String,
+    /// Its permission bits.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    whiteout: bool,
+    /// Its `trusted.overlay.*` attributes.
+    attrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Samples {
+    fn of(tree: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut samples = Samples { whiteouts: 0, overlay_xattrs: 0, picked: Vec::new() };
+        let (mut whiteout, mut xattr, mut owner) = (false, false, false);
+        let mut dirs = vec![tree.to_owned()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+                let path = e?.path();
+                let m = std::fs::symlink_metadata(&path)?;
+                if m.is_dir() {
+                    dirs.push(path.clone());
+                }
+                let is_whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+                let attrs = overlay_xattrs(&path)?;
+                samples.whiteouts += usize::from(is_whiteout);
+                samples.overlay_xattrs += usize::from(!attrs.is_empty());
+                let rel = format!("/{}", path.strip_prefix(tree)?.display());
+                // debugfs takes a quoted path; one without spaces or
+                // quotes is simplest to give it.
+                let plain = !rel.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\');
+                let pick = plain
+                    && ((is_whiteout && !whiteout)
+                        || (!attrs.is_empty() && !xattr)
+                        || ((m.uid() != 0 || m.gid() != 0) && !owner));
+                if pick {
+                    whiteout |= is_whiteout;
+                    xattr |= !attrs.is_empty();
+                    owner |= m.uid() != 0 || m.gid() != 0;
+                    samples.picked.push(Sample {
+                        path: rel,
+                        mode: m.mode() & 0o7777,
+                        uid: m.uid(),
+                        gid: m.gid(),
+                        whiteout: is_whiteout,
+                        attrs,
+                    });
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    /// Looks the samples up in `image` with debugfs.
+    fn check(&self, image: &Path) -> anyhow::Result<()> {
+        let debugfs = |request: String| -> anyhow::Result<String> {
+            let out = util::output(Command::new("debugfs").arg("-R").arg(&request).arg(image))?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        };
+        for Sample { path, mode, uid, gid, whiteout, attrs } in &self.picked {
+            let stat = debugfs(format!("stat \"{path}\""))?;
+            let field = |name: &str| {
+                let mut words = stat.split_whitespace().skip_while(|w| *w != name);
+                words.nth(1).map(str::to_owned)
+            };
+            let found = (
+                field("Mode:").and_then(|m| u32::from_str_radix(&m, 8).ok()),
+                field("User:").and_then(|u| u.parse::<u32>().ok()),
+                field("Group:").and_then(|g| g.parse::<u32>().ok()),
+            );
+            if found != (Some(*mode), Some(*uid), Some(*gid)) {
+                bail!(
+                    "{path} in {} has (mode, uid, gid) {found:?} where the tree has {mode:o}, {uid}, {gid}",
+                    image.display()
+                );
+            }
+            if *whiteout
+                && !(stat.contains("Type: character special") && stat.contains("Device major/minor number: 00:00"))
+            {
+                bail!("{path} in {} is not a whiteout (character device 0/0):\n{stat}", image.display());
+            }
+            if !attrs.is_empty() {
+                let list = debugfs(format!("ea_list \"{path}\""))?;
+                for (name, value) in attrs {
+                    let shown = match std::str::from_utf8(value) {
+                        Ok(v) if v.chars().all(|c| c.is_ascii_graphic()) => {
+                            format!("{name} ({}) = \"{v}\"", value.len())
+                        }
+                        _ => format!("{name} ({})", value.len()),
+                    };
+                    if !list.contains(&shown) {
+                        bail!("{path} in {} lacks the attribute {shown}; it has:\n{list}", image.display());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `trusted.overlay.*` extended attributes of `path` (not followed).
+fn overlay_xattrs(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use rustix::fs::{lgetxattr, llistxattr};
+    let mut names = vec![0u8; 4096];
+    let n =
+        llistxattr(path, &mut names[..]).with_context(|| format!("listing the attributes of {}", path.display()))?;
+    let mut found = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(b"trusted.overlay.")) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = vec![0u8; 4096];
+        let len = lgetxattr(path, name.as_str(), &mut value[..])
+            .with_context(|| format!("reading {name} of {}", path.display()))?;
+        value.truncate(len);
+        found.push((name, value));
+    }
+    Ok(found)
 }
 
 /// The run's disk: the binaries, test executables and static helpers at
@@ -512,7 +973,6 @@ fn run_disk(
     }
     let static_dir = statics.first().and_then(|s| s.parent()).context("no static binaries")?;
     let settings = [
-        ("MODE", "run".to_owned()),
         ("TARGET", target.display().to_string()),
         ("STATIC", static_dir.display().to_string()),
         ("PATIENCE", std::env::var("LEASH_TEST_PATIENCE").unwrap_or_else(|_| PATIENCE.to_owned())),
@@ -600,10 +1060,11 @@ struct Vm {
     initrd: PathBuf,
 }
 
-/// Boots the VM with `disks` (vda, vdb, vdc; each kept or a snapshot),
+/// Boots the VM with `disks` (vda, vdb, vdc; snapshots: the run keeps
+/// nothing of what the guest writes),
 /// printing the guest's `VMSESSIONS` lines as they come and every line to
 /// `log`; stops it after `limit`.
-fn boot(vm: &Vm, lsms: &str, disks: &[(&Path, bool)], limit: Duration, log: &Path) -> anyhow::Result<Console> {
+fn boot(vm: &Vm, lsms: &str, disks: &[&Path], limit: Duration, log: &Path) -> anyhow::Result<Console> {
     let mut cmd = Command::new(&vm.qemu);
     for d in &vm.data {
         cmd.arg("-L").arg(d);
@@ -621,15 +1082,11 @@ fn boot(vm: &Vm, lsms: &str, disks: &[(&Path, bool)], limit: Duration, log: &Pat
         // system call flush TCG's TLB.
         .arg("-append")
         .arg(format!("console=ttyS0 loglevel=4 lsm={lsms} mitigations=off panic=-1"));
-    for (disk, keep) in disks {
-        // The guest's flushes are not passed on (a kept disk is synced
-        // once QEMU is done).
+    for disk in disks {
+        // The guest's flushes are not passed on: nothing is kept.
         let mut spec = OsString::from("file=");
         spec.push(disk.as_os_str());
-        spec.push(",format=raw,if=virtio,cache=unsafe");
-        if !keep {
-            spec.push(",snapshot=on");
-        }
+        spec.push(",format=raw,if=virtio,cache=unsafe,snapshot=on");
         cmd.arg("-drive").arg(spec);
     }
     let errors = log.with_extension("qemu-stderr");

@@ -6,7 +6,7 @@
 //! fanotify does not say whether an open is for reading or writing: the
 //! thread that opens is blocked in its open call until the answer, so its
 //! flags are read from `/proc/<tid>/syscall` (`FAN_REPORT_TID` gives the
-//! thread); an open made otherwise (io_uring, say) is decided as a write.
+//! thread); an open made otherwise (io_uring, say) is decided as both a read and a write.
 //! Nothing runs for opens the kernel answers from its cache, and nothing at
 //! all for processes outside sessions. Paths the tables mark "evaluate" are
 //! asked of the policy service; when it cannot answer, enforce mode denies.
@@ -56,7 +56,7 @@ pub struct FileDecision {
     pub path: String,
     /// What was decided.
     pub action: FileAction,
-    /// Whether the open flags were known (else decided as a write).
+    /// Whether the open flags were known (else decided as a read and a write).
     pub flags_known: bool,
     /// Allowed by the policy (before the mode).
     pub allow: bool,
@@ -91,10 +91,26 @@ pub const FLAGS_EXEC: u32 = 0x8000_0000;
 /// The flags of the open call `tid` is blocked in, from
 /// `/proc/<tid>/syscall` (x86-64 numbering); [`FLAGS_EXEC`] for an execve.
 /// None when they cannot be known safely (no open call — io_uring's
-/// workers, say — or `openat2`), which decides the open as a write.
+/// workers, say — or `openat2`), which decides the open as a read and a write.
 #[cfg(target_arch = "x86_64")]
 pub fn syscall_flags(tid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
+    // The kernel reads a thread's registers only once it is off its CPU,
+    // and says "running" (or fails with EAGAIN) until then: the thread is
+    // on its way to wait for this answer, so ask again a few times
+    // (Debian 12's kernel 6.1 does this to most reads made at once).
+    let path = format!("/proc/{tid}/syscall");
+    let mut text = None;
+    for attempt in 0..SYSCALL_READS {
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.starts_with("running") => {
+                text = Some(t);
+                break;
+            }
+            Err(e) if e.raw_os_error() != Some(nix::libc::EAGAIN) => return None,
+            _ => std::thread::sleep(std::time::Duration::from_micros(50 << attempt)),
+        }
+    }
+    let text = text?;
     let mut fields = text.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     let args: Vec<u64> =
@@ -112,6 +128,11 @@ pub fn syscall_flags(tid: u32) -> Option<u32> {
         _ => None,
     }
 }
+
+/// Reads of `/proc/<tid>/syscall` before its flags count as unknown
+/// (waits of 50 µs doubling: 6.35 ms in all).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_READS: u32 = 8;
 
 /// Elsewhere the syscall table differs: every open is decided as a write.
 #[cfg(not(target_arch = "x86_64"))]
@@ -378,7 +399,8 @@ fn in_cgroup(tid: u32, cgroup: &str) -> bool {
         .unwrap_or(true)
 }
 
-/// The file action of an open with `flags` (None: unknown, decided as a write).
+/// The file action of an open with `flags` (None: unknown, decided as a write and, by
+/// the decider, as a read too).
 pub fn action_of(flags: Option<u32>) -> FileAction {
     let Some(f) = flags else { return FileAction::Write };
     if f == FLAGS_EXEC {
@@ -592,11 +614,19 @@ fn decide_one(
     let flags = if exec { None } else { syscall_flags(tid) };
     let path = resolved_path(ev.fd);
     let action = if exec { FileAction::Exec } else { action_of(flags) };
+    // Flags unknown (io_uring's workers, openat2, a thread whose call
+    // cannot be read): the open may read or write, and both must be
+    // allowed — a file forbidden to read only is not let through as a write.
+    let unknown = !exec && flags.is_none();
+    let decide_as = |p: &str| {
+        let (a, r) = decide(g, action, p, &l.evaluate);
+        if a && unknown { decide(g, FileAction::Read, p, &l.evaluate) } else { (a, r) }
+    };
     let (mut allow, mut reasons) = match (g.mode, &path) {
         (Mode::Record, _) => (true, Vec::new()),
         // No path (longer than the kernel will print, say): denied.
         (_, None) => (false, vec!["unresolvable path".to_owned()]),
-        (_, Some(p)) => decide(g, action, p, &l.evaluate),
+        (_, Some(p)) => decide_as(p),
     };
     let meta = std::fs::metadata(format!("/proc/self/fd/{}", ev.fd)).ok();
     let lineage = lineage(tid);
@@ -612,7 +642,7 @@ fn decide_one(
         if let Some(m) = &meta
             && let Some(other) = identities.other_name(&root, p, crate::identity::id_of(m))
         {
-            let (a, r) = decide(g, action, &other, &l.evaluate);
+            let (a, r) = decide_as(&other);
             if !a {
                 (allow, reasons) = (false, r);
                 traced = Some(format!("via inode of {other}"));
@@ -621,7 +651,7 @@ fn decide_one(
         // A program the policy forbids to execute, read by the program
         // interpreter run directly: that read is its exec.
         if allow
-            && action == FileAction::Read
+            && (action == FileAction::Read || unknown)
             && let Some((_, _, exe)) = &lineage
             && is_program_interpreter(exe)
         {

@@ -602,8 +602,10 @@ impl Drop for Stack {
             for n in 0..self.leashds.len() {
                 let log = self.leashd_log(n);
                 let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
-                eprintln!("--- the last {LOG_TAIL} lines of leashd-{n}.log ---\n{tail}\n---");
+                // All of it when the run asked for detail.
+                let keep = if std::env::var_os("LEASH_TEST_LOG").is_some() { lines.len() } else { LOG_TAIL };
+                let tail = lines[lines.len().saturating_sub(keep)..].join("\n");
+                eprintln!("--- the last {keep} lines of leashd-{n}.log ---\n{tail}\n---");
             }
         }
         // Session containers of this instance, if a test left any; again once

@@ -205,6 +205,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         ("top2.txt", "TOPSECRET2\n"),
         ("top3.txt", "TOPSECRET3\n"),
         ("top4.txt", "TOPSECRET4\n"),
+        ("top5.txt", "TOPSECRET5\n"),
         ("outer/private/key", "PRIVATE\n"),
         ("notes.txt", "notes\n"),
     ] {
@@ -234,6 +235,7 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
         forbid("no-top2", "FileOpenReadOnly", &format!("== File::\"{p}/top2.txt\"")),
         forbid("no-top3", "FileOpenReadOnly", &format!("== File::\"{p}/top3.txt\"")),
         forbid("no-top4", "FileOpenReadOnly", &format!("== File::\"{p}/top4.txt\"")),
+        forbid("no-top5", "FileOpenReadOnly", &format!("== File::\"{p}/top5.txt\"")),
         forbid("no-private", "FileOpenReadOnly", &format!("in Dir::\"{p}/outer/private/\"")),
         forbid("no-tool", "ProcessExec", &format!("== File::\"{p}/tool\"")),
         forbid("no-volume", "FileOpen", "== File::\"/vol/secret\""),
@@ -320,6 +322,14 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
             "O_PATH, then /proc/self/fd/N",
             "./leash-storm opath secret/key",
             ev("secret/key", "no-secret"),
+        ),
+        attempt(
+            // Its flags are in the caller's memory: the fallback tier cannot
+            // read them, so the open must hold as a read too.
+            "openat2",
+            "openat2(O_RDONLY) of a file forbidden to read only",
+            "./leash-storm openat2 top5.txt",
+            ev("top5.txt", "no-top5"),
         ),
         attempt(
             "handle",

@@ -111,6 +111,18 @@ fn file_attempt(args: &[String]) -> Option<ExitCode> {
                 });
             Some(say("opath", r.map(|t| t.trim().to_owned())))
         }
+        [what, file] if what == "openat2" => {
+            let how = rustix::fs::ResolveFlags::empty();
+            let r = rustix::fs::openat2(CWD, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), how)
+                .map_err(|e| e.to_string())
+                .and_then(|fd| {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)
+                        .map_err(|e| e.to_string())?;
+                    Ok(text.trim().to_owned())
+                });
+            Some(say("openat2", r))
+        }
         [what, file, rest @ ..] if what == "execveat" => {
             let fd = match rustix::fs::open(file, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()) {
                 Ok(fd) => fd,
