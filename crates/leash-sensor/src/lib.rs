@@ -1163,9 +1163,15 @@ fn restore(shared: &Arc<Shared>) {
     }
 }
 
-/// The environment variable that puts sessions on the LSM tier where the
-/// kernel runs BPF LSM.
+/// The environment variable that keeps sessions off the LSM tier
+/// (`LEASH_SENSOR_LSM=0`: the fallback tier governs them on every kernel).
 pub const LSM_ENV: &str = "LEASH_SENSOR_LSM";
+
+/// Whether sessions may use the LSM tier where the kernel runs BPF LSM:
+/// unless [`LSM_ENV`] is `0`.
+pub fn lsm_allowed() -> bool {
+    std::env::var_os(LSM_ENV).is_none_or(|v| v != "0")
+}
 
 /// Runs the sensor until shutdown.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
@@ -1180,14 +1186,10 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     let pins = ctx.layout.bpffs_dir();
     // The LSM tier where the kernel runs BPF LSM (found by trying).
     let lsm_probe = bpf::probe_lsm();
-    // Sessions on the LSM tier are asked for (`LEASH_SENSOR_LSM=1`): in
-    // real sessions on Debian 12's kernel, attacks by links, renames and
-    // descriptors that the fallback tier holds got through with it
-    // (docs/SENSOR.md, "Tiers"); until that is understood, the fallback
-    // tier governs sessions on every kernel unless asked.
-    let lsm_wanted = lsm_probe.is_ok() && std::env::var_os(LSM_ENV).is_some_and(|v| v == "1");
+    // Sessions use the LSM tier wherever it runs, unless kept off it.
+    let lsm_wanted = lsm_probe.is_ok() && lsm_allowed();
     if lsm_probe.is_ok() && !lsm_wanted {
-        tracing::info!("BPF LSM runs here; sessions stay on the fallback tier unless {LSM_ENV}=1");
+        tracing::info!("BPF LSM runs here; sessions stay on the fallback tier ({LSM_ENV}=0)");
     }
     let kernel = cgroup.and_then(|c| bpf::load(&c, &pins, lsm_wanted));
     let lsm = kernel.as_ref().is_ok_and(|k| k.links.iter().any(|(name, _)| name.starts_with("leash_lsm_")));

@@ -73,7 +73,8 @@ pub fn decide(
         ("fanotify".to_owned(), show(&fanotify)),
     ];
     let lsm_note = match &lsm {
-        Ok(()) => "BPF LSM programs load here; sessions use them with LEASH_SENSOR_LSM=1".to_owned(),
+        Ok(()) if crate::lsm_allowed() => "BPF LSM programs load here".to_owned(),
+        Ok(()) => "BPF LSM programs load here; sessions are kept off them (LEASH_SENSOR_LSM=0)".to_owned(),
         Err(e) => e.clone(),
     };
     let lsm_tier = attached && lsm.is_ok() && programs.is_ok();

@@ -59,15 +59,15 @@ pub fn bin_dir() -> PathBuf {
 
 /// How this kernel has sessions' files decided: "bpf-lsm" where the
 /// sensor's own probe finds that BPF LSM programs load and `bpf` is an
-/// active LSM and the run asks for the LSM tier (`LEASH_SENSOR_LSM=1`, which
-/// the daemons inherit), else "fanotify".
+/// active LSM, unless the run keeps sessions off it (`LEASH_SENSOR_LSM=0`,
+/// which the daemons inherit), else "fanotify".
 pub fn file_mechanism() -> &'static str {
     static MECHANISM: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     MECHANISM.get_or_init(|| {
         let out = Command::new(bin_dir().join("leash-sensor")).arg("--probe").output().expect("leash-sensor --probe");
         let probe = String::from_utf8_lossy(&out.stdout).into_owned();
-        let asked = std::env::var_os("LEASH_SENSOR_LSM").is_some_and(|v| v == "1");
-        if asked && probe.lines().any(|l| l == "bpf-lsm: ok") { "bpf-lsm" } else { "fanotify" }
+        let allowed = std::env::var_os("LEASH_SENSOR_LSM").is_none_or(|v| v != "0");
+        if allowed && probe.lines().any(|l| l == "bpf-lsm: ok") { "bpf-lsm" } else { "fanotify" }
     })
 }
 

@@ -1,7 +1,8 @@
 //! The hostile-agent suite (`cargo xtask hostile`, and `cargo test`): a
 //! battery of the attempts a prompt-injected agent makes to get around the
 //! file, exec, write and network rules, inside real sessions on the test
-//! images, on the fallback tier. Each attempt is reported as held or
+//! images, on the tier this kernel has (the LSM tier where it runs BPF LSM,
+//! `cargo xtask vmtest --sessions`; the fallback tier elsewhere). Each attempt is reported as held or
 //! bypassed, with the event that decided it; one bypass fails the suite.
 
 use std::path::Path;
@@ -185,14 +186,14 @@ fn volume_image() {
 }
 
 #[test]
-fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
-    if !require_docker("a_hostile_agent_gets_around_nothing_on_the_fallback_tier")
-        || !require_image("a_hostile_agent_gets_around_nothing_on_the_fallback_tier", DEBIAN)
+fn a_hostile_agent_gets_around_nothing_on_either_tier() {
+    if !require_docker("a_hostile_agent_gets_around_nothing_on_either_tier")
+        || !require_image("a_hostile_agent_gets_around_nothing_on_either_tier", DEBIAN)
     {
         return;
     }
     volume_image();
-    assert!(require_image("a_hostile_agent_gets_around_nothing_on_the_fallback_tier", VOLUME_IMAGE));
+    assert!(require_image("a_hostile_agent_gets_around_nothing_on_either_tier", VOLUME_IMAGE));
     let mut stack = Stack::new();
     stack.start_leashd_for_sessions();
     stack.wait_healthy(Duration::from_secs(10));
@@ -555,7 +556,8 @@ fn a_hostile_agent_gets_around_nothing_on_the_fallback_tier() {
 
     #[allow(clippy::print_stdout, reason = "the suite's report")]
     {
-        println!("\nhostile-agent suite, fallback tier ({} attempts):\n{}\n", report.len(), report.join("\n"));
+        let tier = if leash_testkit::file_mechanism() == "bpf-lsm" { "LSM" } else { "fallback" };
+        println!("\nhostile-agent suite, {tier} tier ({} attempts):\n{}\n", report.len(), report.join("\n"));
     }
     assert!(bypassed.is_empty(), "bypassed:\n{}", bypassed.join("\n"));
 }
