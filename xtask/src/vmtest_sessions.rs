@@ -169,9 +169,10 @@ while read -r bin exe; do
       [ -n "$keep" ] || continue
     fi
     mark "BEGIN $bin::$t"
+    # (stdin is the list being read: a test's processes must not eat it)
     start=$(up)
     CI=true LEASH_TEST_PATIENCE=$PATIENCE LEASH_TEST_STATIC_DIR=$STATIC RUST_BACKTRACE=1 \
-      timeout -k 10 "$PER_TEST" "$exe" --exact "$t" --test-threads=1 --nocapture 2>&1
+      timeout -k 10 "$PER_TEST" "$exe" --exact "$t" --test-threads=1 --nocapture 2>&1 </dev/null
     rc=$?
     secs=$(echo "$(up) $start" | awk '{printf "%.1f", $1 - $2}')
     if [ "$rc" = 0 ]; then
