@@ -20,7 +20,7 @@ pub struct Capability {
 pub struct Report {
     /// Per action.
     pub capabilities: Vec<Capability>,
-    /// "bpf-lsm" or "fallback".
+    /// "lsm" or "fallback".
     pub tier: String,
     /// What each probe found.
     pub probes: Vec<(String, String)>,
@@ -134,7 +134,7 @@ pub fn decide(
     };
     Report {
         capabilities: vec![file("file-read"), file("file-write"), file("exec"), net("connect"), net("sendmsg")],
-        tier: if lsm_tier { "bpf-lsm" } else { "fallback" }.to_owned(),
+        tier: if lsm_tier { "lsm" } else { "fallback" }.to_owned(),
         probes,
         gaps,
     }
@@ -223,7 +223,7 @@ mod tests {
         let m = |a| r.capabilities.iter().find(|c| c.action == a).unwrap().mechanism;
         assert_eq!(
             (r.tier.as_str(), m("file-read"), m("exec"), m("connect")),
-            ("bpf-lsm", "bpf-lsm", "bpf-lsm", "cgroup-sock")
+            ("lsm", "bpf-lsm", "bpf-lsm", "cgroup-sock")
         );
     }
 }

@@ -692,7 +692,7 @@ pub fn vm_check() -> ExitCode {
             let attached = k.links.iter().any(|(n, _)| n.starts_with("leash_lsm_"));
             let caps = probe::decide(Ok(()), crate::bpf::probe_lsm(), attached, probe::fanotify());
             say(&format!("sessions' tier: {} ({} programs attached)", caps.tier, k.links.len()));
-            if caps.tier != "bpf-lsm" {
+            if caps.tier != "lsm" {
                 failures.push("sessions-tier");
             }
             let shared = bare(k, caps, attached);

@@ -219,7 +219,7 @@ pub fn vm_bench() -> ExitCode {
     let attached = kernel.links.iter().any(|(n, _)| n.starts_with("leash_lsm_"));
     let caps = probe::decide(Ok(()), lsm, attached, probe::fanotify());
     say(&format!("tier {}", caps.tier));
-    if caps.tier != "bpf-lsm" {
+    if caps.tier != "lsm" {
         return fail("the LSM tier is not available in this guest".into());
     }
     let shared = crate::selftest::bare(kernel, caps, attached);

@@ -302,7 +302,7 @@ fn doctor_reports_what_is_enforced_and_proves_it() {
     // the fallback tier elsewhere; the probe says which, in words that
     // match the kernel.
     let lsm_tier = leash_testkit::file_mechanism() == "bpf-lsm";
-    assert_eq!(v["tier"], if lsm_tier { "bpf-lsm" } else { "fallback" }, "{v}");
+    assert_eq!(v["tier"], if lsm_tier { "lsm" } else { "fallback" }, "{v}");
     let lsm = v["probes"]["bpf-lsm"].as_str().unwrap();
     let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     assert!(
