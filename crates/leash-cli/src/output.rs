@@ -96,6 +96,8 @@ pub struct DaemonJson {
     pub runtime_dir: String,
     /// State dir.
     pub state_dir: String,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
 }
 
 /// A component in `status --json`.
@@ -121,6 +123,8 @@ pub struct ComponentJson {
     pub detail: String,
     /// What it reports about itself.
     pub facts: BTreeMap<String, String>,
+    /// Resident memory, bytes (0 when not running).
+    pub rss_bytes: u64,
 }
 
 /// Hub counters in `status --json`.
@@ -160,6 +164,7 @@ impl StatusJson {
                 socket: s.socket.clone(),
                 runtime_dir: s.runtime_dir.clone(),
                 state_dir: s.state_dir.clone(),
+                rss_bytes: s.rss_bytes,
             },
             components: s
                 .components
@@ -175,6 +180,7 @@ impl StatusJson {
                     spawned: c.spawned,
                     detail: c.detail.clone(),
                     facts: facts(&c.facts),
+                    rss_bytes: c.rss_bytes,
                 })
                 .collect(),
             sessions: s.sessions,
@@ -208,11 +214,12 @@ impl StatusJson {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "leashd {}  pid {}  up {}  instance {}",
+            "leashd {}  pid {}  up {}  instance {}  rss {}",
             d.version,
             d.pid,
             duration(d.uptime_secs),
-            d.instance
+            d.instance,
+            mib(d.rss_bytes)
         );
         let _ = writeln!(out, "socket   {}", d.socket);
         let _ = writeln!(out, "ui       {}", self.ui.render());
@@ -220,7 +227,7 @@ impl StatusJson {
             let _ = writeln!(out, "{k:<8} {v}");
         }
         let _ = writeln!(out);
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .components
             .iter()
             .map(|c| {
@@ -231,11 +238,12 @@ impl StatusJson {
                     if c.version.is_empty() { "-".to_owned() } else { c.version.clone() },
                     if c.pid.is_some() { duration(c.uptime_secs) } else { "-".to_owned() },
                     c.restarts.to_string(),
+                    if c.pid.is_some() { mib(c.rss_bytes) } else { "-".to_owned() },
                     c.socket.clone(),
                 ]
             })
             .collect();
-        let header = ["COMPONENT", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "SOCKET"].map(str::to_owned);
+        let header = ["COMPONENT", "STATE", "PID", "VERSION", "UPTIME", "RESTARTS", "RSS", "SOCKET"].map(str::to_owned);
         out.push_str(&table(&std::iter::once(header).chain(rows).collect::<Vec<_>>()));
         for c in &self.components {
             if !c.detail.is_empty() {
@@ -395,6 +403,11 @@ pub fn json<T: Serialize>(v: &T) {
         Ok(s) => println!("{s}"),
         Err(e) => println!("{{\"error\":{:?}}}", e.to_string()),
     }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

@@ -77,6 +77,7 @@ impl Manager for ManagerService {
                 }))
                 .collect(),
             api: Some(self.api_status()),
+            rss_bytes: crate::proc::rss_bytes(std::process::id()),
         }))
     }
 
@@ -462,6 +463,7 @@ async fn component_status(v: View) -> pb::ComponentStatus {
         spawned: v.spawned,
         detail: v.detail,
         facts,
+        rss_bytes: v.pid.map_or(0, crate::proc::rss_bytes),
     }
 }
 

@@ -23,3 +23,13 @@ pub async fn wait_exit(pid: u32) -> io::Result<()> {
     let _ready = fd.readable().await?;
     Ok(())
 }
+
+/// A process's resident memory (`VmRSS`), in bytes; 0 when it cannot be read.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}

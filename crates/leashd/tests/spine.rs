@@ -33,7 +33,11 @@ fn leashctl_status_lists_all_four_daemons_healthy() {
         assert_eq!(c["spawned"], true, "{c}");
         assert!(alive(c["pid"].as_u64().unwrap() as u32), "{c}");
         assert!(c["socket"].as_str().unwrap().starts_with(stack.runtime_dir.to_str().unwrap()), "{c}");
+        // Each daemon's resident memory, as the kernel counts it.
+        let rss = c["rss_bytes"].as_u64().unwrap_or(0);
+        assert!((1 << 20..1 << 30).contains(&rss), "{c}");
     }
+    assert!((1u64 << 20..1 << 30).contains(&status["leashd"]["rss_bytes"].as_u64().unwrap_or(0)), "{status}");
     assert_eq!(Stack::component(&status, "leash-policy")["facts"]["policies"], "9");
     // leashd reaches the container engine (CI starts dockerd).
     let engine = status["host"]["engine"].as_str().unwrap_or_default();

@@ -169,7 +169,7 @@ pub(super) async fn status(State(ctx): State<Ctx>) -> Response {
     .map(|c| c.into_inner());
     let events = s.events.unwrap_or_default();
     json_ok(json!({
-        "leashd": s.leashd.as_ref().map(|h| json!({ "version": h.version, "pid": h.pid })),
+        "leashd": s.leashd.as_ref().map(|h| json!({ "version": h.version, "pid": h.pid, "rss_bytes": s.rss_bytes })),
         "components": s.components.iter().map(|c| json!({
             "name": c.name,
             "state": leash_proto::state_name(c.state),
@@ -177,6 +177,7 @@ pub(super) async fn status(State(ctx): State<Ctx>) -> Response {
             "restarts": c.restarts,
             "uptime_secs": c.uptime_secs,
             "detail": c.detail,
+            "rss_bytes": c.rss_bytes,
         })).collect::<Vec<_>>(),
         "sessions": s.sessions,
         "events": {
