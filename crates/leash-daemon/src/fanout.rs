@@ -1,10 +1,13 @@
 //! A component's event stream to its followers (leashd): events published
-//! in batches, queued per follower up to a bound (beyond it they are
-//! dropped and counted, never blocking the producer), and sent as
-//! `EventBatch` messages.
+//! in batches, repeats of an allow folded into a count, queued per follower
+//! up to a bound (beyond it they are dropped and counted, never blocking
+//! the producer), and sent as `EventBatch` messages.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::fold::{Fold, WINDOW};
 
 use leash_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
@@ -34,33 +37,26 @@ impl Follower {
     }
 }
 
-/// The followers of one component's events.
+/// The followers of one component's events, and the allows whose repeats
+/// are being folded (see [`crate::fold`]).
 #[derive(Default)]
 pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
     followers: Mutex<Vec<Follower>>,
     dropped: AtomicU64,
+    fold: Mutex<Fold>,
+    /// The task that sends the folded counts runs.
+    ticking: AtomicBool,
 }
 
-impl std::fmt::Debug for Fanout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fanout").field("dropped", &self.dropped()).finish_non_exhaustive()
-    }
-}
-
-impl Fanout {
-    /// Events no follower had room for.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Publishes one event.
-    pub fn publish(&self, e: pb::Event) {
-        self.publish_batch(vec![e]);
-    }
-
+impl Inner {
     /// Hands events to every follower as one queue operation each. No
     /// follower (leashd reconnecting) is not a drop: nobody is listening.
-    pub fn publish_batch(&self, batch: Vec<pb::Event>) {
+    fn send_all(&self, batch: Vec<pb::Event>) {
         if batch.is_empty() {
             return;
         }
@@ -73,12 +69,62 @@ impl Fanout {
         // The last (usually the only) follower takes the batch itself.
         last.send(batch, &self.dropped);
     }
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout").field("dropped", &self.dropped()).finish_non_exhaustive()
+    }
+}
+
+impl Fanout {
+    /// Events no follower had room for.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Repeated allows that went out as a count rather than one by one.
+    pub fn folded(&self) -> u64 {
+        self.inner.fold.lock().unwrap_or_else(|p| p.into_inner()).folded
+    }
+
+    /// Publishes one event.
+    pub fn publish(&self, e: pb::Event) {
+        self.publish_batch(vec![e]);
+    }
+
+    /// Hands events to every follower, repeats of an allow folded.
+    pub fn publish_batch(&self, batch: Vec<pb::Event>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let out: Vec<pb::Event> = {
+            let mut fold = self.inner.fold.lock().unwrap_or_else(|p| p.into_inner());
+            batch.into_iter().filter_map(|e| fold.offer(e, now)).collect()
+        };
+        self.inner.send_all(out);
+    }
 
     /// A new follower's stream: what is ready at once goes in one message.
     pub fn follow(&self, shutdown: CancellationToken) -> EventStream {
+        if !self.inner.ticking.swap(true, Ordering::Relaxed) {
+            // The folded counts go out as their windows close.
+            let inner = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(WINDOW / 4);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    let due = inner.fold.lock().unwrap_or_else(|p| p.into_inner()).due(Instant::now());
+                    inner.send_all(due);
+                }
+            });
+        }
         let (events_tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<pb::Event>>();
         let queued = Arc::new(AtomicU64::new(0));
-        self.followers
+        self.inner
+            .followers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Follower { tx: events_tx, queued: queued.clone() });

@@ -11,6 +11,7 @@ pub mod client;
 pub mod component;
 pub mod env;
 pub mod fanout;
+pub mod fold;
 pub mod handshake;
 pub mod log_failures;
 pub mod net;

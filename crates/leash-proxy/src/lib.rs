@@ -182,6 +182,7 @@ impl Proxy for Service {
             ("denied", c.denied.load(Ordering::Relaxed).to_string()),
             ("upstream_errors", c.upstream_errors.load(Ordering::Relaxed).to_string()),
             ("dropped_events", self.shared.events.dropped().to_string()),
+            ("folded_events", self.shared.events.folded().to_string()),
         ]))
     }
 

@@ -669,6 +669,7 @@ impl Sensor for Service {
             ("programs", programs),
             ("sessions", s.sessions.lock().unwrap_or_else(|p| p.into_inner()).len().to_string()),
             ("dropped_events", dropped.to_string()),
+            ("folded_events", s.events.folded().to_string()),
         ]))
     }
 

@@ -1100,3 +1100,37 @@ fn the_cache_never_answers_for_another_name_whatever_links_and_renames_do() {
         }
     }
 }
+
+#[test]
+fn repeated_allows_are_stored_once_with_their_count_and_refusals_one_by_one() {
+    if !require_docker("repeated_allows_are_stored_once_with_their_count_and_refusals_one_by_one") {
+        return;
+    }
+    let stack = stack();
+    project_files(&stack);
+    let policy = policy(&stack, &[NO_LAN]);
+    // 40 connects to an allowed address and 40 to a forbidden one (UDP:
+    // a connect decides, nothing is sent).
+    let script = "./leash-storm connect 40 192.0.2.7:9; ./leash-storm connect 40 10.99.1.1:9";
+    let out = stack
+        .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    // The allow: its first event at once, then one with the count of the
+    // rest when its window closes; every refusal whole.
+    let events = eventually(Duration::from_secs(10), "the count of the repeated allow", || {
+        let e = stack.events();
+        e.iter().any(|e| e["resource"] == "192.0.2.7:9" && !e["details"]["repeats"].is_null()).then_some(e)
+    });
+    let allows: Vec<&serde_json::Value> = events.iter().filter(|e| e["resource"] == "192.0.2.7:9").collect();
+    let stood_for: u64 =
+        allows.iter().map(|e| e["details"]["repeats"].as_str().map_or(1, |r| r.parse::<u64>().unwrap())).sum();
+    assert_eq!(stood_for, 40, "{allows:#?}");
+    assert!(allows.len() <= 4, "the repeats were not folded: {} events", allows.len());
+    let denials = events.iter().filter(|e| e["resource"] == "10.99.1.1:9" && e["decision"] == "deny").count();
+    assert_eq!(denials, 40);
+    let status = stack.status().unwrap();
+    let folded = Stack::component(&status, "leash-sensor")["facts"]["folded_events"].as_str().unwrap_or("0").to_owned();
+    assert!(folded.parse::<u64>().unwrap() >= 36, "{status}");
+}
