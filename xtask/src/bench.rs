@@ -48,7 +48,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             Some("--events-only") => sensor(true),
             // What tracing forbidden files by identity costs on new files.
             Some("--new-files") => sensor_new_files(),
-            Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files)"),
+            // What a user feels: each workload against plain Docker.
+            Some("--rows") => crate::bench_rows::run(),
+            Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files, --rows)"),
         },
         Some(other) => {
             bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, lsm, proxy, ui")
@@ -262,7 +264,7 @@ fn startup() -> anyhow::Result<()> {
 
 /// A release instance with leashd running and the test image built, ready
 /// for sessions; `why_root` is the refusal when not root.
-fn sessions_ready(why_root: &str) -> anyhow::Result<(Instance, String)> {
+pub(crate) fn sessions_ready(why_root: &str) -> anyhow::Result<(Instance, String)> {
     if !rustix::process::geteuid().is_root() {
         bail!("{why_root}");
     }
@@ -358,10 +360,15 @@ const STORM: u64 = 1_000_000;
 
 /// A shell loop that prints how many microseconds `body` took `n` times
 /// (busybox's `adjtimex` gives the time to the microsecond).
-fn timed_loop(n: u32, body: &str) -> String {
+pub(crate) fn timed_loop(n: u32, body: &str) -> String {
+    timed(&format!("i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done"))
+}
+
+/// A shell block that prints how many microseconds `body` took.
+pub(crate) fn timed(body: &str) -> String {
     format!(
         "now() {{ adjtimex | awk '/tv_sec/{{s=$2}} /tv_usec/{{u=$2}} END{{printf \"%s%06d\", s, u}}'; }}; \
-         s=$(now); i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done; e=$(now); echo $((e-s))"
+         s=$(now); {body}; e=$(now); echo $((e-s))"
     )
 }
 
@@ -376,7 +383,7 @@ const RUNNER: &str = "mkfifo /tmp/leash-bench-go /tmp/leash-bench-done; \
 
 /// Starts `name`, an ungoverned container of `image` with `dir` mounted at
 /// the same path (replacing one left by an earlier run): the baseline.
-fn start_plain(name: &str, image: &str, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn start_plain(name: &str, image: &str, dir: &Path) -> anyhow::Result<()> {
     let _ = Command::new("docker").args(["rm", "-f", name]).output();
     let mount = format!("{0}:{0}", dir.display());
     util::output(Command::new("docker").args(["run", "-d", "--name", name, "-v", &mount, image, "sh", "-c", RUNNER]))?;
@@ -385,7 +392,7 @@ fn start_plain(name: &str, image: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// Runs a [`timed_loop`] script as a job of `container`'s runner, in
 /// `dir`; its microseconds.
-fn timed_exec(container: &str, dir: &Path, script: &str) -> anyhow::Result<f64> {
+pub(crate) fn timed_exec(container: &str, dir: &Path, script: &str) -> anyhow::Result<f64> {
     use std::io::Write;
     let job = format!("cd '{}' || exit 1\n{script}\n", dir.display());
     let mut put = Command::new("docker")

@@ -63,7 +63,7 @@ pub fn run(fanout_only: bool) -> anyhow::Result<()> {
         let sensor = crate::bench::component(&s, "leash-sensor")["pid"].as_u64().unwrap_or(0);
         (sensor, s["leashd"]["pid"].as_u64().unwrap_or(0))
     };
-    let cpu = || (cpu_seconds(pids.0), cpu_seconds(pids.1));
+    let cpu = || (util::cpu_seconds(pids.0), util::cpu_seconds(pids.1));
     let mut runs = Vec::new();
     for run in 0..FANOUT_RUNS * 2 {
         let followers = if run % 2 == 0 { FOLLOWERS } else { 0 };
@@ -187,15 +187,4 @@ fn report_audit(audit: &Value) {
             q["rows"]
         ));
     }
-}
-
-/// User and system CPU seconds a process has used (`/proc/PID/stat`).
-fn cpu_seconds(pid: u64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    // USER_HZ: 100 on every Linux this runs on.
-    (field(11) + field(12)) as f64 / 100.0
 }

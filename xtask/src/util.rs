@@ -122,3 +122,14 @@ pub fn host_address(image: &str) -> anyhow::Result<String> {
     .map(|a| a.to_string())
     .map_err(|e| anyhow::anyhow!("no host address: {e}"))
 }
+
+/// User and system CPU seconds a process has used (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ: 100 on every Linux this runs on.
+    (field(11) + field(12)) as f64 / 100.0
+}
