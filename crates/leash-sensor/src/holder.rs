@@ -52,11 +52,13 @@ const MAX_FRAME: usize = 64 << 20;
 
 /// Writes one frame: kind, length, payload.
 pub fn write_frame(mut w: impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)
+    // One write: a frame is one send, not two (the sensor reads many per
+    // wakeup).
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(kind);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)
 }
 
 /// Reads one frame; None at the end of the stream.
@@ -88,7 +90,9 @@ pub fn send_stop(w: &UnixStream) -> std::io::Result<()> {
 
 /// Reads a holder's decisions until its control socket closes.
 pub fn read_events(r: &UnixStream, mut publish: impl FnMut(pb::Event)) {
-    while let Ok(Some((kind, payload))) = read_frame(r) {
+    // Buffered: the frames a holder sent meanwhile come in one read.
+    let mut r = std::io::BufReader::with_capacity(1 << 16, r);
+    while let Ok(Some((kind, payload))) = read_frame(&mut r) {
         if kind == FRAME_EVENT
             && let Ok(e) = pb::Event::decode(payload.as_slice())
         {
