@@ -127,17 +127,11 @@ pub fn run() -> anyhow::Result<()> {
             g_us.push(g / f64::from(row.ops));
             p_us.push(p / f64::from(row.ops));
         }
-        let used: Vec<(String, f64)> = pids
-            .iter()
-            .zip(cpu(&pids).iter().zip(&before))
-            .map(|((name, _), (after, before))| (name.clone(), after - before))
-            .fold(Vec::new(), |mut acc: Vec<(String, f64)>, (name, s)| {
-                match acc.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, t)) => *t += s,
-                    None => acc.push((name, s)),
-                }
-                acc
-            });
+        // Per daemon (the holders summed).
+        let mut used = std::collections::BTreeMap::<String, f64>::new();
+        for ((name, _), (after, before)) in pids.iter().zip(cpu(&pids).iter().zip(&before)) {
+            *used.entry(name.clone()).or_default() += after - before;
+        }
         let median = median_f64(ratios.clone());
         let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         let cpu_text: Vec<String> = used.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
@@ -155,7 +149,7 @@ pub fn run() -> anyhow::Result<()> {
             "max": hi,
             "governed_us_per_op": median_f64(g_us),
             "plain_us_per_op": median_f64(p_us),
-            "cpu_seconds": used.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
+            "cpu_seconds": used,
         }));
     }
     let after = inst.status().context("leashd's status")?;

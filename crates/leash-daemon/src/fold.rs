@@ -79,11 +79,6 @@ impl Fold {
         });
         out
     }
-
-    /// Whether anything is being counted.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -128,7 +123,7 @@ mod tests {
         assert_eq!((due[0].resource.as_str(), due[0].time_unix_nanos), ("/w/a", 5));
         assert_eq!(due[0].details["repeats"], "4");
         assert_eq!(f.folded, 4);
-        assert!(f.is_empty());
+        assert!(f.open.is_empty());
         // After the window, the allow goes out at once again.
         assert!(f.offer(allow(10), t0 + WINDOW).is_some());
     }
