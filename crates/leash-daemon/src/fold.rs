@@ -1,4 +1,4 @@
-//! Repeated allows folded at the source: the first allow of a (session,
+//! Repeated allows folded at the source (file opens and connections): the first allow of a (session,
 //! action, resource, mode) goes out at once; the same allow again within
 //! [`WINDOW`] is counted, and when the window closes one more event says
 //! how many there were (`details.repeats`, the time of the last one). A
@@ -33,11 +33,12 @@ pub struct Fold {
     pub folded: u64,
 }
 
-/// Whether an event may stand for its repeats: an allow of a file open, a
-/// connection or an HTTP request. Execs, MCP calls, refusals and what
-/// shadow mode flags are kept one by one.
+/// Whether an event may stand for its repeats: an allow of a file open or
+/// a connection. HTTP requests (each has its own path, method and
+/// rewrites under one host), execs, MCP calls, refusals and what shadow
+/// mode flags are kept one by one.
 fn foldable(e: &pb::Event) -> bool {
-    let kinds = [pb::EventKind::File as i32, pb::EventKind::Connect as i32, pb::EventKind::Http as i32];
+    let kinds = [pb::EventKind::File as i32, pb::EventKind::Connect as i32];
     e.decision == pb::Decision::Allow as i32 && !e.would_deny && kinds.contains(&e.kind)
 }
 
