@@ -49,7 +49,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             // What tracing forbidden files by identity costs on new files.
             Some("--new-files") => sensor_new_files(),
             // What a user feels: each workload against plain Docker.
-            Some("--rows") => crate::bench_rows::run(),
+            // `--rows WORD`: only the rows whose name has WORD.
+            Some("--rows") => crate::bench_rows::run(args.get(2).map(String::as_str)),
             Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files, --rows)"),
         },
         Some(other) => {

@@ -76,7 +76,12 @@ fn rss_mib(status: &Value) -> Value {
     Value::Object(m)
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(only: Option<&str>) -> anyhow::Result<()> {
+    let rows: Vec<Row> = rows().into_iter().filter(|r| only.is_none_or(|w| r.name.contains(w))).collect();
+    if rows.is_empty() {
+        let names: Vec<&str> = self::rows().iter().map(|r| r.name).collect();
+        anyhow::bail!("no row of bench sensor --rows has {:?} in its name: {}", only.unwrap_or(""), names.join("; "));
+    }
     let (mut inst, image) = sessions_ready("bench sensor --rows runs leashd, Docker and BPF programs and needs root")?;
     let idle = inst.status().context("leashd's status")?;
     let project = inst.project()?;
@@ -108,7 +113,7 @@ pub fn run() -> anyhow::Result<()> {
         "sensor --rows (release, fallback tier, enforce mode, the default policy's shape; {PAIRS} interleaved pairs \
          per row, leash vs plain Docker of the same image and bind mount; median ratio, min-max)"
     ));
-    for row in rows() {
+    for row in rows {
         let run = |c: &str| timed_exec(c, &project, &row.script);
         // Warm both (the kernel's cache, the page cache).
         run(&governed)?;

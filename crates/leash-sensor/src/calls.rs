@@ -263,6 +263,19 @@ enum Change {
 }
 
 impl Call {
+    /// The descriptors it names with the path given relative to each.
+    fn names(&self) -> Vec<(i32, &[u8])> {
+        match self {
+            Call::Create { dir, path, .. } | Call::Symlink { dir, path, .. } | Call::Mknod { dir, path, .. } => {
+                vec![(*dir, path)]
+            }
+            Call::Rename { old_dir, old, new_dir, new, .. } | Call::Link { old_dir, old, new_dir, new, .. } => {
+                vec![(*old_dir, old), (*new_dir, new)]
+            }
+            Call::Change { dir, path, .. } => vec![(*dir, path.as_deref().unwrap_or_default())],
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Call::Create { .. } => "open (create)",
@@ -421,7 +434,7 @@ struct Creds {
 
 impl Creds {
     fn parse(status: &str) -> Option<Creds> {
-        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let field = |name: &str| status_field(status, name);
         let fourth = |name: &str| field(name)?.split_whitespace().nth(3)?.parse::<u32>().ok();
         Some(Creds {
             fsuid: fourth("Uid:")?,
@@ -433,10 +446,40 @@ impl Creds {
     }
 }
 
-/// The decider thread's own credentials, put back after each call.
+fn status_field<'s>(status: &'s str, name: &str) -> Option<&'s str> {
+    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim)
+}
+
+/// The decider thread's own credentials, and what of a caller's it still
+/// wears between calls.
 struct Own {
     caps: rustix::thread::CapabilitySets,
-    groups: Vec<rustix::process::Gid>,
+    /// The file-system ids, groups and umask the thread has now. Groups
+    /// and umask stay on after a call (its own opens are decided by its
+    /// ids and capabilities, which go back); each is set again only when
+    /// the next caller's differ, so a run of calls by one process costs
+    /// two capability changes, not ten credential changes.
+    worn: std::cell::RefCell<Worn>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Worn {
+    fsuid: u32,
+    fsgid: u32,
+    groups: Vec<u32>,
+    umask: u32,
+}
+
+impl Own {
+    fn take() -> io::Result<Own> {
+        let groups = rustix::process::getgroups()?.iter().map(|g| g.as_raw()).collect();
+        let umask = rustix::process::umask(Mode::from_bits_truncate(0o022)).bits();
+        rustix::process::umask(Mode::from_bits_truncate(umask));
+        Ok(Own {
+            caps: rustix::thread::capabilities(None)?,
+            worn: std::cell::RefCell::new(Worn { fsuid: 0, fsgid: 0, groups, umask }),
+        })
+    }
 }
 
 /// Wears a caller's credentials until dropped.
@@ -445,106 +488,143 @@ struct Wearing<'a>(&'a Own);
 impl<'a> Wearing<'a> {
     fn put_on(own: &'a Own, c: &Creds) -> io::Result<Wearing<'a>> {
         let guard = Wearing(own);
-        let groups: Vec<_> = c.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
-        rustix::thread::set_thread_groups(&groups)?;
-        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(c.fsgid));
-        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(c.fsuid));
+        let mut worn = own.worn.borrow_mut();
+        if worn.groups != c.groups {
+            let groups: Vec<_> = c.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
+            rustix::thread::set_thread_groups(&groups)?;
+            worn.groups.clone_from(&c.groups);
+        }
+        if worn.fsgid != c.fsgid {
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(c.fsgid));
+            worn.fsgid = c.fsgid;
+        }
+        if worn.fsuid != c.fsuid {
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(c.fsuid));
+            worn.fsuid = c.fsuid;
+        }
         let effective = rustix::thread::CapabilitySet::from_bits_retain(c.effective) & own.caps.permitted;
         rustix::thread::set_capabilities(None, rustix::thread::CapabilitySets { effective, ..own.caps })?;
-        rustix::process::umask(Mode::from_bits_truncate(c.umask));
+        if worn.umask != c.umask {
+            rustix::process::umask(Mode::from_bits_truncate(c.umask));
+            worn.umask = c.umask;
+        }
         Ok(guard)
     }
 }
 
 impl Drop for Wearing<'_> {
     fn drop(&mut self) {
-        // Capabilities first: setting groups back needs CAP_SETGID.
+        // Capabilities first: the ids go back with them.
         let _ = rustix::thread::set_capabilities(None, self.0.caps);
-        nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
-        nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
-        let _ = rustix::thread::set_thread_groups(&self.0.groups);
-        rustix::process::umask(Mode::from_bits_truncate(0o022));
+        let mut worn = self.0.worn.borrow_mut();
+        if worn.fsuid != 0 {
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+            worn.fsuid = 0;
+        }
+        if worn.fsgid != 0 {
+            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
+            worn.fsgid = 0;
+        }
     }
 }
 
-/// What the decider needs of the caller, opened before it wears the
-/// caller's credentials (the caller may not be able to open its own /proc
-/// entries, a non-dumpable process say).
-struct Caller {
-    tid: u32,
-    mnt: OwnedFd,
-    root: OwnedFd,
+/// What the decider needs of the caller. `proc_dir` is its /proc entry,
+/// opened before the caller is confirmed still waiting: everything else
+/// of the caller's is opened through it, which fails once that task is
+/// gone whatever process reuses its id, and before the decider wears the
+/// caller's credentials (which may not open its own /proc entries: a
+/// process that changed its ids is not dumpable).
+struct Caller<'r> {
     proc_dir: OwnedFd,
-    cwd: Option<OwnedFd>,
-    creds: Creds,
+    /// The caller's root, as the decider entered it.
+    root: BorrowedFd<'r>,
+    /// The descriptors the call names as directories (or files), opened.
+    dirs: Vec<(i32, Result<OwnedFd, Errno>)>,
+    /// Its descriptor directory, when a path goes through `/dev/fd/`.
+    fd_dir: Option<OwnedFd>,
+    /// Its credentials and process ids (`Tgid`, `PPid`), read from its
+    /// status when the call is performed here (an open that creates is
+    /// only decided: the kernel performs it with the caller's own).
+    creds: Option<(Creds, (u32, u32))>,
 }
 
-impl Caller {
-    fn open(proc: &OwnedFd, tid: u32) -> Result<Caller, Errno> {
-        let dir =
-            |p: String| rustix::fs::openat(proc, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty());
-        let status = rustix::fs::openat(proc, format!("{tid}/status"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|_| Errno::SRCH)?;
-        let status = std::io::read_to_string(File::from(status)).map_err(|_| Errno::SRCH)?;
-        Ok(Caller {
-            tid,
-            mnt: rustix::fs::openat(proc, format!("{tid}/ns/mnt"), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|_| Errno::SRCH)?,
-            root: dir(format!("{tid}/root")).map_err(|_| Errno::SRCH)?,
-            proc_dir: dir(format!("{tid}")).map_err(|_| Errno::SRCH)?,
-            cwd: dir(format!("{tid}/cwd")).ok(),
-            creds: Creds::parse(&status).ok_or(Errno::SRCH)?,
-        })
+impl<'r> Caller<'r> {
+    fn open(proc_dir: OwnedFd, root: BorrowedFd<'r>, call: &Call, creds: Option<(Creds, (u32, u32))>) -> Caller<'r> {
+        let open = |name: &str| rustix::fs::openat(&proc_dir, name, OFlags::PATH | OFlags::CLOEXEC, Mode::empty());
+        let mut dirs: Vec<(i32, Result<OwnedFd, Errno>)> = Vec::new();
+        for (fd, _) in call.names() {
+            if dirs.iter().any(|(d, _)| *d == fd) {
+                continue;
+            }
+            let opened = match fd {
+                AT_FDCWD => open("cwd").map_err(|_| Errno::NOENT),
+                fd if fd < 0 => Err(Errno::BADF),
+                fd => open(&format!("fd/{fd}")).map_err(|_| Errno::BADF),
+            };
+            dirs.push((fd, opened));
+        }
+        let fd_dir = call
+            .names()
+            .iter()
+            .any(|(_, p)| p.starts_with(b"/dev/fd/"))
+            .then(|| {
+                rustix::fs::openat(&proc_dir, "fd", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                    .ok()
+            })
+            .flatten();
+        Caller { proc_dir, root, dirs, fd_dir, creds }
     }
 
     /// The descriptor a call names as its directory (or file).
-    fn dir(&self, proc: &OwnedFd, fd: i32) -> Result<OwnedFd, Errno> {
-        if fd == AT_FDCWD {
-            return match &self.cwd {
-                Some(c) => Ok(c.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM)?),
-                None => Err(Errno::NOENT),
-            };
+    fn dir(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        match self.dirs.iter().find(|(d, _)| *d == fd) {
+            Some((_, Ok(f))) => f.try_clone().map_err(|_| Errno::NOMEM),
+            Some((_, Err(e))) => Err(*e),
+            None => Err(Errno::BADF),
         }
-        if fd < 0 {
-            return Err(Errno::BADF);
-        }
-        rustix::fs::openat(proc, format!("{}/fd/{fd}", self.tid), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|_| Errno::BADF)
     }
+}
+
+/// A /proc file of the caller's, read whole with one read where it fits.
+fn read_proc(dir: &OwnedFd, name: &str) -> Result<String, Errno> {
+    let f = File::from(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?);
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = io::Read::read(&mut &f, &mut buf[len..]).map_err(|_| Errno::SRCH)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|_| Errno::SRCH)
 }
 
 /// Where a path starts, and the rest of it: absolute paths from the root,
 /// the caller's `/proc/self/…` and `/dev/fd/…` from its own /proc entry,
 /// relative ones from the directory descriptor.
-fn start<'p>(
-    caller: &Caller,
-    proc: &OwnedFd,
-    dir: i32,
-    path: &'p [u8],
-    in_root: bool,
-) -> Result<(OwnedFd, &'p [u8]), Errno> {
-    let dup = |fd: &OwnedFd| fd.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM);
+fn start<'p>(caller: &Caller<'_>, dir: i32, path: &'p [u8], in_root: bool) -> Result<(OwnedFd, &'p [u8]), Errno> {
+    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|_| Errno::NOMEM);
     for prefix in [&b"/proc/self/"[..], b"/proc/thread-self/"] {
         if let Some(rest) = path.strip_prefix(prefix) {
-            return Ok((dup(&caller.proc_dir)?, rest));
+            return Ok((dup(caller.proc_dir.as_fd())?, rest));
         }
     }
     if let Some(rest) = path.strip_prefix(b"/dev/fd/") {
-        let fd_dir = rustix::fs::openat(
-            &caller.proc_dir,
-            "fd",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        return Ok((fd_dir, rest));
+        let fd_dir = caller.fd_dir.as_ref().ok_or(Errno::NOENT)?;
+        return Ok((dup(fd_dir.as_fd())?, rest));
     }
     match path.first() {
         Some(b'/') if !in_root => {
             let rest = trim_leading(path);
-            Ok((dup(&caller.root)?, if rest.is_empty() { b"." } else { rest }))
+            Ok((dup(caller.root)?, if rest.is_empty() { b"." } else { rest }))
         }
-        Some(b'/') => Ok((caller.dir(proc, dir)?, trim_leading(path))),
-        Some(_) => Ok((caller.dir(proc, dir)?, path)),
+        Some(b'/') => Ok((caller.dir(dir)?, trim_leading(path))),
+        Some(_) => Ok((caller.dir(dir)?, path)),
         None => Err(Errno::NOENT),
     }
 }
@@ -606,7 +686,7 @@ fn target(base: &OwnedFd, path: &[u8], follow: bool, proc: &OwnedFd) -> Result<(
 /// The entry an open with `O_CREAT` creates: a last name that is a symbolic
 /// link is followed (even dangling: the kernel creates its target), unless
 /// the open has `O_EXCL` or `O_NOFOLLOW`.
-fn created(caller: &Caller, mut base: OwnedFd, path: &[u8], flags: u64, proc: &OwnedFd) -> Result<Entry, Errno> {
+fn created(caller: &Caller<'_>, mut base: OwnedFd, path: &[u8], flags: u64, proc: &OwnedFd) -> Result<Entry, Errno> {
     let follow = flags & (libc::O_EXCL | libc::O_NOFOLLOW) as u64 == 0;
     let mut path = path.to_vec();
     for _ in 0..MAX_LINKS {
@@ -618,7 +698,7 @@ fn created(caller: &Caller, mut base: OwnedFd, path: &[u8], flags: u64, proc: &O
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
                 let link = rustix::fs::readlinkat(&e.dir, e.name.as_slice(), Vec::new())?.into_bytes();
                 base = if link.first() == Some(&b'/') {
-                    caller.root.as_fd().try_clone_to_owned().map_err(|_| Errno::NOMEM)?
+                    caller.root.try_clone_to_owned().map_err(|_| Errno::NOMEM)?
                 } else {
                     e.dir
                 };
@@ -642,6 +722,8 @@ struct Outcome {
     decided: Vec<(String, bool, Vec<String>, Option<String>)>,
     /// Denied by the policy (whatever the mode made of it).
     denied: bool,
+    /// The caller's process and parent, when its status was read.
+    lineage: Option<(u32, u32)>,
 }
 
 /// What the decider decides with.
@@ -677,8 +759,9 @@ pub fn run(s: &Supervisor, listener: &OwnedFd, inbox: &Inbox, mut out: impl FnMu
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
     let mut state = ThreadState {
         proc: rustix::fs::open("/proc", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?,
-        own: Own { caps: rustix::thread::capabilities(None)?, groups: rustix::process::getgroups()? },
+        own: Own::take()?,
         mnt_ns: None,
+        root: None,
         ids: Identities::default(),
     };
     let mut answer = |n: &Notif, state: &mut ThreadState| {
@@ -739,6 +822,9 @@ struct ThreadState {
     own: Own,
     /// The mount namespace it is in (its inode), once it joined one.
     mnt_ns: Option<u64>,
+    /// The root it entered, and that root's identity (device, inode and
+    /// mount): entered again only when a caller's differs.
+    root: Option<(OwnedFd, RootId)>,
     /// The forbidden files and directories by identity, read in the
     /// caller's root (the thread's, once it entered one).
     ids: Identities,
@@ -761,6 +847,32 @@ fn from_another_thread(evaluate: Evaluate) -> io::Result<Evaluate> {
     }))
 }
 
+/// A root directory's identity: the same inode on the same mount of the
+/// same namespace is the same view of the file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RootId {
+    dev: (u32, u32),
+    ino: u64,
+    mnt: u64,
+}
+
+fn root_id(dir: BorrowedFd<'_>, name: &str) -> Result<RootId, Errno> {
+    let flags = if name.is_empty() { AtFlags::EMPTY_PATH } else { AtFlags::empty() };
+    let st = rustix::fs::statx(dir, name, flags, rustix::fs::StatxFlags::INO | rustix::fs::StatxFlags::MNT_ID)?;
+    if st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() == 0 {
+        // No mount id from this kernel: never taken for the same root.
+        return Err(Errno::NOSYS);
+    }
+    Ok(RootId { dev: (st.stx_dev_major, st.stx_dev_minor), ino: st.stx_ino, mnt: st.stx_mnt_id })
+}
+
+/// The mount namespace of the task behind `dir` (its inode).
+fn mnt_ns_of(dir: &OwnedFd) -> Result<u64, Errno> {
+    let link = rustix::fs::readlinkat(dir, "ns/mnt", Vec::new()).map_err(|_| Errno::SRCH)?;
+    let link = link.to_string_lossy();
+    link.strip_prefix("mnt:[").and_then(|l| l.strip_suffix(']')).and_then(|n| n.parse().ok()).ok_or(Errno::SRCH)
+}
+
 /// Decides and performs one call.
 fn handle(
     s: &Supervisor,
@@ -769,11 +881,12 @@ fn handle(
     listener: BorrowedFd<'_>,
     n: &Notif,
 ) -> (Option<Call>, Outcome) {
-    let ThreadState { proc, own, mnt_ns, ids } = t;
-    let (proc, own) = (&*proc, &*own);
-    let failed = |e: Errno| Outcome { reply: Reply::Error(e), decided: Vec::new(), denied: false };
-    let mem = match rustix::fs::openat(proc, format!("{}/mem", n.tid), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-    {
+    let failed = |e: Errno| Outcome { reply: Reply::Error(e), decided: Vec::new(), denied: false, lineage: None };
+    let open_dir = |name: String| {
+        rustix::fs::openat(&t.proc, name, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    };
+    let Ok(proc_dir) = open_dir(n.tid.to_string()) else { return (None, failed(Errno::SRCH)) };
+    let mem = match rustix::fs::openat(&proc_dir, "mem", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
         Ok(m) => File::from(m),
         Err(_) => return (None, failed(Errno::SRCH)),
     };
@@ -782,35 +895,73 @@ fn handle(
         Ok(None) => return (None, failed(Errno::NOSYS)),
         Err(e) => return (None, failed(e)),
     };
+    drop(mem);
     // An open that creates nothing new is fanotify's alone.
     if let Call::Create { flags, .. } = &call
         && flags & libc::O_CREAT as u64 == 0
     {
-        return (Some(call), Outcome { reply: Reply::Continue, decided: Vec::new(), denied: false });
-    }
-    let caller = match Caller::open(proc, n.tid) {
-        Ok(c) => c,
-        Err(e) => return (Some(call), failed(e)),
-    };
-    // The pid still names the caller: nothing above was read from another process.
-    if !still_waiting(listener, n.id) {
-        return (Some(call), failed(Errno::SRCH));
+        return (Some(call), Outcome { reply: Reply::Continue, decided: Vec::new(), denied: false, lineage: None });
     }
     let outcome = (|| -> Result<Outcome, Errno> {
-        let ns = rustix::fs::fstat(&caller.mnt)?.st_ino;
-        if *mnt_ns != Some(ns) {
-            nix::sched::setns(&caller.mnt, nix::sched::CloneFlags::CLONE_NEWNS)
-                .map_err(|e| Errno::from_raw_os_error(e as i32))?;
-            *mnt_ns = Some(ns);
+        // Only what the decider performs itself needs the caller's credentials.
+        let creds = match call {
+            Call::Create { .. } => None,
+            _ => {
+                let status = read_proc(&proc_dir, "status").map_err(|_| Errno::SRCH)?;
+                let ids = (|| {
+                    Some((status_field(&status, "Tgid:")?.parse().ok()?, status_field(&status, "PPid:")?.parse().ok()?))
+                })();
+                Some((Creds::parse(&status).ok_or(Errno::SRCH)?, ids.ok_or(Errno::SRCH)?))
+            }
+        };
+        let ns = mnt_ns_of(&proc_dir)?;
+        let root_now = root_id(proc_dir.as_fd(), "root").map_err(|_| Errno::SRCH)?;
+        // The pid still names the caller: nothing above was read from another
+        // process, and everything after is read through its /proc entry.
+        if !still_waiting(listener, n.id) {
+            return Err(Errno::SRCH);
         }
-        rustix::process::fchdir(&caller.root)?;
-        rustix::process::chroot(".")?;
+        if t.mnt_ns != Some(ns) {
+            let mnt = rustix::fs::openat(&proc_dir, "ns/mnt", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|_| Errno::SRCH)?;
+            if rustix::fs::fstat(&mnt)?.st_ino != ns {
+                return Err(Errno::SRCH);
+            }
+            nix::sched::setns(&mnt, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(|e| Errno::from_raw_os_error(e as i32))?;
+            t.mnt_ns = Some(ns);
+            // Joining a namespace moved the thread to its root.
+            t.root = None;
+        }
+        if t.root.as_ref().is_none_or(|(_, id)| *id != root_now) {
+            t.root = None;
+            let root = rustix::fs::openat(
+                &proc_dir,
+                "root",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|_| Errno::SRCH)?;
+            // The identity of what was opened, which a chroot since the
+            // look above may have made another.
+            let id = root_id(root.as_fd(), "")?;
+            rustix::process::fchdir(&root)?;
+            rustix::process::chroot(".")?;
+            t.root = Some((root, id));
+        }
+        let Some((root, _)) = &t.root else { return Err(Errno::SRCH) };
+        let caller = Caller::open(proc_dir, root.as_fd(), &call, creds);
         // Read as the decider (the caller may not see into what is forbidden).
         if g.mode != leash_core::Mode::Record {
-            ids.refresh(&g.tables, Path::new("/"));
+            t.ids.refresh(&g.tables, Path::new("/"));
         }
-        let _wearing = Wearing::put_on(own, &caller.creds).map_err(|_| Errno::PERM)?;
-        perform(s, g, proc, &caller, &call, ids)
+        let _wearing = match &caller.creds {
+            Some((c, _)) => Some(Wearing::put_on(&t.own, c).map_err(|_| Errno::PERM)?),
+            None => None,
+        };
+        let mut o = perform(s, g, &t.proc, &caller, &call, &t.ids)?;
+        o.lineage = caller.creds.as_ref().map(|(_, (pid, ppid))| (*pid, *ppid));
+        Ok(o)
     })();
     (Some(call), outcome.unwrap_or_else(failed))
 }
@@ -896,10 +1047,10 @@ fn decide_then(
     }
     let denied = decided.iter().any(|(_, a, _, _)| !a);
     if denied && g.mode == leash_core::Mode::Enforce {
-        return Ok(Outcome { reply: Reply::Error(Errno::PERM), decided, denied });
+        return Ok(Outcome { reply: Reply::Error(Errno::PERM), decided, denied, lineage: None });
     }
     let reply = act().unwrap_or_else(Reply::Error);
-    Ok(Outcome { reply, decided, denied })
+    Ok(Outcome { reply, decided, denied, lineage: None })
 }
 
 fn done(r: rustix::io::Result<()>) -> Result<Reply, Errno> {
@@ -912,19 +1063,19 @@ fn perform(
     s: &Supervisor,
     g: &Governed,
     proc: &OwnedFd,
-    caller: &Caller,
+    caller: &Caller<'_>,
     call: &Call,
     ids: &Identities,
 ) -> Result<Outcome, Errno> {
     match call {
         Call::Create { dir, path, flags, in_root } => {
-            let (base, rest) = start(caller, proc, *dir, path, *in_root)?;
+            let (base, rest) = start(caller, *dir, path, *in_root)?;
             let e = created(caller, base, rest, *flags, proc)?;
             decide_then(s, g, &[Target::of_entry(&e, ids)], || Ok(Reply::Continue))
         }
         Call::Rename { old_dir, old, new_dir, new, flags } => {
-            let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
-            let (nb, nrest) = start(caller, proc, *new_dir, new, false)?;
+            let (ob, orest) = start(caller, *old_dir, old, false)?;
+            let (nb, nrest) = start(caller, *new_dir, new, false)?;
             let o = entry(&ob, orest, proc, Errno::BUSY)?;
             let n = entry(&nb, nrest, proc, Errno::BUSY)?;
             let mut targets = vec![Target::of_entry(&o, ids), Target::of_entry(&n, ids)];
@@ -948,11 +1099,11 @@ fn perform(
             })
         }
         Call::Link { old_dir, old, new_dir, new, flags } => {
-            let (nb, nrest) = start(caller, proc, *new_dir, new, false)?;
+            let (nb, nrest) = start(caller, *new_dir, new, false)?;
             let n = entry(&nb, nrest, proc, Errno::EXIST)?;
             if old.is_empty() && flags & libc::AT_EMPTY_PATH as u32 != 0 {
                 // The file behind the descriptor, through its /proc link.
-                let fd = caller.dir(proc, *old_dir)?;
+                let fd = caller.dir(*old_dir)?;
                 let link = format!("thread-self/fd/{}", fd.as_raw_fd());
                 return decide_then(s, g, &[Target::of_entry(&n, ids)], || {
                     let names = [(proc.as_fd(), link.as_bytes()), (n.dir.as_fd(), n.name.as_slice())];
@@ -961,7 +1112,7 @@ fn perform(
                     }))
                 });
             }
-            let (ob, orest) = start(caller, proc, *old_dir, old, false)?;
+            let (ob, orest) = start(caller, *old_dir, old, false)?;
             let follow = AtFlags::from_bits_retain(*flags) & AtFlags::SYMLINK_FOLLOW;
             decide_then(s, g, &[Target::of_entry(&n, ids)], || {
                 let names = [(ob.as_fd(), orest), (n.dir.as_fd(), n.name.as_slice())];
@@ -969,14 +1120,14 @@ fn perform(
             })
         }
         Call::Symlink { target, dir, path } => {
-            let (b, rest) = start(caller, proc, *dir, path, false)?;
+            let (b, rest) = start(caller, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
             decide_then(s, g, &[Target::of_entry(&e, ids)], || {
                 done(rustix::fs::symlinkat(target.as_slice(), &e.dir, e.name.as_slice()))
             })
         }
         Call::Mknod { dir, path, mode, dev } => {
-            let (b, rest) = start(caller, proc, *dir, path, false)?;
+            let (b, rest) = start(caller, *dir, path, false)?;
             let e = entry(&b, rest, proc, Errno::EXIST)?;
             let kind = rustix::fs::FileType::from_raw_mode(*mode);
             let perm = Mode::from_raw_mode(*mode);
@@ -987,12 +1138,12 @@ fn perform(
         Call::Change { dir, path, follow, change } => {
             let (fd, p) = match path {
                 None => {
-                    let fd = caller.dir(proc, *dir)?;
+                    let fd = caller.dir(*dir)?;
                     let p = path_of(proc, &fd)?;
                     (fd, p)
                 }
                 Some(path) => {
-                    let (b, rest) = start(caller, proc, *dir, path, false)?;
+                    let (b, rest) = start(caller, *dir, path, false)?;
                     target(&b, rest, *follow, proc)?
                 }
             };
@@ -1075,7 +1226,10 @@ fn events(s: &Supervisor, g: &Governed, n: &Notif, call: &Call, o: &Outcome) -> 
         Reply::Value(_) => "performed".to_owned(),
         Reply::Error(e) => format!("failed: {e}"),
     };
-    let lineage = fan::lineage(n.tid);
+    let lineage = match o.lineage {
+        Some((pid, ppid)) => Some((pid, ppid, fan::executable(pid))),
+        None => fan::lineage(n.tid),
+    };
     o.decided
         .iter()
         .map(|(path, allow, reasons, traced)| {

@@ -921,6 +921,62 @@ t("missing", lambda: os.rename("nope", "nope2"))
     assert!(std::fs::symlink_metadata("/tmp/leash-made-me").is_err(), "an absolute link was followed on the host");
 }
 
+/// The decider keeps what a caller's calls share (its root entered, the
+/// groups and umask it wore): a caller that changes its root or drops its
+/// credentials between two calls gets each call performed in its new root
+/// with its new credentials, never the previous caller's.
+#[test]
+fn supervised_calls_follow_each_callers_root_and_credentials_as_they_change() {
+    const DEBIAN: &str = "leash-test-debian:latest";
+    let name = "supervised_calls_follow_each_callers_root_and_credentials_as_they_change";
+    if !require_docker(name) || !leash_testkit::require_image(name, DEBIAN) {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    let policy = policy(&stack, &[]);
+    let script = r#"
+import os, sys, errno
+sys.stdout.reconfigure(line_buffering=True)
+def t(name, f):
+    try:
+        f(); print(f"{name}=ok")
+    except OSError as e:
+        print(f"{name}={errno.errorcode[e.errno]}")
+open("root-owned.txt", "w").write("r")
+os.makedirs("jail", exist_ok=True)
+open("jail/inside.txt", "w").write("j")
+open("/inside.txt", "w").write("container root")
+t("root-chmod", lambda: os.chmod("root-owned.txt", 0o600))
+pid = os.fork()
+if pid == 0:
+    os.chroot("jail")
+    t("jailed-chmod", lambda: os.chmod("/inside.txt", 0o640))
+    os._exit(0)
+os.waitpid(pid, 0)
+t("unjailed-chmod", lambda: os.chmod("/inside.txt", 0o604))
+os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+t("dropped-chmod", lambda: os.chmod("root-owned.txt", 0o666))
+t("dropped-utime", lambda: os.utime("root-owned.txt", (1, 2)))
+t("dropped-create-in-etc", lambda: open("/etc/planted", "w"))
+print(f"container-root-file={oct(os.stat('/inside.txt').st_mode & 0o777)}")
+"#;
+    std::fs::write(project.join("change.py"), script).unwrap();
+    let out = stack
+        .command("leash")
+        .args(["--image", DEBIAN, "--policy", policy.to_str().unwrap(), "--", "python3", "change.py"])
+        .current_dir(&project)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let expected = "root-chmod=ok\njailed-chmod=ok\nunjailed-chmod=ok\ndropped-chmod=EPERM\ndropped-utime=EPERM\n\
+                    dropped-create-in-etc=EACCES\ncontainer-root-file=0o604\n";
+    assert_eq!(text(&out.stdout), expected, "{}", text(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(project.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode("root-owned.txt"), mode("jail/inside.txt")), (0o600, 0o640));
+}
+
 /// The model of the cache property: which names exist, which file each
 /// names, and which files the policy forbids reading by identity.
 #[derive(Clone, Debug, Default)]
