@@ -4,6 +4,10 @@
 //! how many there were (`details.repeats`, the time of the last one). A
 //! denial, a would-deny, an exec, an MCP call and every lifecycle event go
 //! out whole, every time.
+//!
+//! A session's holder folds its decisions before they cross to the
+//! sensor, and the sensor folds again what it publishes: a count that was
+//! folded on its way passes the second fold as it is, and adds to it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,6 +49,12 @@ fn foldable(e: &pb::Event) -> bool {
 impl Fold {
     /// The event to send now, or None when it is a repeat (counted).
     pub fn offer(&mut self, e: pb::Event, now: Instant) -> Option<pb::Event> {
+        // A count folded earlier on its way (by a session's holder) goes on
+        // as it is, and counts here.
+        if let Some(n) = e.details.get("repeats").and_then(|r| r.parse::<u64>().ok()) {
+            self.folded += n;
+            return Some(e);
+        }
         if !foldable(&e) {
             return Some(e);
         }
@@ -127,6 +137,19 @@ mod tests {
         assert!(f.open.is_empty());
         // After the window, the allow goes out at once again.
         assert!(f.offer(allow(10), t0 + WINDOW).is_some());
+    }
+
+    #[test]
+    fn a_count_folded_on_its_way_passes_and_adds() {
+        let mut f = Fold::default();
+        let t0 = Instant::now();
+        let first = event("FileOpenReadWrite", "/w/a", pb::Decision::Allow, 1);
+        assert!(f.offer(first.clone(), t0).is_some());
+        let mut count = first;
+        count.details.insert("repeats".into(), "3".into());
+        let passed = f.offer(count, t0).expect("a count is never folded into another");
+        assert_eq!(passed.details["repeats"], "3");
+        assert_eq!(f.folded, 3);
     }
 
     #[test]

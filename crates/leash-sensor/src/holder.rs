@@ -304,16 +304,40 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
             Some((r.allow && !r.would_deny, r.reasons))
         })
     });
-    let publish = {
+    // Repeated allows are folded here, before they cross to the sensor:
+    // the owner, mode and times of a file just created are the same write
+    // of the same file as its creating open (`leash_daemon::fold`).
+    let fold = Arc::new(Mutex::new(leash_daemon::fold::Fold::default()));
+    let send = {
         let writer = writer.clone();
+        move |events: Vec<pb::Event>| {
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                if let Some(s) = w.as_ref()
+                    && write_frame(s, FRAME_EVENT, &e.encode_to_vec()).is_err()
+                {
+                    *w = None;
+                }
+            }
+        }
+    };
+    {
+        let (fold, send, stop) = (Arc::downgrade(&fold), send.clone(), stop.clone());
+        std::thread::Builder::new().name("holder-fold".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(leash_daemon::fold::WINDOW / 4);
+                let Some(fold) = fold.upgrade() else { return };
+                let due = fold.lock().unwrap_or_else(|p| p.into_inner()).due(std::time::Instant::now());
+                send(due);
+            }
+        })?;
+    }
+    let publish = {
+        let fold = fold.clone();
         move |e: leash_core::Event| {
             let e = leash_proto::event::to_proto(&e, 0);
-            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = w.as_ref()
-                && write_frame(s, FRAME_EVENT, &e.encode_to_vec()).is_err()
-            {
-                *w = None;
-            }
+            let out = fold.lock().unwrap_or_else(|p| p.into_inner()).offer(e, std::time::Instant::now());
+            send(out.into_iter().collect());
         }
     };
     if let Some(listener) = calls {

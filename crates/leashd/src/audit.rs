@@ -19,6 +19,12 @@ use crate::hub::{Hub, Stamped};
 const QUEUE: usize = 262_144;
 /// Events per transaction at most.
 const BATCH: usize = 16_384;
+/// How long the writer gathers a trickle of events into one transaction:
+/// each commit writes the table's and both indexes' pages to the log, so
+/// one event per commit costs the store ten times what one in a batch does.
+const GATHER: Duration = Duration::from_millis(10);
+/// A batch at least this large is written at once, without gathering.
+const GATHER_BELOW: usize = 1_024;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 
@@ -148,11 +154,18 @@ impl Audit {
             let mut db = db;
             while let Some(first) = live.blocking_recv() {
                 let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match live.try_recv() {
-                        Ok(e) => batch.push(e),
-                        Err(_) => break,
+                let drain = |batch: &mut Vec<_>, live: &mut tokio::sync::mpsc::Receiver<_>| {
+                    while batch.len() < BATCH {
+                        match live.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
                     }
+                };
+                drain(&mut batch, &mut live);
+                if batch.len() < GATHER_BELOW {
+                    std::thread::sleep(GATHER);
+                    drain(&mut batch, &mut live);
                 }
                 let newest = batch.iter().map(|s| s.seq).max().unwrap_or(0);
                 match insert(&mut db, &batch) {
