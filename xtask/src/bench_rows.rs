@@ -65,14 +65,24 @@ fn daemon_pids(status: &Value) -> Vec<(String, u64)> {
     out
 }
 
-/// Resident memory by daemon, MiB, as `leashctl status --json` reports it.
-fn rss_mib(status: &Value) -> Value {
+/// Memory by daemon, MiB, as `leashctl status --json` reports it: resident
+/// (`rss`) and proportional (`pss`: shared pages divided, the sensor's
+/// event ring, mapped twice, counted once), with their sums.
+fn memory_mib(status: &Value) -> Value {
+    let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
     let mut m = serde_json::Map::new();
-    m.insert("leashd".into(), json!(status["leashd"]["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0));
+    let (mut rss, mut pss) = (0.0, 0.0);
+    let mut add = |name: String, d: &Value| {
+        let (r, p) = (mib(&d["rss_bytes"]), mib(&d["pss_bytes"]));
+        rss += r;
+        pss += p;
+        m.insert(name, json!({ "rss": (r * 10.0).round() / 10.0, "pss": (p * 10.0).round() / 10.0 }));
+    };
+    add("leashd".into(), &status["leashd"]);
     for c in status["components"].as_array().into_iter().flatten() {
-        let name = c["name"].as_str().unwrap_or_default().to_owned();
-        m.insert(name, json!(c["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0));
+        add(c["name"].as_str().unwrap_or_default().to_owned(), c);
     }
+    m.insert("total".into(), json!({ "rss": (rss * 10.0).round() / 10.0, "pss": (pss * 10.0).round() / 10.0 }));
     Value::Object(m)
 }
 
@@ -159,8 +169,8 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     }
     let after = inst.status().context("leashd's status")?;
     let events = after["events"]["published"].as_u64().unwrap_or(0);
-    util::out(&format!("  RSS MiB idle: {}", rss_mib(&idle)));
-    util::out(&format!("  RSS MiB after the rows ({events} events published): {}", rss_mib(&after)));
+    util::out(&format!("  memory MiB idle: {}", memory_mib(&idle)));
+    util::out(&format!("  memory MiB after the rows ({events} events published): {}", memory_mib(&after)));
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
     let _ = session.kill();
     let _ = session.wait();
@@ -168,7 +178,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     remove_project_files(&project);
     write_report(
         "sensor-rows",
-        &json!({ "pairs": PAIRS, "rows": report, "rss_mib": { "idle": rss_mib(&idle), "after": rss_mib(&after) }, "events": events }),
+        &json!({ "pairs": PAIRS, "rows": report, "memory_mib": { "idle": memory_mib(&idle), "after": memory_mib(&after) }, "events": events }),
     )
 }
 

@@ -98,6 +98,8 @@ pub struct DaemonJson {
     pub state_dir: String,
     /// Resident memory, bytes.
     pub rss_bytes: u64,
+    /// Proportional share of memory (shared pages divided), bytes.
+    pub pss_bytes: u64,
 }
 
 /// A component in `status --json`.
@@ -125,6 +127,8 @@ pub struct ComponentJson {
     pub facts: BTreeMap<String, String>,
     /// Resident memory, bytes (0 when not running).
     pub rss_bytes: u64,
+    /// Proportional share of memory, bytes (0 when not running).
+    pub pss_bytes: u64,
 }
 
 /// Hub counters in `status --json`.
@@ -165,6 +169,7 @@ impl StatusJson {
                 runtime_dir: s.runtime_dir.clone(),
                 state_dir: s.state_dir.clone(),
                 rss_bytes: s.rss_bytes,
+                pss_bytes: s.pss_bytes,
             },
             components: s
                 .components
@@ -181,6 +186,7 @@ impl StatusJson {
                     detail: c.detail.clone(),
                     facts: facts(&c.facts),
                     rss_bytes: c.rss_bytes,
+                    pss_bytes: c.pss_bytes,
                 })
                 .collect(),
             sessions: s.sessions,

@@ -13,7 +13,9 @@ pub const SYSTEM_CONFIG: &str = "/etc/leash/config.toml";
 /// leashd's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Recent events kept in memory for `leashctl events` (Go leash: `--history-size`).
+    /// Recent events kept in memory for `leashctl events` when the audit
+    /// store cannot be opened (Go leash: `--history-size`); with the store,
+    /// at most [`crate::hub::HISTORY_WITH_STORE`].
     pub history_size: usize,
     /// Capacity of each follower's event queue; a full queue drops and counts.
     pub event_queue: usize,

@@ -78,6 +78,7 @@ impl Manager for ManagerService {
                 .collect(),
             api: Some(self.api_status()),
             rss_bytes: crate::proc::rss_bytes(std::process::id()),
+            pss_bytes: crate::proc::pss_bytes(std::process::id()),
         }))
     }
 
@@ -464,6 +465,7 @@ async fn component_status(v: View) -> pb::ComponentStatus {
         detail: v.detail,
         facts,
         rss_bytes: v.pid.map_or(0, crate::proc::rss_bytes),
+        pss_bytes: v.pid.map_or(0, crate::proc::pss_bytes),
     }
 }
 

@@ -56,6 +56,11 @@ struct Inner {
     redactions: std::collections::HashMap<String, Vec<String>>,
 }
 
+/// Events kept in memory at most while the audit store holds them all:
+/// what the Control UI replays to a new viewer (2,000 at most) with room
+/// for a session's among others'. At about 1.6 KiB an event, 6.5 MiB.
+pub const HISTORY_WITH_STORE: usize = 4_096;
+
 /// What a redacted secret becomes.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -93,6 +98,18 @@ impl Hub {
                 redactions: std::collections::HashMap::new(),
             })),
         }
+    }
+
+    /// Keeps at most `cap` recent events in memory from now on (the oldest
+    /// beyond it are freed at once).
+    pub fn limit_history(&self, cap: usize) {
+        let gone: Vec<_> = {
+            let mut inner = self.lock();
+            inner.history_cap = inner.history_cap.min(cap);
+            let excess = inner.history.len().saturating_sub(inner.history_cap);
+            inner.history.drain(..excess).collect()
+        };
+        drop(gone);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -242,6 +259,25 @@ mod tests {
 
     fn ev(n: u32) -> Event {
         Event::daemon("test", "t", n)
+    }
+
+    #[test]
+    fn a_limited_history_frees_its_oldest_at_once() {
+        let hub = Hub::new(10, 10);
+        for i in 0..8 {
+            hub.publish(Event::daemon("x", "t", i));
+        }
+        hub.limit_history(3);
+        let (kept, _) = hub.subscribe(0, false);
+        assert_eq!(kept.iter().map(|s| s.seq).collect::<Vec<_>>(), [6, 7, 8]);
+        for i in 0..5 {
+            hub.publish(Event::daemon("x", "t", i));
+        }
+        assert_eq!(hub.subscribe(0, false).0.len(), 3);
+        // A limit never raises the configured size.
+        hub.limit_history(100);
+        hub.publish(Event::daemon("x", "t", 0));
+        assert_eq!(hub.subscribe(0, false).0.len(), 3);
     }
 
     #[test]

@@ -48,7 +48,12 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     let hub = hub::Hub::new(config.history_size, config.event_queue);
     // The audit store follows the hub from the first event on.
     let audit = match audit::Audit::start(&ctx.layout.state_dir, &hub, config.retention) {
-        Ok(a) => Some(a),
+        Ok(a) => {
+            // Queries read the store: memory keeps what the Control UI
+            // replays to a new viewer, not `history_size` events.
+            hub.limit_history(hub::HISTORY_WITH_STORE);
+            Some(a)
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the audit store cannot be opened; events are kept in memory only");
             None

@@ -24,12 +24,22 @@ pub async fn wait_exit(pid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A process's proportional share of memory (`Pss` of
+/// `/proc/PID/smaps_rollup`), in bytes; 0 when it cannot be read.
+pub fn pss_bytes(pid: u32) -> u64 {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
 /// A process's resident memory (`VmRSS`), in bytes; 0 when it cannot be read.
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// The `NAME: N kB` line of a /proc file, in bytes.
+fn kib_field(path: &str, name: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }

@@ -36,6 +36,9 @@ fn leashctl_status_lists_all_four_daemons_healthy() {
         // Each daemon's resident memory, as the kernel counts it.
         let rss = c["rss_bytes"].as_u64().unwrap_or(0);
         assert!((1 << 20..1 << 30).contains(&rss), "{c}");
+        // Its share, shared pages divided: never more than what is resident.
+        let pss = c["pss_bytes"].as_u64().unwrap_or(0);
+        assert!((1 << 20..=rss).contains(&pss), "{c}");
     }
     assert!((1u64 << 20..1 << 30).contains(&status["leashd"]["rss_bytes"].as_u64().unwrap_or(0)), "{status}");
     assert_eq!(Stack::component(&status, "leash-policy")["facts"]["policies"], "9");

@@ -169,7 +169,7 @@ pub(super) async fn status(State(ctx): State<Ctx>) -> Response {
     .map(|c| c.into_inner());
     let events = s.events.unwrap_or_default();
     json_ok(json!({
-        "leashd": s.leashd.as_ref().map(|h| json!({ "version": h.version, "pid": h.pid, "rss_bytes": s.rss_bytes })),
+        "leashd": s.leashd.as_ref().map(|h| json!({ "version": h.version, "pid": h.pid, "rss_bytes": s.rss_bytes, "pss_bytes": s.pss_bytes })),
         "components": s.components.iter().map(|c| json!({
             "name": c.name,
             "state": leash_proto::state_name(c.state),
@@ -178,6 +178,7 @@ pub(super) async fn status(State(ctx): State<Ctx>) -> Response {
             "uptime_secs": c.uptime_secs,
             "detail": c.detail,
             "rss_bytes": c.rss_bytes,
+            "pss_bytes": c.pss_bytes,
         })).collect::<Vec<_>>(),
         "sessions": s.sessions,
         "events": {
