@@ -9,6 +9,7 @@
 pub mod args;
 pub mod commands;
 pub mod daemon;
+pub mod keys;
 pub mod output;
 pub mod session;
 

@@ -10,6 +10,7 @@ pub mod hostside;
 pub mod layout;
 pub mod listen;
 pub mod tables;
+pub mod terminal;
 pub mod time;
 
 pub use component::Component;
