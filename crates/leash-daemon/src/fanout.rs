@@ -101,7 +101,11 @@ impl Fanout {
         let now = Instant::now();
         let out: Vec<pb::Event> = {
             let mut fold = self.inner.fold.lock().unwrap_or_else(|p| p.into_inner());
-            batch.into_iter().filter_map(|e| fold.offer(e, now)).collect()
+            let mut out = Vec::with_capacity(batch.len());
+            for e in batch {
+                fold.offer(e, now, &mut out);
+            }
+            out
         };
         self.inner.send_all(out);
     }

@@ -336,8 +336,9 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
         let fold = fold.clone();
         move |e: leash_core::Event| {
             let e = leash_proto::event::to_proto(&e, 0);
-            let out = fold.lock().unwrap_or_else(|p| p.into_inner()).offer(e, std::time::Instant::now());
-            send(out.into_iter().collect());
+            let mut out = Vec::with_capacity(1);
+            fold.lock().unwrap_or_else(|p| p.into_inner()).offer(e, std::time::Instant::now(), &mut out);
+            send(out);
         }
     };
     if let Some(listener) = calls {

@@ -110,7 +110,8 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
         nc -w 1 {gateway} 18080; echo connect-host=$?; \
         sed -n 's/^nameserver //p' /etc/resolv.conf | head -n 1 > resolver; \
         ./leash-storm connect 1 $(cat resolver):53 > dns; echo dns=$(cut -d' ' -f3 dns); \
-        sh -c 'exit 3'; echo child=$?"
+        sh -c 'exit 3'; echo child=$?; \
+        sh -c '( exit 4 ); ( exit 0 ); exit 5'; echo quiet=$?"
     );
     let out = stack
         .leash(&["--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", &script])
@@ -216,6 +217,29 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
     );
     assert_eq!(fork["kind"], "process", "{fork}");
     assert!(exit["details"]["signal"].is_null() && exit["decision"].is_null(), "{exit}");
+    // The subshells came and went without an event of their own: one
+    // count for both, naming their parent (whose fork and exit went out),
+    // and no fork or exit of their own.
+    assert_eq!(result("quiet"), "5", "{stdout}\n{stderr}");
+    let shell = events
+        .iter()
+        .find(|e| e["action"] == "process.exit" && e["details"]["exit_code"] == "5")
+        .and_then(|e| e["pid"].as_u64())
+        .expect("the subshells' parent's exit");
+    let quiet = eventually(Duration::from_secs(5), "the quiet processes' count", || {
+        stack.events().into_iter().find(|e| {
+            e["action"] == "process.fork"
+                && e["details"]["ppid"] == shell.to_string()
+                && !e["details"]["processes"].is_null()
+        })
+    });
+    assert_eq!(
+        (quiet["details"]["processes"].as_str(), quiet["details"]["failed"].as_str()),
+        (Some("2"), Some("1")),
+        "{quiet}"
+    );
+    assert!(events.iter().any(|e| e["action"] == "process.fork" && e["pid"].as_u64() == Some(shell)));
+    assert!(!events.iter().any(|e| e["action"] == "process.exit" && e["details"]["exit_code"] == "4"), "{quiet}");
     let file = denied("FileOpenReadOnly", &format!("{p}/secret/key")).unwrap();
     assert!(file["details"]["ppid"].as_str().is_some_and(|p| p.parse::<u32>().unwrap() > 0), "{file}");
 }
