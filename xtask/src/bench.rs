@@ -335,7 +335,7 @@ fn session_start() -> anyhow::Result<()> {
     ));
     util::out("  leashd's breakdown (medians over all sessions, ms):");
     let mut report_phases = serde_json::Map::new();
-    for name in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
+    for name in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "wait_ms", "remove_ms"] {
         if let Some(mut v) = phases.remove(name) {
             v.sort_by(f64::total_cmp);
             let m = v[v.len() / 2];
@@ -603,6 +603,7 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
             "store_failed": store_failed(&inst).saturating_sub(store_failed0),
         }))
     };
+    let memory_before = inst.status().map(|s| crate::bench_rows::memory_mib(&s)).unwrap_or(Value::Null);
     let mut sustained = 0u64;
     for rate in [50_000u64, 100_000, 150_000, 200_000, 250_000, 300_000, 400_000, 500_000, 600_000] {
         let r = storm(Some(rate), rate * 3)?;
@@ -614,6 +615,12 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         sustained = rate;
     }
     storms.push(storm(None, STORM)?);
+    // Memory after the storms (over a million events), and once more after
+    // 10 s without events: what the daemons give back after a burst.
+    let events_total: u64 = storms.iter().filter_map(|s| s["delivered"].as_u64()).sum();
+    let memory_after = inst.status().map(|s| crate::bench_rows::memory_mib(&s)).unwrap_or(Value::Null);
+    std::thread::sleep(Duration::from_secs(10));
+    let memory_rested = inst.status().map(|s| crate::bench_rows::memory_mib(&s)).unwrap_or(Value::Null);
     let dropped = inst.status().map(|s| component(&s, "leash-sensor")["facts"].clone()).unwrap_or(Value::Null);
     let _ = Command::new("docker").args(["rm", "-f", plain]).output();
     let _ = session.kill();
@@ -626,6 +633,12 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         "events_sustained_per_s": sustained,
         "event_storms": storms,
         "sensor_status": dropped,
+        "memory_mib": {
+            "before": memory_before,
+            "after_events": memory_after,
+            "after_10s_idle": memory_rested,
+            "events_delivered": events_total,
+        },
     });
     if !events_only {
         let per = |v: &[(f64, f64)]| {
@@ -658,6 +671,17 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
         unpaced["generated_per_s"].as_f64().unwrap_or(0.0),
         unpaced["delivered"],
         unpaced["dropped"]
+    ));
+    let total = |m: &Value, k: &str| m["total"][k].as_f64().unwrap_or(0.0);
+    util::out(&format!(
+        "  memory of the daemons, RSS / PSS MiB: {:.1} / {:.1} before; {:.1} / {:.1} after {events_total} events; \
+         {:.1} / {:.1} after 10 s without events",
+        total(&memory_before, "rss"),
+        total(&memory_before, "pss"),
+        total(&memory_after, "rss"),
+        total(&memory_after, "pss"),
+        total(&memory_rested, "rss"),
+        total(&memory_rested, "pss"),
     ));
     write_report(if events_only { "sensor-events" } else { "sensor" }, &report)
 }

@@ -68,7 +68,7 @@ fn daemon_pids(status: &Value) -> Vec<(String, u64)> {
 /// Memory by daemon, MiB, as `leashctl status --json` reports it: resident
 /// (`rss`) and proportional (`pss`: shared pages divided, the sensor's
 /// event ring, mapped twice, counted once), with their sums.
-fn memory_mib(status: &Value) -> Value {
+pub(crate) fn memory_mib(status: &Value) -> Value {
     let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
     let mut m = serde_json::Map::new();
     let (mut rss, mut pss) = (0.0, 0.0);

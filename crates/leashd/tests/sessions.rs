@@ -584,7 +584,7 @@ fn session_lifecycle_events_are_published_with_timings() {
          leash-proxy: intercept the session's HTTP(S), leash-sensor: govern the session's cgroup and files"
     );
     assert_eq!(sessions[2]["details"]["code"], "0");
-    for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "remove_ms"] {
+    for phase in ["prepare_ms", "create_ms", "start_ms", "release_ms", "run_ms", "wait_ms", "remove_ms"] {
         let ms: f64 = sessions[3]["details"][phase].as_str().unwrap().parse().unwrap();
         assert!(ms >= 0.0, "{phase}");
     }

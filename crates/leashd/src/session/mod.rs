@@ -594,8 +594,9 @@ impl Sessions {
                 },
             }
         }
-        let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
         timings.lap("run_ms");
+        let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
+        timings.lap("wait_ms");
         self.set_state(&info.id, "exited");
         Ok(Some(code as i32))
     }
