@@ -969,7 +969,13 @@ fn read_ring(shared: Arc<Shared>) {
         // Wakeups are batched in the kernel; polling at least every 50 ms
         // bounds how long an event waits.
         let read = ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume());
-        shared.events.publish_batch(std::mem::take(&mut *pending.borrow_mut()));
+        let batch = std::mem::take(&mut *pending.borrow_mut());
+        if batch.is_empty() {
+            // Nothing came: what this thread's events were made of, freed
+            // by the threads that sent them, is given back.
+            leash_daemon::process::idle();
+        }
+        shared.events.publish_batch(batch);
         match read {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}

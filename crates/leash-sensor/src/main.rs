@@ -41,5 +41,6 @@ fn main() -> ExitCode {
     if let Some(code) = leash_daemon::process::simple_args(NAME, "the leash kernel sensor") {
         return code;
     }
+    leash_daemon::process::give_back_mimalloc();
     leash_daemon::process::run_main(NAME, false, leash_sensor::run)
 }

@@ -125,5 +125,6 @@ fn main() -> ExitCode {
         // Fails only when already a session leader, which is fine.
         let _ = rustix::process::setsid();
     }
+    leash_daemon::process::give_back_mimalloc();
     run_main("leashd", true, |ctx| leashd::run(ctx, config))
 }

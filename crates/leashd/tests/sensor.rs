@@ -229,7 +229,7 @@ fn files_execs_and_connections_are_enforced_in_a_real_container() {
     let quiet = eventually(Duration::from_secs(5), "the quiet processes' count", || {
         stack.events().into_iter().find(|e| {
             e["action"] == "process.fork"
-                && e["details"]["ppid"] == shell.to_string()
+                && e["details"]["ppid"].as_str().and_then(|p| p.parse::<u64>().ok()) == Some(shell)
                 && !e["details"]["processes"].is_null()
         })
     });
