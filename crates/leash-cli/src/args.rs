@@ -88,15 +88,41 @@ pub struct Args {
     /// upstream's certificate for it.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     pub add_hosts: Vec<String>,
+    /// Start the session and leave it running in the background: print its
+    /// id and return (`leash attach ID` joins it; `leashctl sessions stop
+    /// ID` ends it).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// The keys that leave the session running and return (Docker's syntax:
+    /// `ctrl-<key>` or a character, comma-separated; default ctrl-p,ctrl-q;
+    /// "" for none). Only with a terminal.
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
     /// The command: an agent (claude, codex, gemini, qwen, opencode) or anything after `--`.
     #[arg(value_name = "COMMAND", num_args = 0..)]
     pub command: Vec<String>,
 }
 
+/// `leash attach ID`: join the terminal of a running session (its output
+/// since the session started, up to 1 MiB, first). The detach keys leave it
+/// running; when the session ends, `leash attach` returns its exit code.
+#[derive(Debug, Parser)]
+#[command(name = "leash attach", about, long_about)]
+pub struct AttachArgs {
+    /// The keys that leave the session running and return (Docker's syntax;
+    /// default ctrl-p,ctrl-q; "" for none).
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
+    /// The session's id, or a unique prefix of it (`leashctl sessions`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
 /// Flags of `leash` that take a value, so the `-v` fix-up knows where the
 /// command starts.
-const TAKES_VALUE: [&str; 18] = [
+const TAKES_VALUE: [&str; 19] = [
     "--policy",
+    "--detach-keys",
     "--secret",
     "--dns",
     "--add-host",

@@ -176,6 +176,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             secrets,
             dns: args.dns.clone(),
             add_hosts: args.add_hosts.clone(),
+            detach: args.detach,
         },
         warnings,
     ))
@@ -253,11 +254,44 @@ impl Drop for RawMode {
     }
 }
 
+/// How a client runs: starting a session or attaching to one.
+#[derive(Debug)]
+pub struct Client {
+    /// The first message: Start or Attach.
+    pub first: Input,
+    /// The detach keys (none: never).
+    pub detach_keys: Vec<u8>,
+    /// Say what happens.
+    pub verbose: bool,
+}
+
+impl Client {
+    /// A client that starts a session.
+    pub fn start(start: pb::SessionStart, detach_keys: Option<&str>, verbose: bool) -> anyhow::Result<Client> {
+        Ok(Client { first: Input::Start(start), detach_keys: detach_keys_of(detach_keys)?, verbose })
+    }
+
+    /// A client that attaches to session `id`.
+    pub fn attach(id: String, detach_keys: Option<&str>) -> anyhow::Result<Client> {
+        let first = Input::Attach(pb::SessionAttach { id });
+        Ok(Client { first, detach_keys: detach_keys_of(detach_keys)?, verbose: false })
+    }
+}
+
+fn detach_keys_of(spec: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    crate::keys::parse_detach_keys(spec.unwrap_or(crate::keys::DEFAULT_DETACH_KEYS))
+        .map_err(|e| anyhow::anyhow!("--detach-keys: {e}"))
+}
+
 /// Runs the session; returns the exit code for `leash`.
-pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, verbose: bool) -> anyhow::Result<u8> {
-    let tty = start.tty;
+pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::Result<u8> {
+    let Client { first, detach_keys, verbose } = client;
+    let (mut tty, detach) = match &first {
+        Input::Start(s) => (s.tty, s.detach),
+        _ => (false, false),
+    };
     let (tx, rx) = mpsc::channel::<pb::SessionInput>(64);
-    tx.send(pb::SessionInput { input: Some(Input::Start(start)) }).await?;
+    tx.send(pb::SessionInput { input: Some(first) }).await?;
     let mut stream = ManagerClient::new(channel)
         .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -268,22 +302,27 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
     let mut raw: Option<RawMode> = None;
     // stdin: a plain thread, started once the session runs (prompts read
     // stdin before that), so a blocked read never holds up the exit.
-    let start_stdin = |tx: mpsc::Sender<pb::SessionInput>| {
+    // With a terminal, the detach keys leave the session running.
+    let start_stdin = |tx: mpsc::Sender<pb::SessionInput>, tty: bool| {
+        let mut keys = crate::keys::Detacher::new(if tty { detach_keys.clone() } else { Vec::new() });
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             let mut stdin = std::io::stdin().lock();
             loop {
-                match stdin.read(&mut buf) {
+                let input = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
                         let _ = tx.blocking_send(pb::SessionInput { input: Some(Input::StdinEof(true)) });
                         return;
                     }
-                    Ok(n) => {
-                        if tx.blocking_send(pb::SessionInput { input: Some(Input::Stdin(buf[..n].to_vec())) }).is_err()
-                        {
-                            return;
-                        }
-                    }
+                    Ok(n) => match keys.feed(&buf[..n]) {
+                        crate::keys::Typed::Send(b) if b.is_empty() => continue,
+                        crate::keys::Typed::Send(b) => Input::Stdin(b),
+                        crate::keys::Typed::Detach => Input::Detach(true),
+                    },
+                };
+                let detaching = matches!(input, Input::Detach(_));
+                if tx.blocking_send(pb::SessionInput { input: Some(input) }).is_err() || detaching {
+                    return;
                 }
             }
         });
@@ -345,14 +384,36 @@ pub async fn run(channel: tonic::transport::Channel, start: pb::SessionStart, ve
             }
             Some(Output::Started(s)) => {
                 session_id = s.id.clone();
+                if detach {
+                    // `--detach`: the id, as `docker run -d` prints it.
+                    let _ = writeln!(stdout, "{}", s.id);
+                    return Ok(0);
+                }
                 if tty {
                     raw = Some(RawMode::enter()?);
                 }
-                start_stdin(tx.clone());
+                start_stdin(tx.clone(), tty);
                 if verbose {
                     let nl = if tty { "\r\n" } else { "\n" };
                     let _ = write!(stderr, "leash: session {} in container {} ({}){nl}", s.id, s.container, s.image);
                 }
+            }
+            Some(Output::Attached(a)) => {
+                session_id = a.id.clone();
+                tty = a.tty;
+                if tty {
+                    raw = Some(RawMode::enter()?);
+                }
+                start_stdin(tx.clone(), tty);
+                if a.lost > 0 {
+                    let nl = if tty { "\r\n" } else { "\n" };
+                    let _ = write!(stderr, "leash: {} bytes of earlier output are no longer kept{nl}", a.lost);
+                }
+            }
+            Some(Output::Detached(_)) => {
+                drop(raw);
+                eprintln!("leash: detached from session {session_id} (`leash attach {session_id}` to return)");
+                return Ok(0);
             }
             Some(Output::Prompt(p)) => {
                 let id = p.id.clone();

@@ -151,13 +151,17 @@ impl Manager for ManagerService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
         let mut input = req.into_inner();
-        let start = match input.message().await? {
-            Some(pb::SessionInput { input: Some(pb::session_input::Input::Start(s)) }) => s,
-            _ => return Err(Status::invalid_argument("a session starts with a SessionStart message")),
-        };
         let (tx, rx) = mpsc::channel(256);
         let sessions = self.sessions.clone();
-        tokio::spawn(sessions.run(caller, start, input, tx));
+        match input.message().await? {
+            Some(pb::SessionInput { input: Some(pb::session_input::Input::Start(s)) }) => {
+                tokio::spawn(sessions.run(caller, s, input, tx));
+            }
+            Some(pb::SessionInput { input: Some(pb::session_input::Input::Attach(a)) }) => {
+                tokio::spawn(sessions.attach(caller, a, input, tx));
+            }
+            _ => return Err(Status::invalid_argument("a session starts with a SessionStart or SessionAttach message")),
+        }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

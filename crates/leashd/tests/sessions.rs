@@ -403,6 +403,90 @@ fn a_terminal_session_gets_size_resize_and_ctrl_c() {
     nothing_left(&stack);
 }
 
+/// Types the detach keys as a user does: one key per read.
+fn detach_keys(term: &Pty) {
+    term.write(&[0x10]);
+    std::thread::sleep(Duration::from_millis(150));
+    term.write(&[0x11]);
+}
+
+#[test]
+fn a_session_is_left_with_the_detach_keys_and_joined_again_with_what_it_printed_meanwhile() {
+    if !require_docker("a_session_is_left_with_the_detach_keys_and_joined_again_with_what_it_printed_meanwhile") {
+        return;
+    }
+    let stack = stack();
+    let script = "trap 'echo got-int; exit 42' INT; echo ready; i=0; \
+                  while true; do i=$((i+1)); echo tick-$i-; sleep 0.2; done";
+    let mut cmd = stack.command("leash");
+    cmd.args(["--image", TEST_IMAGE, "--", "sh", "-c", script]).current_dir(stack.project());
+    let mut term = Pty::spawn(cmd, 24, 80);
+    let before = rustix::termios::tcgetattr(&term.slave).unwrap();
+    term.wait_for("tick-2-", Duration::from_secs(15));
+    // A paste that holds the keys is typed, not a detach.
+    term.write(&[0x10, 0x11]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(term.child.try_wait().unwrap().is_none(), "{:?}", term.seen());
+    detach_keys(&term);
+    term.wait_for("detached from session", Duration::from_secs(15));
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0), "{:?}", term.seen());
+    let seen = term.seen();
+    let (id, _) = stack.running_session(Duration::from_secs(5));
+    assert!(seen.contains(&format!("detached from session {id}")), "{seen:?}");
+    let after = rustix::termios::tcgetattr(&term.slave).unwrap();
+    assert_eq!((after.local_modes, after.input_modes), (before.local_modes, before.input_modes));
+    let last_seen: u32 = seen.rsplit("tick-").find_map(|t| t.split('-').next()?.parse().ok()).unwrap();
+
+    // It runs on; what it printed meanwhile is there when a client attaches.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut cmd = stack.command("leash");
+    cmd.args(["attach", &id[..6]]).current_dir(stack.project());
+    let mut viewer = Pty::spawn(cmd, 24, 80);
+    viewer.wait_for(&format!("tick-{}-", last_seen + 5), Duration::from_secs(15));
+    assert!(viewer.seen().contains("ready"), "replayed from the start: {:?}", viewer.seen());
+    // The viewer writes now: Ctrl-C reaches the command, whose code it returns.
+    viewer.write(&[0x03]);
+    assert_eq!(viewer.wait(Duration::from_secs(15)), Some(42), "{:?}", viewer.seen());
+    viewer.wait_for("got-int", Duration::from_secs(5));
+    let events = stack.events();
+    for action in ["session.detach", "session.attach"] {
+        assert!(events.iter().any(|e| e["action"] == action && e["session"] == id.as_str()), "{action}");
+    }
+    nothing_left(&stack);
+}
+
+#[test]
+fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
+    if !require_docker("a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart") {
+        return;
+    }
+    let stack = stack();
+    let script = "echo to-out; echo to-err >&2; while [ ! -e go ]; do sleep 0.1; done; echo later; exit 7";
+    let out = stack.leash(&["-d", "--image", TEST_IMAGE, "--", "sh", "-c", script]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = text(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 16, "the id alone: {out:?}");
+    let (running, _) = stack.running_session(Duration::from_secs(5));
+    assert_eq!(running, id);
+    let attach = stack.leash(&["attach", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    eventually(Duration::from_secs(10), "the client attached", || {
+        stack.events().iter().any(|e| e["action"] == "session.attach" && e["session"] == id.as_str()).then_some(())
+    });
+    std::fs::write(stack.project().join("go"), "").unwrap();
+    let out = attach.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "the command's code: {out:?}");
+    assert_eq!(text(&out.stdout), "to-out\nlater\n", "{out:?}");
+    assert_eq!(text(&out.stderr), "to-err\n", "{out:?}");
+    // Nothing to attach to any more, said in one line.
+    nothing_left(&stack);
+    let out = stack.leash(&["attach", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains(&format!("no session \"{id}\"")), "{out:?}");
+    let out = stack.leash(&["attach", "--detach-keys", "ctrl-", &id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(text(&out.stderr).contains("--detach-keys"), "{out:?}");
+}
+
 /// Writes `text` as `<dir>/config.toml` and returns the dir (for LEASH_HOME).
 fn user_config(stack: &Stack, text: &str) -> std::path::PathBuf {
     let dir = stack.root().join("leash-home");

@@ -3,9 +3,14 @@
 use std::process::ExitCode;
 
 use leash_cli::EXIT_LEASH_FAILURE;
-use leash_cli::args::{Args, fix_up};
+use leash_cli::args::{Args, AttachArgs, fix_up};
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    // `leash attach ID` (a command named attach: `leash -- attach`).
+    if argv.get(1).is_some_and(|a| a == "attach") {
+        return attach(argv[1..].to_vec());
+    }
     let args: Args =
         match leash_daemon::process::parse_args_from(fix_up(std::env::args().collect()), EXIT_LEASH_FAILURE) {
             Ok(a) => a,
@@ -19,11 +24,7 @@ fn main() -> ExitCode {
     for w in warnings {
         eprintln_line(&format!("leash: {w}"));
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(&e.into()),
-    };
-    let result = runtime.block_on(async {
+    session(async {
         let layout = leash_cli::daemon::layout()?;
         let conn = leash_cli::daemon::connect_or_start(&layout, "leash").await?;
         if let Some(l) = &args.listen {
@@ -32,15 +33,37 @@ fn main() -> ExitCode {
         if leash_cli::session::wants_open(&args, &env) {
             leash_cli::commands::ui::open(conn.channel.clone()).await?;
         }
-        leash_cli::session::run(conn.channel, start, args.verbose).await
-    });
-    let code = match result {
+        let client = leash_cli::session::Client::start(start, args.detach_keys.as_deref(), args.verbose)?;
+        leash_cli::session::run(conn.channel, client).await
+    })
+}
+
+/// Runs a session's client to its exit code.
+fn session(client: impl std::future::Future<Output = anyhow::Result<u8>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e.into()),
+    };
+    let code = match runtime.block_on(client) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     };
     // The stdin reader may be blocked in read(2); do not wait for it.
     runtime.shutdown_background();
     code
+}
+
+fn attach(argv: Vec<String>) -> ExitCode {
+    let args: AttachArgs = match leash_daemon::process::parse_args_from(argv, EXIT_LEASH_FAILURE) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    session(async {
+        let client = leash_cli::session::Client::attach(args.id, args.detach_keys.as_deref())?;
+        let layout = leash_cli::daemon::layout()?;
+        let conn = leash_cli::daemon::connect_manager(&layout, "leash").await?;
+        leash_cli::session::run(conn.channel, client).await
+    })
 }
 
 fn eprintln_line(s: &str) {

@@ -52,6 +52,13 @@ pub enum EngineError {
     },
 }
 
+/// The detach keys of leashd's own attachment to a container. The engine
+/// watches the input it relays for them and, seeing them, cuts leashd off
+/// from the session (the default, Ctrl-P Ctrl-Q, is what users type to
+/// detach from `leash`, which leash handles itself). It cannot be turned
+/// off, so it is a sequence nobody types.
+const ENGINE_DETACH_KEYS: &str = "ctrl-^,ctrl-@,ctrl-_,ctrl-],ctrl-^,ctrl-@,ctrl-_,ctrl-],ctrl-^,ctrl-@,ctrl-_,ctrl-]";
+
 impl EngineError {
     /// The engine refused because a name is taken: Docker answers 409;
     /// Podman's Docker-compatible API (4.x) answers 500, saying so.
@@ -292,8 +299,14 @@ impl Engine {
 
     /// Attaches to stdin, stdout and stderr (before start, to miss nothing).
     pub async fn attach(&self, id: &str) -> Result<AttachContainerResults, EngineError> {
-        let opts =
-            AttachContainerOptionsBuilder::new().stdin(true).stdout(true).stderr(true).stream(true).logs(true).build();
+        let opts = AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(true)
+            .detach_keys(ENGINE_DETACH_KEYS)
+            .build();
         self.docker.attach_container(id, Some(opts)).await.map_err(api("attaching to the container"))
     }
 

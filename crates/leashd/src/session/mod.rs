@@ -13,6 +13,7 @@ pub mod mounts;
 pub mod names;
 pub mod plan;
 pub mod secrets;
+pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,6 +64,14 @@ impl Timings {
     fn details(&self) -> Vec<(&str, String)> {
         self.phases.iter().map(|(k, d)| (*k, format!("{:.1}", d.as_secs_f64() * 1e3))).collect()
     }
+}
+
+/// The client that started a session, as its loop talks to it.
+struct Link<'a> {
+    input: &'a mut Streaming<pb::SessionInput>,
+    out: &'a mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    /// It leaves once the session has started (`leash --detach`).
+    detach: bool,
 }
 
 /// What every session needs from leashd.
@@ -128,12 +137,14 @@ pub struct Info {
 pub struct Sessions {
     ctx: Ctx,
     inner: Arc<Mutex<BTreeMap<String, Info>>>,
+    /// The terminals of the sessions this leashd runs, for `leash attach`.
+    terminals: Arc<Mutex<BTreeMap<String, terminal::Shared>>>,
 }
 
 impl Sessions {
     /// An empty registry.
     pub fn new(ctx: Ctx) -> Sessions {
-        Sessions { ctx, inner: Arc::default() }
+        Sessions { ctx, inner: Arc::default(), terminals: Arc::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Info>> {
@@ -171,6 +182,85 @@ impl Sessions {
             [one] => Ok(one.clone()),
             [] => Err(Status::not_found(format!("no session {id:?} of yours"))),
             _ => Err(Status::invalid_argument(format!("{id:?} matches several sessions; give more of the id"))),
+        }
+    }
+
+    /// `leash attach`: joins the terminal of a running session the caller
+    /// owns (root: any) until the session ends or the client detaches.
+    pub async fn attach(
+        self,
+        caller: Peer,
+        req: pb::SessionAttach,
+        mut input: Streaming<pb::SessionInput>,
+        out: mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) {
+        let fail = |error: String| pb::SessionExit { code: 125, error, denied: 0 };
+        let info = match self.find(&caller, &req.id) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = emit(&out, Output::Exit(fail(e.message().to_owned()))).await;
+                return;
+            }
+        };
+        let term = self.terminals.lock().unwrap_or_else(|p| p.into_inner()).get(&info.id).cloned();
+        let Some(term) = term else {
+            let why = format!("session {} has no terminal here (state {})", info.id, info.state);
+            {
+                let _ = emit(&out, Output::Exit(fail(why))).await;
+                return;
+            };
+        };
+        let mut joined = term.lock().unwrap_or_else(|p| p.into_inner()).join(&info.id);
+        self.publish(
+            "session.attach",
+            &info,
+            &[("uid", caller.uid.to_string()), ("pid", caller.pid.unwrap_or_default().to_string())],
+        );
+        let leave = |term: &terminal::Shared, viewer| {
+            term.lock().unwrap_or_else(|p| p.into_inner()).leave(viewer);
+        };
+        for o in std::mem::take(&mut joined.replay) {
+            if out.send(Ok(o)).await.is_err() {
+                return leave(&term, joined.id);
+            }
+        }
+        loop {
+            tokio::select! {
+                live = joined.live.recv() => match live {
+                    Some(o) => {
+                        let last = matches!(o, Ok(pb::SessionOutput { output: Some(Output::Exit(_)) }));
+                        if out.send(o).await.is_err() || last {
+                            return leave(&term, joined.id);
+                        }
+                    }
+                    None => {
+                        let why = format!(
+                            "this client fell behind the session's output; `leash attach {}` to see it again",
+                            info.id
+                        );
+                        {
+                let _ = emit(&out, Output::Exit(fail(why))).await;
+                return;
+            };
+                    }
+                },
+                msg = input.message() => match msg {
+                    Ok(Some(pb::SessionInput { input: Some(Input::Detach(_)) })) => {
+                        leave(&term, joined.id);
+                        self.publish("session.detach", &info, &[("client", "attach".to_owned())]);
+                        {
+                let _ = emit(&out, Output::Detached(true)).await;
+                return;
+            };
+                    }
+                    Ok(Some(pb::SessionInput { input: Some(i) })) => {
+                        let _ = joined.inputs.send((joined.id, i)).await;
+                    }
+                    Ok(Some(_)) => {}
+                    // Gone without detaching: it leaves; the session runs on.
+                    Ok(None) | Err(_) => return leave(&term, joined.id),
+                },
+            }
         }
     }
 
@@ -405,8 +495,8 @@ impl Sessions {
             ],
         );
         timings.lap("create_ms");
-        let result =
-            self.drive(&engine, &info, &plan, intercepted, release, &release_path, &mut input, out, &mut timings).await;
+        let link = Link { input: &mut input, out, detach: start.detach };
+        let result = self.drive(&engine, &info, &plan, intercepted, release, &release_path, link, &mut timings).await;
         let result = match result {
             Ok(Some(code)) => Ok(code),
             // leashd is stopping: the container runs on and the next leashd lists it.
@@ -438,10 +528,10 @@ impl Sessions {
         intercepted: bool,
         release: tokio::net::UnixListener,
         release_path: &std::path::Path,
-        input: &mut Streaming<pb::SessionInput>,
-        out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+        link: Link<'_>,
         timings: &mut Timings,
     ) -> Result<Option<i32>, String> {
+        let Link { input, out, detach } = link;
         let cid = info.container_id.as_str();
         let attach = engine.attach(cid).await.map_err(|e| e.to_string())?;
         let mut output = attach.output;
@@ -545,13 +635,44 @@ impl Sessions {
         )
         .await;
 
-        let mut client_gone = false;
+        // Attached clients (`leash attach`) see what the session prints and,
+        // once the starting client has left, the first of them writes.
+        let (inputs_tx, mut inputs) = mpsc::channel::<terminal::FromViewer>(64);
+        let term = terminal::Terminal::shared(plan.tty, info.container.clone(), inputs_tx);
+        self.terminals.lock().unwrap_or_else(|p| p.into_inner()).insert(info.id.clone(), term.clone());
+        let lock = || term.lock().unwrap_or_else(|p| p.into_inner());
+        // `--detach`: the starting client leaves once it has the id.
+        let mut client_gone = detach;
+        if detach {
+            lock().starter_left();
+            self.publish("session.detach", info, &[("client", "start".to_owned())]);
+        }
+        let apply = |i: Input| {
+            let engine = engine.clone();
+            async move {
+                match i {
+                    Input::Resize(s) => {
+                        let _ = engine.resize(cid, s.rows, s.cols).await;
+                    }
+                    Input::Signal(n) => {
+                        let _ = engine.signal(cid, &n.to_string()).await;
+                    }
+                    _ => {}
+                }
+            }
+        };
         loop {
             tokio::select! {
-                () = self.ctx.shutdown.cancelled() => return Ok(None),
+                () = self.ctx.shutdown.cancelled() => {
+                    self.terminals.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
+                    return Ok(None);
+                }
                 chunk = output.next() => match chunk {
                     Some(Ok(chunk)) => {
-                        if !relay(out, chunk).await {
+                        if let Some((stream, bytes)) = output_bytes(&chunk) {
+                            lock().output(stream, bytes);
+                        }
+                        if !client_gone && !relay(out, chunk).await {
                             client_gone = true;
                         }
                     }
@@ -570,13 +691,14 @@ impl Sessions {
                         Input::StdinEof(_) => {
                             let _ = stdin.shutdown().await;
                         }
-                        Input::Resize(s) => {
-                            let _ = engine.resize(cid, s.rows, s.cols).await;
+                        Input::Detach(_) => {
+                            client_gone = true;
+                            lock().starter_left();
+                            emit(out, Output::Detached(true)).await;
+                            self.publish("session.detach", info, &[("client", "start".to_owned())]);
                         }
-                        Input::Signal(n) => {
-                            let _ = engine.signal(cid, &n.to_string()).await;
-                        }
-                        Input::Start(_) | Input::Answer(_) => {}
+                        i @ (Input::Resize(_) | Input::Signal(_)) => apply(i).await,
+                        Input::Start(_) | Input::Answer(_) | Input::Attach(_) => {}
                     },
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
@@ -592,10 +714,29 @@ impl Sessions {
                         });
                     }
                 },
+                Some((viewer, i)) = inputs.recv() => {
+                    let writes = lock().writes(viewer);
+                    match i {
+                        Input::Detach(_) => {
+                            lock().leave(viewer);
+                        }
+                        Input::Stdin(bytes) if writes => {
+                            let _ = stdin.write_all(&bytes).await;
+                            let _ = stdin.flush().await;
+                        }
+                        i @ (Input::Resize(_) | Input::Signal(_)) if writes => apply(i).await,
+                        _ => {}
+                    }
+                }
             }
         }
         timings.lap("run_ms");
-        let code = engine.wait(cid).await.map_err(|e| e.to_string())?;
+        let code = engine.wait(cid).await;
+        let term = self.terminals.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
+        if let Some(term) = term {
+            term.lock().unwrap_or_else(|p| p.into_inner()).exit(code.as_ref().map_or(125, |c| *c as i32));
+        }
+        let code = code.map_err(|e| e.to_string())?;
         timings.lap("wait_ms");
         self.set_state(&info.id, "exited");
         Ok(Some(code as i32))
@@ -895,6 +1036,16 @@ async fn remember(caller: &Peer, path: &std::path::Path, agent: &str, project: O
 /// Sends one message to the client; false when it is gone.
 async fn emit(out: &mpsc::Sender<Result<pb::SessionOutput, Status>>, o: Output) -> bool {
     out.send(Ok(pb::SessionOutput { output: Some(o) })).await.is_ok()
+}
+
+/// The bytes of one chunk of output and the stream they came from.
+fn output_bytes(chunk: &LogOutput) -> Option<(leash_core::terminal::Stream, &[u8])> {
+    use leash_core::terminal::Stream;
+    match chunk {
+        LogOutput::StdOut { message } | LogOutput::Console { message } => Some((Stream::Stdout, message)),
+        LogOutput::StdErr { message } => Some((Stream::Stderr, message)),
+        LogOutput::StdIn { .. } => None,
+    }
 }
 
 /// Passes one chunk of output to the client; false when it is gone.
