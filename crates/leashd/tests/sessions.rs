@@ -436,6 +436,11 @@ fn a_session_is_left_with_the_detach_keys_and_joined_again_with_what_it_printed_
     let after = rustix::termios::tcgetattr(&term.slave).unwrap();
     assert_eq!((after.local_modes, after.input_modes), (before.local_modes, before.input_modes));
     let last_seen: u32 = seen.rsplit("tick-").find_map(|t| t.split('-').next()?.parse().ok()).unwrap();
+    let clients = || -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
+        v[0]["clients"].as_u64().unwrap()
+    };
+    assert_eq!(clients(), 0, "detached");
 
     // It runs on; what it printed meanwhile is there when a client attaches.
     std::thread::sleep(Duration::from_millis(1500));
@@ -444,6 +449,7 @@ fn a_session_is_left_with_the_detach_keys_and_joined_again_with_what_it_printed_
     let mut viewer = Pty::spawn(cmd, 24, 80);
     viewer.wait_for(&format!("tick-{}-", last_seen + 5), Duration::from_secs(15));
     assert!(viewer.seen().contains("ready"), "replayed from the start: {:?}", viewer.seen());
+    assert_eq!(clients(), 1);
     // The viewer writes now: Ctrl-C reaches the command, whose code it returns.
     viewer.write(&[0x03]);
     assert_eq!(viewer.wait(Duration::from_secs(15)), Some(42), "{:?}", viewer.seen());

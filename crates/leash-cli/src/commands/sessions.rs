@@ -27,6 +27,8 @@ struct SessionJson {
     host_address: String,
     /// The protect-host layer is on (it is unless the user turned it off).
     protect_host: bool,
+    /// Clients attached to its terminal (0: detached).
+    clients: u32,
 }
 
 /// The mechanisms in force, compactly: `fanotify+cgroup-sock`.
@@ -61,18 +63,22 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             enforcement: s.enforcement,
             host_address: s.host_address,
             protect_host: !s.unprotected,
+            clients: s.clients,
         })
         .collect();
     if ctx.json {
         output::json(&rows);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table =
-        vec![["ID", "STATE", "PROJECT", "COMMAND", "IMAGE", "CONTAINER", "STARTED", "ENFORCEMENT"].map(str::to_owned)];
+    let mut table = vec![
+        ["ID", "STATE", "CLIENTS", "PROJECT", "COMMAND", "IMAGE", "CONTAINER", "STARTED", "ENFORCEMENT"]
+            .map(str::to_owned),
+    ];
     for s in &rows {
         table.push([
             s.id.clone(),
             s.state.clone(),
+            s.clients.to_string(),
             s.project.clone(),
             s.command.join(" "),
             if s.image.is_empty() { "-".into() } else { s.image.clone() },

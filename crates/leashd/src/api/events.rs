@@ -152,6 +152,7 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "enforcement": s.enforcement,
         "host_address": s.host_address,
         "protect_host": !s.unprotected,
+        "clients": s.clients,
     })
 }
 

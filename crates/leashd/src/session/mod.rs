@@ -130,6 +130,8 @@ pub struct Info {
     pub host_address: String,
     /// Runs without the protect-host layer (its user asked explicitly).
     pub unprotected: bool,
+    /// Clients attached to its terminal (filled in when listed).
+    pub clients: u32,
 }
 
 /// The registry of sessions.
@@ -165,6 +167,10 @@ impl Sessions {
     pub fn list(&self, caller: &Peer) -> Vec<Info> {
         let mut v: Vec<Info> =
             self.lock().values().filter(|i| caller.uid == 0 || i.owner == caller.uid).cloned().collect();
+        let terminals = self.terminals.lock().unwrap_or_else(|p| p.into_inner());
+        for i in &mut v {
+            i.clients = terminals.get(&i.id).map_or(0, |t| t.lock().unwrap_or_else(|p| p.into_inner()).clients());
+        }
         v.sort_by_key(|i| i.started);
         v
     }
@@ -318,6 +324,7 @@ impl Sessions {
                 enforcement: String::new(),
                 host_address: String::new(),
                 unprotected: labels.get(engine::LABEL_UNPROTECTED).is_some_and(|v| v == "true"),
+                clients: 0,
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
             self.lock().insert(id.clone(), info.clone());
@@ -483,6 +490,7 @@ impl Sessions {
             enforcement: String::new(),
             host_address: String::new(),
             unprotected: !plan.protect_host,
+            clients: 0,
         };
         self.lock().insert(id.clone(), info.clone());
         self.publish(
@@ -1109,5 +1117,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         enforcement: i.enforcement.clone(),
         host_address: i.host_address.clone(),
         unprotected: i.unprotected,
+        clients: i.clients,
     }
 }

@@ -137,6 +137,11 @@ impl Terminal {
         self.viewers.len()
     }
 
+    /// How many clients are attached, the starter included.
+    pub fn clients(&self) -> u32 {
+        u32::from(self.starter) + self.viewers.len() as u32
+    }
+
     /// The session ended: every attached client is told its code.
     pub fn exit(&mut self, code: i32) {
         for v in self.viewers.drain(..) {
