@@ -13,6 +13,9 @@ use clap::Parser;
 /// background daemon): as root it starts leashd when nothing answers;
 /// otherwise it says how to start the service.
 ///
+/// With a terminal, Ctrl-P Ctrl-Q leaves the session running (`-d` starts
+/// it so); `leash attach ID` joins it again (`leash attach --help`).
+///
 /// Exit codes: the command's own exit code; 125 when leash itself fails.
 #[derive(Debug, Parser)]
 #[command(name = "leash", version, about, long_about, trailing_var_arg = true, disable_version_flag = true)]

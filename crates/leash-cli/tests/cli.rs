@@ -30,6 +30,49 @@ fn help_is_complete_and_usage_errors_have_the_right_codes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("leash {}", leash_core::VERSION));
     let out = stack.command("leash").arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(125), "{out:?}");
+    for needle in ["--detach", "--detach-keys", "leash attach ID", "Ctrl-P Ctrl-Q"] {
+        assert!(help.contains(needle), "leash --help lacks {needle:?}:\n{help}");
+    }
+    let out = stack.command("leash").args(["attach", "--help"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("<ID>"), "{out:?}");
+    let out = stack.command("leash").arg("attach").output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "attach needs an id: {out:?}");
+    let out = stack.command("leash").args(["attach", "--detach-keys", "ctrl-", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--detach-keys"), "{out:?}");
+}
+
+#[test]
+fn completions_cover_both_commands_and_parse_in_their_shells() {
+    let stack = Stack::new();
+    let help = String::from_utf8_lossy(&stack.leashctl(&["--help"]).stdout).into_owned();
+    assert!(help.contains("completions"), "{help}");
+    let bash = stack.leashctl(&["completions", "bash"]);
+    assert!(bash.status.success(), "{bash:?}");
+    let script = stack.root().join("leash.bash");
+    std::fs::write(&script, &bash.stdout).unwrap();
+    // Parsed and loaded by a real bash: both commands complete, and
+    // `leash attach` and the detach flags are offered.
+    let check = format!(
+        "set -e; source {}; complete -p leash leashctl; \
+         COMP_WORDS=(leash --det); COMP_CWORD=1; COMP_LINE='leash --det'; COMP_POINT=${{#COMP_LINE}}; \
+         _leash leash --det leash; echo \"${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leashctl comp); COMP_CWORD=1; COMP_LINE='leashctl comp'; COMP_POINT=${{#COMP_LINE}}; \
+         _leashctl leashctl comp leashctl; echo \"${{COMPREPLY[*]}}\"",
+        script.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &check]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("-F _leash leash") && said.contains("-F _leashctl leashctl"), "{said}");
+    assert!(said.contains("--detach --detach-keys"), "{said}");
+    assert!(said.contains("completions"), "{said}");
+    let zsh = String::from_utf8_lossy(&stack.leashctl(&["completions", "zsh"]).stdout).into_owned();
+    assert!(zsh.contains("#compdef leash") && zsh.contains("#compdef leashctl") && zsh.contains("attach"), "{zsh}");
+    let fish = String::from_utf8_lossy(&stack.leashctl(&["completions", "fish"]).stdout).into_owned();
+    assert!(fish.contains("complete -c leash ") && fish.contains("complete -c leashctl "), "{fish}");
+    let out = stack.leashctl(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
 
 #[test]

@@ -87,6 +87,13 @@ enum Command {
     /// Open the Control UI in your browser ($BROWSER, else xdg-open) with a
     /// single-use login code.
     Ui,
+    /// Print the shell completions of leash and leashctl: `source <(leashctl
+    /// completions bash)`, or save them in your shell's completions directory.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: commands::completions::Shell,
+    },
     /// Exchange versions with any leash daemon's socket and print its answer.
     Hello {
         /// The socket, e.g. /run/leash/policy.sock.
@@ -236,6 +243,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if let Command::Completions { shell } = args.command {
+        use clap::CommandFactory;
+        commands::completions::print(shell, Args::command());
+        return ExitCode::SUCCESS;
+    }
     let layout = match leash_cli::daemon::layout() {
         Ok(l) => l,
         Err(e) => return fail(&e, EXIT_USAGE),
@@ -309,6 +321,7 @@ fn main() -> ExitCode {
             }
             Command::Ui => commands::ui::run(&ctx).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
+            Command::Completions { .. } => Ok(ExitCode::SUCCESS),
             Command::Doctor { without } => commands::doctor::run(&ctx, without).await,
         }
     });

@@ -1,5 +1,6 @@
 //! One module per `leashctl` subcommand, each `run(&Ctx, …) -> anyhow::Result<ExitCode>`.
 
+pub mod completions;
 pub mod doctor;
 pub mod events;
 pub mod hello;
