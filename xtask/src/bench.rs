@@ -22,6 +22,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("startup") => startup(),
         Some("session-start") => session_start(),
+        Some("attach") => attach(),
         // Criterion benchmarks of the policy service (medians, with their spread).
         Some("policy") => util::run(util::cargo().args([
             "bench",
@@ -54,9 +55,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             Some(other) => bail!("unknown option {other:?} of bench sensor (--events-only, --new-files, --rows)"),
         },
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: startup, session-start, policy, sensor, lsm, proxy, ui")
+            bail!(
+                "unknown benchmark {other:?}; available: startup, session-start, attach, policy, sensor, lsm, proxy, ui"
+            )
         }
-        None => bail!("which benchmark? available: startup, session-start, policy, sensor, lsm, proxy, ui"),
+        None => bail!("which benchmark? available: startup, session-start, attach, policy, sensor, lsm, proxy, ui"),
     }
 }
 
@@ -276,6 +279,82 @@ pub(crate) fn sessions_ready(why_root: &str) -> anyhow::Result<(Instance, String
     inst.leashd = Some(inst.command("leashd").env("LEASH_ENTRY_BIN", &entry).stdout(Stdio::null()).spawn()?);
     inst.wait(Duration::from_secs(20), all_running)?;
     Ok((inst, crate::image::tag("test")))
+}
+
+/// `leash attach` to a detached session, from the command to the first
+/// byte of the session's earlier output, against `docker logs --follow` of
+/// the same container (the engine's own replay of what it printed).
+fn attach() -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready("bench attach runs leashd and Docker and needs root")?;
+    let project = inst.project()?;
+    let started = inst
+        .command("leash")
+        .args(["-d", "--image", &image, "--", "sh", "-c", "echo ready; sleep 600"])
+        .current_dir(&project)
+        .stdin(Stdio::null())
+        .output()?;
+    if !started.status.success() {
+        bail!("leash -d failed: {}", String::from_utf8_lossy(&started.stderr));
+    }
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let sessions: Value =
+        serde_json::from_slice(&util::output(inst.command("leashctl").args(["sessions", "--json"]))?)?;
+    let container = sessions
+        .as_array()
+        .and_then(|v| v.iter().find(|s| s["id"] == id.as_str()))
+        .and_then(|s| s["container"].as_str())
+        .context("the detached session in leashctl sessions")?
+        .to_owned();
+    // Until the session's output is there to replay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&util::output(Command::new("docker").args(["logs", &container]))?).contains("ready")
+    {
+        if Instant::now() > deadline {
+            bail!("the session printed nothing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_byte = |cmd: &mut Command| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut byte = [0u8; 1];
+        let read = std::io::Read::read(child.stdout.as_mut().context("stdout")?, &mut byte);
+        let d = t.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        if read? != 1 {
+            bail!("no output from {cmd:?}");
+        }
+        Ok(d)
+    };
+    let ours = |inst: &Instance| first_byte(inst.command("leash").args(["attach", &id]));
+    let docker = || first_byte(Command::new("docker").args(["logs", "--follow", &container]));
+    for _ in 0..2 {
+        ours(&inst)?;
+        docker()?;
+    }
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        o.push(ours(&inst)?);
+        b.push(docker()?);
+    }
+    let _ = inst.command("leashctl").args(["sessions", "stop", &id]).output();
+    inst.stop()?;
+    let (o, b) = (median(o), median(b));
+    util::out(&format!("attach (release, medians of {RUNS} interleaved runs; to the first byte of earlier output)"));
+    util::out(&format!("  baseline: docker logs --follow CONTAINER   {}", ms(b)));
+    util::out(&format!(
+        "  leash attach ID                         {}  ({:.2}x baseline)",
+        ms(o),
+        o.as_secs_f64() / b.as_secs_f64()
+    ));
+    let report = serde_json::json!({
+        "runs": RUNS,
+        "docker_logs_follow_ms": b.as_secs_f64() * 1e3,
+        "leash_attach_ms": o.as_secs_f64() * 1e3,
+        "ratio": o.as_secs_f64() / b.as_secs_f64(),
+    });
+    write_report("attach", &report)
 }
 
 /// `leash -- true` against `docker run --rm <same image> true`, warm.

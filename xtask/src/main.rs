@@ -37,6 +37,8 @@ verbs:
   bench policy     the authorizer at 10/100/1000 statements; compiling 1000 to tables
   bench session-start
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
+  bench attach    `leash attach` to a detached session's first byte, against
+                  `docker logs --follow` of its container
   bench sensor [--events-only|--new-files]
                   governed vs ungoverned open/exec loops, host loops, the event rate;
                   --new-files: 10,000 new files with and without identity tracing
