@@ -169,13 +169,23 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        match self.try_call(method, path, body) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A WebDriver command; its value, or what went wrong (with the error's name first).
+    fn try_call(&self, method: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
         let addr = format!("127.0.0.1:{}", self.port);
         let path = format!("/session/{}{path}", self.session);
         let body = if body.is_null() { String::new() } else { body.to_string() };
         let r = request(&addr, method, &path, &[("Content-Type", "application/json")], body.as_bytes());
         let v = r.json();
-        assert!(r.status == 200, "WebDriver {method} {path}: {} {}", r.status, r.text());
-        v["value"].clone()
+        if r.status != 200 {
+            return Err(format!("{}: WebDriver {method} {path}: {} {}", v["value"]["error"], r.status, r.text()));
+        }
+        Ok(v["value"].clone())
     }
 
     /// Navigates to `url`.
@@ -200,10 +210,19 @@ impl Browser {
         self.call("POST", &format!("/element/{id}/value"), serde_json::json!({ "text": text }));
     }
 
-    /// Clicks the element `css`.
+    /// Clicks the element `css`. A live page may draw it again between
+    /// finding and clicking it (a row of the event list as events arrive):
+    /// then it is found again, a few times.
     pub fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.call("POST", &format!("/element/{id}/click"), serde_json::json!({}));
+        for _ in 0..5 {
+            let id = self.element(css);
+            match self.try_call("POST", &format!("/element/{id}/click"), serde_json::json!({})) {
+                Ok(_) => return,
+                Err(e) if e.starts_with("\"stale element reference\"") => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{css}: drawn again at every click");
     }
 
     /// Waits until `script` returns something truthy (not null/false/""); that value.
