@@ -121,6 +121,35 @@ pub struct AttachArgs {
     pub id: String,
 }
 
+/// `leash exec ID -- CMD…`: run another command in a running session. Its
+/// processes are the session's (forked by the session's first process): the
+/// same policy decides what they do, and their decisions are the session's
+/// events. It runs as the session's user; when this client goes, the
+/// command is hung up (SIGHUP), as a closed terminal would.
+#[derive(Debug, Parser)]
+#[command(name = "leash exec", about, long_about, trailing_var_arg = true)]
+pub struct ExecArgs {
+    /// Keep its stdin open and send this client's to it.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give it a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (NAME=value) on top of the session
+    /// command's (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Its working directory inside the container (default: the session command's).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// The session's id, or a unique prefix of it (`leashctl sessions`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The command and its arguments.
+    #[arg(value_name = "COMMAND", required = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
 /// Flags of `leash` that take a value, so the `-v` fix-up knows where the
 /// command starts.
 const TAKES_VALUE: [&str; 19] = [

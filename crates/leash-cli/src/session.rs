@@ -254,10 +254,11 @@ impl Drop for RawMode {
     }
 }
 
-/// How a client runs: starting a session or attaching to one.
+/// How a client runs: starting a session, attaching to one, or running a
+/// command in one.
 #[derive(Debug)]
 pub struct Client {
-    /// The first message: Start or Attach.
+    /// The first message: Start, Attach or Exec.
     pub first: Input,
     /// The detach keys (none: never).
     pub detach_keys: Vec<u8>,
@@ -276,6 +277,35 @@ impl Client {
         let first = Input::Attach(pb::SessionAttach { id });
         Ok(Client { first, detach_keys: detach_keys_of(detach_keys)?, verbose: false })
     }
+
+    /// A client that runs a command in a running session (`leash exec`).
+    pub fn exec(args: crate::args::ExecArgs) -> anyhow::Result<Client> {
+        let stdin_tty = rustix::termios::isatty(std::io::stdin());
+        if args.tty && args.interactive && !stdin_tty {
+            anyhow::bail!("leash exec -it: the input device is not a terminal (leave out -t)");
+        }
+        let mut env = args.env;
+        // A terminal's kind travels with it, as `docker exec -t` does.
+        if args.tty
+            && !env.iter().any(|e| e.starts_with("TERM="))
+            && let Ok(term) = std::env::var("TERM")
+        {
+            env.push(format!("TERM={term}"));
+        }
+        let size = rustix::termios::tcgetwinsize(std::io::stdout().as_fd())
+            .ok()
+            .map(|s| pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() });
+        let first = Input::Exec(pb::SessionExec {
+            id: args.id,
+            command: args.command,
+            tty: args.tty,
+            interactive: args.interactive,
+            size,
+            env,
+            workdir: args.workdir.unwrap_or_default(),
+        });
+        Ok(Client { first, detach_keys: Vec::new(), verbose: false })
+    }
 }
 
 fn detach_keys_of(spec: Option<&str>) -> anyhow::Result<Vec<u8>> {
@@ -289,6 +319,12 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     let (mut tty, detach) = match &first {
         Input::Start(s) => (s.tty, s.detach),
         _ => (false, false),
+    };
+    // `leash exec` sends stdin only with -i, and says nothing of denials
+    // (they are the session's).
+    let (exec, send_stdin) = match &first {
+        Input::Exec(e) => (true, e.interactive),
+        _ => (false, true),
     };
     let (tx, rx) = mpsc::channel::<pb::SessionInput>(64);
     tx.send(pb::SessionInput { input: Some(first) }).await?;
@@ -401,10 +437,12 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             Some(Output::Attached(a)) => {
                 session_id = a.id.clone();
                 tty = a.tty;
-                if tty {
+                if tty && rustix::termios::isatty(std::io::stdin()) {
                     raw = Some(RawMode::enter()?);
                 }
-                start_stdin(tx.clone(), tty);
+                if send_stdin {
+                    start_stdin(tx.clone(), tty);
+                }
                 if a.lost > 0 {
                     let nl = if tty { "\r\n" } else { "\n" };
                     let _ = write!(stderr, "leash: {} bytes of earlier output are no longer kept{nl}", a.lost);
@@ -426,7 +464,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                     eprintln!("leash: {}", e.error);
                     return Ok(crate::EXIT_LEASH_FAILURE);
                 }
-                if e.denied > 0 || (tty && !session_id.is_empty()) || verbose {
+                if e.denied > 0 || (tty && !session_id.is_empty() && !exec) || verbose {
                     eprintln!(
                         "leash: {} operation{} denied; see them with `leashctl events --session {}`",
                         e.denied,

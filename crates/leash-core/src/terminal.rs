@@ -13,6 +13,13 @@ pub const RING_BYTES: usize = 1 << 20;
 /// The largest payload of one frame.
 pub const FRAME_MAX: usize = 64 << 10;
 
+/// The descriptor of leash-entry (the container's first process) that
+/// leashd copies (`pidfd_getfd`) to reach it: one end of a datagram socket
+/// pair whose other end only leash-entry reads. No path names it, it is
+/// never inherited, and leash-entry is not dumpable, so nothing else in the
+/// container can take it; a leashd that restarts takes it again.
+pub const CONTROL_FD: i32 = 100;
+
 /// Which of a process's outputs bytes came from (without a terminal the
 /// two stay apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +156,18 @@ pub enum Frame {
     Resize { proc: u32, rows: u16, cols: u16 },
     /// leashd → entry: a signal for a process's group.
     Signal { proc: u32, signal: i32 },
-    /// leashd → entry: run a command in the session.
-    Spawn { proc: u32, tty: bool, interactive: bool, rows: u16, cols: u16, argv: Vec<String>, env: Vec<String> },
+    /// leashd → entry: run a command in the session (`env` as `NAME=value`
+    /// on top of the session command's; `cwd` empty: the command's).
+    Spawn {
+        proc: u32,
+        tty: bool,
+        interactive: bool,
+        rows: u16,
+        cols: u16,
+        argv: Vec<String>,
+        env: Vec<String>,
+        cwd: String,
+    },
     /// leashd → entry: the client of a process went away.
     Hangup { proc: u32 },
     /// entry → leashd: output of a process, at its offset in the ring.
@@ -271,6 +288,23 @@ impl<'b> Reader<'b> {
 }
 
 impl Frame {
+    /// The process a frame is about (none for the connection's own).
+    pub fn proc(&self) -> Option<u32> {
+        match self {
+            Frame::Hello { .. } | Frame::Ack { .. } => None,
+            Frame::Input { proc, .. }
+            | Frame::Eof { proc }
+            | Frame::Resize { proc, .. }
+            | Frame::Signal { proc, .. }
+            | Frame::Spawn { proc, .. }
+            | Frame::Hangup { proc }
+            | Frame::Output { proc, .. }
+            | Frame::Spawned { proc, .. }
+            | Frame::SpawnFailed { proc, .. }
+            | Frame::Exit { proc, .. } => Some(*proc),
+        }
+    }
+
     fn kind(&self) -> u8 {
         match self {
             Frame::Hello { .. } => 1,
@@ -299,14 +333,15 @@ impl Frame {
             Frame::Eof { proc } | Frame::Hangup { proc } => w.u32(*proc),
             Frame::Resize { proc, rows, cols } => w.u32(*proc).u16(*rows).u16(*cols),
             Frame::Signal { proc, signal } => w.u32(*proc).u32(*signal as u32),
-            Frame::Spawn { proc, tty, interactive, rows, cols, argv, env } => w
+            Frame::Spawn { proc, tty, interactive, rows, cols, argv, env, cwd } => w
                 .u32(*proc)
                 .u8(u8::from(*tty))
                 .u8(u8::from(*interactive))
                 .u16(*rows)
                 .u16(*cols)
                 .strings(argv)
-                .strings(env),
+                .strings(env)
+                .bytes(cwd.as_bytes()),
             Frame::Output { proc, stream, offset, bytes } => w.u32(*proc).u8(stream.code()).u64(*offset).bytes(bytes),
             Frame::Spawned { proc, pid } => w.u32(*proc).u32(*pid),
             Frame::SpawnFailed { proc, code, message } => w.u32(*proc).u32(*code as u32).bytes(message.as_bytes()),
@@ -319,6 +354,16 @@ impl Frame {
         out.extend_from_slice(&(w.0.len() as u32).to_le_bytes());
         out.extend_from_slice(&w.0);
         Ok(())
+    }
+
+    /// Reads a datagram that holds exactly one frame (the control
+    /// connection is a datagram socket: a frame never arrives in pieces,
+    /// and one cut short by a peer that died is never joined to the next).
+    pub fn from_datagram(d: &[u8]) -> Result<Frame, FrameError> {
+        match Frame::decode(d)? {
+            Some((f, n)) if n == d.len() => Ok(f),
+            _ => Err(FrameError::Malformed(d.first().copied().unwrap_or(0))),
+        }
     }
 
     /// Reads the first frame of `buf`: the frame and the bytes it took, or
@@ -352,6 +397,7 @@ impl Frame {
                     cols: r.u16()?,
                     argv: r.strings()?,
                     env: r.strings()?,
+                    cwd: r.string()?,
                 },
                 8 => Frame::Hangup { proc: r.u32()? },
                 9 => {
@@ -446,6 +492,7 @@ mod tests {
                 cols: 80,
                 argv: vec!["sh".into(), "-c".into(), "echo é".into()],
                 env: vec!["A=1".into()],
+                cwd: "/work".into(),
             },
             Frame::Hangup { proc: 7 },
             Frame::Output { proc: 0, stream: Stream::Stderr, offset: 9, bytes: vec![0; 1000] },
@@ -490,5 +537,18 @@ mod tests {
         spawn.extend_from_slice(&payload);
         assert_eq!(Frame::decode(&spawn), Err(FrameError::Malformed(7)));
         assert_eq!(Frame::decode(&[1, 8, 0]), Ok(None), "a header still arriving");
+    }
+
+    #[test]
+    fn a_datagram_holds_one_whole_frame() {
+        let mut d = Vec::new();
+        Frame::Exit { proc: 5, code: 3 }.encode(&mut d).unwrap();
+        assert_eq!(Frame::from_datagram(&d), Ok(Frame::Exit { proc: 5, code: 3 }));
+        // Cut short, or followed by more: refused, never waited for.
+        assert_eq!(Frame::from_datagram(&d[..d.len() - 1]), Err(FrameError::Malformed(12)));
+        let mut two = d.clone();
+        two.extend_from_slice(&d);
+        assert_eq!(Frame::from_datagram(&two), Err(FrameError::Malformed(12)));
+        assert_eq!(Frame::from_datagram(&[]), Err(FrameError::Malformed(0)));
     }
 }

@@ -18,10 +18,17 @@
 //! 5. starts the command as the target user, in its own process group and
 //!    in the terminal's foreground, forwards signals to it, reaps every
 //!    zombie, and exits with its status: the command's code, 128+n when a
-//!    signal ended it, 127 when it is not found, 126 when it cannot run.
+//!    signal ended it, 127 when it is not found, 126 when it cannot run;
+//! 6. meanwhile runs the commands leashd asks for over the control
+//!    connection (`control`: `leash exec`), as the same user.
+//!
+//! leash-entry is not dumpable from its first instruction: the container's
+//! processes, the agent's among them, cannot trace it or copy its
+//! descriptors.
 //!
 //! Errors print `leash-entry: …` on stderr and exit 125.
 
+mod control;
 mod init;
 mod release;
 mod setup;
@@ -100,6 +107,16 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
+    // Not dumpable, from the first instruction on: no process of the
+    // container may read this one's memory or copy its descriptors (the
+    // control connection's door).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return fail(&format!("cannot make leash-entry undumpable: {e}"));
+    }
+    let mut control = match control::open() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(ca) = &args.ca {
         match setup::install_trust(ca) {
@@ -139,7 +156,13 @@ fn main() -> ExitCode {
     {
         return fail(&format!("cannot become {uid}:{gid}: {e}"));
     }
-    init::run(&args.command, &env)
+    // A change of user makes a process dumpable again where the system
+    // says so (`fs.suid_dumpable`); not this one.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        return fail(&format!("cannot make leash-entry undumpable: {e}"));
+    }
+    control.set_env(&env);
+    init::run(&args.command, &env, Some(control))
 }
 
 fn fail(msg: &str) -> ExitCode {

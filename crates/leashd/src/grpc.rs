@@ -160,7 +160,14 @@ impl Manager for ManagerService {
             Some(pb::SessionInput { input: Some(pb::session_input::Input::Attach(a)) }) => {
                 tokio::spawn(sessions.attach(caller, a, input, tx));
             }
-            _ => return Err(Status::invalid_argument("a session starts with a SessionStart or SessionAttach message")),
+            Some(pb::SessionInput { input: Some(pb::session_input::Input::Exec(e)) }) => {
+                tokio::spawn(sessions.exec(caller, e, input, tx));
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a session starts with a SessionStart, SessionAttach or SessionExec message",
+                ));
+            }
         }
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -344,6 +344,20 @@ fn a_hostile_agent_gets_around_nothing_on_either_tier() {
             "./leash-storm uring",
             By::Kernel("io_uring_setup is refused (EPERM)"),
         ),
+        // leash-entry's control connection (`leash exec`): not dumpable,
+        // so neither copied nor listed.
+        attempt(
+            "control-door",
+            "pidfd_getfd of PID 1's control connection",
+            "./leash-storm door",
+            By::Kernel("leash-entry is not dumpable (EPERM)"),
+        ),
+        attempt(
+            "control-proc",
+            "/proc/1/fd of leash-entry",
+            "ls -l /proc/1/fd/ && readlink /proc/1/fd/100; echo control-proc=$?",
+            By::Kernel("leash-entry is not dumpable (EACCES)"),
+        ),
         attempt(
             "sendfile",
             "sendfile from an inherited descriptor",

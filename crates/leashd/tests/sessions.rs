@@ -493,6 +493,121 @@ fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
     assert!(text(&out.stderr).contains("--detach-keys"), "{out:?}");
 }
 
+#[test]
+fn exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy() {
+    if !require_docker("exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy") {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    std::fs::write(project.join("secret.txt"), "TOPSECRET\n").unwrap();
+    let policy = stack.root().join("exec.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "@id(\"all\") permit (principal, action, resource);\n\
+             @id(\"no-secret\") forbid (principal, action == Action::\"FileOpen\", resource == File::\"{}/secret.txt\");\n",
+            project.display()
+        ),
+    )
+    .unwrap();
+    let script =
+        "id -u > main-uid; cat /proc/self/cgroup > main-cgroup; while [ ! -e stop ]; do sleep 0.1; done; exit 3";
+    let out = stack
+        .leash(&["-d", "--image", TEST_IMAGE, "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = text(&out.stdout).trim().to_owned();
+    eventually(Duration::from_secs(10), "the session's command running", || {
+        project.join("main-cgroup").exists().then_some(())
+    });
+
+    // Without a terminal: stdout and stderr apart, the code, the session's
+    // user, cgroup, working directory and supervised-calls filter.
+    let probe = "echo out; echo err >&2; id -u; cat /proc/self/cgroup; pwd; grep Seccomp: /proc/self/status; \
+                 echo $FROM_EXEC; exit 5";
+    let out = stack.leash(&["exec", "-e", "FROM_EXEC=yes", &id[..8], "sh", "-c", probe]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let expect = format!(
+        "out\n{}{}{}\nSeccomp:\t2\nyes\n",
+        std::fs::read_to_string(project.join("main-uid")).unwrap(),
+        std::fs::read_to_string(project.join("main-cgroup")).unwrap(),
+        project.display()
+    );
+    assert_eq!(text(&out.stdout), expect, "{out:?}");
+    assert_eq!(text(&out.stderr), "err\n", "{out:?}");
+
+    // The policy decides for it as for the session's command: the read of
+    // the forbidden file is refused, with an event of this session.
+    let out = stack.leash(&["exec", &id, "--", "cat", "secret.txt"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(!text(&out.stdout).contains("TOPSECRET"), "{out:?}");
+    eventually(Duration::from_secs(10), "the exec'd read denied as the session's", || {
+        stack
+            .events()
+            .iter()
+            .any(|e| {
+                e["session"] == id.as_str()
+                    && e["decision"] == "deny"
+                    && e["resource"].as_str().is_some_and(|r| r.ends_with("/secret.txt"))
+            })
+            .then_some(())
+    });
+
+    // -i: stdin reaches it, and its end; -w; a command that is not there.
+    let mut child = stack
+        .leash(&["exec", "-i", "-w", "/tmp", &id, "--", "sh", "-c", "pwd; cat; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"piped-in\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "/tmp\npiped-in\ndone\n"), "{out:?}");
+    let out = stack.leash(&["exec", &id, "--", "no-such-command"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(text(&out.stderr).contains("cannot run no-such-command"), "{out:?}");
+
+    // -it through a terminal: its own terminal, Ctrl-C reaches it, its code returns.
+    let mut cmd = stack.command("leash");
+    let tty_script = "tty; stty size; trap 'echo got-int; exit 42' INT; echo ready; while true; do sleep 0.1; done";
+    cmd.args(["exec", "-it", &id, "--", "sh", "-c", tty_script]).current_dir(&project);
+    let mut term = Pty::spawn(cmd, 33, 99);
+    term.wait_for("ready", Duration::from_secs(15));
+    assert!(term.seen().contains("/dev/pts/") && term.seen().contains("33 99"), "{:?}", term.seen());
+    term.write(&[0x03]);
+    term.wait_for("got-int", Duration::from_secs(10));
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(42), "{:?}", term.seen());
+
+    // A client that goes hangs its command up (which then writes no more
+    // to it: sh's report of the sleep the hangup killed goes elsewhere).
+    let hup = "exec 2>/dev/null; trap 'echo hup > hung-up; exit 1' HUP; echo started; while true; do sleep 0.1; done";
+    let mut gone = stack.leash(&["exec", &id, "--", "sh", "-c", hup]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(gone.stdout.as_mut().unwrap(), &mut first).unwrap();
+    gone.kill().unwrap();
+    let _ = gone.wait();
+    eventually(Duration::from_secs(10), "the command hung up", || project.join("hung-up").exists().then_some(()));
+
+    let events = stack.events();
+    let execs: Vec<_> =
+        events.iter().filter(|e| e["action"] == "session.exec" && e["session"] == id.as_str()).collect();
+    assert_eq!(execs.len(), 5, "one per command started: {execs:?}");
+    assert!(execs.iter().any(|e| e["details"]["command"] == "cat secret.txt"), "{execs:?}");
+    assert!(
+        events.iter().any(|e| e["action"] == "session.exec.exit" && e["details"]["code"] == "5"),
+        "the exit and its code"
+    );
+
+    // The session's own command is untouched by all this, and ends it.
+    std::fs::write(project.join("stop"), "").unwrap();
+    eventually(Duration::from_secs(15), "the session ended", || stack.containers().is_empty().then_some(()));
+    let out = stack.leash(&["exec", &id, "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    nothing_left(&stack);
+}
+
 /// Writes `text` as `<dir>/config.toml` and returns the dir (for LEASH_HOME).
 fn user_config(stack: &Stack, text: &str) -> std::path::PathBuf {
     let dir = stack.root().join("leash-home");

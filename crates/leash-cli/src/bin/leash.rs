@@ -3,13 +3,17 @@
 use std::process::ExitCode;
 
 use leash_cli::EXIT_LEASH_FAILURE;
-use leash_cli::args::{Args, AttachArgs, fix_up};
+use leash_cli::args::{Args, AttachArgs, ExecArgs, fix_up};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // `leash attach ID` (a command named attach: `leash -- attach`).
     if argv.get(1).is_some_and(|a| a == "attach") {
         return attach(argv[1..].to_vec());
+    }
+    // `leash exec ID CMD…` (a command named exec: `leash -- exec`).
+    if argv.get(1).is_some_and(|a| a == "exec") {
+        return exec(argv[1..].to_vec());
     }
     let args: Args =
         match leash_daemon::process::parse_args_from(fix_up(std::env::args().collect()), EXIT_LEASH_FAILURE) {
@@ -60,6 +64,19 @@ fn attach(argv: Vec<String>) -> ExitCode {
     };
     session(async {
         let client = leash_cli::session::Client::attach(args.id, args.detach_keys.as_deref())?;
+        let layout = leash_cli::daemon::layout()?;
+        let conn = leash_cli::daemon::connect_manager(&layout, "leash").await?;
+        leash_cli::session::run(conn.channel, client).await
+    })
+}
+
+fn exec(argv: Vec<String>) -> ExitCode {
+    let args: ExecArgs = match leash_daemon::process::parse_args_from(argv, EXIT_LEASH_FAILURE) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    session(async {
+        let client = leash_cli::session::Client::exec(args)?;
         let layout = leash_cli::daemon::layout()?;
         let conn = leash_cli::daemon::connect_manager(&layout, "leash").await?;
         leash_cli::session::run(conn.channel, client).await

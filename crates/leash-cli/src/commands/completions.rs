@@ -18,10 +18,11 @@ pub enum Shell {
 }
 
 /// `leash`'s command line as completions see it: its flags, and `attach`
-/// (which `leash` reads before its flags).
+/// and `exec` (which `leash` reads before its flags).
 pub fn leash_command() -> clap::Command {
     let attach = crate::args::AttachArgs::command().name("attach");
-    crate::args::Args::command().args_conflicts_with_subcommands(true).subcommand(attach)
+    let exec = crate::args::ExecArgs::command().name("exec");
+    crate::args::Args::command().args_conflicts_with_subcommands(true).subcommand(attach).subcommand(exec)
 }
 
 /// The completions of `leash` and of `leashctl` (its command line given by
@@ -50,10 +51,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leash_completes_its_flags_and_attach() {
+    fn leash_completes_its_flags_attach_and_exec() {
         let out = render(Shell::Bash, clap::Command::new("leashctl").subcommand(clap::Command::new("status")));
         let text = String::from_utf8(out).unwrap();
-        for word in ["attach", "--detach", "--detach-keys", "--no-protect-host", "leashctl", "status"] {
+        for word in [
+            "attach",
+            "exec",
+            "--interactive",
+            "--workdir",
+            "--detach",
+            "--detach-keys",
+            "--no-protect-host",
+            "leashctl",
+            "status",
+        ] {
             assert!(text.contains(word), "{word} missing");
         }
     }

@@ -8,7 +8,9 @@
 
 pub mod admission;
 pub mod config;
+pub mod control;
 pub mod engine;
+mod exec;
 pub mod mounts;
 pub mod names;
 pub mod plan;
@@ -141,12 +143,14 @@ pub struct Sessions {
     inner: Arc<Mutex<BTreeMap<String, Info>>>,
     /// The terminals of the sessions this leashd runs, for `leash attach`.
     terminals: Arc<Mutex<BTreeMap<String, terminal::Shared>>>,
+    /// The control connections of running sessions, for `leash exec`.
+    controls: Arc<Mutex<BTreeMap<String, Arc<control::Conn>>>>,
 }
 
 impl Sessions {
     /// An empty registry.
     pub fn new(ctx: Ctx) -> Sessions {
-        Sessions { ctx, inner: Arc::default(), terminals: Arc::default() }
+        Sessions { ctx, inner: Arc::default(), terminals: Arc::default(), controls: Arc::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Info>> {
@@ -330,6 +334,7 @@ impl Sessions {
             self.lock().insert(id.clone(), info.clone());
             if running && let Ok((pid, _, _)) = engine.inspect(&cid).await {
                 self.note_host_side(&id, pid);
+                self.take_control(&id, pid).await;
             }
             self.publish("session.recover", &info, &[]);
             let this = self.clone();
@@ -370,6 +375,7 @@ impl Sessions {
         self.close_proxy(&info.id).await;
         self.close_policy(&info.id).await;
         self.ctx.hub.forget_redactions(&info.id);
+        self.controls.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
         self.publish("session.remove", info, &timings.details());
@@ -626,6 +632,7 @@ impl Sessions {
         conn.write_all(b"go\n").await.map_err(|e| format!("release channel: {e}"))?;
         drop(conn);
         timings.lap("release_ms");
+        self.take_control(&info.id, pid).await;
         let mut release_details = vec![("admission", passed.join(", "))];
         if !skipped.is_empty() {
             release_details.push(("degraded", skipped.join(", ")));
@@ -706,7 +713,7 @@ impl Sessions {
                             self.publish("session.detach", info, &[("client", "start".to_owned())]);
                         }
                         i @ (Input::Resize(_) | Input::Signal(_)) => apply(i).await,
-                        Input::Start(_) | Input::Answer(_) | Input::Attach(_) => {}
+                        Input::Start(_) | Input::Answer(_) | Input::Attach(_) | Input::Exec(_) => {}
                     },
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
@@ -869,6 +876,19 @@ impl Sessions {
     }
 
     /// Records the host as the session's container sees it.
+    /// Takes the control connection of session `id`, whose first process
+    /// is `pid` (`leash exec` cannot reach a session without one).
+    async fn take_control(&self, id: &str, pid: Option<i64>) {
+        let pid = pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        let Some(pid) = pid else { return };
+        match control::Conn::take(pid, id).await {
+            Ok(c) => {
+                self.controls.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), Arc::new(c));
+            }
+            Err(e) => tracing::warn!(session_id = %id, error = %e, "cannot take the session's control connection"),
+        }
+    }
+
     fn note_host_side(&self, id: &str, pid: Option<i64>) {
         let found = match pid {
             Some(pid) if pid > 0 => leash_daemon::net::host_side_of(pid as u32),
