@@ -274,7 +274,7 @@ impl Client {
 
     /// A client that attaches to session `id`.
     pub fn attach(id: String, detach_keys: Option<&str>) -> anyhow::Result<Client> {
-        let first = Input::Attach(pb::SessionAttach { id });
+        let first = Input::Attach(pb::SessionAttach { id, from: 0 });
         Ok(Client { first, detach_keys: detach_keys_of(detach_keys)?, verbose: false })
     }
 
@@ -313,6 +313,51 @@ fn detach_keys_of(spec: Option<&str>) -> anyhow::Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!("--detach-keys: {e}"))
 }
 
+/// How long a client whose leashd went away tries to reattach.
+const REATTACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens a session stream whose first message is `first`; the sender for
+/// the rest.
+async fn open_stream(
+    channel: &tonic::transport::Channel,
+    first: Input,
+) -> Result<(mpsc::Sender<pb::SessionInput>, tonic::Streaming<pb::SessionOutput>), tonic::Status> {
+    let (tx, rx) = mpsc::channel::<pb::SessionInput>(64);
+    let _ = tx.send(pb::SessionInput { input: Some(first) }).await;
+    let stream = ManagerClient::new(channel.clone())
+        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
+/// Reattaches to session `id` from output offset `from` through a leashd
+/// that came back, trying for [`REATTACH_PATIENCE`]; the new stream, its
+/// sender, and the Attached message.
+async fn reattach(
+    channel: &tonic::transport::Channel,
+    id: &str,
+    from: u64,
+) -> Option<(mpsc::Sender<pb::SessionInput>, tonic::Streaming<pb::SessionOutput>, pb::SessionAttached)> {
+    let deadline = tokio::time::Instant::now() + REATTACH_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        let first = Input::Attach(pb::SessionAttach { id: id.to_owned(), from });
+        if let Ok((tx, mut stream)) = open_stream(channel, first).await {
+            match stream.message().await {
+                Ok(Some(pb::SessionOutput { output: Some(Output::Attached(a)) })) => return Some((tx, stream, a)),
+                // leashd is back but has not recovered the session (yet).
+                Ok(Some(pb::SessionOutput { output: Some(Output::Exit(e)) })) if !e.error.contains("no session") => {
+                    return None;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    None
+}
+
 /// Runs the session; returns the exit code for `leash`.
 pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::Result<u8> {
     let Client { first, detach_keys, verbose } = client;
@@ -321,25 +366,21 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         _ => (false, false),
     };
     // `leash exec` sends stdin only with -i, and says nothing of denials
-    // (they are the session's).
+    // (they are the session's); its command ends with its client, so it
+    // does not reattach.
     let (exec, send_stdin) = match &first {
         Input::Exec(e) => (true, e.interactive),
         _ => (false, true),
     };
-    let (tx, rx) = mpsc::channel::<pb::SessionInput>(64);
-    tx.send(pb::SessionInput { input: Some(first) }).await?;
-    let mut stream = ManagerClient::new(channel)
-        .max_decoding_message_size(leash_daemon::serve::MAX_MESSAGE_BYTES)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .context("leashd refused the session")?
-        .into_inner();
+    let (mut tx, mut stream) = open_stream(&channel, first).await.context("leashd refused the session")?;
+    // What the user types and the signals leash gets, whichever stream is current.
+    let (user_tx, mut user_rx) = mpsc::channel::<Input>(64);
 
     let mut raw: Option<RawMode> = None;
     // stdin: a plain thread, started once the session runs (prompts read
     // stdin before that), so a blocked read never holds up the exit.
     // With a terminal, the detach keys leave the session running.
-    let start_stdin = |tx: mpsc::Sender<pb::SessionInput>, tty: bool| {
+    let start_stdin = |tx: mpsc::Sender<Input>, tty: bool| {
         let mut keys = crate::keys::Detacher::new(if tty { detach_keys.clone() } else { Vec::new() });
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
@@ -347,7 +388,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             loop {
                 let input = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        let _ = tx.blocking_send(pb::SessionInput { input: Some(Input::StdinEof(true)) });
+                        let _ = tx.blocking_send(Input::StdinEof(true));
                         return;
                     }
                     Ok(n) => match keys.feed(&buf[..n]) {
@@ -357,7 +398,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                     },
                 };
                 let detaching = matches!(input, Input::Detach(_));
-                if tx.blocking_send(pb::SessionInput { input: Some(input) }).is_err() || detaching {
+                if tx.blocking_send(input).is_err() || detaching {
                     return;
                 }
             }
@@ -370,7 +411,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
-        let tx = tx.clone();
+        let tx = user_tx.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -382,7 +423,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                     _ = term.recv() => Input::Signal(15),
                     _ = hup.recv() => Input::Signal(1),
                 };
-                if tx.send(pb::SessionInput { input: Some(msg) }).await.is_err() {
+                if tx.send(msg).await.is_err() {
                     return;
                 }
             }
@@ -391,10 +432,36 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let mut session_id = String::new();
+    // Output bytes printed so far, by the session's offsets: where a
+    // reattaching client resumes.
+    let mut printed: u64 = 0;
+    let mut stdin_started = false;
     loop {
-        let msg = match stream.message().await {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            Some(i) = user_rx.recv() => {
+                let _ = tx.send(pb::SessionInput { input: Some(i) }).await;
+                continue;
+            }
+        };
+        let msg = match msg {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => {
+                let nl = if raw.is_some() { "\r\n" } else { "\n" };
+                // A running session outlives its leashd: the next one
+                // recovers it, and this client joins it again where it was.
+                if !session_id.is_empty() && !exec {
+                    eprint!("leash: lost the connection to leashd; reattaching to session {session_id}…{nl}");
+                    if let Some((t, s, a)) = reattach(&channel, &session_id, printed).await {
+                        (tx, stream) = (t, s);
+                        if a.lost > 0 {
+                            eprint!("leash: {} bytes of output printed meanwhile are no longer kept{nl}", a.lost);
+                        }
+                        printed += a.lost;
+                        eprint!("leash: reattached{nl}");
+                        continue;
+                    }
+                }
                 drop(raw);
                 let what = if session_id.is_empty() {
                     String::new()
@@ -407,10 +474,12 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         };
         match msg.output {
             Some(Output::Stdout(b)) => {
+                printed += b.len() as u64;
                 let _ = stdout.write_all(&b);
                 let _ = stdout.flush();
             }
             Some(Output::Stderr(b)) => {
+                printed += b.len() as u64;
                 let _ = stderr.write_all(&b);
                 let _ = stderr.flush();
             }
@@ -428,7 +497,8 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 if tty {
                     raw = Some(RawMode::enter()?);
                 }
-                start_stdin(tx.clone(), tty);
+                start_stdin(user_tx.clone(), tty);
+                stdin_started = true;
                 if verbose {
                     let nl = if tty { "\r\n" } else { "\n" };
                     let _ = write!(stderr, "leash: session {} in container {} ({}){nl}", s.id, s.container, s.image);
@@ -437,11 +507,13 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             Some(Output::Attached(a)) => {
                 session_id = a.id.clone();
                 tty = a.tty;
+                printed = a.lost;
                 if tty && rustix::termios::isatty(std::io::stdin()) {
                     raw = Some(RawMode::enter()?);
                 }
-                if send_stdin {
-                    start_stdin(tx.clone(), tty);
+                if send_stdin && !stdin_started {
+                    start_stdin(user_tx.clone(), tty);
+                    stdin_started = true;
                 }
                 if a.lost > 0 {
                     let nl = if tty { "\r\n" } else { "\n" };

@@ -272,52 +272,56 @@ fn three_sessions_at_once() {
 }
 
 #[test]
-fn a_session_survives_a_leashd_restart_and_is_listed() {
-    if !require_docker("a_session_survives_a_leashd_restart_and_is_listed") {
+fn a_session_survives_a_leashd_restart_and_its_client_reattaches_with_nothing_lost() {
+    if !require_docker("a_session_survives_a_leashd_restart_and_its_client_reattaches_with_nothing_lost") {
         return;
     }
     let mut stack = stack();
-    let marker = stack.project().join("finished");
-    let leash = stack
-        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "sleep 3; touch finished"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    running_session(&stack);
-    let leashd = stack.processes("leashd")[0];
-    leash_testkit::kill(leashd, rustix::process::Signal::KILL);
-    stack.wait_leashd(Duration::from_secs(2));
-    let out = leash.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("lost the connection to leashd"), "{out:?}");
+    let project = stack.project();
+    // It prints before, while no leashd runs, and after.
+    let script = "echo before; touch started; while [ ! -e go ]; do sleep 0.1; done; echo during-the-gap; \
+                  touch printed; while [ ! -e end ]; do sleep 0.1; done; echo after; exit 7";
+    for (n, signal) in [rustix::process::Signal::KILL, rustix::process::Signal::TERM].into_iter().enumerate() {
+        for f in ["started", "go", "printed", "end"] {
+            let _ = std::fs::remove_file(project.join(f));
+        }
+        let leash = stack
+            .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = running_session(&stack);
+        eventually(Duration::from_secs(10), "the command started", || project.join("started").exists().then_some(()));
+        std::thread::sleep(Duration::from_millis(300));
+        let leashd = stack.processes("leashd")[0];
+        leash_testkit::kill(leashd, signal);
+        stack.wait_leashd(Duration::from_secs(8));
+        std::fs::write(project.join("go"), "").unwrap();
+        eventually(Duration::from_secs(10), "printed while no leashd ran", || {
+            project.join("printed").exists().then_some(())
+        });
+        stack.start_leashd_for_sessions();
+        stack.wait_healthy(Duration::from_secs(10));
+        let out = stack.leashctl(&["sessions"]);
+        assert!(text(&out.stdout).contains("running"), "{out:?}");
 
-    stack.start_leashd_for_sessions();
-    stack.wait_healthy(Duration::from_secs(10));
-    let out = stack.leashctl(&["sessions"]);
-    assert!(text(&out.stdout).contains("running"), "{out:?}");
-    // It keeps running to its end, then is torn down.
-    eventually(Duration::from_secs(15), "the command to finish", || marker.exists().then_some(()));
-    nothing_left(&stack);
+        // The recovered session takes commands and viewers.
+        let out = stack.leash(&["exec", &id, "--", "sh", "-c", "echo exec-after-restart"]).output().unwrap();
+        assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "exec-after-restart\n"), "{out:?}");
+        let viewer = stack.leash(&["attach", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
 
-    // A graceful stop of leashd (SIGTERM, as `systemctl restart leashd`)
-    // leaves the session running too, and says so.
-    std::fs::remove_file(&marker).unwrap();
-    let leash = stack
-        .leash(&["--image", TEST_IMAGE, "--", "sh", "-c", "sleep 3; touch finished"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    running_session(&stack);
-    let leashd = stack.processes("leashd")[0];
-    leash_testkit::kill(leashd, rustix::process::Signal::TERM);
-    assert_eq!(stack.wait_leashd(Duration::from_secs(8)), Some(0));
-    let out = leash.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("keeps running"), "{out:?}");
-    assert_eq!(stack.containers().len(), 1, "the container was left running");
-    stack.start_leashd_for_sessions();
-    eventually(Duration::from_secs(15), "the command to finish", || marker.exists().then_some(()));
-    nothing_left(&stack);
+        std::fs::write(project.join("end"), "").unwrap();
+        let out = leash.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "the command's code, through the new leashd ({n}): {out:?}");
+        assert_eq!(text(&out.stdout), "before\nduring-the-gap\nafter\n", "nothing lost, nothing twice: {err}");
+        assert!(err.contains(&format!("reattaching to session {id}")) && err.contains("reattached"), "{err}");
+        let viewed = viewer.wait_with_output().unwrap();
+        assert_eq!(viewed.status.code(), Some(7), "{viewed:?}");
+        assert_eq!(text(&viewed.stdout), "before\nduring-the-gap\nafter\n", "{viewed:?}");
+        nothing_left(&stack);
+    }
 }
 
 #[test]

@@ -322,6 +322,12 @@ impl Engine {
         Ok((state.pid, state.exit_code, state.running.unwrap_or(false)))
     }
 
+    /// Whether it was created with a terminal.
+    pub async fn has_tty(&self, id: &str) -> bool {
+        let c = self.docker.inspect_container(id, None).await;
+        c.ok().and_then(|c| c.config).and_then(|c| c.tty).unwrap_or(false)
+    }
+
     /// Waits for it to exit; its exit code.
     pub async fn wait(&self, id: &str) -> Result<i64, EngineError> {
         use futures_util::StreamExt;

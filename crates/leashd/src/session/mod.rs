@@ -68,6 +68,9 @@ impl Timings {
     }
 }
 
+/// leashd stopped while session `0` ran (it runs on).
+struct Stopping(String);
+
 /// The client that started a session, as its loop talks to it.
 struct Link<'a> {
     input: &'a mut Streaming<pb::SessionInput>,
@@ -220,7 +223,7 @@ impl Sessions {
                 return;
             };
         };
-        let mut joined = term.lock().unwrap_or_else(|p| p.into_inner()).join(&info.id);
+        let mut joined = term.lock().unwrap_or_else(|p| p.into_inner()).join(&info.id, req.from);
         self.publish(
             "session.attach",
             &info,
@@ -340,9 +343,28 @@ impl Sessions {
             let this = self.clone();
             let engine = engine.clone();
             tokio::spawn(async move {
-                let code = engine.wait(&cid).await.unwrap_or(125);
+                // Its terminal again, with everything it printed (the
+                // engine's log holds what it printed while no leashd ran),
+                // so that clients attach and the one that started it
+                // reattaches where it left off.
+                let mut timings = Timings::new();
+                let attached = if running { Some(engine.attach(&cid).await) } else { None };
+                let served = match attached {
+                    Some(Ok(attach)) => {
+                        let tty = engine.has_tty(&cid).await;
+                        this.serve(&engine, &info, tty, attach.output, attach.input, None, &mut timings).await
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(session_id = %info.id, error = %e, "cannot attach to the recovered session");
+                        Some(engine.wait(&cid).await.map_err(|e| e.to_string()))
+                    }
+                    None => Some(engine.wait(&cid).await.map_err(|e| e.to_string())),
+                };
+                // leashd is stopping again: the next one recovers it.
+                let Some(code) = served else { return };
+                let code = code.unwrap_or(125);
                 this.publish("session.exit", &info, &[("code", code.to_string())]);
-                this.teardown(&engine, &info, &mut Timings::new()).await;
+                this.teardown(&engine, &info, &mut timings).await;
             });
         }
     }
@@ -395,7 +417,13 @@ impl Sessions {
         out: mpsc::Sender<Result<pb::SessionOutput, Status>>,
     ) {
         let exit = match self.run_inner(&caller, start, input, &out).await {
-            Ok(code) => pb::SessionExit { code, error: String::new(), denied: 0 },
+            Ok(Ok(code)) => pb::SessionExit { code, error: String::new(), denied: 0 },
+            // leashd is stopping: the container runs on, the next leashd
+            // recovers it, and the client reattaches to it there.
+            Ok(Err(Stopping(id))) => {
+                emit(&out, Output::Notice(format!("leashd is stopping; session {id} keeps running"))).await;
+                return;
+            }
             Err(error) => pb::SessionExit { code: 125, error, denied: 0 },
         };
         emit(&out, Output::Exit(exit)).await;
@@ -407,7 +435,7 @@ impl Sessions {
         start: pb::SessionStart,
         mut input: Streaming<pb::SessionInput>,
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
-    ) -> Result<i32, String> {
+    ) -> Result<Result<i32, Stopping>, String> {
         let mut timings = Timings::new();
         let mut plan = plan::plan(&self.ctx, caller, &start)?;
         self.ask_about_agent_mount(caller, &mut plan, &mut input, out).await?;
@@ -513,13 +541,7 @@ impl Sessions {
         let result = self.drive(&engine, &info, &plan, intercepted, release, &release_path, link, &mut timings).await;
         let result = match result {
             Ok(Some(code)) => Ok(code),
-            // leashd is stopping: the container runs on and the next leashd lists it.
-            Ok(None) => {
-                return Err(format!(
-                    "leashd is stopping; session {} keeps running (see `leashctl sessions` once leashd is back)",
-                    info.id
-                ));
-            }
+            Ok(None) => return Ok(Err(Stopping(info.id.clone()))),
             Err(e) => Err(e),
         };
         let code = match &result {
@@ -528,7 +550,7 @@ impl Sessions {
         };
         self.publish("session.exit", &info, &[("code", code.to_string())]);
         self.teardown(&engine, &info, &mut timings).await;
-        result
+        result.map(Ok)
     }
 
     /// Attach, start, release, relay, wait. `Ok(None)` when leashd stops
@@ -549,7 +571,7 @@ impl Sessions {
         let cid = info.container_id.as_str();
         let attach = engine.attach(cid).await.map_err(|e| e.to_string())?;
         let mut output = attach.output;
-        let mut stdin = attach.input;
+        let stdin = attach.input;
         engine.start(cid).await.map_err(|e| e.to_string())?;
         timings.lap("start_ms");
         if let Some(size) = plan.size {
@@ -650,16 +672,45 @@ impl Sessions {
         )
         .await;
 
+        let served = self.serve(engine, info, plan.tty, output, stdin, Some(Link { input, out, detach }), timings).await;
+        served.map(|code| code.map(|c| Some(c as i32))).unwrap_or(Ok(None))
+    }
+
+    /// Serves a running session's terminal until its command ends: what it
+    /// prints goes to the ring, the attached clients and (while it stays)
+    /// the starting client over `link` (none for a session recovered after
+    /// a restart); their input, resizes and signals go to it. Its exit code;
+    /// None when leashd is stopping (the session runs on).
+    #[allow(clippy::too_many_arguments, reason = "the parts of one running session, each used once")]
+    async fn serve(
+        &self,
+        engine: &Engine,
+        info: &Info,
+        tty: bool,
+        mut output: std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>,
+        >,
+        mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+        link: Option<Link<'_>>,
+        timings: &mut Timings,
+    ) -> Option<Result<i64, String>> {
+        let cid = info.container_id.as_str();
         // Attached clients (`leash attach`) see what the session prints and,
         // once the starting client has left, the first of them writes.
         let (inputs_tx, mut inputs) = mpsc::channel::<terminal::FromViewer>(64);
-        let term = terminal::Terminal::shared(plan.tty, info.container.clone(), inputs_tx);
+        let term = terminal::Terminal::shared(tty, info.container.clone(), inputs_tx);
         self.terminals.lock().unwrap_or_else(|p| p.into_inner()).insert(info.id.clone(), term.clone());
         let lock = || term.lock().unwrap_or_else(|p| p.into_inner());
-        // `--detach`: the starting client leaves once it has the id.
+        let (mut input, out, detach) = match link {
+            Some(Link { input, out, detach }) => (Some(input), Some(out), detach),
+            None => (None, None, true),
+        };
+        // `--detach`, or recovered: the starting client is not there.
         let mut client_gone = detach;
         if detach {
             lock().starter_left();
+        }
+        if detach && out.is_some() {
             self.publish("session.detach", info, &[("client", "start".to_owned())]);
         }
         let apply = |i: Input| {
@@ -680,14 +731,17 @@ impl Sessions {
             tokio::select! {
                 () = self.ctx.shutdown.cancelled() => {
                     self.terminals.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
-                    return Ok(None);
+                    return None;
                 }
                 chunk = output.next() => match chunk {
                     Some(Ok(chunk)) => {
                         if let Some((stream, bytes)) = output_bytes(&chunk) {
                             lock().output(stream, bytes);
                         }
-                        if !client_gone && !relay(out, chunk).await {
+                        if let Some(out) = out
+                            && !client_gone
+                            && !relay(out, chunk).await
+                        {
                             client_gone = true;
                         }
                     }
@@ -697,7 +751,12 @@ impl Sessions {
                     }
                     None => break,
                 },
-                msg = input.message(), if !client_gone => match msg {
+                msg = async {
+                    match input.as_mut() {
+                        Some(i) => i.message().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !client_gone => match msg {
                     Ok(Some(pb::SessionInput { input: Some(i) })) => match i {
                         Input::Stdin(bytes) => {
                             let _ = stdin.write_all(&bytes).await;
@@ -709,7 +768,9 @@ impl Sessions {
                         Input::Detach(_) => {
                             client_gone = true;
                             lock().starter_left();
-                            emit(out, Output::Detached(true)).await;
+                            if let Some(out) = out {
+                                emit(out, Output::Detached(true)).await;
+                            }
                             self.publish("session.detach", info, &[("client", "start".to_owned())]);
                         }
                         i @ (Input::Resize(_) | Input::Signal(_)) => apply(i).await,
@@ -751,10 +812,10 @@ impl Sessions {
         if let Some(term) = term {
             term.lock().unwrap_or_else(|p| p.into_inner()).exit(code.as_ref().map_or(125, |c| *c as i32));
         }
-        let code = code.map_err(|e| e.to_string())?;
+        let code = code.map_err(|e| e.to_string());
         timings.lap("wait_ms");
         self.set_state(&info.id, "exited");
-        Ok(Some(code as i32))
+        Some(code)
     }
 
     /// Asks whether to mount the agent's host config when no configuration

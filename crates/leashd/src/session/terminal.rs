@@ -96,9 +96,10 @@ impl Terminal {
         self.viewers.retain(|v| v.tx.try_send(Ok(output(stream, bytes.to_vec()))).is_ok());
     }
 
-    /// Attaches a client: everything the ring holds goes first.
-    pub fn join(&mut self, id: &str) -> Joined {
-        let since = self.ring.since(0);
+    /// Attaches a client: what the ring holds from output offset `from` on
+    /// goes first (0: everything it holds).
+    pub fn join(&mut self, id: &str, from: u64) -> Joined {
+        let since = self.ring.since(from);
         let attached = pb::SessionAttached {
             id: id.to_owned(),
             lost: since.lost,
@@ -172,14 +173,18 @@ mod tests {
         let mut t = t.lock().unwrap();
         t.output(Stream::Stdout, b"one\n");
         t.output(Stream::Stderr, b"warn\n");
-        let mut a = t.join("s1");
+        let mut a = t.join("s1", 0);
         assert!(matches!(&a.replay[0].output, Some(Output::Attached(x)) if x.id == "s1" && x.lost == 0 && !x.tty));
         assert_eq!(texts(&a.replay), ["out:one\n", "err:warn\n"]);
+        // A client that reattaches gets what follows what it has seen.
+        let again = t.join("s1", 4);
+        assert_eq!(texts(&again.replay), ["err:warn\n"]);
+        t.leave(again.id);
         t.output(Stream::Stdout, b"two\n");
         let live = a.live.try_recv().unwrap().unwrap();
         assert_eq!(texts(&[live]), ["out:two\n"]);
         // The starter writes while attached; then the first client.
-        let b = t.join("s1");
+        let b = t.join("s1", 0);
         assert!(!t.writes(a.id) && !t.writes(b.id));
         t.starter_left();
         assert!(t.writes(a.id) && !t.writes(b.id));
@@ -194,7 +199,7 @@ mod tests {
         let (inputs, _rx) = mpsc::channel(8);
         let t = Terminal::shared(true, "c".into(), inputs);
         let mut t = t.lock().unwrap();
-        let mut slow = t.join("s1");
+        let mut slow = t.join("s1", 0);
         for _ in 0..VIEWER_QUEUE + 1 {
             t.output(Stream::Stdout, b"x");
         }
