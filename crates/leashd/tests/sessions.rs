@@ -325,6 +325,34 @@ fn a_session_survives_a_leashd_restart_and_its_client_reattaches_with_nothing_lo
 }
 
 #[test]
+fn a_terminal_session_reattaches_after_leashd_is_killed_and_takes_input_again() {
+    if !require_docker("a_terminal_session_reattaches_after_leashd_is_killed_and_takes_input_again") {
+        return;
+    }
+    let mut stack = stack();
+    let script = "echo ready; while read line; do echo got-$line; [ \"$line\" = bye ] && exit 9; done";
+    let mut cmd = stack.command("leash");
+    cmd.args(["--image", TEST_IMAGE, "--", "sh", "-c", script]).current_dir(stack.project());
+    let mut term = Pty::spawn(cmd, 24, 80);
+    term.wait_for("ready", Duration::from_secs(15));
+    term.write(b"one\r");
+    term.wait_for("got-one", Duration::from_secs(10));
+    let leashd = stack.processes("leashd")[0];
+    leash_testkit::kill(leashd, rustix::process::Signal::KILL);
+    stack.wait_leashd(Duration::from_secs(2));
+    term.wait_for("reattaching to session", Duration::from_secs(10));
+    stack.start_leashd_for_sessions();
+    term.wait_for("reattached", Duration::from_secs(20));
+    // What the user types reaches the command again; its code returns.
+    term.write(b"two\r");
+    term.wait_for("got-two", Duration::from_secs(10));
+    term.write(b"bye\r");
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(9), "{:?}", term.seen());
+    assert_eq!(term.seen().matches("got-one").count(), 1, "replayed once: {:?}", term.seen());
+    nothing_left(&stack);
+}
+
+#[test]
 fn bad_input_is_one_line_and_exit_125_with_nothing_left() {
     if !require_docker("bad_input_is_one_line_and_exit_125_with_nothing_left") {
         return;
