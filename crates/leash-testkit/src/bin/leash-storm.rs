@@ -138,7 +138,7 @@ fn file_attempt(args: &[String]) -> Option<ExitCode> {
         }
         [what, file] if what == "handle" => Some(say("handle", by_handle(file))),
         [what] if what == "uring" => Some(say("uring", uring())),
-        [what] if what == "door" => Some(say("door", door())),
+        [what] if what == "door" => Some(say("control-door", door())),
         [what, file] if what == "sendfile" => {
             let r = rustix::fs::open(file, OFlags::RDONLY, Mode::empty()).map_err(|e| e.to_string()).and_then(|fd| {
                 use std::os::fd::AsRawFd;
