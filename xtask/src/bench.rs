@@ -23,6 +23,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("startup") => startup(),
         Some("session-start") => session_start(),
         Some("attach") => attach(),
+        Some("exec") => exec(),
         // Criterion benchmarks of the policy service (medians, with their spread).
         Some("policy") => util::run(util::cargo().args([
             "bench",
@@ -56,10 +57,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         },
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: startup, session-start, attach, policy, sensor, lsm, proxy, ui"
+                "unknown benchmark {other:?}; available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui"
             )
         }
-        None => bail!("which benchmark? available: startup, session-start, attach, policy, sensor, lsm, proxy, ui"),
+        None => bail!("which benchmark? available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui"),
     }
 }
 
@@ -281,15 +282,12 @@ pub(crate) fn sessions_ready(why_root: &str) -> anyhow::Result<(Instance, String
     Ok((inst, crate::image::tag("test")))
 }
 
-/// `leash attach` to a detached session, from the command to the first
-/// byte of the session's earlier output, against `docker logs --follow` of
-/// the same container (the engine's own replay of what it printed).
-fn attach() -> anyhow::Result<()> {
-    let (mut inst, image) = sessions_ready("bench attach runs leashd and Docker and needs root")?;
+/// A detached session that printed `ready` and sleeps: its id and container.
+fn detached_session(inst: &Instance, image: &str) -> anyhow::Result<(String, String)> {
     let project = inst.project()?;
     let started = inst
         .command("leash")
-        .args(["-d", "--image", &image, "--", "sh", "-c", "echo ready; sleep 600"])
+        .args(["-d", "--image", image, "--", "sh", "-c", "echo ready; sleep 600"])
         .current_dir(&project)
         .stdin(Stdio::null())
         .output()?;
@@ -314,6 +312,59 @@ fn attach() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok((id, container))
+}
+
+/// `leash exec ID -- true` in a running session against `docker exec
+/// CONTAINER true` in the same container, each to its exit.
+fn exec() -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready("bench exec runs leashd and Docker and needs root")?;
+    let (id, container) = detached_session(&inst, &image)?;
+    let run = |cmd: &mut Command| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let out = cmd.stdin(Stdio::null()).output()?;
+        let d = t.elapsed();
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(d)
+    };
+    let ours = |inst: &Instance| run(inst.command("leash").args(["exec", &id, "--", "true"]));
+    let docker = || run(Command::new("docker").args(["exec", &container, "true"]));
+    for _ in 0..2 {
+        ours(&inst)?;
+        docker()?;
+    }
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        o.push(ours(&inst)?);
+        b.push(docker()?);
+    }
+    let _ = inst.command("leashctl").args(["sessions", "stop", &id]).output();
+    inst.stop()?;
+    let (o, b) = (median(o), median(b));
+    util::out(&format!("exec (release, medians of {RUNS} interleaved runs; to the command's exit)"));
+    util::out(&format!("  baseline: docker exec CONTAINER true   {}", ms(b)));
+    util::out(&format!(
+        "  leash exec ID -- true                 {}  ({:.2}x baseline)",
+        ms(o),
+        o.as_secs_f64() / b.as_secs_f64()
+    ));
+    let report = serde_json::json!({
+        "runs": RUNS,
+        "docker_exec_ms": b.as_secs_f64() * 1e3,
+        "leash_exec_ms": o.as_secs_f64() * 1e3,
+        "ratio": o.as_secs_f64() / b.as_secs_f64(),
+    });
+    write_report("exec", &report)
+}
+
+/// `leash attach` to a detached session, from the command to the first
+/// byte of the session's earlier output, against `docker logs --follow` of
+/// the same container (the engine's own replay of what it printed).
+fn attach() -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready("bench attach runs leashd and Docker and needs root")?;
+    let (id, container) = detached_session(&inst, &image)?;
     let first_byte = |cmd: &mut Command| -> anyhow::Result<Duration> {
         let t = Instant::now();
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;

@@ -39,6 +39,7 @@ verbs:
                   `leash -- true` against `docker run --rm`, with leashd's breakdown
   bench attach    `leash attach` to a detached session's first byte, against
                   `docker logs --follow` of its container
+  bench exec      `leash exec ID -- true` against `docker exec CONTAINER true`
   bench sensor [--events-only|--new-files]
                   governed vs ungoverned open/exec loops, host loops, the event rate;
                   --new-files: 10,000 new files with and without identity tracing
