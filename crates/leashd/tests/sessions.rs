@@ -855,7 +855,10 @@ fn sessions_run_on_podman_through_its_docker_api() {
     // A second session in the same project while the first runs takes the
     // next name (Podman spells a taken name differently from Docker).
     let mut first = stack.leash(&["--image", TEST_IMAGE, "--", "sleep", "30"]).spawn().unwrap();
-    let (_, name) = stack.running_session(Duration::from_secs(10));
+    let (id, name) = stack.running_session(Duration::from_secs(10));
+    // `leash exec` reaches a Podman session's leash-entry too.
+    let out = stack.leash(&["exec", &id, "--", "sh", "-c", "grep Seccomp: /proc/self/status"]).output().unwrap();
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "Seccomp:\t2\n".to_owned()), "{out:?}");
     let out = run(&stack, &["--", "echo", "second"]);
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "second\n".to_owned()), "{out:?}");
     let second = stack.events().into_iter().filter(|e| e["action"] == "session.create").nth(3).expect("its create");
