@@ -60,7 +60,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 "unknown benchmark {other:?}; available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui"
             )
         }
-        None => bail!("which benchmark? available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui"),
+        None => {
+            bail!("which benchmark? available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui")
+        }
     }
 }
 

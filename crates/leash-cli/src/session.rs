@@ -334,28 +334,32 @@ async fn open_stream(
 
 /// Reattaches to session `id` from output offset `from` through a leashd
 /// that came back, trying for [`REATTACH_PATIENCE`]; the new stream, its
-/// sender, and the Attached message.
+/// sender and the Attached message, or why not.
 async fn reattach(
     channel: &tonic::transport::Channel,
     id: &str,
     from: u64,
-) -> Option<(mpsc::Sender<pb::SessionInput>, tonic::Streaming<pb::SessionOutput>, pb::SessionAttached)> {
+) -> Result<(mpsc::Sender<pb::SessionInput>, tonic::Streaming<pb::SessionOutput>, pb::SessionAttached), String> {
     let deadline = tokio::time::Instant::now() + REATTACH_PATIENCE;
+    let mut why = format!("no leashd answered within {REATTACH_PATIENCE:?}");
     while tokio::time::Instant::now() < deadline {
         let first = Input::Attach(pb::SessionAttach { id: id.to_owned(), from });
         if let Ok((tx, mut stream)) = open_stream(channel, first).await {
             match stream.message().await {
-                Ok(Some(pb::SessionOutput { output: Some(Output::Attached(a)) })) => return Some((tx, stream, a)),
-                // leashd is back but has not recovered the session (yet).
-                Ok(Some(pb::SessionOutput { output: Some(Output::Exit(e)) })) if !e.error.contains("no session") => {
-                    return None;
+                Ok(Some(pb::SessionOutput { output: Some(Output::Attached(a)) })) => return Ok((tx, stream, a)),
+                // The new leashd recovered every session it found before it
+                // answered: this one ended while no leashd ran.
+                Ok(Some(pb::SessionOutput { output: Some(Output::Exit(e)) })) if e.error.starts_with("no session") => {
+                    return Err(format!("session {id} ended while leashd was away"));
                 }
+                // Recovered, its terminal not served yet: again.
+                Ok(Some(pb::SessionOutput { output: Some(Output::Exit(e)) })) => why = e.error,
                 _ => {}
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    None
+    Err(why)
 }
 
 /// Runs the session; returns the exit code for `leash`.
@@ -452,14 +456,17 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 // recovers it, and this client joins it again where it was.
                 if !session_id.is_empty() && !exec {
                     eprint!("leash: lost the connection to leashd; reattaching to session {session_id}…{nl}");
-                    if let Some((t, s, a)) = reattach(&channel, &session_id, printed).await {
-                        (tx, stream) = (t, s);
-                        if a.lost > 0 {
-                            eprint!("leash: {} bytes of output printed meanwhile are no longer kept{nl}", a.lost);
+                    match reattach(&channel, &session_id, printed).await {
+                        Ok((t, s, a)) => {
+                            (tx, stream) = (t, s);
+                            if a.lost > 0 {
+                                eprint!("leash: {} bytes of output printed meanwhile are no longer kept{nl}", a.lost);
+                            }
+                            printed += a.lost;
+                            eprint!("leash: reattached{nl}");
+                            continue;
                         }
-                        printed += a.lost;
-                        eprint!("leash: reattached{nl}");
-                        continue;
+                        Err(why) => eprint!("leash: cannot reattach: {why}{nl}"),
                     }
                 }
                 drop(raw);

@@ -54,6 +54,9 @@ struct Inner {
     dropped: u64,
     /// Per session, the secret values no event may carry.
     redactions: std::collections::HashMap<String, Vec<String>>,
+    /// Per session counted, the refusals published (what `leash` reports
+    /// when the session ends).
+    denials: std::collections::HashMap<String, u64>,
 }
 
 /// Events kept in memory at most while the audit store holds them all:
@@ -96,6 +99,7 @@ impl Hub {
                 subscribers: Vec::new(),
                 dropped: 0,
                 redactions: std::collections::HashMap::new(),
+                denials: std::collections::HashMap::new(),
             })),
         }
     }
@@ -142,8 +146,20 @@ impl Hub {
     }
 
     /// Forgets a session's secrets (it ended).
-    pub fn forget_redactions(&self, session: &str) {
-        self.lock().redactions.remove(session);
+    pub fn forget_session(&self, session: &str) {
+        let mut inner = self.lock();
+        inner.redactions.remove(session);
+        inner.denials.remove(session);
+    }
+
+    /// Counts `session`'s refusals from now on.
+    pub fn count_denials(&self, session: &str) {
+        self.lock().denials.entry(session.to_owned()).or_insert(0);
+    }
+
+    /// The refusals of `session` published since it was counted.
+    pub fn denials(&self, session: &str) -> u64 {
+        self.lock().denials.get(session).copied().unwrap_or(0)
     }
 
     /// Publishes an event to the history and every subscriber.
@@ -159,6 +175,12 @@ impl Hub {
         for mut event in events {
             if let Some(secrets) = event.session.as_ref().and_then(|s| inner.redactions.get(s)) {
                 redact(&mut event, secrets);
+            }
+            if event.decision == Some(leash_core::Decision::Deny)
+                && let Some(n) = event.session.as_ref().and_then(|s| inner.denials.get_mut(s))
+            {
+                // Refusals are never folded: one event each.
+                *n += 1;
             }
             inner.seq += 1;
             let stamped = Arc::new(Stamped { seq: inner.seq, event, json: std::sync::OnceLock::new() });
@@ -253,7 +275,7 @@ mod tests {
         assert_eq!(got[0].event.details["header"], "Bearer [REDACTED]");
         assert_eq!(got[0].event.details["short"], "abc", "too short to be a secret");
         assert!(got[1].event.resource.contains("sk-live-123456"), "another session's own events");
-        hub.forget_redactions("s");
+        hub.forget_session("s");
         assert!(hub.lock().redactions.is_empty());
     }
 

@@ -632,6 +632,24 @@ fn exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy()
         "the exit and its code"
     );
 
+    // A session's end says how many operations were refused in it.
+    let out = stack
+        .leash(&[
+            "--verbose",
+            "--image",
+            TEST_IMAGE,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "cat secret.txt; cat secret.txt; true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stderr).contains("leash: 2 operations denied"), "{out:?}");
+
     // The session's own command is untouched by all this, and ends it.
     std::fs::write(project.join("stop"), "").unwrap();
     eventually(Duration::from_secs(15), "the session ended", || stack.containers().is_empty().then_some(()));

@@ -334,6 +334,7 @@ impl Sessions {
                 clients: 0,
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
+            self.ctx.hub.count_denials(&id);
             self.lock().insert(id.clone(), info.clone());
             if running && let Ok((pid, _, _)) = engine.inspect(&cid).await {
                 self.note_host_side(&id, pid);
@@ -396,7 +397,7 @@ impl Sessions {
         self.unregister_sensor(&info.id).await;
         self.close_proxy(&info.id).await;
         self.close_policy(&info.id).await;
-        self.ctx.hub.forget_redactions(&info.id);
+        self.ctx.hub.forget_session(&info.id);
         self.controls.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
         self.lock().remove(&info.id);
         timings.lap("remove_ms");
@@ -417,7 +418,7 @@ impl Sessions {
         out: mpsc::Sender<Result<pb::SessionOutput, Status>>,
     ) {
         let exit = match self.run_inner(&caller, start, input, &out).await {
-            Ok(Ok(code)) => pb::SessionExit { code, error: String::new(), denied: 0 },
+            Ok(Ok((code, denied))) => pb::SessionExit { code, error: String::new(), denied },
             // leashd is stopping: the container runs on, the next leashd
             // recovers it, and the client reattaches to it there.
             Ok(Err(Stopping(id))) => {
@@ -435,7 +436,7 @@ impl Sessions {
         start: pb::SessionStart,
         mut input: Streaming<pb::SessionInput>,
         out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
-    ) -> Result<Result<i32, Stopping>, String> {
+    ) -> Result<Result<(i32, u32), Stopping>, String> {
         let mut timings = Timings::new();
         let mut plan = plan::plan(&self.ctx, caller, &start)?;
         self.ask_about_agent_mount(caller, &mut plan, &mut input, out).await?;
@@ -459,6 +460,7 @@ impl Sessions {
             &id,
             plan::secret_values(&plan.env).into_iter().chain(plan.secrets.iter().map(|s| s.value.clone())),
         );
+        self.ctx.hub.count_denials(&id);
         let base = names::sanitize_project(&plan.cwd);
 
         // The session dir holds the release socket; the container sees it read-only.
@@ -549,8 +551,15 @@ impl Sessions {
             Err(_) => 125,
         };
         self.publish("session.exit", &info, &[("code", code.to_string())]);
+        let denied = self.denials(&info.id);
         self.teardown(&engine, &info, &mut timings).await;
-        result.map(Ok)
+        result.map(|code| Ok((code, denied)))
+    }
+
+    /// The refusals of a session this leashd has counted (since it started
+    /// the session, or recovered it).
+    fn denials(&self, id: &str) -> u32 {
+        u32::try_from(self.ctx.hub.denials(id)).unwrap_or(u32::MAX)
     }
 
     /// Attach, start, release, relay, wait. `Ok(None)` when leashd stops
@@ -672,7 +681,8 @@ impl Sessions {
         )
         .await;
 
-        let served = self.serve(engine, info, plan.tty, output, stdin, Some(Link { input, out, detach }), timings).await;
+        let served =
+            self.serve(engine, info, plan.tty, output, stdin, Some(Link { input, out, detach }), timings).await;
         served.map(|code| code.map(|c| Some(c as i32))).unwrap_or(Ok(None))
     }
 
@@ -810,7 +820,8 @@ impl Sessions {
         let code = engine.wait(cid).await;
         let term = self.terminals.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.id);
         if let Some(term) = term {
-            term.lock().unwrap_or_else(|p| p.into_inner()).exit(code.as_ref().map_or(125, |c| *c as i32));
+            let denied = self.denials(&info.id);
+            term.lock().unwrap_or_else(|p| p.into_inner()).exit(code.as_ref().map_or(125, |c| *c as i32), denied);
         }
         let code = code.map_err(|e| e.to_string());
         timings.lap("wait_ms");

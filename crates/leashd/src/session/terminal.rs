@@ -143,10 +143,10 @@ impl Terminal {
         u32::from(self.starter) + self.viewers.len() as u32
     }
 
-    /// The session ended: every attached client is told its code.
-    pub fn exit(&mut self, code: i32) {
+    /// The session ended: every attached client is told its code and how many operations were refused.
+    pub fn exit(&mut self, code: i32, denied: u32) {
         for v in self.viewers.drain(..) {
-            let exit = pb::SessionExit { code, error: String::new(), denied: 0 };
+            let exit = pb::SessionExit { code, error: String::new(), denied };
             let _ = v.tx.try_send(Ok(pb::SessionOutput { output: Some(Output::Exit(exit)) }));
         }
     }
@@ -190,7 +190,7 @@ mod tests {
         assert!(t.writes(a.id) && !t.writes(b.id));
         assert!(t.leave(a.id));
         assert!(t.writes(b.id), "the next client is promoted");
-        t.exit(3);
+        t.exit(3, 0);
         assert_eq!(t.viewers(), 0);
     }
 
