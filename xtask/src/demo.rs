@@ -131,6 +131,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if planted || !status.success() {
         bail!("the demo's session planted a hook or failed: {status}");
     }
+    // What the demo is for: each attempt refused, by the policy meant to.
+    let out = leashctl().args(["events", "--decision", "deny", "--session", &id, "--json"]).output()?;
+    let mut deciders: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .flat_map(|e| e["policy_ids"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    deciders.sort();
+    deciders.dedup();
+    if deciders != ["no-exfil", "no-miner", "no-secrets", "protect-host"] {
+        bail!(
+            "the demo's attempts were refused by {deciders:?}, not by no-exfil, no-miner, no-secrets and protect-host"
+        );
+    }
     util::out("\n$ leashctl status");
     let _ = leashctl().arg("status").status()?;
     util::out(&format!("\nleashd keeps running; stop everything with: {} stop --all", bin.join("leashctl").display()));
