@@ -40,11 +40,33 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let unit = unit.replace(UNIT_PREFIX, &format!("{}/", bin.display()));
     fs::create_dir_all(&unit_dir).with_context(|| format!("cannot create {}", unit_dir.display()))?;
     let unit_path = unit_dir.join("leashd.service");
-    let tmp = unit_path.with_extension("service.tmp");
-    fs::write(&tmp, unit)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
-    fs::rename(&tmp, &unit_path)?;
+    install_bytes(unit.as_bytes(), &unit_path, 0o644)?;
     util::out(&format!("installed {} binaries into {}", util::BINARIES.len(), bin.display()));
+    let man = prefix.join("share/man/man1");
+    util::run(std::process::Command::new(bin.join("leashctl")).arg("man").arg(&man))?;
+    util::run(std::process::Command::new(bin.join("leashd")).arg("--man").arg(&man))?;
+    util::out(&format!("installed the manual pages into {} (man leash, man leashctl-policy-check, …)", man.display()));
+    // Where each shell looks for a command's completions, a file per command.
+    let completions = [
+        ("bash", "share/bash-completion/completions", ""),
+        ("zsh", "share/zsh/site-functions", "_"),
+        ("fish", "share/fish/vendor_completions.d", ""),
+    ];
+    for (shell, dir, lead) in completions {
+        let dir = prefix.join(dir);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for command in ["leash", "leashctl"] {
+            let text = util::output(std::process::Command::new(bin.join("leashctl")).args([
+                "completions",
+                shell,
+                "--command",
+                command,
+            ]))?;
+            let name = format!("{lead}{command}{}", if shell == "fish" { ".fish" } else { "" });
+            install_bytes(&text, &dir.join(name), 0o644)?;
+        }
+    }
+    util::out(&format!("installed the shell completions (bash, zsh, fish) below {}", prefix.join("share").display()));
     util::out(&format!("installed {}", unit_path.display()));
     util::out("next: systemctl daemon-reload && systemctl enable --now leashd");
     util::out("      (optional) groupadd --system leash, then add the users who may run sessions");
@@ -54,8 +76,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 /// Copies atomically (temp file + rename), so a running binary is never
 /// overwritten in place.
 fn install_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+    let bytes = fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    install_bytes(&bytes, to, mode)
+}
+
+/// Writes `bytes` as `to` atomically (temp file + rename), with `mode`.
+fn install_bytes(bytes: &[u8], to: &Path, mode: u32) -> anyhow::Result<()> {
     let tmp = to.with_extension("new");
-    fs::copy(from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
     fs::rename(&tmp, to).with_context(|| format!("cannot install {}", to.display()))?;
     Ok(())

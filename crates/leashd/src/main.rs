@@ -49,6 +49,9 @@ struct Args {
     /// Internal, with --write-user-config: only for this project directory.
     #[arg(long, hide = true)]
     project: Option<String>,
+    /// Write leashd's manual page into DIR and exit.
+    #[arg(long, value_name = "DIR")]
+    man: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,20 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if let Some(dir) = &args.man {
+        use clap::CommandFactory;
+        return match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::Man::new(Args::command()).generate_to(dir))
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                #[allow(clippy::print_stderr, reason = "the one line of a failed --man")]
+                {
+                    eprintln!("leashd: cannot write the manual page into {}: {e}", dir.display());
+                }
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     if let (Some(path), Some(agent)) = (&args.write_user_config, &args.toggle) {
         return match leashd::session::config::write_toggle(path, agent, args.project.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,

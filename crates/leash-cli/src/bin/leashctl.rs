@@ -93,6 +93,17 @@ enum Command {
         /// The shell.
         #[arg(value_enum)]
         shell: commands::completions::Shell,
+        /// Only this command's (leash or leashctl), for a completions
+        /// directory that wants a file per command.
+        #[arg(long, value_name = "COMMAND", value_parser = ["leash", "leashctl"])]
+        command: Option<String>,
+    },
+    /// Write the manual pages of leash and leashctl (one per verb) into DIR
+    /// (`leashd --man DIR` writes leashd's).
+    Man {
+        /// Where to write them (e.g. /usr/local/share/man/man1).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
     },
     /// Exchange versions with any leash daemon's socket and print its answer.
     Hello {
@@ -243,10 +254,17 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    if let Command::Completions { shell } = args.command {
+    if let Command::Completions { shell, command } = &args.command {
         use clap::CommandFactory;
-        commands::completions::print(shell, Args::command());
+        commands::completions::print(*shell, Args::command(), command.as_deref());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Man { dir } = &args.command {
+        use clap::CommandFactory;
+        return match commands::completions::man_pages(dir, Args::command()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&anyhow::anyhow!("cannot write the manual pages into {}: {e}", dir.display()), EXIT_FAILURE),
+        };
     }
     let layout = match leash_cli::daemon::layout() {
         Ok(l) => l,
@@ -321,7 +339,7 @@ fn main() -> ExitCode {
             }
             Command::Ui => commands::ui::run(&ctx).await,
             Command::Hello { socket } => commands::hello::run(&ctx, socket).await,
-            Command::Completions { .. } => Ok(ExitCode::SUCCESS),
+            Command::Completions { .. } | Command::Man { .. } => Ok(ExitCode::SUCCESS),
             Command::Doctor { without } => commands::doctor::run(&ctx, without).await,
         }
     });
