@@ -70,11 +70,11 @@ pub fn run() -> anyhow::Result<()> {
         let (a, b) =
             (runs.get(&(workload.to_owned(), over.to_owned()))?, runs.get(&(workload.to_owned(), under.to_owned()))?);
         let per_round: Vec<f64> = a.iter().filter_map(|(r, x)| Some(x / b.get(r)?)).collect();
-        (!per_round.is_empty()).then(|| crate::bench::median_f64(per_round))
+        (!per_round.is_empty()).then(|| crate::bench_support::median_f64(per_round))
     };
     let median_ms = |workload: &str, tier: &str| {
         runs.get(&(workload.to_owned(), tier.to_owned()))
-            .map(|r| crate::bench::median_f64(r.values().copied().collect()) / 1e6)
+            .map(|r| crate::bench_support::median_f64(r.values().copied().collect()) / 1e6)
             .unwrap_or(f64::NAN)
     };
     let workloads = ["same-file", "distinct-files", "new-files", "fork-exec"];
@@ -106,5 +106,5 @@ pub fn run() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         log.display()
     ));
-    crate::bench::write_report("lsm", &serde_json::Value::Object(report))
+    crate::bench_support::write_report("lsm", &serde_json::Value::Object(report))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::bench::{Instance, all_running, component, governed_session, median_f64 as median, write_report};
+use crate::bench_support::{Instance, all_running, component, governed_session, median_f64 as median, write_report};
 use crate::util;
 
 const MITMPROXY: &str = "mitmproxy==11.0.2";

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::bench::{
-    governed_session, median_f64, sessions_ready, start_plain, timed, timed_exec, timed_loop, write_report,
+use crate::bench_support::{
+    daemon_pids, governed_session, median_f64, memory_mib, sessions_ready, start_plain, timed, timed_exec, timed_loop,
+    write_report,
 };
 use crate::util;
 
@@ -46,44 +47,6 @@ fn rows() -> Vec<Row> {
             ops: TREE_FILES,
         },
     ]
-}
-
-/// The daemons' pids by name, and the session holders' (`leash-sensor --hold`).
-fn daemon_pids(status: &Value) -> Vec<(String, u64)> {
-    let mut out = vec![("leashd".to_owned(), status["leashd"]["pid"].as_u64().unwrap_or(0))];
-    for c in status["components"].as_array().into_iter().flatten() {
-        out.push((c["name"].as_str().unwrap_or_default().to_owned(), c["pid"].as_u64().unwrap_or(0)));
-    }
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u64>() else { continue };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"leash-sensor")) && args.iter().any(|a| *a == b"--hold") {
-            out.push(("leash-sensor holders".to_owned(), pid));
-        }
-    }
-    out
-}
-
-/// Memory by daemon, MiB, as `leashctl status --json` reports it: resident
-/// (`rss`) and proportional (`pss`: shared pages divided, the sensor's
-/// event ring, mapped twice, counted once), with their sums.
-pub(crate) fn memory_mib(status: &Value) -> Value {
-    let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
-    let mut m = serde_json::Map::new();
-    let (mut rss, mut pss) = (0.0, 0.0);
-    let mut add = |name: String, d: &Value| {
-        let (r, p) = (mib(&d["rss_bytes"]), mib(&d["pss_bytes"]));
-        rss += r;
-        pss += p;
-        m.insert(name, json!({ "rss": (r * 10.0).round() / 10.0, "pss": (p * 10.0).round() / 10.0 }));
-    };
-    add("leashd".into(), &status["leashd"]);
-    for c in status["components"].as_array().into_iter().flatten() {
-        add(c["name"].as_str().unwrap_or_default().to_owned(), c);
-    }
-    m.insert("total".into(), json!({ "rss": (rss * 10.0).round() / 10.0, "pss": (pss * 10.0).round() / 10.0 }));
-    Value::Object(m)
 }
 
 pub fn run(only: Option<&str>) -> anyhow::Result<()> {

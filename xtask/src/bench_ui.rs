@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::Value;
 
-use crate::bench::{Instance, all_running, governed_session, write_report};
+use crate::bench_support::{Instance, all_running, governed_session, write_report};
 use crate::util;
 
 /// Events the audit store holds for the query benchmark.
@@ -60,7 +60,7 @@ pub fn run(fanout_only: bool) -> anyhow::Result<()> {
     // CPU seconds of the sensor and of leashd over each storm.
     let pids = {
         let s = inst.status().unwrap_or(Value::Null);
-        let sensor = crate::bench::component(&s, "leash-sensor")["pid"].as_u64().unwrap_or(0);
+        let sensor = crate::bench_support::component(&s, "leash-sensor")["pid"].as_u64().unwrap_or(0);
         (sensor, s["leashd"]["pid"].as_u64().unwrap_or(0))
     };
     let cpu = || (util::cpu_seconds(pids.0), util::cpu_seconds(pids.1));

@@ -7,6 +7,7 @@ mod bench;
 mod bench_lsm;
 mod bench_proxy;
 mod bench_rows;
+mod bench_support;
 mod bench_ui;
 mod demo;
 mod facts;
