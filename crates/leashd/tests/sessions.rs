@@ -597,6 +597,21 @@ fn exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy()
     child.stdin.take().unwrap().write_all(b"piped-in\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!((out.status.code(), text(&out.stdout).as_str()), (Some(0), "/tmp\npiped-in\ndone\n"), "{out:?}");
+    // Much output and much input: nothing lost (leash-entry holds a command
+    // back rather than drop what it writes or what it is sent).
+    let out = stack.leash(&["exec", &id, "--", "head", "-c", "50000000", "/dev/zero"]).output().unwrap();
+    assert_eq!((out.status.code(), out.stdout.len()), (Some(0), 50_000_000), "{:?}", text(&out.stderr));
+    let mut child = stack
+        .leash(&["exec", "-i", &id, "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 20_000_000]).unwrap());
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert_eq!(text(&out.stdout).trim(), "20000000", "{out:?}");
     let out = stack.leash(&["exec", &id, "--", "no-such-command"]).output().unwrap();
     assert_eq!(out.status.code(), Some(127), "{out:?}");
     assert!(text(&out.stderr).contains("cannot run no-such-command"), "{out:?}");
@@ -625,7 +640,7 @@ fn exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy()
     let events = stack.events();
     let execs: Vec<_> =
         events.iter().filter(|e| e["action"] == "session.exec" && e["session"] == id.as_str()).collect();
-    assert_eq!(execs.len(), 5, "one per command started: {execs:?}");
+    assert_eq!(execs.len(), 7, "one per command started: {execs:?}");
     assert!(execs.iter().any(|e| e["details"]["command"] == "cat secret.txt"), "{execs:?}");
     assert!(
         events.iter().any(|e| e["action"] == "session.exec.exit" && e["details"]["code"] == "5"),
