@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Hub, Stamped};
+use crate::hub::Hub;
 use crate::supervisor::{State, Supervisor, View};
 
 /// How long a status call waits for each component's own report.
@@ -39,7 +39,7 @@ pub struct ManagerService {
     /// Sessions.
     pub sessions: crate::session::Sessions,
     /// The Control UI, once it is started.
-    pub api: Arc<std::sync::OnceLock<crate::api::Handle>>,
+    pub api: Arc<std::sync::OnceLock<crate::api::handle::Handle>>,
     /// The OTLP exporter's counters, when one runs.
     pub otlp: Option<Arc<crate::otlp::Counters>>,
 }
@@ -99,7 +99,7 @@ impl Manager for ManagerService {
         let (memory, live) = self.hub.subscribe(req.tail as usize, req.follow);
         let backlog: Vec<pb::Event> = match &self.audit {
             Some(a) => self.stored(a, query.clone()).await?,
-            None => memory.iter().map(event_to_proto).filter(|e| matches(&query, e)).collect(),
+            None => memory.iter().map(|s| s.to_proto()).filter(|e| matches(&query, e)).collect(),
         };
         let (tx, rx) = mpsc::channel(64);
         let shutdown = self.shutdown.clone();
@@ -118,7 +118,7 @@ impl Manager for ManagerService {
                     () = tx.closed() => return,
                     e = live.recv() => match e {
                         Some(e) => {
-                            let e = event_to_proto(&e);
+                            let e = e.to_proto();
                             if e.time_unix_nanos <= newest || !matches(&query, &e) {
                                 continue;
                             }
@@ -303,7 +303,15 @@ impl Manager for ManagerService {
         req: Request<pb::PolicyReplayRequest>,
     ) -> Result<Response<pb::PolicyReplayResponse>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
-        crate::replay::run(self, caller, req.into_inner()).await.map(Response::new)
+        let req = req.into_inner();
+        let q = crate::audit::Query { session: Some(req.session.clone()), ..Default::default() };
+        let stored = async {
+            match &self.audit {
+                Some(a) => self.stored(a, q).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        crate::replay::run(caller, req, stored, self.policy()).await.map(Response::new)
     }
 
     async fn stop_session(
@@ -364,7 +372,7 @@ impl ManagerService {
 
     /// The Control UI's state for `leashctl status`.
     fn api_status(&self) -> pb::ApiStatus {
-        let state = self.api.get().map(crate::api::Handle::state).unwrap_or_default();
+        let state = self.api.get().map(crate::api::handle::Handle::state).unwrap_or_default();
         pb::ApiStatus {
             url: state.bound.map(|b| leash_core::listen::url(&b)).unwrap_or_default(),
             error: state.error.unwrap_or_default(),
@@ -488,11 +496,6 @@ fn state_to_proto(s: State) -> pb::ComponentState {
         State::Down => pb::ComponentState::Down,
         State::Unhealthy => pb::ComponentState::Unhealthy,
     }
-}
-
-/// The wire form of an event.
-pub fn event_to_proto(s: &Arc<Stamped>) -> pb::Event {
-    leash_proto::event::to_proto(&s.event, s.seq)
 }
 
 /// Whether an event matches a query (the store applies the same in SQL).

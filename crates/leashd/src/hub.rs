@@ -20,6 +20,14 @@ pub struct Stamped {
     pub json: std::sync::OnceLock<Arc<str>>,
 }
 
+impl Stamped {
+    /// Its wire form (the gRPC stream's, the store's, the OTLP exporter's
+    /// and the Control UI's source).
+    pub fn to_proto(&self) -> leash_proto::v1::Event {
+        leash_proto::event::to_proto(&self.event, self.seq)
+    }
+}
+
 /// Counters shown by `leashctl status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HubStats {

@@ -112,7 +112,7 @@ fn kv(key: &str, value: impl Into<String>) -> KeyValue {
 /// One export request: a resource (service.name = leash, the host), one
 /// scope, a log record per event with the event's fields as attributes.
 fn request(host: &str, batch: &[Arc<Stamped>]) -> ExportLogsServiceRequest {
-    let records = batch.iter().map(|s| record(&crate::grpc::event_to_proto(s))).collect();
+    let records = batch.iter().map(|s| record(&s.to_proto())).collect();
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {

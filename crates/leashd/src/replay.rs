@@ -7,7 +7,8 @@ use leash_daemon::access::Peer;
 use leash_proto::v1 as pb;
 use tonic::Status;
 
-use crate::grpc::ManagerService;
+/// leash-policy, reached when the replay gets that far.
+type Policy = pb::policy_client::PolicyClient<tonic::transport::Channel>;
 
 /// The actions a policy decides.
 const DECIDED: [&str; 6] =
@@ -49,20 +50,25 @@ fn request_of(e: &pb::Event, principal: &str) -> pb::CheckRequest {
 }
 
 /// Replays the recorded session `req.session` (id or prefix; its owner or
-/// root) against `req.sources`.
-pub async fn run(
-    m: &ManagerService,
+/// root) against `req.sources`: `stored` gives the store's events of the
+/// sessions whose id starts so (none when the store is not open), `policy`
+/// leash-policy.
+pub async fn run<E, P>(
     caller: Peer,
     req: pb::PolicyReplayRequest,
-) -> Result<pb::PolicyReplayResponse, Status> {
+    stored: E,
+    policy: P,
+) -> Result<pb::PolicyReplayResponse, Status>
+where
+    E: std::future::Future<Output = Result<Option<Vec<pb::Event>>, Status>>,
+    P: std::future::Future<Output = Result<Policy, Status>>,
+{
     if req.session.is_empty() {
         return Err(Status::invalid_argument("name the recorded session to replay (--session ID)"));
     }
-    let Some(audit) = &m.audit else {
+    let Some(events) = stored.await? else {
         return Err(Status::failed_precondition("the audit store is not open: nothing is recorded to replay"));
     };
-    let q = crate::audit::Query { session: Some(req.session.clone()), ..Default::default() };
-    let events = m.stored(audit, q).await?;
     let sessions: std::collections::BTreeSet<&str> = events.iter().map(|e| e.session.as_str()).collect();
     let session = match sessions.len() {
         0 => return Err(Status::not_found(format!("no recorded session {:?}", req.session))),
@@ -88,7 +94,7 @@ pub async fn run(
         decided.drain(..decided.len() - req.limit as usize);
     }
     let requests = decided.iter().map(|e| request_of(e, &principal)).collect();
-    let mut policy = m.policy().await?;
+    let mut policy = policy.await?;
     let r = policy.replay(pb::ReplayRequest { sources: req.sources, requests }).await?.into_inner();
     let mut out = pb::PolicyReplayResponse { valid: r.valid, errors: r.errors, session, ..Default::default() };
     if !r.valid {

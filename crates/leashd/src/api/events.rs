@@ -13,7 +13,6 @@ use leash_proto::v1::manager_server::Manager;
 use serde_json::{Value, json};
 
 use super::{Ctx, as_admin, json_ok, status_error};
-use crate::grpc::event_to_proto;
 
 /// The newest history a WebSocket client gets first (the Go leash's bulk frame).
 const HISTORY_EVENTS: usize = 2000;
@@ -235,7 +234,7 @@ async fn stream(ctx: Ctx, session: String, mut socket: WebSocket) {
     };
     // Serialized once per event, whichever follower needs it first.
     let json = |s: &std::sync::Arc<crate::hub::Stamped>| {
-        s.json.get_or_init(|| event_json(&event_to_proto(s), &ctx.instance).to_string().into()).clone()
+        s.json.get_or_init(|| event_json(&s.to_proto(), &ctx.instance).to_string().into()).clone()
     };
     let mut lines: Vec<std::sync::Arc<str>> = Vec::new();
     let mut bytes = 0;

@@ -13,6 +13,7 @@
 pub(crate) mod auth;
 mod bodies;
 mod events;
+pub mod handle;
 mod policies;
 pub mod suggest;
 
@@ -29,43 +30,12 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::Auth;
+use handle::{ApiState, Handle};
 
 use crate::grpc::ManagerService;
 
 /// Request bodies larger than this are refused (the Go leash's 1 MiB).
 const MAX_BODY: usize = 1 << 20;
-
-/// What `leashctl status` shows of the API.
-#[derive(Clone, Debug, Default)]
-pub struct ApiState {
-    /// The configured address.
-    pub listen: Option<SocketAddr>,
-    /// The address served.
-    pub bound: Option<SocketAddr>,
-    /// Why it is not served.
-    pub error: Option<String>,
-}
-
-/// The shared handle: what status reports and what `UiLogin` hands out.
-#[derive(Clone, Debug, Default)]
-pub struct Handle {
-    state: Arc<Mutex<ApiState>>,
-    auth: Option<Arc<Auth>>,
-}
-
-impl Handle {
-    /// The API's state now.
-    pub fn state(&self) -> ApiState {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// A URL with a fresh single-use login code, when the API is served.
-    pub fn login_url(&self) -> Option<String> {
-        let bound = self.state().bound?;
-        let code = self.auth.as_ref()?.issue_code();
-        Some(format!("{}login?code={code}", leash_core::listen::url(&bound)))
-    }
-}
 
 #[derive(Clone)]
 struct Ctx {
