@@ -64,10 +64,12 @@ fn main() {
                 assert_ne!(c.kind, "invalid", "{:?}", c.errors);
             }
             edits.push(started.elapsed());
-            assert!(store.get(&session).expect("session").engine.tables("claude").files.len() == 4);
+            assert!(
+                leash_policy::compile::tables(&store.get(&session).expect("session").engine, "claude").files.len() == 4
+            );
             let started = Instant::now();
             let e = Engine::load(&[Source { name: "direct".into(), text }]).expect("loads");
-            let _ = e.tables("claude");
+            let _ = leash_policy::compile::tables(&e, "claude");
             direct.push(started.elapsed());
         }
         let (e, d) = (median(edits), median(direct));

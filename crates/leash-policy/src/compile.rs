@@ -24,7 +24,8 @@ use std::net::IpAddr;
 use leash_core::tables::{FileAction, HostTable, NetTable, PathTable, Tables, Verdict, in_range};
 use serde_json::Value;
 
-use crate::engine::{Action, Decision, Engine, combine};
+use crate::action::{Action, applies_to, entity_of};
+use crate::engine::{Decision, Engine, combine};
 use crate::resource::{Resource, dir_ancestors};
 
 /// A name no real file has, for region representatives.
@@ -605,11 +606,6 @@ impl Slices {
     }
 }
 
-fn entity_of(v: &Value) -> Option<(&str, &str)> {
-    let e = v.get("entity").or_else(|| v.get("__entity")).unwrap_or(v);
-    Some((e.get("type")?.as_str()?, e.get("id")?.as_str()?))
-}
-
 fn head_constraint(json: &Value) -> Option<Head> {
     let r = json.get("resource")?;
     match (r.get("op")?.as_str()?, entity_of(r)) {
@@ -619,19 +615,10 @@ fn head_constraint(json: &Value) -> Option<Head> {
     }
 }
 
-/// Whether a policy (as EST JSON) can decide `action`.
-pub(crate) fn applies_to(json: &Value, action: Action) -> bool {
-    let Some(a) = json.get("action") else { return true };
-    let named = |e: &Value| entity_of(e).is_some_and(|(t, id)| t == "Action" && id == action.name());
-    match a.get("op").and_then(Value::as_str) {
-        Some("All") | None => true,
-        Some("==") => named(a),
-        Some("in") => match a.get("entities").and_then(Value::as_array) {
-            Some(list) => list.iter().any(named),
-            None => named(a),
-        },
-        _ => true,
-    }
+/// The tables for sessions of `principal`, compiled once per engine.
+pub fn tables(engine: &Engine, principal: &str) -> std::sync::Arc<leash_core::tables::Tables> {
+    let mut cache = engine.tables_cache().lock().unwrap_or_else(|p| p.into_inner());
+    cache.entry(principal.to_owned()).or_insert_with(|| std::sync::Arc::new(compile(engine, principal, 0))).clone()
 }
 
 /// The Cedar actions a file action is decided by (both must allow).

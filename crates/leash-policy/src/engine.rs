@@ -10,6 +10,8 @@ use cedar_policy::{
 };
 use serde_json::Value;
 
+pub use crate::action::Action;
+use crate::action::applies_to;
 use crate::resource::{self, IpRange, Resource};
 
 /// The largest policy source accepted (documented limit).
@@ -25,60 +27,6 @@ const LOAD_STACK_BYTES: usize = 256 << 20;
 
 /// The vocabulary's schema.
 pub const SCHEMA: &str = include_str!("../../../policies/leash.cedarschema");
-
-/// The actions of the vocabulary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    /// Open a file (any mode).
-    FileOpen,
-    /// Open a file for reading.
-    FileOpenReadOnly,
-    /// Open a file for writing.
-    FileOpenReadWrite,
-    /// Execute a program.
-    ProcessExec,
-    /// Connect to a host.
-    NetworkConnect,
-    /// Inject a header.
-    HttpRewrite,
-    /// Call an MCP tool.
-    McpCall,
-    /// Send a secret's real value in place of its decoy.
-    SecretUse,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 8] = [
-        Action::FileOpen,
-        Action::FileOpenReadOnly,
-        Action::FileOpenReadWrite,
-        Action::ProcessExec,
-        Action::NetworkConnect,
-        Action::HttpRewrite,
-        Action::McpCall,
-        Action::SecretUse,
-    ];
-
-    /// The Cedar action id.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::FileOpen => "FileOpen",
-            Action::FileOpenReadOnly => "FileOpenReadOnly",
-            Action::FileOpenReadWrite => "FileOpenReadWrite",
-            Action::ProcessExec => "ProcessExec",
-            Action::NetworkConnect => "NetworkConnect",
-            Action::HttpRewrite => "HttpRewrite",
-            Action::McpCall => "McpCall",
-            Action::SecretUse => "SecretUse",
-        }
-    }
-
-    /// Looks an action up by name, ignoring case (the Go leash did).
-    pub fn from_name(name: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(name))
-    }
-}
 
 /// How serious a lint is: errors reject the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -389,13 +337,11 @@ impl Engine {
         &self.ranges
     }
 
-    /// The tables for sessions of `principal`, compiled once per engine.
-    pub fn tables(&self, principal: &str) -> std::sync::Arc<leash_core::tables::Tables> {
-        let mut cache = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .entry(principal.to_owned())
-            .or_insert_with(|| std::sync::Arc::new(crate::compile::compile(self, principal, 0)))
-            .clone()
+    /// The tables compiled for sessions of each principal (`compile::tables`).
+    pub(crate) fn tables_cache(
+        &self,
+    ) -> &std::sync::Mutex<BTreeMap<String, std::sync::Arc<leash_core::tables::Tables>>> {
+        &self.tables
     }
 
     /// Decides one Cedar action on a resource.
@@ -817,9 +763,7 @@ fn split_location(location: &str) -> (String, usize, usize) {
 /// `context.location` lets the secret go in queries and bodies too: a
 /// warning (a server that echoes a request would hand the value back).
 fn secret_lints(json: &Value, id: &str, src: &Source, statement: Option<(usize, usize)>) -> Vec<Lint> {
-    if json.get("effect").and_then(Value::as_str) != Some("permit")
-        || !crate::compile::applies_to(json, Action::SecretUse)
-    {
+    if json.get("effect").and_then(Value::as_str) != Some("permit") || !applies_to(json, Action::SecretUse) {
         return Vec::new();
     }
     /// Whether `v` compares `context.<attr>` with the string `lit`.
@@ -994,7 +938,7 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
     }
     let mut hosts = BTreeSet::new();
     collect_hosts(json, &mut hosts);
-    let connect = crate::compile::applies_to(json, Action::NetworkConnect);
+    let connect = applies_to(json, Action::NetworkConnect);
     for h in &hosts {
         let wildcard = h.strip_prefix("*.").unwrap_or(h);
         if h == "*" {
@@ -1047,7 +991,7 @@ fn shape_lints(json: &Value, id: &str, location: &str) -> Vec<Lint> {
     }
     let file_action = [Action::FileOpen, Action::FileOpenReadOnly, Action::FileOpenReadWrite, Action::ProcessExec]
         .into_iter()
-        .any(|a| crate::compile::applies_to(json, a));
+        .any(|a| applies_to(json, a));
     if file_action && let Some(conds) = json.get("conditions") {
         let c = conds.to_string();
         if c.contains("{\"Var\":\"context\"}") {

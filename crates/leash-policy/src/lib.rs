@@ -5,6 +5,7 @@
 //! decision cache, compiles kernel tables, reloads policy files on change,
 //! and streams every change with its generation.
 
+pub mod action;
 pub mod cache;
 pub mod compile;
 pub mod engine;
@@ -206,14 +207,14 @@ pub fn check_with(
         _ => None,
     };
     let tables = match (file_action, &resource) {
-        (Some(fa), resource::Resource::File(path)) => match engine.tables(principal).lookup(fa, path) {
+        (Some(fa), resource::Resource::File(path)) => match compile::tables(engine, principal).lookup(fa, path) {
             leash_core::tables::Lookup::Final(_) => "final".to_owned(),
             leash_core::tables::Lookup::Evaluate => "evaluate".to_owned(),
         },
         // The proxy's name table, or the address table (the kernel's for a
         // connection; an HTTP request's when the context has one).
         (None, resource::Resource::Host(h)) if action == engine::Action::NetworkConnect => {
-            let t = engine.tables(principal);
+            let t = compile::tables(engine, principal);
             let request = context.keys().any(|k| ["scheme", "method", "path", "query"].contains(&k.as_str()));
             let found = match h {
                 resource::Host::Name(n, p) => t.hosts.lookup(n, *p),
@@ -505,7 +506,7 @@ impl Policy for Service {
         let c = self.current(Self::key(&req.session)?)?;
         let principal = if req.principal.is_empty() { c.principal.clone() } else { req.principal };
         let t = tokio::task::spawn_blocking(move || {
-            let mut t = (*c.engine.tables(&principal)).clone();
+            let mut t = (*compile::tables(&c.engine, &principal)).clone();
             t.generation = c.generation;
             leash_proto::tables::to_proto(&t, mode_name(c.mode))
         })

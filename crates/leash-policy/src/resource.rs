@@ -135,8 +135,8 @@ fn parse_port(whole: &str, p: &str) -> Result<u16, String> {
 /// Reads a resource as people write it for `action`: a path for file
 /// actions (a trailing `/` names the directory), `host[:port]` for network
 /// actions, `tool@server` for MCP, or Cedar's `Type::"id"`.
-pub fn parse_for(action: crate::engine::Action, s: &str) -> Result<Resource, String> {
-    use crate::engine::Action;
+pub fn parse_for(action: crate::action::Action, s: &str) -> Result<Resource, String> {
+    use crate::action::Action;
     let s = s.trim();
     if let Some((ty, rest)) = s.split_once("::\"") {
         let id = rest.strip_suffix('"').ok_or_else(|| format!("{s:?}: missing closing quote"))?;

@@ -428,7 +428,10 @@ impl Store {
             Layers { file: o.sources, runtime: String::new(), admin: o.admin, unprotected: o.unprotected }
         };
         let engine = load(&layers)?;
-        let _ = engine.tables(if o.principal.is_empty() { DEFAULT_PRINCIPAL } else { o.principal.as_str() });
+        let _ = crate::compile::tables(
+            &engine,
+            if o.principal.is_empty() { DEFAULT_PRINCIPAL } else { o.principal.as_str() },
+        );
         let writable: Vec<PathBuf> =
             o.writable.iter().map(|m| m.canonicalize().unwrap_or_else(|_| m.clone())).collect();
         let generation = self.lock().get(session).map_or(0, |e| e.saved.generation) + 1;
@@ -542,7 +545,7 @@ impl Store {
         let (mut saved, added, removed) = change(&before)?;
         let engine = load(&saved.layers)?;
         // Compile before publishing: a published generation's tables are ready.
-        let _ = engine.tables(saved.principal());
+        let _ = crate::compile::tables(&engine, saved.principal());
         let applied = {
             let mut entries = self.lock();
             let current = entries.get(key).ok_or_else(|| not_found(key))?;
