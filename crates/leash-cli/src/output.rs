@@ -393,21 +393,34 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Writes to stdout. A reader that has gone (`leashctl sessions | head`)
+/// ends the command quietly, as a closed pipe ends `ls`; any other failure
+/// to write is not worth a panic either.
+fn put(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 /// Prints one line to stdout.
 pub fn line(s: &str) {
-    println!("{s}");
+    put(&format!("{s}\n"));
 }
 
 /// Prints text as is to stdout.
 pub fn text(s: &str) {
-    print!("{s}");
+    put(s);
 }
 
 /// Prints a value as one line of JSON.
 pub fn json<T: Serialize>(v: &T) {
     match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => println!("{{\"error\":{:?}}}", e.to_string()),
+        Ok(s) => line(&s),
+        Err(e) => line(&format!("{{\"error\":{:?}}}", e.to_string())),
     }
 }
 

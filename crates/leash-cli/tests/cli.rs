@@ -64,7 +64,7 @@ fn completions_cover_both_commands_and_parse_in_their_shells() {
     let out = std::process::Command::new("bash").args(["-c", &check]).output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(said.contains("-F _leash leash") && said.contains("-F _leashctl leashctl"), "{said}");
+    assert!(said.contains("-F _leash_with_ids leash") && said.contains("-F _leashctl_with_ids leashctl"), "{said}");
     assert!(said.contains("--detach --detach-keys"), "{said}");
     assert!(said.contains("completions"), "{said}");
     let zsh = String::from_utf8_lossy(&stack.leashctl(&["completions", "zsh"]).stdout).into_owned();

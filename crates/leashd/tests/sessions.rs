@@ -34,6 +34,10 @@ fn running_session(stack: &Stack) -> String {
 
 fn nothing_left(stack: &Stack) {
     eventually(Duration::from_secs(10), "containers removed", || stack.containers().is_empty().then_some(()));
+    // A session leaves the list last, once everything of it is torn down.
+    eventually(Duration::from_secs(10), "no session listed", || {
+        stack.leashctl(&["sessions", "--json"]).stdout.starts_with(b"[]").then_some(())
+    });
     let sessions = stack.state_dir.join("sessions");
     let left: Vec<_> =
         std::fs::read_dir(&sessions).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
@@ -506,6 +510,26 @@ fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
     assert_eq!(id.len(), 16, "the id alone: {out:?}");
     let (running, _) = stack.running_session(Duration::from_secs(5));
     assert_eq!(running, id);
+    // bash completes the id where `leash attach`, `leash exec`, `leashctl
+    // sessions stop` and `--session` take one, from leashd's list.
+    let script = stack.root().join("completions.bash");
+    std::fs::write(&script, stack.leashctl(&["completions", "bash"]).stdout).unwrap();
+    let check = format!(
+        "source {}; \
+         COMP_WORDS=(leash attach ''); COMP_CWORD=2; _leash_with_ids; echo \"attach:${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leash exec -it -w /tmp ''); COMP_CWORD=5; _leash_with_ids; echo \"exec:${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leash exec {id} ''); COMP_CWORD=3; _leash_with_ids; echo \"command:${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leashctl sessions stop ''); COMP_CWORD=3; _leashctl_with_ids; echo \"stop:${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leashctl events --session ''); COMP_CWORD=3; _leashctl_with_ids; echo \"events:${{COMPREPLY[*]}}\"",
+        script.display()
+    );
+    let path = format!("{}:{}", stack.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = stack.command("bash").env("PATH", path).args(["-c", &check]).output().unwrap();
+    let said = text(&out.stdout);
+    for line in ["attach", "exec", "stop", "events"] {
+        assert!(said.lines().any(|l| l == format!("{line}:{id}")), "{line}: {said} {out:?}");
+    }
+    assert!(!said.lines().any(|l| l == format!("command:{id}")), "the command is no id: {said}");
     let attach = stack.leash(&["attach", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     eventually(Duration::from_secs(10), "the client attached", || {
         stack.events().iter().any(|e| e["action"] == "session.attach" && e["session"] == id.as_str()).then_some(())

@@ -17,6 +17,54 @@ pub enum Shell {
     Fish,
 }
 
+/// bash: session ids where `leash attach` and `leash exec` take one, from
+/// the sessions leashd lists for the user (`leashctl sessions --json`).
+const LEASH_BASH_IDS: &str = r#"
+# Session ids, from the sessions leashd lists for you.
+_leash_session_ids() {
+    leashctl sessions --json 2>/dev/null | tr ',{' '\n\n' | sed -n 's/^ *"id": *"\([0-9a-f]*\)".*/\1/p'
+}
+# Whether the word being completed is the id: no other word yet after the
+# verb (from word 2 on), but flags and their values.
+_leash_wants_id() {
+    local i skip=0
+    for ((i = $1; i < COMP_CWORD; i++)); do
+        if ((skip)); then skip=0; continue; fi
+        case "${COMP_WORDS[i]}" in
+            -e|--env|-w|--workdir|--detach-keys) skip=1 ;;
+            -*) ;;
+            *) return 1 ;;
+        esac
+    done
+    [[ "${COMP_WORDS[COMP_CWORD]}" != -* ]]
+}
+_leash_with_ids() {
+    case "${COMP_WORDS[1]}" in
+        attach|exec)
+            if _leash_wants_id 2; then
+                COMPREPLY=($(compgen -W "$(_leash_session_ids)" -- "${COMP_WORDS[COMP_CWORD]}"))
+                return
+            fi
+            ;;
+    esac
+    _leash "$@"
+}
+complete -F _leash_with_ids -o bashdefault -o default leash
+"#;
+
+/// bash: session ids after `leashctl sessions stop` and `--session`.
+const LEASHCTL_BASH_IDS: &str = r#"
+_leashctl_with_ids() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
+    if [[ "$prev" == --session || ( "${COMP_WORDS[1]}" == sessions && "${COMP_WORDS[2]}" == stop && $COMP_CWORD -eq 3 ) ]]; then
+        COMPREPLY=($(compgen -W "$(leashctl sessions --json 2>/dev/null | tr ',{' '\n\n' | sed -n 's/^ *"id": *"\([0-9a-f]*\)".*/\1/p')" -- "$cur"))
+        return
+    fi
+    _leashctl "$@"
+}
+complete -F _leashctl_with_ids -o bashdefault -o default leashctl
+"#;
+
 /// `leash`'s command line as completions see it: its flags, and `attach`
 /// and `exec` (which `leash` reads before its flags).
 pub fn leash_command() -> clap::Command {
@@ -39,7 +87,10 @@ pub fn render(shell: Shell, leashctl: clap::Command, only: Option<&str>) -> Vec<
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        clap_complete::generate(generator, &mut cmd, name, &mut out);
+        clap_complete::generate(generator, &mut cmd, name.clone(), &mut out);
+        if let Shell::Bash = shell {
+            out.extend_from_slice(if name == "leash" { LEASH_BASH_IDS } else { LEASHCTL_BASH_IDS }.as_bytes());
+        }
     }
     out
 }
