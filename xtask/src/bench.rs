@@ -144,12 +144,52 @@ fn startup() -> anyhow::Result<()> {
     write_report("startup", &report)
 }
 
+/// One side of [`against_docker`]: its label, its report key, and its
+/// command's arguments given the session id and the container.
+type Side<'a> = (&'a str, &'a str, fn(&str, &str) -> Vec<String>);
+
+/// One of leash's commands on a detached session against the engine's
+/// counterpart on its container, interleaved after two warm-up pairs,
+/// medians of [`RUNS`]; `measure` times one command.
+fn against_docker(
+    bench: &str,
+    what: &str,
+    ours: Side<'_>,
+    theirs: Side<'_>,
+    measure: fn(&mut Command) -> anyhow::Result<Duration>,
+) -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready(&format!("bench {bench} runs leashd and Docker and needs root"))?;
+    let (id, container) = detached_session(&inst, &image)?;
+    let leash = |inst: &Instance| measure(inst.command("leash").args(ours.2(&id, &container)));
+    let docker = || measure(Command::new("docker").args(theirs.2(&id, &container)));
+    for _ in 0..2 {
+        leash(&inst)?;
+        docker()?;
+    }
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        o.push(leash(&inst)?);
+        b.push(docker()?);
+    }
+    let _ = inst.command("leashctl").args(["sessions", "stop", &id]).output();
+    inst.stop()?;
+    let (o, b) = (median(o), median(b));
+    let ratio = o.as_secs_f64() / b.as_secs_f64();
+    util::out(&format!("{bench} (release, medians of {RUNS} interleaved runs; {what})"));
+    util::out(&format!("  baseline: {:<38}{}", theirs.0, ms(b)));
+    util::out(&format!("  {:<48}{}  ({ratio:.2}x baseline)", ours.0, ms(o)));
+    let mut report = serde_json::Map::new();
+    report.insert("runs".into(), RUNS.into());
+    report.insert(theirs.1.into(), (b.as_secs_f64() * 1e3).into());
+    report.insert(ours.1.into(), (o.as_secs_f64() * 1e3).into());
+    report.insert("ratio".into(), ratio.into());
+    write_report(bench, &Value::Object(report))
+}
+
 /// `leash exec ID -- true` in a running session against `docker exec
 /// CONTAINER true` in the same container, each to its exit.
 fn exec() -> anyhow::Result<()> {
-    let (mut inst, image) = sessions_ready("bench exec runs leashd and Docker and needs root")?;
-    let (id, container) = detached_session(&inst, &image)?;
-    let run = |cmd: &mut Command| -> anyhow::Result<Duration> {
+    let to_exit = |cmd: &mut Command| -> anyhow::Result<Duration> {
         let t = Instant::now();
         let out = cmd.stdin(Stdio::null()).output()?;
         let d = t.elapsed();
@@ -158,42 +198,19 @@ fn exec() -> anyhow::Result<()> {
         }
         Ok(d)
     };
-    let ours = |inst: &Instance| run(inst.command("leash").args(["exec", &id, "--", "true"]));
-    let docker = || run(Command::new("docker").args(["exec", &container, "true"]));
-    for _ in 0..2 {
-        ours(&inst)?;
-        docker()?;
-    }
-    let (mut o, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        o.push(ours(&inst)?);
-        b.push(docker()?);
-    }
-    let _ = inst.command("leashctl").args(["sessions", "stop", &id]).output();
-    inst.stop()?;
-    let (o, b) = (median(o), median(b));
-    util::out(&format!("exec (release, medians of {RUNS} interleaved runs; to the command's exit)"));
-    util::out(&format!("  baseline: docker exec CONTAINER true   {}", ms(b)));
-    util::out(&format!(
-        "  leash exec ID -- true                 {}  ({:.2}x baseline)",
-        ms(o),
-        o.as_secs_f64() / b.as_secs_f64()
-    ));
-    let report = serde_json::json!({
-        "runs": RUNS,
-        "docker_exec_ms": b.as_secs_f64() * 1e3,
-        "leash_exec_ms": o.as_secs_f64() * 1e3,
-        "ratio": o.as_secs_f64() / b.as_secs_f64(),
-    });
-    write_report("exec", &report)
+    against_docker(
+        "exec",
+        "to the command's exit",
+        ("leash exec ID -- true", "leash_exec_ms", |id, _| ["exec", id, "--", "true"].map(String::from).to_vec()),
+        ("docker exec CONTAINER true", "docker_exec_ms", |_, c| ["exec", c, "true"].map(String::from).to_vec()),
+        to_exit,
+    )
 }
 
 /// `leash attach` to a detached session, from the command to the first
 /// byte of the session's earlier output, against `docker logs --follow` of
 /// the same container (the engine's own replay of what it printed).
 fn attach() -> anyhow::Result<()> {
-    let (mut inst, image) = sessions_ready("bench attach runs leashd and Docker and needs root")?;
-    let (id, container) = detached_session(&inst, &image)?;
     let first_byte = |cmd: &mut Command| -> anyhow::Result<Duration> {
         let t = Instant::now();
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
@@ -207,34 +224,15 @@ fn attach() -> anyhow::Result<()> {
         }
         Ok(d)
     };
-    let ours = |inst: &Instance| first_byte(inst.command("leash").args(["attach", &id]));
-    let docker = || first_byte(Command::new("docker").args(["logs", "--follow", &container]));
-    for _ in 0..2 {
-        ours(&inst)?;
-        docker()?;
-    }
-    let (mut o, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        o.push(ours(&inst)?);
-        b.push(docker()?);
-    }
-    let _ = inst.command("leashctl").args(["sessions", "stop", &id]).output();
-    inst.stop()?;
-    let (o, b) = (median(o), median(b));
-    util::out(&format!("attach (release, medians of {RUNS} interleaved runs; to the first byte of earlier output)"));
-    util::out(&format!("  baseline: docker logs --follow CONTAINER   {}", ms(b)));
-    util::out(&format!(
-        "  leash attach ID                         {}  ({:.2}x baseline)",
-        ms(o),
-        o.as_secs_f64() / b.as_secs_f64()
-    ));
-    let report = serde_json::json!({
-        "runs": RUNS,
-        "docker_logs_follow_ms": b.as_secs_f64() * 1e3,
-        "leash_attach_ms": o.as_secs_f64() * 1e3,
-        "ratio": o.as_secs_f64() / b.as_secs_f64(),
-    });
-    write_report("attach", &report)
+    against_docker(
+        "attach",
+        "to the first byte of earlier output",
+        ("leash attach ID", "leash_attach_ms", |id, _| vec!["attach".to_owned(), id.to_owned()]),
+        ("docker logs --follow CONTAINER", "docker_logs_follow_ms", |_, c| {
+            ["logs", "--follow", c].map(String::from).to_vec()
+        }),
+        first_byte,
+    )
 }
 
 /// `leash -- true` against `docker run --rm <same image> true`, warm.

@@ -192,3 +192,15 @@ where
         }
     }
 }
+
+/// A copy of descriptor `n` of process `pid` (`pidfd_getfd`: it needs the
+/// right to trace the process, which a non-dumpable process grants only to
+/// a caller with `CAP_SYS_PTRACE` over it).
+pub fn descriptor_of(pid: u32, n: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("pid {pid}")))?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?)
+}

@@ -69,6 +69,8 @@ pub struct Control {
     /// Frames for leashd, oldest first.
     out: VecDeque<Vec<u8>>,
     out_bytes: usize,
+    /// Where frames from leashd and commands' output are read into.
+    buf: Vec<u8>,
 }
 
 /// Opens the connection; its door lands at [`CONTROL_FD`].
@@ -82,7 +84,15 @@ pub fn open() -> Result<Control, String> {
         return Err(format!("descriptor {CONTROL_FD} is taken; the control connection landed at {}", at.as_raw_fd()));
     }
     drop(door);
-    Ok(Control { sock, _door: at, env: Vec::new(), procs: BTreeMap::new(), out: VecDeque::new(), out_bytes: 0 })
+    Ok(Control {
+        sock,
+        _door: at,
+        env: Vec::new(),
+        procs: BTreeMap::new(),
+        out: VecDeque::new(),
+        out_bytes: 0,
+        buf: vec![0; FRAME_MAX + 64],
+    })
 }
 
 /// What the loop waits on for a descriptor.
@@ -177,13 +187,13 @@ impl Control {
     }
 
     fn receive(&mut self) {
-        let mut buf = vec![0u8; FRAME_MAX + 64];
+        let mut buf = std::mem::take(&mut self.buf);
         // A bounded number per turn, so output and signals are not starved.
         for _ in 0..64 {
             let n = match recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(_) => break,
             };
             // Only leashd holds the other end: a frame it cannot read is a
             // version mismatch, and is dropped.
@@ -191,9 +201,10 @@ impl Control {
                 self.on_frame(f);
             }
             if self.procs.values().any(|p| p.pending.len() >= IN_MAX) {
-                return;
+                break;
             }
         }
+        self.buf = buf;
     }
 
     fn on_frame(&mut self, f: Frame) {
@@ -363,14 +374,14 @@ impl Control {
         let Some(p) = self.procs.get_mut(&id) else { return };
         let mut frames = Vec::new();
         let mut closed = Vec::new();
-        let mut buf = vec![0u8; CHUNK];
+        let buf = &mut self.buf[..CHUNK];
         for (n, (stream, fd)) in p.outputs.iter().enumerate() {
             if only.is_some_and(|o| o != n) {
                 continue;
             }
             // Once exited, everything there is; else one chunk per turn.
             loop {
-                match rustix::io::read(fd, &mut buf[..]) {
+                match rustix::io::read(fd, &mut *buf) {
                     Ok(0) => {
                         closed.push(n);
                         break;

@@ -208,9 +208,7 @@ fn parent_descriptor(n: &str) -> anyhow::Result<OwnedFd> {
 
 /// A copy of descriptor `n` of process `pid` (`pidfd_getfd`).
 pub fn descriptor_of(pid: u32, n: i32) -> anyhow::Result<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or_else(|| anyhow::anyhow!("pid {pid}"))?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    Ok(rustix::process::pidfd_getfd(&pidfd, n, rustix::process::PidfdGetfdFlags::empty())?)
+    Ok(leash_daemon::process::descriptor_of(pid, n)?)
 }
 
 /// Where a holder keeps the supervised call it is deciding, for its

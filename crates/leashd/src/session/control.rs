@@ -36,10 +36,7 @@ impl Drop for Conn {
 /// Copies descriptor [`CONTROL_FD`] of process `pid` (the host's view of
 /// the container's first process), and checks that it is a datagram socket.
 fn copy_door(pid: u32) -> std::io::Result<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "pid 0"))?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-    let fd = rustix::process::pidfd_getfd(&pidfd, CONTROL_FD, rustix::process::PidfdGetfdFlags::empty())?;
+    let fd = leash_daemon::process::descriptor_of(pid, CONTROL_FD)?;
     if rustix::net::sockopt::socket_type(&fd)? != rustix::net::SocketType::DGRAM {
         return Err(std::io::Error::other(format!("descriptor {CONTROL_FD} is not the control connection")));
     }
