@@ -82,6 +82,14 @@ pub struct Args {
     /// what runs code later (git hooks, .envrc, the agents' settings).
     #[arg(long)]
     pub no_protect_host: bool,
+    /// Ask before refusing: when the policy denies a file open or an exec
+    /// in enforce mode, the operation waits while this terminal (or the
+    /// Control UI) asks: allow once, for this session, always (a permit
+    /// appended to the policy file) or deny. No answer within `[leash]
+    /// ask_timeout` seconds (30) denies. The administrator's policy.d and
+    /// protect-host are never asked about. Also `[leash] ask = true`.
+    #[arg(long)]
+    pub ask: bool,
     /// A resolver for the container, by IP address (repeatable; docker's
     /// --dns). The session's DNS still goes through leash's relay.
     #[arg(long = "dns", value_name = "IP")]

@@ -7,6 +7,7 @@
 //! starts leashd by executing its binary, never by linking it.
 
 pub mod args;
+pub mod ask;
 pub mod commands;
 pub mod daemon;
 pub mod keys;

@@ -173,6 +173,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             no_interactive: args.no_interactive,
             degraded: args.degraded,
             no_protect_host: args.no_protect_host,
+            ask: args.ask,
             secrets,
             dns: args.dns.clone(),
             add_hosts: args.add_hosts.clone(),
@@ -381,11 +382,14 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     let (user_tx, mut user_rx) = mpsc::channel::<Input>(64);
 
     let mut raw: Option<RawMode> = None;
+    // A question leashd asks (`--ask`) takes the next key typed that answers it.
+    let showing: crate::ask::Showing = Default::default();
     // stdin: a plain thread, started once the session runs (prompts read
     // stdin before that), so a blocked read never holds up the exit.
     // With a terminal, the detach keys leave the session running.
     let start_stdin = |tx: mpsc::Sender<Input>, tty: bool| {
         let mut keys = crate::keys::Detacher::new(if tty { detach_keys.clone() } else { Vec::new() });
+        let showing = showing.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             let mut stdin = std::io::stdin().lock();
@@ -394,6 +398,19 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                     Ok(0) | Err(_) => {
                         let _ = tx.blocking_send(Input::StdinEof(true));
                         return;
+                    }
+                    Ok(n) if tty && showing.lock().unwrap_or_else(|p| p.into_inner()).is_some() => {
+                        let mut asked = showing.lock().unwrap_or_else(|p| p.into_inner());
+                        let Some(q) = asked.as_ref() else { continue };
+                        match buf[..n].iter().find_map(|b| crate::ask::answer_for(*b, &q.choices)) {
+                            Some(choice) => {
+                                let a = pb::PromptAnswer { id: q.id.clone(), choice };
+                                *asked = None;
+                                Input::Answer(a)
+                            }
+                            // Keys that answer nothing are not the agent's either.
+                            None => continue,
+                        }
                     }
                     Ok(n) => match keys.feed(&buf[..n]) {
                         crate::keys::Typed::Send(b) if b.is_empty() => continue,
@@ -440,11 +457,26 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     // reattaching client resumes.
     let mut printed: u64 = 0;
     let mut stdin_started = false;
+    // Questions: the one shown, those waiting their turn, the session's
+    // output held meanwhile, and whether its program is on the alternate screen.
+    let mut shown: Option<crate::ask::Shown> = None;
+    let mut queued: std::collections::VecDeque<pb::Prompt> = Default::default();
+    let mut held: Vec<u8> = Vec::new();
+    let mut alt = crate::ask::AltScreen::default();
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
             Some(i) = user_rx.recv() => {
+                let answered = match &i {
+                    Input::Answer(a) => Some(a.id.clone()),
+                    _ => None,
+                };
                 let _ = tx.send(pb::SessionInput { input: Some(i) }).await;
+                if let Some(id) = answered {
+                    let redraw = take_down(&mut shown, &id, &mut held, &mut stdout);
+                    redraw_after(&tx, redraw).await;
+                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
+                }
                 continue;
             }
         };
@@ -482,8 +514,34 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         match msg.output {
             Some(Output::Stdout(b)) => {
                 printed += b.len() as u64;
+                if tty {
+                    alt.feed(&b);
+                }
+                if shown.is_some() {
+                    held.extend_from_slice(&b);
+                    continue;
+                }
                 let _ = stdout.write_all(&b);
                 let _ = stdout.flush();
+            }
+            Some(Output::Ask(p)) => {
+                if tty && raw.is_some() {
+                    queued.push_back(p);
+                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
+                } else {
+                    // No terminal of the user's to answer on (and stdin is the command's).
+                    let _ = writeln!(stderr, "{} (answer it in the Control UI)", crate::ask::line(&p));
+                }
+            }
+            Some(Output::Asked(id)) => {
+                queued.retain(|p| p.id != id);
+                let closed = shown.as_ref().is_some_and(|s| s.id == id);
+                if closed {
+                    *showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    let redraw = take_down(&mut shown, &id, &mut held, &mut stdout);
+                    redraw_after(&tx, redraw).await;
+                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
+                }
             }
             Some(Output::Stderr(b)) => {
                 printed += b.len() as u64;
@@ -556,6 +614,64 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             None => {}
         }
     }
+}
+
+/// The terminal's size.
+fn terminal_size() -> pb::TerminalSize {
+    match rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
+        Ok(s) => pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() },
+        Err(_) => pb::TerminalSize { rows: 24, cols: 80 },
+    }
+}
+
+/// Has the session's program redraw what a question covered on its
+/// screen: two resizes, each its SIGWINCH.
+async fn redraw_after(tx: &mpsc::Sender<pb::SessionInput>, size: Option<pb::TerminalSize>) {
+    let Some(size) = size else { return };
+    let smaller = pb::TerminalSize { rows: size.rows.saturating_sub(1).max(1), cols: size.cols };
+    let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(smaller)) }).await;
+    let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(size)) }).await;
+}
+
+/// Shows the next waiting question, unless one shows.
+fn show_next(
+    shown: &mut Option<crate::ask::Shown>,
+    queued: &mut std::collections::VecDeque<pb::Prompt>,
+    showing: &crate::ask::Showing,
+    alt: &crate::ask::AltScreen,
+    stdout: &mut std::io::Stdout,
+) {
+    if shown.is_some() {
+        return;
+    }
+    let Some(p) = queued.pop_front() else { return };
+    let size = terminal_size();
+    let (s, bytes) = crate::ask::show(&p, alt.on(), size.rows as u16, size.cols as u16);
+    // Keys answer it from the moment it can be seen.
+    *showing.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::ask::Question { id: p.id, choices: p.choices });
+    let _ = stdout.write_all(&bytes);
+    let _ = stdout.flush();
+    *shown = Some(s);
+}
+
+/// Takes down the question `id` if it shows and prints the output held
+/// meanwhile; the terminal's size when the program should redraw.
+fn take_down(
+    shown: &mut Option<crate::ask::Shown>,
+    id: &str,
+    held: &mut Vec<u8>,
+    stdout: &mut std::io::Stdout,
+) -> Option<pb::TerminalSize> {
+    if shown.as_ref().is_none_or(|s| s.id != id) {
+        return None;
+    }
+    let s = shown.take()?;
+    let size = terminal_size();
+    let (bytes, redraw) = s.take_down(size.rows as u16);
+    let _ = stdout.write_all(&bytes);
+    let _ = stdout.write_all(&std::mem::take(held));
+    let _ = stdout.flush();
+    redraw.then_some(size)
 }
 
 /// Asks a prompt's question on the terminal; returns the chosen answer.

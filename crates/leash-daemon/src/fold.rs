@@ -72,7 +72,11 @@ pub struct Fold {
 /// mode flags are kept one by one.
 fn foldable(e: &pb::Event) -> bool {
     let kinds = [pb::EventKind::File as i32, pb::EventKind::Connect as i32];
-    e.decision == pb::Decision::Allow as i32 && !e.would_deny && kinds.contains(&e.kind)
+    // An answer the user gave is kept whole.
+    e.decision == pb::Decision::Allow as i32
+        && !e.would_deny
+        && kinds.contains(&e.kind)
+        && !e.details.contains_key("ask")
 }
 
 /// The parent a lineage event names.

@@ -237,6 +237,17 @@ impl Group {
         refused
     }
 
+    /// Answers the permission event `fd` and closes its descriptor.
+    pub fn respond(&self, fd: i32, allow: bool) {
+        let mut response = [0u8; 8];
+        response[..4].copy_from_slice(&fd.to_ne_bytes());
+        response[4..].copy_from_slice(&(if allow { FAN_ALLOW } else { FAN_DENY }).to_ne_bytes());
+        if let Err(e) = nix::unistd::write(&self.fan, &response) {
+            tracing::warn!(error = %e, "cannot answer a fanotify event");
+        }
+        let _ = nix::unistd::close(fd);
+    }
+
     /// Drops every cached allow.
     pub fn flush_cache(&self) {
         let r = self.fan.mark(MarkFlags::FAN_MARK_FLUSH, MaskFlags::empty(), nix::fcntl::AT_FDCWD, None::<&Path>);
@@ -416,11 +427,16 @@ pub fn action_of(flags: Option<u32>) -> FileAction {
     }
 }
 
+/// The reason of a denial made because leash-policy did not answer.
+const POLICY_UNAVAILABLE: &str = "leash-policy unavailable";
+/// The reason of a denial of a file whose path cannot be known.
+const UNRESOLVABLE: &str = "unresolvable path";
+
 /// Decides one request from the tables (and `evaluate` where they cannot).
 pub fn decide(g: &Governed, action: FileAction, path: &str, evaluate: &Evaluate) -> (bool, Vec<String>) {
     match g.tables.lookup(action, path) {
         Lookup::Final(v) => (v.allow, g.tables.reasons(v).to_vec()),
-        Lookup::Evaluate => evaluate(action, path).unwrap_or((false, vec!["leash-policy unavailable".into()])),
+        Lookup::Evaluate => evaluate(action, path).unwrap_or((false, vec![POLICY_UNAVAILABLE.into()])),
     }
 }
 
@@ -463,27 +479,33 @@ pub struct Loop {
     pub stop: Arc<AtomicBool>,
     /// Cache allows in the kernel.
     pub cache: bool,
+    /// Ask the user about denials (enforce mode) instead of refusing at once.
+    pub ask: Option<Arc<crate::ask::Asks>>,
 }
 
 /// Reads and answers the group's events until `stop` (or, when
 /// `cgroup_dir` is given, until that cgroup is gone); each decision goes
 /// to `out`.
-pub fn run(
-    l: &Loop,
-    group: &Group,
-    cgroup_dir: Option<&Path>,
-    mut out: impl FnMut(FileDecision),
-) -> anyhow::Result<()> {
+pub fn run(l: &Loop, group: &Group, cgroup_dir: Option<&Path>, mut out: impl FnMut(Out)) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * METADATA_BYTES];
     let mut cached = 0usize;
     let mut identities = crate::identity::Identities::default();
+    // However the loop ends, nothing it parked is left waiting: a group
+    // that closes with events unanswered lets them through.
+    let _refuse = RefuseParked { l, group };
     while !l.stop.load(Ordering::Relaxed) {
         if cgroup_dir.is_some_and(|d| !d.exists()) {
+            settle_asks(l, group, &mut out);
             return Ok(());
         }
         let mut fds = [nix::poll::PollFd::new(group.fan.as_fd(), nix::poll::PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+        // Parked denials' answers and deadlines are looked at between reads.
+        let wait = if l.ask.as_ref().is_some_and(|a| a.waiting() > 0) { 20u16 } else { 200 };
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(wait)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {
+                settle_asks(l, group, &mut out);
+                continue;
+            }
             Ok(_) => {}
             Err(e) => anyhow::bail!("polling the fanotify group: {e}"),
         }
@@ -527,19 +549,83 @@ pub fn run(
                     cached = 0;
                 }
             }
-            let mut response = Vec::with_capacity(8);
-            response.extend_from_slice(&ev.fd.to_ne_bytes());
-            response.extend_from_slice(&(if answer { FAN_ALLOW } else { FAN_DENY }).to_ne_bytes());
-            if let Err(e) = nix::unistd::write(&group.fan, &response) {
-                tracing::warn!(error = %e, "cannot answer a fanotify event");
+            // Denied in enforce mode, with asking on: the opener waits for
+            // the user's answer (`ask`); its event goes up as a question.
+            if !answer
+                && let Some(asks) = &l.ask
+                && let Some(d) = &d
+                && offerable(d)
+                && let Some(id) = asks.park(ev.fd, d)
+            {
+                let timeout = asks.timeout.as_millis().to_string();
+                let mut e = to_event(d.clone()).with("ask_id", id.to_string()).with("ask_timeout_ms", timeout);
+                e.decision = None;
+                out(Out::Asking(e));
+                continue;
             }
-            let _ = nix::unistd::close(ev.fd);
+            group.respond(ev.fd, answer);
             if let Some(d) = d {
-                out(d);
+                out(Out::Decided(d));
             }
         }
+        settle_asks(l, group, &mut out);
     }
+    settle_asks(l, group, &mut out);
     Ok(())
+}
+
+/// Refuses what its loop parked when the loop ends.
+struct RefuseParked<'a> {
+    l: &'a Loop,
+    group: &'a Group,
+}
+
+impl Drop for RefuseParked<'_> {
+    fn drop(&mut self) {
+        if let Some(asks) = &self.l.ask {
+            asks.refuse_all(self.group);
+        }
+    }
+}
+
+/// Denies the parked denials whose deadline passed and reports those answered.
+fn settle_asks(l: &Loop, group: &Group, out: &mut impl FnMut(Out)) {
+    if let Some(asks) = &l.ask {
+        asks.expire(group, std::time::Instant::now());
+        for (d, how) in asks.answered() {
+            out(Out::Asked(d, how));
+        }
+    }
+}
+
+/// What a decider loop reports.
+#[derive(Debug)]
+pub enum Out {
+    /// A decision made.
+    Decided(FileDecision),
+    /// A denial parked while the user is asked (the question, as an event).
+    Asking(Event),
+    /// A parked denial answered: the decision as answered, and how ("once",
+    /// "session", "always", "deny", "timeout").
+    Asked(FileDecision, String),
+}
+
+impl Out {
+    /// As an event.
+    pub fn into_event(self) -> Event {
+        match self {
+            Out::Decided(d) => to_event(d),
+            Out::Asking(e) => e,
+            Out::Asked(d, how) => to_event(d).with("ask", how),
+        }
+    }
+}
+
+/// Whether a denial is the policy's, which a user may be asked to
+/// overrule: not one made because the policy could not be asked or the
+/// path could not be known.
+fn offerable(d: &FileDecision) -> bool {
+    !d.path.is_empty() && !d.reasons.iter().any(|r| r == POLICY_UNAVAILABLE || r == UNRESOLVABLE)
 }
 
 /// Whether an allowed open may be cached: the policy allows the path in
@@ -625,7 +711,7 @@ fn decide_one(
     let (mut allow, mut reasons) = match (g.mode, &path) {
         (Mode::Record, _) => (true, Vec::new()),
         // No path (longer than the kernel will print, say): denied.
-        (_, None) => (false, vec!["unresolvable path".to_owned()]),
+        (_, None) => (false, vec![UNRESOLVABLE.to_owned()]),
         (_, Some(p)) => decide_as(p),
     };
     let meta = std::fs::metadata(format!("/proc/self/fd/{}", ev.fd)).ok();

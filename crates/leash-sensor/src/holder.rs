@@ -48,6 +48,7 @@ pub const HOLD_FLAG: &str = "--hold";
 const FRAME_TABLES: u8 = 1;
 const FRAME_EVENT: u8 = 2;
 const FRAME_STOP: u8 = 3;
+const FRAME_ANSWER: u8 = 4;
 const MAX_FRAME: usize = 64 << 20;
 
 /// Writes one frame: kind, length, payload.
@@ -81,6 +82,11 @@ pub fn read_frame(mut r: impl Read) -> std::io::Result<Option<(u8, Vec<u8>)>> {
 /// Sends tables and mode to a holder.
 pub fn send_tables(w: &UnixStream, t: &Tables, mode: Mode) -> std::io::Result<()> {
     write_frame(w, FRAME_TABLES, &leash_proto::tables::to_proto(t, mode.name()).encode_to_vec())
+}
+
+/// Sends a holder the user's answer to one of its parked denials.
+pub fn send_answer(w: &UnixStream, a: &crate::ask::Answer) -> std::io::Result<()> {
+    write_frame(w, FRAME_ANSWER, &a.encode())
 }
 
 /// Tells a holder to stop.
@@ -119,6 +125,8 @@ pub struct Spec {
     pub policy_socket: PathBuf,
     /// Where to listen for a restarted sensor.
     pub listen: PathBuf,
+    /// Ask the user about denials, waiting this long for an answer (0: never ask).
+    pub ask_ms: u64,
 }
 
 /// Starts a holder on (a duplicate of) `group`, and `calls` when the
@@ -135,6 +143,7 @@ pub fn spawn(spec: &Spec, group: &OwnedFd, calls: Option<&OwnedFd>) -> anyhow::R
             spec.cgroup_dir.clone().into_os_string(),
             spec.policy_socket.clone().into_os_string(),
             spec.listen.clone().into_os_string(),
+            OsString::from(spec.ask_ms.to_string()),
             OsString::from(calls.map_or_else(|| "-".to_owned(), |c| c.as_raw_fd().to_string())),
         ])
         .stdin(Stdio::from(group.try_clone()?))
@@ -169,8 +178,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
     if let Ok(s) = leash_daemon::trace::settings(&leash_daemon::env::ProcessEnv) {
         leash_daemon::trace::init(s);
     }
-    let [session, cgroup, cgroup_dir, policy_socket, listen, calls] = args else {
-        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET LISTEN CALLS_FD|-");
+    let [session, cgroup, cgroup_dir, policy_socket, listen, ask_ms, calls] = args else {
+        tracing::error!("usage: leash-sensor --hold SESSION CGROUP CGROUP_DIR POLICY_SOCKET LISTEN ASK_MS CALLS_FD|-");
         return ExitCode::from(64);
     };
     let spec = Spec {
@@ -179,6 +188,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
         cgroup_dir: PathBuf::from(cgroup_dir),
         policy_socket: PathBuf::from(policy_socket),
         listen: PathBuf::from(listen),
+        ask_ms: ask_ms.to_str().and_then(|a| a.parse().ok()).unwrap_or(0),
     };
     let calls = match calls.to_str().filter(|c| *c != "-") {
         None => None,
@@ -243,11 +253,15 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
         _ => anyhow::bail!("the sensor sent no tables"),
     };
     let governed = Arc::new(RwLock::new(first));
+    // Ask ids start from the time, so that a holder replacing one that
+    // died never answers with an id the other asked with.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let asks = (spec.ask_ms > 0).then(|| Arc::new(crate::ask::Asks::new(Duration::from_millis(spec.ask_ms), seed)));
     let writer: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(Some(control.try_clone()?)));
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (governed, writer, stop, session) = (governed.clone(), writer.clone(), stop.clone(), spec.session.clone());
-        let group = group.clone();
+        let (group, asks) = (group.clone(), asks.clone());
         std::thread::Builder::new().name("holder-control".into()).spawn(move || {
             let mut stream = control;
             loop {
@@ -260,6 +274,15 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
                         }
                         Err(e) => tracing::warn!(session_id = %session, error = %e, "bad tables; the previous stay"),
                     },
+                    Ok(Some((FRAME_ANSWER, payload))) => {
+                        let answered = match (&asks, crate::ask::Answer::decode(&payload)) {
+                            (Some(asks), Some(a)) => asks.answer(&group, &a),
+                            _ => false,
+                        };
+                        if !answered {
+                            tracing::info!(session_id = %session, "an answer for no waiting question (answered, or too late)");
+                        }
+                    }
                     Ok(Some((FRAME_STOP, _))) => {
                         stop.store(true, Ordering::Relaxed);
                         return;
@@ -356,9 +379,16 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
             }
         })?;
     }
-    let l =
-        fan::Loop { session: spec.session.clone(), cgroup: spec.cgroup.clone(), governed, evaluate, stop, cache: true };
-    let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |d| publish(fan::to_event(d)));
+    let l = fan::Loop {
+        session: spec.session.clone(),
+        cgroup: spec.cgroup.clone(),
+        governed,
+        evaluate,
+        stop,
+        cache: true,
+        ask: asks,
+    };
+    let result = fan::run(&l, &group, Some(&spec.cgroup_dir), |o| publish(o.into_event()));
     let _ = std::fs::remove_file(&spec.listen);
     if result.is_ok() {
         // The session is over (or stopped): nothing waits on its calls.

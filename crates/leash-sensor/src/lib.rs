@@ -11,6 +11,7 @@
 //! state dir, the pinned maps and the holders. It reports no enforcement it
 //! does not perform.
 
+pub mod ask;
 pub mod bpf;
 pub mod calls;
 pub mod event;
@@ -71,6 +72,8 @@ struct Session {
     proxied: bool,
     /// Its calls that make names appear are supervised (leash-entry's filter).
     supervised: bool,
+    /// How long a denial waits for the user's answer (0: not asked).
+    ask_ms: u64,
     /// The file actions the LSM tier decides for it, as the kernel and its
     /// fanotify marks have them (None: not known, after a restart).
     lsm_files: Option<u32>,
@@ -95,6 +98,7 @@ impl Session {
             resolvers: self.resolvers.clone(),
             proxied: self.proxied,
             supervised: self.supervised,
+            ask_ms: self.ask_ms,
         }
     }
 }
@@ -122,6 +126,9 @@ struct Saved {
     /// Its calls are supervised: the listener is taken back from its holder.
     #[serde(default)]
     supervised: bool,
+    /// How long a denial waits for the user's answer (0: not asked).
+    #[serde(default)]
+    ask_ms: u64,
 }
 
 /// What the ring-buffer reader needs to name a session and its reasons.
@@ -242,13 +249,14 @@ impl Shared {
         }
     }
 
-    fn holder_spec(&self, session: &str, rel: &str, cgroup_dir: &std::path::Path) -> holder::Spec {
+    fn holder_spec(&self, session: &str, rel: &str, cgroup_dir: &std::path::Path, ask_ms: u64) -> holder::Spec {
         holder::Spec {
             session: session.to_owned(),
             cgroup: rel.to_owned(),
             cgroup_dir: cgroup_dir.to_path_buf(),
             policy_socket: self.policy_socket.clone(),
             listen: holder::socket_path(&self.runtime_dir, session),
+            ask_ms,
         }
     }
 
@@ -273,7 +281,7 @@ impl Shared {
             let frozen = holder::freeze(&cgroup_dir, true);
             // Its stream ended; make sure it is gone before another decides.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(dead as i32), nix::sys::signal::Signal::SIGKILL);
-            let spec = self.holder_spec(&session, &rel, &cgroup_dir);
+            let spec = self.holder_spec(&session, &rel, &cgroup_dir, saved.ask_ms);
             let replaced = holder::spawn(&spec, &l.group, l.calls.as_ref()).and_then(|(new_pid, control)| {
                 let g = governed.read().unwrap_or_else(|p| p.into_inner()).clone();
                 holder::send_tables(&control, &g.tables, g.mode)?;
@@ -751,7 +759,7 @@ impl Sensor for Service {
                 return Err(Status::failed_precondition(format!("cannot supervise the session's calls: {e:#}")));
             }
         };
-        let spec = s.holder_spec(&req.session, &rel, &cgroup_dir);
+        let spec = s.holder_spec(&req.session, &rel, &cgroup_dir, req.ask_timeout_ms.into());
         let started = holder::spawn(&spec, &group, calls.as_ref()).and_then(|(pid, control)| {
             holder::send_tables(&control, &tables, mode)?;
             Ok((pid, control))
@@ -791,6 +799,7 @@ impl Sensor for Service {
             resolvers: resolvers.clone(),
             proxied: req.proxied,
             supervised: req.supervised,
+            ask_ms: req.ask_timeout_ms.into(),
             lsm_files: Some(lsm_files),
             lsm_known,
             lsm_ids,
@@ -849,6 +858,17 @@ impl Sensor for Service {
             }
         }
         Ok(Response::new(pb::LearnResponse { written }))
+    }
+
+    async fn answer(&self, req: Request<pb::AnswerRequest>) -> Result<Response<pb::AnswerResponse>, Status> {
+        let req = req.into_inner();
+        let link =
+            self.shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&req.session).map(|s| s.holder.clone());
+        let link = link.ok_or_else(|| Status::not_found(format!("no governed session {}", req.session)))?;
+        let a = ask::Answer { id: req.ask_id, allow: req.allow, how: req.how };
+        let sent = holder::send_answer(&link.lock().unwrap_or_else(|p| p.into_inner()).control, &a);
+        sent.map_err(|e| Status::unavailable(format!("the session's file decider: {e}")))?;
+        Ok(Response::new(pb::AnswerResponse {}))
     }
 
     async fn unregister(
@@ -1078,7 +1098,7 @@ fn restore(shared: &Arc<Shared>) {
             tracing::warn!(session_id = %saved.session, "the kernel lost the session's tables; frozen until they are back");
             thaw_on_refresh = holder::freeze(&cgroup_dir, true).is_ok();
         }
-        let spec = shared.holder_spec(&saved.session, &saved.cgroup, &cgroup_dir);
+        let spec = shared.holder_spec(&saved.session, &saved.cgroup, &cgroup_dir, saved.ask_ms);
         let (control, group, holder_pid, calls) = match holder::reconnect(&spec.listen, saved.holder) {
             Ok((control, group)) => {
                 let calls = if saved.supervised {
@@ -1156,6 +1176,7 @@ fn restore(shared: &Arc<Shared>) {
                 resolvers: saved.resolvers.clone(),
                 proxied: saved.proxied,
                 supervised: saved.supervised,
+                ask_ms: saved.ask_ms,
                 lsm_files: None,
                 lsm_known,
                 lsm_ids,

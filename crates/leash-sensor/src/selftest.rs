@@ -583,6 +583,7 @@ fn run_with(shared: &Arc<Shared>, without: &[String], lsm: bool) -> Result<Outco
                 evaluate: Arc::new(|_, _| None),
                 stop: Default::default(),
                 cache: false,
+                ask: None,
             };
             decider = Some(fan::spawn(l, group).map_err(|e| format!("{e:#}"))?);
         }

@@ -175,6 +175,7 @@ fn once(shared: &Arc<Shared>, dir: &Path, workload: &str, tier: Tier) -> Result<
                     evaluate: Arc::new(|_, _| None),
                     stop: Default::default(),
                     cache: true,
+                    ask: None,
                 };
                 decider = Some(fan::spawn(l, group).map_err(|e| format!("{e:#}"))?);
             }

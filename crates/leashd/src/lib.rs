@@ -89,6 +89,8 @@ pub async fn run(ctx: Ctx, config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(std::time::Duration::from_secs(3), sessions.recover()).await.is_err() {
         tracing::warn!("the container engine did not answer within 3 s; earlier sessions are not listed");
     }
+    // Subscribed before the sensor's events are followed: no question is missed.
+    tokio::spawn(sessions.clone().watch_asks());
     tokio::spawn(follow::policy(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
     tokio::spawn(follow::sensor(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));
     tokio::spawn(follow::proxy(supervisor.clone(), hub.clone(), ctx.shutdown.clone()));

@@ -49,6 +49,10 @@ struct Args {
     /// Internal, with --write-user-config: only for this project directory.
     #[arg(long, hide = true)]
     project: Option<String>,
+    /// Internal: append the Cedar statement on stdin to this policy file
+    /// (leashd runs this as the session's user when a question is answered "always").
+    #[arg(long, hide = true, value_name = "FILE")]
+    append_policy: Option<PathBuf>,
     /// Write leashd's manual page into DIR and exit.
     #[arg(long, value_name = "DIR")]
     man: Option<PathBuf>,
@@ -70,6 +74,18 @@ fn main() -> ExitCode {
                     eprintln!("leashd: cannot write the manual page into {}: {e}", dir.display());
                 }
                 ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
+    if let Some(path) = &args.append_policy {
+        return match leashd::session::ask::append_to_policy_file(path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                #[allow(clippy::print_stderr, reason = "the helper reports to leashd through stderr")]
+                {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(leash_daemon::process::EXIT_FAILURE)
             }
         };
     }

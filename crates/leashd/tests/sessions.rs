@@ -1229,3 +1229,118 @@ fn a_policy_file_reloads_unless_the_agent_can_write_it() {
     assert!(agent.wait_with_output().unwrap().status.success());
     nothing_left(&stack);
 }
+
+/// Waits until an event of `session` matches; it.
+fn event_where(stack: &Stack, what: &str, found: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    eventually(Duration::from_secs(15), what, || stack.events().into_iter().find(&found))
+}
+
+#[test]
+fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot_answer() {
+    if !require_docker("a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot_answer") {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    // Files and the system's programs are allowed; a script of the project
+    // is not (no permit): executing it is asked about.
+    let probe = project.join("probe.sh");
+    std::fs::write(&probe, "#!/bin/sh\necho \"probe-ran-$1\"\n").unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = stack.root().join("ask.cedar");
+    let text_before = "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", \
+                       Action::\"FileOpenReadWrite\"], resource) when { resource in Dir::\"/\" };\n\
+                       @id(\"system\") permit (principal, action == Action::\"ProcessExec\", resource) \
+                       when { resource in [Dir::\"/bin\", Dir::\"/usr\", Dir::\"/sbin\", Dir::\"/leash\"] };\n";
+    std::fs::write(&policy, text_before).unwrap();
+    let home = user_config(&stack, "[leash]\nask_timeout = 4\n");
+    // Each step waits for a line from the user, then runs the script.
+    let script = "echo ready; \
+                  read x; ./probe.sh one; echo \"rc-one=$?\"; \
+                  read x; (sleep 1; printf 'o\\n' > /dev/tty; printf 'a' > /dev/tty) & ./probe.sh two; echo \"rc-two=$?\"; \
+                  read x; ./probe.sh three; echo \"rc-three=$?\"; \
+                  read x; ./probe.sh four; echo \"rc-four=$?\"; \
+                  read x; f=$(printf 'title\\033]0;pwned\\007.sh'); cp probe.sh \"$f\"; \"./$f\" five; echo \"rc-five=$?\"";
+    let mut cmd = stack.command("leash");
+    cmd.args(["--image", TEST_IMAGE, "--ask", "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
+        .env("LEASH_HOME", &home)
+        .current_dir(&project);
+    let mut term = Pty::spawn(cmd, 24, 100);
+    term.wait_for("ready", Duration::from_secs(20));
+    let id = running_session(&stack);
+
+    // 1. Asked on the user's terminal, answered "once" with one key: it runs.
+    term.write(b"\r");
+    term.wait_for("denied ProcessExec", Duration::from_secs(10));
+    assert!(term.seen().contains("[o]nce [s]ession [a]lways [d]eny"), "{:?}", term.seen());
+    assert!(!term.seen().contains("probe-ran-one"), "the exec waits for the answer");
+    term.write(b"o");
+    term.wait_for("rc-one=0", Duration::from_secs(10));
+    assert!(term.seen().contains("probe-ran-one"), "{:?}", term.seen());
+
+    // 2. Asked again (once was once). The agent writes the answer's keys
+    // to its own terminal: that is output, never the user's input, so
+    // nobody answers and the time runs out: denied.
+    let asked = term.seen().matches("denied ProcessExec").count();
+    term.write(b"\r");
+    eventually(Duration::from_secs(10), "asked again", || {
+        (term.seen().matches("denied ProcessExec").count() > asked).then_some(())
+    });
+    term.wait_for("rc-two=", Duration::from_secs(15));
+    let seen = term.seen();
+    assert!(!seen.contains("probe-ran-two"), "{seen:?}");
+    assert!(!seen.contains("rc-two=0"), "{seen:?}");
+
+    // 3. "always": it runs, and the policy file gains the permit.
+    let asked = term.seen().matches("denied ProcessExec").count();
+    term.write(b"\r");
+    eventually(Duration::from_secs(10), "asked a third time", || {
+        (term.seen().matches("denied ProcessExec").count() > asked).then_some(())
+    });
+    term.write(b"a");
+    term.wait_for("rc-three=0", Duration::from_secs(10));
+    let text_after = std::fs::read_to_string(&policy).unwrap();
+    assert!(text_after.starts_with(text_before), "{text_after}");
+    let permit = format!("resource == File::\"{}\"", probe.display());
+    assert!(text_after.contains(&permit) && text_after.contains("Action::\"ProcessExec\""), "{text_after}");
+
+    // 4. Not asked again: the policy allows it now.
+    let asked = term.seen().matches("denied ProcessExec").count();
+    term.write(b"\r");
+    term.wait_for("rc-four=0", Duration::from_secs(10));
+    let seen = term.seen();
+    assert!(seen.contains("probe-ran-four"), "{seen:?}");
+    assert_eq!(seen.matches("denied ProcessExec").count(), asked, "not asked again: {seen:?}");
+
+    // 5. A name the agent chose cannot drive the user's terminal (here, an
+    // escape sequence that would retitle the window): it shows escaped.
+    // "deny" refuses it at once.
+    term.write(b"\r");
+    term.wait_for("title\\u{1b}]0;pwned\\u{7}.sh", Duration::from_secs(10));
+    assert!(!term.seen().contains("\x1b]0;pwned"), "{:?}", term.seen());
+    term.write(b"d");
+    assert_eq!(term.wait(Duration::from_secs(15)), Some(0), "{:?}", term.seen());
+    let seen = term.seen();
+    assert!(seen.contains("rc-five=") && !seen.contains("rc-five=0") && !seen.contains("probe-ran-five"), "{seen:?}");
+
+    // Every answer is an event, and so is each asked exec's outcome.
+    let probe_path = probe.display().to_string();
+    for answer in ["once", "timeout", "always", "deny"] {
+        let e = event_where(&stack, &format!("ask.answer {answer}"), |e| {
+            e["action"] == "ask.answer" && e["session"] == id.as_str() && e["details"]["answer"] == answer
+        });
+        if answer != "deny" {
+            assert_eq!(e["resource"], probe_path.as_str(), "{e}");
+        }
+        let by = e["details"]["by"].as_str().unwrap_or_default();
+        assert!(if answer == "timeout" { by == "nobody" } else { by.starts_with("terminal (uid ") }, "{e}");
+        event_where(&stack, &format!("the exec's outcome: {answer}"), |e| {
+            e["action"] == "ProcessExec"
+                && e["session"] == id.as_str()
+                && (e["resource"] == probe_path.as_str() || answer == "deny")
+                && e["details"]["ask"] == answer
+                && e["decision"] == if matches!(answer, "timeout" | "deny") { "deny" } else { "allow" }
+        });
+    }
+    nothing_left(&stack);
+}

@@ -83,6 +83,32 @@ async function selectSession(id) {
   await loadSuggestions();
 }
 
+// ---- questions about denials (leash --ask) ----
+
+async function loadAsks() {
+  const { asks } = await api("/api/asks");
+  const box = $("#asks");
+  box.hidden = asks.length === 0;
+  box.innerHTML = asks.map((a) => `<div class="ask" data-id="${esc(a.id)}" data-session="${esc(a.session)}">
+    <strong>Denied, waiting for an answer</strong> · session ${esc(a.session.slice(0, 12))}:
+    ${esc(a.action)} <code>${esc(a.resource)}</code> by ${esc(a.executable)}
+    <span class="muted">(${a.policies.length ? "policy " + esc(a.policies.join(", ")) : "no permit"})</span>
+    ${a.choices.map((c) => `<button class="answer" data-choice="${esc(c)}">${esc(c === "once" ? "Allow once" : c === "session" ? "Allow for this session" : c === "always" ? "Always allow" : "Deny")}</button>`).join("")}
+    <span class="muted">denied at ${esc(new Date(a.deadline_unix_ms).toLocaleTimeString())} without an answer</span>
+  </div>`).join("");
+}
+
+async function answerAsk(button) {
+  const box = button.closest(".ask");
+  try {
+    await post(`/api/asks/${encodeURIComponent(box.dataset.id)}`, { session: box.dataset.session, choice: button.dataset.choice });
+    notice(`Answered: ${button.dataset.choice}`);
+  } catch (err) {
+    notice(err.message, true);
+  }
+  loadAsks().catch(() => {});
+}
+
 // ---- events ----
 
 function connect() {
@@ -114,6 +140,7 @@ function connect() {
         const e = JSON.parse(l);
         state.events.push(e);
         if (e.kind === "policy" && (!state.session || e.session === state.session || !e.session)) policyChanged = true;
+        if (e.details?.ask_id || e.action === "ask.answer") loadAsks().catch(() => {});
       } catch (_) { /* not an event */ }
     }
     if (state.events.length > state.maxEvents) state.events.splice(0, state.events.length - state.maxEvents);
@@ -402,6 +429,10 @@ function accept(i) {
 window.addEventListener("DOMContentLoaded", async () => {
   $("#session-select").addEventListener("change", (e) => selectSession(e.target.value));
   for (const id of ["#filter-text", "#filter-decision", "#filter-kind"]) $(id).addEventListener("input", scheduleRender);
+  $("#asks").addEventListener("click", (e) => {
+    const b = e.target.closest("button.answer");
+    if (b) answerAsk(b);
+  });
   $("#events").addEventListener("click", (e) => {
     const b = e.target.closest("button");
     if (b) fromEvent(b);
@@ -455,5 +486,6 @@ window.addEventListener("DOMContentLoaded", async () => {
   } catch (e) {
     if (e.message !== "not signed in") notice(e.message, true);
   }
-  setInterval(() => { loadSessions().catch(() => {}); loadStatus().catch(() => {}); }, 5000);
+  loadAsks().catch(() => {});
+  setInterval(() => { loadSessions().catch(() => {}); loadStatus().catch(() => {}); loadAsks().catch(() => {}); }, 5000);
 });

@@ -10,6 +10,7 @@
 //! - the agent's container cannot reach it: it listens on loopback by
 //!   default, and the kernel refuses sessions the host's addresses.
 
+mod asks;
 pub(crate) mod auth;
 mod bodies;
 mod events;
@@ -120,6 +121,8 @@ fn router(ctx: Ctx) -> Router {
         .route("/api", get(events::websocket))
         .route("/api/events", get(events::list))
         .route("/api/sessions", get(events::sessions))
+        .route("/api/asks", get(asks::list))
+        .route("/api/asks/{id}", post(asks::answer))
         .route("/api/status", get(events::status))
         .route("/api/policies", get(policies::get).post(policies::replace).patch(policies::patch))
         .route("/api/policies/validate", post(policies::validate))

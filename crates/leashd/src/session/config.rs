@@ -19,6 +19,9 @@ use figment::value::{Dict, Value};
 /// The agents with host config dirs to mount.
 pub const AGENTS: [&str; 5] = ["claude", "codex", "gemini", "qwen", "opencode"];
 
+/// The longest `[leash] ask_timeout`, in seconds: an operation waits no longer.
+pub const MAX_ASK_TIMEOUT: i128 = 600;
+
 /// Where a decision came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -38,6 +41,10 @@ pub struct File {
     /// `[leash] dns_refusal`: how the DNS relay answers a name the policy
     /// refuses, `refused` or `nxdomain`.
     pub dns_refusal: Option<String>,
+    /// `[leash] ask`: ask the user about denials.
+    pub ask: Option<bool>,
+    /// `[leash] ask_timeout`: seconds a denial waits for the user's answer.
+    pub ask_timeout: Option<u32>,
     /// `[leash.envvars]`.
     pub envvars: BTreeMap<String, String>,
     /// `[volumes]`: agent toggles.
@@ -105,6 +112,10 @@ pub struct Resolved {
     pub protect_host: Option<bool>,
     /// `dns_refusal`, if a file sets it.
     pub dns_refusal: Option<String>,
+    /// `ask`, if a file sets it.
+    pub ask: Option<bool>,
+    /// `ask_timeout`, if a file sets it.
+    pub ask_timeout: Option<u32>,
     /// Environment, lowest precedence first.
     pub envvars: BTreeMap<String, String>,
     /// The agent's mount toggle and where it came from.
@@ -178,6 +189,13 @@ fn parse(dict: &Dict, home: Option<&Path>) -> Result<File, KeyError> {
                 "protect_host" => {
                     f.protect_host =
                         Some(v.to_bool().ok_or_else(|| key_err(&["leash", "protect_host"], "expected true or false"))?)
+                }
+                "ask" => f.ask = Some(v.to_bool().ok_or_else(|| key_err(&["leash", "ask"], "expected true or false"))?),
+                "ask_timeout" => {
+                    let kp = ["leash", "ask_timeout"];
+                    let n = v.to_i128().filter(|n| (1..=MAX_ASK_TIMEOUT).contains(n));
+                    let n = n.ok_or_else(|| key_err(&kp, &format!("expected seconds, 1 to {MAX_ASK_TIMEOUT}")))?;
+                    f.ask_timeout = Some(n as u32);
                 }
                 "envvars" => f.envvars = envvars(v, &["leash", "envvars"])?,
                 "dns_refusal" => {
@@ -324,6 +342,8 @@ pub fn resolve(files: &[(&File, &Path)], cwd: &Path, agent: Option<&str>) -> Res
         if f.dns_refusal.is_some() {
             r.dns_refusal = f.dns_refusal.clone();
         }
+        r.ask = f.ask.or(r.ask);
+        r.ask_timeout = f.ask_timeout.or(r.ask_timeout);
         for (scope, image, env, toggles, vols) in [(Scope::Global, &f.target_image, &f.envvars, &f.toggles, &f.volumes)]
             .into_iter()
             .chain(f.projects.get(cwd).map(|p| (Scope::Project, &p.target_image, &p.envvars, &p.toggles, &p.volumes)))

@@ -26,6 +26,8 @@ pub const LABEL_PROJECT: &str = "leash.project";
 pub const LABEL_COMMAND: &str = "leash.command";
 /// `true` when the session runs without the protect-host layer.
 pub const LABEL_UNPROTECTED: &str = "leash.unprotected";
+/// Seconds a denial waits for the user's answer (`leash --ask`); absent: not asked.
+pub const LABEL_ASK: &str = "leash.ask";
 
 /// An engine error, in one line.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! admission step has passed.
 
 pub mod admission;
+pub mod ask;
 pub mod config;
 pub mod control;
 pub mod engine;
@@ -75,6 +76,8 @@ struct Stopping(String);
 struct Link<'a> {
     input: &'a mut Streaming<pb::SessionInput>,
     out: &'a mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    /// Who it is, for its answers to questions.
+    by: ask::Answerer,
     /// It leaves once the session has started (`leash --detach`).
     detach: bool,
 }
@@ -135,6 +138,8 @@ pub struct Info {
     pub host_address: String,
     /// Runs without the protect-host layer (its user asked explicitly).
     pub unprotected: bool,
+    /// Seconds a denial waits for the user's answer; 0: not asked.
+    pub ask_timeout_s: u32,
     /// Clients attached to its terminal (filled in when listed).
     pub clients: u32,
 }
@@ -148,12 +153,20 @@ pub struct Sessions {
     terminals: Arc<Mutex<BTreeMap<String, terminal::Shared>>>,
     /// The control connections of running sessions, for `leash exec`.
     controls: Arc<Mutex<BTreeMap<String, Arc<control::Conn>>>>,
+    /// Questions open for sessions' users (`leash --ask`), by id.
+    asks: Arc<Mutex<BTreeMap<String, ask::Pending>>>,
 }
 
 impl Sessions {
     /// An empty registry.
     pub fn new(ctx: Ctx) -> Sessions {
-        Sessions { ctx, inner: Arc::default(), terminals: Arc::default(), controls: Arc::default() }
+        Sessions {
+            ctx,
+            inner: Arc::default(),
+            terminals: Arc::default(),
+            controls: Arc::default(),
+            asks: Arc::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Info>> {
@@ -266,6 +279,10 @@ impl Sessions {
                 return;
             };
                     }
+                    Ok(Some(pb::SessionInput { input: Some(Input::Answer(a)) })) => {
+                        let by = ask::Answerer::Terminal { uid: caller.uid, pid: caller.pid.unwrap_or_default() as u32 };
+                        self.answer_from_client(&info.id, a, by, &out);
+                    }
                     Ok(Some(pb::SessionInput { input: Some(i) })) => {
                         let _ = joined.inputs.send((joined.id, i)).await;
                     }
@@ -275,6 +292,23 @@ impl Sessions {
                 },
             }
         }
+    }
+
+    /// Answers a question from a client's PromptAnswer, off the session's
+    /// loop; a refused answer is told to the client.
+    fn answer_from_client(
+        &self,
+        session: &str,
+        a: pb::PromptAnswer,
+        by: ask::Answerer,
+        out: &mpsc::Sender<Result<pb::SessionOutput, Status>>,
+    ) {
+        let (me, session, out) = (self.clone(), session.to_owned(), out.clone());
+        tokio::spawn(async move {
+            if let Err(why) = me.answer_ask(&session, &a.id, &a.choice, by).await {
+                let _ = emit(&out, Output::Notice(why)).await;
+            }
+        });
     }
 
     /// Stops a session the caller owns (root: any). `id` may be a unique prefix.
@@ -331,6 +365,7 @@ impl Sessions {
                 enforcement: String::new(),
                 host_address: String::new(),
                 unprotected: labels.get(engine::LABEL_UNPROTECTED).is_some_and(|v| v == "true"),
+                ask_timeout_s: labels.get(engine::LABEL_ASK).and_then(|a| a.parse().ok()).unwrap_or(0),
                 clients: 0,
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
@@ -526,6 +561,7 @@ impl Sessions {
             enforcement: String::new(),
             host_address: String::new(),
             unprotected: !plan.protect_host,
+            ask_timeout_s: plan.ask_timeout_s,
             clients: 0,
         };
         self.lock().insert(id.clone(), info.clone());
@@ -539,7 +575,8 @@ impl Sessions {
             ],
         );
         timings.lap("create_ms");
-        let link = Link { input: &mut input, out, detach: start.detach };
+        let by = ask::Answerer::Terminal { uid: caller.uid, pid: caller.pid.unwrap_or_default() as u32 };
+        let link = Link { input: &mut input, out, detach: start.detach, by };
         let result = self.drive(&engine, &info, &plan, intercepted, release, &release_path, link, &mut timings).await;
         let result = match result {
             Ok(Some(code)) => Ok(code),
@@ -576,7 +613,7 @@ impl Sessions {
         link: Link<'_>,
         timings: &mut Timings,
     ) -> Result<Option<i32>, String> {
-        let Link { input, out, detach } = link;
+        let Link { input, out, detach, by } = link;
         let cid = info.container_id.as_str();
         let attach = engine.attach(cid).await.map_err(|e| e.to_string())?;
         let mut output = attach.output;
@@ -682,7 +719,7 @@ impl Sessions {
         .await;
 
         let served =
-            self.serve(engine, info, plan.tty, output, stdin, Some(Link { input, out, detach }), timings).await;
+            self.serve(engine, info, plan.tty, output, stdin, Some(Link { input, out, detach, by }), timings).await;
         served.map(|code| code.map(|c| Some(c as i32))).unwrap_or(Ok(None))
     }
 
@@ -711,10 +748,13 @@ impl Sessions {
         let term = terminal::Terminal::shared(tty, info.container.clone(), inputs_tx);
         self.terminals.lock().unwrap_or_else(|p| p.into_inner()).insert(info.id.clone(), term.clone());
         let lock = || term.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut input, out, detach) = match link {
-            Some(Link { input, out, detach }) => (Some(input), Some(out), detach),
-            None => (None, None, true),
+        let (mut input, out, detach, by) = match link {
+            Some(Link { input, out, detach, by }) => (Some(input), Some(out), detach, Some(by)),
+            None => (None, None, true, None),
         };
+        if let Some(out) = out {
+            lock().starter_asks(out.clone());
+        }
         // `--detach`, or recovered: the starting client is not there.
         let mut client_gone = detach;
         if detach {
@@ -784,7 +824,12 @@ impl Sessions {
                             self.publish("session.detach", info, &[("client", "start".to_owned())]);
                         }
                         i @ (Input::Resize(_) | Input::Signal(_)) => apply(i).await,
-                        Input::Start(_) | Input::Answer(_) | Input::Attach(_) | Input::Exec(_) => {}
+                        Input::Answer(a) => {
+                            if let (Some(out), Some(by)) = (out, &by) {
+                                self.answer_from_client(&info.id, a, by.clone(), out);
+                            }
+                        }
+                        Input::Start(_) | Input::Attach(_) | Input::Exec(_) => {}
                     },
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
@@ -997,6 +1042,7 @@ impl Sessions {
                 pid: pid as u32,
                 proxied,
                 supervised: true,
+                ask_timeout_ms: info.ask_timeout_s.saturating_mul(1000),
             })
             .await
             .map_err(|s| s.message().to_owned())?
@@ -1210,5 +1256,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         host_address: i.host_address.clone(),
         unprotected: i.unprotected,
         clients: i.clients,
+        ask_timeout_s: i.ask_timeout_s,
     }
 }

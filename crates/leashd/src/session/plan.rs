@@ -23,6 +23,8 @@ pub const CA_BUNDLE_FILE: &str = "ca-bundle.crt";
 pub const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The image when nothing names one.
 pub const DEFAULT_IMAGE: &str = "leash-coder:latest";
+/// Seconds a denial waits for the user's answer when `[leash] ask_timeout` does not say.
+pub const DEFAULT_ASK_TIMEOUT_S: u32 = 30;
 
 /// The agents' settings forwarded automatically from the caller's
 /// environment.
@@ -86,6 +88,8 @@ pub struct Plan {
     /// The protect-host layer is on (unless `--no-protect-host` or
     /// `[leash] protect_host = false` turned it off).
     pub protect_host: bool,
+    /// Seconds a denial waits for the user's answer (`--ask`, `[leash] ask`); 0: not asked.
+    pub ask_timeout_s: u32,
     /// protect-host's fixed locations bound onto themselves
     /// ([`Plan::pin_protected`]).
     pub pinned: Vec<Bind>,
@@ -416,6 +420,11 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         interactive: start.tty && !start.no_interactive,
         degraded: start.degraded,
         protect_host: !start.no_protect_host && resolved.protect_host.unwrap_or(true),
+        ask_timeout_s: if start.ask || resolved.ask == Some(true) {
+            resolved.ask_timeout.unwrap_or(DEFAULT_ASK_TIMEOUT_S)
+        } else {
+            0
+        },
         pinned: Vec::new(),
         dns_refusal: resolved.dns_refusal.clone().unwrap_or_else(|| "refused".to_owned()),
         dns,
@@ -590,6 +599,7 @@ impl Plan {
             (engine::LABEL_COMMAND.to_owned(), serde_json::to_string(&self.command).unwrap_or_default()),
             ("leash.name".to_owned(), name.to_owned()),
             (engine::LABEL_UNPROTECTED.to_owned(), (!self.protect_host).to_string()),
+            (engine::LABEL_ASK.to_owned(), self.ask_timeout_s.to_string()),
         ]);
         Spec {
             name: name.to_owned(),
@@ -748,14 +758,24 @@ fn caller_groups(caller: &Peer) -> Vec<u32> {
 
 /// The caller's user name and home directory from the host's passwd.
 fn passwd_entry(uid: u32) -> (String, Option<String>) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 6 && f[2] == uid.to_string() {
-            return (f[0].to_owned(), Some(f[5].to_owned()).filter(|h| !h.is_empty()));
-        }
+    match passwd_fields(uid) {
+        Some(f) => (f[0].clone(), Some(f[5].clone()).filter(|h| !h.is_empty())),
+        None => (format!("user{uid}"), None),
     }
-    (format!("user{uid}"), None)
+}
+
+/// A user's primary group from the host's passwd.
+pub fn primary_gid(uid: u32) -> Option<u32> {
+    passwd_fields(uid).and_then(|f| f[3].parse().ok())
+}
+
+/// The fields of a user's line of the host's passwd (at least six).
+fn passwd_fields(uid: u32) -> Option<Vec<String>> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|line| line.split(':').map(str::to_owned).collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2] == uid.to_string())
 }
 
 /// The static leash-entry leashd mounts: `LEASH_ENTRY_BIN`, else beside leashd.

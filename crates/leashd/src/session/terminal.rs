@@ -35,6 +35,8 @@ pub struct Terminal {
     next: u64,
     /// The starting client is attached (and writes).
     starter: bool,
+    /// Its queue, for questions (its output goes by the session's loop).
+    starter_tx: Option<ToClient>,
     tty: bool,
     container: String,
     inputs: mpsc::Sender<FromViewer>,
@@ -83,6 +85,7 @@ impl Terminal {
             viewers: Vec::new(),
             next: 1,
             starter: true,
+            starter_tx: None,
             tty,
             container,
             inputs,
@@ -125,6 +128,36 @@ impl Terminal {
     /// The starting client detached or went away.
     pub fn starter_left(&mut self) {
         self.starter = false;
+        self.starter_tx = None;
+    }
+
+    /// Where the starting client's questions go while it is attached.
+    pub fn starter_asks(&mut self, tx: ToClient) {
+        if self.starter {
+            self.starter_tx = Some(tx);
+        }
+    }
+
+    /// Shows a question to the client that writes (the starter while
+    /// attached, else the first attached client); false when none can show it.
+    pub fn ask(&mut self, prompt: pb::Prompt) -> bool {
+        let ask = || Ok(pb::SessionOutput { output: Some(Output::Ask(prompt.clone())) });
+        match (&self.starter_tx, self.viewers.first()) {
+            (Some(tx), _) if self.starter => tx.try_send(ask()).is_ok(),
+            (_, Some(v)) => v.tx.try_send(ask()).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// A question is closed: whoever shows it takes it down.
+    pub fn asked(&mut self, id: &str) {
+        let closed = || Ok(pb::SessionOutput { output: Some(Output::Asked(id.to_owned())) });
+        if let Some(tx) = &self.starter_tx {
+            let _ = tx.try_send(closed());
+        }
+        for v in &self.viewers {
+            let _ = v.tx.try_send(closed());
+        }
     }
 
     /// Whether input from `viewer` reaches the command: the starter's while

@@ -1,0 +1,209 @@
+//! A question leashd asks while the session runs (`leash --ask`): the
+//! policy denied an operation, which waits for the user's answer. It is
+//! shown on the user's own terminal — nothing of it goes through the
+//! container — and answered by one key typed there: the session's output
+//! cannot answer it (it is never read as input) and the agent cannot type
+//! into this terminal.
+//!
+//! How it is shown without spoiling the agent's screen: an agent drawing
+//! on the main screen (most do) keeps it whole while the question takes
+//! the alternate screen, and gets it back unchanged after; an agent that
+//! is itself on the alternate screen has the question on its bottom line,
+//! and is asked to redraw after (two resizes: its SIGWINCH). The session's
+//! output meanwhile is held and printed after.
+
+use std::sync::{Arc, Mutex};
+
+use leash_proto::v1 as pb;
+
+/// The question being shown, shared with the thread that reads the keys.
+pub type Showing = Arc<Mutex<Option<Question>>>;
+
+/// An open question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    /// Its id.
+    pub id: String,
+    /// The answers it takes.
+    pub choices: Vec<String>,
+}
+
+/// The answer one typed key gives: a choice's first letter, its number,
+/// or Ctrl-C / Escape for "deny"; None for any other key (ignored while
+/// the question shows, so that keys meant for the agent answer nothing).
+pub fn answer_for(key: u8, choices: &[String]) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    if matches!(key, 0x03 | 0x1b) {
+        return choices.iter().find(|c| *c == "deny").cloned();
+    }
+    if (b'1'..=b'9').contains(&key) {
+        return choices.get(usize::from(key - b'1')).cloned();
+    }
+    choices.iter().find(|c| c.as_bytes().first() == Some(&lower)).cloned()
+}
+
+/// Text the agent chose (a file's name is part of the question) made safe
+/// to print on the user's terminal: control characters (an escape
+/// sequence could move the cursor, draw a fake question or retitle the
+/// window) and the invisible ones that reorder or hide text (bidirectional
+/// overrides, zero-width characters) are shown escaped.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let hidden =
+            matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || hidden {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The answers with their keys: `[o]nce [d]eny`.
+pub fn keys(p: &pb::Prompt) -> String {
+    let answers: Vec<String> = p
+        .choices
+        .iter()
+        .map(|c| {
+            let (first, rest) = c.split_at(c.chars().next().map_or(0, char::len_utf8));
+            format!("[{first}]{rest}")
+        })
+        .collect();
+    answers.join(" ")
+}
+
+/// The question and its answers on one line.
+pub fn line(p: &pb::Prompt) -> String {
+    format!("leash: {}  {}", printable(&p.question), keys(p))
+}
+
+/// Whether the session's program is on the alternate screen, from what it
+/// printed (a switch split across two writes is seen too).
+#[derive(Debug, Default)]
+pub struct AltScreen {
+    on: bool,
+    tail: Vec<u8>,
+}
+
+impl AltScreen {
+    /// Output of the session.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        const SWITCHES: [(&[u8], bool); 6] = [
+            (b"\x1b[?1049h", true),
+            (b"\x1b[?1049l", false),
+            (b"\x1b[?1047h", true),
+            (b"\x1b[?1047l", false),
+            (b"\x1b[?47h", true),
+            (b"\x1b[?47l", false),
+        ];
+        let mut hay = std::mem::take(&mut self.tail);
+        hay.extend_from_slice(bytes);
+        // The last switch in the output decides.
+        let mut last: Option<(usize, bool)> = None;
+        for (seq, on) in SWITCHES {
+            if let Some(at) = hay.windows(seq.len()).rposition(|w| w == seq)
+                && last.is_none_or(|(l, _)| at > l)
+            {
+                last = Some((at, on));
+            }
+        }
+        if let Some((_, on)) = last {
+            self.on = on;
+        }
+        let keep = hay.len().saturating_sub(7);
+        self.tail = hay.split_off(keep);
+    }
+
+    /// The program is on the alternate screen.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+}
+
+/// What shows a question on a terminal and takes it down again.
+#[derive(Debug)]
+pub struct Shown {
+    /// Its id.
+    pub id: String,
+    /// Whether it took the bottom line of the program's alternate screen
+    /// (else the alternate screen is its own).
+    bottom_line: bool,
+}
+
+/// The bytes that show question `p` on a terminal of `rows` rows and
+/// `cols` columns whose program is (or not) on the alternate screen.
+pub fn show(p: &pb::Prompt, alt: bool, rows: u16, cols: u16) -> (Shown, Vec<u8>) {
+    let bytes = if alt {
+        // One line, the answers first: save the cursor, the bottom line, reverse video.
+        let text = format!("leash: {} · {}", keys(p), printable(&p.question));
+        let text: String = text.chars().take(usize::from(cols.max(20)) - 1).collect();
+        format!("\x1b7\x1b[{rows};1H\x1b[2K\x1b[7m{text}\x1b[0m")
+    } else {
+        // Our own screen (the program's stays as it was): the question as
+        // long as it is, the answers below.
+        let question = printable(&p.question);
+        format!("\x1b[?1049h\x1b[H\x1b[2J\x1b[7mleash:\x1b[0m {question}\r\n\r\n  {}\r\n", keys(p))
+    };
+    (Shown { id: p.id.clone(), bottom_line: alt }, bytes.into_bytes())
+}
+
+impl Shown {
+    /// The bytes that take it down; whether the program should redraw.
+    pub fn take_down(&self, rows: u16) -> (Vec<u8>, bool) {
+        if self.bottom_line {
+            (format!("\x1b[{rows};1H\x1b[2K\x1b8").into_bytes(), true)
+        } else {
+            (b"\x1b[?1049l".to_vec(), false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choices() -> Vec<String> {
+        ["once", "session", "always", "deny"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn one_key_answers_and_others_do_not() {
+        let c = choices();
+        assert_eq!(answer_for(b'o', &c).as_deref(), Some("once"));
+        assert_eq!(answer_for(b'S', &c).as_deref(), Some("session"));
+        assert_eq!(answer_for(b'3', &c).as_deref(), Some("always"));
+        assert_eq!(answer_for(0x03, &c).as_deref(), Some("deny"), "Ctrl-C denies");
+        assert_eq!(answer_for(b'x', &c), None);
+        assert_eq!(answer_for(b'\r', &c), None, "Enter is no answer: it may have been meant for the agent");
+        assert_eq!(answer_for(b'9', &c), None);
+        let once_only = ["once", "deny"].map(String::from).to_vec();
+        assert_eq!(answer_for(b'a', &once_only), None, "an answer not offered");
+    }
+
+    #[test]
+    fn the_alternate_screen_is_followed_across_writes() {
+        let mut a = AltScreen::default();
+        a.feed(b"hello \x1b[?10");
+        assert!(!a.on());
+        a.feed(b"49h drawing");
+        assert!(a.on(), "a switch split across two writes");
+        a.feed(b"\x1b[?1049l\x1b[?1049h\x1b[?1049l bye");
+        assert!(!a.on(), "the last switch decides");
+    }
+
+    #[test]
+    fn what_the_agent_named_cannot_drive_the_terminal() {
+        assert_eq!(printable("/w/a\x1b[2Jb"), "/w/a\\u{1b}[2Jb");
+        assert_eq!(printable("/w/x\u{202e}hs.live"), "/w/x\\u{202e}hs.live");
+        assert_eq!(printable("/w/\u{9b}31m\r\n"), "/w/\\u{9b}31m\\u{d}\\u{a}");
+        assert_eq!(printable("/w/ünïcode ok"), "/w/ünïcode ok");
+    }
+
+    #[test]
+    fn the_line_names_the_keys() {
+        let p = pb::Prompt { id: "a".into(), question: "q?".into(), choices: choices(), default_choice: 0 };
+        assert_eq!(line(&p), "leash: q?  [o]nce [s]ession [a]lways [d]eny");
+    }
+}
