@@ -28,6 +28,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some("session-start") => session_start(),
         Some("attach") => attach(),
         Some("exec") => exec(),
+        Some("ask") => ask(),
         // Criterion benchmarks of the policy service (medians, with their spread).
         Some("policy") => util::run(util::cargo().args([
             "bench",
@@ -61,11 +62,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         },
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui"
+                "unknown benchmark {other:?}; available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, ui"
             )
         }
         None => {
-            bail!("which benchmark? available: startup, session-start, attach, exec, policy, sensor, lsm, proxy, ui")
+            bail!(
+                "which benchmark? available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, ui"
+            )
         }
     }
 }
@@ -571,6 +574,89 @@ fn sensor(events_only: bool) -> anyhow::Result<()> {
     write_report(if events_only { "sensor-events" } else { "sensor" }, &report)
 }
 
+/// Runs `script` in three containers (each with its directory) `runs`
+/// times after one warm-up, rotating which goes first; each run's
+/// microseconds, in the containers' order.
+fn rotated(containers: &[(String, PathBuf)], script: &str, runs: usize) -> anyhow::Result<Vec<[f64; 3]>> {
+    let run_in = |(container, dir): &(String, PathBuf)| timed_exec(container, dir, script);
+    for c in containers {
+        run_in(c)?;
+    }
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let mut t = [0.0; 3];
+        for k in 0..3 {
+            let i = (run + k) % 3;
+            t[i] = run_in(&containers[i])?;
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Runs of `bench ask`.
+const ASK_RUNS: usize = 7;
+/// New files (each created, then read by a program run for it) per run of `bench ask`.
+const ASK_FILES: u32 = 2_000;
+
+/// What `leash --ask` costs operations the policy allows (it must cost
+/// nothing: only denials wait): the same work in a session with `--ask`,
+/// one without, and plain Docker, under a policy that allows it all but
+/// is not "permit everything" (each new file is decided in user space).
+fn ask() -> anyhow::Result<()> {
+    let (mut inst, image) = sessions_ready("bench ask runs leashd, Docker and BPF programs and needs root")?;
+    let base = inst.project()?;
+    let policy = base.join("ask.cedar");
+    std::fs::write(&policy, include_str!("../../policies/examples/e17-system-programs-only.cedar"))?;
+    let mut sessions = Vec::new();
+    let mut containers = Vec::new();
+    for (name, flags) in [("asking", &["--ask"][..]), ("not-asking", &[][..])] {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let (session, container) = governed_session(&inst, &image, &policy, &dir, flags)?;
+        sessions.push(session);
+        containers.push((container, dir));
+    }
+    let plain = "leash-bench-ask";
+    start_plain(plain, &image, &base)?;
+    std::fs::create_dir_all(base.join("plain"))?;
+    containers.push((plain.to_owned(), base.join("plain")));
+    let script =
+        format!("rm -rf nf && mkdir nf && cd nf && {}", timed_loop(ASK_FILES, "echo x > n$i; cat n$i > /dev/null"));
+    let times = rotated(&containers, &script, ASK_RUNS)?;
+    let _ = Command::new("docker").args(["rm", "-f", plain]).output();
+    for mut s in sessions {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    inst.stop()?;
+    let asking = ratio_summary(times.iter().map(|t| t[0] / t[1]).collect());
+    let governed = ratio_summary(times.iter().map(|t| t[1] / t[2]).collect());
+    let per_op = |k: usize| median_f64(times.iter().map(|t| t[k] / f64::from(ASK_FILES)).collect());
+    util::out(&format!(
+        "ask (release, fallback tier; {ASK_RUNS} interleaved runs of {ASK_FILES} new files, each created and \
+         read by a program run for it, all allowed; medians of paired ratios)"
+    ));
+    util::out(&format!(
+        "  per file: {:.1} µs with --ask, {:.1} µs without, {:.1} µs plain Docker",
+        per_op(0),
+        per_op(1),
+        per_op(2)
+    ));
+    util::out(&describe("--ask vs the same session without", asking, 1.02));
+    util::out(&describe("governed (without --ask) vs plain Docker", governed, 1.05));
+    write_report(
+        "ask",
+        &serde_json::json!({
+            "runs": ASK_RUNS,
+            "files": ASK_FILES,
+            "per_file_us": { "asking": per_op(0), "not_asking": per_op(1), "plain": per_op(2) },
+            "asking_vs_not": { "ratio": asking.0, "ci95": [asking.1, asking.2] },
+            "governed_vs_plain": { "ratio": governed.0, "ci95": [governed.1, governed.2] },
+        }),
+    )
+}
+
 /// Files each run of `bench sensor --new-files` creates and opens.
 const NEW_FILES: u32 = 10_000;
 /// Interleaved runs of `bench sensor --new-files`.
@@ -614,19 +700,9 @@ fn sensor_new_files() -> anyhow::Result<()> {
     start_plain(plain, &image, &base)?;
     containers.push((plain.to_owned(), untraced.clone()));
     let script = format!("rm -rf nf && mkdir nf && cd nf && {}", timed_loop(NEW_FILES, "echo x > n$i; : < n$i"));
-    let run_in = |(container, dir): &(String, PathBuf)| timed_exec(container, dir, &script);
-    for c in &containers {
-        run_in(c)?;
-    }
     let (mut traced_r, mut untraced_r, mut identity_r) = (Vec::new(), Vec::new(), Vec::new());
     let mut abs = Vec::new();
-    for run in 0..NEW_FILE_RUNS {
-        let mut t = [0.0; 3];
-        // Rotate which goes first.
-        for k in 0..3 {
-            let i = (run + k) % 3;
-            t[i] = run_in(&containers[i])?;
-        }
+    for t in rotated(&containers, &script, NEW_FILE_RUNS)? {
         traced_r.push(t[0] / t[2]);
         untraced_r.push(t[1] / t[2]);
         identity_r.push(t[0] / t[1]);

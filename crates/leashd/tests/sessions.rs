@@ -1230,6 +1230,9 @@ fn a_policy_file_reloads_unless_the_agent_can_write_it() {
     nothing_left(&stack);
 }
 
+/// Files open, the system's programs run, a project's programs have no permit.
+const SYSTEM_PROGRAMS_ONLY: &str = include_str!("../../../policies/examples/e17-system-programs-only.cedar");
+
 /// Waits until an event of `session` matches; it.
 fn event_where(stack: &Stack, what: &str, found: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     eventually(Duration::from_secs(15), what, || stack.events().into_iter().find(&found))
@@ -1248,10 +1251,7 @@ fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot
     std::fs::write(&probe, "#!/bin/sh\necho \"probe-ran-$1\"\n").unwrap();
     std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let policy = stack.root().join("ask.cedar");
-    let text_before = "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", \
-                       Action::\"FileOpenReadWrite\"], resource) when { resource in Dir::\"/\" };\n\
-                       @id(\"system\") permit (principal, action == Action::\"ProcessExec\", resource) \
-                       when { resource in [Dir::\"/bin\", Dir::\"/usr\", Dir::\"/sbin\", Dir::\"/leash\"] };\n";
+    let text_before = SYSTEM_PROGRAMS_ONLY;
     std::fs::write(&policy, text_before).unwrap();
     let home = user_config(&stack, "[leash]\nask_timeout = 4\n");
     // Each step waits for a line from the user, then runs the script.

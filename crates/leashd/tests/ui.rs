@@ -414,3 +414,76 @@ fn secrets_never_reach_api_payloads() {
     let _ = session.wait();
     stack.leashctl(&["sessions", "stop", &id]);
 }
+
+#[test]
+fn a_denied_exec_is_answered_in_the_control_ui_by_its_signed_in_user_only() {
+    if !require_docker("a_denied_exec_is_answered_in_the_control_ui")
+        || !require_chromium("a_denied_exec_is_answered_in_the_control_ui")
+    {
+        return;
+    }
+    let stack = stack();
+    let project = stack.project();
+    let probe = project.join("probe.sh");
+    std::fs::write(&probe, "#!/bin/sh\necho probe-ran\n").unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let policy = stack.root().join("ask.cedar");
+    let rules = include_str!("../../../policies/examples/e17-system-programs-only.cedar");
+    std::fs::write(&policy, rules).unwrap();
+    // No terminal here: the question is said on stderr and answered in the UI.
+    let session = stack
+        .leash(&["--image", TEST_IMAGE, "--ask", "--policy", policy.to_str().unwrap(), "--", "sh", "-c", "./probe.sh"])
+        .current_dir(&project)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (id, _) = stack.running_session(Duration::from_secs(15));
+
+    // Without the token nothing is listed or answered.
+    let (addr, _) = stack.ui();
+    let r = leash_testkit::http::request(&addr, "GET", "/api/asks", &[], b"");
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    let b = Browser::start();
+    b.goto(&stack.login_url());
+    let question = b.wait_for(
+        Duration::from_secs(15),
+        "the question shown",
+        "const a = document.querySelector('#asks .ask'); return a && !a.closest('[hidden]') && a.textContent",
+    );
+    let question = question.as_str().unwrap();
+    assert!(question.contains("ProcessExec") && question.contains("probe.sh"), "{question}");
+    b.wait_for(
+        Duration::from_secs(10),
+        "the waiting exec in the event list",
+        "return document.querySelector('#events tr[data-decision=\"asking\"][data-action=\"ProcessExec\"]')",
+    );
+    let r = leash_testkit::http::request(
+        &addr,
+        "POST",
+        "/api/asks/ask-1",
+        &[("Content-Type", "application/json")],
+        json!({ "session": id, "choice": "once" }).to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 401, "an unauthenticated answer: {}", r.text());
+    b.screenshot(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-ask.png"));
+    b.click("#asks button[data-choice=\"once\"]");
+    b.wait_for(
+        Duration::from_secs(10),
+        "answered",
+        "return document.querySelector('#notice').textContent === 'Answered: once'",
+    );
+    let out = session.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "probe-ran\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied ProcessExec") && err.contains("answer it in the Control UI"), "{err}");
+    let answered = stack.events().into_iter().find(|e| e["action"] == "ask.answer" && e["session"] == id.as_str());
+    let answered = answered.expect("an ask.answer event");
+    assert_eq!(
+        (answered["details"]["answer"].as_str(), answered["details"]["by"].as_str()),
+        (Some("once"), Some("control-ui"))
+    );
+    b.wait_for(Duration::from_secs(10), "the question gone", "return document.querySelector('#asks').hidden && 'gone'");
+}

@@ -173,6 +173,7 @@ function schedulePolicyReload() {
 
 function decisionOf(e) {
   if (e.decision === "denied") return "denied";
+  if (!e.decision && e.details?.ask_id) return "asking";
   if (e.would_deny) return "would-deny";
   if (e.decision === "allowed") return "allowed";
   return "";
@@ -220,7 +221,7 @@ function renderEvents() {
       <td class="muted">${esc((e.time || "").slice(11, 19))}</td>
       <td>${esc(e.action)}</td>
       <td class="resource">${esc(e.resource)}</td>
-      <td>${d ? `<span class="badge ${esc(d)}">${esc({ allowed: "Allowed", denied: "Denied", "would-deny": "Would deny" }[d])}</span>` : ""}</td>
+      <td>${d ? `<span class="badge ${esc(d)}">${esc({ allowed: "Allowed", denied: "Denied", "would-deny": "Would deny", asking: "Asking" }[d])}</span>` : ""}</td>
       <td class="count">${count > 1 ? count : ""}</td>
       <td class="policies">${esc((e.policies || []).join(", "))}</td>
       <td>${buttons}</td></tr>`;
