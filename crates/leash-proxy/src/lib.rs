@@ -7,6 +7,7 @@
 //! network namespace and redirect rules there. A restarted proxy takes its
 //! running sessions back from `<state>/proxy/`.
 
+pub mod ask;
 pub mod ca;
 pub mod decide;
 pub mod dns;
@@ -60,6 +61,9 @@ struct Saved {
     /// How the DNS relay answers a refused name (`InterceptRequest.dns_refusal`).
     #[serde(default)]
     dns_refusal: String,
+    /// How long a denied request waits for the user's answer (0: not asked).
+    #[serde(default)]
+    ask_ms: u32,
 }
 
 struct Service {
@@ -102,6 +106,7 @@ impl Service {
         ca: Arc<ca::SessionCa>,
         vault: Arc<secrets::Vault>,
         relay: relay::Config,
+        ask_ms: u32,
     ) -> anyhow::Result<(Arc<serve::Session>, Vec<String>)> {
         let netns = netns::Netns::enter(pid)?;
         let listeners = netns.run(netns::open_listeners).await??;
@@ -113,6 +118,7 @@ impl Service {
             ca,
             vault,
             stop: self.core.shutdown.child_token(),
+            ask: (ask_ms > 0).then(|| std::time::Duration::from_millis(ask_ms.into())),
         });
         for l in std::iter::once(listeners.v4).chain(listeners.v6) {
             let l = tokio::net::TcpListener::from_std(l)?;
@@ -148,7 +154,9 @@ impl Service {
                 // A setting this proxy cannot read refuses as by default.
                 let refusal = relay::Refusal::parse(&saved.dns_refusal).unwrap_or_default();
                 let config = relay::Config { resolvers: saved.resolvers.clone(), refusal };
-                let (s, _) = self.start_intercepting(&session, saved.pid, ca.clone(), vault.clone(), config).await?;
+                let (s, _) = self
+                    .start_intercepting(&session, saved.pid, ca.clone(), vault.clone(), config, saved.ask_ms)
+                    .await?;
                 anyhow::Ok((ca, vault, s))
             };
             match restored.await {
@@ -231,7 +239,7 @@ impl Proxy for Service {
         let resolvers = leash_daemon::net::resolvers_of(req.pid);
         let config = relay::Config { resolvers: resolvers.clone(), refusal };
         let (s, rules) = self
-            .start_intercepting(&req.session, req.pid, ca, vault, config)
+            .start_intercepting(&req.session, req.pid, ca, vault, config, req.ask_timeout_ms)
             .await
             .map_err(|e| Status::failed_precondition(format!("cannot intercept the session: {e:#}")))?;
         let saved = Saved {
@@ -239,6 +247,7 @@ impl Proxy for Service {
             start: start_time(req.pid).unwrap_or(0),
             resolvers,
             dns_refusal: refusal.as_str().to_owned(),
+            ask_ms: req.ask_timeout_ms,
         };
         let path = self.saved_path(&req.session);
         let written = std::fs::create_dir_all(path.parent().unwrap_or(&self.state))
@@ -269,6 +278,15 @@ impl Proxy for Service {
         let _ = std::fs::remove_file(self.saved_path(&session));
         self.shared.decider.forget(&session);
         Ok(Response::new(pb::ProxyCloseResponse {}))
+    }
+
+    async fn answer(&self, req: Request<pb::AnswerRequest>) -> Result<Response<pb::AnswerResponse>, Status> {
+        leash_daemon::access::require_privileged(&req, "answering a question")?;
+        let req = req.into_inner();
+        if !self.shared.asks.answer(&req) {
+            tracing::info!(session_id = %req.session, ask_id = req.ask_id, "an answer for no waiting request (answered, or too late)");
+        }
+        Ok(Response::new(pb::AnswerResponse {}))
     }
 
     async fn events(&self, _: Request<pb::ProxyEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
@@ -317,6 +335,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         sensor: tokio::sync::OnceCell::new(),
         counters: serve::Counters::default(),
         sse_streams: Default::default(),
+        asks: Default::default(),
     });
     let bound = ctx.bind_component(Component::Proxy)?;
     let core = ComponentCore { info: ctx.info.clone(), shutdown: ctx.shutdown.clone() };

@@ -50,6 +50,8 @@ pub struct Session {
     pub vault: Arc<crate::secrets::Vault>,
     /// Cancelled when it is closed.
     pub stop: CancellationToken,
+    /// How long a denied request waits for the user's answer (`leash --ask`).
+    pub ask: Option<Duration>,
 }
 
 /// Counters the status shows.
@@ -86,6 +88,8 @@ pub struct Shared {
     /// The SSE transport's open streams, by server and message endpoint:
     /// where a refused call's answer goes.
     pub sse_streams: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>,
+    /// Denied requests waiting for the user's answer.
+    pub asks: crate::ask::Waiting,
 }
 
 /// The upstream TLS configurations, trusting `roots`.
@@ -326,6 +330,8 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
     let (mut rewrites, mut rewrite_errors): (Vec<(String, Vec<String>)>, Vec<String>) = (Vec::new(), Vec::new());
     // The credentials whose real value the request carries, where, and the permitting policies.
     let mut used: Vec<(String, String, Vec<String>)> = Vec::new();
+    // How the user answered, when the request was asked about (`--ask`).
+    let mut asked: Option<String> = None;
     let (response, outcome) = if c.tls && c.sni.is_some() && host.is_some() && c.sni != host {
         let why = format!(
             "leash: the request names {} but the TLS connection was for {}: refused (domain fronting)\n",
@@ -345,6 +351,25 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
             if !by_ip.allow {
                 d = by_ip;
             }
+        }
+        // Denied, with asking on: the request waits for the user's answer.
+        if !d.passes()
+            && let Some(timeout) = c.session.ask
+            && crate::ask::offerable(&d.reasons)
+        {
+            let question = |id: u64| {
+                let o = Outcome { decision: Some(d.clone()), status: 0, error: None, bytes: None };
+                let mut e = event(&c, &method, &path, &resource, started.elapsed(), o);
+                e.decision = 0;
+                e.details.remove("status");
+                e.details.insert("ask_id".to_owned(), id.to_string());
+                e.details.insert("ask_via".to_owned(), "leash-proxy".to_owned());
+                e.details.insert("ask_timeout_ms".to_owned(), timeout.as_millis().to_string());
+                c.shared.events.publish(e);
+            };
+            let (allow, how) = c.shared.asks.ask(&c.session.id, timeout, question).await;
+            d.allow = allow;
+            asked = Some(how);
         }
         if d.passes() {
             // Injections only over TLS verified for the name (never plain
@@ -427,6 +452,9 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
     }
     if !rewrite_errors.is_empty() {
         e.details.insert("rewrite_errors".to_owned(), rewrite_errors.join("; "));
+    }
+    if let Some(how) = asked {
+        e.details.insert("ask".to_owned(), how);
     }
     if !used.is_empty() {
         // Which credentials went in and where, by which policies; never a value.

@@ -40,6 +40,21 @@ fn curl(container: &str, gw: &str, args: &str, url: &str) -> String {
     text(&out.stdout)
 }
 
+/// A stack whose proxy trusts the host-side HTTPS server's CA, the server
+/// (what reached it), and the host's address as sessions see it.
+fn stack_and_server(rt: &tokio::runtime::Runtime) -> (Stack, Arc<Mutex<Vec<String>>>, String) {
+    let mut stack = Stack::new();
+    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    server(rt, tls, seen.clone());
+    let entry = leash_testkit::static_entry();
+    stack.start_leashd_with(|c| {
+        c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca);
+    });
+    stack.wait_healthy(Duration::from_secs(10));
+    (stack, seen, leash_testkit::host_address())
+}
+
 #[test]
 fn http_requests_are_decided_by_method_path_and_query() {
     if !require_docker("http_requests_are_decided_by_method_path_and_query")
@@ -48,16 +63,7 @@ fn http_requests_are_decided_by_method_path_and_query() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut stack = Stack::new();
-    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    server(&rt, tls, seen.clone());
-    let entry = leash_testkit::static_entry();
-    stack.start_leashd_with(|c| {
-        c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca);
-    });
-    stack.wait_healthy(Duration::from_secs(10));
-    let gw = leash_testkit::host_address();
+    let (stack, seen, gw) = stack_and_server(&rt);
     let policy = stack.root().join("policy.cedar");
     std::fs::write(
         &policy,
@@ -173,4 +179,93 @@ fn http_requests_are_decided_by_method_path_and_query() {
     let _ = session.kill();
     let _ = session.wait();
     let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+}
+
+#[test]
+fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
+    if !require_docker("a_denied_request_waits_for_the_users_answer")
+        || !leash_testkit::require_image("a_denied_request_waits_for_the_users_answer", IMAGE)
+    {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (stack, seen, gw) = stack_and_server(&rt);
+    // allowed.test is permitted; api.allowed.test is not: asked about.
+    let policy = stack.root().join("policy.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
+             @id(\"site\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"allowed.test\");\n"
+        ),
+    )
+    .unwrap();
+    let home = stack.root().join("leash-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("config.toml"), "[leash]\nask = true\nask_timeout = 5\n").unwrap();
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .env("LEASH_HOME", &home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (id, container) = stack.running_session(Duration::from_secs(20));
+    let (addr, token) = stack.ui();
+    let auth = format!("Bearer {token}");
+    let reached = |what: &str| seen.lock().unwrap().iter().any(|s| s == what);
+    // A request in the background; the question it raises, answered through
+    // the (authenticated) API; what the request then got.
+    let asked_and_answered = |path: &str, choice: &str| -> String {
+        let (container, gw, url) = (container.clone(), gw.clone(), format!("https://api.allowed.test{path}"));
+        let request = std::thread::spawn(move || curl(&container, &gw, "", &url));
+        let ask = eventually(Duration::from_secs(15), "the question", || {
+            let r = leash_testkit::http::request(&addr, "GET", "/api/asks", &[("Authorization", &auth)], b"");
+            r.json()["asks"].as_array()?.iter().find(|a| a["resource"] == "api.allowed.test:443").cloned()
+        });
+        assert_eq!(ask["action"], "NetworkConnect", "{ask}");
+        assert_eq!(ask["session"], id.as_str(), "{ask}");
+        assert!(!reached(&format!("GET {path}")), "the request waits for the answer");
+        let body = serde_json::json!({ "session": id, "choice": choice }).to_string();
+        let r = leash_testkit::http::request(
+            &addr,
+            "POST",
+            &format!("/api/asks/{}", ask["id"].as_str().unwrap()),
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        request.join().unwrap()
+    };
+
+    // "once": it goes on, and the next is asked again; "deny": refused,
+    // never forwarded.
+    let out = asked_and_answered("/one", "once");
+    assert!(out.contains("upstream /one") && out.ends_with("\n200\n"), "{out}");
+    let out = asked_and_answered("/two", "deny");
+    assert!(out.ends_with("\n403\n") && !reached("GET /two"), "{out}");
+    // "session": it goes on, and the host is allowed from then on.
+    let out = asked_and_answered("/three", "session");
+    assert!(out.contains("upstream /three") && out.ends_with("\n200\n"), "{out}");
+    let out = curl(&container, &gw, "", "https://api.allowed.test/four");
+    assert!(out.contains("upstream /four") && out.ends_with("\n200\n"), "not asked again: {out}");
+    // No answer: refused when the time is up.
+    let out = curl(&container, &gw, "", "https://other.allowed.test/five");
+    assert!(out.ends_with("\n403\n") && !reached("GET /five"), "{out}");
+
+    let events = stack.events();
+    for (path, answer) in [("/one", "once"), ("/two", "deny"), ("/three", "session")] {
+        assert!(
+            events.iter().any(|e| e["action"] == "NetworkConnect"
+                && e["details"]["path"] == path
+                && e["details"]["ask"] == answer
+                && e["decision"] == if answer == "deny" { "deny" } else { "allow" }),
+            "{path}: {answer}"
+        );
+    }
+    assert!(events.iter().any(|e| e["action"] == "ask.answer" && e["details"]["answer"] == "timeout"));
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
 }

@@ -36,9 +36,12 @@ pub struct Pending {
     pub id: String,
     /// The session.
     pub session: String,
-    /// The sensor's id of the parked operation.
+    /// The id of the held operation, in the component that holds it.
     #[serde(skip)]
     pub ask_id: u64,
+    /// That component: leash-sensor (files, execs) or leash-proxy (HTTP requests).
+    #[serde(skip)]
+    pub held_by: leash_core::Component,
     /// The Cedar action denied.
     pub action: String,
     /// What it was denied on.
@@ -102,23 +105,26 @@ fn cedar_string(s: &str) -> String {
     out
 }
 
-/// The entity type a denied action's resource is, in Cedar.
-fn resource_type(action: &str) -> Option<&'static str> {
+/// The permit that lets exactly this action on this resource through: a
+/// file by its path; a host by its name and port (a request to an address
+/// with no name gets none: "once" and "deny" only).
+pub fn permit_for(action: &str, resource: &str, id: &str) -> Option<String> {
+    let head = |what: &str| {
+        format!("@id({}) permit (principal, action == Action::{}, {what})", cedar_string(id), cedar_string(action))
+    };
     match action {
-        "FileOpen" | "FileOpenReadOnly" | "FileOpenReadWrite" | "ProcessExec" => Some("File"),
+        "FileOpen" | "FileOpenReadOnly" | "FileOpenReadWrite" | "ProcessExec" => {
+            Some(format!("{};", head(&format!("resource == File::{}", cedar_string(resource)))))
+        }
+        "NetworkConnect" => {
+            let host = resource.rsplit_once(':').map_or(resource, |(h, _)| h).trim_matches(['[', ']']);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                return None;
+            }
+            Some(format!("{} when {{ resource in Host::{} }};", head("resource"), cedar_string(resource)))
+        }
         _ => None,
     }
-}
-
-/// The permit that lets exactly this action on this resource through.
-pub fn permit_for(action: &str, resource: &str, id: &str) -> Option<String> {
-    let ty = resource_type(action)?;
-    Some(format!(
-        "@id({}) permit (principal, action == Action::{}, resource == {ty}::{});",
-        cedar_string(id),
-        cedar_string(action),
-        cedar_string(resource)
-    ))
 }
 
 /// How a denial may be overruled, from the policies that made it.
@@ -196,8 +202,13 @@ impl Sessions {
     async fn offer_ask(&self, ask_id: u64, e: Event) {
         let session = e.session.clone().unwrap_or_default();
         let info = self.lock().get(&session).cloned();
+        let held_by = if e.details.get("ask_via").is_some_and(|v| v == leash_core::Component::Proxy.binary()) {
+            leash_core::Component::Proxy
+        } else {
+            leash_core::Component::Sensor
+        };
         let Some(info) = info.filter(|i| i.ask_timeout_s > 0) else {
-            self.tell_sensor(&session, ask_id, false, "deny").await;
+            self.tell_holder(held_by, &session, ask_id, false, "deny").await;
             return;
         };
         let (policies, policy_file) = self.policy_origins(&session).await;
@@ -206,7 +217,7 @@ impl Sessions {
         let statement = permit_for(&e.action, &e.resource, &format!("asked-{ask_id}"));
         let choices: Vec<String> = match (offer(&e.policy_ids, &policies, &admin_dir), &statement) {
             (Offer::Never(why), _) => {
-                self.tell_sensor(&session, ask_id, false, "deny").await;
+                self.tell_holder(held_by, &session, ask_id, false, "deny").await;
                 self.publish_answer(&info, &e, &id, "refused", &format!("leash ({why}: never offered)"), None);
                 return;
             }
@@ -231,6 +242,7 @@ impl Sessions {
             id: id.clone(),
             session: session.clone(),
             ask_id,
+            held_by,
             action: e.action.clone(),
             resource: e.resource.clone(),
             executable: e.executable.clone(),
@@ -302,7 +314,7 @@ impl Sessions {
                 Err(why) => tracing::warn!(session_id = %session, ask = %id, "cannot add the permit: {why}"),
             }
         }
-        self.tell_sensor(session, pending.ask_id, choice != "deny", choice).await;
+        self.tell_holder(pending.held_by, session, pending.ask_id, choice != "deny", choice).await;
         self.close_ask(session, id);
         let info = self.lock().get(session).cloned();
         if let Some(info) = info {
@@ -338,18 +350,19 @@ impl Sessions {
         Ok(format!("the session's runtime layer and {file}"))
     }
 
-    async fn tell_sensor(&self, session: &str, ask_id: u64, allow: bool, how: &str) {
-        let r = match self.component(leash_core::Component::Sensor).await {
-            Ok(channel) => pb::sensor_client::SensorClient::new(channel)
-                .answer(pb::AnswerRequest { session: session.to_owned(), ask_id, allow, how: how.to_owned() })
-                .await
-                .map(|_| ())
-                .map_err(|s| s.message().to_owned()),
-            Err(e) => Err(e),
+    /// Answers the component that holds the operation.
+    async fn tell_holder(&self, holder: leash_core::Component, session: &str, ask_id: u64, allow: bool, how: &str) {
+        let req = pb::AnswerRequest { session: session.to_owned(), ask_id, allow, how: how.to_owned() };
+        let r = match self.component(holder).await {
+            Ok(channel) if holder == leash_core::Component::Proxy => {
+                pb::proxy_client::ProxyClient::new(channel).answer(req).await.map(|_| ())
+            }
+            Ok(channel) => pb::sensor_client::SensorClient::new(channel).answer(req).await.map(|_| ()),
+            Err(e) => Err(tonic::Status::unavailable(e)),
         };
         if let Err(e) = r {
-            // The sensor's deadline refuses it.
-            tracing::warn!(session_id = %session, ask_id, "cannot answer the sensor: {e}");
+            // Its own deadline refuses the operation.
+            tracing::warn!(session_id = %session, ask_id, "cannot answer {}: {}", holder.binary(), e.message());
         }
     }
 

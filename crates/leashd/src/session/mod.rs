@@ -1093,7 +1093,12 @@ impl Sessions {
         }
         let channel = self.component(leash_core::Component::Proxy).await?;
         let r = pb::proxy_client::ProxyClient::new(channel)
-            .intercept(pb::InterceptRequest { session: info.id.clone(), pid: pid as u32, dns_refusal })
+            .intercept(pb::InterceptRequest {
+                session: info.id.clone(),
+                pid: pid as u32,
+                dns_refusal,
+                ask_timeout_ms: info.ask_timeout_s.saturating_mul(1000),
+            })
             .await
             .map_err(|s| s.message().to_owned())?
             .into_inner();
