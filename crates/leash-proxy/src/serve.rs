@@ -353,23 +353,11 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
             }
         }
         // Denied, with asking on: the request waits for the user's answer.
-        if !d.passes()
-            && let Some(timeout) = c.session.ask
-            && crate::ask::offerable(&d.reasons)
-        {
-            let question = |id: u64| {
-                let o = Outcome { decision: Some(d.clone()), status: 0, error: None, bytes: None };
-                let mut e = event(&c, &method, &path, &resource, started.elapsed(), o);
-                e.decision = 0;
-                e.details.remove("status");
-                e.details.insert("ask_id".to_owned(), id.to_string());
-                e.details.insert("ask_via".to_owned(), "leash-proxy".to_owned());
-                e.details.insert("ask_timeout_ms".to_owned(), timeout.as_millis().to_string());
-                c.shared.events.publish(e);
-            };
-            let (allow, how) = c.shared.asks.ask(&c.session.id, timeout, question).await;
-            d.allow = allow;
-            asked = Some(how);
+        if !d.passes() {
+            let o = Outcome { decision: Some(d.clone()), status: 0, error: None, bytes: None };
+            let mut question = event(&c, &method, &path, &resource, started.elapsed(), o);
+            question.details.remove("status");
+            asked = ask_user(&c, &mut d, question).await;
         }
         if d.passes() {
             // Injections only over TLS verified for the name (never plain
@@ -488,6 +476,28 @@ fn event(c: &Conn, method: &str, path: &str, resource: &str, took: Duration, o: 
         details.insert("error".to_owned(), e);
     }
     proxy_event(c, pb::EventKind::Http, "NetworkConnect", resource, Some(&d), details)
+}
+
+/// Asks the session's user about an operation the policy denied, when the
+/// session asks (`leash --ask`) and the denial is the policy's:
+/// `question` (the operation's event) is published as the question, the
+/// operation waits for the answer, and `d` becomes what was answered. How
+/// it was answered, when it was asked about.
+async fn ask_user(c: &Conn, d: &mut Decision, mut question: pb::Event) -> Option<String> {
+    let timeout = c.session.ask?;
+    if d.passes() || !crate::ask::offerable(&d.reasons) {
+        return None;
+    }
+    let publish = |id: u64| {
+        question.decision = 0;
+        question.details.insert("ask_id".to_owned(), id.to_string());
+        question.details.insert("ask_via".to_owned(), leash_core::Component::Proxy.binary().to_owned());
+        question.details.insert("ask_timeout_ms".to_owned(), timeout.as_millis().to_string());
+        c.shared.events.publish(question);
+    };
+    let (allow, how) = c.shared.asks.ask(&c.session.id, timeout, publish).await;
+    d.allow = allow;
+    Some(how)
 }
 
 /// Sends the request upstream over the connection's upstream (made on first use).
@@ -961,7 +971,14 @@ async fn mcp_gate(req: Request<Body>, c: &Conn, server: &str) -> Result<(Request
                 details.insert("tool".to_owned(), tool.to_owned());
                 details.insert("arguments".to_owned(), mcp::argument_names(m).join(", "));
                 let arguments = m["params"].get("arguments").map(Value::to_string);
-                let d = c.shared.decider.mcp_call(&c.session.id, server, tool, arguments.as_deref()).await;
+                let mut d = c.shared.decider.mcp_call(&c.session.id, server, tool, arguments.as_deref()).await;
+                let resource = format!("{tool}@{server}");
+                if !d.passes() {
+                    let question = mcp_event(c, "McpCall", &resource, Some(&d), details.clone());
+                    if let Some(how) = ask_user(c, &mut d, question).await {
+                        details.insert("ask".to_owned(), how);
+                    }
+                }
                 if !d.passes()
                     && let Some(id) = m.get("id")
                 {
@@ -972,7 +989,7 @@ async fn mcp_gate(req: Request<Body>, c: &Conn, server: &str) -> Result<(Request
                         format!("leash: tool {tool} on MCP server {server} denied by policy {ids}"),
                     ));
                 }
-                ("McpCall".to_owned(), format!("{tool}@{server}"), Some(d))
+                ("McpCall".to_owned(), resource, Some(d))
             }
             None => (format!("mcp.{method}"), server.to_owned(), None),
         };

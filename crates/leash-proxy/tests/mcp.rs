@@ -44,7 +44,10 @@ struct Server {
 
 impl Server {
     fn start(transport: &str) -> Server {
-        let name = format!("leash-mcp-{transport}-{}", std::process::id());
+        // Tests run at once in one process: each server its own name.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("leash-mcp-{transport}-{}-{n}", std::process::id());
         let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
         let out = std::process::Command::new("docker")
             .args(["run", "-d", "--name", &name, "-e", "PORT=80", IMAGE, "mcp-server-everything", transport])
@@ -75,14 +78,10 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn mcp_tools_are_governed_over_streamable_http_and_sse() {
-    if !require_docker("mcp_tools_are_governed_over_streamable_http_and_sse")
-        || !leash_testkit::require_image("mcp_tools_are_governed_over_streamable_http_and_sse", IMAGE)
-    {
-        return;
-    }
-    let (http, sse) = (Server::start("streamableHttp"), Server::start("sse"));
+/// A stack ready for sessions, the SDK client's script in its project, and
+/// a policy that allows everything but MCP's `get-env` and an `echo` of a
+/// forbidden word.
+fn stack_and_client() -> (Stack, std::path::PathBuf, std::path::PathBuf) {
     let mut stack = Stack::new();
     stack.start_leashd_for_sessions();
     stack.wait_healthy(Duration::from_secs(10));
@@ -98,6 +97,18 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
          when { context has arguments && context.arguments like \"*forbidden*\" };\n",
     )
     .unwrap();
+    (stack, client, policy)
+}
+
+#[test]
+fn mcp_tools_are_governed_over_streamable_http_and_sse() {
+    if !require_docker("mcp_tools_are_governed_over_streamable_http_and_sse")
+        || !leash_testkit::require_image("mcp_tools_are_governed_over_streamable_http_and_sse", IMAGE)
+    {
+        return;
+    }
+    let (http, sse) = (Server::start("streamableHttp"), Server::start("sse"));
+    let (stack, client, policy) = stack_and_client();
     let mut session = stack
         .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
         .stdout(std::process::Stdio::null())
@@ -156,4 +167,59 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
     let _ = session.kill();
     let _ = session.wait();
     let _ = std::process::Command::new("docker").args(["rm", "-f", &container]).output();
+}
+
+#[test]
+fn a_refused_tool_call_waits_for_the_users_answer_when_the_session_asks() {
+    if !require_docker("a_refused_tool_call_waits_for_the_users_answer")
+        || !leash_testkit::require_image("a_refused_tool_call_waits_for_the_users_answer", IMAGE)
+    {
+        return;
+    }
+    let http = Server::start("streamableHttp");
+    let (stack, client, policy) = stack_and_client();
+    let (mut session, id, container) = stack.asking_session(IMAGE, &policy, 20);
+    let script =
+        format!("echo '{} mcp.test' >> /etc/hosts; node {} http http://mcp.test/mcp", http.ip, client.display());
+    let agent = std::thread::spawn(move || {
+        std::process::Command::new("docker").args(["exec", &container, "sh", "-c", &script]).output().unwrap()
+    });
+    // Answer as the user would, through the authenticated API: get-env once,
+    // the forbidden echo no. A forbid of the user's own policy is offered
+    // "once" and "deny" only (a permit would not overrule it).
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        for a in stack.open_asks() {
+            let resource = a["resource"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(a["choices"], serde_json::json!(["once", "deny"]), "{a}");
+            let choice = if resource.starts_with("get-env@") { "once" } else { "deny" };
+            assert_eq!(stack.answer_ask(&id, a["id"].as_str().unwrap(), choice), 200);
+            answered.push(resource);
+        }
+        assert!(
+            !agent.is_finished() || answered.len() == 2,
+            "the client ended before it was asked twice: {answered:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = agent.join().unwrap();
+    let said = text(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 4, "{said}{}", text(&out.stderr));
+    assert_eq!(lines[1], "call echo [{\"type\":\"text\",\"text\":\"Echo: hi leash\"}]", "{said}");
+    assert!(lines[2].starts_with("call get-env "), "allowed once, it reached the server: {said}");
+    assert!(lines[3].starts_with("refused echo -32000") && lines[3].contains("no-forbidden-words"), "{said}");
+    let events = stack.events();
+    let call = |tool: &str, answer: &str| {
+        events.iter().any(|e| {
+            e["action"] == "McpCall"
+                && e["resource"] == format!("{tool}@mcp.test")
+                && e["details"]["ask"] == answer
+                && e["decision"] == if answer == "once" { "allow" } else { "deny" }
+        })
+    };
+    assert!(call("get-env", "once") && call("echo", "deny"), "{events:?}");
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
 }

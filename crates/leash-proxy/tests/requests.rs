@@ -201,19 +201,7 @@ fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
         ),
     )
     .unwrap();
-    let home = stack.root().join("leash-home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(home.join("config.toml"), "[leash]\nask = true\nask_timeout = 5\n").unwrap();
-    let mut session = stack
-        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
-        .env("LEASH_HOME", &home)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (id, container) = stack.running_session(Duration::from_secs(20));
-    let (addr, token) = stack.ui();
-    let auth = format!("Bearer {token}");
+    let (mut session, id, container) = stack.asking_session(IMAGE, &policy, 5);
     let reached = |what: &str| seen.lock().unwrap().iter().any(|s| s == what);
     // A request in the background; the question it raises, answered through
     // the (authenticated) API; what the request then got.
@@ -221,21 +209,12 @@ fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
         let (container, gw, url) = (container.clone(), gw.clone(), format!("https://api.allowed.test{path}"));
         let request = std::thread::spawn(move || curl(&container, &gw, "", &url));
         let ask = eventually(Duration::from_secs(15), "the question", || {
-            let r = leash_testkit::http::request(&addr, "GET", "/api/asks", &[("Authorization", &auth)], b"");
-            r.json()["asks"].as_array()?.iter().find(|a| a["resource"] == "api.allowed.test:443").cloned()
+            stack.open_asks().into_iter().find(|a| a["resource"] == "api.allowed.test:443")
         });
         assert_eq!(ask["action"], "NetworkConnect", "{ask}");
         assert_eq!(ask["session"], id.as_str(), "{ask}");
         assert!(!reached(&format!("GET {path}")), "the request waits for the answer");
-        let body = serde_json::json!({ "session": id, "choice": choice }).to_string();
-        let r = leash_testkit::http::request(
-            &addr,
-            "POST",
-            &format!("/api/asks/{}", ask["id"].as_str().unwrap()),
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(stack.answer_ask(&id, ask["id"].as_str().unwrap(), choice), 200);
         request.join().unwrap()
     };
 

@@ -388,6 +388,15 @@ impl Stack {
         p
     }
 
+    /// A user's configuration file holding `text`: the directory to give
+    /// `leash` as `LEASH_HOME`.
+    pub fn user_config(&self, text: &str) -> PathBuf {
+        let dir = self.root().join("leash-home");
+        std::fs::create_dir_all(&dir).expect("leash home");
+        std::fs::write(dir.join("config.toml"), text).expect("config.toml");
+        dir
+    }
+
     /// `leash ARGS` in the project dir, with the static entry; stdin null.
     pub fn leash(&self, args: &[&str]) -> Command {
         let mut c = self.command("leash");
@@ -455,6 +464,38 @@ impl Stack {
         let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
         let token = std::fs::read_to_string(self.runtime_dir.join("api.token")).expect("api.token");
         (addr, token.trim().to_owned())
+    }
+
+    /// A session of `image` running `sleep 300` under `policy` that asks
+    /// about denials (`[leash] ask = true`, waiting `timeout_s` seconds),
+    /// started without a terminal: its `leash`, id and container.
+    pub fn asking_session(&self, image: &str, policy: &Path, timeout_s: u32) -> (std::process::Child, String, String) {
+        let home = self.user_config(&format!("[leash]\nask = true\nask_timeout = {timeout_s}\n"));
+        let session = self
+            .leash(&["--image", image, "--policy", &policy.display().to_string(), "--", "sleep", "300"])
+            .env("LEASH_HOME", &home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run leash");
+        let (id, container) = self.running_session(Duration::from_secs(20));
+        (session, id, container)
+    }
+
+    /// The questions open for sessions (`GET /api/asks`, with the token).
+    pub fn open_asks(&self) -> Vec<serde_json::Value> {
+        let (addr, token) = self.ui();
+        let r = http::request(&addr, "GET", "/api/asks", &[("Authorization", &format!("Bearer {token}"))], b"");
+        r.json()["asks"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Answers question `ask` of `session` as the Control UI does; the HTTP status.
+    pub fn answer_ask(&self, session: &str, ask: &str, choice: &str) -> u16 {
+        let (addr, token) = self.ui();
+        let body = serde_json::json!({ "session": session, "choice": choice }).to_string();
+        let auth = format!("Bearer {token}");
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        http::request(&addr, "POST", &format!("/api/asks/{ask}"), &headers, body.as_bytes()).status
     }
 
     /// A `$BROWSER` that writes the address it is given to a file: the

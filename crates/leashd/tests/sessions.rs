@@ -698,13 +698,6 @@ fn exec_runs_a_command_as_one_of_the_sessions_processes_governed_by_its_policy()
 }
 
 /// Writes `text` as `<dir>/config.toml` and returns the dir (for LEASH_HOME).
-fn user_config(stack: &Stack, text: &str) -> std::path::PathBuf {
-    let dir = stack.root().join("leash-home");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.toml"), text).unwrap();
-    dir
-}
-
 #[test]
 fn configuration_files_layer_as_documented() {
     if !require_docker("configuration_files_layer_as_documented") {
@@ -726,16 +719,13 @@ fn configuration_files_layer_as_documented() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f"), "mounted-by-config\n").unwrap();
     let project = stack.project();
-    let home = user_config(
-        &stack,
-        &format!(
-            "[leash]\ntarget_image = \"{TEST_IMAGE}\"\n[leash.envvars]\nA = \"user\"\nB = \"user\"\n\
+    let home = stack.user_config(&format!(
+        "[leash]\ntarget_image = \"{TEST_IMAGE}\"\n[leash.envvars]\nA = \"user\"\nB = \"user\"\n\
              [volumes]\n\"{}\" = \"/cfg:ro\"\n\
              [projects.\"{}\".envvars]\nB = \"project\"\n",
-            data.display(),
-            project.display()
-        ),
-    );
+        data.display(),
+        project.display()
+    ));
     let out = stack
         .leash(&["-e", "C=flag", "--", "sh", "-c", "echo $S $A $B $C; cat /cfg/f"])
         .env("LEASH_HOME", &home)
@@ -773,7 +763,7 @@ fn the_agent_mount_prompt_is_asked_remembered_and_honoured() {
     let claude_dir = stack.root().join("claude-config");
     std::fs::create_dir_all(&claude_dir).unwrap();
     std::fs::write(claude_dir.join("marker"), "mounted\n").unwrap();
-    let home = user_config(&stack, "");
+    let home = stack.user_config("");
     let leash = |tty: bool| {
         let mut c = stack.command("leash");
         c.args(["--image", TEST_IMAGE, "--", "./claude"])
@@ -1253,7 +1243,7 @@ fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot
     let policy = stack.root().join("ask.cedar");
     let text_before = SYSTEM_PROGRAMS_ONLY;
     std::fs::write(&policy, text_before).unwrap();
-    let home = user_config(&stack, "[leash]\nask_timeout = 4\n");
+    let home = stack.user_config("[leash]\nask_timeout = 4\n");
     // Each step waits for a line from the user, then runs the script.
     let script = "echo ready; \
                   read x; ./probe.sh one; echo \"rc-one=$?\"; \
