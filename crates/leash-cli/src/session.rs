@@ -136,6 +136,14 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
         }
         None => String::new(),
     };
+    // The project's MCP servers, read as you: the container sees its stdio
+    // servers wrapped in leash's relay.
+    let mcp_json = match std::fs::symlink_metadata(cwd.join(".mcp.json")) {
+        Ok(m) if m.is_file() && m.len() <= MAX_MCP_JSON => {
+            std::fs::read_to_string(cwd.join(".mcp.json")).unwrap_or_default()
+        }
+        _ => String::new(),
+    };
     let tty = !args.no_interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let size = tty.then(|| rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()).flatten();
     // The configuration's variables, and those a config file's `[secrets]`
@@ -174,6 +182,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             degraded: args.degraded,
             no_protect_host: args.no_protect_host,
             ask: args.ask,
+            mcp_json,
             secrets,
             dns: args.dns.clone(),
             add_hosts: args.add_hosts.clone(),
@@ -182,6 +191,9 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
         warnings,
     ))
 }
+
+/// The largest `.mcp.json` sent to leashd (1 MiB).
+const MAX_MCP_JSON: u64 = 1 << 20;
 
 /// A variable whose name says it holds a credential.
 fn credential_like(name: &str) -> bool {

@@ -9,6 +9,7 @@ pub mod event;
 pub mod hostside;
 pub mod layout;
 pub mod listen;
+pub mod stdio_mcp;
 pub mod tables;
 pub mod terminal;
 pub mod time;

@@ -30,6 +30,7 @@
 
 mod control;
 mod init;
+mod relay;
 mod release;
 mod setup;
 mod supervise;
@@ -103,7 +104,15 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some(leash_core::stdio_mcp::RELAY_COMMAND) {
+        argv.next();
+        return match relay::parse(argv) {
+            Ok(a) => relay::run(&a),
+            Err(e) => fail(&e),
+        };
+    }
+    let args = match parse(argv) {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };

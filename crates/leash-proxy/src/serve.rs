@@ -29,6 +29,8 @@ use crate::mcp;
 use crate::netns::{self, Netns};
 use serde_json::Value;
 
+mod stdio;
+
 /// A TLS handshake, or the first bytes of plain HTTP, must arrive within this.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// An HTTP/1 request's headers must arrive within this (slow clients).
@@ -325,6 +327,10 @@ async fn request(req: Request<Incoming>, c: Conn) -> Response<Body> {
     let port = c.dst.port();
     // The name decided: the one the TLS handshake asked for, which the
     // request must repeat (else: domain fronting).
+    // leash-entry's stdio MCP relay: answered here, never forwarded.
+    if !c.tls && host.as_deref() == Some(leash_core::stdio_mcp::RELAY_HOST) {
+        return stdio::answer(req, &c).await;
+    }
     let name = if c.tls { c.sni.clone().or_else(|| host.clone()) } else { host.clone() };
     let resource = format!("{}:{port}", name.clone().unwrap_or_else(|| c.dst.ip().to_string()));
     let (mut rewrites, mut rewrite_errors): (Vec<(String, Vec<String>)>, Vec<String>) = (Vec::new(), Vec::new());
@@ -923,6 +929,36 @@ where
     }
 }
 
+/// Decides a `tools/call` message `m` of `tool` on `server` (asking the
+/// user when the session asks), with its details added to `details`: the
+/// decision and the resource (`tool@server`).
+async fn decide_call(
+    c: &Conn,
+    server: &str,
+    tool: &str,
+    m: &Value,
+    details: &mut std::collections::BTreeMap<String, String>,
+) -> (Decision, String) {
+    details.insert("tool".to_owned(), tool.to_owned());
+    details.insert("arguments".to_owned(), mcp::argument_names(m).join(", "));
+    let arguments = m["params"].get("arguments").map(Value::to_string);
+    let mut d = c.shared.decider.mcp_call(&c.session.id, server, tool, arguments.as_deref()).await;
+    let resource = format!("{tool}@{server}");
+    if !d.passes() {
+        let question = mcp_event(c, "McpCall", &resource, Some(&d), details.clone());
+        if let Some(how) = ask_user(c, &mut d, question).await {
+            details.insert("ask".to_owned(), how);
+        }
+    }
+    (d, resource)
+}
+
+/// What a refused call is answered: the tool, the server and the policies.
+fn refusal(tool: &str, server: &str, d: &Decision) -> String {
+    let ids = if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
+    format!("leash: tool {tool} on MCP server {server} denied by policy {ids}")
+}
+
 /// MCP in a request body: events for its messages, and `tools/call`s
 /// authorized as `McpCall`. A refused call is answered here, in the
 /// transport's framing, and nothing is forwarded; otherwise the request
@@ -968,26 +1004,11 @@ async fn mcp_gate(req: Request<Body>, c: &Conn, server: &str) -> Result<(Request
         details.insert("method".to_owned(), method.to_owned());
         let (action, resource, decision) = match mcp::tool(m) {
             Some(tool) => {
-                details.insert("tool".to_owned(), tool.to_owned());
-                details.insert("arguments".to_owned(), mcp::argument_names(m).join(", "));
-                let arguments = m["params"].get("arguments").map(Value::to_string);
-                let mut d = c.shared.decider.mcp_call(&c.session.id, server, tool, arguments.as_deref()).await;
-                let resource = format!("{tool}@{server}");
-                if !d.passes() {
-                    let question = mcp_event(c, "McpCall", &resource, Some(&d), details.clone());
-                    if let Some(how) = ask_user(c, &mut d, question).await {
-                        details.insert("ask".to_owned(), how);
-                    }
-                }
+                let (d, resource) = decide_call(c, server, tool, m, &mut details).await;
                 if !d.passes()
                     && let Some(id) = m.get("id")
                 {
-                    let ids =
-                        if d.reasons.is_empty() { "(no policy permits it)".to_owned() } else { d.reasons.join(", ") };
-                    refused.push((
-                        id.clone(),
-                        format!("leash: tool {tool} on MCP server {server} denied by policy {ids}"),
-                    ));
+                    refused.push((id.clone(), refusal(tool, server, &d)));
                 }
                 ("McpCall".to_owned(), resource, Some(d))
             }

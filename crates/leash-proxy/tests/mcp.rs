@@ -12,10 +12,16 @@ const CLIENT: &str = r#"
 const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
 const { StreamableHTTPClientTransport } = require("@modelcontextprotocol/sdk/client/streamableHttp.js");
 const { SSEClientTransport } = require("@modelcontextprotocol/sdk/client/sse.js");
+const { StdioClientTransport } = require("@modelcontextprotocol/sdk/client/stdio.js");
+// "stdio NAME": the server NAME of the project's .mcp.json, started as it says (as claude does).
+function stdio(name) {
+  const s = JSON.parse(require("fs").readFileSync(".mcp.json", "utf8")).mcpServers[name];
+  return new StdioClientTransport({ command: s.command, args: s.args || [], env: { ...process.env, ...(s.env || {}) }, stderr: "inherit" });
+}
 async function main() {
   const [mode, url] = process.argv.slice(2);
   const client = new Client({ name: "leash-test", version: "1.0.0" });
-  const transport = mode === "sse" ? new SSEClientTransport(new URL(url)) : new StreamableHTTPClientTransport(new URL(url));
+  const transport = mode === "stdio" ? stdio(url) : mode === "sse" ? new SSEClientTransport(new URL(url)) : new StreamableHTTPClientTransport(new URL(url));
   await client.connect(transport);
   const tools = (await client.listTools()).tools.map((t) => t.name);
   console.log("tools " + tools.sort().join(","));
@@ -219,6 +225,97 @@ fn a_refused_tool_call_waits_for_the_users_answer_when_the_session_asks() {
         })
     };
     assert!(call("get-env", "once") && call("echo", "deny"), "{events:?}");
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
+}
+
+#[test]
+fn stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed() {
+    if !require_docker("stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed")
+        || !leash_testkit::require_image("stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed", IMAGE)
+    {
+        return;
+    }
+    let (stack, client, policy) = stack_and_client();
+    // The server records what reaches it.
+    let mcp_json = r#"{"mcpServers": {"everything": {"command": "sh", "args": ["-c", "tee -a /tmp/server-in.log | mcp-server-everything stdio"]}, "remote": {"type": "http", "url": "http://mcp.test/mcp"}}}"#;
+    let project = stack.project();
+    std::fs::write(project.join(".mcp.json"), mcp_json).unwrap();
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (id, container) = stack.running_session(Duration::from_secs(20));
+    let exec = |script: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["exec", "-w", project.to_str().unwrap(), &container, "sh", "-c", script])
+            .output()
+            .unwrap();
+        (text(&out.stdout), text(&out.stderr))
+    };
+
+    // The container sees the stdio server wrapped in the relay; the host's file is as it was.
+    let (seen, _) = exec("cat .mcp.json");
+    let v: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(v["mcpServers"]["everything"]["command"], "/leash/leash-entry", "{seen}");
+    assert_eq!(v["mcpServers"]["everything"]["args"][0], "mcp-relay", "{seen}");
+    assert_eq!(v["mcpServers"]["remote"]["url"], "http://mcp.test/mcp", "HTTP servers are left alone: {seen}");
+    assert_eq!(std::fs::read_to_string(project.join(".mcp.json")).unwrap(), mcp_json);
+    let (_, err) = exec("echo x > .mcp.json");
+    assert!(err.contains("Read-only"), "the agent cannot write another: {err}");
+    let listed: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["mcp_servers"], serde_json::json!([".mcp.json: everything"]));
+
+    // The real SDK client starts the server as the file says: the listing
+    // hides the forbidden tool, the permitted call runs, the forbidden ones
+    // get JSON-RPC errors and never reach the server.
+    let (said, err) = exec(&format!("node {} stdio everything", client.display()));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 4, "{said}{err}");
+    assert!(lines[0].starts_with("tools echo,") && !lines[0].contains("get-env"), "{said}");
+    assert_eq!(lines[1], "call echo [{\"type\":\"text\",\"text\":\"Echo: hi leash\"}]", "{said}");
+    assert_eq!(
+        lines[2],
+        "refused get-env -32000 MCP error -32000: leash: tool get-env on MCP server everything denied by policy no-env",
+        "{said}"
+    );
+    assert!(lines[3].starts_with("refused echo -32000") && lines[3].contains("no-forbidden-words"), "{said}");
+    let (reached, _) = exec("cat /tmp/server-in.log");
+    assert!(reached.contains("\"tools/list\"") && reached.contains("hi leash"), "{reached}");
+    assert!(
+        !reached.contains("get-env") && !reached.contains("forbidden"),
+        "refused calls reached the server: {reached}"
+    );
+
+    // Bad input: a call before initialize is decided all the same, what is
+    // not JSON-RPC is dropped (enforce mode), and the relay exits with the
+    // server's code.
+    let (said, err) = exec(
+        "printf '%s\\n' '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"get-env\",\"arguments\":{}}}' \
+         'not json' '{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}' \
+         | /leash/leash-entry mcp-relay --server raw -- sh -c 'cat > /tmp/raw-in.log; exit 7'; echo \"rc=$?\"; cat /tmp/raw-in.log",
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 3, "{said}{err}");
+    let refusal: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!((refusal["id"].as_i64(), refusal["error"]["code"].as_i64()), (Some(1), Some(-32000)), "{said}");
+    assert_eq!(lines[1], "rc=7", "{said}");
+    assert_eq!(
+        lines[2], "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}",
+        "only the ping reached the server: {said}"
+    );
+
+    let events = stack.events();
+    let stdio: Vec<&serde_json::Value> = events.iter().filter(|e| e["details"]["transport"] == "stdio").collect();
+    let find = |action: &str, resource: &str| stdio.iter().find(|e| e["action"] == action && e["resource"] == resource);
+    let refused = find("McpCall", "get-env@everything").unwrap_or_else(|| panic!("{stdio:?}"));
+    assert_eq!((refused["decision"].as_str(), refused["policy_ids"][0].as_str()), (Some("deny"), Some("no-env")));
+    assert_eq!(find("McpCall", "echo@everything").map(|e| e["decision"].clone()), Some("allow".into()));
+    assert!(stdio.iter().any(|e| e["resource"] == "everything" && e["details"]["hidden"] == "get-env"), "{stdio:?}");
+    let unparsed = find("mcp.unparsed", "raw").unwrap_or_else(|| panic!("{stdio:?}"));
+    assert_eq!(unparsed["decision"], "deny", "{unparsed}");
     let _ = session.kill();
     let _ = session.wait();
     stack.leashctl(&["sessions", "stop", &id]);

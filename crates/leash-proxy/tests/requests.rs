@@ -40,6 +40,10 @@ fn curl(container: &str, gw: &str, args: &str, url: &str) -> String {
     text(&out.stdout)
 }
 
+/// Held by each test for as long as it serves the host's port 443 (the
+/// tests of this file run at once, in one process).
+static PORT_443: Mutex<()> = Mutex::new(());
+
 /// A stack whose proxy trusts the host-side HTTPS server's CA, the server
 /// (what reached it), and the host's address as sessions see it.
 fn stack_and_server(rt: &tokio::runtime::Runtime) -> (Stack, Arc<Mutex<Vec<String>>>, String) {
@@ -62,6 +66,7 @@ fn http_requests_are_decided_by_method_path_and_query() {
     {
         return;
     }
+    let _port = PORT_443.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (stack, seen, gw) = stack_and_server(&rt);
     let policy = stack.root().join("policy.cedar");
@@ -188,6 +193,7 @@ fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
     {
         return;
     }
+    let _port = PORT_443.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (stack, seen, gw) = stack_and_server(&rt);
     // allowed.test is permitted; api.allowed.test is not: asked about.

@@ -29,6 +29,10 @@ struct SessionJson {
     protect_host: bool,
     /// Clients attached to its terminal (0: detached).
     clients: u32,
+    /// Seconds a denial waits for its user's answer (0: `--ask` is off).
+    ask_timeout_s: u32,
+    /// The stdio MCP servers leash's relay governs (`.mcp.json: NAME`).
+    mcp_servers: Vec<String>,
 }
 
 /// The mechanisms in force, compactly: `fanotify+cgroup-sock`.
@@ -64,6 +68,8 @@ pub async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             host_address: s.host_address,
             protect_host: !s.unprotected,
             clients: s.clients,
+            ask_timeout_s: s.ask_timeout_s,
+            mcp_servers: s.mcp_servers,
         })
         .collect();
     if ctx.json {

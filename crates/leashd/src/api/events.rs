@@ -152,6 +152,8 @@ fn session_json(s: &pb::SessionInfo) -> Value {
         "host_address": s.host_address,
         "protect_host": !s.unprotected,
         "clients": s.clients,
+        "ask_timeout_s": s.ask_timeout_s,
+        "mcp_servers": s.mcp_servers,
     })
 }
 

@@ -28,6 +28,8 @@ pub const LABEL_COMMAND: &str = "leash.command";
 pub const LABEL_UNPROTECTED: &str = "leash.unprotected";
 /// Seconds a denial waits for the user's answer (`leash --ask`); absent: not asked.
 pub const LABEL_ASK: &str = "leash.ask";
+/// The stdio MCP servers the session's relay governs (a JSON list).
+pub const LABEL_MCP: &str = "leash.mcp";
 
 /// An engine error, in one line.
 #[derive(Debug, thiserror::Error)]

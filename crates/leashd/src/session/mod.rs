@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 mod exec;
+pub mod mcp;
 pub mod mounts;
 pub mod names;
 pub mod plan;
@@ -140,6 +141,8 @@ pub struct Info {
     pub unprotected: bool,
     /// Seconds a denial waits for the user's answer; 0: not asked.
     pub ask_timeout_s: u32,
+    /// The stdio MCP servers leash's relay governs (`<file>: <name>`).
+    pub mcp_servers: Vec<String>,
     /// Clients attached to its terminal (filled in when listed).
     pub clients: u32,
 }
@@ -366,6 +369,10 @@ impl Sessions {
                 host_address: String::new(),
                 unprotected: labels.get(engine::LABEL_UNPROTECTED).is_some_and(|v| v == "true"),
                 ask_timeout_s: labels.get(engine::LABEL_ASK).and_then(|a| a.parse().ok()).unwrap_or(0),
+                mcp_servers: labels
+                    .get(engine::LABEL_MCP)
+                    .and_then(|m| serde_json::from_str(m).ok())
+                    .unwrap_or_default(),
                 clients: 0,
             };
             tracing::info!(session_id = %id, container_id = %cid, running, "recovered session");
@@ -522,6 +529,13 @@ impl Sessions {
             plan.trust_session_ca();
         }
         plan.pin_protected();
+        let mcp_servers = match plan.relay_mcp(&dir) {
+            Ok(names) => names,
+            Err(why) => {
+                emit(out, Output::Notice(why)).await;
+                Vec::new()
+            }
+        };
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between
@@ -562,6 +576,7 @@ impl Sessions {
             host_address: String::new(),
             unprotected: !plan.protect_host,
             ask_timeout_s: plan.ask_timeout_s,
+            mcp_servers,
             clients: 0,
         };
         self.lock().insert(id.clone(), info.clone());
@@ -1262,5 +1277,6 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         unprotected: i.unprotected,
         clients: i.clients,
         ask_timeout_s: i.ask_timeout_s,
+        mcp_servers: i.mcp_servers.clone(),
     }
 }

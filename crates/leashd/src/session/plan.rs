@@ -104,6 +104,10 @@ pub struct Plan {
     pub policy: Option<(String, String)>,
     /// The credentials the container holds only as decoys.
     pub secrets: Vec<super::secrets::Secret>,
+    /// The project's `.mcp.json`, as the client read it.
+    pub mcp_json: Option<String>,
+    /// The stdio MCP servers the relay governs (`.mcp.json: NAME`).
+    pub mcp_servers: Vec<String>,
 }
 
 /// An agent's host config to mount into the session.
@@ -215,6 +219,24 @@ impl Plan {
         let mut roots: Vec<(PathBuf, String)> = vec![(PathBuf::from(&self.cwd), self.cwd.clone())];
         roots.extend(self.binds.iter().filter(|b| !b.read_only).map(|b| (b.source.clone(), b.target.clone())));
         self.pinned = pinned_binds(&roots);
+    }
+
+    /// Shows the container the project's `.mcp.json` with its stdio
+    /// servers wrapped in leash's relay: a rewritten copy in the session
+    /// dir, bound read-only over it. The servers wrapped; why not, when
+    /// the file cannot be read as an MCP configuration.
+    pub fn relay_mcp(&mut self, session_dir: &Path) -> Result<Vec<String>, String> {
+        let Some(text) = &self.mcp_json else { return Ok(Vec::new()) };
+        let (out, names) = super::mcp::rewrite(text)
+            .map_err(|e| format!("{}/.mcp.json: {e}; its stdio MCP servers are not governed", self.cwd))?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let file = session_dir.join(super::mcp::PROJECT_FILE);
+        std::fs::write(&file, out).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        self.binds.push(Bind { source: file, target: format!("{}/.mcp.json", self.cwd), read_only: true });
+        self.mcp_servers = names.iter().map(|n| format!(".mcp.json: {n}")).collect();
+        Ok(self.mcp_servers.clone())
     }
 
     /// Adds the agent's mounts (after a yes).
@@ -429,6 +451,8 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         dns_refusal: resolved.dns_refusal.clone().unwrap_or_else(|| "refused".to_owned()),
         dns,
         extra_hosts,
+        mcp_json: (!start.mcp_json.is_empty()).then(|| start.mcp_json.clone()),
+        mcp_servers: Vec::new(),
         policy: (!start.policy.is_empty()).then(|| {
             (
                 if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
@@ -600,6 +624,7 @@ impl Plan {
             ("leash.name".to_owned(), name.to_owned()),
             (engine::LABEL_UNPROTECTED.to_owned(), (!self.protect_host).to_string()),
             (engine::LABEL_ASK.to_owned(), self.ask_timeout_s.to_string()),
+            (engine::LABEL_MCP.to_owned(), serde_json::to_string(&self.mcp_servers).unwrap_or_default()),
         ]);
         Spec {
             name: name.to_owned(),
