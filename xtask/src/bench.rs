@@ -42,6 +42,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "reload",
         ])),
         Some("proxy") => crate::bench_proxy::run(),
+        Some("mcp") => crate::bench_mcp::run(),
         Some("lsm") => crate::bench_lsm::run(),
         Some("ui") => match args.get(1).map(String::as_str) {
             None => crate::bench_ui::run(false),
@@ -62,12 +63,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         },
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?}; available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, ui"
+                "unknown benchmark {other:?}; available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, mcp, ui"
             )
         }
         None => {
             bail!(
-                "which benchmark? available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, ui"
+                "which benchmark? available: startup, session-start, attach, exec, ask, policy, sensor, lsm, proxy, mcp, ui"
             )
         }
     }

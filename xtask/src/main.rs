@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_lsm;
+mod bench_mcp;
 mod bench_proxy;
 mod bench_rows;
 mod bench_support;

@@ -136,14 +136,14 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
         }
         None => String::new(),
     };
-    // The project's MCP servers, read as you: the container sees its stdio
-    // servers wrapped in leash's relay.
-    let mcp_json = match std::fs::symlink_metadata(cwd.join(".mcp.json")) {
-        Ok(m) if m.is_file() && m.len() <= MAX_MCP_JSON => {
-            std::fs::read_to_string(cwd.join(".mcp.json")).unwrap_or_default()
-        }
-        _ => String::new(),
-    };
+    // The project's MCP servers, read as you: the container sees their
+    // stdio servers wrapped in leash's relay. Regular files only (a link
+    // is not followed).
+    let mcp_configs = leash_core::stdio_mcp::PROJECT_FILES
+        .iter()
+        .filter(|f| std::fs::symlink_metadata(cwd.join(f)).is_ok_and(|m| m.is_file() && m.len() <= MAX_MCP_CONFIG))
+        .filter_map(|f| Some(((*f).to_owned(), std::fs::read_to_string(cwd.join(f)).ok()?)))
+        .collect();
     let tty = !args.no_interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let size = tty.then(|| rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()).flatten();
     // The configuration's variables, and those a config file's `[secrets]`
@@ -182,7 +182,7 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
             degraded: args.degraded,
             no_protect_host: args.no_protect_host,
             ask: args.ask,
-            mcp_json,
+            mcp_configs,
             secrets,
             dns: args.dns.clone(),
             add_hosts: args.add_hosts.clone(),
@@ -192,8 +192,8 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
     ))
 }
 
-/// The largest `.mcp.json` sent to leashd (1 MiB).
-const MAX_MCP_JSON: u64 = 1 << 20;
+/// The largest MCP configuration file sent to leashd (1 MiB).
+const MAX_MCP_CONFIG: u64 = 1 << 20;
 
 /// A variable whose name says it holds a credential.
 fn credential_like(name: &str) -> bool {

@@ -25,6 +25,14 @@ pub const LINE_LIMIT: usize = 4 << 20;
 pub const TOO_LONG_HEADER: &str = "x-leash-line-too-long";
 /// The header of the proxy's verdict.
 pub const VERDICT_HEADER: &str = "x-leash-relay";
+/// The project files that name MCP servers, relative to the project:
+/// claude's project servers, gemini's and qwen's project settings (JSON,
+/// `mcpServers`), and codex's project configuration (TOML, `[mcp_servers]`).
+/// The client reads them (as its user) and leashd shows them to the
+/// container rewritten.
+pub const PROJECT_FILES: [&str; 4] =
+    [".mcp.json", ".gemini/settings.json", ".qwen/settings.json", ".codex/config.toml"];
+
 /// The relay's subcommand of leash-entry.
 pub const RELAY_COMMAND: &str = "mcp-relay";
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use leash_testkit::{Stack, eventually, require_docker};
 
 const IMAGE: &str = "leash-test-debian:latest";
+/// The agents' real command-line tools.
+const AGENTS_IMAGE: &str = "leash-agents:latest";
 
 const CLIENT: &str = r#"
 const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
@@ -232,16 +234,30 @@ fn a_refused_tool_call_waits_for_the_users_answer_when_the_session_asks() {
 
 #[test]
 fn stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed() {
-    if !require_docker("stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed")
-        || !leash_testkit::require_image("stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed", IMAGE)
+    let name = "stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed";
+    if !require_docker(name)
+        || !leash_testkit::require_image(name, IMAGE)
+        || !leash_testkit::require_image(name, AGENTS_IMAGE)
     {
         return;
     }
     let (stack, client, policy) = stack_and_client();
-    // The server records what reaches it.
-    let mcp_json = r#"{"mcpServers": {"everything": {"command": "sh", "args": ["-c", "tee -a /tmp/server-in.log | mcp-server-everything stdio"]}, "remote": {"type": "http", "url": "http://mcp.test/mcp"}}}"#;
     let project = stack.project();
-    std::fs::write(project.join(".mcp.json"), mcp_json).unwrap();
+    // The configuration as the agents' own tools write it (claude's project
+    // servers; codex's, with CODEX_HOME in the project), in the agents
+    // image, as a user would on the host. The server records what reaches it.
+    let script = "claude mcp add --scope project everything -- sh -c 'tee -a /tmp/server-in.log | mcp-server-everything stdio' \
+                  && claude mcp add --scope project --transport http remote http://mcp.test/mcp \
+                  && mkdir -p .codex && CODEX_HOME=$PWD/.codex codex mcp add everything -- mcp-server-everything stdio";
+    let out = std::process::Command::new("docker")
+        .args(["run", "--rm", "-e", "HOME=/tmp", "-v", &format!("{0}:{0}", project.display()), "-w"])
+        .arg(&project)
+        .args([AGENTS_IMAGE, "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let mcp_json = std::fs::read_to_string(project.join(".mcp.json")).unwrap();
+    let codex_toml = std::fs::read_to_string(project.join(".codex/config.toml")).unwrap();
     let mut session = stack
         .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
         .stdout(std::process::Stdio::null())
@@ -263,10 +279,20 @@ fn stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed() {
     assert_eq!(v["mcpServers"]["everything"]["args"][0], "mcp-relay", "{seen}");
     assert_eq!(v["mcpServers"]["remote"]["url"], "http://mcp.test/mcp", "HTTP servers are left alone: {seen}");
     assert_eq!(std::fs::read_to_string(project.join(".mcp.json")).unwrap(), mcp_json);
+    let (seen, _) = exec("cat .codex/config.toml");
+    assert!(seen.contains("command = \"/leash/leash-entry\""), "{seen}");
+    assert!(
+        seen.contains("\"mcp-relay\", \"--server\", \"everything\", \"--\", \"mcp-server-everything\", \"stdio\""),
+        "{seen}"
+    );
+    assert_eq!(std::fs::read_to_string(project.join(".codex/config.toml")).unwrap(), codex_toml);
     let (_, err) = exec("echo x > .mcp.json");
     assert!(err.contains("Read-only"), "the agent cannot write another: {err}");
     let listed: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
-    assert_eq!(listed[0]["mcp_servers"], serde_json::json!([".mcp.json: everything"]));
+    assert_eq!(
+        listed[0]["mcp_servers"],
+        serde_json::json!([".mcp.json: everything", ".codex/config.toml: everything"])
+    );
 
     // The real SDK client starts the server as the file says: the listing
     // hides the forbidden tool, the permitted call runs, the forbidden ones

@@ -529,13 +529,10 @@ impl Sessions {
             plan.trust_session_ca();
         }
         plan.pin_protected();
-        let mcp_servers = match plan.relay_mcp(&dir) {
-            Ok(names) => names,
-            Err(why) => {
-                emit(out, Output::Notice(why)).await;
-                Vec::new()
-            }
-        };
+        for why in plan.relay_mcp(&dir) {
+            emit(out, Output::Notice(why)).await;
+        }
+        let mcp_servers = plan.mcp_servers.clone();
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between

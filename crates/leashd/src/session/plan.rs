@@ -104,8 +104,8 @@ pub struct Plan {
     pub policy: Option<(String, String)>,
     /// The credentials the container holds only as decoys.
     pub secrets: Vec<super::secrets::Secret>,
-    /// The project's `.mcp.json`, as the client read it.
-    pub mcp_json: Option<String>,
+    /// The project's MCP configuration files (relative path, text), as the client read them.
+    pub mcp_configs: Vec<(String, String)>,
     /// The stdio MCP servers the relay governs (`.mcp.json: NAME`).
     pub mcp_servers: Vec<String>,
 }
@@ -221,22 +221,38 @@ impl Plan {
         self.pinned = pinned_binds(&roots);
     }
 
-    /// Shows the container the project's `.mcp.json` with its stdio
-    /// servers wrapped in leash's relay: a rewritten copy in the session
-    /// dir, bound read-only over it. The servers wrapped; why not, when
-    /// the file cannot be read as an MCP configuration.
-    pub fn relay_mcp(&mut self, session_dir: &Path) -> Result<Vec<String>, String> {
-        let Some(text) = &self.mcp_json else { return Ok(Vec::new()) };
-        let (out, names) = super::mcp::rewrite(text)
-            .map_err(|e| format!("{}/.mcp.json: {e}; its stdio MCP servers are not governed", self.cwd))?;
-        if names.is_empty() {
-            return Ok(Vec::new());
+    /// Shows the container the project's MCP configuration files with
+    /// their stdio servers wrapped in leash's relay: a rewritten copy of
+    /// each in the session dir, bound read-only over it (in place of
+    /// protect-host's pin of the same file, which it does the work of).
+    /// The servers wrapped; what could not be read as an MCP configuration.
+    pub fn relay_mcp(&mut self, session_dir: &Path) -> Vec<String> {
+        let mut said = Vec::new();
+        for (n, (path, text)) in std::mem::take(&mut self.mcp_configs).into_iter().enumerate() {
+            let (out, names) = match super::mcp::rewrite(&path, &text) {
+                Ok(r) => r,
+                Err(e) => {
+                    said.push(format!("{}/{path}: {e}; its stdio MCP servers are not governed", self.cwd));
+                    continue;
+                }
+            };
+            if names.is_empty() {
+                continue;
+            }
+            let file = session_dir.join(format!("mcp-{n}-{}", path.rsplit('/').next().unwrap_or("config")));
+            if let Err(e) = std::fs::write(&file, out) {
+                said.push(format!(
+                    "cannot write {}: {e}; the stdio MCP servers of {path} are not governed",
+                    file.display()
+                ));
+                continue;
+            }
+            let target = format!("{}/{path}", self.cwd);
+            self.pinned.retain(|p| p.target != target);
+            self.binds.push(Bind { source: file, target, read_only: true });
+            self.mcp_servers.extend(names.iter().map(|name| format!("{path}: {name}")));
         }
-        let file = session_dir.join(super::mcp::PROJECT_FILE);
-        std::fs::write(&file, out).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-        self.binds.push(Bind { source: file, target: format!("{}/.mcp.json", self.cwd), read_only: true });
-        self.mcp_servers = names.iter().map(|n| format!(".mcp.json: {n}")).collect();
-        Ok(self.mcp_servers.clone())
+        said
     }
 
     /// Adds the agent's mounts (after a yes).
@@ -451,7 +467,10 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         dns_refusal: resolved.dns_refusal.clone().unwrap_or_else(|| "refused".to_owned()),
         dns,
         extra_hosts,
-        mcp_json: (!start.mcp_json.is_empty()).then(|| start.mcp_json.clone()),
+        mcp_configs: super::mcp::PROJECT_FILES
+            .iter()
+            .filter_map(|f| Some(((*f).to_owned(), start.mcp_configs.get(*f)?.clone())))
+            .collect(),
         mcp_servers: Vec::new(),
         policy: (!start.policy.is_empty()).then(|| {
             (
