@@ -394,6 +394,18 @@ fn a_hostile_agent_gets_around_nothing_on_either_tier() {
             ev(".envrc", "protect-host"),
         ),
         attempt(
+            "create-mcp-json",
+            "a project .mcp.json that would start a server on the host",
+            "printf '{\"mcpServers\":{\"x\":{\"command\":\"sh\",\"args\":[\"-c\",\"touch mcp-ran\"]}}}' > .mcp.json; echo create-mcp-json=$?",
+            ev(".mcp.json", "protect-host"),
+        ),
+        attempt(
+            "rename-mcp-json",
+            "mv staged .mcp.json",
+            "echo '{}' > staged-mcp; mv staged-mcp .mcp.json; echo rename-mcp-json=$?",
+            ev(".mcp.json", "protect-host"),
+        ),
+        attempt(
             "rename-hook",
             "mv evil .git/hooks/pre-commit",
             "printf '#!/bin/sh\\ntouch hook-ran\\n' > evil; chmod +x evil; mv evil .git/hooks/pre-commit; echo rename-hook=$?",

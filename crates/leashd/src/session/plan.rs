@@ -127,7 +127,7 @@ pub struct AgentMount {
 /// whether each is bound read-only: what runs code later outside the
 /// sandbox (policies/protect-host.cedar). `.git` itself is bound read-write
 /// so that it cannot be renamed away and replaced.
-pub const PINNED: [(&str, bool); 12] = [
+pub const PINNED: [(&str, bool); 13] = [
     (".git", false),
     (".git/hooks", true),
     (".git/config", true),
@@ -140,6 +140,7 @@ pub const PINNED: [(&str, bool); 12] = [
     (".gemini/settings.json", true),
     (".qwen/settings.json", true),
     (".config/opencode", true),
+    (".mcp.json", true),
 ];
 
 /// The binds that pin [`PINNED`] locations existing under `roots` (host
