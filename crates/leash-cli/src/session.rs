@@ -495,6 +495,8 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         let msg = match msg {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => {
+                // Questions of the leashd that went are no longer open.
+                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
                 let nl = if raw.is_some() { "\r\n" } else { "\n" };
                 // A running session outlives its leashd: the next one
                 // recovers it, and this client joins it again where it was.
@@ -598,6 +600,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 }
             }
             Some(Output::Detached(_)) => {
+                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
                 drop(raw);
                 eprintln!("leash: detached from session {session_id} (`leash attach {session_id}` to return)");
                 return Ok(0);
@@ -608,6 +611,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 let _ = tx.send(pb::SessionInput { input: Some(Input::Answer(pb::PromptAnswer { id, choice })) }).await;
             }
             Some(Output::Exit(e)) => {
+                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
                 drop(raw);
                 if !e.error.is_empty() {
                     eprintln!("leash: {}", e.error);
@@ -643,6 +647,23 @@ async fn redraw_after(tx: &mpsc::Sender<pb::SessionInput>, size: Option<pb::Term
     let smaller = pb::TerminalSize { rows: size.rows.saturating_sub(1).max(1), cols: size.cols };
     let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(smaller)) }).await;
     let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(size)) }).await;
+}
+
+/// Takes down the question shown, if any, and forgets those waiting (the
+/// session ended, this client left it, or its leashd went away): the
+/// terminal is as the program left it, with the output held meanwhile.
+fn abandon_questions(
+    shown: &mut Option<crate::ask::Shown>,
+    queued: &mut std::collections::VecDeque<pb::Prompt>,
+    showing: &crate::ask::Showing,
+    held: &mut Vec<u8>,
+    stdout: &mut std::io::Stdout,
+) {
+    queued.clear();
+    *showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    if let Some(id) = shown.as_ref().map(|s| s.id.clone()) {
+        take_down(shown, &id, held, stdout);
+    }
 }
 
 /// Shows the next waiting question, unless one shows.

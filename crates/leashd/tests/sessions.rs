@@ -1250,7 +1250,8 @@ fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot
                   read x; (sleep 1; printf 'o\\n' > /dev/tty; printf 'a' > /dev/tty) & ./probe.sh two; echo \"rc-two=$?\"; \
                   read x; ./probe.sh three; echo \"rc-three=$?\"; \
                   read x; ./probe.sh four; echo \"rc-four=$?\"; \
-                  read x; f=$(printf 'title\\033]0;pwned\\007.sh'); cp probe.sh \"$f\"; \"./$f\" five; echo \"rc-five=$?\"";
+                  read x; f=$(printf 'title\\033]0;pwned\\007.sh'); cp probe.sh \"$f\"; \"./$f\" five; echo \"rc-five=$?\"; \
+                  read x; \"./$f\" six; echo \"rc-six=$?\"";
     let mut cmd = stack.command("leash");
     cmd.args(["--image", TEST_IMAGE, "--ask", "--policy", policy.to_str().unwrap(), "--", "sh", "-c", script])
         .env("LEASH_HOME", &home)
@@ -1309,9 +1310,22 @@ fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot
     term.wait_for("title\\u{1b}]0;pwned\\u{7}.sh", Duration::from_secs(10));
     assert!(!term.seen().contains("\x1b]0;pwned"), "{:?}", term.seen());
     term.write(b"d");
-    assert_eq!(term.wait(Duration::from_secs(15)), Some(0), "{:?}", term.seen());
+    term.wait_for("rc-five=", Duration::from_secs(10));
     let seen = term.seen();
-    assert!(seen.contains("rc-five=") && !seen.contains("rc-five=0") && !seen.contains("probe-ran-five"), "{seen:?}");
+    assert!(!seen.contains("rc-five=0") && !seen.contains("probe-ran-five"), "{seen:?}");
+
+    // 6. The session ends while a question shows: the user's terminal is
+    // given back as the program left it (the question's screen left).
+    let asked = term.seen().matches("denied ProcessExec").count();
+    term.write(b"\r");
+    eventually(Duration::from_secs(10), "asked a sixth time", || {
+        (term.seen().matches("denied ProcessExec").count() > asked).then_some(())
+    });
+    assert!(stack.leashctl(&["sessions", "stop", &id]).status.success());
+    assert!(term.wait(Duration::from_secs(15)).is_some(), "{:?}", term.seen());
+    let seen = term.seen();
+    let (entered, left) = (seen.rfind("\x1b[?1049h").unwrap(), seen.rfind("\x1b[?1049l").unwrap_or(0));
+    assert!(left > entered, "the question's screen is left: {seen:?}");
 
     // Every answer is an event, and so is each asked exec's outcome.
     let probe_path = probe.display().to_string();
