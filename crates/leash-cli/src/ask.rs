@@ -28,12 +28,23 @@ pub struct Question {
     pub choices: Vec<String>,
 }
 
-/// The answer one typed key gives: a choice's first letter, its number,
-/// or Ctrl-C / Escape for "deny"; None for any other key (ignored while
-/// the question shows, so that keys meant for the agent answer nothing).
-pub fn answer_for(key: u8, choices: &[String]) -> Option<String> {
+/// The answer one read of the user's keys gives: a key typed on its own
+/// — a choice's first letter, its number, or Ctrl-C / Escape for "deny".
+/// None for anything else: a paste, an arrow or function key (which start
+/// with Escape), any other key (ignored while the question shows, so that
+/// keys meant for the agent answer nothing).
+pub fn answer_for_read(read: &[u8], choices: &[String]) -> Option<String> {
+    match read {
+        [0x1b] => choices.iter().find(|c| *c == "deny").cloned(),
+        [key] => answer_for(*key, choices),
+        _ => None,
+    }
+}
+
+/// The answer one typed key gives (see [`answer_for_read`]).
+fn answer_for(key: u8, choices: &[String]) -> Option<String> {
     let lower = key.to_ascii_lowercase();
-    if matches!(key, 0x03 | 0x1b) {
+    if key == 0x03 {
         return choices.iter().find(|c| *c == "deny").cloned();
     }
     if (b'1'..=b'9').contains(&key) {
@@ -175,6 +186,10 @@ mod tests {
         assert_eq!(answer_for(b'S', &c).as_deref(), Some("session"));
         assert_eq!(answer_for(b'3', &c).as_deref(), Some("always"));
         assert_eq!(answer_for(0x03, &c).as_deref(), Some("deny"), "Ctrl-C denies");
+        assert_eq!(answer_for_read(&[0x1b], &c).as_deref(), Some("deny"), "Escape alone denies");
+        assert_eq!(answer_for_read(b"\x1b[A", &c), None, "an arrow key answers nothing");
+        assert_eq!(answer_for_read(b"docs", &c), None, "a paste answers nothing");
+        assert_eq!(answer_for_read(b"a", &c).as_deref(), Some("always"));
         assert_eq!(answer_for(b'x', &c), None);
         assert_eq!(answer_for(b'\r', &c), None, "Enter is no answer: it may have been meant for the agent");
         assert_eq!(answer_for(b'9', &c), None);

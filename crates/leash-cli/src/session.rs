@@ -414,7 +414,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                     Ok(n) if tty && showing.lock().unwrap_or_else(|p| p.into_inner()).is_some() => {
                         let mut asked = showing.lock().unwrap_or_else(|p| p.into_inner());
                         let Some(q) = asked.as_ref() else { continue };
-                        match buf[..n].iter().find_map(|b| crate::ask::answer_for(*b, &q.choices)) {
+                        match crate::ask::answer_for_read(&buf[..n], &q.choices) {
                             Some(choice) => {
                                 let a = pb::PromptAnswer { id: q.id.clone(), choice };
                                 *asked = None;

@@ -1156,6 +1156,30 @@ fn the_administrators_policies_are_added_to_every_session() {
     assert_eq!(check("/etc/hosts"), "allow FileOpen File::\"/etc/hosts\" by everything");
     assert_eq!(leash.wait_with_output().unwrap().status.code(), Some(0));
 
+    // What the administrator forbids is never offered to the user: with
+    // `--ask`, the exec is refused at once, no question asked.
+    let probe = stack.project().join("probe.sh");
+    std::fs::write(&probe, "#!/bin/sh\necho probe-ran\n").unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        stack.root().join("etc/policy.d/11-admin-exec.cedar"),
+        format!(
+            "@id(\"admin-no-probe\") forbid (principal, action == Action::\"ProcessExec\", resource == File::\"{}\");\n",
+            probe.display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&stack, &["--ask", "--policy", user.to_str().unwrap(), "--", "sh", "-c", "./probe.sh; echo rc=$?"]);
+    assert!(started.elapsed() < Duration::from_secs(20), "not held for an answer: {:?}", started.elapsed());
+    assert_eq!(text(&out.stdout), "rc=126\n", "{out:?}");
+    assert!(!text(&out.stderr).contains("allow?"), "no question: {out:?}");
+    let refused = stack.events().into_iter().find(|e| e["action"] == "ask.answer");
+    let refused = refused.expect("an ask.answer event");
+    assert_eq!(refused["details"]["answer"], "refused", "{refused}");
+    assert!(refused["details"]["by"].as_str().unwrap().contains("administrator"), "{refused}");
+    std::fs::remove_file(stack.root().join("etc/policy.d/11-admin-exec.cedar")).unwrap();
+
     // A broken administrator's policy fails every session closed.
     std::fs::write(stack.root().join("etc/policy.d/20-broken.cedar"), "forbid (principal action, resource);\n")
         .unwrap();

@@ -151,16 +151,23 @@ pub struct Origin {
 pub fn offer(reasons: &[String], policies: &BTreeMap<String, Origin>, admin_dir: &std::path::Path) -> Offer {
     let mut forbid = false;
     for r in reasons {
-        let found = policies.get(r);
-        let origin = found.map_or("", |o| o.origin.as_str());
+        if r == leash_core::PROTECT_HOST_LAYER {
+            return Offer::Never(format!("policy {r} is the protect-host layer"));
+        }
+        // A policy not in force any more (changed since) may have been the
+        // administrator's: not offered.
+        let Some(found) = policies.get(r) else {
+            return Offer::Never(format!("policy {r} is not in force any more"));
+        };
+        let origin = found.origin.as_str();
         let file = origin.rsplit_once(':').map_or(origin, |(f, _)| f);
-        if r == leash_core::PROTECT_HOST_LAYER || file == leash_core::PROTECT_HOST_LAYER {
+        if file == leash_core::PROTECT_HOST_LAYER {
             return Offer::Never(format!("policy {r} is the protect-host layer"));
         }
         if !file.is_empty() && std::path::Path::new(file).starts_with(admin_dir) {
             return Offer::Never(format!("policy {r} is the administrator's ({file})"));
         }
-        forbid |= found.is_some_and(|o| o.effect == "forbid");
+        forbid |= found.effect == "forbid";
     }
     if forbid { Offer::OnceOnly } else { Offer::Any }
 }
@@ -211,11 +218,15 @@ impl Sessions {
             self.tell_holder(held_by, &session, ask_id, false, "deny").await;
             return;
         };
-        let (policies, policy_file) = self.policy_origins(&session).await;
         let admin_dir = self.ctx.system_config.parent().map(|d| d.join("policy.d")).unwrap_or_default();
         let id = format!("ask-{ask_id}");
         let statement = permit_for(&e.action, &e.resource, &format!("asked-{ask_id}"));
-        let choices: Vec<String> = match (offer(&e.policy_ids, &policies, &admin_dir), &statement) {
+        // What decided it must be known to be offered: fail closed.
+        let (offered, policy_file) = match self.policy_origins(&session).await {
+            Ok((policies, file)) => (offer(&e.policy_ids, &policies, &admin_dir), file),
+            Err(why) => (Offer::Never(format!("the policy's origins cannot be read: {why}")), None),
+        };
+        let choices: Vec<String> = match (offered, &statement) {
             (Offer::Never(why), _) => {
                 self.tell_holder(held_by, &session, ask_id, false, "deny").await;
                 self.publish_answer(&info, &e, &id, "refused", &format!("leash ({why}: never offered)"), None);
@@ -267,15 +278,13 @@ impl Sessions {
     }
 
     /// The policies in force for `session` with their origin, and its policy file.
-    async fn policy_origins(&self, session: &str) -> (BTreeMap<String, Origin>, Option<String>) {
-        let Ok(channel) = self.component(leash_core::Component::Policy).await else {
-            return (BTreeMap::new(), None);
-        };
+    async fn policy_origins(&self, session: &str) -> Result<(BTreeMap<String, Origin>, Option<String>), String> {
+        let channel = self.component(leash_core::Component::Policy).await?;
         let shown = pb::policy_client::PolicyClient::new(channel)
             .show(pb::ShowRequest { session: session.to_owned() })
             .await
-            .map(tonic::Response::into_inner)
-            .unwrap_or_default();
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
         let admin_dir = self.ctx.system_config.parent().map(|d| d.join("policy.d")).unwrap_or_default();
         let file = shown
             .sources
@@ -285,12 +294,12 @@ impl Sessions {
             .map(str::to_owned);
         let policies =
             shown.policies.into_iter().map(|p| (p.id, Origin { effect: p.effect, origin: p.origin })).collect();
-        (policies, file)
+        Ok((policies, file))
     }
 
-    /// Answers an open question of session `session` (a full id, or a
-    /// prefix the caller may see): lets the operation through or refuses
-    /// it, and for "session" and "always" adds the permit.
+    /// Answers the open question `id` of session `session` (full ids):
+    /// lets the operation through or refuses it, and for "session" and
+    /// "always" adds the permit.
     pub async fn answer_ask(&self, session: &str, id: &str, choice: &str, by: Answerer) -> Result<(), String> {
         let pending = {
             let mut asks = self.asks();
@@ -309,9 +318,13 @@ impl Sessions {
         let mut added = None;
         if matches!(choice, "session" | "always") {
             match self.add_permit(&pending, choice == "always").await {
-                Ok(note) => added = Some(note),
-                // The operation still goes through once: that is what was answered first.
-                Err(why) => tracing::warn!(session_id = %session, ask = %id, "cannot add the permit: {why}"),
+                Ok(note) => added = Some(Ok(note)),
+                // The operation still goes through once: that is what was
+                // answered first; the event says what could not be done.
+                Err(why) => {
+                    tracing::warn!(session_id = %session, ask = %id, "cannot add the permit: {why}");
+                    added = Some(Err(why));
+                }
             }
         }
         self.tell_holder(pending.held_by, session, pending.ask_id, choice != "deny", choice).await;
@@ -346,7 +359,9 @@ impl Sessions {
         // Its own id: the file's layer and the runtime layer both hold it
         // once the file is reloaded, and ids are unique across layers.
         let statement = permit_for(&p.action, &p.resource, &format!("always-{}", p.ask_id)).unwrap_or_default();
-        append_policy(p.owner, std::path::Path::new(file), &statement).await?;
+        append_policy(p.owner, std::path::Path::new(file), &statement)
+            .await
+            .map_err(|e| format!("added to the session's runtime layer, but not to {file}: {e}"))?;
         Ok(format!("the session's runtime layer and {file}"))
     }
 
@@ -374,7 +389,15 @@ impl Sessions {
         }
     }
 
-    fn publish_answer(&self, info: &Info, e: &Event, id: &str, answer: &str, by: &str, added: Option<String>) {
+    fn publish_answer(
+        &self,
+        info: &Info,
+        e: &Event,
+        id: &str,
+        answer: &str,
+        by: &str,
+        added: Option<Result<String, String>>,
+    ) {
         let mut a = Event::daemon("ask.answer", &info.container, 0);
         a.kind = EventKind::Session;
         a.session = Some(info.id.clone());
@@ -385,8 +408,14 @@ impl Sessions {
         a.details.insert("answer".to_owned(), answer.to_owned());
         a.details.insert("by".to_owned(), by.to_owned());
         a.details.insert("denied_action".to_owned(), e.action.clone());
-        if let Some(added) = added {
-            a.details.insert("permit_added_to".to_owned(), added);
+        match added {
+            Some(Ok(to)) => {
+                a.details.insert("permit_added_to".to_owned(), to);
+            }
+            Some(Err(why)) => {
+                a.details.insert("permit_error".to_owned(), why);
+            }
+            None => {}
         }
         self.ctx.hub.publish(a);
     }
@@ -469,6 +498,7 @@ mod tests {
         assert!(matches!(offer(&["mine".into(), "site".into()], &p, admin), Offer::Never(_)));
         assert_eq!(offer(&["mine".into()], &p, admin), Offer::OnceOnly);
         assert_eq!(offer(&[], &p, admin), Offer::Any, "no permit: any answer");
+        assert!(matches!(offer(&["gone".into()], &p, admin), Offer::Never(_)), "a policy not in force any more");
     }
 
     #[test]
