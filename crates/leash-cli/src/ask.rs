@@ -12,6 +12,7 @@
 //! and is asked to redraw after (two resizes: its SIGWINCH). The session's
 //! output meanwhile is held and printed after.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use leash_proto::v1 as pb;
@@ -171,6 +172,87 @@ impl Shown {
     }
 }
 
+/// The questions of one session on this terminal: the one shown, those
+/// waiting their turn, the session's output held meanwhile, and whether
+/// its program is on the alternate screen.
+#[derive(Debug)]
+pub struct Questions {
+    showing: Showing,
+    shown: Option<Shown>,
+    queued: std::collections::VecDeque<pb::Prompt>,
+    held: Vec<u8>,
+    alt: AltScreen,
+}
+
+impl Questions {
+    /// None yet; `showing` is shared with the thread that reads the keys.
+    pub fn new(showing: Showing) -> Questions {
+        Questions { showing, shown: None, queued: Default::default(), held: Vec::new(), alt: AltScreen::default() }
+    }
+
+    /// Output of the session (`tty`: through a terminal); true when it is
+    /// held while a question shows.
+    pub fn hold(&mut self, bytes: &[u8], tty: bool) -> bool {
+        if tty {
+            self.alt.feed(bytes);
+        }
+        if self.shown.is_some() {
+            self.held.extend_from_slice(bytes);
+        }
+        self.shown.is_some()
+    }
+
+    /// A question: shown now on a terminal of `size`, or when those before it are closed.
+    pub fn ask(&mut self, p: pb::Prompt, size: pb::TerminalSize, out: &mut impl Write) {
+        self.queued.push_back(p);
+        self.show_next(size, out);
+    }
+
+    /// Question `id` is closed (answered here or elsewhere, or timed out):
+    /// taken down if it shows, with the output held meanwhile printed, and
+    /// the next shown. The terminal's size when the program should redraw.
+    pub fn close(&mut self, id: &str, size: pb::TerminalSize, out: &mut impl Write) -> Option<pb::TerminalSize> {
+        self.queued.retain(|p| p.id != id);
+        if self.shown.as_ref().is_none_or(|s| s.id != id) {
+            return None;
+        }
+        *self.showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let redraw = self.take_down(size, out);
+        self.show_next(size, out);
+        redraw
+    }
+
+    /// Every question is gone (the session ended, this client left it, or
+    /// its leashd went away): the terminal as the program left it, with the
+    /// output held meanwhile.
+    pub fn abandon(&mut self, size: pb::TerminalSize, out: &mut impl Write) {
+        self.queued.clear();
+        *self.showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.take_down(size, out);
+    }
+
+    fn show_next(&mut self, size: pb::TerminalSize, out: &mut impl Write) {
+        if self.shown.is_some() {
+            return;
+        }
+        let Some(p) = self.queued.pop_front() else { return };
+        let (s, bytes) = show(&p, self.alt.on(), size.rows as u16, size.cols as u16);
+        // Keys answer it from the moment it can be seen.
+        *self.showing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Question { id: p.id, choices: p.choices });
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+        self.shown = Some(s);
+    }
+
+    fn take_down(&mut self, size: pb::TerminalSize, out: &mut impl Write) -> Option<pb::TerminalSize> {
+        let s = self.shown.take()?;
+        let (bytes, redraw) = s.take_down(size.rows as u16);
+        let _ = out.write_all(&bytes);
+        let _ = out.write_all(&std::mem::take(&mut self.held));
+        let _ = out.flush();
+        redraw.then_some(size)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +296,30 @@ mod tests {
         assert_eq!(printable("/w/x\u{202e}hs.live"), "/w/x\\u{202e}hs.live");
         assert_eq!(printable("/w/\u{9b}31m\r\n"), "/w/\\u{9b}31m\\u{d}\\u{a}");
         assert_eq!(printable("/w/ünïcode ok"), "/w/ünïcode ok");
+    }
+
+    #[test]
+    fn output_waits_behind_a_question_and_comes_after_it() {
+        let showing = Showing::default();
+        let mut q = Questions::new(showing.clone());
+        let size = pb::TerminalSize { rows: 24, cols: 80 };
+        let prompt =
+            |id: &str| pb::Prompt { id: id.into(), question: "q?".into(), choices: choices(), default_choice: 0 };
+        let mut out = Vec::new();
+        assert!(!q.hold(b"before", true));
+        q.ask(prompt("a"), size, &mut out);
+        q.ask(prompt("b"), size, &mut out);
+        assert_eq!(showing.lock().unwrap().as_ref().map(|s| s.id.clone()), Some("a".into()));
+        assert!(q.hold(b"meanwhile", true));
+        out.clear();
+        assert_eq!(q.close("a", size, &mut out), None, "its own screen: nothing to redraw");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(text.starts_with("\x1b[?1049lmeanwhile\x1b[?1049h"), "{text:?}");
+        assert_eq!(showing.lock().unwrap().as_ref().map(|s| s.id.clone()), Some("b".into()), "the next shows");
+        out.clear();
+        q.abandon(size, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "\x1b[?1049l");
+        assert!(showing.lock().unwrap().is_none());
     }
 
     #[test]

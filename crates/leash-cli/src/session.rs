@@ -448,9 +448,9 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
-                    _ = winch.recv() => match rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
-                        Ok(s) => Input::Resize(pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() }),
-                        Err(_) => continue,
+                    _ = winch.recv() => match terminal_size() {
+                        Some(size) => Input::Resize(size),
+                        None => continue,
                     },
                     _ = int.recv() => Input::Signal(2),
                     _ = term.recv() => Input::Signal(15),
@@ -469,12 +469,9 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     // reattaching client resumes.
     let mut printed: u64 = 0;
     let mut stdin_started = false;
-    // Questions: the one shown, those waiting their turn, the session's
-    // output held meanwhile, and whether its program is on the alternate screen.
-    let mut shown: Option<crate::ask::Shown> = None;
-    let mut queued: std::collections::VecDeque<pb::Prompt> = Default::default();
-    let mut held: Vec<u8> = Vec::new();
-    let mut alt = crate::ask::AltScreen::default();
+    // leashd's questions, drawn on this terminal.
+    let mut questions = crate::ask::Questions::new(showing.clone());
+    let size = || terminal_size().unwrap_or(pb::TerminalSize { rows: 24, cols: 80 });
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
@@ -485,9 +482,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 };
                 let _ = tx.send(pb::SessionInput { input: Some(i) }).await;
                 if let Some(id) = answered {
-                    let redraw = take_down(&mut shown, &id, &mut held, &mut stdout);
-                    redraw_after(&tx, redraw).await;
-                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
+                    redraw_after(&tx, questions.close(&id, size(), &mut stdout)).await;
                 }
                 continue;
             }
@@ -496,7 +491,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => {
                 // Questions of the leashd that went are no longer open.
-                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
+                questions.abandon(size(), &mut stdout);
                 let nl = if raw.is_some() { "\r\n" } else { "\n" };
                 // A running session outlives its leashd: the next one
                 // recovers it, and this client joins it again where it was.
@@ -528,11 +523,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
         match msg.output {
             Some(Output::Stdout(b)) => {
                 printed += b.len() as u64;
-                if tty {
-                    alt.feed(&b);
-                }
-                if shown.is_some() {
-                    held.extend_from_slice(&b);
+                if questions.hold(&b, tty) {
                     continue;
                 }
                 let _ = stdout.write_all(&b);
@@ -540,22 +531,14 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
             }
             Some(Output::Ask(p)) => {
                 if tty && raw.is_some() {
-                    queued.push_back(p);
-                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
+                    questions.ask(p, size(), &mut stdout);
                 } else {
                     // No terminal of the user's to answer on (and stdin is the command's).
                     let _ = writeln!(stderr, "{} (answer it in the Control UI)", crate::ask::line(&p));
                 }
             }
             Some(Output::Asked(id)) => {
-                queued.retain(|p| p.id != id);
-                let closed = shown.as_ref().is_some_and(|s| s.id == id);
-                if closed {
-                    *showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    let redraw = take_down(&mut shown, &id, &mut held, &mut stdout);
-                    redraw_after(&tx, redraw).await;
-                    show_next(&mut shown, &mut queued, &showing, &alt, &mut stdout);
-                }
+                redraw_after(&tx, questions.close(&id, size(), &mut stdout)).await;
             }
             Some(Output::Stderr(b)) => {
                 printed += b.len() as u64;
@@ -600,7 +583,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 }
             }
             Some(Output::Detached(_)) => {
-                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
+                questions.abandon(size(), &mut stdout);
                 drop(raw);
                 eprintln!("leash: detached from session {session_id} (`leash attach {session_id}` to return)");
                 return Ok(0);
@@ -611,7 +594,7 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
                 let _ = tx.send(pb::SessionInput { input: Some(Input::Answer(pb::PromptAnswer { id, choice })) }).await;
             }
             Some(Output::Exit(e)) => {
-                abandon_questions(&mut shown, &mut queued, &showing, &mut held, &mut stdout);
+                questions.abandon(size(), &mut stdout);
                 drop(raw);
                 if !e.error.is_empty() {
                     eprintln!("leash: {}", e.error);
@@ -632,12 +615,10 @@ pub async fn run(channel: tonic::transport::Channel, client: Client) -> anyhow::
     }
 }
 
-/// The terminal's size.
-fn terminal_size() -> pb::TerminalSize {
-    match rustix::termios::tcgetwinsize(std::io::stdout().as_fd()) {
-        Ok(s) => pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() },
-        Err(_) => pb::TerminalSize { rows: 24, cols: 80 },
-    }
+/// The terminal's size, when stdout is one.
+fn terminal_size() -> Option<pb::TerminalSize> {
+    let s = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
+    Some(pb::TerminalSize { rows: s.ws_row.into(), cols: s.ws_col.into() })
 }
 
 /// Has the session's program redraw what a question covered on its
@@ -647,64 +628,6 @@ async fn redraw_after(tx: &mpsc::Sender<pb::SessionInput>, size: Option<pb::Term
     let smaller = pb::TerminalSize { rows: size.rows.saturating_sub(1).max(1), cols: size.cols };
     let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(smaller)) }).await;
     let _ = tx.send(pb::SessionInput { input: Some(Input::Resize(size)) }).await;
-}
-
-/// Takes down the question shown, if any, and forgets those waiting (the
-/// session ended, this client left it, or its leashd went away): the
-/// terminal is as the program left it, with the output held meanwhile.
-fn abandon_questions(
-    shown: &mut Option<crate::ask::Shown>,
-    queued: &mut std::collections::VecDeque<pb::Prompt>,
-    showing: &crate::ask::Showing,
-    held: &mut Vec<u8>,
-    stdout: &mut std::io::Stdout,
-) {
-    queued.clear();
-    *showing.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    if let Some(id) = shown.as_ref().map(|s| s.id.clone()) {
-        take_down(shown, &id, held, stdout);
-    }
-}
-
-/// Shows the next waiting question, unless one shows.
-fn show_next(
-    shown: &mut Option<crate::ask::Shown>,
-    queued: &mut std::collections::VecDeque<pb::Prompt>,
-    showing: &crate::ask::Showing,
-    alt: &crate::ask::AltScreen,
-    stdout: &mut std::io::Stdout,
-) {
-    if shown.is_some() {
-        return;
-    }
-    let Some(p) = queued.pop_front() else { return };
-    let size = terminal_size();
-    let (s, bytes) = crate::ask::show(&p, alt.on(), size.rows as u16, size.cols as u16);
-    // Keys answer it from the moment it can be seen.
-    *showing.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::ask::Question { id: p.id, choices: p.choices });
-    let _ = stdout.write_all(&bytes);
-    let _ = stdout.flush();
-    *shown = Some(s);
-}
-
-/// Takes down the question `id` if it shows and prints the output held
-/// meanwhile; the terminal's size when the program should redraw.
-fn take_down(
-    shown: &mut Option<crate::ask::Shown>,
-    id: &str,
-    held: &mut Vec<u8>,
-    stdout: &mut std::io::Stdout,
-) -> Option<pb::TerminalSize> {
-    if shown.as_ref().is_none_or(|s| s.id != id) {
-        return None;
-    }
-    let s = shown.take()?;
-    let size = terminal_size();
-    let (bytes, redraw) = s.take_down(size.rows as u16);
-    let _ = stdout.write_all(&bytes);
-    let _ = stdout.write_all(&std::mem::take(held));
-    let _ = stdout.flush();
-    redraw.then_some(size)
 }
 
 /// Asks a prompt's question on the terminal; returns the chosen answer.

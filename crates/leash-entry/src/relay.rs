@@ -229,12 +229,8 @@ fn pump(mut from: impl BufRead, to: &Mutex<dyn Write + Send>, back: &Mutex<dyn W
                 }
                 .and_then(|()| w.flush())
             }
-            Verdict::Send => {
-                let mut w = to.lock().unwrap_or_else(|p| p.into_inner());
-                w.write_all(&answer).and_then(|()| w.write_all(b"\n")).and_then(|()| w.flush())
-            }
-            Verdict::Reply => {
-                let mut w = back.lock().unwrap_or_else(|p| p.into_inner());
+            Verdict::Send | Verdict::Reply => {
+                let mut w = if verdict == Verdict::Send { to } else { back }.lock().unwrap_or_else(|p| p.into_inner());
                 w.write_all(&answer).and_then(|()| w.write_all(b"\n")).and_then(|()| w.flush())
             }
             Verdict::Drop => Ok(()),

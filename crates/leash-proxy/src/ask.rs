@@ -32,9 +32,7 @@ impl Default for Waiting {
     fn default() -> Waiting {
         // Ids start from the time: a restarted proxy never reuses one a
         // question still open in leashd carries.
-        let seed =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
-        Waiting { next: AtomicU64::new(seed), open: Mutex::default() }
+        Waiting { next: AtomicU64::new(leash_core::time::id_seed()), open: Mutex::default() }
     }
 }
 

@@ -45,18 +45,46 @@ fn curl(container: &str, gw: &str, args: &str, url: &str) -> String {
 static PORT_443: Mutex<()> = Mutex::new(());
 
 /// A stack whose proxy trusts the host-side HTTPS server's CA, the server
-/// (what reached it), and the host's address as sessions see it.
-fn stack_and_server(rt: &tokio::runtime::Runtime) -> (Stack, Arc<Mutex<Vec<String>>>, String) {
-    let mut stack = Stack::new();
-    let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    server(rt, tls, seen.clone());
-    let entry = leash_testkit::static_entry();
-    stack.start_leashd_with(|c| {
-        c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca);
-    });
-    stack.wait_healthy(Duration::from_secs(10));
-    (stack, seen, leash_testkit::host_address())
+/// and what reached it, and the host's address as sessions see it; the
+/// host's port 443 is the test's until this is dropped (fields drop in
+/// order: the server's runtime, then the port).
+struct Fixture {
+    stack: Stack,
+    seen: Arc<Mutex<Vec<String>>>,
+    gw: String,
+    _rt: tokio::runtime::Runtime,
+    _port: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let port = PORT_443.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut stack = Stack::new();
+        let (tls, upstream_ca) = upstream::tls(stack.root(), &NAMES);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        server(&rt, tls, seen.clone());
+        let entry = leash_testkit::static_entry();
+        stack.start_leashd_with(|c| {
+            c.env("LEASH_ENTRY_BIN", &entry).env("LEASH_UPSTREAM_CA", &upstream_ca);
+        });
+        stack.wait_healthy(Duration::from_secs(10));
+        Fixture { stack, seen, gw: leash_testkit::host_address(), _rt: rt, _port: port }
+    }
+
+    /// The policy both tests start from: files and programs, the host's
+    /// address, and `allowed.test`; `more` after it.
+    fn policy(&self, more: &str) -> std::path::PathBuf {
+        let path = self.stack.root().join("policy.cedar");
+        let text = format!(
+            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
+             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{}/32\");\n\
+             @id(\"site\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"allowed.test\");\n{more}",
+            self.gw
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
 }
 
 #[test]
@@ -66,24 +94,15 @@ fn http_requests_are_decided_by_method_path_and_query() {
     {
         return;
     }
-    let _port = PORT_443.lock().unwrap_or_else(|p| p.into_inner());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (stack, seen, gw) = stack_and_server(&rt);
-    let policy = stack.root().join("policy.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
-             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
-             @id(\"site\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"allowed.test\");\n\
-             @id(\"org-read\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
-               when {{ context.method == \"GET\" && context.path like \"/repos/org/*\" }};\n\
-             @id(\"no-post\") forbid (principal, action == Action::\"NetworkConnect\", resource) when {{ context.method == \"POST\" }};\n\
-             @id(\"no-token\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
-               when {{ context.query like \"*access_token=*\" }};\n"
-        ),
-    )
-    .unwrap();
+    let f = Fixture::new();
+    let (stack, seen, gw) = (&f.stack, &f.seen, &f.gw);
+    let policy = f.policy(
+        "@id(\"org-read\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
+           when { context.method == \"GET\" && context.path like \"/repos/org/*\" };\n\
+         @id(\"no-post\") forbid (principal, action == Action::\"NetworkConnect\", resource) when { context.method == \"POST\" };\n\
+         @id(\"no-token\") forbid (principal, action == Action::\"NetworkConnect\", resource in Host::\"api.allowed.test\")\n\
+           when { context.query like \"*access_token=*\" };\n",
+    );
     let out = stack.leashctl(&["policy", "validate", policy.to_str().unwrap()]);
     let said = text(&out.stdout);
     assert!(out.status.success() && said.contains("[decided_per_request]"), "{said}{}", text(&out.stderr));
@@ -97,17 +116,17 @@ fn http_requests_are_decided_by_method_path_and_query() {
     let api = "https://api.allowed.test";
 
     // GET under /repos/org/: allowed, and the server answers.
-    let out = curl(&container, &gw, "", &format!("{api}/repos/org/x"));
+    let out = curl(&container, gw, "", &format!("{api}/repos/org/x"));
     assert!(out.contains("upstream /repos/org/x") && out.ends_with("\n200\n"), "{out}");
     assert!(reached("GET /repos/org/x"));
     // POST to the same path: refused by the forbid, never forwarded.
-    let out = curl(&container, &gw, "-X POST -d x=1", &format!("{api}/repos/org/x"));
+    let out = curl(&container, gw, "-X POST -d x=1", &format!("{api}/repos/org/x"));
     assert!(out.contains("api.allowed.test:443 denied by policy no-post") && out.ends_with("\n403\n"), "{out}");
     // Elsewhere on the same host: nothing permits it.
-    let out = curl(&container, &gw, "", &format!("{api}/repos/other/x"));
+    let out = curl(&container, gw, "", &format!("{api}/repos/other/x"));
     assert!(out.contains("denied by policy (no policy permits it)") && out.ends_with("\n403\n"), "{out}");
     // The query: a forbidden parameter.
-    let out = curl(&container, &gw, "", &format!("{api}/repos/org/x?page=2&access_token=abc"));
+    let out = curl(&container, gw, "", &format!("{api}/repos/org/x?page=2&access_token=abc"));
     assert!(out.contains("denied by policy no-token") && out.ends_with("\n403\n"), "{out}");
     // Dot-segments: what the server would resolve to another path is refused.
     for (args, path) in [
@@ -116,13 +135,13 @@ fn http_requests_are_decided_by_method_path_and_query() {
         ("", "/repos/org%2f..%2fother/x"),
         ("--path-as-is", "/repos/org/./x"),
     ] {
-        let out = curl(&container, &gw, args, &format!("{api}{path}"));
+        let out = curl(&container, gw, args, &format!("{api}{path}"));
         assert!(out.contains("has a dot-segment") && out.ends_with("\n400\n"), "{path}: {out}");
     }
     // The rule on one host leaves another to its own policy (POST excepted).
-    let out = curl(&container, &gw, "", "https://allowed.test/anything");
+    let out = curl(&container, gw, "", "https://allowed.test/anything");
     assert!(out.contains("upstream /anything") && out.ends_with("\n200\n"), "{out}");
-    let out = curl(&container, &gw, "-X POST -d x=1", "https://allowed.test/anything");
+    let out = curl(&container, gw, "-X POST -d x=1", "https://allowed.test/anything");
     assert!(out.contains("denied by policy no-post") && out.ends_with("\n403\n"), "{out}");
     let reached_all = seen.lock().unwrap().clone();
     assert_eq!(reached_all, ["GET /repos/org/x", "GET /anything"], "only the allowed requests reach the server");
@@ -193,20 +212,10 @@ fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
     {
         return;
     }
-    let _port = PORT_443.lock().unwrap_or_else(|p| p.into_inner());
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (stack, seen, gw) = stack_and_server(&rt);
+    let f = Fixture::new();
+    let (stack, seen, gw) = (&f.stack, &f.seen, &f.gw);
     // allowed.test is permitted; api.allowed.test is not: asked about.
-    let policy = stack.root().join("policy.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "@id(\"files\") permit (principal, action in [Action::\"FileOpen\", Action::\"FileOpenReadOnly\", Action::\"FileOpenReadWrite\", Action::\"ProcessExec\"], resource);\n\
-             @id(\"host-side\") permit (principal, action == Action::\"NetworkConnect\", resource in Net::IpRange::\"{gw}/32\");\n\
-             @id(\"site\") permit (principal, action == Action::\"NetworkConnect\", resource in Host::\"allowed.test\");\n"
-        ),
-    )
-    .unwrap();
+    let policy = f.policy("");
     let (mut session, id, container) = stack.asking_session(IMAGE, &policy, 5);
     let reached = |what: &str| seen.lock().unwrap().iter().any(|s| s == what);
     // A request in the background; the question it raises, answered through
@@ -233,10 +242,10 @@ fn a_denied_request_waits_for_the_users_answer_and_goes_on_only_if_allowed() {
     // "session": it goes on, and the host is allowed from then on.
     let out = asked_and_answered("/three", "session");
     assert!(out.contains("upstream /three") && out.ends_with("\n200\n"), "{out}");
-    let out = curl(&container, &gw, "", "https://api.allowed.test/four");
+    let out = curl(&container, gw, "", "https://api.allowed.test/four");
     assert!(out.contains("upstream /four") && out.ends_with("\n200\n"), "not asked again: {out}");
     // No answer: refused when the time is up.
-    let out = curl(&container, &gw, "", "https://other.allowed.test/five");
+    let out = curl(&container, gw, "", "https://other.allowed.test/five");
     assert!(out.ends_with("\n403\n") && !reached("GET /five"), "{out}");
 
     let events = stack.events();

@@ -255,7 +255,7 @@ fn hold(spec: &Spec, calls: Option<OwnedFd>) -> anyhow::Result<()> {
     let governed = Arc::new(RwLock::new(first));
     // Ask ids start from the time, so that a holder replacing one that
     // died never answers with an id the other asked with.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+    let seed = leash_core::time::id_seed();
     let asks = (spec.ask_ms > 0).then(|| Arc::new(crate::ask::Asks::new(Duration::from_millis(spec.ask_ms), seed)));
     let writer: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(Some(control.try_clone()?)));
     let stop = Arc::new(AtomicBool::new(false));

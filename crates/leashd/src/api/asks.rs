@@ -12,7 +12,7 @@ use crate::session::ask::Answerer;
 
 /// `GET /api/asks`: the questions open for every session.
 pub(super) async fn list(State(ctx): State<Ctx>) -> Response {
-    json_ok(json!({ "asks": ctx.manager.sessions.open_asks(|_| true) }))
+    json_ok(json!({ "asks": ctx.manager.sessions.open_asks() }))
 }
 
 /// `POST /api/asks/{id}` with `{"session": ID, "choice": "once"|"session"|"always"|"deny"}`.

@@ -283,7 +283,7 @@ impl Sessions {
             };
                     }
                     Ok(Some(pb::SessionInput { input: Some(Input::Answer(a)) })) => {
-                        let by = ask::Answerer::Terminal { uid: caller.uid, pid: caller.pid.unwrap_or_default() as u32 };
+                        let by = ask::Answerer::terminal(&caller);
                         self.answer_from_client(&info.id, a, by, &out);
                     }
                     Ok(Some(pb::SessionInput { input: Some(i) })) => {
@@ -587,7 +587,7 @@ impl Sessions {
             ],
         );
         timings.lap("create_ms");
-        let by = ask::Answerer::Terminal { uid: caller.uid, pid: caller.pid.unwrap_or_default() as u32 };
+        let by = ask::Answerer::terminal(caller);
         let link = Link { input: &mut input, out, detach: start.detach, by };
         let result = self.drive(&engine, &info, &plan, intercepted, release, &release_path, link, &mut timings).await;
         let result = match result {
