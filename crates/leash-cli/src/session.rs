@@ -139,10 +139,20 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
     // The project's MCP servers, read as you: the container sees their
     // stdio servers wrapped in leash's relay. Regular files only (a link
     // is not followed).
-    let mcp_configs = leash_core::stdio_mcp::PROJECT_FILES
+    // So are your home's (where the agent's settings are mounted), and
+    // claude's global configuration, whose copy the container gets.
+    use leash_core::stdio_mcp::{CLAUDE_GLOBAL, HOME_FILES, PROJECT_FILES};
+    let claude_global = match env.get("CLAUDE_CONFIG_DIR").filter(|d| d.starts_with('/')) {
+        Some(dir) => std::path::Path::new(dir).join(".claude.json"),
+        None => expand_home(CLAUDE_GLOBAL, env),
+    };
+    let mcp_configs = PROJECT_FILES
         .iter()
-        .filter(|f| std::fs::symlink_metadata(cwd.join(f)).is_ok_and(|m| m.is_file() && m.len() <= MAX_MCP_CONFIG))
-        .filter_map(|f| Some(((*f).to_owned(), std::fs::read_to_string(cwd.join(f)).ok()?)))
+        .map(|f| ((*f).to_owned(), cwd.join(f), MAX_MCP_CONFIG))
+        .chain(HOME_FILES.iter().map(|f| ((*f).to_owned(), expand_home(f, env), MAX_MCP_CONFIG)))
+        .chain(std::iter::once((CLAUDE_GLOBAL.to_owned(), claude_global, MAX_CLAUDE_GLOBAL)))
+        .filter(|(_, path, max)| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() <= *max))
+        .filter_map(|(name, path, _)| Some((name, std::fs::read_to_string(path).ok()?)))
         .collect();
     let tty = !args.no_interactive && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let size = tty.then(|| rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()).flatten();
@@ -194,6 +204,9 @@ pub fn start_message(args: &Args, env: &HashMap<String, String>) -> anyhow::Resu
 
 /// The largest MCP configuration file sent to leashd (1 MiB).
 const MAX_MCP_CONFIG: u64 = 1 << 20;
+/// The largest claude global configuration sent (2 MiB; a session start
+/// is at most 4 MiB in all).
+const MAX_CLAUDE_GLOBAL: u64 = 2 << 20;
 
 /// A variable whose name says it holds a credential.
 fn credential_like(name: &str) -> bool {

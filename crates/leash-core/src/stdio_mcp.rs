@@ -33,6 +33,17 @@ pub const VERDICT_HEADER: &str = "x-leash-relay";
 pub const PROJECT_FILES: [&str; 4] =
     [".mcp.json", ".gemini/settings.json", ".qwen/settings.json", ".codex/config.toml"];
 
+/// claude's global configuration as the client names it when it sends it:
+/// `$CLAUDE_CONFIG_DIR/.claude.json`, or `~/.claude.json`. Its user-scope
+/// servers (`mcpServers`) and each project's (`projects.P.mcpServers`)
+/// start stdio servers; it is also claude's state, rewritten as it runs.
+/// The container sees a session copy (never the user's file).
+pub const CLAUDE_GLOBAL: &str = "~/.claude.json";
+/// The home directory's files that name MCP servers (codex's, gemini's and
+/// qwen's user configuration), relative to HOME as the client names them
+/// (`~/` before): shown rewritten where the agent's settings are mounted.
+pub const HOME_FILES: [&str; 3] = ["~/.codex/config.toml", "~/.gemini/settings.json", "~/.qwen/settings.json"];
+
 /// The relay's subcommand of leash-entry.
 pub const RELAY_COMMAND: &str = "mcp-relay";
 

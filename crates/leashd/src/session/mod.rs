@@ -20,7 +20,7 @@ pub mod secrets;
 pub mod terminal;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -417,6 +417,7 @@ impl Sessions {
             tracing::warn!(session_id = %info.id, error = %e, "cannot remove the container");
         }
         let dir = self.session_dir(&info.id);
+        self.keep_claude_global(&dir, info.owner);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -448,6 +449,38 @@ impl Sessions {
 
     fn session_dir(&self, id: &str) -> PathBuf {
         self.ctx.layout.state_dir.join("sessions").join(id)
+    }
+
+    /// Where the state a user's sessions leave in claude's global
+    /// configuration is kept (root's, 0600; read only into containers).
+    fn claude_global_kept(&self, uid: u32) -> PathBuf {
+        self.ctx.layout.state_dir.join("agents").join(uid.to_string()).join(plan::CLAUDE_GLOBAL_COPY)
+    }
+
+    fn saved_claude_global(&self, uid: u32) -> Option<String> {
+        read_bounded(&self.claude_global_kept(uid)).ok()
+    }
+
+    /// Keeps what a session left in its copy of claude's global
+    /// configuration, when it is still a JSON object, for the owner's next
+    /// session (see `mcp::claude_global`).
+    fn keep_claude_global(&self, session_dir: &Path, owner: u32) {
+        let Ok(text) = read_bounded(&session_dir.join(plan::CLAUDE_GLOBAL_COPY)) else { return };
+        if !serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.is_object()) {
+            return;
+        }
+        let kept = self.claude_global_kept(owner);
+        let written = kept.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let tmp = kept.with_extension("json.new");
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            std::fs::rename(&tmp, &kept)
+        });
+        if let Err(e) = written {
+            tracing::warn!(file = %kept.display(), error = %e, "cannot keep claude's global configuration");
+        }
     }
 
     /// Runs one session to its end, talking to the client over `input` and
@@ -529,6 +562,10 @@ impl Sessions {
             plan.trust_session_ca();
         }
         plan.pin_protected();
+        let saved = self.saved_claude_global(caller.uid);
+        for why in plan.share_claude_global(&dir, saved.as_deref()) {
+            emit(out, Output::Notice(why)).await;
+        }
         for why in plan.relay_mcp(&dir) {
             emit(out, Output::Notice(why)).await;
         }
@@ -1276,4 +1313,21 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         ask_timeout_s: i.ask_timeout_s,
         mcp_servers: i.mcp_servers.clone(),
     }
+}
+
+/// A regular file's text, not through a link, at most 8 MiB (what a
+/// container wrote: nothing bigger is read).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    const MAX: u64 = 8 << 20;
+    let f =
+        std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.len() > MAX {
+        return Err(std::io::Error::other("not a regular file of at most 8 MiB"));
+    }
+    let mut text = String::new();
+    f.take(MAX).read_to_string(&mut text)?;
+    Ok(text)
 }

@@ -25,6 +25,9 @@ pub const HOST_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const DEFAULT_IMAGE: &str = "leash-coder:latest";
 /// Seconds a denial waits for the user's answer when `[leash] ask_timeout` does not say.
 pub const DEFAULT_ASK_TIMEOUT_S: u32 = 30;
+/// The container's copy of claude's global configuration, in the session
+/// dir (what the session leaves there is kept for the user's next one).
+pub const CLAUDE_GLOBAL_COPY: &str = "claude.json";
 
 /// The agents' settings forwarded automatically from the caller's
 /// environment.
@@ -127,7 +130,7 @@ pub struct AgentMount {
 /// whether each is bound read-only: what runs code later outside the
 /// sandbox (policies/protect-host.cedar). `.git` itself is bound read-write
 /// so that it cannot be renamed away and replaced.
-pub const PINNED: [(&str, bool); 13] = [
+pub const PINNED: [(&str, bool); 17] = [
     (".git", false),
     (".git/hooks", true),
     (".git/config", true),
@@ -136,9 +139,13 @@ pub const PINNED: [(&str, bool); 13] = [
     (".claude/settings.json", true),
     (".claude/settings.local.json", true),
     (".claude/hooks", true),
+    (".claude/plugins", true),
+    (".claude/.claude.json", true),
     (".codex/config.toml", true),
     (".gemini/settings.json", true),
+    (".gemini/extensions", true),
     (".qwen/settings.json", true),
+    (".qwen/extensions", true),
     (".config/opencode", true),
     (".mcp.json", true),
 ];
@@ -148,7 +155,9 @@ pub const PINNED: [(&str, bool); 13] = [
 fn pinned_binds(roots: &[(PathBuf, String)]) -> Vec<Bind> {
     let mut pinned: Vec<Bind> = Vec::new();
     for (source, target) in roots {
-        let base = source.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // As the container names it (`CLAUDE_CONFIG_DIR=~/cc` is mounted
+        // at `~/.claude`): protect-host's forbids name container paths.
+        let base = Path::new(target).file_name().and_then(|n| n.to_str()).unwrap_or("");
         for (rel, read_only) in PINNED {
             // `.claude/settings.json` under a project, or `settings.json`
             // in a mounted `~/.claude`.
@@ -227,13 +236,27 @@ impl Plan {
     /// each in the session dir, bound read-only over it (in place of
     /// protect-host's pin of the same file, which it does the work of).
     /// The servers wrapped; what could not be read as an MCP configuration.
+    /// The home's files ([`super::mcp::HOME_FILES`]) likewise, where the
+    /// directory holding one is mounted.
     pub fn relay_mcp(&mut self, session_dir: &Path) -> Vec<String> {
         let mut said = Vec::new();
         for (n, (path, text)) in std::mem::take(&mut self.mcp_configs).into_iter().enumerate() {
+            // Where the container sees it, and how to name it to the user.
+            let (target, named) = match path.strip_prefix("~/") {
+                None => (format!("{}/{path}", self.cwd), format!("{}/{path}", self.cwd)),
+                Some(_) if path == super::mcp::CLAUDE_GLOBAL => continue,
+                Some(rel) => {
+                    let dir = format!("{}/{}", self.home, rel.split('/').next().unwrap_or(rel));
+                    if !self.binds.iter().any(|b| b.target == dir) {
+                        continue;
+                    }
+                    (format!("{}/{rel}", self.home), path.clone())
+                }
+            };
             let (out, names) = match super::mcp::rewrite(&path, &text) {
                 Ok(r) => r,
                 Err(e) => {
-                    said.push(format!("{}/{path}: {e}; its stdio MCP servers are not governed", self.cwd));
+                    said.push(format!("{named}: {e}; its stdio MCP servers are not governed"));
                     continue;
                 }
             };
@@ -248,12 +271,50 @@ impl Plan {
                 ));
                 continue;
             }
-            let target = format!("{}/{path}", self.cwd);
             self.pinned.retain(|p| p.target != target);
             self.binds.push(Bind { source: file, target, read_only: true });
             self.mcp_servers.extend(names.iter().map(|name| format!("{path}: {name}")));
         }
         said
+    }
+
+    /// Where claude's settings are mounted, gives the container a writable
+    /// copy of claude's global configuration in place of the user's file
+    /// (see [`super::mcp::claude_global`]): `saved` is what the user's last
+    /// session left in its copy. The copy is [`CLAUDE_GLOBAL_COPY`] in the
+    /// session dir. What went wrong, to tell the user.
+    pub fn share_claude_global(&mut self, session_dir: &Path, saved: Option<&str>) -> Vec<String> {
+        let global = format!("{}/.claude.json", self.home);
+        let config_dir = format!("{}/.claude", self.home);
+        let host = self.mcp_configs.iter().position(|(k, _)| k == super::mcp::CLAUDE_GLOBAL);
+        let host = host.map(|i| self.mcp_configs.remove(i).1);
+        let claude = self.agent_mount.as_ref().is_some_and(|m| m.agent == "claude");
+        if !claude || !self.binds.iter().any(|b| b.target == global || b.target == config_dir) {
+            return Vec::new();
+        }
+        // Never the user's file itself: what the container writes there,
+        // claude would run on the host.
+        let Some(mounted) = self.binds.iter().position(|b| b.target == global) else {
+            return Vec::new();
+        };
+        let source = self.binds.remove(mounted).source;
+        let copy = session_dir.join(CLAUDE_GLOBAL_COPY);
+        let made = host
+            .ok_or_else(|| "larger than 2 MiB or unreadable by you".to_owned())
+            .and_then(|host| super::mcp::claude_global(Some(&host), saved))
+            .and_then(|(text, names)| {
+                write_owned(&copy, text.as_bytes(), self.user).map_err(|e| format!("cannot write its copy: {e}"))?;
+                Ok(names)
+            });
+        match made {
+            Ok(names) => {
+                self.binds.push(Bind { source: copy, target: global, read_only: false });
+                let path = super::mcp::CLAUDE_GLOBAL;
+                self.mcp_servers.extend(names.iter().map(|name| format!("{path}: {name}")));
+                Vec::new()
+            }
+            Err(e) => vec![format!("{} (claude's settings) is not mounted: {e}", source.display())],
+        }
     }
 
     /// Adds the agent's mounts (after a yes).
@@ -470,6 +531,8 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
         extra_hosts,
         mcp_configs: super::mcp::PROJECT_FILES
             .iter()
+            .chain(&super::mcp::HOME_FILES)
+            .chain([&super::mcp::CLAUDE_GLOBAL])
             .filter_map(|f| Some(((*f).to_owned(), start.mcp_configs.get(*f)?.clone())))
             .collect(),
         mcp_servers: Vec::new(),
@@ -566,6 +629,15 @@ fn read_secret_file(path: &Path, owner: Option<u32>) -> Result<String, String> {
     Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
+/// Writes a new file `path` (mode 0600) owned by `user`.
+fn write_owned(path: &Path, bytes: &[u8], user: (u32, u32)) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    std::os::unix::fs::fchown(&f, Some(user.0), Some(user.1))
+}
+
 /// The container HOME of the target user.
 fn home_in_container(user: (u32, u32), host_home: &Option<String>, name: &str) -> String {
     if user.0 == 0 { "/root".to_owned() } else { host_home.clone().unwrap_or_else(|| format!("/home/{name}")) }
@@ -589,7 +661,11 @@ fn agent_binds(
         "claude" => {
             let dir = env_dir("CLAUDE_CONFIG_DIR").or_else(|| in_home(".claude"));
             candidates.push((dir, format!("{container_home}/.claude")));
-            candidates.push((in_home(".claude.json"), format!("{container_home}/.claude.json")));
+            // Where claude keeps its global configuration; the container
+            // gets a copy of it (`Plan::share_claude_global`).
+            let global =
+                env_dir("CLAUDE_CONFIG_DIR").map(|d| d.join(".claude.json")).or_else(|| in_home(".claude.json"));
+            candidates.push((global, format!("{container_home}/.claude.json")));
         }
         "opencode" => {
             let config = env_dir("XDG_CONFIG_HOME").or_else(|| in_home(".config")).map(|c| c.join("opencode"));
@@ -843,16 +919,22 @@ mod tests {
         std::fs::write(p.join(".vscode/tasks.json"), "{}").unwrap();
         // A symlink is not followed into a mount.
         std::os::unix::fs::symlink("/etc/passwd", p.join(".claude/settings.json")).unwrap();
-        // An agent's settings dir mounted on its own.
-        let claude = tmp.path().join("home/.claude");
+        // An agent's settings dir mounted on its own, named as the
+        // container sees it (`CLAUDE_CONFIG_DIR=~/cc`), with its global
+        // configuration inside and plugins.
+        let claude = tmp.path().join("home/cc");
         std::fs::create_dir_all(claude.join("hooks")).unwrap();
+        std::fs::create_dir_all(claude.join("plugins")).unwrap();
         std::fs::write(claude.join("settings.json"), "{}").unwrap();
+        std::fs::write(claude.join(".claude.json"), "{}").unwrap();
         let roots = [(p.clone(), "/w".to_owned()), (claude.clone(), "/home/u/.claude".to_owned())];
         let got: Vec<(String, bool)> = pinned_binds(&roots).into_iter().map(|b| (b.target, b.read_only)).collect();
         assert_eq!(
             got,
             [
+                ("/home/u/.claude/.claude.json".to_owned(), true),
                 ("/home/u/.claude/hooks".to_owned(), true),
+                ("/home/u/.claude/plugins".to_owned(), true),
                 ("/home/u/.claude/settings.json".to_owned(), true),
                 ("/w/.git".to_owned(), false),
                 ("/w/.git/config".to_owned(), true),
