@@ -395,6 +395,12 @@ fn claudes_global_configuration_is_a_relayed_copy_the_agent_cannot_plant_servers
     assert_eq!(v["mcpServers"]["everything"]["args"][0], "mcp-relay", "{seen}");
     let listed: serde_json::Value = serde_json::from_slice(&stack.leashctl(&["sessions", "--json"]).stdout).unwrap();
     assert_eq!(listed[0]["mcp_servers"], serde_json::json!(["~/.claude.json: everything"]));
+    // The user sees what the container sees.
+    let shown = stack.leashctl(&["sessions", "show", "--mcp", &id[..8]]);
+    let shown = text(&shown.stdout);
+    assert!(shown.contains("MCP servers:  ~/.claude.json: everything\n"), "{shown}");
+    assert!(shown.contains("\n# ~/.claude.json, as the container sees it at /root/.claude.json\n{"), "{shown}");
+    assert!(shown.contains("\"mcp-relay\""), "{shown}");
     let (said, err) = exec(&format!("MCP_CONFIG=$HOME/.claude.json node {} stdio everything", client.display()));
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines.len(), 4, "{said}{err}");

@@ -177,7 +177,21 @@ impl Manager for ManagerService {
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = leash_daemon::access::require_peer(&req)?;
-        let sessions = self.sessions.list(&caller).iter().map(crate::session::info_to_proto).collect();
+        let req = req.into_inner();
+        let only = (!req.id.is_empty()).then(|| self.sessions.resolve(&caller, &req.id)).transpose()?;
+        let sessions = self
+            .sessions
+            .list(&caller)
+            .iter()
+            .filter(|i| only.as_ref().is_none_or(|id| *id == i.id))
+            .map(|i| {
+                let mut info = crate::session::info_to_proto(i);
+                if req.mcp_views {
+                    info.mcp_views = self.sessions.mcp_views(&i.id);
+                }
+                info
+            })
+            .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 

@@ -511,7 +511,7 @@ fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
     let (running, _) = stack.running_session(Duration::from_secs(5));
     assert_eq!(running, id);
     // bash completes the id where `leash attach`, `leash exec`, `leashctl
-    // sessions stop` and `--session` take one, from leashd's list.
+    // sessions stop`, `sessions show` and `--session` take one, from leashd's list.
     let script = stack.root().join("completions.bash");
     std::fs::write(&script, stack.leashctl(&["completions", "bash"]).stdout).unwrap();
     let check = format!(
@@ -520,13 +520,14 @@ fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
          COMP_WORDS=(leash exec -it -w /tmp ''); COMP_CWORD=5; _leash_with_ids; echo \"exec:${{COMPREPLY[*]}}\"; \
          COMP_WORDS=(leash exec {id} ''); COMP_CWORD=3; _leash_with_ids; echo \"command:${{COMPREPLY[*]}}\"; \
          COMP_WORDS=(leashctl sessions stop ''); COMP_CWORD=3; _leashctl_with_ids; echo \"stop:${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(leashctl sessions show --mcp ''); COMP_CWORD=4; _leashctl_with_ids; echo \"show:${{COMPREPLY[*]}}\"; \
          COMP_WORDS=(leashctl events --session ''); COMP_CWORD=3; _leashctl_with_ids; echo \"events:${{COMPREPLY[*]}}\"",
         script.display()
     );
     let path = format!("{}:{}", stack.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = stack.command("bash").env("PATH", path).args(["-c", &check]).output().unwrap();
     let said = text(&out.stdout);
-    for line in ["attach", "exec", "stop", "events"] {
+    for line in ["attach", "exec", "stop", "show", "events"] {
         assert!(said.lines().any(|l| l == format!("{line}:{id}")), "{line}: {said} {out:?}");
     }
     assert!(!said.lines().any(|l| l == format!("command:{id}")), "the command is no id: {said}");

@@ -63,7 +63,7 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
-    /// List your sessions (root: all), or stop one.
+    /// List your sessions (root: all), show or stop one.
     Sessions {
         #[command(subcommand)]
         action: Option<SessionsAction>,
@@ -242,6 +242,16 @@ enum ModeArg {
 
 #[derive(Debug, Subcommand)]
 enum SessionsAction {
+    /// One session in full; with --mcp, its MCP configuration files as its
+    /// container sees them.
+    Show {
+        /// The session id (a unique prefix is enough).
+        id: String,
+        /// Print each MCP configuration file leash rewrote for the session
+        /// (its stdio servers wrapped in the relay), as the container sees it.
+        #[arg(long)]
+        mcp: bool,
+    },
     /// Stop a session: SIGTERM to its command, SIGKILL after 10 s.
     Stop {
         /// The session id (a unique prefix is enough).
@@ -334,6 +344,9 @@ fn main() -> ExitCode {
             }
             Command::Sessions { action: None } => commands::sessions::list(&ctx).await,
             Command::Sessions { action: Some(SessionsAction::Stop { id }) } => commands::sessions::stop(&ctx, id).await,
+            Command::Sessions { action: Some(SessionsAction::Show { id, mcp }) } => {
+                commands::sessions::show(&ctx, id, *mcp).await
+            }
             Command::Policy { action: PolicyAction::Replay { files, session } } => {
                 commands::policy::replay(&ctx, files, session).await
             }

@@ -52,11 +52,12 @@ _leash_with_ids() {
 complete -F _leash_with_ids -o bashdefault -o default leash
 "#;
 
-/// bash: session ids after `leashctl sessions stop` and `--session`.
+/// bash: session ids after `leashctl sessions stop`, `sessions show` and
+/// `--session`.
 const LEASHCTL_BASH_IDS: &str = r#"
 _leashctl_with_ids() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
-    if [[ "$prev" == --session || ( "${COMP_WORDS[1]}" == sessions && "${COMP_WORDS[2]}" == stop && $COMP_CWORD -eq 3 ) ]]; then
+    if [[ "$prev" == --session || ( "${COMP_WORDS[1]}" == sessions && ( "${COMP_WORDS[2]}" == stop || "${COMP_WORDS[2]}" == show ) && "$cur" != -* ) ]]; then
         COMPREPLY=($(compgen -W "$(leashctl sessions --json 2>/dev/null | tr ',{' '\n\n' | sed -n 's/^ *"id": *"\([0-9a-f]*\)".*/\1/p')" -- "$cur"))
         return
     fi

@@ -15,7 +15,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = client.status(StatusRequest {}).await?.into_inner();
     // The caller's sessions (root: all) and how each is governed.
     let sessions =
-        client.list_sessions(ListSessionsRequest {}).await.map(|r| r.into_inner().sessions).unwrap_or_default();
+        client.list_sessions(ListSessionsRequest::default()).await.map(|r| r.into_inner().sessions).unwrap_or_default();
     let mut view = StatusJson::from_proto(&status);
     view.governed = sessions
         .iter()

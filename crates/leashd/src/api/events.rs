@@ -132,7 +132,7 @@ pub(super) async fn recorded(ctx: &Ctx, req: pb::EventsRequest) -> Result<Vec<pb
 
 /// `GET /api/sessions`.
 pub(super) async fn sessions(State(ctx): State<Ctx>) -> Response {
-    match ctx.manager.list_sessions(as_admin(pb::ListSessionsRequest {})).await {
+    match ctx.manager.list_sessions(as_admin(pb::ListSessionsRequest::default())).await {
         Ok(r) => json_ok(json!({ "sessions": r.into_inner().sessions.iter().map(session_json).collect::<Vec<_>>() })),
         Err(s) => status_error(&s),
     }

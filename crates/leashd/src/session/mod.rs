@@ -200,6 +200,24 @@ impl Sessions {
 
     /// The full id of a session the caller owns (root: any); `id` may be a
     /// unique prefix.
+    /// The MCP configuration files as session `id`'s container sees them
+    /// (claude's global configuration as the session has left it so far).
+    pub fn mcp_views(&self, id: &str) -> Vec<pb::McpView> {
+        let dir = self.session_dir(id);
+        let index: Vec<[String; 3]> =
+            read_bounded(&dir.join(MCP_VIEWS)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        index
+            .into_iter()
+            .map(|[config, path, copy]| {
+                let text = match read_bounded(&dir.join(&copy)) {
+                    Ok(t) => t,
+                    Err(e) => format!("(cannot read the copy: {e})\n"),
+                };
+                pb::McpView { config, path, text }
+            })
+            .collect()
+    }
+
     pub fn resolve(&self, caller: &Peer, id: &str) -> Result<String, Status> {
         self.find(caller, id).map(|i| i.id)
     }
@@ -570,6 +588,7 @@ impl Sessions {
             emit(out, Output::Notice(why)).await;
         }
         let mcp_servers = plan.mcp_servers.clone();
+        write_mcp_views(&dir, &plan.mcp_views);
         let (cgroup_parent, _) = engine.cgroup_parent(&self.ctx.layout, &id);
         let mut spec = plan.spec(&self.ctx, &id, &base, &dir, cgroup_parent);
         // The first free name of base, base1, base2, …; a name taken between
@@ -1312,6 +1331,25 @@ pub fn info_to_proto(i: &Info) -> pb::SessionInfo {
         clients: i.clients,
         ask_timeout_s: i.ask_timeout_s,
         mcp_servers: i.mcp_servers.clone(),
+        mcp_views: Vec::new(),
+    }
+}
+
+/// The index of a session's rewritten MCP configuration files (config,
+/// container path, copy's name in the session dir), which
+/// [`Sessions::mcp_views`] reads.
+const MCP_VIEWS: &str = "mcp-views.json";
+
+fn write_mcp_views(dir: &Path, views: &[(String, String, PathBuf)]) {
+    let index: Vec<[String; 3]> = views
+        .iter()
+        .map(|(config, path, copy)| {
+            let name = copy.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            [config.clone(), path.clone(), name]
+        })
+        .collect();
+    if let Err(e) = std::fs::write(dir.join(MCP_VIEWS), serde_json::to_vec(&index).unwrap_or_default()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot write the index of the MCP views");
     }
 }
 

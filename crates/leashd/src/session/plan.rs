@@ -111,6 +111,9 @@ pub struct Plan {
     pub mcp_configs: Vec<(String, String)>,
     /// The stdio MCP servers the relay governs (`.mcp.json: NAME`).
     pub mcp_servers: Vec<String>,
+    /// The rewritten files: (as the client named it, where the container
+    /// sees it, the copy in the session dir).
+    pub mcp_views: Vec<(String, String, PathBuf)>,
 }
 
 /// An agent's host config to mount into the session.
@@ -272,6 +275,7 @@ impl Plan {
                 continue;
             }
             self.pinned.retain(|p| p.target != target);
+            self.mcp_views.push((path.clone(), target.clone(), file.clone()));
             self.binds.push(Bind { source: file, target, read_only: true });
             self.mcp_servers.extend(names.iter().map(|name| format!("{path}: {name}")));
         }
@@ -308,8 +312,9 @@ impl Plan {
             });
         match made {
             Ok(names) => {
-                self.binds.push(Bind { source: copy, target: global, read_only: false });
                 let path = super::mcp::CLAUDE_GLOBAL;
+                self.mcp_views.push((path.to_owned(), global.clone(), copy.clone()));
+                self.binds.push(Bind { source: copy, target: global, read_only: false });
                 self.mcp_servers.extend(names.iter().map(|name| format!("{path}: {name}")));
                 Vec::new()
             }
@@ -536,6 +541,7 @@ pub fn plan(ctx: &Ctx, caller: &Peer, start: &pb::SessionStart) -> Result<Plan, 
             .filter_map(|f| Some(((*f).to_owned(), start.mcp_configs.get(*f)?.clone())))
             .collect(),
         mcp_servers: Vec::new(),
+        mcp_views: Vec::new(),
         policy: (!start.policy.is_empty()).then(|| {
             (
                 if start.policy_path.is_empty() { "policy".to_owned() } else { start.policy_path.clone() },
