@@ -15,7 +15,7 @@ pub fn tag(name: &str) -> String {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() {
-        bail!("usage: cargo xtask image <name>... (available: test, test-debian, agents, coder)");
+        bail!("usage: cargo xtask image <name>... (available: test, test-debian, agents, deb-test, coder)");
     }
     args.iter().try_for_each(|name| build(name))
 }

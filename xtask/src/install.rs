@@ -30,22 +30,41 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let built = util::build_binaries(release)?;
     // leash-entry runs inside arbitrary images, so it is the static build.
     let entry = util::build_static_entry(release)?;
-    let bin = prefix.join("bin");
+    let unit_path = lay_out(Path::new("/"), &prefix, &unit_dir, &built, &entry)?;
+    util::out(&format!("installed {} binaries into {}", util::BINARIES.len(), prefix.join("bin").display()));
+    util::out(&format!(
+        "installed the manual pages into {} (man leash, man leashctl-policy-check, …)",
+        prefix.join("share/man/man1").display()
+    ));
+    util::out(&format!("installed the shell completions (bash, zsh, fish) below {}", prefix.join("share").display()));
+    util::out(&format!("installed {}", unit_path.display()));
+    util::out("next: systemctl daemon-reload && systemctl enable --now leashd");
+    util::out("      (optional) groupadd --system leash, then add the users who may run sessions");
+    Ok(())
+}
+
+/// Lays out an installation below `dest` (`/` to install here; a staging
+/// directory for a package): the binaries from `built` (leash-entry from
+/// `entry`) in `PREFIX/bin`, the systemd unit naming them in `unit_dir`,
+/// the manual pages, the shell completions and the policies where each is
+/// looked for under `prefix`. The unit's path as installed.
+pub fn lay_out(dest: &Path, prefix: &Path, unit_dir: &Path, built: &Path, entry: &Path) -> anyhow::Result<PathBuf> {
+    let under = |p: &Path| dest.join(p.strip_prefix("/").unwrap_or(p));
+    let bin = under(&prefix.join("bin"));
     fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     for name in util::BINARIES {
-        let from = if name == "leash-entry" { entry.clone() } else { built.join(name) };
+        let from = if name == "leash-entry" { entry.to_owned() } else { built.join(name) };
         install_file(&from, &bin.join(name), 0o755)?;
     }
     let unit = fs::read_to_string(util::root().join("packaging/systemd/leashd.service"))?;
-    let unit = unit.replace(UNIT_PREFIX, &format!("{}/", bin.display()));
-    fs::create_dir_all(&unit_dir).with_context(|| format!("cannot create {}", unit_dir.display()))?;
-    let unit_path = unit_dir.join("leashd.service");
+    let unit = unit.replace(UNIT_PREFIX, &format!("{}/", prefix.join("bin").display()));
+    let units = under(unit_dir);
+    fs::create_dir_all(&units).with_context(|| format!("cannot create {}", units.display()))?;
+    let unit_path = units.join("leashd.service");
     install_bytes(unit.as_bytes(), &unit_path, 0o644)?;
-    util::out(&format!("installed {} binaries into {}", util::BINARIES.len(), bin.display()));
-    let man = prefix.join("share/man/man1");
+    let man = under(&prefix.join("share/man/man1"));
     util::run(std::process::Command::new(bin.join("leashctl")).arg("man").arg(&man))?;
     util::run(std::process::Command::new(bin.join("leashd")).arg("--man").arg(&man))?;
-    util::out(&format!("installed the manual pages into {} (man leash, man leashctl-policy-check, …)", man.display()));
     // Where each shell looks for a command's completions, a file per command.
     let completions = [
         ("bash", "share/bash-completion/completions", ""),
@@ -53,7 +72,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ("fish", "share/fish/vendor_completions.d", ""),
     ];
     for (shell, dir, lead) in completions {
-        let dir = prefix.join(dir);
+        let dir = under(&prefix.join(dir));
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for command in ["leash", "leashctl"] {
             let text = util::output(std::process::Command::new(bin.join("leashctl")).args([
@@ -66,11 +85,19 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             install_bytes(&text, &dir.join(name), 0o644)?;
         }
     }
-    util::out(&format!("installed the shell completions (bash, zsh, fish) below {}", prefix.join("share").display()));
-    util::out(&format!("installed {}", unit_path.display()));
-    util::out("next: systemctl daemon-reload && systemctl enable --now leashd");
-    util::out("      (optional) groupadd --system leash, then add the users who may run sessions");
-    Ok(())
+    // The shipped policies and examples, to read and start from.
+    let policies = under(&prefix.join("share/leash/policies"));
+    for dir in ["", "examples", "profiles"] {
+        let from = util::root().join("policies").join(dir);
+        fs::create_dir_all(policies.join(dir))?;
+        for f in fs::read_dir(&from)?
+            .flatten()
+            .filter(|f| f.path().extension().is_some_and(|e| e == "cedar" || e == "cedarschema"))
+        {
+            install_file(&f.path(), &policies.join(dir).join(f.file_name()), 0o644)?;
+        }
+    }
+    Ok(unit_path.strip_prefix(dest).map_or(unit_path.clone(), |p| Path::new("/").join(p)))
 }
 
 /// Copies atomically (temp file + rename), so a running binary is never

@@ -1,6 +1,6 @@
 //! `cargo xtask`: leash's build tool.
 //!
-//! Verbs: `install`, `tidy`, `image <name>`, `entry`, `bench <what>`,
+//! Verbs: `install`, `dist`, `tidy`, `image <name>`, `entry`, `bench <what>`,
 //! `vmtest`, `facts`, `fuzz`, `hostile`, `demo`.
 
 mod bench;
@@ -11,6 +11,7 @@ mod bench_rows;
 mod bench_support;
 mod bench_ui;
 mod demo;
+mod dist;
 mod facts;
 mod fuzz;
 mod hostile;
@@ -31,8 +32,11 @@ verbs:
                   build the binaries (release unless --debug) and install them
                   into DIR/bin (default /usr/local) with the systemd unit
                   (default /etc/systemd/system)
+  dist [--debug] [--out DIR]
+                  build the release artifacts into DIR (default <target>/dist): a
+                  tarball that unpacks into /usr/local and a Debian package
   tidy            check the dependency rules and file headers
-  image <name>    build images/<name> as leash-<name>:latest (test, test-debian, agents, coder)
+  image <name>    build images/<name> as leash-<name>:latest (test, test-debian, agents, deb-test, coder)
   entry [--release]
                   build the static leash-entry and print its path
   bench startup   cold start to all-healthy, restart-to-healthy, idle RSS
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("install") => install::run(&args[1..]),
+        Some("dist") => dist::run(&args[1..]),
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
