@@ -43,6 +43,57 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask uninstall [--prefix DIR] [--unit-dir DIR]`: removes what
+/// `install` with the same options installed (binaries, unit, manual pages,
+/// completions, policies). Stops nothing: `leashctl stop --all` first.
+pub fn uninstall(args: &[String]) -> anyhow::Result<()> {
+    let mut prefix = PathBuf::from("/usr/local");
+    let mut unit_dir = PathBuf::from("/etc/systemd/system");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--prefix" => prefix = it.next().context("--prefix needs a directory")?.into(),
+            "--unit-dir" => unit_dir = it.next().context("--unit-dir needs a directory")?.into(),
+            other => bail!("uninstall: unknown option {other:?} (--prefix DIR, --unit-dir DIR)"),
+        }
+    }
+    let sock = Path::new(leash_core::layout::DEFAULT_RUNTIME_DIR).join("leashd.sock");
+    if sock.exists() {
+        util::out(&format!("note: {} exists; if leashd runs, `leashctl stop --all` stops it", sock.display()));
+    }
+    let mut files: Vec<PathBuf> = util::BINARIES.iter().map(|b| prefix.join("bin").join(b)).collect();
+    files.push(unit_dir.join("leashd.service"));
+    let man = prefix.join("share/man/man1");
+    for page in fs::read_dir(&man).into_iter().flatten().flatten() {
+        let name = page.file_name().to_string_lossy().into_owned();
+        if name.starts_with("leash") && name.contains(".1") {
+            files.push(page.path());
+        }
+    }
+    for command in ["leash", "leashctl"] {
+        files.push(prefix.join("share/bash-completion/completions").join(command));
+        files.push(prefix.join("share/zsh/site-functions").join(format!("_{command}")));
+        files.push(prefix.join("share/fish/vendor_completions.d").join(format!("{command}.fish")));
+    }
+    let mut removed = 0;
+    for f in files.iter().filter(|f| f.exists()) {
+        fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
+        removed += 1;
+    }
+    let policies = prefix.join("share/leash");
+    if policies.exists() {
+        fs::remove_dir_all(&policies).with_context(|| format!("cannot remove {}", policies.display()))?;
+        removed += 1;
+    }
+    util::out(&format!(
+        "removed {removed} files and directories below {} and {}",
+        prefix.display(),
+        unit_dir.display()
+    ));
+    util::out("next: systemctl daemon-reload; `leashctl gc --yes` before this removes what a crashed leash left");
+    Ok(())
+}
+
 /// Lays out an installation below `dest` (`/` to install here; a staging
 /// directory for a package): the binaries from `built` (leash-entry from
 /// `entry`) in `PREFIX/bin`, the systemd unit naming them in `unit_dir`,
@@ -131,6 +182,36 @@ mod tests {
             return;
         }
         assert!(out.status.success(), "{text}");
+    }
+
+    /// `uninstall` removes every file `install` put under a prefix.
+    #[test]
+    fn uninstall_removes_every_file_install_put_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prefix = tmp.path().join("usr");
+        let units = tmp.path().join("units");
+        let args = |extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = ["--prefix", prefix.to_str().unwrap(), "--unit-dir", units.to_str().unwrap()]
+                .map(str::to_owned)
+                .to_vec();
+            v.extend(extra.iter().map(|s| (*s).to_owned()));
+            v
+        };
+        run(&args(&["--debug"])).unwrap();
+        let files = |dir: &Path| -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            let mut stack = vec![dir.to_owned()];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.path().is_dir() { stack.push(e.path()) } else { out.push(e.path()) }
+                }
+            }
+            out
+        };
+        let installed = files(tmp.path());
+        assert!(installed.iter().any(|f| f.ends_with("bin/leashd")) && installed.len() > 40, "{installed:?}");
+        uninstall(&args(&[])).unwrap();
+        assert_eq!(files(tmp.path()), Vec::<PathBuf>::new());
     }
 
     /// Installing under another prefix rewrites every binary path in the unit.

@@ -1,6 +1,6 @@
 //! `cargo xtask`: leash's build tool.
 //!
-//! Verbs: `install`, `dist`, `tidy`, `image <name>`, `entry`, `bench <what>`,
+//! Verbs: `install`, `uninstall`, `dist`, `tidy`, `image <name>`, `entry`, `bench <what>`,
 //! `vmtest`, `facts`, `fuzz`, `hostile`, `demo`.
 
 mod bench;
@@ -32,6 +32,9 @@ verbs:
                   build the binaries (release unless --debug) and install them
                   into DIR/bin (default /usr/local) with the systemd unit
                   (default /etc/systemd/system)
+  uninstall [--prefix DIR] [--unit-dir DIR]
+                  remove what install put there (binaries, unit, manual pages,
+                  completions, policies)
   dist [--debug] [--out DIR]
                   build the release artifacts into DIR (default <target>/dist): a
                   tarball that unpacks into /usr/local and a Debian package
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("install") => install::run(&args[1..]),
         Some("dist") => dist::run(&args[1..]),
+        Some("uninstall") => install::uninstall(&args[1..]),
         Some("tidy") => tidy::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),

@@ -7,6 +7,7 @@
 //! Shutdown call drain under a deadline → remove the socket.
 
 pub mod access;
+pub mod cgroup;
 pub mod client;
 pub mod component;
 pub mod env;

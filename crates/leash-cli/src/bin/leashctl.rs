@@ -68,6 +68,19 @@ enum Command {
         #[command(subcommand)]
         action: Option<SessionsAction>,
     },
+    /// Find what a crashed or killed leash left behind — BPF pins and
+    /// session containers and cgroups of instances that run no daemon,
+    /// session dirs without a container, stale sockets — and with --yes
+    /// remove it (root).
+    Gc {
+        /// Look at every instance's leftovers, not only this one's
+        /// (`LEASH_INSTANCE`, else `default`).
+        #[arg(long)]
+        all: bool,
+        /// Remove what was found (without it, only list it).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Stop leash: every component, then leashd (root only).
     Stop {
         /// Stop everything (the only mode for now; required so that a bare
@@ -307,6 +320,7 @@ fn main() -> ExitCode {
                 commands::events::run(&ctx, *follow, *tail, &filter).await
             }
             Command::Stop { all: _ } => commands::stop::run(&ctx).await,
+            Command::Gc { all, yes } => commands::gc::run(&ctx, *all, *yes).await,
             Command::Policy { action: PolicyAction::Validate { files } } => {
                 commands::policy::validate(&ctx, files).await
             }

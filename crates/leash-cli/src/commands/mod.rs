@@ -3,6 +3,7 @@
 pub mod completions;
 pub mod doctor;
 pub mod events;
+pub mod gc;
 pub mod hello;
 pub mod policy;
 pub mod sessions;

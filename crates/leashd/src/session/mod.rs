@@ -1290,28 +1290,10 @@ fn remove_cgroup_dirs(below_root: &str) -> bool {
     let mut gone = true;
     for root in roots {
         let dir = root.join(below_root);
-        remove_cgroup_tree(&dir, 4);
+        let _ = leash_daemon::cgroup::remove_tree(&dir, 4);
         gone &= !dir.is_dir();
     }
     gone
-}
-
-/// Removes a cgroup and the cgroups below it (down to `depth` levels),
-/// deepest first. Only directories are followed: a cgroup's files cannot be
-/// removed, and `rmdir` removes a cgroup with them.
-fn remove_cgroup_tree(dir: &std::path::Path, depth: u32) {
-    if depth > 0
-        && let Ok(entries) = std::fs::read_dir(dir)
-    {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path(), depth - 1);
-            }
-        }
-    }
-    if dir.is_dir() {
-        let _ = std::fs::remove_dir(dir);
-    }
 }
 
 /// The wire form of a session.
