@@ -24,6 +24,7 @@ packages=(
   iptables                                      # the proxy's redirect rules in session containers
   dnsmasq-base                                  # a real resolver on the host for the DNS relay's test
   chromium chromium-driver fonts-liberation     # the Control UI's browser tests
+  zsh fish                                      # the shell completions' tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -525,12 +525,45 @@ fn a_detached_start_prints_the_id_and_attach_shows_stdout_and_stderr_apart() {
         script.display()
     );
     let path = format!("{}:{}", stack.bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let out = stack.command("bash").env("PATH", path).args(["-c", &check]).output().unwrap();
+    let out = stack.command("bash").env("PATH", &path).args(["-c", &check]).output().unwrap();
     let said = text(&out.stdout);
     for line in ["attach", "exec", "stop", "show", "events"] {
         assert!(said.lines().any(|l| l == format!("{line}:{id}")), "{line}: {said} {out:?}");
     }
     assert!(!said.lines().any(|l| l == format!("command:{id}")), "the command is no id: {said}");
+    // So do fish (its own completion engine, asked as a user's tab would)
+    // and zsh (the id list every id spec completes from).
+    for (shell, ext) in [("fish", "fish"), ("zsh", "zsh")] {
+        let file = stack.root().join(format!("completions.{ext}"));
+        std::fs::write(&file, stack.leashctl(&["completions", shell]).stdout).unwrap();
+    }
+    let fish = format!(
+        "source {}; \
+         for line in 'leash attach ' 'leash exec -it -w /tmp ' 'leashctl sessions stop ' 'leashctl sessions show --mcp ' \
+                     'leashctl events --session ' 'leash exec {id} '; \
+             echo \"$line:\"(complete -C \"$line\" | string match -r '^[0-9a-f]{{16}}')\"\"; \
+         end",
+        stack.root().join("completions.fish").display()
+    );
+    let out = stack.command("fish").env("PATH", &path).args(["-c", &fish]).output().unwrap();
+    let said = text(&out.stdout);
+    for line in [
+        "leash attach ",
+        "leash exec -it -w /tmp ",
+        "leashctl sessions stop ",
+        "leashctl sessions show --mcp ",
+        "leashctl events --session ",
+    ] {
+        assert!(said.lines().any(|l| l == format!("{line}:{id}")), "fish, {line:?}: {said} {out:?}");
+    }
+    // (fish joins a line with no candidate into nothing.)
+    assert!(!said.contains(&format!("leash exec {id} :{id}")), "fish: the command is no id: {said}");
+    let zsh = format!(
+        "autoload -U compinit && compinit -u && source {} && _leash_session_id_list",
+        stack.root().join("completions.zsh").display()
+    );
+    let out = stack.command("zsh").env("PATH", &path).args(["-c", &zsh]).output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), id, "zsh: {out:?}");
     let attach = stack.leash(&["attach", &id]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     eventually(Duration::from_secs(10), "the client attached", || {
         stack.events().iter().any(|e| e["action"] == "session.attach" && e["session"] == id.as_str()).then_some(())

@@ -66,6 +66,78 @@ _leashctl_with_ids() {
 complete -F _leashctl_with_ids -o bashdefault -o default leashctl
 "#;
 
+/// zsh: a session id's completions, from the sessions leashd lists for you
+/// (`_leash_session_id_list` prints them); every spec of an id uses it.
+const ZSH_IDS: &str = r#"
+# Session ids, from the sessions leashd lists for you.
+_leash_session_id_list() {
+    leashctl sessions --json 2>/dev/null | grep -o '"id":"[0-9a-f]*"' | cut -d'"' -f4
+}
+_leash_session_ids() {
+    local -a ids
+    ids=(${(f)"$(_leash_session_id_list)"})
+    compadd -a ids
+}
+"#;
+
+/// fish: session ids where `leash attach` and `leash exec` take one (no
+/// other word yet after the verb but flags and their values).
+const LEASH_FISH_IDS: &str = r#"
+# Session ids, from the sessions leashd lists for you.
+function __leash_session_ids
+    leashctl sessions --json 2>/dev/null | string match -r -a -g '"id":"([0-9a-f]+)"'
+end
+function __leash_wants_id
+    set -l words (commandline -opc)
+    set -e words[1]
+    contains -- "$words[1]" attach exec; or return 1
+    set -e words[1]
+    set -l skip 0
+    for w in $words
+        if test $skip = 1
+            set skip 0
+            continue
+        end
+        switch $w
+            case -e --env -w --workdir --detach-keys
+                set skip 1
+            case '-*'
+            case '*'
+                return 1
+        end
+    end
+end
+complete -c leash -n __leash_wants_id -f -a '(__leash_session_ids)'
+"#;
+
+/// fish: session ids after `leashctl sessions stop|show` and `--session`.
+const LEASHCTL_FISH_IDS: &str = r#"
+function __leash_session_ids
+    leashctl sessions --json 2>/dev/null | string match -r -a -g '"id":"([0-9a-f]+)"'
+end
+complete -c leashctl -n '__fish_seen_subcommand_from sessions; and __fish_seen_subcommand_from stop show' -f -a '(__leash_session_ids)'
+complete -c leashctl -l session -x -a '(__leash_session_ids)'
+"#;
+
+/// zsh: clap's specs of a session id (`':id -- …:_default'`, `--session=[…]:ID:_default'`)
+/// completed with [`ZSH_IDS`]'s ids, the helper defined after `#compdef`.
+fn zsh_with_ids(script: &str) -> String {
+    let mut out = String::new();
+    for line in script.lines() {
+        let id = line.starts_with("':id -- ") || line.starts_with("'--session=[");
+        if id && line.contains(":_default'") {
+            out.push_str(&line.replace(":_default'", ":_leash_session_ids'"));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+        if line.starts_with("#compdef ") {
+            out.push_str(ZSH_IDS);
+        }
+    }
+    out
+}
+
 /// `leash`'s command line as completions see it: its flags, and `attach`
 /// and `exec` (which `leash` reads before its flags).
 pub fn leash_command() -> clap::Command {
@@ -88,9 +160,19 @@ pub fn render(shell: Shell, leashctl: clap::Command, only: Option<&str>) -> Vec<
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        clap_complete::generate(generator, &mut cmd, name.clone(), &mut out);
-        if let Shell::Bash = shell {
-            out.extend_from_slice(if name == "leash" { LEASH_BASH_IDS } else { LEASHCTL_BASH_IDS }.as_bytes());
+        let mut script = Vec::new();
+        clap_complete::generate(generator, &mut cmd, name.clone(), &mut script);
+        let leash = name == "leash";
+        match shell {
+            Shell::Bash => {
+                out.extend_from_slice(&script);
+                out.extend_from_slice(if leash { LEASH_BASH_IDS } else { LEASHCTL_BASH_IDS }.as_bytes());
+            }
+            Shell::Zsh => out.extend_from_slice(zsh_with_ids(&String::from_utf8_lossy(&script)).as_bytes()),
+            Shell::Fish => {
+                out.extend_from_slice(&script);
+                out.extend_from_slice(if leash { LEASH_FISH_IDS } else { LEASHCTL_FISH_IDS }.as_bytes());
+            }
         }
     }
     out
@@ -140,6 +222,9 @@ mod tests {
             || clap::Command::new("leashctl").about("inspect").subcommand(clap::Command::new("status").about("status"));
         let only = String::from_utf8(render(Shell::Zsh, leashctl(), Some("leash"))).unwrap();
         assert!(only.starts_with("#compdef leash\n") && !only.contains("#compdef leashctl"), "{only}");
+        // attach's and exec's id complete from leashd's sessions.
+        assert!(only.starts_with(&format!("#compdef leash\n{ZSH_IDS}")), "{only}");
+        assert_eq!(only.matches(":_leash_session_ids' \\").count(), 2, "{only}");
         let dir = tempfile::tempdir().unwrap();
         man_pages(dir.path(), leashctl()).unwrap();
         let mut pages: Vec<String> =
