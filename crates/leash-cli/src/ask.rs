@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use leash_proto::v1 as pb;
 
+use crate::output::printable;
+
 /// The question being shown, shared with the thread that reads the keys.
 pub type Showing = Arc<Mutex<Option<Question>>>;
 
@@ -52,25 +54,6 @@ fn answer_for(key: u8, choices: &[String]) -> Option<String> {
         return choices.get(usize::from(key - b'1')).cloned();
     }
     choices.iter().find(|c| c.as_bytes().first() == Some(&lower)).cloned()
-}
-
-/// Text the agent chose (a file's name is part of the question) made safe
-/// to print on the user's terminal: control characters (an escape
-/// sequence could move the cursor, draw a fake question or retitle the
-/// window) and the invisible ones that reorder or hide text (bidirectional
-/// overrides, zero-width characters) are shown escaped.
-pub fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let hidden =
-            matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
-        if c.is_control() || hidden {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The answers with their keys: `[o]nce [d]eny`.

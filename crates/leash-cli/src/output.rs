@@ -393,11 +393,45 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Writes to stdout. A reader that has gone (`leashctl sessions | head`)
-/// ends the command quietly, as a closed pipe ends `ls`; any other failure
-/// to write is not worth a panic either.
+/// Text an agent may have chosen (a file's name, a question, what a
+/// container wrote) made safe to print on the user's terminal: control
+/// characters (an escape sequence could move the cursor, rewrite or hide a
+/// line, retitle the window or set the clipboard) and the invisible ones
+/// that reorder or hide text (bidirectional overrides, zero-width
+/// characters) are shown escaped (`\u{1b}`), but for `keep`.
+fn escaped<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    let unsafe_char = |c: char| {
+        let hidden =
+            matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}');
+        (c.is_control() || hidden) && !keep.contains(&c)
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One line of text an agent may have chosen, made safe to print (see
+/// [`escaped`]; a newline is escaped too).
+pub fn printable(s: &str) -> String {
+    escaped(s, &[]).into_owned()
+}
+
+/// Writes to stdout, every control character but newlines and tabs escaped
+/// (what leashctl prints holds names the agent chose). A reader that has
+/// gone (`leashctl sessions | head`) ends the command quietly, as a closed
+/// pipe ends `ls`; any other failure to write is not worth a panic either.
 fn put(s: &str) {
     use std::io::Write;
+    let s = escaped(s, &['\n', '\t']);
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush())
         && e.kind() == std::io::ErrorKind::BrokenPipe
@@ -432,6 +466,16 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_text_keeps_lines_and_tabs_and_escapes_every_other_control() {
+        assert_eq!(escaped("a\tb\nc", &['\n', '\t']), "a\tb\nc");
+        assert_eq!(
+            escaped("x\x1b]0;t\x07\r\u{9b}2J\u{202e}y\n", &['\n', '\t']),
+            "x\\u{1b}]0;t\\u{7}\\u{d}\\u{9b}2J\\u{202e}y\n"
+        );
+        assert!(matches!(escaped("plain ünïcode", &[]), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn times_and_durations() {

@@ -1404,5 +1404,9 @@ fn a_denied_exec_waits_for_the_users_answer_on_the_terminal_and_the_agent_cannot
                 && e["decision"] == if matches!(answer, "timeout" | "deny") { "deny" } else { "allow" }
         });
     }
+    // The agent's escape sequence reaches no terminal through the event
+    // list either (it would retitle the window, or rewrite the lines above).
+    let listed = text(&stack.leashctl(&["events", "--session", &id, "--decision", "deny"]).stdout);
+    assert!(listed.contains("title\\u{1b}]0;pwned\\u{7}.sh") && !listed.contains('\x1b'), "{listed:?}");
     nothing_left(&stack);
 }
