@@ -201,6 +201,33 @@ fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
         "the tier panel",
         "return document.querySelector('#tier').textContent.includes('tier: ')",
     );
+    // The tier panel says each way of enforcing, and its reason, once.
+    let reasons = b.js(
+        "const t = [...document.querySelectorAll('#capabilities li:not(.gap) .muted')].map(x => x.textContent); \
+         return [t.length, new Set(t).size]",
+        json!([]),
+    );
+    assert!(reasons[0].as_u64() > Some(0) && reasons[0] == reasons[1], "a reason said twice: {reasons}");
+    // Decisions first: a process's fork and exit fold into one row for the
+    // process, which opens to the decisions it made.
+    b.wait_for(
+        Duration::from_secs(15),
+        "a process row with decisions",
+        "return document.querySelector('#events tr.process:not([data-decisions=\"0\"])')",
+    );
+    let lifecycle_rows = b.js(
+        "return [...document.querySelectorAll('#events tbody tr')].filter(t => t.dataset.action.startsWith('process.')).length",
+        json!([]),
+    );
+    assert_eq!(lifecycle_rows, 0, "a fork or exit shown as a row of its own");
+    b.click("#events tr.process:not([data-decisions=\"0\"]) td.resource");
+    let opened = b.wait_for(
+        Duration::from_secs(10),
+        "the process's decisions",
+        "const c = document.querySelector('#events tr.child'); return c && c.dataset.action + ' ' + c.dataset.resource",
+    );
+    let opened = opened.as_str().unwrap_or_default();
+    assert!(opened.contains("/etc/") || opened.starts_with("ProcessExec"), "{opened}");
     b.screenshot(&shots.join("1-live-events.png"));
 
     // Filtering narrows the table.
@@ -271,6 +298,13 @@ fn the_control_ui_in_chromium_watches_filters_edits_and_enforces() {
         "a denied read",
         "return document.querySelector('#events tr[data-resource=\"/etc/passwd\"][data-decision=\"denied\"]')",
     );
+    // A refusal stands out: its row has a background the allowed rows lack.
+    let shades = b.js(
+        "const bg = (s) => getComputedStyle(document.querySelector(s)).backgroundColor; \
+         return [bg('#events tr.denied td'), bg('#events tr.allowed td')]",
+        json!([]),
+    );
+    assert_ne!(shades[0], shades[1], "{shades}");
     b.js(
         "const f = document.querySelector('#filter-decision'); f.value = 'denied'; f.dispatchEvent(new Event('input'))",
         json!([]),

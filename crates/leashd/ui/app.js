@@ -11,6 +11,7 @@ const state = {
   attempts: 0,
   completions: [],
   completionIndex: 0,
+  expanded: new Set(),  // process rows open to their decisions ("session|pid")
 };
 
 function esc(s) {
@@ -67,8 +68,15 @@ async function loadStatus() {
   const s = await api("/api/status");
   const tier = s.sensor ? `tier: ${s.sensor.tier}` : "leash-sensor is not running";
   $("#tier").textContent = `${tier} · events ${s.events.published} published, ${s.events.stored} stored, ${s.events.dropped} dropped`;
-  $("#capabilities").innerHTML = (s.sensor?.capabilities ?? [])
-    .map((c) => `<li><strong>${esc(c.action)}</strong>: ${esc(c.mechanism)}${c.reason ? ` <span class="muted">(${esc(c.reason)})</span>` : ""}</li>`)
+  // Actions enforced the same way, for the same reason, said once.
+  const ways = new Map();
+  for (const c of s.sensor?.capabilities ?? []) {
+    const k = `${c.mechanism}|${c.reason || ""}`;
+    if (!ways.has(k)) ways.set(k, { ...c, actions: [] });
+    ways.get(k).actions.push(c.action);
+  }
+  $("#capabilities").innerHTML = [...ways.values()]
+    .map((c) => `<li><strong>${esc(c.actions.join(", "))}</strong>: ${esc(c.mechanism)}${c.reason ? ` <span class="muted">(${esc(c.reason)})</span>` : ""}</li>`)
     .concat((s.sensor?.not_refused ?? []).map((g) => `<li class="gap"><strong>not refused</strong>: ${esc(g.attempt)} <span class="muted">(${esc(g.why)})</span></li>`))
     .join("");
 }
@@ -194,12 +202,18 @@ function filtered() {
   });
 }
 
-function renderEvents() {
-  // Identical events fold into one row with a repeat count, newest first.
+// A process's lifecycle (fork, exit) is no decision: it folds into one row
+// per process, which expands to show the decisions that process made.
+function lifecycle(e) {
+  return (e.action || "").startsWith("process.");
+}
+
+// Rows of events: identical events fold into one with a repeat count,
+// newest first.
+function foldRows(events, keyOf) {
   const rows = new Map();
-  const list = filtered();
-  for (const e of list) {
-    const key = `${e.session}|${e.action}|${e.resource}|${decisionOf(e)}|${(e.policies || []).join(",")}`;
+  for (const e of events) {
+    const key = keyOf(e);
     const r = rows.get(key);
     if (r) {
       r.count += 1;
@@ -207,17 +221,22 @@ function renderEvents() {
       rows.delete(key);
       rows.set(key, r);
     } else {
-      rows.set(key, { e, count: 1 });
+      rows.set(key, { key, e, count: 1 });
     }
   }
-  const shown = [...rows.values()].reverse().slice(0, 200);
-  $("#events tbody").innerHTML = shown.map(({ e, count }) => {
-    const d = decisionOf(e);
-    const decidable = ["FileOpen", "FileOpenReadOnly", "FileOpenReadWrite", "ProcessExec", "NetworkConnect", "McpCall", "dns.refused", "dns.suspicious"].includes(e.action);
-    const buttons = decidable
-      ? `<button class="allow" title="allow this" data-effect="permit">✓</button><button class="deny" title="deny this" data-effect="forbid">✗</button>`
-      : "";
-    return `<tr class="${esc(d)}" data-action="${esc(e.action)}" data-resource="${esc(e.resource)}" data-decision="${esc(d)}" data-session="${esc(e.session)}">
+  return [...rows.values()].reverse();
+}
+
+const decisionKey = (e) => `${e.session}|${e.action}|${e.resource}|${decisionOf(e)}|${(e.policies || []).join(",")}`;
+const processKey = (e) => `${e.session}|${e.pid}`;
+
+function decisionRow({ e, count }, child) {
+  const d = decisionOf(e);
+  const decidable = ["FileOpen", "FileOpenReadOnly", "FileOpenReadWrite", "ProcessExec", "NetworkConnect", "McpCall", "dns.refused", "dns.suspicious"].includes(e.action);
+  const buttons = decidable
+    ? `<button class="allow" title="allow this" data-effect="permit">✓</button><button class="deny" title="deny this" data-effect="forbid">✗</button>`
+    : "";
+  return `<tr class="${esc(d)}${child ? " child" : ""}" data-action="${esc(e.action)}" data-resource="${esc(e.resource)}" data-decision="${esc(d)}" data-session="${esc(e.session)}">
       <td class="muted">${esc((e.time || "").slice(11, 19))}</td>
       <td>${esc(e.action)}</td>
       <td class="resource">${esc(e.resource)}</td>
@@ -225,6 +244,42 @@ function renderEvents() {
       <td class="count">${count > 1 ? count : ""}</td>
       <td class="policies">${esc((e.policies || []).join(", "))}</td>
       <td>${buttons}</td></tr>`;
+}
+
+function processRow({ key, e, count }, made) {
+  const denied = made.filter((x) => decisionOf(x) === "denied").length;
+  const open = state.expanded.has(key);
+  // A fork names no program yet: the one its decisions name, else none.
+  const exe = e.exe || made.find((x) => x.exe)?.exe || "";
+  const summary = made.length ? `${made.length} decision${made.length > 1 ? "s" : ""}${denied ? `, ${denied} denied` : ""}` : "";
+  return `<tr class="process${denied ? " has-denied" : ""}" data-process="${esc(key)}" data-action="process" data-resource="${esc(exe)}" data-decision="" data-decisions="${made.length}" title="the process's fork and exit; click for its decisions">
+      <td class="muted">${esc((e.time || "").slice(11, 19))}</td>
+      <td><span class="toggle">${made.length ? (open ? "▾" : "▸") : ""}</span> process</td>
+      <td class="resource">${esc(exe)} <span class="muted">pid ${esc(String(e.pid ?? ""))}</span></td>
+      <td>${summary ? `<span class="badge ${denied ? "denied" : "allowed"}">${esc(summary)}</span>` : ""}</td>
+      <td class="count">${count > 1 ? count : ""}</td>
+      <td class="policies"></td>
+      <td></td></tr>`;
+}
+
+function renderEvents() {
+  const list = filtered();
+  // Decisions by process, for the process rows.
+  const byProcess = new Map();
+  for (const e of state.events) {
+    if (lifecycle(e) || e.pid == null) continue;
+    const k = processKey(e);
+    if (!byProcess.has(k)) byProcess.set(k, []);
+    byProcess.get(k).push(e);
+  }
+  const rows = foldRows(list, (e) => (lifecycle(e) ? `p|${processKey(e)}` : `d|${decisionKey(e)}`)).slice(0, 200);
+  $("#events tbody").innerHTML = rows.map((r) => {
+    if (!lifecycle(r.e)) return decisionRow(r, false);
+    const key = processKey(r.e);
+    const made = byProcess.get(key) || [];
+    const row = processRow({ ...r, key }, made);
+    if (!state.expanded.has(key)) return row;
+    return row + foldRows(made, decisionKey).map((c) => decisionRow(c, true)).join("");
   }).join("");
   const denied = list.filter((e) => e.decision === "denied").length;
   $("#totals").textContent = `${list.length} events (${denied} denied), ${state.events.length} received`;
@@ -436,7 +491,13 @@ window.addEventListener("DOMContentLoaded", async () => {
   });
   $("#events").addEventListener("click", (e) => {
     const b = e.target.closest("button");
-    if (b) fromEvent(b);
+    if (b) return fromEvent(b);
+    const p = e.target.closest("tr.process");
+    if (p) {
+      const key = p.dataset.process;
+      if (state.expanded.has(key)) state.expanded.delete(key); else state.expanded.add(key);
+      scheduleRender();
+    }
   });
   $("#lines").addEventListener("click", (e) => {
     if (e.target.closest("button.remove")) removeLine(e.target.closest("li").dataset.id);
