@@ -54,8 +54,12 @@ fn build(name: &str) -> anyhow::Result<()> {
     }
     let tag = tag(name);
     util::out(&format!("building {tag} from {}", dir.display()));
-    util::run(Command::new("docker").args(["build", "--progress=plain", "-t", &tag]).arg(context.path()))
-        .or_else(|_| util::run(Command::new("docker").args(["build", "-t", &tag]).arg(context.path())))?;
+    let what = format!("building {tag}");
+    crate::progress::run(
+        &what,
+        Command::new("docker").args(["build", "--progress=plain", "-t", &tag]).arg(context.path()),
+    )
+    .or_else(|_| crate::progress::run(&what, Command::new("docker").args(["build", "-t", &tag]).arg(context.path())))?;
     util::out(&format!("built {tag}"));
     Ok(())
 }
@@ -90,7 +94,10 @@ fn ensure_debian_base() -> anyhow::Result<()> {
     let mirror = host_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_owned());
     let root = tempfile::Builder::new().prefix("leash-debian-").tempdir()?;
     util::out(&format!("making {DEBIAN_BASE} with debootstrap from {mirror} (about a minute)"));
-    util::run(Command::new("debootstrap").args(["--variant=minbase", "bookworm"]).arg(root.path()).arg(&mirror))?;
+    crate::progress::run(
+        "debootstrap",
+        Command::new("debootstrap").args(["--variant=minbase", "bookworm"]).arg(root.path()).arg(&mirror),
+    )?;
     let tar = Command::new("tar")
         .arg("-C")
         .arg(root.path())

@@ -17,6 +17,7 @@ mod fuzz;
 mod hostile;
 mod image;
 mod install;
+mod progress;
 mod tidy;
 mod util;
 mod vmtest;

@@ -60,7 +60,12 @@ fn download(debs: &Path, packages: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     util::out(&format!("vmtest: downloading {}", missing.join(" ")));
-    with_package_lists(|| util::run(Command::new("apt-get").arg("download").args(&missing).current_dir(debs)))
+    with_package_lists(|| {
+        crate::progress::run(
+            "apt-get download",
+            Command::new("apt-get").arg("download").args(&missing).current_dir(debs),
+        )
+    })
 }
 
 /// Runs an apt query, and once more after `apt-get update` when it fails

@@ -337,21 +337,16 @@ fn root_file_system(dir: &Path, kpkg: &Path, vmlinuz: &Path) -> anyhow::Result<(
         "vmtest: making the VM's root file system: debootstrap {SUITE} from {mirror} with {} (a few minutes, once)",
         PACKAGES.join(" ")
     ));
-    let log = dir.join("debootstrap.log");
-    let file = std::fs::File::create(&log)?;
-    let status = Command::new("debootstrap")
-        .arg("--variant=minbase")
-        .arg(format!("--include={}", PACKAGES.join(",")))
-        .arg(SUITE)
-        .arg(&tree)
-        .arg(&mirror)
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .context("cannot run debootstrap (scripts/setup.sh installs it)")?;
-    if !status.success() {
-        bail!("debootstrap failed ({status}); the end of {}:\n{}", log.display(), tail(&log, 20));
-    }
+    crate::progress::run(
+        "debootstrap (the VM's root file system)",
+        Command::new("debootstrap")
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg(SUITE)
+            .arg(&tree)
+            .arg(&mirror),
+    )
+    .context("debootstrap (scripts/setup.sh installs it)")?;
     // The downloaded packages are not needed in the VM.
     for e in std::fs::read_dir(tree.join("var/cache/apt/archives"))?.flatten() {
         if e.path().extension().is_some_and(|x| x == "deb") {
