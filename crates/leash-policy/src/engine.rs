@@ -122,6 +122,8 @@ pub struct Engine {
     authorizer: Authorizer,
     /// Compiled tables per principal, built on first use: an engine never changes.
     tables: std::sync::Mutex<BTreeMap<String, std::sync::Arc<leash_core::tables::Tables>>>,
+    /// Some policy names `context` (see [`Engine::reads_context`]).
+    reads_context: bool,
 }
 
 /// The schema, parsed once.
@@ -314,7 +316,27 @@ impl Engine {
         lints.sort();
         lints.dedup();
         let ranges = ranges.into_iter().filter_map(|r| IpRange::parse(&r).map(|p| (r, p))).collect();
-        Ok(Engine { schema, set, ranges, lints, origins, authorizer: Authorizer::new(), tables: Default::default() })
+        let reads_context = set.policies().any(|p| p.to_string().contains("context"));
+        Ok(Engine {
+            schema,
+            set,
+            ranges,
+            lints,
+            origins,
+            authorizer: Authorizer::new(),
+            tables: Default::default(),
+            reads_context,
+        })
+    }
+
+    /// Whether a decision may depend on the request's context: some policy
+    /// names `context` (in a condition, or — counted all the same, to err
+    /// on the safe side — in a string or a comment). When none does, every
+    /// request of the same principal, action and resource gets the same
+    /// decision, so a caller may keep it (the proxy does, for tool calls
+    /// whose arguments are the context).
+    pub fn reads_context(&self) -> bool {
+        self.reads_context
     }
 
     /// The lints of the loaded set.

@@ -239,6 +239,7 @@ pub fn check_with(
         action: action.name().to_owned(),
         context: context.into_iter().collect(),
         generation: 0,
+        context_free: !engine.reads_context(),
     })
 }
 

@@ -51,13 +51,48 @@ pub struct Decider {
     sessions: RwLock<HashMap<String, Arc<Held>>>,
     /// One channel to leash-policy, made on first use (it redials by itself).
     policy: tokio::sync::OnceCell<pb::policy_client::PolicyClient<tonic::transport::Channel>>,
-    /// `SecretUse` answers, by session, generation and request: Cedar
-    /// decides on exactly these, so an answer holds until the policy changes.
-    secret_uses: std::sync::Mutex<HashMap<String, (bool, Vec<String>)>>,
+    /// The policy's answers that hold until it changes: `SecretUse`s (by
+    /// request: Cedar decides on exactly these), and tool calls of a policy
+    /// that reads no context (by tool).
+    answers: Answers,
 }
 
-/// The most `SecretUse` answers kept (then forgotten all at once).
-const SECRET_USES: usize = 4096;
+/// The policy's answers kept, by a key that starts with the session and
+/// the generation of its policy (so an answer holds until the policy
+/// changes); at most [`ANSWERS`], then forgotten all at once.
+#[derive(Debug, Default)]
+struct Answers(std::sync::Mutex<HashMap<String, (bool, Vec<String>)>>);
+
+/// The most answers kept.
+const ANSWERS: usize = 4096;
+
+impl Answers {
+    fn key(session: &str, generation: u64, what: &[&str]) -> String {
+        let mut key = format!("{session}\0{generation}");
+        for w in what {
+            key.push('\0');
+            key.push_str(w);
+        }
+        key
+    }
+
+    fn get(&self, key: &str) -> Option<(bool, Vec<String>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    fn keep(&self, key: String, answer: (bool, Vec<String>)) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= ANSWERS {
+            kept.clear();
+        }
+        kept.insert(key, answer);
+    }
+
+    fn forget(&self, session: &str) {
+        let ours = format!("{session}\0");
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(&ours));
+    }
+}
 
 /// Where a decoy was found in a request, and the request (`SecretUse`'s context).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +118,7 @@ impl Decider {
             policy_socket,
             sessions: RwLock::new(HashMap::new()),
             policy: tokio::sync::OnceCell::new(),
-            secret_uses: std::sync::Mutex::new(HashMap::new()),
+            answers: Answers::default(),
         }
     }
 
@@ -124,8 +159,7 @@ impl Decider {
     /// Forgets a session.
     pub fn forget(&self, session: &str) {
         self.sessions.write().unwrap_or_else(|p| p.into_inner()).remove(session);
-        let ours = format!("{session}\0");
-        self.secret_uses.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(&ours));
+        self.answers.forget(session);
     }
 
     fn held(&self, session: &str) -> Option<Arc<Held>> {
@@ -250,14 +284,27 @@ impl Decider {
     /// `McpCall` on `tool` of `server`, with the call's arguments (JSON) as
     /// context when given (record mode decides nothing).
     pub async fn mcp_call(&self, session: &str, server: &str, tool: &str, arguments: Option<&str>) -> Decision {
-        let (_, mode) = match self.evaluating(session) {
+        let (held, mode) = match self.evaluating(session) {
             Ok(e) => e,
             Err(d) => return d,
         };
+        let resource = format!("{tool}@{server}");
+        // A policy that reads no context decides a tool alike whatever its
+        // arguments: its answer is kept, and asked again only when it changes.
+        let generation = held.tables.generation;
+        let key = Answers::key(session, generation, &["McpCall", mode.name(), &resource]);
+        if let Some((allow, reasons)) = self.answers.get(&key) {
+            return Decision { allow, reasons, mode };
+        }
         let context: HashMap<String, String> =
             arguments.map(|a| HashMap::from([("arguments".to_owned(), a.to_owned())])).unwrap_or_default();
-        match self.check(session, "McpCall", &format!("{tool}@{server}"), context).await {
-            Ok((allow, reasons)) => Decision { allow, reasons, mode },
+        match self.check_answer(session, "McpCall", &resource, context).await {
+            Ok(r) => {
+                if r.context_free && r.generation == generation {
+                    self.answers.keep(key, (r.allow, r.reasons.clone()));
+                }
+                Decision { allow: r.allow, reasons: r.reasons, mode }
+            }
             Err(e) => {
                 tracing::warn!(session_id = %session, %server, %tool, error = %e, "cannot ask leash-policy: denied");
                 Decision { allow: false, reasons: vec!["leash:policy-unavailable".into()], mode }
@@ -273,9 +320,12 @@ impl Decider {
         let deny = |why: &str| Decision { allow: false, reasons: vec![why.to_owned()], mode: Mode::Enforce };
         let Some(generation) = self.generation(session) else { return deny("leash:no-policy") };
         let port = u.port.to_string();
-        let key = [session, &generation.to_string(), secret, u.host, &port, u.scheme, u.method, u.path, u.location]
-            .join("\0");
-        if let Some((allow, reasons)) = self.secret_uses.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned() {
+        let key = Answers::key(
+            session,
+            generation,
+            &["SecretUse", secret, u.host, &port, u.scheme, u.method, u.path, u.location],
+        );
+        if let Some((allow, reasons)) = self.answers.get(&key) {
             return Decision { allow, reasons, mode: Mode::Enforce };
         }
         let context: HashMap<String, String> = [
@@ -291,11 +341,7 @@ impl Decider {
         .collect();
         match self.check(session, "SecretUse", secret, context).await {
             Ok((allow, reasons)) => {
-                let mut cache = self.secret_uses.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.len() >= SECRET_USES {
-                    cache.clear();
-                }
-                cache.insert(key, (allow, reasons.clone()));
+                self.answers.keep(key, (allow, reasons.clone()));
                 Decision { allow, reasons, mode: Mode::Enforce }
             }
             Err(e) => {
@@ -421,6 +467,17 @@ impl Decider {
         resource: &str,
         context: HashMap<String, String>,
     ) -> Result<(bool, Vec<String>), String> {
+        self.check_answer(session, action, resource, context).await.map(|r| (r.allow, r.reasons))
+    }
+
+    /// leash-policy's whole answer.
+    async fn check_answer(
+        &self,
+        session: &str,
+        action: &str,
+        resource: &str,
+        context: HashMap<String, String>,
+    ) -> Result<pb::CheckResponse, String> {
         let ask = async {
             let r = self
                 .client()
@@ -435,7 +492,7 @@ impl Decider {
                 .await
                 .map_err(|s| format!("leash-policy: {}", s.message()))?
                 .into_inner();
-            Ok((r.allow, r.reasons))
+            Ok(r)
         };
         tokio::time::timeout(Duration::from_secs(2), ask).await.map_err(|_| "leash-policy: timed out".to_owned())?
     }

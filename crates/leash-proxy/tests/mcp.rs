@@ -488,3 +488,51 @@ fn claudes_global_configuration_is_a_relayed_copy_the_agent_cannot_plant_servers
         );
     }
 }
+
+#[test]
+fn a_kept_tool_decision_gives_way_to_the_next_policy() {
+    let name = "a_kept_tool_decision_gives_way_to_the_next_policy";
+    if !require_docker(name) || !leash_testkit::require_image(name, IMAGE) {
+        return;
+    }
+    let mut stack = Stack::new();
+    stack.start_leashd_for_sessions();
+    stack.wait_healthy(Duration::from_secs(10));
+    let project = stack.project();
+    // A policy that reads no context: a tool's decision is kept.
+    let policy = stack.root().join("tools.cedar");
+    let allow_all = "@id(\"all\") permit (principal, action, resource);\n";
+    std::fs::write(&policy, allow_all).unwrap();
+    let mut session = stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (id, container) = stack.running_session(Duration::from_secs(20));
+    let call = |n: u32| {
+        let line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{n},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"m{n}\"}}}}}}"
+        );
+        let (said, _) = exec_in(
+            &container,
+            &project,
+            &format!("printf '%s\\n' '{line}' | /leash/leash-entry mcp-relay --server s -- cat"),
+        );
+        said
+    };
+    // Allowed, again and again (the later ones from the kept answer): the
+    // server (cat) gets each and says it back.
+    for n in 1..=3 {
+        assert!(call(n).contains(&format!("\"m{n}\"")), "call {n} did not reach the server");
+    }
+    // The policy changes: the next call is decided by it, not by what was kept.
+    std::fs::write(&policy, format!("{allow_all}@id(\"no-echo\") forbid (principal, action == Action::\"McpCall\", resource == MCP::Tool::\"echo\");\n")).unwrap();
+    let refused = eventually(Duration::from_secs(15), "the call refused by the new policy", || {
+        let said = call(9);
+        said.contains("\"error\"").then_some(said)
+    });
+    assert!(refused.contains("no-echo") && !refused.contains("\"m9\""), "{refused}");
+    let _ = session.kill();
+    let _ = session.wait();
+    stack.leashctl(&["sessions", "stop", &id]);
+}
