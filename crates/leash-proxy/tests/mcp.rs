@@ -44,6 +44,16 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A session of the test image under `policy` that sleeps (the tests act
+/// in its container); its `leash`.
+fn sleeping_session(stack: &Stack, policy: &std::path::Path) -> std::process::Child {
+    stack
+        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// `sh -c SCRIPT` in `dir` of a session's container (outside the session's
 /// own command); its stdout and stderr.
 fn exec_in(container: &str, dir: &std::path::Path, script: &str) -> (String, String) {
@@ -127,11 +137,7 @@ fn mcp_tools_are_governed_over_streamable_http_and_sse() {
     }
     let (http, sse) = (Server::start("streamableHttp"), Server::start("sse"));
     let (stack, client, policy) = stack_and_client();
-    let mut session = stack
-        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = sleeping_session(&stack, &policy);
     let (_, container) = stack.running_session(Duration::from_secs(20));
     let script = format!(
         "echo '{} mcp.test' >> /etc/hosts; echo '{} sse.test' >> /etc/hosts; \
@@ -268,11 +274,7 @@ fn stdio_servers_of_the_projects_mcp_json_are_relayed_and_governed() {
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     let mcp_json = std::fs::read_to_string(project.join(".mcp.json")).unwrap();
     let codex_toml = std::fs::read_to_string(project.join(".codex/config.toml")).unwrap();
-    let mut session = stack
-        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = sleeping_session(&stack, &policy);
     let (id, container) = stack.running_session(Duration::from_secs(20));
     let exec = |script: &str| exec_in(&container, &project, script);
 
@@ -503,11 +505,7 @@ fn a_kept_tool_decision_gives_way_to_the_next_policy() {
     let policy = stack.root().join("tools.cedar");
     let allow_all = "@id(\"all\") permit (principal, action, resource);\n";
     std::fs::write(&policy, allow_all).unwrap();
-    let mut session = stack
-        .leash(&["--image", IMAGE, "--policy", policy.to_str().unwrap(), "--", "sleep", "300"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut session = sleeping_session(&stack, &policy);
     let (id, container) = stack.running_session(Duration::from_secs(20));
     let call = |n: u32| {
         let line = format!(
