@@ -85,6 +85,20 @@ fn gc_removes_what_a_killed_stack_left_and_nothing_of_a_live_one() {
     assert!(!cgroups.is_empty(), "{removed:?}");
     assert!(gc(&dead, &[]).is_empty(), "something left after --yes");
 
+    // A live instance's session dir that its leashd does not know (and
+    // that is over a minute old) is over; its running session's is not.
+    let stray = live.state_dir.join("sessions").join("0123456789abcdef");
+    std::fs::create_dir_all(&stray).unwrap();
+    let touched = std::process::Command::new("touch").args(["-d", "2 minutes ago"]).arg(&stray).status().unwrap();
+    assert!(touched.success());
+    let found = gc(&live, &[]);
+    let dirs: Vec<&str> =
+        found.iter().filter(|l| l["kind"] == "session-dir").map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(dirs, [stray.to_str().unwrap()], "{found:?}");
+    assert!(found.iter().all(|l| l["kind"] == "session-dir"), "nothing else of a live stack: {found:?}");
+    gc(&live, &["--yes"]);
+    assert!(!stray.exists() && live.state_dir.join("sessions").join(&live_id).exists());
+
     // The live stack goes on: its session, its pins.
     let sessions: serde_json::Value = serde_json::from_slice(&live.leashctl(&["sessions", "--json"]).stdout).unwrap();
     assert_eq!(sessions[0]["id"], live_id.as_str(), "{sessions}");

@@ -3,20 +3,23 @@
 //! `--all` every instance's. An instance is alive while any of its daemons
 //! runs (a process named leashd, leash-sensor, leash-policy or leash-proxy
 //! whose `LEASH_INSTANCE` names it); what belongs to a live instance is
-//! never touched but for session dirs its leashd no longer has a container
-//! for. Found, in the order of removal: the session containers of dead
-//! instances (by the `leash.instance` label, through the `docker` command,
-//! which follows `DOCKER_HOST`), their file deciders (`leash-sensor --hold`,
-//! which outlive the sensor by design), their BPF pins
-//! (`/sys/fs/bpf/leash/NAME`) and sessions' cgroup parents (`leash-NAME`, or
-//! `leash_NAME.slice` under systemd); this instance's session dirs without a
-//! container and, when it is dead, its sockets.
+//! never touched but for session dirs its leashd does not know (asked:
+//! only it knows its sessions, whatever engine runs them). Found, in the
+//! order of removal: the session containers of dead instances (by the
+//! `leash.instance` label, through the `docker` command, which follows
+//! `DOCKER_HOST`), their file deciders (`leash-sensor --hold`, which
+//! outlive the sensor by design), their BPF pins (`/sys/fs/bpf/leash/NAME`)
+//! and sessions' cgroup parents (`leash-NAME`, or `leash_NAME.slice` under
+//! systemd); this instance's session dirs and, when it is dead, its
+//! sockets.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+use leash_proto::v1::ListSessionsRequest;
+use leash_proto::v1::manager_client::ManagerClient;
 use serde::Serialize;
 
 use super::Ctx;
@@ -97,14 +100,22 @@ pub async fn run(ctx: &Ctx, all: bool, yes: bool) -> anyhow::Result<ExitCode> {
     }
     // This instance's session dirs: leashd removes each with its session.
     let alive = live.contains(&mine);
-    if engine_error.is_none() {
-        for dir in children(&ctx.layout.state_dir.join("sessions")) {
-            let id = file_name(&dir);
+    let dirs = children(&ctx.layout.state_dir.join("sessions"));
+    if !alive && engine_error.is_none() {
+        for dir in dirs {
+            let why = format!("a session of instance {mine}, which runs no daemon");
+            found.push(leftover("session-dir", dir.display().to_string(), why));
+        }
+    } else if alive && let Some(known) = known_sessions(ctx).await {
+        // Only leashd knows its sessions, whatever engine runs them; one it
+        // does not know, whose dir is a minute old, is over. (leashd out of
+        // reach: its dirs are left alone.)
+        for dir in dirs.into_iter().filter(|d| !known.contains(&file_name(d))) {
             let young = std::fs::metadata(&dir)
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() < YOUNG);
-            if !alive || (!containers.iter().any(|c| c.session == id) && !young) {
-                found.push(leftover("session-dir", dir.display().to_string(), "no container of that session".into()));
+            if !young {
+                found.push(leftover("session-dir", dir.display().to_string(), "leashd has no such session".into()));
             }
         }
     }
@@ -146,6 +157,13 @@ pub async fn run(ctx: &Ctx, all: bool, yes: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The sessions this instance's leashd has, when it answers.
+async fn known_sessions(ctx: &Ctx) -> Option<BTreeSet<String>> {
+    let conn = crate::daemon::connect_manager(&ctx.layout, "leashctl").await.ok()?;
+    let list = ManagerClient::new(conn.channel).list_sessions(ListSessionsRequest::default()).await.ok()?;
+    Some(list.into_inner().sessions.into_iter().map(|s| s.id).collect())
 }
 
 fn leftover(kind: &'static str, what: String, why: String) -> Leftover {
@@ -256,12 +274,11 @@ struct Container {
     id: String,
     name: String,
     instance: String,
-    session: String,
 }
 
 /// Every container with leash's instance label, through `docker`.
 fn containers() -> Result<Vec<Container>, String> {
-    let format = "{{.ID}}\t{{.Names}}\t{{.Label \"leash.instance\"}}\t{{.Label \"leash.session\"}}";
+    let format = "{{.ID}}\t{{.Names}}\t{{.Label \"leash.instance\"}}";
     let out = Command::new("docker")
         .args(["ps", "--all", "--no-trunc", "--filter", "label=leash.instance", "--format", format])
         .output()
@@ -277,7 +294,6 @@ fn containers() -> Result<Vec<Container>, String> {
                 id: f.next()?.chars().take(12).collect(),
                 name: f.next()?.to_owned(),
                 instance: f.next()?.to_owned(),
-                session: f.next().unwrap_or_default().to_owned(),
             })
         })
         .collect())
