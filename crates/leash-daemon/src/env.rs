@@ -68,7 +68,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// An unknown log format.
-    #[error("{ENV_LOG_FORMAT}={0:?} is not a log format: use `plain` or `json`")]
+    #[error("{ENV_LOG_FORMAT}={0:?} is not a log format: use `plain`, `json` or `journal`")]
     LogFormat(String),
 }
 

@@ -14,6 +14,7 @@ pub mod env;
 pub mod fanout;
 pub mod fold;
 pub mod handshake;
+pub mod journal;
 pub mod log_failures;
 pub mod net;
 pub mod notify;

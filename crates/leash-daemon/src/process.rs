@@ -90,7 +90,7 @@ pub fn simple_args(name: &str, about: &str) -> Option<ExitCode> {
                  LEASH_STATE_DIR    state (default /var/lib/leash)\n  \
                  LEASH_INSTANCE     instance name (default `default`)\n  \
                  LEASH_LOG          log filter (default warn,leash=info)\n  \
-                 LEASH_LOG_FORMAT   plain or json",
+                 LEASH_LOG_FORMAT   plain, json or journal (default: journal under systemd)",
                 leash_core::VERSION
             ));
             Some(ExitCode::SUCCESS)

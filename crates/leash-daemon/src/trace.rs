@@ -1,5 +1,7 @@
 //! Tracing for binaries: `LEASH_LOG` filter (falling back to `RUST_LOG`),
-//! `LEASH_LOG_FORMAT=plain|json`, to stderr.
+//! `LEASH_LOG_FORMAT=plain|json|journal`: lines to stderr, or entries to
+//! systemd's journal with their fields (by default when stderr is the
+//! journal's stream, as under the unit).
 
 use tracing_subscriber::EnvFilter;
 
@@ -16,6 +18,8 @@ pub enum Format {
     Plain,
     /// One JSON object per line.
     Json,
+    /// Entries in the journal's native protocol (see [`crate::journal`]).
+    Journal,
 }
 
 /// The settings read from the environment, checked before anything starts.
@@ -52,8 +56,10 @@ pub fn settings(env: &dyn Env) -> Result<Settings, ConfigError> {
         .parse(&value)
         .map_err(|e| ConfigError::LogFilter { value: value.clone(), reason: e.to_string() })?;
     let format = match env.get(ENV_LOG_FORMAT).as_deref().map(str::trim) {
+        None | Some("") if crate::journal::stderr_is_journal(env.get("JOURNAL_STREAM").as_deref()) => Format::Journal,
         None | Some("") | Some("plain") => Format::Plain,
         Some("json") => Format::Json,
+        Some("journal") => Format::Journal,
         Some(other) => return Err(ConfigError::LogFormat(other.to_owned())),
     };
     Ok(Settings { filter, format })
@@ -61,10 +67,31 @@ pub fn settings(env: &dyn Env) -> Result<Settings, ConfigError> {
 
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(settings: Settings) {
+    let format = match settings.format {
+        Format::Journal => match crate::journal::Layer::new() {
+            Ok(layer) => {
+                use tracing_subscriber::layer::SubscriberExt as _;
+                use tracing_subscriber::util::SubscriberInitExt as _;
+                tracing_subscriber::registry().with(settings.filter).with(layer).init();
+                return;
+            }
+            Err(e) => {
+                #[expect(clippy::print_stderr, reason = "logging is not up yet")]
+                {
+                    eprintln!(
+                        "{ENV_LOG_FORMAT}=journal: cannot reach the journal at {}: {e}; logging plain lines to stderr",
+                        crate::journal::SOCKET
+                    );
+                }
+                Format::Plain
+            }
+        },
+        other => other,
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(settings.filter).with_writer(std::io::stderr);
-    match settings.format {
-        Format::Plain => builder.with_ansi(false).init(),
+    match format {
         Format::Json => builder.json().flatten_event(true).init(),
+        Format::Plain | Format::Journal => builder.with_ansi(false).init(),
     }
 }
 
@@ -87,6 +114,14 @@ mod tests {
         assert_eq!(settings(&env(&[])).unwrap().format, Format::Plain);
         assert_eq!(settings(&env(&[(ENV_LOG, "leashd=debug,info")])).unwrap().format, Format::Plain);
         assert_eq!(settings(&env(&[(ENV_LOG_FORMAT, "json")])).unwrap().format, Format::Json);
+        assert_eq!(settings(&env(&[(ENV_LOG_FORMAT, "journal")])).unwrap().format, Format::Journal);
+        // Unset, the journal only when stderr is its stream; asked for, plain stays plain.
+        assert_eq!(settings(&env(&[("JOURNAL_STREAM", "1:2")])).unwrap().format, Format::Plain);
+        let st = rustix::fs::fstat(std::os::fd::AsFd::as_fd(&std::io::stderr())).unwrap();
+        let stream = format!("{}:{}", st.st_dev, st.st_ino);
+        assert_eq!(settings(&env(&[("JOURNAL_STREAM", &stream)])).unwrap().format, Format::Journal);
+        let plain = settings(&env(&[("JOURNAL_STREAM", &stream), (ENV_LOG_FORMAT, "plain")])).unwrap();
+        assert_eq!(plain.format, Format::Plain);
         assert!(matches!(settings(&env(&[(ENV_LOG_FORMAT, "xml")])), Err(ConfigError::LogFormat(_))));
         assert!(matches!(settings(&env(&[(ENV_LOG, "leashd=loud")])), Err(ConfigError::LogFilter { .. })));
     }

@@ -230,22 +230,29 @@ fn events_are_stored_across_leashd_restarts_and_queried() {
     assert!(stack.state_dir.join("audit/events.db").exists());
 }
 
-#[test]
-fn sigterm_stops_leashd_alone_and_stop_all_stops_everything() {
-    if !require_root("sigterm_stops_leashd_alone_and_stop_all_stops_everything") {
-        return;
-    }
-    let mut stack = Stack::new();
+/// Starts leashd, waits until all are healthy, stops leashd with SIGTERM
+/// (as `systemctl stop` does) and checks that the components outlive it;
+/// their pids.
+fn healthy_then_sigterm(stack: &mut Stack) -> Vec<u32> {
     let first = stack.start_leashd();
     let status = stack.wait_healthy(Duration::from_secs(10));
     let pids: Vec<u32> = COMPONENTS.iter().map(|n| pid_of(&status, n)).collect();
-
     kill(first, Signal::TERM);
     assert_eq!(stack.wait_leashd(Duration::from_secs(6)), Some(0), "leashd exits 0 on SIGTERM");
     assert!(!stack.runtime_dir.join("leashd.sock").exists(), "leashd removed its socket");
     for pid in &pids {
         assert!(alive(*pid), "component {pid} died with leashd");
     }
+    pids
+}
+
+#[test]
+fn sigterm_stops_leashd_alone_and_stop_all_stops_everything() {
+    if !require_root("sigterm_stops_leashd_alone_and_stop_all_stops_everything") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let pids = healthy_then_sigterm(&mut stack);
     let out = stack.leashctl(&["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("leashd is not running"), "{out:?}");
@@ -279,6 +286,35 @@ fn sigterm_stops_leashd_alone_and_stop_all_stops_everything() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
         .collect();
     assert!(sockets.is_empty(), "sockets left behind: {sockets:?}");
+}
+
+/// `systemctl stop leashd` stops leashd alone; `leashctl stop --all` then
+/// stops the components it left, without a leashd to ask.
+#[test]
+fn stop_all_stops_the_components_a_stopped_leashd_left() {
+    if !require_root("stop_all_stops_the_components_a_stopped_leashd_left") {
+        return;
+    }
+    let mut stack = Stack::new();
+    let pids = healthy_then_sigterm(&mut stack);
+
+    let out = stack.leashctl(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (name, pid) in COMPONENTS.iter().zip(&pids) {
+        assert!(text.contains(&format!("stopped {name} (pid {pid})")), "{text}");
+    }
+    assert!(text.contains("leashd was not running"), "{text}");
+    eventually(Duration::from_secs(5), "every process gone", || stack.all_processes().is_empty().then_some(()));
+    // Stopped, not killed: each removed its own socket.
+    for name in COMPONENTS {
+        let sock = stack.runtime_dir.join(format!("{}.sock", name.trim_start_matches("leash-")));
+        assert!(!sock.exists(), "{} left behind", sock.display());
+    }
+    // Nothing left to stop: said, and still a success.
+    let out = stack.leashctl(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "leashd was not running");
 }
 
 #[test]
