@@ -32,14 +32,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Some(o) => o,
         None => util::target_dir()?.join("dist"),
     };
-    for artifact in build(release, &out)? {
+    for artifact in build(release, !release, &out)? {
         util::out(&format!("built {}", artifact.display()));
     }
     Ok(())
 }
 
-/// Builds the binaries and both artifacts into `out`; their paths.
-pub fn build(release: bool, out: &Path) -> anyhow::Result<[PathBuf; 2]> {
+/// Builds the binaries and both artifacts into `out`, compressed fast when
+/// `fast` (for tests); their paths.
+pub fn build(release: bool, fast: bool, out: &Path) -> anyhow::Result<[PathBuf; 2]> {
     let built = util::build_binaries(release)?;
     let entry = util::build_static_entry(release)?;
     if has_interpreter(&fs::read(&entry)?)? {
@@ -59,8 +60,7 @@ pub fn build(release: bool, out: &Path) -> anyhow::Result<[PathBuf; 2]> {
     let tree = stage.path().join("tar");
     install::lay_out(&tree, Path::new("/usr/local"), Path::new("/usr/local/lib/systemd/system"), &built, &entry)?;
     let tarball = out.join(format!("leash-{version}-{}-linux.tar.gz", std::env::consts::ARCH));
-    // A debug build's binaries are large and only for tests: compressed fast.
-    let gzip = if release { "gzip -9n" } else { "gzip -1n" };
+    let gzip = if fast { "gzip -1n" } else { "gzip -9n" };
     util::run(
         Command::new("tar")
             .args(["-I", gzip, "--owner=0", "--group=0", "-cf"])
@@ -94,7 +94,7 @@ pub fn build(release: bool, out: &Path) -> anyhow::Result<[PathBuf; 2]> {
         .replace("@SIZE@", &(size_of(&root.join("usr"))? / 1024).to_string());
     fs::write(debian.join("control"), control)?;
     let deb = out.join(format!("leash_{version}_{arch}.deb"));
-    let compression: &[&str] = if release { &[] } else { &["-Zgzip", "-z1"] };
+    let compression: &[&str] = if fast { &["-Zgzip", "-z1"] } else { &[] };
     util::run(Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).args(compression).arg(&root).arg(&deb))?;
     Ok([tarball, deb])
 }
@@ -190,7 +190,7 @@ diff /tmp/before /tmp/after && echo nothing-left
             return;
         }
         let out = tempfile::tempdir().unwrap();
-        let [tarball, deb] = build(false, out.path()).unwrap();
+        let [tarball, deb] = build(false, true, out.path()).unwrap();
         let listed = util::output(Command::new("tar").arg("-tzf").arg(&tarball)).unwrap();
         let listed = String::from_utf8_lossy(&listed);
         for f in [

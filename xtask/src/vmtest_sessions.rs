@@ -6,7 +6,8 @@
 //!
 //! The VM has three disks:
 //! - the root file system (`rootfs.ext4`): Debian bookworm (debootstrap
-//!   minbase) with docker.io, busybox-static, git and the kernel's modules,
+//!   minbase) with systemd, docker.io (cgroupfs driver), busybox-static, git
+//!   and the kernel's modules,
 //!   made without mounting anything (`mkfs.ext4 -d`), kept until its package
 //!   list or the kernel changes (`rootfs.key`), with the initramfs that loads
 //!   the disk modules and mounts it;
@@ -23,11 +24,15 @@
 //!   leashd's supervisor), at the paths they have here (the test kit finds
 //!   the daemons next to the test executable), and the guest's script.
 //!
-//! All three are attached as snapshots (a run keeps nothing). The guest
-//! starts dockerd, prints the active LSMs and what `leashctl status` and
-//! `leashctl doctor` say, then runs each test on its own (`--exact`, with
-//! `CI=true` and this side's `LEASH_*` variables) and prints its time; every
-//! line meant for this side starts with `VMSESSIONS`. The console goes to
+//! All three are attached as snapshots (a run keeps nothing). systemd boots
+//! as PID 1 and starts Docker, then the guest's script as a service: it
+//! prints the active LSMs, checks the Debian package (`cargo xtask dist`)
+//! under systemd (`vmtest_service.sh`: install, `systemctl enable --now
+//! leashd`, a member of the `leash` group, the hardening, a restart under a
+//! running session, the journal, stop, purge; `leashctl doctor` through it),
+//! then runs each test on its own (`--exact`, with `CI=true` and this side's
+//! `LEASH_*` variables) and prints its time; every line meant for this side
+//! starts with `VMSESSIONS`. The console goes to
 //! `<target>/vmtest/sessions-console.log`.
 
 use std::collections::{HashMap, HashSet};
@@ -43,7 +48,8 @@ use crate::{util, vmtest};
 
 /// The root file system's Debian release and packages (besides minbase).
 const SUITE: &str = "bookworm";
-const PACKAGES: [&str; 7] = [
+const PACKAGES: [&str; 9] = [
+    "systemd",        // PID 1, as on the machines leash is installed on
     "docker.io",      // the engine the sessions run on (with containerd, runc, iptables, tini)
     "busybox-static", // /bin/busybox, which the tests copy into projects
     "git",            // the hostile suite commits on the "host"
@@ -51,10 +57,32 @@ const PACKAGES: [&str; 7] = [
     "libelf1",        // leash-sensor (libbpf)
     "iproute2",       // ip
     "procps",         // ps, for reading a failure
+    "jq",             // the service check reads `--json` and the journal's entries
 ];
 /// Changes whenever the root file system is made differently (its key
-/// also holds the initramfs's /init).
-const LAYOUT: &str = "1";
+/// also holds the initramfs's /init and the files below).
+const LAYOUT: &str = "2";
+
+/// Files written into the root file system: Docker's configuration (the
+/// cgroupfs driver, which leash-sensor governs; Docker picks the systemd
+/// driver under systemd otherwise) and the units that run the guest's
+/// script once the system is up (`systemd.unit=leash-vmtest.target` on the
+/// kernel's command line), its output on the serial console.
+const ROOTFS_FILES: [(&str, &str); 3] = [
+    ("etc/docker/daemon.json", "{ \"exec-opts\": [\"native.cgroupdriver=cgroupfs\"] }\n"),
+    (
+        "etc/systemd/system/leash-vmtest.target",
+        "[Unit]\nDescription=leash's VM test run\nRequires=basic.target leash-vmtest.service\nAfter=basic.target\n\
+         AllowIsolate=yes\n",
+    ),
+    (
+        "etc/systemd/system/leash-vmtest.service",
+        "[Unit]\nDescription=leash's session tests\nWants=docker.service\nAfter=docker.service basic.target\n\n\
+         [Service]\nType=exec\nExecStart=/bin/bash /mnt/run/guest.sh\nStandardInput=null\nStandardOutput=tty\n\
+         StandardError=inherit\nTTYPath=/dev/ttyS0\nTimeoutStartSec=infinity\nTasksMax=infinity\n\
+         LimitNOFILE=1048576\nLimitMEMLOCK=infinity\nDelegate=yes\n",
+    ),
+];
 
 /// The images the tests run (the hostile suite builds leash-test-volume on
 /// leash-test itself).
@@ -75,8 +103,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 const MIB: u64 = 1 << 20;
 
-/// The initramfs's /init: loads the modules, mounts the root disk (vda) and
-/// the run's disk (vdc), and hands over to the run's script under tini.
+/// The initramfs's /init: loads the modules, mounts the root disk (vda),
+/// Docker's (vdb) and the run's (vdc), and hands over to systemd.
 const INITRD_INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -90,13 +118,20 @@ mkdir -p /newroot
 mount -t ext4 /dev/vda /newroot || fail "cannot mount the root disk /dev/vda"
 mkdir -p /newroot/mnt/run
 mount -t ext4 /dev/vdc /newroot/mnt/run || fail "cannot mount the run's disk /dev/vdc"
+mkdir -p /newroot/var/lib/docker
+mount -t ext4 /dev/vdb /newroot/var/lib/docker || fail "cannot mount Docker's disk /dev/vdb"
 umount /proc /sys
 mount --move /dev /newroot/dev
-exec switch_root /newroot /usr/bin/tini -- /bin/bash /mnt/run/guest.sh
+exec switch_root /newroot /lib/systemd/systemd
 "#;
 
-/// The guest's script (under tini, PID 1), from the run's disk with its
-/// settings (`vm.env`) and test executables (`tests`).
+/// The guest's script (leash-vmtest.service, under systemd), from the
+/// run's disk with its settings (`vm.env`), test executables (`tests`),
+/// the package and its check (`service.sh`, [`SERVICE`]).
+/// The check of the package's leashd under systemd (`service.sh` on the
+/// run's disk), which the guest runs before the tests.
+const SERVICE: &str = include_str!("vmtest_service.sh");
+
 const GUEST: &str = r#"#!/bin/bash
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
 . /mnt/run/vm.env
@@ -105,31 +140,21 @@ up() { cut -d' ' -f1 /proc/uptime; }
 end() { sync; busybox poweroff -f; }
 fail() { mark "RESULT: FAIL $*"; end; }
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mkdir -p /dev/pts /dev/shm
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -t securityfs securityfs /sys/kernel/security
-mount -t bpf bpf /sys/fs/bpf
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tracefs tracefs /sys/kernel/tracing
-mount -t debugfs debugfs /sys/kernel/debug
-hostname leash-vm
-ip link set lo up
-mark "root file system mounted"
+# What systemd has not mounted already.
+for m in securityfs:/sys/kernel/security bpf:/sys/fs/bpf tracefs:/sys/kernel/tracing debugfs:/sys/kernel/debug; do
+  mountpoint -q "${m#*:}" || mount -t "${m%%:*}" "${m%%:*}" "${m#*:}" || fail "cannot mount ${m#*:}"
+done
+mark "systemd up: $(systemctl is-system-running 2>&1), $(systemctl --failed --no-legend | wc -l) failed units"
 mark "kernel $(uname -r), $(nproc) CPUs, $(free -m | awk '/Mem:/{print $2}') MiB"
 mark "active LSMs: $(cat /sys/kernel/security/lsm)"
-mkdir -p /var/lib/docker
-mount -t ext4 /dev/vdb /var/lib/docker || fail "cannot mount Docker's disk /dev/vdb"
 
-dockerd >/var/log/dockerd.log 2>&1 &
+# Docker starts before this unit (After=docker.service).
 for i in $(seq 1 300); do docker info >/dev/null 2>&1 && break; sleep 1; done
 if ! docker info >/dev/null 2>&1; then
-  tail -n 40 /var/log/dockerd.log
-  fail "dockerd did not answer within 300 s (its log above)"
+  journalctl -u docker -u containerd -n 40 --no-pager
+  fail "dockerd did not answer within 300 s (its journal above)"
 fi
+[ "$(docker info -f '{{.CgroupDriver}}')" = cgroupfs ] || fail "Docker's cgroup driver is not cgroupfs"
 mark "dockerd ready ($(docker version --format '{{.Server.Version}}'))"
 
 for i in $IMAGES; do docker image inspect "$i" >/dev/null 2>&1 || fail "the image $i is missing in the VM"; done
@@ -143,31 +168,31 @@ for f in $BINARIES $(cut -d' ' -f2 /mnt/run/tests); do
   [ -z "$missing" ] || fail "$f misses libraries in the VM: $missing"
 done
 
-mark "doctor"
-(
-  export LEASH_RUNTIME_DIR=/run/leash-vm LEASH_STATE_DIR=/var/lib/leash-vm LEASH_INSTANCE=vm LEASH_LISTEN=
-  "$BIN/leashd" >/var/log/leashd-vm.log 2>&1 &
-  leashd_pid=$!
-  for i in $(seq 1 120); do "$BIN/leashctl" status >/dev/null 2>&1 && break; sleep 1; done
-  "$BIN/leashctl" status 2>&1 || tail -n 40 /var/log/leashd-vm.log
-  grep -E ' (WARN|ERROR) ' /var/log/leashd-vm.log | tail -n 20
-  out=$(timeout 300 "$BIN/leashctl" doctor 2>&1)
-  echo "$out"
-  tier=$(echo "$out" | sed -n 's/^tier: //p')
-  mark "leashctl doctor: tier $tier, $(echo "$out" | grep -E '^self-test (passed|FAILED)')"
-  timeout 60 "$BIN/leashctl" stop --all >/dev/null 2>&1
-  for i in $(seq 1 60); do kill -0 "$leashd_pid" 2>/dev/null || break; sleep 1; done
-  kill -9 "$leashd_pid" 2>/dev/null
-)
-
 failed=
+selected() {
+  [ -z "$FILTERS" ] && return 0
+  for f in $FILTERS; do case $1 in *"$f"*) return 0 ;; esac; done
+  return 1
+}
+
+# The package's leashd under systemd (its own check, before the tests).
+if selected "service::leashd"; then
+  mark "BEGIN service::leashd"
+  start=$(up)
+  timeout -k 10 $((PER_TEST * 3)) bash /mnt/run/service.sh 2>&1 </dev/null
+  rc=$?
+  secs=$(echo "$(up) $start" | awk '{printf "%.1f", $1 - $2}')
+  if [ "$rc" = 0 ]; then
+    mark "TEST service::leashd ok $secs"
+  else
+    mark "TEST service::leashd FAILED $secs (exit $rc)"
+    failed="$failed service::leashd"
+  fi
+fi
+
 while read -r bin exe; do
   for t in $("$exe" --list 2>/dev/null | sed -n 's/: test$//p'); do
-    if [ -n "$FILTERS" ]; then
-      keep=
-      for f in $FILTERS; do case $t in *"$f"*) keep=1 ;; esac; done
-      [ -n "$keep" ] || continue
-    fi
+    selected "$bin::$t" || continue
     mark "BEGIN $bin::$t"
     # (stdin is the list being read: a test's processes must not eat it)
     start=$(up)
@@ -229,6 +254,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let storm = util::build_static("leash-testkit", "leash-storm", true)?;
     let tests = test_executables()?;
     times.add("build (cargo)", t, "");
+    let t = Instant::now();
+    let [_, deb] = crate::dist::build(true, true, &target.join("vmtest-dist"))?;
+    times.add("the Debian package (cargo xtask dist)", t, "");
 
     let t = Instant::now();
     let (rootfs, initrd, rootfs_key, built) = root_file_system(&dir, &work.join("kpkg"), &vmlinuz)?;
@@ -245,7 +273,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     times.parts.insert(at, part);
 
     let t = Instant::now();
-    let run_disk = run_disk(&dir, &target, &tests, &[&entry, &storm], &filters)?;
+    let run_disk = run_disk(&dir, &target, &tests, &[&entry, &storm], &deb, &filters)?;
     times.add("run disk (binaries, test executables)", t, "");
 
     util::out(&format!(
@@ -320,6 +348,7 @@ fn root_file_system(dir: &Path, kpkg: &Path, vmlinuz: &Path) -> anyhow::Result<(
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         INITRD_INIT.hash(&mut h);
+        ROOTFS_FILES.hash(&mut h);
         h.finish()
     };
     let key =
@@ -361,6 +390,11 @@ fn root_file_system(dir: &Path, kpkg: &Path, vmlinuz: &Path) -> anyhow::Result<(
         .context("depmod in the root file system")?;
     std::fs::write(tree.join("etc/hostname"), "leash-vm\n")?;
     std::fs::write(tree.join("etc/hosts"), "127.0.0.1 localhost leash-vm\n::1 localhost ip6-localhost\n")?;
+    for (path, text) in ROOTFS_FILES {
+        let path = tree.join(path);
+        std::fs::create_dir_all(path.parent().context("a root file system file without a directory")?)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let tmp_initrd = dir.join("initrd.cpio.gz.tmp");
     initramfs(dir, &modules.join(&kver), &tmp_initrd)?;
@@ -938,6 +972,7 @@ fn run_disk(
     target: &Path,
     tests: &[(String, PathBuf)],
     statics: &[&Path],
+    deb: &Path,
     filters: &[String],
 ) -> anyhow::Result<PathBuf> {
     let stage = dir.join("run.tree");
@@ -985,6 +1020,7 @@ fn run_disk(
     let mut settings: Vec<(&str, String)> = settings.to_vec();
     settings.extend(forwarded.iter().map(|(k, v)| (k.as_str(), v.clone())));
     write_guest(&stage, &settings, list.as_bytes())?;
+    std::fs::copy(deb, stage.join("leash.deb")).with_context(|| format!("copying {}", deb.display()))?;
     let disk = dir.join("run.ext4");
     mkfs("leash-run", Some(&stage), &disk, du(&stage)? + 256 * MIB)?;
     remove_dir(&stage)?;
@@ -1004,6 +1040,7 @@ fn write_guest(stage: &Path, settings: &[(&str, String)], tests: &[u8]) -> anyho
     std::fs::write(stage.join("vm.env"), env)?;
     std::fs::write(stage.join("tests"), tests)?;
     std::fs::write(stage.join("guest.sh"), GUEST)?;
+    std::fs::write(stage.join("service.sh"), SERVICE)?;
     util::run(Command::new("chmod").arg("755").arg(stage.join("guest.sh")))
 }
 
@@ -1075,7 +1112,10 @@ fn boot(vm: &Vm, lsms: &str, disks: &[&Path], limit: Duration, log: &Path) -> an
         // No speculation mitigations: page-table isolation makes every
         // system call flush TCG's TLB.
         .arg("-append")
-        .arg(format!("console=ttyS0 loglevel=4 lsm={lsms} mitigations=off panic=-1"));
+        .arg(format!(
+            "console=ttyS0 loglevel=4 lsm={lsms} mitigations=off panic=-1 systemd.unit=leash-vmtest.target \
+             systemd.show_status=false"
+        ));
     for disk in disks {
         // The guest's flushes are not passed on: nothing is kept.
         let mut spec = OsString::from("file=");
@@ -1177,11 +1217,11 @@ impl Console {
         if let Some(t) = self.at("initramfs") {
             times.add_secs("boot: QEMU start to the initramfs", t, "");
         }
+        if let Some(t) = self.at("systemd up") {
+            times.add_secs("boot: QEMU start to systemd up", t, "");
+        }
         if let Some(t) = self.at("dockerd ready") {
             times.add_secs("boot: QEMU start to dockerd ready", t, "");
-            if let (Some(d), Some(b)) = (self.at("doctor"), self.at("BEGIN ")) {
-                times.add_secs("leashd, leashctl status and doctor", b - d, "");
-            }
         }
         for (name, ok, secs) in &self.tests {
             times.add_secs(&format!("  {name}"), *secs, if *ok { "ok" } else { "FAILED" });
