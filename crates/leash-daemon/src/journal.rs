@@ -236,6 +236,18 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// A value an agent chose (a file name, say) cannot add fields of its
+    /// own: with a newline in it, it is length-prefixed, not split.
+    #[test]
+    fn a_hostile_value_stays_one_field() {
+        let forged = "x.txt\nPRIORITY=0\nMESSAGE=all clear";
+        let fields = Fields { message: "refused".to_owned(), fields: vec![("path", forged.to_owned())] };
+        let got = parse(&entry(4, "leash-sensor", "t", None, &fields));
+        assert_eq!(got.iter().filter(|(k, _)| k == "PRIORITY").count(), 1, "{got:?}");
+        assert_eq!(got.iter().filter(|(k, _)| k == "MESSAGE").count(), 1, "{got:?}");
+        assert!(got.contains(&("LEASH_PATH".to_owned(), forged.to_owned())), "{got:?}");
+    }
+
     #[test]
     fn a_long_message_is_cut_on_a_character() {
         let fields = Fields { message: "é".repeat(MAX_MESSAGE), fields: vec![] };

@@ -315,6 +315,27 @@ fn stop_all_stops_the_components_a_stopped_leashd_left() {
     let out = stack.leashctl(&["stop", "--all"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "leashd was not running");
+
+    // A lock file that names another process (held, with that process's
+    // pid in it) does not get that process signalled.
+    let lock = stack.runtime_dir.join("proxy.lock");
+    let _ = std::fs::remove_file(&lock);
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sh", "-c", "echo $$ > \"$0\" && exec sleep 60"])
+        .arg(&lock)
+        .spawn()
+        .expect("flock (util-linux)");
+    let pid = eventually(Duration::from_secs(5), "the lock file names the sleeper", || {
+        std::fs::read_to_string(&lock).ok()?.trim().parse::<u32>().ok()
+    });
+    let out = stack.leashctl(&["stop", "--all"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("not stopping pid {pid}, which holds leash-proxy's lock: it is sleep")), "{text}");
+    assert!(alive(pid), "the process the lock file named was signalled");
+    kill(pid, Signal::KILL);
+    let _ = holder.wait();
 }
 
 #[test]

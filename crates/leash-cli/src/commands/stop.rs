@@ -53,10 +53,20 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 /// [`COMPONENT_PATIENCE`]. Sessions and their file deciders keep running,
 /// as with leashd.
 async fn without_leashd(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let running: Vec<(Component, u32)> = Component::ALL
-        .into_iter()
-        .filter_map(|c| leash_daemon::socket::owner_pid(&ctx.layout.component_socket(c)).map(|pid| (c, pid)))
-        .collect();
+    let mut running: Vec<(Component, u32)> = Vec::new();
+    for c in Component::ALL {
+        let Some(pid) = leash_daemon::socket::owner_pid(&ctx.layout.component_socket(c)) else { continue };
+        // Only the component itself is signalled, whatever pid its lock file names.
+        match running_binary(pid) {
+            Some(exe) if exe == c.binary() => running.push((c, pid)),
+            other => output::line(&format!(
+                "not stopping pid {pid}, which holds {}'s lock: it is {}, not {}",
+                c.binary(),
+                other.as_deref().unwrap_or("gone"),
+                c.binary()
+            )),
+        }
+    }
     for (_, pid) in &running {
         signal(*pid, Signal::TERM);
     }
@@ -84,6 +94,14 @@ async fn without_leashd(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         output::line("leashd was not running");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file name of a process's executable (an upgraded one's too, which
+/// the kernel calls `NAME (deleted)`).
+fn running_binary(pid: u32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    Some(name.strip_suffix(" (deleted)").map(str::to_owned).unwrap_or(name))
 }
 
 fn signal(pid: u32, sig: Signal) {
