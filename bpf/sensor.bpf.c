@@ -607,18 +607,104 @@ static __always_inline int lsm_verdict(struct leash_session *s, __u32 kind, __u3
 	return 0;
 }
 
+/* Renames anywhere, counted (see `lsm_allowed`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lsm_renames SEC(".maps");
+
+/* An opened name, as the kernel holds it: the dentry (one name of a
+ * file) on a mount. */
+struct leash_opened_key {
+	__u32 slot;
+	__u32 action;
+	__u64 dentry;
+	__u64 mnt;
+};
+
+/* What an allow was decided for: the dentry's parent and name, its
+ * inode, and the renames counted before it was decided. */
+struct leash_opened {
+	__u64 parent;
+	__u64 hash_len;
+	__u64 inode;
+	__u64 ino;
+	__u64 renames;
+	__u32 generation;
+	__u32 pad;
+};
+
+/* Allowed opens, per slot and action, kept from a file's second allowed
+ * open on (`lsm_file_verdict`): the next open of the same name on
+ * the same mount, while its dentry still has that parent, name and inode
+ * and nothing anywhere was renamed since, is allowed without resolving its
+ * path again. An allow answers only for the name it was decided for: a
+ * link is another dentry (decided afresh); a rename of the name changes
+ * its parent or name; a rename of a directory above it changes neither,
+ * so any rename (counted by path_rename, for every process) ends every
+ * cached allow. A new slot (the tables changed) is another key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct leash_opened_key);
+	__type(value, struct leash_opened);
+} lsm_allowed SEC(".maps");
+
+static __always_inline __u64 renames_so_far(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lsm_renames, &zero);
+	return n ? *n : 0;
+}
+
+/* The opened name as it is now, with the renames counted before. */
+static __always_inline void opened_now(struct file *file, __u64 renames, struct leash_opened *o)
+{
+	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
+	struct inode *in = BPF_CORE_READ(file, f_inode);
+	o->renames = renames;
+	o->parent = (__u64)BPF_CORE_READ(d, d_parent);
+	o->hash_len = BPF_CORE_READ(d, d_name.hash_len);
+	o->inode = (__u64)in;
+	o->ino = BPF_CORE_READ(in, i_ino);
+	o->generation = BPF_CORE_READ(in, i_generation);
+	o->pad = 0;
+}
+
 /* A decision on an opened file: an allow already reported for this file
  * passes silently. */
 static __always_inline int lsm_file_verdict(struct leash_session *s, __u32 kind, __u32 action, struct file *file)
 {
+	struct leash_opened_key ok = {.slot = s->slot, .action = action};
+	ok.dentry = (__u64)BPF_CORE_READ(file, f_path.dentry);
+	ok.mnt = (__u64)BPF_CORE_READ(file, f_path.mnt);
+	/* Counted before anything is read or decided: a rename from here on
+	 * makes what is kept now stale at once. */
+	__u64 renames = renames_so_far();
+	struct leash_opened now;
+	struct leash_opened *was = bpf_map_lookup_elem(&lsm_allowed, &ok);
+	if (was && was->renames == renames) {
+		opened_now(file, renames, &now);
+		if (was->parent == now.parent && was->hash_len == now.hash_len && was->inode == now.inode &&
+		    was->ino == now.ino && was->generation == now.generation)
+			return 0;
+	}
 	__u32 verdict = decide_with_identity(s, action, &file->f_path);
 	if (verdict & LEASH_VERDICT_ALLOW) {
 		struct leash_reported_key k = {.slot = s->slot, .action = action};
 		k.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
 		k.ino = BPF_CORE_READ(file, f_inode, i_ino);
 		__u8 one = 1;
-		if (bpf_map_update_elem(&lsm_reported, &k, &one, BPF_NOEXIST) != 0)
+		if (bpf_map_update_elem(&lsm_reported, &k, &one, BPF_NOEXIST) != 0) {
+			/* Allowed before, and opened again: worth keeping (a file
+			 * created, read once and removed, as an install makes by the
+			 * thousand, never costs an entry). */
+			opened_now(file, renames, &now);
+			bpf_map_update_elem(&lsm_allowed, &ok, &now, BPF_ANY);
 			return 0;
+		}
 	}
 	return lsm_verdict(s, kind, action, verdict, 0);
 }
@@ -727,6 +813,12 @@ SEC("lsm/path_rename")
 int BPF_PROG(leash_lsm_path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
 	     struct dentry *new_dentry, unsigned int flags)
 {
+	/* Counted for every process: a cached allow is for a name, which a
+	 * rename of a directory above it changes (see `lsm_allowed`). */
+	__u32 zero = 0;
+	__u64 *renames = bpf_map_lookup_elem(&lsm_renames, &zero);
+	if (renames)
+		__sync_fetch_and_add(renames, 1);
 	/* The name that goes away and the one that appears; the file or
 	 * directory moved, by identity (a guarded directory moves all below). */
 	int r = written(BPF_CORE_READ(old_dir, dentry), old_dentry, old_dentry);
