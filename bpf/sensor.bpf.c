@@ -659,7 +659,7 @@ static __always_inline __u64 renames_so_far(void)
 	return n ? *n : 0;
 }
 
-/* The opened name as it is now, with the renames counted before. */
+/* The opened name as it is now, with the renames counted so far. */
 static __always_inline void opened_now(struct file *file, __u64 renames, struct leash_opened *o)
 {
 	struct dentry *d = BPF_CORE_READ(file, f_path.dentry);
@@ -682,13 +682,16 @@ static __always_inline int lsm_file_verdict(struct leash_session *s, __u32 kind,
 	ok.mnt = (__u64)BPF_CORE_READ(file, f_path.mnt);
 	/* Counted before anything is read or decided: a rename from here on
 	 * makes what is kept now stale at once. */
-	__u64 renames = renames_so_far();
 	struct leash_opened now;
+	opened_now(file, renames_so_far(), &now);
 	struct leash_opened *was = bpf_map_lookup_elem(&lsm_allowed, &ok);
-	if (was && was->renames == renames) {
-		opened_now(file, renames, &now);
-		if (was->parent == now.parent && was->hash_len == now.hash_len && was->inode == now.inode &&
-		    was->ino == now.ino && was->generation == now.generation)
+	if (was) {
+		/* One branch, and the same stack whichever way: the verifier
+		 * then walks the decision below once, not once per field. */
+		__u64 differ = (was->renames ^ now.renames) | (was->parent ^ now.parent) |
+			       (was->hash_len ^ now.hash_len) | (was->inode ^ now.inode) | (was->ino ^ now.ino) |
+			       (__u64)(was->generation ^ now.generation);
+		if (!differ)
 			return 0;
 	}
 	__u32 verdict = decide_with_identity(s, action, &file->f_path);
@@ -701,7 +704,6 @@ static __always_inline int lsm_file_verdict(struct leash_session *s, __u32 kind,
 			/* Allowed before, and opened again: worth keeping (a file
 			 * created, read once and removed, as an install makes by the
 			 * thousand, never costs an entry). */
-			opened_now(file, renames, &now);
 			bpf_map_update_elem(&lsm_allowed, &ok, &now, BPF_ANY);
 			return 0;
 		}
